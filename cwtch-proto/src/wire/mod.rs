@@ -1,0 +1,3 @@
+//! Wire helpers shared by the protocol's formats.
+
+pub mod base32;
