@@ -40,7 +40,10 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod channel;
+pub mod connection;
 pub mod group;
+pub mod handshake;
 pub mod identity;
 pub mod onion;
 pub mod server;
