@@ -27,6 +27,54 @@
 //! read bytes → `handle_input`; drain `poll_transmit` → write; drain
 //! `poll_event` → act; sleep until `poll_timeout` or the next input.
 //!
+//! ```
+//! use cwtch_proto::channel::frame::FRAME_LEN;
+//! use cwtch_proto::connection::{Config, Connection, Event};
+//! use cwtch_proto::{Identity, Instant};
+//! # use rand_core::SeedableRng;
+//! # let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]); // any CryptoRng
+//!
+//! let (alice, bob) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+//! let now = Instant::ZERO; // the driver's clock
+//! let mut a = Connection::initiator(Config::default(), alice, bob.public(), &mut rng, now);
+//! let mut b = Connection::responder(Config::default(), bob, &mut rng, now);
+//!
+//! // One turn of the loop for one side: transmit, then handle input, then events.
+//! fn turn(conn: &mut Connection, wire_in: &mut Vec<u8>, wire_out: &mut Vec<u8>,
+//!         got: &mut Vec<Vec<u8>>, now: Instant) {
+//!     let mut buf = [0u8; FRAME_LEN];
+//!     while let Ok(Some(n)) = conn.poll_transmit(now, &mut buf) {
+//!         wire_out.extend_from_slice(&buf[..n]); // a real driver writes to its socket
+//!     }
+//!     loop {
+//!         let consumed = conn.handle_input(wire_in, now).expect("valid input");
+//!         wire_in.drain(..consumed);
+//!         let mut any = false;
+//!         while let Some(event) = conn.poll_event() {
+//!             any = true;
+//!             match event {
+//!                 Event::IncomingPeer { .. } => conn.accept(now).expect("accept"),
+//!                 Event::Message(m) => got.push(m.to_vec()),
+//!                 _ => {}
+//!             }
+//!         }
+//!         if !any || wire_in.is_empty() { break; }
+//!     }
+//!     // ...and a real driver sleeps until `conn.poll_timeout()` or new input.
+//! }
+//!
+//! let (mut a_to_b, mut b_to_a, mut got_a, mut got_b) = (vec![], vec![], vec![], vec![]);
+//! for _ in 0..4 {
+//!     turn(&mut a, &mut b_to_a, &mut a_to_b, &mut got_a, now);
+//!     turn(&mut b, &mut a_to_b, &mut b_to_a, &mut got_b, now);
+//!     if a.can_send() && got_b.is_empty() { a.send(b"hello, bob").unwrap(); }
+//! }
+//! assert_eq!(got_b, vec![b"hello, bob".to_vec()]);
+//! ```
+//!
+//! `cwtch-proto/examples/tcp_pair.rs` runs the same loop over blocking
+//! `std::net` sockets.
+//!
 //! ## Panic policy
 //!
 //! A panic is a bug. No `unwrap`, `expect` or slice indexing is reachable
@@ -35,6 +83,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(clippy::std_instead_of_core, clippy::std_instead_of_alloc)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "std")]

@@ -351,3 +351,87 @@ impl Drop for Channel {
         self.handshake_hash.zeroize();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(rekey_interval: u64) -> (Channel, Channel) {
+        let keys_a = SessionKeys {
+            send: [1; KEY_LEN],
+            recv: [2; KEY_LEN],
+            handshake_hash: [0; HASH_LEN],
+        };
+        let keys_b = SessionKeys {
+            send: [2; KEY_LEN],
+            recv: [1; KEY_LEN],
+            handshake_hash: [0; HASH_LEN],
+        };
+        (
+            Channel::new(&keys_a, rekey_interval),
+            Channel::new(&keys_b, rekey_interval),
+        )
+    }
+
+    #[test]
+    fn peer_message_over_the_limit_is_refused_without_growing() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let chunk = [0x55u8; FRAME_PAYLOAD_MAX];
+        let mut frame = [0u8; FRAME_LEN];
+        let fragments = MAX_MESSAGE_LEN / FRAME_PAYLOAD_MAX;
+        for _ in 0..fragments {
+            seal_body(
+                &mut a.send,
+                FrameBody {
+                    kind: FrameKind::Fragment,
+                    payload: &chunk,
+                },
+                &mut frame,
+            )
+            .unwrap();
+            assert_eq!(b.open(&mut frame), Ok(Received::Nothing));
+        }
+        seal_body(
+            &mut a.send,
+            FrameBody {
+                kind: FrameKind::Final,
+                payload: &chunk,
+            },
+            &mut frame,
+        )
+        .unwrap();
+        let before = b.counters();
+        assert_eq!(b.open(&mut frame), Err(ChannelError::MessageTooLarge));
+        assert_eq!(
+            b.counters(),
+            before,
+            "a rejected frame does not move the counter"
+        );
+        assert!(b.rx.len() <= MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn counter_exhaustion_is_an_error_not_a_wrap() {
+        let (mut a, _) = pair(DEFAULT_REKEY_INTERVAL);
+        a.send.counter = LAST_COUNTER;
+        let mut frame = [0u8; FRAME_LEN];
+        a.seal_padding(&mut frame).unwrap();
+        assert_eq!(
+            a.seal_padding(&mut frame),
+            Err(ChannelError::CounterExhausted)
+        );
+    }
+
+    #[test]
+    fn rekey_happens_at_epoch_boundaries_on_both_sides() {
+        let (mut a, mut b) = pair(2);
+        let mut frame = [0u8; FRAME_LEN];
+        let key0 = a.send.key;
+        for _ in 0..5 {
+            a.seal_padding(&mut frame).unwrap();
+            assert_eq!(b.open(&mut frame), Ok(Received::Nothing));
+        }
+        assert_ne!(a.send.key, key0);
+        assert_eq!(a.send.key, b.recv.key);
+    }
+}

@@ -1,0 +1,19 @@
+//! Arbitrary bytes as message 2 to an initiator: a typed error, never a
+//! panic; a forged message 2 never yields keys.
+#![no_main]
+
+use chacha20::ChaCha20Rng;
+use cwtch_proto::Identity;
+use cwtch_proto::handshake::{InitiatorHandshake, MSG1_LEN};
+use libfuzzer_sys::fuzz_target;
+use rand_core::SeedableRng;
+
+fuzz_target!(|data: &[u8]| {
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let bob = Identity::from_seed(&[2; 32]);
+    let mut alice = InitiatorHandshake::new(Identity::from_seed(&[1; 32]), bob.public(), &mut rng);
+    let mut msg1 = [0u8; MSG1_LEN];
+    alice.write_message1(&mut msg1).unwrap();
+    // Without bob's ephemeral secret no input can authenticate.
+    assert!(alice.read_message2(data).is_err());
+});
