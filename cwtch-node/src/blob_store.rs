@@ -1,0 +1,1 @@
+//! The server's durable blob store (SQLite, WAL, group commit).

@@ -1,0 +1,1 @@
+//! The peer's encrypted profile store: nothing readable on disk.
