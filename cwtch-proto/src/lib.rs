@@ -95,6 +95,7 @@ pub mod group;
 pub mod handshake;
 pub mod identity;
 pub mod onion;
+pub mod peer;
 pub mod server;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,12 @@
+//! Messages between peers over an established [`crate::connection`], and
+//! the retry schedule for messages that wait for an acknowledgement.
+//!
+//! See SPEC.md, section 4. Every message is one channel message, encoded
+//! with postcard; decoding is strict (unknown kinds, over-long fields and
+//! trailing bytes are refused).
+
+pub mod message;
+pub mod retry;
+
+pub use message::{PeerMessage, PeerMessageError};
+pub use retry::Backoff;
