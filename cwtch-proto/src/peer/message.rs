@@ -246,8 +246,8 @@ mod tests {
             Err(PeerMessageError::Malformed)
         );
         // A length prefix claiming more than the limit is refused even if present.
-        let mut over = std::vec::Vec::from([0u8, 0x41]);
-        over.extend_from_slice(&[b'a'; 65]);
+        let mut over = [b'a'; 2 + 65];
+        over[..2].copy_from_slice(&[0u8, 0x41]);
         assert_eq!(
             PeerMessage::decode(&over),
             Err(PeerMessageError::TooLong {
