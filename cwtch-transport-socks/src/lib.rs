@@ -5,4 +5,38 @@
 //! development transport over plain TCP on loopback (which gives no
 //! anonymity). This crate sits between `cwtch-node` and `cwtch-proto`: it
 //! uses the core for addresses and keys and knows nothing of the protocol.
+//!
+//! - [`socks`]: [`socks::dial_onion`], circuit isolation
+//!   ([`socks::IsolationKey`]), the SOCKS reply to [`socks::DialError`]
+//!   mapping, [`socks::dial_with_retry`].
+//! - [`control`]: [`control::ControlConnection`] (PROTOCOLINFO, SAFECOOKIE /
+//!   COOKIE / password auth, `ADD_ONION`, `DEL_ONION`, bootstrap status,
+//!   `HS_DESC` events) over pure parsers in [`control::reply`],
+//!   [`control::auth`], [`control::status`].
+//! - [`launch`]: [`launch::TorProcess`], our own tor with a generated torrc.
+//! - [`transport`]: the [`transport::Transport`] trait the node uses, with
+//!   [`transport::TorTransport`], [`transport::DevTransport`] and
+//!   [`transport::AnyTransport`].
+//! - [`process`]: a child process stopped by pid on drop.
+//!
+//! ## Panic policy
+//!
+//! A panic is a bug: nothing from tor or from the network can cause one.
+//! The parsers are pure functions over bytes and strings, fuzzable.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![allow(clippy::std_instead_of_core)]
+
+pub mod control;
+pub mod launch;
+pub mod process;
+pub mod socks;
+pub mod transport;
+
+pub use control::{ControlAuth, ControlConnection, ControlError};
+pub use launch::{LaunchError, TorConfig, TorProcess};
+pub use socks::{DialError, IsolationKey, RetryPolicy, SocksReply, dial_with_retry};
+pub use transport::{
+    AnyTransport, DevTransport, ListenError, Listener, PEER_PORT, Stream, TorTransport, Transport,
+};

@@ -1,0 +1,570 @@
+//! A client of Tor's control port (control-spec): authentication, onion
+//! services, bootstrap status and events.
+//!
+//! The grammar lives in pure parsers ([`reply`], [`auth`], [`status`]);
+//! [`ControlConnection`] is the thin async driver around them. Answers to
+//! commands and asynchronous `650` events may interleave on the wire: the
+//! connection queues events while it waits for an answer, and hands them
+//! out with [`ControlConnection::next_event`].
+
+pub mod auth;
+pub mod reply;
+pub mod status;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cwtch_proto::{Identity, OnionAddress};
+use smol::Async;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use self::auth::{COOKIE_LEN, NONCE_LEN, ProtocolInfo};
+use self::reply::{ParseError, Reply, ReplyParser};
+use self::status::{BootstrapStatus, HsDescEvent};
+
+/// Default address of a system tor's control port.
+pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9051,
+));
+/// Default time allowed for one command's answer.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to authenticate to the control port.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlAuth {
+    /// Ask `PROTOCOLINFO` and use what is offered: no authentication, or
+    /// the cookie file tor names (SAFECOOKIE preferred over COOKIE).
+    Auto,
+    /// The cookie in this file (SAFECOOKIE if offered, else COOKIE).
+    Cookie(PathBuf),
+    /// `HashedControlPassword`'s password.
+    Password(String),
+    /// No authentication (`CookieAuthentication 0`, no password).
+    None,
+}
+
+impl fmt::Debug for ControlAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlAuth::Auto => f.write_str("Auto"),
+            ControlAuth::Cookie(p) => f.debug_tuple("Cookie").field(p).finish(),
+            ControlAuth::Password(_) => f.write_str("Password(..)"),
+            ControlAuth::None => f.write_str("None"),
+        }
+    }
+}
+
+/// Everything that can go wrong talking to the control port.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Nothing answers at the control address: tor is not running, or its
+    /// `ControlPort` is elsewhere.
+    Unreachable {
+        /// The address we tried.
+        addr: SocketAddr,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// Reading or writing the connection failed.
+    Io(io::Error),
+    /// Tor closed the connection.
+    Closed,
+    /// Tor sent bytes that are not a control protocol reply.
+    Parse(ParseError),
+    /// Tor refused a command (4xx or 5xx status).
+    Rejected {
+        /// The command's keyword.
+        command: String,
+        /// Tor's status code (e.g. 515 bad authentication, 552 unrecognized).
+        code: u16,
+        /// Tor's explanation.
+        message: String,
+    },
+    /// None of the offered authentication methods can be used with the
+    /// configured [`ControlAuth`].
+    NoUsableAuth {
+        /// What tor offered.
+        offered: Vec<String>,
+    },
+    /// The cookie file could not be read, or is not 32 bytes.
+    Cookie {
+        /// The path tried.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The SAFECOOKIE server hash is wrong: whoever answers does not know
+    /// the cookie (not our tor).
+    ServerHashMismatch,
+    /// Tor published the onion service under another address than the one
+    /// computed from our key.
+    ServiceIdMismatch {
+        /// Our address.
+        expected: String,
+        /// What tor answered.
+        got: String,
+    },
+    /// A command or argument contains a line break or is otherwise unsafe
+    /// to send.
+    InvalidArgument,
+    /// Waiting for tor took longer than allowed.
+    TimedOut {
+        /// What we were waiting for.
+        waiting_for: &'static str,
+    },
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Unreachable { addr, source } => {
+                write!(
+                    f,
+                    "tor control port not reachable at {addr} ({source}); is tor running with ControlPort?"
+                )
+            }
+            ControlError::Io(e) => write!(f, "control port I/O error: {e}"),
+            ControlError::Closed => write!(f, "tor closed the control connection"),
+            ControlError::Parse(e) => write!(f, "{e}"),
+            ControlError::Rejected {
+                command,
+                code,
+                message,
+            } => {
+                write!(f, "tor refused {command}: {code} {message}")
+            }
+            ControlError::NoUsableAuth { offered } => {
+                write!(
+                    f,
+                    "no usable control port authentication; tor offers {}",
+                    offered.join(",")
+                )
+            }
+            ControlError::Cookie { path, source } => {
+                write!(f, "cannot use control cookie {}: {source}", path.display())
+            }
+            ControlError::ServerHashMismatch => {
+                write!(
+                    f,
+                    "control port failed SAFECOOKIE server check: not the expected tor"
+                )
+            }
+            ControlError::ServiceIdMismatch { expected, got } => {
+                write!(
+                    f,
+                    "tor published onion {got} but our key's address is {expected}"
+                )
+            }
+            ControlError::InvalidArgument => {
+                write!(f, "control command argument contains a line break")
+            }
+            ControlError::TimedOut { waiting_for } => {
+                write!(f, "timed out waiting for {waiting_for}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Unreachable { source, .. } | ControlError::Cookie { source, .. } => {
+                Some(source)
+            }
+            ControlError::Io(e) => Some(e),
+            ControlError::Parse(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ParseError> for ControlError {
+    fn from(e: ParseError) -> Self {
+        ControlError::Parse(e)
+    }
+}
+
+/// Runs `fut` for at most `limit`.
+pub(crate) async fn with_timeout<T, E>(
+    limit: Duration,
+    on_timeout: E,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    smol::future::or(fut, async {
+        smol::Timer::after(limit).await;
+        Err(on_timeout)
+    })
+    .await
+}
+
+/// An open, possibly authenticated, connection to tor's control port.
+#[derive(Debug)]
+pub struct ControlConnection {
+    stream: Async<TcpStream>,
+    parser: ReplyParser,
+    events: VecDeque<Reply>,
+    timeout: Duration,
+}
+
+impl ControlConnection {
+    /// Connects (not yet authenticated).
+    pub async fn connect(addr: SocketAddr) -> Result<Self, ControlError> {
+        let stream = with_timeout(
+            DEFAULT_COMMAND_TIMEOUT,
+            ControlError::TimedOut {
+                waiting_for: "control port connection",
+            },
+            async {
+                Async::<TcpStream>::connect(addr)
+                    .await
+                    .map_err(|source| ControlError::Unreachable { addr, source })
+            },
+        )
+        .await?;
+        Ok(ControlConnection {
+            stream,
+            parser: ReplyParser::new(),
+            events: VecDeque::new(),
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+        })
+    }
+
+    /// Connects and authenticates.
+    pub async fn open(addr: SocketAddr, auth: &ControlAuth) -> Result<Self, ControlError> {
+        let mut c = Self::connect(addr).await?;
+        c.authenticate(auth).await?;
+        Ok(c)
+    }
+
+    /// Changes how long each command may wait for its answer.
+    pub fn set_command_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, ControlError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(r) = self.parser.next_reply()? {
+                return Ok(r);
+            }
+            let n = self.stream.read(&mut buf).await.map_err(ControlError::Io)?;
+            if n == 0 {
+                return Err(ControlError::Closed);
+            }
+            self.parser.push(buf.get(..n).unwrap_or_default())?;
+        }
+    }
+
+    /// Sends one command line (without CRLF) and returns its answer, which
+    /// may be an error status: see [`ControlConnection::command`]. Events
+    /// arriving meanwhile are queued.
+    pub async fn raw_command(&mut self, line: &str) -> Result<Reply, ControlError> {
+        if line.contains(['\r', '\n']) {
+            return Err(ControlError::InvalidArgument);
+        }
+        let timeout = self.timeout;
+        with_timeout(
+            timeout,
+            ControlError::TimedOut {
+                waiting_for: "control command answer",
+            },
+            async {
+                // The line may carry a secret key (ADD_ONION): wipe our copy.
+                let mut out = Zeroizing::new(Vec::with_capacity(line.len() + 2));
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                self.stream
+                    .write_all(&out)
+                    .await
+                    .map_err(ControlError::Io)?;
+                self.stream.flush().await.map_err(ControlError::Io)?;
+                loop {
+                    let r = self.read_reply().await?;
+                    if r.is_event() {
+                        self.events.push_back(r);
+                    } else {
+                        return Ok(r);
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Sends a command; a 4xx/5xx answer is [`ControlError::Rejected`].
+    pub async fn command(&mut self, line: &str) -> Result<Reply, ControlError> {
+        let r = self.raw_command(line).await?;
+        if r.is_ok() {
+            Ok(r)
+        } else {
+            let command = line.split(' ').next().unwrap_or("").to_owned();
+            Err(ControlError::Rejected {
+                command,
+                code: r.code,
+                message: r.message(),
+            })
+        }
+    }
+
+    /// The next asynchronous event (after `SETEVENTS`), queued or read.
+    /// Stray non-event replies are ignored.
+    pub async fn next_event(&mut self) -> Result<Reply, ControlError> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
+            }
+            let r = self.read_reply().await?;
+            if r.is_event() {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// `PROTOCOLINFO 1`.
+    pub async fn protocol_info(&mut self) -> Result<ProtocolInfo, ControlError> {
+        let r = self.command("PROTOCOLINFO 1").await?;
+        Ok(auth::parse_protocol_info(&r)?)
+    }
+
+    /// Authenticates as `auth` says (see [`ControlAuth`]).
+    pub async fn authenticate(&mut self, auth: &ControlAuth) -> Result<(), ControlError> {
+        let info = self.protocol_info().await?;
+        let no_auth = || ControlError::NoUsableAuth {
+            offered: info.methods.clone(),
+        };
+        match auth {
+            ControlAuth::None => self.command("AUTHENTICATE").await.map(drop),
+            ControlAuth::Password(pw) => {
+                if !info.offers("HASHEDPASSWORD") {
+                    return Err(no_auth());
+                }
+                self.command(&format!("AUTHENTICATE {}", auth::quote(pw)))
+                    .await
+                    .map(drop)
+            }
+            ControlAuth::Cookie(path) => self.cookie_auth(&info, path).await,
+            ControlAuth::Auto => {
+                if info.offers("NULL") {
+                    self.command("AUTHENTICATE").await.map(drop)
+                } else if let Some(path) = info
+                    .cookie_file
+                    .clone()
+                    .filter(|_| info.offers("SAFECOOKIE") || info.offers("COOKIE"))
+                {
+                    self.cookie_auth(&info, Path::new(&path)).await
+                } else {
+                    Err(no_auth())
+                }
+            }
+        }
+    }
+
+    async fn cookie_auth(&mut self, info: &ProtocolInfo, path: &Path) -> Result<(), ControlError> {
+        let cookie_err = |source| ControlError::Cookie {
+            path: path.to_owned(),
+            source,
+        };
+        let cookie = smol::fs::read(path).await.map_err(cookie_err)?;
+        if cookie.len() != COOKIE_LEN {
+            return Err(cookie_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cookie is not 32 bytes",
+            )));
+        }
+        if info.offers("SAFECOOKIE") {
+            let mut nonce = [0u8; NONCE_LEN];
+            getrandom::fill(&mut nonce)
+                .map_err(|e| ControlError::Io(io::Error::other(e.to_string())))?;
+            let r = self
+                .command(&format!(
+                    "AUTHCHALLENGE SAFECOOKIE {}",
+                    data_encoding::HEXUPPER.encode(&nonce)
+                ))
+                .await?;
+            let challenge = auth::parse_auth_challenge(&r)?;
+            if !auth::verify_server_hash(&cookie, &nonce, &challenge) {
+                return Err(ControlError::ServerHashMismatch);
+            }
+            let hash = auth::client_hash(&cookie, &nonce, &challenge.server_nonce);
+            self.command(&format!(
+                "AUTHENTICATE {}",
+                data_encoding::HEXUPPER.encode(&hash)
+            ))
+            .await
+            .map(drop)
+        } else if info.offers("COOKIE") {
+            self.command(&format!(
+                "AUTHENTICATE {}",
+                data_encoding::HEXUPPER.encode(&cookie)
+            ))
+            .await
+            .map(drop)
+        } else {
+            Err(ControlError::NoUsableAuth {
+                offered: info.methods.clone(),
+            })
+        }
+    }
+
+    /// `GETINFO key`, returning the value.
+    pub async fn get_info(&mut self, key: &str) -> Result<String, ControlError> {
+        if key.contains(' ') {
+            return Err(ControlError::InvalidArgument);
+        }
+        let r = self.command(&format!("GETINFO {key}")).await?;
+        r.value_of(key)
+            .map(str::to_owned)
+            .ok_or(ControlError::Parse(ParseError::BadField {
+                what: "GETINFO value",
+            }))
+    }
+
+    /// `GETINFO status/bootstrap-phase`, parsed.
+    pub async fn bootstrap_status(&mut self) -> Result<BootstrapStatus, ControlError> {
+        let v = self.get_info("status/bootstrap-phase").await?;
+        Ok(status::parse_bootstrap(&v)?)
+    }
+
+    /// The SOCKS listeners tor has open (`GETINFO net/listeners/socks`).
+    pub async fn socks_listeners(&mut self) -> Result<Vec<SocketAddr>, ControlError> {
+        let v = self.get_info("net/listeners/socks").await?;
+        Ok(status::parse_listeners(&v)?)
+    }
+
+    /// `SETEVENTS` with these event names (replaces the previous set).
+    pub async fn set_events(&mut self, events: &[&str]) -> Result<(), ControlError> {
+        let mut line = String::from("SETEVENTS");
+        for e in events {
+            line.push(' ');
+            line.push_str(e);
+        }
+        self.command(&line).await.map(drop)
+    }
+
+    /// Waits until tor reports 100 % bootstrap, calling `progress` with each
+    /// new status (from `STATUS_CLIENT` events, and a `GETINFO` poll every
+    /// second in case an event was missed). Subscribes to `STATUS_CLIENT`.
+    pub async fn wait_bootstrapped(
+        &mut self,
+        limit: Duration,
+        mut progress: impl FnMut(&BootstrapStatus),
+    ) -> Result<BootstrapStatus, ControlError> {
+        self.set_events(&["STATUS_CLIENT"]).await?;
+        let deadline = Instant::now() + limit;
+        let mut last: Option<BootstrapStatus> = None;
+        loop {
+            let current = self.bootstrap_status().await?;
+            let mut report = |s: BootstrapStatus, last: &mut Option<BootstrapStatus>| {
+                if last.as_ref() != Some(&s) {
+                    progress(&s);
+                    *last = Some(s);
+                }
+            };
+            report(current, &mut last);
+            // Drain events for up to a second, then poll again.
+            let tick = Instant::now() + Duration::from_secs(1);
+            loop {
+                if let Some(s) = last.as_ref().filter(|s| s.is_done()) {
+                    return Ok(s.clone());
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(ControlError::TimedOut {
+                        waiting_for: "tor bootstrap",
+                    });
+                }
+                let wait = tick.min(deadline).saturating_duration_since(now);
+                let ev = with_timeout(
+                    wait,
+                    ControlError::TimedOut {
+                        waiting_for: "tick",
+                    },
+                    self.next_event(),
+                )
+                .await;
+                match ev {
+                    Ok(ev) => {
+                        if let Some(rest) = ev.first_text().strip_prefix("STATUS_CLIENT ")
+                            && let Ok(s) = status::parse_bootstrap(rest)
+                        {
+                            report(s, &mut last);
+                        }
+                    }
+                    Err(ControlError::TimedOut { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Publishes an onion service with `identity`'s key: virtual port
+    /// `virt_port` of the onion forwards to `local` (which must be a
+    /// loopback address we listen on). Checks that tor's `ServiceID` is
+    /// `identity.address()`. The service lives until [`Self::del_onion`] or
+    /// until this connection closes (it is not detached).
+    pub async fn add_onion(
+        &mut self,
+        identity: &Identity,
+        virt_port: u16,
+        local: SocketAddr,
+    ) -> Result<OnionAddress, ControlError> {
+        let expected = identity.address();
+        let key = identity.tor_expanded_key();
+        let line = Zeroizing::new(format!(
+            "ADD_ONION ED25519-V3:{} Flags=DiscardPK Port={virt_port},{local}",
+            data_encoding::BASE64.encode(key.as_bytes())
+        ));
+        let r = self.command(&line).await?;
+        let got = status::parse_service_id(&r)?;
+        if got != expected.as_str() {
+            return Err(ControlError::ServiceIdMismatch {
+                expected: expected.as_str().to_owned(),
+                got: got.to_owned(),
+            });
+        }
+        Ok(expected)
+    }
+
+    /// `DEL_ONION`: stops serving `address`.
+    pub async fn del_onion(&mut self, address: &OnionAddress) -> Result<(), ControlError> {
+        self.command(&format!("DEL_ONION {}", address.as_str()))
+            .await
+            .map(drop)
+    }
+
+    /// Waits for `HS_DESC UPLOADED` of `address` (a descriptor reached at
+    /// least one directory). Needs `SETEVENTS HS_DESC` to be on; events
+    /// that arrived before are in the queue and count.
+    pub async fn wait_uploaded(
+        &mut self,
+        address: &OnionAddress,
+        limit: Duration,
+    ) -> Result<HsDescEvent, ControlError> {
+        with_timeout(
+            limit,
+            ControlError::TimedOut {
+                waiting_for: "onion descriptor upload",
+            },
+            async {
+                loop {
+                    let ev = self.next_event().await?;
+                    if let Some(hs) = status::parse_hs_desc(ev.first_text())?
+                        && hs.action == "UPLOADED"
+                        && hs.address == address.as_str()
+                    {
+                        return Ok(hs);
+                    }
+                }
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,414 @@
+//! The small abstraction the node uses: dial a peer, listen as an
+//! identity. Implemented over Tor ([`TorTransport`]) and over plain TCP on
+//! loopback for development ([`DevTransport`], no anonymity).
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cwtch_proto::{Identity, OnionAddress};
+use smol::Async;
+
+use crate::control::{ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR};
+use crate::socks::{DEFAULT_DIAL_TIMEOUT, DEFAULT_SOCKS_ADDR, DialError, IsolationKey, dial_onion};
+
+/// The virtual port peers listen on and dial.
+pub const PEER_PORT: u16 = 9878;
+
+/// A byte stream to a peer.
+pub type Stream = Async<TcpStream>;
+
+/// Dial and listen. Futures are `Send` so the node can spawn them.
+pub trait Transport {
+    /// Opens a stream to `peer` at virtual port `port`, on circuits of
+    /// `isolation`.
+    fn dial(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> impl Future<Output = Result<Stream, DialError>> + Send;
+
+    /// Makes `identity` reachable at `identity.address()`, virtual port
+    /// `virt_port`; incoming streams come out of the [`Listener`].
+    fn listen(
+        &self,
+        identity: &Identity,
+        virt_port: u16,
+    ) -> impl Future<Output = Result<Listener, ListenError>> + Send;
+}
+
+/// Why listening failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// Binding the local socket (or writing the dev directory) failed.
+    Io(io::Error),
+    /// The control port refused or failed (see [`ControlError`]).
+    Control(ControlError),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Io(e) => write!(f, "cannot listen: {e}"),
+            ListenError::Control(e) => write!(f, "cannot publish onion service: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenError::Io(e) => Some(e),
+            ListenError::Control(e) => Some(e),
+        }
+    }
+}
+
+impl From<ControlError> for ListenError {
+    fn from(e: ControlError) -> Self {
+        ListenError::Control(e)
+    }
+}
+
+#[derive(Debug)]
+enum Published {
+    /// Tor serves the onion while this connection is open.
+    Onion(ControlConnection),
+    /// The dev directory entry, removed on drop.
+    Dev(PathBuf),
+}
+
+/// Incoming streams for one identity. Dropping it stops serving: tor
+/// removes an onion service when the control connection that added it
+/// closes; [`Listener::close`] also sends `DEL_ONION` explicitly.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: Async<TcpListener>,
+    address: OnionAddress,
+    virt_port: u16,
+    published: Published,
+}
+
+impl Listener {
+    /// Waits for the next incoming stream.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        self.tcp.accept().await
+    }
+
+    /// The address peers dial (our identity's address).
+    pub fn address(&self) -> &OnionAddress {
+        &self.address
+    }
+
+    /// The virtual port peers dial.
+    pub fn virt_port(&self) -> u16 {
+        self.virt_port
+    }
+
+    /// The loopback socket tor forwards to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.get_ref().local_addr()
+    }
+
+    /// Waits until tor reports our descriptor uploaded to a directory
+    /// (`HS_DESC UPLOADED`): from then on peers can usually reach us.
+    /// Immediate for the dev transport.
+    pub async fn wait_published(&mut self, limit: Duration) -> Result<(), ControlError> {
+        match &mut self.published {
+            Published::Onion(c) => c.wait_uploaded(&self.address, limit).await.map(drop),
+            Published::Dev(_) => Ok(()),
+        }
+    }
+
+    /// Stops serving: `DEL_ONION` for Tor, removes the dev entry.
+    pub async fn close(mut self) -> Result<(), ControlError> {
+        match &mut self.published {
+            Published::Onion(c) => c.del_onion(&self.address).await,
+            Published::Dev(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Published::Dev(path) = &self.published {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn bind_loopback() -> io::Result<Async<TcpListener>> {
+    Async::<TcpListener>::bind((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Dials and listens through a tor's SOCKS and control ports.
+#[derive(Clone, Debug)]
+pub struct TorTransport {
+    /// Tor's SOCKS5 address.
+    pub socks: SocketAddr,
+    /// Tor's control port address.
+    pub control: SocketAddr,
+    /// How to authenticate to the control port.
+    pub auth: ControlAuth,
+    /// Time allowed for one dial.
+    pub dial_timeout: Duration,
+}
+
+impl TorTransport {
+    /// A transport over the given ports.
+    pub fn new(socks: SocketAddr, control: SocketAddr, auth: ControlAuth) -> Self {
+        TorTransport {
+            socks,
+            control,
+            auth,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+        }
+    }
+
+    /// A system tor: SOCKS 127.0.0.1:9050, control 127.0.0.1:9051,
+    /// authentication as `PROTOCOLINFO` offers.
+    pub fn system() -> Self {
+        Self::new(DEFAULT_SOCKS_ADDR, DEFAULT_CONTROL_ADDR, ControlAuth::Auto)
+    }
+}
+
+impl Transport for TorTransport {
+    async fn dial(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<Stream, DialError> {
+        dial_onion(self.socks, peer, port, isolation, self.dial_timeout).await
+    }
+
+    async fn listen(&self, identity: &Identity, virt_port: u16) -> Result<Listener, ListenError> {
+        let tcp = bind_loopback().map_err(ListenError::Io)?;
+        let local = tcp.get_ref().local_addr().map_err(ListenError::Io)?;
+        let mut control = ControlConnection::open(self.control, &self.auth).await?;
+        // Subscribe first so the upload event cannot be missed.
+        control.set_events(&["HS_DESC"]).await?;
+        let address = control.add_onion(identity, virt_port, local).await?;
+        Ok(Listener {
+            tcp,
+            address,
+            virt_port,
+            published: Published::Onion(control),
+        })
+    }
+}
+
+/// The warning the node must show whenever the dev transport is used.
+pub const DEV_TRANSPORT_WARNING: &str = "WARNING: cwtch dev transport in use: plain TCP on loopback, NO Tor, NO ANONYMITY. \
+     For development and tests only; never use it to talk to real people.";
+
+/// Plain TCP on 127.0.0.1 for development: NO anonymity, NO Tor.
+///
+/// Listening binds a free loopback port and writes it to
+/// `<directory>/<address>-<virt_port>`; dialing an address reads that file.
+/// Processes sharing the directory find each other. Isolation keys are
+/// ignored.
+#[derive(Clone, Debug)]
+pub struct DevTransport {
+    directory: PathBuf,
+}
+
+impl DevTransport {
+    /// A dev transport using `directory` as its address book. Prints
+    /// [`DEV_TRANSPORT_WARNING`] to stderr and returns it: the node must
+    /// show it to the user too.
+    #[must_use = "show the warning to the user"]
+    pub fn new(directory: impl Into<PathBuf>) -> (Self, &'static str) {
+        eprintln!("{DEV_TRANSPORT_WARNING}");
+        (
+            DevTransport {
+                directory: directory.into(),
+            },
+            DEV_TRANSPORT_WARNING,
+        )
+    }
+
+    fn entry(&self, address: &OnionAddress, port: u16) -> PathBuf {
+        self.directory.join(format!("{}-{port}", address.as_str()))
+    }
+
+    /// Dials a loopback `host:port` directly.
+    pub async fn dial_addr(addr: SocketAddr) -> Result<Stream, DialError> {
+        if !addr.ip().is_loopback() {
+            return Err(DialError::Rejected {
+                reply: crate::socks::SocksReply::NotAllowed,
+            });
+        }
+        Async::<TcpStream>::connect(addr)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionRefused => DialError::Refused { reply: None },
+                _ => DialError::Proxy(e),
+            })
+    }
+}
+
+impl Transport for DevTransport {
+    async fn dial(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        _isolation: &IsolationKey,
+    ) -> Result<Stream, DialError> {
+        let text = match smol::fs::read_to_string(self.entry(peer, port)).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DialError::PeerOffline { reply: None });
+            }
+            Err(e) => return Err(DialError::Proxy(e)),
+        };
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            DialError::Proxy(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad dev directory entry",
+            ))
+        })?;
+        with_dial_timeout(Self::dial_addr(addr)).await
+    }
+
+    async fn listen(&self, identity: &Identity, virt_port: u16) -> Result<Listener, ListenError> {
+        let tcp = bind_loopback().map_err(ListenError::Io)?;
+        let local = tcp.get_ref().local_addr().map_err(ListenError::Io)?;
+        let address = identity.address();
+        smol::fs::create_dir_all(&self.directory)
+            .await
+            .map_err(ListenError::Io)?;
+        let path = self.entry(&address, virt_port);
+        let tmp = path.with_extension("tmp");
+        smol::fs::write(&tmp, local.to_string())
+            .await
+            .map_err(ListenError::Io)?;
+        smol::fs::rename(&tmp, &path)
+            .await
+            .map_err(ListenError::Io)?;
+        Ok(Listener {
+            tcp,
+            address,
+            virt_port,
+            published: Published::Dev(path),
+        })
+    }
+}
+
+async fn with_dial_timeout(
+    fut: impl Future<Output = Result<Stream, DialError>>,
+) -> Result<Stream, DialError> {
+    crate::control::with_timeout(
+        DEFAULT_DIAL_TIMEOUT,
+        DialError::TimedOut { reply: None },
+        fut,
+    )
+    .await
+}
+
+/// Either transport, chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyTransport {
+    /// Through Tor.
+    Tor(TorTransport),
+    /// Plain TCP, no anonymity.
+    Dev(DevTransport),
+}
+
+impl Transport for AnyTransport {
+    async fn dial(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        isolation: &IsolationKey,
+    ) -> Result<Stream, DialError> {
+        match self {
+            AnyTransport::Tor(t) => t.dial(peer, port, isolation).await,
+            AnyTransport::Dev(t) => t.dial(peer, port, isolation).await,
+        }
+    }
+
+    async fn listen(&self, identity: &Identity, virt_port: u16) -> Result<Listener, ListenError> {
+        match self {
+            AnyTransport::Tor(t) => t.listen(identity, virt_port).await,
+            AnyTransport::Dev(t) => t.listen(identity, virt_port).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn dev_transport_round_trip() {
+        smol::block_on(async {
+            let dir = std::env::temp_dir().join(format!(
+                "cwtch-dev-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let (t, warning) = DevTransport::new(&dir);
+            assert!(warning.contains("NO ANONYMITY"));
+            let alice = Identity::from_seed(&[1; 32]);
+            let bob = Identity::from_seed(&[2; 32]);
+            let key = IsolationKey::new("x").unwrap();
+            assert!(matches!(
+                t.dial(&bob.address(), PEER_PORT, &key).await,
+                Err(DialError::PeerOffline { reply: None })
+            ));
+            let listener = t.listen(&bob, PEER_PORT).await.unwrap();
+            assert_eq!(listener.address(), &bob.address());
+            let any = AnyTransport::Dev(t.clone());
+            let bob_addr = bob.address();
+            let alice_key = IsolationKey::for_identity(&alice.address());
+            let dial = any.dial(&bob_addr, PEER_PORT, &alice_key);
+            let (dialed, accepted) = futures_join(dial, listener.accept()).await;
+            let mut a = dialed.unwrap();
+            let (mut b, _) = accepted.unwrap();
+            a.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            b.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            b.write_all(b"pong").await.unwrap();
+            a.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"pong");
+            drop(listener);
+            assert!(matches!(
+                t.dial(&bob.address(), PEER_PORT, &key).await,
+                Err(DialError::PeerOffline { .. })
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+
+    async fn futures_join<A, B>(a: impl Future<Output = A>, b: impl Future<Output = B>) -> (A, B) {
+        smol::future::zip(a, b).await
+    }
+
+    #[test]
+    fn dev_dial_refuses_non_loopback() {
+        let r = smol::block_on(DevTransport::dial_addr("192.0.2.1:1".parse().unwrap()));
+        assert!(matches!(r, Err(DialError::Rejected { .. })));
+    }
+
+    fn assert_send<T: Send>(_: T) {}
+
+    #[test]
+    fn futures_are_send() {
+        let t = TorTransport::system();
+        let id = Identity::from_seed(&[3; 32]);
+        let key = IsolationKey::new("k").unwrap();
+        let addr = id.address();
+        assert_send(t.dial(&addr, PEER_PORT, &key));
+        assert_send(t.listen(&id, PEER_PORT));
+        let (d, _) = DevTransport::new(std::env::temp_dir());
+        assert_send(AnyTransport::Dev(d).listen(&id, PEER_PORT));
+    }
+}
