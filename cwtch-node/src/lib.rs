@@ -9,4 +9,12 @@
 #![forbid(unsafe_code)]
 
 pub mod blob_store;
+pub mod cli;
+pub mod clock;
+pub mod control;
+pub mod format;
+pub mod link;
+pub mod model;
+pub mod peer;
 pub mod profile_store;
+pub mod server;

@@ -1,10 +1,244 @@
-//! # cwtch-node: the Cwtch peer and server daemons
-//!
-//! The binary people run. It glues `cwtch-proto` (the protocol) and
-//! `cwtch-transport-socks` (Tor) together and holds no protocol logic of its
-//! own.
+//! `cwtch-node`: the command line. See `cwtch-node --help`.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("cwtch-node: not yet usable; see README.md");
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use cwtch_node::cli::{Cli, Command, ContactCommand, ServerCommand, TransportArgs};
+use cwtch_node::control::{self, Request};
+use cwtch_node::peer::{self, PeerNode};
+use cwtch_transport_socks::{
+    AnyTransport, ControlAuth, DevTransport, PEER_PORT, TorConfig, TorProcess, TorTransport,
+    Transport,
+};
+use zeroize::Zeroizing;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    match run(cli, &home) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cwtch-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn default_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cwtch")
+}
+
+/// The password: CWTCH_PASSWORD, or one line from the terminal.
+fn password() -> Result<Zeroizing<Vec<u8>>, String> {
+    if let Some(p) = std::env::var_os("CWTCH_PASSWORD") {
+        return Ok(Zeroizing::new(p.into_encoded_bytes()));
+    }
+    eprint!("password: ");
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(Zeroizing::new(
+        line.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
+    ))
+}
+
+fn run(cli: Cli, home: &Path) -> Result<(), String> {
+    let json = cli.json;
+    match cli.command {
+        Command::Init { name } => {
+            let address =
+                peer::init_profile(home, &name, &password()?).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::json!({"address": address.to_string()}));
+            } else {
+                println!("{address}");
+            }
+            Ok(())
+        }
+        Command::Address => {
+            let result = one_shot(home, &Request::Address, true);
+            if result.is_ok() {
+                return Ok(());
+            }
+            // No daemon: open the profile ourselves.
+            let (_, identity, _) =
+                peer::open_profile(home, &password()?).map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"address": identity.address().to_string()})
+                );
+            } else {
+                println!("{}", identity.address());
+            }
+            Ok(())
+        }
+        Command::Run(args) => run_peer(home, &args),
+        Command::Status => one_shot(home, &Request::Status, json),
+        Command::Contact(c) => {
+            let request = match c {
+                ContactCommand::Add { address, message } => {
+                    Request::ContactAdd { address, message }
+                }
+                ContactCommand::Accept { address } => Request::ContactAccept { address },
+                ContactCommand::Block { address } => Request::ContactBlock { address },
+                ContactCommand::List => Request::ContactList,
+            };
+            one_shot(home, &request, json)
+        }
+        Command::Send { address, text } => one_shot(home, &Request::Send { address, text }, json),
+        Command::Messages {
+            conversation,
+            follow,
+        } => {
+            if follow {
+                control::request(
+                    home,
+                    &Request::Messages {
+                        conversation,
+                        follow,
+                    },
+                    |line| {
+                        print_message_line(line, json);
+                        true
+                    },
+                )
+            } else {
+                one_shot(
+                    home,
+                    &Request::Messages {
+                        conversation,
+                        follow,
+                    },
+                    json,
+                )
+            }
+        }
+        Command::Server(ServerCommand::Init) => cwtch_node::server::init(home, json),
+        Command::Server(ServerCommand::Info) => cwtch_node::server::info(home, json),
+        Command::Server(ServerCommand::Run(args)) => smol::block_on(async {
+            let (transport, _tor) = transport(home, &args).await?;
+            cwtch_node::server::run(home, transport).await
+        }),
+    }
+}
+
+fn print_message_line(line: &str, json: bool) {
+    if json {
+        println!("{line}");
+        return;
+    }
+    match serde_json::from_str::<cwtch_node::model::StoredMessage>(line) {
+        Ok(m) => println!("{}", cwtch_node::format::message(&m)),
+        Err(_) => println!("{line}"),
+    }
+}
+
+/// Sends one request to the daemon and prints the answer.
+fn one_shot(home: &Path, request: &Request, json: bool) -> Result<(), String> {
+    let mut outcome = Err("the daemon closed the connection without answering".to_string());
+    control::request(home, request, |line| {
+        outcome = match serde_json::from_str::<control::Response>(line) {
+            Ok(r) if r.ok => {
+                let value = r.result.unwrap_or(serde_json::Value::Null);
+                if json {
+                    println!("{value}");
+                } else {
+                    println!("{}", cwtch_node::format::human(request, &value));
+                }
+                Ok(())
+            }
+            Ok(r) => Err(r.error.unwrap_or_else(|| "failed".into())),
+            Err(e) => Err(format!("bad answer from the daemon: {e}")),
+        };
+        false
+    })?;
+    outcome
+}
+
+/// Builds the transport the flags ask for. Returns the tor we launched, if
+/// any: it stops when dropped.
+async fn transport(
+    home: &Path,
+    args: &TransportArgs,
+) -> Result<(AnyTransport, Option<TorProcess>), String> {
+    if let Some(dir) = &args.dev_tcp {
+        let (dev, warning) = DevTransport::new(dir);
+        println!("{warning}");
+        return Ok((AnyTransport::Dev(dev), None));
+    }
+    if args.launch_tor {
+        let mut config = TorConfig::new(home.join("tor"));
+        if let Some(extra) = &args.torrc_extra {
+            let text = std::fs::read_to_string(extra)
+                .map_err(|e| format!("cannot read {}: {e}", extra.display()))?;
+            config.extra_torrc = text.lines().map(str::to_string).collect();
+        }
+        eprintln!("launching tor in {}", config.data_dir.display());
+        let tor = TorProcess::launch(&config, |s| {
+            eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
+        })
+        .await
+        .map_err(|e| format!("cannot launch tor: {e}"))?;
+        return Ok((AnyTransport::Tor(tor.transport()), Some(tor)));
+    }
+    Ok((
+        AnyTransport::Tor(TorTransport::new(
+            args.tor_socks,
+            args.tor_control,
+            ControlAuth::Auto,
+        )),
+        None,
+    ))
+}
+
+fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
+    let password = password()?;
+    let (store, identity, name) = peer::open_profile(home, &password).map_err(|e| e.to_string())?;
+    drop(password);
+    smol::block_on(async {
+        let (transport, _tor) = transport(home, args).await?;
+        let mut listener = transport
+            .listen(&identity, PEER_PORT)
+            .await
+            .map_err(|e| format!("cannot publish our onion service: {e}"))?;
+        let node =
+            PeerNode::load(home, store, identity, name, transport).map_err(|e| e.to_string())?;
+        if listener
+            .wait_published(std::time::Duration::from_secs(120))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "warning: tor has not confirmed our onion service yet; peers may not reach us for a while"
+            );
+        }
+        println!("cwtch peer {} is online", node.address());
+        smol::spawn(node.clone().serve(listener)).detach();
+        smol::spawn(node.clone().keep_connected()).detach();
+        control::serve(node)
+            .await
+            .map_err(|e| format!("control socket failed: {e}"))
+    })
 }

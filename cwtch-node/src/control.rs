@@ -1,0 +1,230 @@
+//! The local control socket: how one-shot commands (`cwtch-node status`,
+//! `send`, ...) talk to the running daemon.
+//!
+//! A Unix socket `control.sock` in the home directory, which only the owner
+//! can open (the directory is 0700 and the socket 0600). One JSON request
+//! per line; one JSON response per line (`messages --follow` streams lines
+//! until the client hangs up).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use smol::net::unix::{UnixListener, UnixStream};
+
+use crate::peer::PeerNode;
+
+/// The socket's file name inside the home directory.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// A request from the command line to the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Our address, name, contacts and their connection states.
+    Status,
+    /// Our address.
+    Address,
+    /// Add a contact, optionally with a first message.
+    ContactAdd {
+        /// Their address.
+        address: String,
+        /// A first message.
+        message: Option<String>,
+    },
+    /// Accept a contact request.
+    ContactAccept {
+        /// Their address.
+        address: String,
+    },
+    /// Block a contact.
+    ContactBlock {
+        /// Their address.
+        address: String,
+    },
+    /// List contacts.
+    ContactList,
+    /// Send a text to a contact.
+    Send {
+        /// Their address.
+        address: String,
+        /// The text.
+        text: String,
+    },
+    /// The messages of a conversation.
+    Messages {
+        /// A contact's address or a group's id.
+        conversation: String,
+        /// Keep streaming new messages.
+        follow: bool,
+    },
+}
+
+/// The answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why not, in one line, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn ok(result: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+    fn err(error: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// The socket path for a home directory.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join(SOCKET_FILE)
+}
+
+/// Serves the control socket until the process ends.
+pub async fn serve(node: Arc<PeerNode>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(&node.home);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let node = node.clone();
+        smol::spawn(async move {
+            if let Err(e) = handle_client(node, stream).await {
+                tracing::debug!("control client: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn write_line(stream: &mut UnixStream, value: &impl Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn handle_client(node: Arc<PeerNode>, stream: UnixStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.clone());
+    let mut writer = stream;
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Ok(());
+    }
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            return write_line(&mut writer, &Response::err(format!("bad request: {e}"))).await;
+        }
+    };
+    if let Request::Messages {
+        conversation,
+        follow: true,
+    } = &request
+    {
+        let rx = node.follow();
+        let history = node.messages(conversation);
+        match history {
+            Ok(list) => {
+                for m in list {
+                    write_line(&mut writer, &m).await?;
+                }
+            }
+            Err(e) => return write_line(&mut writer, &Response::err(e)).await,
+        }
+        while let Ok(m) = rx.recv().await {
+            if &m.conversation == conversation {
+                write_line(&mut writer, &m).await?;
+            }
+        }
+        return Ok(());
+    }
+    let response = execute(&node, request);
+    write_line(&mut writer, &response).await
+}
+
+fn json<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn execute(node: &PeerNode, request: Request) -> Response {
+    let result = match request {
+        Request::Status => {
+            let contacts: Vec<_> = node
+                .contacts()
+                .into_iter()
+                .map(|(c, s)| serde_json::json!({"contact": c, "connection": s}))
+                .collect();
+            Ok(serde_json::json!({
+                "address": node.address(),
+                "name": node.name(),
+                "outbox": node.outbox_len().unwrap_or(0),
+                "contacts": contacts,
+            }))
+        }
+        Request::Address => Ok(serde_json::json!({"address": node.address()})),
+        Request::ContactAdd { address, message } => {
+            node.contact_add(&address, message.as_deref()).map(json)
+        }
+        Request::ContactAccept { address } => node.contact_accept(&address).map(json),
+        Request::ContactBlock { address } => node.contact_block(&address).map(json),
+        Request::ContactList => Ok(json(
+            node.contacts()
+                .into_iter()
+                .map(|(c, s)| serde_json::json!({"contact": c, "connection": s}))
+                .collect::<Vec<_>>(),
+        )),
+        Request::Send { address, text } => node.send_text(&address, &text).map(json),
+        Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
+    };
+    match result {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(e),
+    }
+}
+
+/// Client side: sends one request and calls `on_line` for every line of
+/// the answer (one, or a stream for `--follow`).
+pub fn request(
+    home: &Path,
+    request: &Request,
+    mut on_line: impl FnMut(&str) -> bool,
+) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let path = socket_path(home);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "cannot reach the daemon at {} ({e}): is `cwtch-node --home {} run` running?",
+            path.display(),
+            home.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|e| e.to_string())?;
+    let reader = std::io::BufReader::new(stream);
+    for line in reader.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !on_line(&line) {
+            break;
+        }
+    }
+    Ok(())
+}

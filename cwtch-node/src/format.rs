@@ -1,0 +1,77 @@
+//! Plain-words output for people (the `--json` forms are the raw values).
+
+use crate::control::Request;
+use crate::model::{Delivery, StoredMessage};
+
+/// One message as a line: `[delivered] alice…: text`.
+pub fn message(m: &StoredMessage) -> String {
+    let status = match m.status {
+        Delivery::Pending => "pending  ",
+        Delivery::Delivered => "delivered",
+        Delivery::Received => "received ",
+    };
+    let who = if m.outgoing { "me" } else { short(&m.author) };
+    format!("[{status}] {who}: {}", m.text)
+}
+
+fn short(address: &str) -> &str {
+    address.get(..12).unwrap_or(address)
+}
+
+/// The human form of a daemon answer.
+pub fn human(request: &Request, value: &serde_json::Value) -> String {
+    match request {
+        Request::Address => value["address"].as_str().unwrap_or_default().to_string(),
+        Request::Status => {
+            let mut out = format!(
+                "{} ({})\noutgoing queue: {} message(s)\n",
+                value["address"].as_str().unwrap_or_default(),
+                value["name"].as_str().unwrap_or_default(),
+                value["outbox"]
+            );
+            out.push_str(&contacts(&value["contacts"]));
+            out.trim_end().to_string()
+        }
+        Request::ContactList => contacts(value).trim_end().to_string(),
+        Request::Messages { .. } => value
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| serde_json::from_value::<StoredMessage>(m.clone()).ok())
+                    .map(|m| message(&m))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default(),
+        Request::Send { .. } => "queued (pending until the contact acknowledges it)".into(),
+        Request::ContactAdd { .. }
+        | Request::ContactAccept { .. }
+        | Request::ContactBlock { .. } => {
+            format!(
+                "{} is now {}",
+                value["address"].as_str().unwrap_or_default(),
+                value["state"].as_str().unwrap_or_default()
+            )
+        }
+    }
+}
+
+fn contacts(list: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for entry in list.as_array().into_iter().flatten() {
+        let c = &entry["contact"];
+        let s = &entry["connection"];
+        out.push_str(&format!(
+            "{} {:<10} {:<14} {}{}\n",
+            c["address"].as_str().unwrap_or_default(),
+            c["state"].as_str().unwrap_or_default(),
+            s["state"].as_str().unwrap_or_default(),
+            c["name"].as_str().unwrap_or_default(),
+            s["last_error"]
+                .as_str()
+                .map(|e| format!(" (last failure: {e})"))
+                .unwrap_or_default(),
+        ));
+    }
+    out
+}

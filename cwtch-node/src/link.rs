@@ -1,0 +1,165 @@
+//! The connection driver: runs one core [`Connection`] over one stream.
+//!
+//! Like quinn's connection driver it does nothing but move data: bytes from
+//! the socket into `handle_input`, `poll_transmit` onto the socket,
+//! `poll_event` to the owner, timers into `handle_timeout`. What a message
+//! means is the owner's business ([`LinkHandler`]).
+
+use std::collections::VecDeque;
+
+use cwtch_proto::PublicIdentity;
+use cwtch_proto::channel::frame::FRAME_LEN;
+use cwtch_proto::connection::{CloseReason, Connection, Event};
+use cwtch_transport_socks::Stream;
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::clock;
+
+/// What the owner can ask of a running link.
+#[derive(Debug)]
+pub enum LinkCommand {
+    /// Send one message (one channel message).
+    Send(Vec<u8>),
+    /// Close the link gracefully.
+    Close,
+}
+
+/// The handle the owner keeps to talk to a link.
+pub type LinkSender = Sender<LinkCommand>;
+
+/// What the driver reports to the link's owner.
+pub trait LinkHandler {
+    /// Responder only: an authenticated peer calls; return whether to accept.
+    fn incoming(&mut self, remote: PublicIdentity) -> bool {
+        let _ = remote;
+        true
+    }
+    /// The session is established; messages may be sent.
+    fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>>;
+    /// A message arrived; return messages to send in answer.
+    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>>;
+    /// The link is over.
+    fn closed(&mut self, reason: CloseReason);
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Command(Option<LinkCommand>),
+    Timer,
+}
+
+/// Runs `conn` over `stream` until it closes. Commands arrive on
+/// `commands`; the handler hears everything that happens.
+pub async fn drive(
+    mut stream: Stream,
+    mut conn: Connection,
+    commands: Receiver<LinkCommand>,
+    handler: &mut impl LinkHandler,
+) -> CloseReason {
+    let mut outq: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut readbuf = vec![0u8; 16 * 1024];
+    let mut frame = [0u8; FRAME_LEN];
+    let mut wire = Vec::with_capacity(16 * FRAME_LEN);
+    let mut commands_open = true;
+    loop {
+        // Events first: they may produce messages to send.
+        let mut closed = None;
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::IncomingPeer { remote } => {
+                    let result = if handler.incoming(remote) {
+                        conn.accept(clock::now())
+                    } else {
+                        conn.refuse()
+                    };
+                    if result.is_err() {
+                        conn.close();
+                    }
+                }
+                Event::Established { remote } => outq.extend(handler.established(remote)),
+                Event::Message(msg) => outq.extend(handler.message(msg)),
+                Event::Closed(reason) => closed = Some(reason),
+            }
+        }
+        // Queue and transmit as much as the connection takes.
+        wire.clear();
+        loop {
+            match conn.poll_transmit(clock::now(), &mut frame) {
+                Ok(Some(n)) => wire.extend_from_slice(&frame[..n]),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            if conn.can_send()
+                && let Some(msg) = outq.pop_front()
+            {
+                if conn.send(&msg).is_err() {
+                    break;
+                }
+                continue;
+            }
+            break;
+        }
+        if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
+            conn.handle_eof();
+            continue;
+        }
+        if let Some(reason) = closed {
+            let _ = stream.flush().await;
+            handler.closed(reason);
+            return reason;
+        }
+        // Input left over from an earlier read (back-pressure) goes first.
+        if !inbuf.is_empty() {
+            match conn.handle_input(&inbuf, clock::now()) {
+                Ok(consumed) => {
+                    inbuf.drain(..consumed);
+                    if consumed > 0 {
+                        continue;
+                    }
+                }
+                Err(_) => {
+                    inbuf.clear();
+                    continue;
+                }
+            }
+        }
+        // Sleep until input, a command, or the next deadline.
+        let deadline = conn.poll_timeout();
+        let read = async { Wake::Read(stream.read(&mut readbuf).await) };
+        let command = async {
+            if commands_open {
+                Wake::Command(commands.recv().await.ok())
+            } else {
+                std::future::pending().await
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => {
+                    smol::Timer::at(clock::to_std(at)).await;
+                    Wake::Timer
+                }
+                None => std::future::pending().await,
+            }
+        };
+        match read.or(command).or(timer).await {
+            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => conn.handle_eof(),
+            Wake::Read(Ok(n)) => {
+                inbuf.extend_from_slice(&readbuf[..n]);
+                match conn.handle_input(&inbuf, clock::now()) {
+                    Ok(consumed) => {
+                        inbuf.drain(..consumed);
+                    }
+                    Err(_) => inbuf.clear(),
+                }
+            }
+            Wake::Command(Some(LinkCommand::Send(msg))) => outq.push_back(msg),
+            Wake::Command(Some(LinkCommand::Close)) => conn.close(),
+            Wake::Command(None) => commands_open = false,
+            Wake::Timer => conn.handle_timeout(clock::now()),
+        }
+    }
+}

@@ -1,0 +1,797 @@
+//! The peer daemon: a profile, its onion service, its contacts and their
+//! links, the outgoing queue with retries.
+//!
+//! All protocol decisions come from `cwtch-proto` (the handshake, the
+//! channel, the message format, the retry schedule); this module keeps the
+//! collections that grow with the user's life and persists them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cwtch_proto::connection::{CloseReason, Config, Connection};
+use cwtch_proto::peer::message::MAX_ENCODED_LEN;
+use cwtch_proto::peer::{Backoff, PeerMessage};
+use cwtch_proto::{Identity, Instant, OnionAddress, PublicIdentity};
+use cwtch_transport_socks::{AnyTransport, IsolationKey, Listener, PEER_PORT, Stream, Transport};
+use smol::channel::Sender;
+use zeroize::Zeroizing;
+
+use crate::clock;
+use crate::link::{self, LinkCommand, LinkHandler, LinkSender};
+use crate::model::{
+    ConnState, ConnStatus, Contact, ContactState, Delivery, OutBody, OutItem, StoredMessage,
+};
+use crate::profile_store::{ProfileStore, StoreError, Table};
+
+/// The profile's file inside the home directory.
+pub const PROFILE_FILE: &str = "profile.db";
+/// How many dials may run at once: Tor builds a limited number of circuits
+/// at a time, and a big contact list must not stall start-up.
+pub const MAX_CONCURRENT_DIALS: usize = 3;
+
+/// Errors the peer reports to the user.
+#[derive(Debug)]
+pub enum PeerError {
+    /// The profile store failed.
+    Store(StoreError),
+    /// Something the user gave us is wrong.
+    Invalid(String),
+    /// The profile is damaged (a record does not decode).
+    Corrupt(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Store(e) => write!(f, "{e}"),
+            PeerError::Invalid(e) => f.write_str(e),
+            PeerError::Corrupt(e) => write!(f, "profile damaged: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+impl From<StoreError> for PeerError {
+    fn from(e: StoreError) -> Self {
+        PeerError::Store(e)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> {
+    serde_json::from_slice(bytes).map_err(|e| PeerError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
+    // Serializing our own plain structs to JSON cannot fail.
+    Zeroizing::new(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Creates a new profile in `home` and returns its address.
+pub fn init_profile(home: &Path, name: &str, password: &[u8]) -> Result<OnionAddress, PeerError> {
+    if name.len() > cwtch_proto::peer::message::MAX_NAME_LEN {
+        return Err(PeerError::Invalid(
+            "the name is longer than 64 bytes".into(),
+        ));
+    }
+    std::fs::create_dir_all(home)
+        .map_err(|e| PeerError::Invalid(format!("cannot create {}: {e}", home.display())))?;
+    restrict_dir(home);
+    let store = ProfileStore::create(&home.join(PROFILE_FILE), password)?;
+    let identity = Identity::generate(&mut clock::rng());
+    store.transaction(|tx| {
+        tx.put(Table::Meta, b"seed", identity.seed().as_ref())?;
+        tx.put(Table::Meta, b"name", name.as_bytes())?;
+        tx.put(Table::Meta, b"seq", &0u64.to_le_bytes())?;
+        Ok(())
+    })?;
+    Ok(identity.address())
+}
+
+/// Makes a directory readable by its owner only.
+pub fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// Opens the profile in `home`: its identity and display name.
+pub fn open_profile(
+    home: &Path,
+    password: &[u8],
+) -> Result<(ProfileStore, Identity, String), PeerError> {
+    let path = home.join(PROFILE_FILE);
+    if !path.exists() {
+        return Err(PeerError::Invalid(format!(
+            "no profile in {} (run `cwtch-node init --name NAME` first)",
+            home.display()
+        )));
+    }
+    let store = ProfileStore::open(&path, password)?;
+    let seed = store
+        .get(Table::Meta, b"seed")?
+        .ok_or_else(|| PeerError::Corrupt("no identity".into()))?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| PeerError::Corrupt("identity has the wrong length".into()))?;
+    let identity = Identity::from_seed(&seed);
+    let name = store
+        .get(Table::Meta, b"name")?
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .unwrap_or_default();
+    Ok((store, identity, name))
+}
+
+struct LinkEntry {
+    id: u64,
+    tx: LinkSender,
+    initiator: String,
+}
+
+struct State {
+    name: String,
+    contacts: BTreeMap<String, Contact>,
+    status: HashMap<String, ConnStatus>,
+    links: HashMap<String, LinkEntry>,
+    dialing: HashSet<String>,
+    backoff: HashMap<String, (Backoff, Instant)>,
+    next_seq: u64,
+    next_link: u64,
+    followers: Vec<Sender<StoredMessage>>,
+}
+
+/// A running peer.
+pub struct PeerNode {
+    identity: Identity,
+    address: String,
+    store: ProfileStore,
+    transport: AnyTransport,
+    state: Mutex<State>,
+    /// Where the daemon lives (control socket, logs).
+    pub home: PathBuf,
+}
+
+impl PeerNode {
+    /// Loads everything from the profile.
+    pub fn load(
+        home: &Path,
+        store: ProfileStore,
+        identity: Identity,
+        name: String,
+        transport: AnyTransport,
+    ) -> Result<Arc<Self>, PeerError> {
+        let mut contacts = BTreeMap::new();
+        for (_, value) in store.scan(Table::Contacts)? {
+            let c: Contact = decode(&value, "contact")?;
+            contacts.insert(c.address.clone(), c);
+        }
+        let next_seq = store
+            .get(Table::Meta, b"seq")?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
+        Ok(Arc::new(PeerNode {
+            address: identity.address().to_string(),
+            identity,
+            store,
+            transport,
+            home: home.to_path_buf(),
+            state: Mutex::new(State {
+                name,
+                contacts,
+                status: HashMap::new(),
+                links: HashMap::new(),
+                dialing: HashSet::new(),
+                backoff: HashMap::new(),
+                next_seq,
+                next_link: 1,
+                followers: Vec::new(),
+            }),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Our address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Our display name.
+    pub fn name(&self) -> String {
+        self.state().name.clone()
+    }
+
+    fn next_seq(&self, state: &mut State) -> Result<u64, PeerError> {
+        state.next_seq += 1;
+        self.store
+            .put(Table::Meta, b"seq", &state.next_seq.to_le_bytes())?;
+        Ok(state.next_seq)
+    }
+
+    // ----- user commands ----------------------------------------------------
+
+    /// Adds a contact (accepted) and optionally queues a first message.
+    pub fn contact_add(&self, address: &str, message: Option<&str>) -> Result<Contact, PeerError> {
+        let parsed = OnionAddress::parse(address)
+            .map_err(|e| PeerError::Invalid(format!("{address}: {e}")))?;
+        let address = parsed.to_string();
+        if address == self.address {
+            return Err(PeerError::Invalid("that is our own address".into()));
+        }
+        let contact = {
+            let mut st = self.state();
+            let contact = st
+                .contacts
+                .entry(address.clone())
+                .or_insert_with(|| Contact {
+                    address: address.clone(),
+                    name: String::new(),
+                    state: ContactState::Accepted,
+                });
+            contact.state = ContactState::Accepted;
+            let contact = contact.clone();
+            self.store
+                .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+            st.backoff.remove(&address);
+            contact
+        };
+        if let Some(text) = message {
+            self.send_text(&address, text)?;
+        }
+        Ok(contact)
+    }
+
+    /// Accepts a contact request.
+    pub fn contact_accept(&self, address: &str) -> Result<Contact, PeerError> {
+        let address = canonical(address)?;
+        let mut st = self.state();
+        let contact = st
+            .contacts
+            .get_mut(&address)
+            .ok_or_else(|| PeerError::Invalid(format!("no contact request from {address}")))?;
+        contact.state = ContactState::Accepted;
+        let contact = contact.clone();
+        self.store
+            .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+        // Say hello on the open link, if any: the requester learns our name now.
+        if let Some(link) = st.links.get(&address) {
+            let _ = link.tx.try_send(LinkCommand::Send(self.hello(&st.name)));
+        }
+        Ok(contact)
+    }
+
+    /// Blocks a contact: refused at the handshake from now on.
+    pub fn contact_block(&self, address: &str) -> Result<Contact, PeerError> {
+        let address = canonical(address)?;
+        let mut st = self.state();
+        let contact = st
+            .contacts
+            .entry(address.clone())
+            .or_insert_with(|| Contact {
+                address: address.clone(),
+                name: String::new(),
+                state: ContactState::Blocked,
+            });
+        contact.state = ContactState::Blocked;
+        let contact = contact.clone();
+        self.store
+            .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+        if let Some(link) = st.links.remove(&address) {
+            let _ = link.tx.try_send(LinkCommand::Close);
+        }
+        Ok(contact)
+    }
+
+    /// Every contact with its connection status.
+    pub fn contacts(&self) -> Vec<(Contact, ConnStatus)> {
+        let st = self.state();
+        st.contacts
+            .values()
+            .map(|c| {
+                (
+                    c.clone(),
+                    st.status.get(&c.address).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Queues a text for a contact; it is sent when a link is up and kept
+    /// until acknowledged.
+    pub fn send_text(&self, address: &str, text: &str) -> Result<StoredMessage, PeerError> {
+        let address = canonical(address)?;
+        if text.len() > cwtch_proto::peer::message::MAX_TEXT_LEN {
+            return Err(PeerError::Invalid(
+                "the text is longer than 4096 bytes".into(),
+            ));
+        }
+        let mut st = self.state();
+        match st.contacts.get(&address).map(|c| c.state) {
+            Some(ContactState::Accepted) => {}
+            Some(ContactState::Request) => {
+                return Err(PeerError::Invalid(format!(
+                    "accept the contact request first: cwtch-node contact accept {address}"
+                )));
+            }
+            Some(ContactState::Blocked) => {
+                return Err(PeerError::Invalid(format!("{address} is blocked")));
+            }
+            None => {
+                return Err(PeerError::Invalid(format!(
+                    "{address} is not a contact: cwtch-node contact add {address}"
+                )));
+            }
+        }
+        let seq = self.next_seq(&mut st)?;
+        let id = clock::random_u64();
+        let sent_at = clock::unix_millis();
+        let msg = StoredMessage {
+            seq,
+            conversation: address.clone(),
+            id,
+            outgoing: true,
+            author: self.address.clone(),
+            text: text.to_string(),
+            sent_at,
+            status: Delivery::Pending,
+        };
+        let item = OutItem {
+            seq,
+            contact: address.clone(),
+            id,
+            body: OutBody::Text {
+                text: text.to_string(),
+                sent_at,
+            },
+        };
+        self.store.transaction(|tx| {
+            tx.put(
+                Table::Messages,
+                &message_key(&address, true, id),
+                &encode(&msg),
+            )?;
+            tx.put(Table::Outbox, &outbox_key(&address, id), &encode(&item))?;
+            Ok(())
+        })?;
+        if let Some(link) = st.links.get(&address) {
+            let _ = link.tx.try_send(LinkCommand::Send(encode_out(&item)));
+        }
+        notify(&mut st, &msg);
+        Ok(msg)
+    }
+
+    /// The messages of a conversation, in local order.
+    pub fn messages(&self, conversation: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        let conversation = OnionAddress::parse(conversation)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| conversation.to_string());
+        let mut out = Vec::new();
+        for (_, value) in self.store.scan(Table::Messages)? {
+            let m: StoredMessage = decode(&value, "message")?;
+            if m.conversation == conversation {
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
+    /// Subscribes to new and updated messages (for `messages --follow`).
+    pub fn follow(&self) -> smol::channel::Receiver<StoredMessage> {
+        let (tx, rx) = smol::channel::bounded(256);
+        self.state().followers.push(tx);
+        rx
+    }
+
+    /// The number of items waiting in the outgoing queue.
+    pub fn outbox_len(&self) -> Result<usize, PeerError> {
+        Ok(self.store.scan(Table::Outbox)?.len())
+    }
+
+    // ----- links ------------------------------------------------------------
+
+    fn hello(&self, name: &str) -> Vec<u8> {
+        encode_peer(&PeerMessage::Hello { name })
+    }
+
+    fn set_status(&self, address: &str, state: ConnState, error: Option<String>) {
+        let mut st = self.state();
+        let entry = st.status.entry(address.to_string()).or_default();
+        entry.state = state;
+        if error.is_some() {
+            entry.last_error = error;
+        }
+    }
+
+    /// Accepts peers on our onion service until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let node = self.clone();
+                    smol::spawn(async move { node.run_link(stream, None).await }).detach();
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    smol::Timer::after(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps links to accepted contacts: dials those without a link, a few
+    /// at a time, those with queued messages first, with backoff and jitter
+    /// after failures.
+    pub async fn keep_connected(self: Arc<Self>) {
+        loop {
+            let now = clock::now();
+            let candidates = {
+                let st = self.state();
+                let mut pending: HashSet<String> = HashSet::new();
+                if let Ok(items) = self.store.scan(Table::Outbox) {
+                    for (_, v) in items {
+                        if let Ok(item) = serde_json::from_slice::<OutItem>(&v) {
+                            pending.insert(item.contact);
+                        }
+                    }
+                }
+                let mut c: Vec<(bool, String)> = st
+                    .contacts
+                    .values()
+                    .filter(|c| c.state == ContactState::Accepted)
+                    .filter(|c| {
+                        !st.links.contains_key(&c.address) && !st.dialing.contains(&c.address)
+                    })
+                    .filter(|c| st.backoff.get(&c.address).is_none_or(|(_, at)| *at <= now))
+                    .map(|c| (!pending.contains(&c.address), c.address.clone()))
+                    .collect();
+                c.sort();
+                let room = MAX_CONCURRENT_DIALS.saturating_sub(st.dialing.len());
+                c.into_iter().take(room).map(|(_, a)| a).collect::<Vec<_>>()
+            };
+            for address in candidates {
+                self.state().dialing.insert(address.clone());
+                let node = self.clone();
+                smol::spawn(async move { node.dial(address).await }).detach();
+            }
+            smol::Timer::after(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn dial(self: Arc<Self>, address: String) {
+        self.set_status(&address, ConnState::Connecting, None);
+        let result = match OnionAddress::parse(&address) {
+            Ok(peer) => {
+                let isolation = IsolationKey::for_identity(&self.identity.address());
+                self.transport
+                    .dial(&peer, PEER_PORT, &isolation)
+                    .await
+                    .map(|s| (s, peer))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok((stream, peer)) => {
+                self.set_status(&address, ConnState::Connected, None);
+                self.clone()
+                    .run_link(stream, Some(peer.public_identity()))
+                    .await;
+            }
+            Err(reason) => {
+                tracing::info!("dial failed: {reason}");
+                self.set_status(&address, ConnState::Failed, Some(reason));
+            }
+        }
+        let mut st = self.state();
+        st.dialing.remove(&address);
+        if !st.links.contains_key(&address) {
+            let now = clock::now();
+            let entry = st
+                .backoff
+                .entry(address.clone())
+                .or_insert((Backoff::for_peers(), now));
+            entry.1 = entry.0.next_attempt(now, &mut clock::rng());
+        }
+    }
+
+    /// Runs one link, dialed (`remote` known) or accepted.
+    async fn run_link(self: Arc<Self>, stream: Stream, remote: Option<PublicIdentity>) {
+        let mut rng = clock::rng();
+        let now = clock::now();
+        let conn = match remote {
+            Some(r) => {
+                Connection::initiator(Config::default(), self.identity.clone(), r, &mut rng, now)
+            }
+            None => Connection::responder(Config::default(), self.identity.clone(), &mut rng, now),
+        };
+        let (tx, rx) = smol::channel::bounded(64);
+        let id = {
+            let mut st = self.state();
+            st.next_link += 1;
+            st.next_link
+        };
+        let mut handler = PeerLink {
+            node: self.clone(),
+            id,
+            tx,
+            remote: None,
+            we_dialed: remote.is_some(),
+        };
+        link::drive(stream, conn, rx, &mut handler).await;
+    }
+
+    fn on_established(&self, link: &PeerLink, remote: &str) -> Vec<Vec<u8>> {
+        let mut st = self.state();
+        let initiator = if link.we_dialed {
+            self.address.clone()
+        } else {
+            remote.to_string()
+        };
+        // Two links to the same peer (both dialed at once): keep the one
+        // dialed by the smaller address, on both sides alike.
+        if let Some(existing) = st.links.get(remote) {
+            let preferred = self.address.as_str().min(remote);
+            if existing.initiator == preferred && initiator != preferred {
+                let _ = link.tx.try_send(LinkCommand::Close);
+                return Vec::new();
+            }
+            let _ = existing.tx.try_send(LinkCommand::Close);
+        }
+        st.links.insert(
+            remote.to_string(),
+            LinkEntry {
+                id: link.id,
+                tx: link.tx.clone(),
+                initiator,
+            },
+        );
+        st.backoff.remove(remote);
+        let entry = st.status.entry(remote.to_string()).or_default();
+        entry.state = ConnState::Authenticated;
+        let contact = st.contacts.get(remote).cloned();
+        let mut out = Vec::new();
+        match contact.map(|c| c.state) {
+            Some(ContactState::Accepted) => {
+                out.push(self.hello(&st.name));
+                out.extend(self.outbox_for(remote));
+            }
+            Some(ContactState::Request) => {}
+            Some(ContactState::Blocked) => {
+                let _ = link.tx.try_send(LinkCommand::Close);
+            }
+            None => {
+                // An unknown peer that authenticated: a contact request.
+                let contact = Contact {
+                    address: remote.to_string(),
+                    name: String::new(),
+                    state: ContactState::Request,
+                };
+                if let Err(e) =
+                    self.store
+                        .put(Table::Contacts, remote.as_bytes(), &encode(&contact))
+                {
+                    tracing::warn!("cannot store contact request: {e}");
+                }
+                st.contacts.insert(remote.to_string(), contact);
+            }
+        }
+        out
+    }
+
+    fn outbox_for(&self, contact: &str) -> Vec<Vec<u8>> {
+        let mut items: Vec<OutItem> = match self.store.scan(Table::Outbox) {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<OutItem>(&v).ok())
+                .filter(|i| i.contact == contact)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the outgoing queue: {e}");
+                Vec::new()
+            }
+        };
+        items.sort_by_key(|i| i.seq);
+        items.iter().map(encode_out).collect()
+    }
+
+    fn on_message(&self, remote: &str, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let msg = match PeerMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!("ignoring a bad message from a peer: {e}");
+                return Vec::new();
+            }
+        };
+        let mut st = self.state();
+        if st.contacts.get(remote).map(|c| c.state) == Some(ContactState::Blocked) {
+            return Vec::new();
+        }
+        match msg {
+            PeerMessage::Hello { name } => {
+                if let Some(c) = st.contacts.get_mut(remote)
+                    && c.name != name
+                {
+                    c.name = name.to_string();
+                    let c = c.clone();
+                    let _ = self
+                        .store
+                        .put(Table::Contacts, remote.as_bytes(), &encode(&c));
+                }
+                Vec::new()
+            }
+            PeerMessage::Text { id, sent_at, text } => {
+                let key = message_key(remote, false, id);
+                match self.store.get(Table::Messages, &key) {
+                    Ok(Some(_)) => {} // a duplicate (our ack was lost): ack again
+                    Ok(None) => {
+                        let seq = match self.next_seq(&mut st) {
+                            Ok(s) => s,
+                            Err(_) => return Vec::new(),
+                        };
+                        let m = StoredMessage {
+                            seq,
+                            conversation: remote.to_string(),
+                            id,
+                            outgoing: false,
+                            author: remote.to_string(),
+                            text: text.to_string(),
+                            sent_at,
+                            status: Delivery::Received,
+                        };
+                        if self.store.put(Table::Messages, &key, &encode(&m)).is_err() {
+                            return Vec::new(); // not stored: no ack, the sender retries
+                        }
+                        notify(&mut st, &m);
+                    }
+                    Err(_) => return Vec::new(),
+                }
+                vec![encode_peer(&PeerMessage::Ack { id })]
+            }
+            PeerMessage::Ack { id } => {
+                let key = message_key(remote, true, id);
+                let updated = match self.store.get(Table::Messages, &key) {
+                    Ok(Some(v)) => serde_json::from_slice::<StoredMessage>(&v)
+                        .ok()
+                        .map(|mut m| {
+                            m.status = Delivery::Delivered;
+                            m
+                        }),
+                    _ => None,
+                };
+                let result = self.store.transaction(|tx| {
+                    tx.delete(Table::Outbox, &outbox_key(remote, id))?;
+                    if let Some(m) = &updated {
+                        tx.put(Table::Messages, &key, &encode(m))?;
+                    }
+                    Ok(())
+                });
+                if result.is_ok()
+                    && let Some(m) = updated
+                {
+                    notify(&mut st, &m);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_closed(&self, link: &PeerLink, reason: CloseReason) {
+        let Some(remote) = &link.remote else { return };
+        let mut st = self.state();
+        if st.links.get(remote).is_some_and(|l| l.id == link.id) {
+            st.links.remove(remote);
+            let entry = st.status.entry(remote.clone()).or_default();
+            match reason {
+                CloseReason::Local | CloseReason::Remote(_) => {
+                    entry.state = ConnState::Disconnected;
+                }
+                other => {
+                    entry.state = ConnState::Failed;
+                    entry.last_error = Some(describe_close(other));
+                }
+            }
+        }
+    }
+}
+
+fn describe_close(reason: CloseReason) -> String {
+    match reason {
+        CloseReason::Local => "closed by us".into(),
+        CloseReason::Refused => "refused (blocked)".into(),
+        CloseReason::Remote(_) => "closed by the peer".into(),
+        CloseReason::TimedOut(t) => format!("timed out ({t:?})"),
+        CloseReason::Error(e) => e.to_string(),
+    }
+}
+
+fn notify(st: &mut State, msg: &StoredMessage) {
+    st.followers
+        .retain(|f| f.try_send(msg.clone()).is_ok() || !f.is_closed() && !f.is_full());
+}
+
+fn canonical(address: &str) -> Result<String, PeerError> {
+    OnionAddress::parse(address)
+        .map(|a| a.to_string())
+        .map_err(|e| PeerError::Invalid(format!("{address}: {e}")))
+}
+
+fn message_key(conversation: &str, outgoing: bool, id: u64) -> Vec<u8> {
+    let mut k = conversation.as_bytes().to_vec();
+    k.push(if outgoing { b'>' } else { b'<' });
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn outbox_key(contact: &str, id: u64) -> Vec<u8> {
+    let mut k = contact.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn encode_peer(msg: &PeerMessage<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_ENCODED_LEN];
+    match msg.encode(&mut buf) {
+        Ok(bytes) => bytes.to_vec(),
+        Err(e) => {
+            tracing::warn!("cannot encode a peer message: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn encode_out(item: &OutItem) -> Vec<u8> {
+    match &item.body {
+        OutBody::Text { text, sent_at } => encode_peer(&PeerMessage::Text {
+            id: item.id,
+            sent_at: *sent_at,
+            text,
+        }),
+        OutBody::Invite { invite } => encode_peer(&PeerMessage::GroupInvite {
+            id: item.id,
+            invite,
+        }),
+    }
+}
+
+struct PeerLink {
+    node: Arc<PeerNode>,
+    id: u64,
+    tx: LinkSender,
+    remote: Option<String>,
+    we_dialed: bool,
+}
+
+impl LinkHandler for PeerLink {
+    fn incoming(&mut self, remote: PublicIdentity) -> bool {
+        let address = remote.address().to_string();
+        let blocked = self
+            .node
+            .state()
+            .contacts
+            .get(&address)
+            .is_some_and(|c| c.state == ContactState::Blocked);
+        !blocked
+    }
+
+    fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>> {
+        let address = remote.address().to_string();
+        self.remote = Some(address.clone());
+        self.node.on_established(self, &address)
+    }
+
+    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+        match &self.remote {
+            Some(remote) => self.node.on_message(remote, msg),
+            None => Vec::new(),
+        }
+    }
+
+    fn closed(&mut self, reason: CloseReason) {
+        self.node.on_closed(self, reason);
+    }
+}
