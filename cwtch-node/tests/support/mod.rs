@@ -1,0 +1,136 @@
+//! Real `cwtch-node` processes for end-to-end tests: started in their own
+//! process group, killed by pid when dropped (also when a test panics).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cwtch-node")
+}
+
+/// Runs a one-shot command with `--json` and returns the parsed result.
+pub fn cli(home: &Path, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .arg("--json")
+        .args(args)
+        .env("CWTCH_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("null");
+    serde_json::from_str(last).map_err(|e| format!("{e}: {text}"))
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    pub home: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cwtch-node run` (or `server run`) with `transport` flags.
+    pub fn start(home: &Path, server: bool, transport: &[String]) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let log = home.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--home").arg(home).arg("-v");
+        if server {
+            cmd.arg("server");
+        }
+        cmd.arg("run")
+            .args(transport)
+            .env("CWTCH_PASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn cwtch-node");
+        Daemon {
+            child,
+            home: home.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The texts of a conversation as `(outgoing, text, status)`.
+pub fn conversation(home: &Path, with: &str) -> Vec<(bool, String, String)> {
+    match cli(home, &["messages", with]) {
+        Ok(Value::Array(list)) => list
+            .iter()
+            .map(|m| {
+                (
+                    m["outgoing"].as_bool().unwrap_or(false),
+                    m["text"].as_str().unwrap_or_default().to_string(),
+                    m["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The daemon answers on its control socket.
+pub fn wait_ready(home: &Path) -> String {
+    wait_for("the daemon's control socket", Duration::from_secs(60), || {
+        cli(home, &["address"]).ok()?["address"].as_str().map(str::to_string)
+    })
+}
+
+/// Creates a profile and returns its address.
+pub fn init(home: &Path, name: &str) -> String {
+    let v = cli(home, &["init", "--name", name]).expect("init");
+    v["address"].as_str().expect("address").to_string()
+}
