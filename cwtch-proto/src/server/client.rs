@@ -244,6 +244,28 @@ impl ServerClient {
         }
     }
 
+    /// A client without cursor jitter, for fuzz targets only.
+    #[cfg(feature = "fuzzing")]
+    pub fn new_for_fuzzing(mut config: ClientConfig, cursor: u64) -> Self {
+        config.cursor_jitter = 0;
+        config.page_len = config.page_len.max(1);
+        ServerClient {
+            config,
+            state: State::AwaitingHello,
+            policy: None,
+            cursor,
+            sync_from: cursor,
+            next_post_seq: 0,
+            want_fetch: None,
+            want_subscribe: false,
+            want_unsubscribe: false,
+            fetching: None,
+            sub: Sub::None,
+            last_push: 0,
+            events: Deque::new(),
+        }
+    }
+
     /// The highest index received; persist it per server.
     pub fn cursor(&self) -> u64 {
         self.cursor

@@ -222,6 +222,32 @@ impl ServerSession {
         }
     }
 
+    /// A session with an all-zero challenge, for fuzz targets only (a fixed
+    /// challenge lets proof of work be precomputed: never in a real server).
+    #[cfg(feature = "fuzzing")]
+    pub fn new_for_fuzzing<S: BlobStore + ?Sized>(
+        config: ServerConfig,
+        store: &S,
+        now: Instant,
+    ) -> Self {
+        struct Zero;
+        impl rand_core::TryRng for Zero {
+            type Error = core::convert::Infallible;
+            fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+                Ok(0)
+            }
+            fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+                Ok(0)
+            }
+            fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+        impl rand_core::TryCryptoRng for Zero {}
+        Self::new(config, store, &mut Zero, now)
+    }
+
     /// The policy this session announces in its hello (with the current
     /// durable head).
     pub fn policy(&self) -> Policy {
