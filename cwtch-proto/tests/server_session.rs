@@ -860,3 +860,41 @@ fn session_size_is_constant_and_small() {
     assert!(size <= 640, "ServerSession is {size} bytes");
     let _ = MAX_SERVER_MESSAGE_LEN;
 }
+
+#[test]
+fn events_are_never_dropped_when_the_driver_does_not_drain_them() {
+    let mut store = MemStore::new();
+    let mut s = open(&store, config(), 1);
+    let sub = req(Request::Subscribe { after: 0 });
+    let unsub = req(Request::Unsubscribe);
+    s.handle_request(&sub, T0, &mut store).unwrap();
+    let _ = drain(&mut s, &store);
+    s.handle_request(&unsub, T0, &mut store).unwrap();
+    let _ = drain(&mut s, &store);
+    s.handle_request(&sub, T0, &mut store).unwrap();
+    let _ = drain(&mut s, &store);
+    assert!(!s.wants_request(), "the event queue is nearly full");
+    assert_eq!(
+        s.handle_request(&unsub, T0, &mut store),
+        Err(SessionError::Busy)
+    );
+    s.close();
+    assert_eq!(
+        drain(&mut s, &store),
+        vec![R::Closing(CloseReason::Shutdown)]
+    );
+    let events: Vec<_> = core::iter::from_fn(|| s.poll_event()).collect();
+    assert_eq!(
+        events,
+        vec![
+            ServerEvent::Subscribed,
+            ServerEvent::Unsubscribed,
+            ServerEvent::Subscribed,
+            ServerEvent::Unsubscribed,
+            ServerEvent::Closed {
+                reason: CloseReason::Shutdown
+            },
+        ]
+    );
+    assert_eq!(s.poll_event(), None);
+}

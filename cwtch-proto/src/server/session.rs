@@ -155,7 +155,11 @@ enum Immediate {
 enum State {
     Open,
     Closing(CloseReason),
-    Closed,
+    /// The closing notice was sent; `reported` once the driver got the event.
+    Closed {
+        reason: CloseReason,
+        reported: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,12 +278,14 @@ impl ServerSession {
             && self.immediate.is_none()
             && self.page.is_none()
             && !self.pending.is_full()
-            && self.events.len() < MAX_SERVER_EVENTS
+            // A request makes at most one event, and losing the subscription
+            // (by close or store failure) one more: never more than the queue.
+            && self.events.len() + 2 <= MAX_SERVER_EVENTS
     }
 
     /// Whether the closing notice was sent; the driver closes the channel.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+        matches!(self.state, State::Closed { .. })
     }
 
     /// Whether the client has a subscription.
@@ -299,7 +305,8 @@ impl ServerSession {
 
     /// Items held in the session's queues (a waiting reply, posts awaiting
     /// durability, undelivered events). Bounded by
-    /// `1 + MAX_PENDING_POSTS + MAX_SERVER_EVENTS` by construction.
+    /// `1 + MAX_PENDING_POSTS + MAX_SERVER_EVENTS` by construction; events
+    /// are never dropped.
     pub fn queued_items(&self) -> usize {
         usize::from(self.immediate.is_some()) + self.pending.len() + self.events.len()
     }
@@ -329,10 +336,10 @@ impl ServerSession {
     }
 
     fn push_event(&mut self, event: ServerEvent) {
-        // Room is guaranteed: requests are only taken with a free slot, and
-        // the other producers (closing, store failure) end the state that
-        // could produce another event. If it ever failed, dropping the
-        // event is the bounded choice.
+        // Room is guaranteed: a request is only taken with two free slots
+        // and makes at most one event; the only other event (`Unsubscribed`
+        // on close or store failure) ends the subscription, which only a
+        // new request can start again. `Closed` is not queued.
         let _ = self.events.push_back(event);
     }
 
@@ -509,7 +516,21 @@ impl ServerSession {
     /// The next event for the driver, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.events.pop_front()
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        if let State::Closed {
+            reason,
+            reported: false,
+        } = self.state
+        {
+            self.state = State::Closed {
+                reason,
+                reported: true,
+            };
+            return Some(ServerEvent::Closed { reason });
+        }
+        None
     }
 
     /// Writes the next reply message into `out` and returns its length, or
@@ -525,7 +546,7 @@ impl ServerSession {
         store: &S,
         out: &mut [u8],
     ) -> Result<Option<usize>, SessionError> {
-        if self.state == State::Closed {
+        if self.is_closed() {
             return Ok(None);
         }
         if let Some(imm) = self.immediate {
@@ -535,8 +556,10 @@ impl ServerSession {
         }
         if let State::Closing(reason) = self.state {
             let len = Reply::Closing { reason }.encode(out)?;
-            self.state = State::Closed;
-            self.push_event(ServerEvent::Closed { reason });
+            self.state = State::Closed {
+                reason,
+                reported: false,
+            };
             return Ok(Some(len));
         }
         if let Some(&PendingPost { seq, index }) = self.pending.front()
