@@ -416,19 +416,39 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
         c.handle_reply(&encode(Reply::PageEnd { next: 4, head: 9 })),
         Err(ClientError::Unexpected)
     );
-    // Events not drained: the client refuses more input instead of queueing.
-    c.handle_reply(&encode(Reply::Entry { index: 6, blob: &b }))
-        .unwrap();
-    c.handle_reply(&encode(Reply::Entry { index: 7, blob: &b }))
-        .unwrap();
+    // A page that makes no progress yet claims more: refused.
     assert_eq!(
-        c.handle_reply(&encode(Reply::Entry { index: 8, blob: &b })),
+        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 }))
+            .map(|_| ()),
+        Ok(()),
+        "progress from 0 to 5 is fine"
+    );
+    while c.poll_event().is_some() {}
+    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]).unwrap(),
+        Request::Fetch {
+            after: 5,
+            limit: 50
+        }
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 })),
+        Err(ClientError::Unexpected)
+    );
+    // Events not drained: the client refuses more input instead of queueing.
+    for index in 6..=8 {
+        c.handle_reply(&encode(Reply::Entry { index, blob: &b }))
+            .unwrap();
+    }
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b })),
         Err(ClientError::Busy)
     );
     while c.poll_event().is_some() {}
-    c.handle_reply(&encode(Reply::Entry { index: 8, blob: &b }))
+    c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b }))
         .unwrap();
-    assert_eq!(c.cursor(), 8);
+    assert_eq!(c.cursor(), 9);
 
     // Too small a buffer for a post changes nothing (the seq is not used up).
     let mut small = [0u8; 100];

@@ -209,8 +209,9 @@ pub struct ServerClient {
     want_fetch: Option<u64>,
     want_subscribe: bool,
     want_unsubscribe: bool,
-    /// A fetch was sent and its page has not ended; the last index seen in it.
-    fetching: Option<u64>,
+    /// A fetch was sent and its page has not ended: its `after` and the
+    /// last index seen in it.
+    fetching: Option<(u64, u64)>,
     sub: Sub,
     /// The last pushed index, to check pushes increase.
     last_push: u64,
@@ -392,7 +393,7 @@ impl ServerClient {
             }
             .encode(out)?;
             self.want_fetch = None;
-            self.fetching = Some(after);
+            self.fetching = Some((after, after));
             return Ok(Some(len));
         }
         // Subscribe only once no fetch is running, so pushes never overlap a page.
@@ -454,16 +455,18 @@ impl ServerClient {
                 self.emit(ClientEvent::Posted { seq, index });
             }
             Reply::Entry { index, blob } => {
-                let last = self.fetching.ok_or(ClientError::Unexpected)?;
+                let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
                 if index <= last {
                     return Err(ClientError::Unexpected);
                 }
-                self.fetching = Some(index);
+                self.fetching = Some((after, index));
                 self.deliver(index, blob, false);
             }
             Reply::PageEnd { next, head } => {
-                let last = self.fetching.ok_or(ClientError::Unexpected)?;
-                if next < last {
+                let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
+                // A page that makes no progress must say the client is
+                // synced; otherwise a server could keep it fetching forever.
+                if next < last || (next == after && next < head) {
                     return Err(ClientError::Unexpected);
                 }
                 self.fetching = None;
