@@ -858,7 +858,13 @@ fn session_size_is_constant_and_small() {
     // The whole per-connection state; no heap, no hidden growth.
     let size = core::mem::size_of::<ServerSession>();
     assert!(size <= 640, "ServerSession is {size} bytes");
-    let _ = MAX_SERVER_MESSAGE_LEN;
+    // The figure SPEC.md section 8.2 states.
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(size, 496, "update SPEC.md 8.2 if this changes");
+    assert!(
+        size < MAX_SERVER_MESSAGE_LEN,
+        "a session is smaller than one entry message"
+    );
 }
 
 #[test]
