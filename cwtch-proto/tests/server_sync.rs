@@ -1,0 +1,469 @@
+//! Client and server state machines wired together in memory, on a virtual
+//! clock: full syncs, live pushes between clients, reconnection, PoW.
+
+mod server_common;
+
+use std::collections::VecDeque;
+
+use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::server::{
+    ClientConfig, ClientError, ClientEvent, DecodeError, RefusalReason, Reply, Request,
+    ServerClient, ServerConfig, ServerSession,
+};
+use cwtch_proto::{Duration, Instant};
+use server_common::*;
+
+/// How many messages a channel holds in each direction before the writer
+/// must wait: a small window, so back-pressure is exercised.
+const WINDOW: usize = 4;
+
+struct Link {
+    client: ServerClient,
+    session: ServerSession,
+    to_server: VecDeque<Vec<u8>>,
+    to_client: VecDeque<Vec<u8>>,
+    blobs: Vec<(u64, u64, bool)>,
+    events: Vec<ClientEvent>,
+}
+
+struct World {
+    now: Instant,
+    store: MemStore,
+    links: Vec<Link>,
+    /// Commit (fsync) every this many steps: group commit.
+    commit_every: u64,
+    steps: u64,
+}
+
+impl World {
+    fn new(commit_every: u64) -> Self {
+        World {
+            now: Instant::from_secs(1_000),
+            store: MemStore::new(),
+            links: Vec::new(),
+            commit_every,
+            steps: 0,
+        }
+    }
+
+    fn connect(
+        &mut self,
+        server: ServerConfig,
+        client: ClientConfig,
+        cursor: u64,
+        seed: u8,
+    ) -> usize {
+        let session = ServerSession::new(server, &self.store, &mut rng(seed), self.now);
+        let client = ServerClient::new(client, cursor, &mut rng(seed.wrapping_add(100)));
+        self.links.push(Link {
+            client,
+            session,
+            to_server: VecDeque::new(),
+            to_client: VecDeque::new(),
+            blobs: Vec::new(),
+            events: Vec::new(),
+        });
+        self.links.len() - 1
+    }
+
+    /// One step of every party; returns whether anything moved.
+    fn step(&mut self) -> bool {
+        self.steps += 1;
+        self.now = self.now + Duration::from_millis(10);
+        let mut moved = false;
+        if self.steps.is_multiple_of(self.commit_every)
+            && self.store.durable != self.store.last_index
+        {
+            let durable = self.store.commit();
+            for l in &mut self.links {
+                l.session.handle_durable(durable);
+            }
+            moved = true;
+        }
+        let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+        for l in &mut self.links {
+            // Server: write while the channel has room, read while it wants.
+            while l.to_client.len() < WINDOW {
+                match l.session.poll_transmit(&self.store, &mut buf).unwrap() {
+                    Some(n) => {
+                        l.to_client.push_back(buf[..n].to_vec());
+                        moved = true;
+                    }
+                    None => break,
+                }
+            }
+            while let Some(_e) = l.session.poll_event() {}
+            while l.session.wants_request() {
+                let Some(msg) = l.to_server.pop_front() else {
+                    break;
+                };
+                l.session
+                    .handle_request(&msg, self.now, &mut self.store)
+                    .unwrap();
+                moved = true;
+            }
+            // Client: one reply at a time, events drained after each.
+            while let Some(msg) = l.to_client.pop_front() {
+                l.client.handle_reply(&msg).unwrap();
+                moved = true;
+                while let Some(e) = l.client.poll_event() {
+                    if let ClientEvent::Blob { index, blob, live } = &e {
+                        l.blobs.push((*index, tag_of(blob), *live));
+                    } else {
+                        l.events.push(e);
+                    }
+                }
+            }
+            while l.to_server.len() < WINDOW {
+                match l.client.poll_transmit(&mut buf).unwrap() {
+                    Some(n) => {
+                        l.to_server.push_back(buf[..n].to_vec());
+                        moved = true;
+                    }
+                    None => break,
+                }
+            }
+        }
+        moved
+    }
+
+    fn run(&mut self) {
+        let mut quiet = 0;
+        for _ in 0..100_000 {
+            if self.step() {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet > self.commit_every + 2 {
+                    return;
+                }
+            }
+        }
+        panic!("the simulation did not settle");
+    }
+
+    fn post(&mut self, link: usize, tag: u64) -> u64 {
+        let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+        let l = &mut self.links[link];
+        let sent = l.client.post(&blob(tag), &mut buf).unwrap();
+        l.to_server.push_back(buf[..sent.len].to_vec());
+        sent.seq
+    }
+}
+
+fn server() -> ServerConfig {
+    ServerConfig {
+        pow_bits: 6,
+        page_max: 32,
+        rate_interval: Duration::ZERO,
+        ..ServerConfig::default()
+    }
+}
+
+fn client() -> ClientConfig {
+    ClientConfig {
+        page_len: 50,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn full_sync_then_live_pushes_between_two_clients() {
+    let mut w = World::new(3);
+    // Someone filled the server first.
+    let filler = w.connect(server(), client(), 0, 1);
+    w.run();
+    for k in 1..=150 {
+        w.post(filler, k);
+        if k % 10 == 0 {
+            w.run();
+        }
+    }
+    w.run();
+    let posted: Vec<_> = w.links[filler]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Posted { seq, index } => Some((*seq, *index)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posted, (0..150).map(|s| (s, s + 1)).collect::<Vec<_>>());
+
+    // A new reader syncs 150 entries in pages of at most 32, then subscribes.
+    let a = w.connect(server(), client(), 0, 2);
+    let b = w.connect(server(), client(), 0, 3);
+    w.run();
+    let la = &w.links[a];
+    assert_eq!(la.blobs.len(), 150);
+    assert!(
+        la.blobs
+            .iter()
+            .enumerate()
+            .all(|(i, &(index, tag, live))| { index == i as u64 + 1 && tag == index && !live })
+    );
+    let pages = la
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::PageEnd { .. }))
+        .count();
+    assert_eq!(pages, 5, "150 entries in pages of 32");
+    assert!(la.events.contains(&ClientEvent::Synced { cursor: 150 }));
+    assert!(la.events.contains(&ClientEvent::Subscribed));
+    assert!(la.client.is_subscribed());
+    assert_eq!(la.client.cursor(), 150);
+    assert!(matches!(la.events[0], ClientEvent::Connected(p) if p.pow_bits == 6));
+
+    // B posts; A (and B itself) get live pushes once durable.
+    for k in 1000..1005 {
+        w.post(b, k);
+    }
+    w.run();
+    let live: Vec<_> = w.links[a]
+        .blobs
+        .iter()
+        .filter(|b| b.2)
+        .map(|b| (b.0, b.1))
+        .collect();
+    assert_eq!(
+        live,
+        (0..5).map(|i| (151 + i, 1000 + i)).collect::<Vec<_>>()
+    );
+    assert_eq!(w.links[a].client.cursor(), 155);
+    assert!(
+        w.links[b]
+            .events
+            .contains(&ClientEvent::Posted { seq: 4, index: 155 })
+    );
+    let b_live = w.links[b].blobs.iter().filter(|b| b.2).count();
+    assert_eq!(b_live, 5, "a poster that subscribes sees its own posts too");
+
+    // Unsubscribe: no more pushes.
+    w.links[a].client.unsubscribe();
+    w.run();
+    assert!(w.links[a].events.contains(&ClientEvent::Unsubscribed));
+    w.post(b, 2000);
+    w.run();
+    assert_eq!(w.links[a].client.cursor(), 155);
+}
+
+#[test]
+fn reconnecting_with_a_saved_cursor_and_jitter_fetches_only_new_entries() {
+    let mut w = World::new(1);
+    let filler = w.connect(server(), client(), 0, 1);
+    w.run();
+    for k in 1..=120 {
+        w.post(filler, k);
+        if k % 8 == 0 {
+            w.run();
+        }
+    }
+    w.run();
+    let cfg = ClientConfig {
+        cursor_jitter: 30,
+        ..client()
+    };
+    let r = w.connect(server(), cfg, 100, 7);
+    w.run();
+    let l = &w.links[r];
+    let got: Vec<u64> = l.blobs.iter().map(|b| b.0).collect();
+    assert_eq!(
+        got,
+        (101..=120).collect::<Vec<_>>(),
+        "no duplicates, nothing missed"
+    );
+    assert_eq!(l.client.cursor(), 120);
+}
+
+#[test]
+fn sync_while_others_post_converges() {
+    let mut w = World::new(2);
+    let writers: Vec<_> = (0..3)
+        .map(|i| w.connect(server(), client(), 0, 10 + i))
+        .collect();
+    w.run();
+    let reader = w.connect(server(), client(), 0, 20);
+    for round in 0..40u64 {
+        for (i, &wr) in writers.iter().enumerate() {
+            w.post(wr, round * 10 + i as u64);
+        }
+        w.step();
+        w.step();
+    }
+    w.run();
+    let head = w.store.durable;
+    assert_eq!(head, 120);
+    for l in &w.links {
+        let idx: Vec<u64> = l.blobs.iter().map(|b| b.0).collect();
+        assert_eq!(
+            idx,
+            (1..=head).collect::<Vec<_>>(),
+            "every client has every entry once, in order"
+        );
+    }
+    assert_eq!(w.links[reader].client.cursor(), head);
+}
+
+#[test]
+fn rate_limited_and_pow_refusals_reach_the_client_as_events() {
+    let mut w = World::new(1);
+    let cfg = ServerConfig {
+        rate_burst: 2,
+        rate_interval: Duration::from_secs(60),
+        ..server()
+    };
+    let c = w.connect(cfg, client(), 0, 1);
+    w.run();
+    for k in 0..3 {
+        w.post(c, k);
+    }
+    w.run();
+    let l = &w.links[c];
+    assert!(l.events.contains(&ClientEvent::Posted { seq: 0, index: 1 }));
+    assert!(l.events.contains(&ClientEvent::Posted { seq: 1, index: 2 }));
+    assert!(l.events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Refused(r) if r.seq == 2 && matches!(r.reason, RefusalReason::RateLimited { .. })
+    )));
+}
+
+fn ready_client(pow_bits: u8) -> ServerClient {
+    let store = MemStore::new();
+    let cfg = ServerConfig {
+        pow_bits,
+        ..server()
+    };
+    let mut s = ServerSession::new(cfg, &store, &mut rng(1), Instant::ZERO);
+    let mut c = ServerClient::new(
+        ClientConfig {
+            auto_sync: false,
+            ..client()
+        },
+        0,
+        &mut rng(2),
+    );
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let n = s.poll_transmit(&store, &mut buf).unwrap().unwrap();
+    c.handle_reply(&buf[..n]).unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Connected(_))));
+    c
+}
+
+fn encode(r: Reply<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; r.encoded_len()];
+    r.encode(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn client_misuse_and_server_misbehaviour_are_typed_errors() {
+    let mut rng0 = rng(0);
+    let mut c = ServerClient::new(client(), 0, &mut rng0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    // Nothing before the hello.
+    assert_eq!(c.post(&blob(1), &mut buf), Err(ClientError::NotReady));
+    assert_eq!(c.poll_transmit(&mut buf), Ok(None));
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Unsubscribed)),
+        Err(ClientError::Unexpected)
+    );
+    // Malformed replies.
+    assert_eq!(
+        c.handle_reply(&[]),
+        Err(ClientError::Malformed(DecodeError::Empty))
+    );
+    assert!(matches!(
+        c.handle_reply(&[0x01]),
+        Err(ClientError::Malformed(DecodeError::UnknownTag { tag: 1 }))
+    ));
+
+    let mut c = ready_client(0);
+    // Replies nobody asked for.
+    let b = blob(1);
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Entry { index: 1, blob: &b })),
+        Err(ClientError::Unexpected)
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Push { index: 1, blob: &b })),
+        Err(ClientError::Unexpected)
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Posted { seq: 0, index: 1 })),
+        Err(ClientError::Unexpected)
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::PageEnd { next: 1, head: 1 })),
+        Err(ClientError::Unexpected)
+    );
+    // Indices going backwards inside a page.
+    c.sync();
+    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]).unwrap(),
+        Request::Fetch {
+            after: 0,
+            limit: 50
+        }
+    );
+    c.handle_reply(&encode(Reply::Entry { index: 5, blob: &b }))
+        .unwrap();
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Entry { index: 5, blob: &b })),
+        Err(ClientError::Unexpected)
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::PageEnd { next: 4, head: 9 })),
+        Err(ClientError::Unexpected)
+    );
+    // A page that makes no progress yet claims more: refused.
+    assert_eq!(
+        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 }))
+            .map(|_| ()),
+        Ok(()),
+        "progress from 0 to 5 is fine"
+    );
+    while c.poll_event().is_some() {}
+    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]).unwrap(),
+        Request::Fetch {
+            after: 5,
+            limit: 50
+        }
+    );
+    assert_eq!(
+        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 })),
+        Err(ClientError::Unexpected)
+    );
+    // Events not drained: the client refuses more input instead of queueing.
+    for index in 6..=8 {
+        c.handle_reply(&encode(Reply::Entry { index, blob: &b }))
+            .unwrap();
+    }
+    assert_eq!(
+        c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b })),
+        Err(ClientError::Busy)
+    );
+    while c.poll_event().is_some() {}
+    c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b }))
+        .unwrap();
+    assert_eq!(c.cursor(), 9);
+
+    // Too small a buffer for a post changes nothing (the seq is not used up).
+    let mut small = [0u8; 100];
+    assert!(matches!(
+        c.post(&b, &mut small),
+        Err(ClientError::BufferTooSmall(e)) if e.required == 2049
+    ));
+    assert_eq!(c.next_post_seq(), 0);
+    assert_eq!(c.post(&b, &mut buf).unwrap().seq, 0);
+    assert_eq!(c.next_post_seq(), 1);
+
+    // A server demanding more work than the client will pay.
+    let mut hard = ready_client(30);
+    assert_eq!(
+        hard.post(&b, &mut buf),
+        Err(ClientError::PowTooHard { bits: 30 })
+    );
+}
