@@ -3,12 +3,13 @@
 //! cookie authentication, and `__OwningControllerProcess` so tor exits if
 //! we die. The process is stopped by pid when [`TorProcess`] is dropped.
 
-use std::fmt;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::control::status::{BootstrapStatus, parse_port_file};
 use crate::control::{ControlAuth, ControlConnection, ControlError};
@@ -125,8 +126,8 @@ impl fmt::Display for LaunchError {
     }
 }
 
-impl std::error::Error for LaunchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for LaunchError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             LaunchError::DataDir(e) | LaunchError::Spawn { source: e, .. } => Some(e),
             LaunchError::Control(e) => Some(e),

@@ -10,10 +10,12 @@
 //! [`reply_from_io_error`] and [`DialError::from_reply`], so the mapping is
 //! tested without a network.
 
-use std::fmt;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Instant;
 
 use cwtch_proto::OnionAddress;
 use smol::Async;
@@ -21,8 +23,8 @@ use smol::Async;
 use crate::control::with_timeout;
 
 /// Default address of a system tor's SOCKS port.
-pub const DEFAULT_SOCKS_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
+pub const DEFAULT_SOCKS_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAddrV4::new(
+    core::net::Ipv4Addr::LOCALHOST,
     9050,
 ));
 /// Default time allowed for one dial, SOCKS handshake included. Tor's own
@@ -48,7 +50,7 @@ impl fmt::Display for InvalidIsolationKey {
     }
 }
 
-impl std::error::Error for InvalidIsolationKey {}
+impl core::error::Error for InvalidIsolationKey {}
 
 impl IsolationKey {
     /// A key from any 1 to 255 byte string.
@@ -289,8 +291,8 @@ fn why(reply: &Option<SocksReply>) -> String {
         .unwrap_or_default()
 }
 
-impl std::error::Error for DialError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             DialError::TorUnreachable { source, .. } => Some(source),
             DialError::Proxy(e) => Some(e),

@@ -11,12 +11,14 @@ pub mod auth;
 pub mod reply;
 pub mod status;
 
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
@@ -28,8 +30,8 @@ use self::reply::{ParseError, Reply, ReplyParser};
 use self::status::{BootstrapStatus, HsDescEvent};
 
 /// Default address of a system tor's control port.
-pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
+pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAddrV4::new(
+    core::net::Ipv4Addr::LOCALHOST,
     9051,
 ));
 /// Default time allowed for one command's answer.
@@ -173,8 +175,8 @@ impl fmt::Display for ControlError {
     }
 }
 
-impl std::error::Error for ControlError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             ControlError::Unreachable { source, .. } | ControlError::Cookie { source, .. } => {
                 Some(source)
@@ -462,8 +464,16 @@ impl ControlConnection {
         let mut last: Option<BootstrapStatus> = None;
         loop {
             let current = self.bootstrap_status().await?;
+            // Queued events can be older than the GETINFO answer: report
+            // only progress forward (or a new warning), never backwards.
             let mut report = |s: BootstrapStatus, last: &mut Option<BootstrapStatus>| {
-                if last.as_ref() != Some(&s) {
+                let newer = match last.as_ref() {
+                    None => true,
+                    Some(l) => {
+                        s.progress > l.progress || (s.warning.is_some() && s.warning != l.warning)
+                    }
+                };
+                if newer {
                     progress(&s);
                     *last = Some(s);
                 }

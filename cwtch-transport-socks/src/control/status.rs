@@ -1,7 +1,7 @@
 //! Pure parsers of what tor tells us: bootstrap status, `HS_DESC` events,
 //! `ADD_ONION` answers, listener addresses and the control port file.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use super::reply::{Arg, ParseError, Reply, arg, has_word, split_args};
 
