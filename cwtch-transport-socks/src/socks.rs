@@ -203,8 +203,15 @@ pub enum DialError {
         /// Tor's reply, if tor gave up first; `None` when our timer fired.
         reply: Option<SocksReply>,
     },
+    /// Tor could not complete the connection for a reason of its own
+    /// (reply 1, "general failure": a circuit closed, an internal error).
+    /// Transient: retrying usually helps.
+    CircuitFailed {
+        /// Tor's reply.
+        reply: SocksReply,
+    },
     /// Tor refused the request itself (bad address, client auth, policy,
-    /// general failure): retrying the same request will not help.
+    /// unknown code): retrying the same request will not help.
     Rejected {
         /// Tor's reply.
         reply: SocksReply,
@@ -226,8 +233,8 @@ impl DialError {
             | R::OnionRendezvousFailed => DialError::PeerOffline { reply: Some(reply) },
             R::ConnectionRefused => DialError::Refused { reply: Some(reply) },
             R::TtlExpired | R::OnionIntroTimedOut => DialError::TimedOut { reply: Some(reply) },
-            R::GeneralFailure
-            | R::NotAllowed
+            R::GeneralFailure => DialError::CircuitFailed { reply },
+            R::NotAllowed
             | R::CommandNotSupported
             | R::AddressNotSupported
             | R::OnionDescInvalid
@@ -257,7 +264,10 @@ impl DialError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            DialError::PeerOffline { .. } | DialError::TimedOut { .. } | DialError::Refused { .. }
+            DialError::PeerOffline { .. }
+                | DialError::TimedOut { .. }
+                | DialError::Refused { .. }
+                | DialError::CircuitFailed { .. }
         )
     }
 }
@@ -278,6 +288,9 @@ impl fmt::Display for DialError {
             DialError::TimedOut { reply: None } => write!(f, "dial timed out"),
             DialError::TimedOut { reply } => {
                 write!(f, "tor timed out reaching the peer{}", why(reply))
+            }
+            DialError::CircuitFailed { reply } => {
+                write!(f, "tor could not complete the connection ({reply:?})")
             }
             DialError::Rejected { reply } => write!(f, "tor rejected the request ({reply:?})"),
             DialError::Proxy(e) => write!(f, "SOCKS exchange with tor failed: {e}"),
@@ -439,7 +452,15 @@ mod tests {
             }
         ));
         assert!(matches!(kind(0xF4), DialError::Rejected { .. }));
-        assert!(matches!(kind(1), DialError::Rejected { .. }));
+        assert!(matches!(kind(1), DialError::CircuitFailed { .. }));
+        assert!(kind(1).is_retryable());
+        assert!(matches!(kind(2), DialError::Rejected { .. }));
+        assert!(matches!(
+            kind(0x42),
+            DialError::Rejected {
+                reply: SocksReply::Other(0x42)
+            }
+        ));
         assert!(kind(4).is_retryable());
         assert!(kind(6).is_retryable());
         assert!(!kind(0xF6).is_retryable());

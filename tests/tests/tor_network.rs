@@ -9,8 +9,10 @@ use core::time::Duration;
 use std::time::Instant;
 
 use cwtch_proto::{Identity, OnionAddress};
-use cwtch_tests::testnet::{TestNetwork, process_alive};
+use cwtch_tests::testnet::{TestNetwork, TorClient, process_alive};
+use cwtch_transport_socks::control::ControlConnection;
 use cwtch_transport_socks::control::status::BootstrapStatus;
+use cwtch_transport_socks::control::status::parse_stream_status;
 use cwtch_transport_socks::launch::{TorConfig, TorProcess};
 use cwtch_transport_socks::socks::{
     DialError, IsolationKey, RetryPolicy, SocksReply, dial_onion, dial_with_retry,
@@ -46,7 +48,7 @@ async fn exchange(
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{label}: dial failed: {e}"));
+        .unwrap_or_else(|e| panic!("{label}: dial failed: {e} ({e:?})"));
         let connected = start.elapsed();
         s.write_all(b"hello from the dialer").await.unwrap();
         let mut buf = [0u8; 21];
@@ -70,6 +72,69 @@ async fn exchange(
         connected.as_secs_f64()
     );
     connected
+}
+
+/// Opens a stream through `via` to the listener and keeps both ends.
+async fn open_pair(
+    via: &TorTransport,
+    listener: &Listener,
+    key: &IsolationKey,
+) -> (Stream, Stream) {
+    let to = *listener.address();
+    let (dialed, accepted) = smol::future::zip(
+        dial_with_retry(RETRY, || via.dial(&to, PEER_PORT, key), |_, _| {}),
+        listener.accept(),
+    )
+    .await;
+    (
+        dialed.unwrap_or_else(|e| panic!("dial: {e} ({e:?})")),
+        accepted.unwrap().0,
+    )
+}
+
+/// The circuit of the one open stream to `target` not in `known`.
+async fn new_stream_circuit(
+    ctl: &mut ControlConnection,
+    target: &str,
+    known: &mut Vec<String>,
+) -> String {
+    let streams = parse_stream_status(&ctl.get_info("stream-status").await.unwrap()).unwrap();
+    let fresh: Vec<_> = streams
+        .iter()
+        .filter(|s| s.target == target && !known.contains(&s.id))
+        .collect();
+    assert_eq!(
+        fresh.len(),
+        1,
+        "expected one new stream to {target}: {streams:?}"
+    );
+    known.push(fresh[0].id.clone());
+    fresh[0].circuit.clone()
+}
+
+/// Circuit isolation, checked on tor's side: streams of two isolation
+/// keys run on different circuits; two streams of one key share one.
+async fn check_isolation(
+    b: &TorClient,
+    listener: &Listener,
+    key1: &IsolationKey,
+    key2: &IsolationKey,
+) {
+    let mut ctl = ControlConnection::open(b.control_addr, &b.auth())
+        .await
+        .unwrap();
+    let target = format!("{}.onion:{PEER_PORT}", listener.address().as_str());
+    let mut known = Vec::new();
+    let first = open_pair(&b.transport(), listener, key1).await;
+    let c1 = new_stream_circuit(&mut ctl, &target, &mut known).await;
+    let second = open_pair(&b.transport(), listener, key2).await;
+    let c2 = new_stream_circuit(&mut ctl, &target, &mut known).await;
+    let third = open_pair(&b.transport(), listener, key1).await;
+    let c3 = new_stream_circuit(&mut ctl, &target, &mut known).await;
+    eprintln!("isolation: key1 -> circuit {c1}, key2 -> circuit {c2}, key1 again -> circuit {c3}");
+    assert_ne!(c1, c2, "two isolation keys shared a circuit");
+    assert_eq!(c1, c3, "one isolation key did not reuse its circuit");
+    drop((first, second, third));
 }
 
 #[test]
@@ -111,6 +176,7 @@ fn onion_services_over_private_tor_network() {
             "B->alice (other isolation)",
         )
         .await;
+        check_isolation(&b, &listener, &bob_key, &carol_key).await;
 
         // 2. An address nobody serves: typed error, within the timeout.
         let nobody: OnionAddress = Identity::from_seed(&[0xEE; 32]).address();

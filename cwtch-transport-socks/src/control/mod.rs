@@ -528,9 +528,10 @@ impl ControlConnection {
     ) -> Result<OnionAddress, ControlError> {
         let expected = identity.address();
         let key = identity.tor_expanded_key();
+        let key_b64 = Zeroizing::new(data_encoding::BASE64.encode(key.as_bytes()));
         let line = Zeroizing::new(format!(
             "ADD_ONION ED25519-V3:{} Flags=DiscardPK Port={virt_port},{local}",
-            data_encoding::BASE64.encode(key.as_bytes())
+            key_b64.as_str()
         ));
         let r = self.command(&line).await?;
         let got = status::parse_service_id(&r)?;
