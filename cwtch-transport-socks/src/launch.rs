@@ -194,9 +194,21 @@ impl TorProcess {
         let start = Instant::now();
         let control_addr = loop {
             if let Ok(Some(status)) = process.exit_status() {
+                let mut diagnosis = verify_config(&config.tor_binary, &defaults, &torrc_path);
+                // A valid config that still fails (port in use, data directory
+                // locked by another tor) explains itself in tor's own output.
+                let output = std::fs::read_to_string(dir.join("tor.out")).unwrap_or_default();
+                let problems: Vec<&str> = output
+                    .lines()
+                    .filter(|l| l.contains("[warn]") || l.contains("[err]"))
+                    .collect();
+                if !problems.is_empty() {
+                    diagnosis.push('\n');
+                    diagnosis.push_str(&problems.join("\n"));
+                }
                 return Err(LaunchError::Exited {
                     status: status.to_string(),
-                    diagnosis: verify_config(&config.tor_binary, &defaults, &torrc_path),
+                    diagnosis,
                 });
             }
             if let Some(addr) = std::fs::read_to_string(&port_file)

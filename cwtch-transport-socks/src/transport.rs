@@ -120,7 +120,11 @@ impl Listener {
     /// Immediate for the dev transport.
     pub async fn wait_published(&mut self, limit: Duration) -> Result<(), ControlError> {
         match &mut self.published {
-            Published::Onion(c) => c.wait_uploaded(&self.address, limit).await.map(drop),
+            Published::Onion(c) => {
+                c.wait_uploaded(&self.address, limit).await?;
+                // Nobody reads this connection from now on: stop the events.
+                c.set_events(&[]).await
+            }
             Published::Dev(_) => Ok(()),
         }
     }

@@ -140,7 +140,7 @@ async fn check_isolation(
 #[test]
 fn onion_services_over_private_tor_network() {
     let total = Instant::now();
-    let net = TestNetwork::start(2).unwrap_or_else(|e| panic!("private tor network: {e}"));
+    let mut net = TestNetwork::start(2).unwrap_or_else(|e| panic!("private tor network: {e}"));
     eprintln!("network up in {:.1} s", net.startup_time().as_secs_f64());
     let (a, b) = (net.clients()[0].clone(), net.clients()[1].clone());
     let own_dir = net.dir().join("own-tor");
@@ -251,6 +251,8 @@ fn onion_services_over_private_tor_network() {
         pid
     });
 
+    // Every tor of the network survived the scenarios.
+    net.check_alive().unwrap_or_else(|e| panic!("{e}"));
     let pids = net.pids();
     assert_eq!(pids.len(), 7);
     drop(net);

@@ -79,6 +79,9 @@ pub enum ControlError {
     Io(io::Error),
     /// Tor closed the connection.
     Closed,
+    /// An earlier command's answer was not waited for (timeout): the
+    /// connection can no longer match answers to commands. Open a new one.
+    OutOfStep,
     /// Tor sent bytes that are not a control protocol reply.
     Parse(ParseError),
     /// Tor refused a command (4xx or 5xx status).
@@ -135,6 +138,12 @@ impl fmt::Display for ControlError {
             }
             ControlError::Io(e) => write!(f, "control port I/O error: {e}"),
             ControlError::Closed => write!(f, "tor closed the control connection"),
+            ControlError::OutOfStep => {
+                write!(
+                    f,
+                    "control connection out of step after an abandoned command"
+                )
+            }
             ControlError::Parse(e) => write!(f, "{e}"),
             ControlError::Rejected {
                 command,
@@ -214,7 +223,14 @@ pub struct ControlConnection {
     parser: ReplyParser,
     events: VecDeque<Reply>,
     timeout: Duration,
+    /// Set while a command waits for its answer; still set if that wait
+    /// was abandoned (timeout, dropped future), after which answers would
+    /// be matched to the wrong commands.
+    out_of_step: bool,
 }
+
+/// Most events kept while nobody reads them; older ones are dropped.
+pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 impl ControlConnection {
     /// Connects (not yet authenticated).
@@ -236,6 +252,7 @@ impl ControlConnection {
             parser: ReplyParser::new(),
             events: VecDeque::new(),
             timeout: DEFAULT_COMMAND_TIMEOUT,
+            out_of_step: false,
         })
     }
 
@@ -272,6 +289,10 @@ impl ControlConnection {
         if line.contains(['\r', '\n']) {
             return Err(ControlError::InvalidArgument);
         }
+        if self.out_of_step {
+            return Err(ControlError::OutOfStep);
+        }
+        self.out_of_step = true;
         let timeout = self.timeout;
         with_timeout(
             timeout,
@@ -291,14 +312,22 @@ impl ControlConnection {
                 loop {
                     let r = self.read_reply().await?;
                     if r.is_event() {
-                        self.events.push_back(r);
+                        self.queue_event(r);
                     } else {
+                        self.out_of_step = false;
                         return Ok(r);
                     }
                 }
             },
         )
         .await
+    }
+
+    fn queue_event(&mut self, event: Reply) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 
     /// Sends a command; a 4xx/5xx answer is [`ControlError::Rejected`].
