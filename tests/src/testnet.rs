@@ -301,8 +301,23 @@ impl TestNetwork {
         Self::start_with_timeout(clients, DEFAULT_BOOTSTRAP_TIMEOUT)
     }
 
-    /// [`TestNetwork::start`] with a chosen bootstrap timeout.
+    /// [`TestNetwork::start`] with a chosen bootstrap timeout. Ports are
+    /// picked free but released before tor binds them, so another program
+    /// can take one meanwhile: if a tor dies at start, the whole network is
+    /// started once more on new ports.
     pub fn start_with_timeout(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
+        match Self::start_once(clients, timeout) {
+            Err(TestNetError::Died { node, diagnosis }) => {
+                eprintln!(
+                    "testnet: {node} died at start ({diagnosis}); starting again on new ports"
+                );
+                Self::start_once(clients, timeout)
+            }
+            other => other,
+        }
+    }
+
+    fn start_once(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
         let started = Instant::now();
         check_tools()?;
         let dir = tempfile::Builder::new()

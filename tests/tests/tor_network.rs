@@ -198,7 +198,15 @@ fn onion_services_over_private_tor_network() {
         // A port the service does not serve on an onion that is up.
         let r = dial_onion(b.socks_addr, &alice.address(), 1234, &bob_key, limit).await;
         eprintln!("dial to unserved virtual port: {r:?}");
-        assert!(r.is_err());
+        assert!(
+            matches!(
+                r,
+                Err(DialError::Refused {
+                    reply: Some(SocksReply::ConnectionRefused)
+                })
+            ),
+            "{r:?}"
+        );
 
         // 3. Our own launched tor joins the network and serves an onion.
         let mut config = TorConfig::new(&own_dir);
