@@ -3,12 +3,13 @@
 //! cookie authentication, and `__OwningControllerProcess` so tor exits if
 //! we die. The process is stopped by pid when [`TorProcess`] is dropped.
 
-use std::fmt;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::control::status::{BootstrapStatus, parse_port_file};
 use crate::control::{ControlAuth, ControlConnection, ControlError};
@@ -125,8 +126,8 @@ impl fmt::Display for LaunchError {
     }
 }
 
-impl std::error::Error for LaunchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for LaunchError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             LaunchError::DataDir(e) | LaunchError::Spawn { source: e, .. } => Some(e),
             LaunchError::Control(e) => Some(e),
@@ -193,9 +194,21 @@ impl TorProcess {
         let start = Instant::now();
         let control_addr = loop {
             if let Ok(Some(status)) = process.exit_status() {
+                let mut diagnosis = verify_config(&config.tor_binary, &defaults, &torrc_path);
+                // A valid config that still fails (port in use, data directory
+                // locked by another tor) explains itself in tor's own output.
+                let output = std::fs::read_to_string(dir.join("tor.out")).unwrap_or_default();
+                let problems: Vec<&str> = output
+                    .lines()
+                    .filter(|l| l.contains("[warn]") || l.contains("[err]"))
+                    .collect();
+                if !problems.is_empty() {
+                    diagnosis.push('\n');
+                    diagnosis.push_str(&problems.join("\n"));
+                }
                 return Err(LaunchError::Exited {
                     status: status.to_string(),
-                    diagnosis: verify_config(&config.tor_binary, &defaults, &torrc_path),
+                    diagnosis,
                 });
             }
             if let Some(addr) = std::fs::read_to_string(&port_file)

@@ -26,7 +26,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
-#![allow(clippy::std_instead_of_core)]
 
 pub mod control;
 pub mod launch;

@@ -1,10 +1,11 @@
 //! A child process in its own process group, stopped by its own pid when
 //! dropped (also while unwinding from a panic). Never by name.
 
+use core::time::Duration;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How long [`ProcessGuard::stop`] waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);

@@ -10,10 +10,12 @@
 //! [`reply_from_io_error`] and [`DialError::from_reply`], so the mapping is
 //! tested without a network.
 
-use std::fmt;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Instant;
 
 use cwtch_proto::OnionAddress;
 use smol::Async;
@@ -21,8 +23,8 @@ use smol::Async;
 use crate::control::with_timeout;
 
 /// Default address of a system tor's SOCKS port.
-pub const DEFAULT_SOCKS_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
+pub const DEFAULT_SOCKS_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAddrV4::new(
+    core::net::Ipv4Addr::LOCALHOST,
     9050,
 ));
 /// Default time allowed for one dial, SOCKS handshake included. Tor's own
@@ -48,7 +50,7 @@ impl fmt::Display for InvalidIsolationKey {
     }
 }
 
-impl std::error::Error for InvalidIsolationKey {}
+impl core::error::Error for InvalidIsolationKey {}
 
 impl IsolationKey {
     /// A key from any 1 to 255 byte string.
@@ -201,8 +203,15 @@ pub enum DialError {
         /// Tor's reply, if tor gave up first; `None` when our timer fired.
         reply: Option<SocksReply>,
     },
+    /// Tor could not complete the connection for a reason of its own
+    /// (reply 1, "general failure": a circuit closed, an internal error).
+    /// Transient: retrying usually helps.
+    CircuitFailed {
+        /// Tor's reply.
+        reply: SocksReply,
+    },
     /// Tor refused the request itself (bad address, client auth, policy,
-    /// general failure): retrying the same request will not help.
+    /// unknown code): retrying the same request will not help.
     Rejected {
         /// Tor's reply.
         reply: SocksReply,
@@ -224,8 +233,8 @@ impl DialError {
             | R::OnionRendezvousFailed => DialError::PeerOffline { reply: Some(reply) },
             R::ConnectionRefused => DialError::Refused { reply: Some(reply) },
             R::TtlExpired | R::OnionIntroTimedOut => DialError::TimedOut { reply: Some(reply) },
-            R::GeneralFailure
-            | R::NotAllowed
+            R::GeneralFailure => DialError::CircuitFailed { reply },
+            R::NotAllowed
             | R::CommandNotSupported
             | R::AddressNotSupported
             | R::OnionDescInvalid
@@ -255,7 +264,10 @@ impl DialError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            DialError::PeerOffline { .. } | DialError::TimedOut { .. } | DialError::Refused { .. }
+            DialError::PeerOffline { .. }
+                | DialError::TimedOut { .. }
+                | DialError::Refused { .. }
+                | DialError::CircuitFailed { .. }
         )
     }
 }
@@ -277,6 +289,9 @@ impl fmt::Display for DialError {
             DialError::TimedOut { reply } => {
                 write!(f, "tor timed out reaching the peer{}", why(reply))
             }
+            DialError::CircuitFailed { reply } => {
+                write!(f, "tor could not complete the connection ({reply:?})")
+            }
             DialError::Rejected { reply } => write!(f, "tor rejected the request ({reply:?})"),
             DialError::Proxy(e) => write!(f, "SOCKS exchange with tor failed: {e}"),
         }
@@ -289,8 +304,8 @@ fn why(reply: &Option<SocksReply>) -> String {
         .unwrap_or_default()
 }
 
-impl std::error::Error for DialError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             DialError::TorUnreachable { source, .. } => Some(source),
             DialError::Proxy(e) => Some(e),
@@ -437,7 +452,15 @@ mod tests {
             }
         ));
         assert!(matches!(kind(0xF4), DialError::Rejected { .. }));
-        assert!(matches!(kind(1), DialError::Rejected { .. }));
+        assert!(matches!(kind(1), DialError::CircuitFailed { .. }));
+        assert!(kind(1).is_retryable());
+        assert!(matches!(kind(2), DialError::Rejected { .. }));
+        assert!(matches!(
+            kind(0x42),
+            DialError::Rejected {
+                reply: SocksReply::Other(0x42)
+            }
+        ));
         assert!(kind(4).is_retryable());
         assert!(kind(6).is_retryable());
         assert!(!kind(0xF6).is_retryable());

@@ -2,11 +2,12 @@
 //! identity. Implemented over Tor ([`TorTransport`]) and over plain TCP on
 //! loopback for development ([`DevTransport`], no anonymity).
 
-use std::fmt;
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddr};
+use core::time::Duration;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
@@ -59,8 +60,8 @@ impl fmt::Display for ListenError {
     }
 }
 
-impl std::error::Error for ListenError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             ListenError::Io(e) => Some(e),
             ListenError::Control(e) => Some(e),
@@ -119,7 +120,11 @@ impl Listener {
     /// Immediate for the dev transport.
     pub async fn wait_published(&mut self, limit: Duration) -> Result<(), ControlError> {
         match &mut self.published {
-            Published::Onion(c) => c.wait_uploaded(&self.address, limit).await.map(drop),
+            Published::Onion(c) => {
+                c.wait_uploaded(&self.address, limit).await?;
+                // Nobody reads this connection from now on: stop the events.
+                c.set_events(&[]).await
+            }
             Published::Dev(_) => Ok(()),
         }
     }

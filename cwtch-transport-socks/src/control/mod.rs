@@ -11,12 +11,14 @@ pub mod auth;
 pub mod reply;
 pub mod status;
 
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
@@ -28,8 +30,8 @@ use self::reply::{ParseError, Reply, ReplyParser};
 use self::status::{BootstrapStatus, HsDescEvent};
 
 /// Default address of a system tor's control port.
-pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
+pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAddrV4::new(
+    core::net::Ipv4Addr::LOCALHOST,
     9051,
 ));
 /// Default time allowed for one command's answer.
@@ -77,6 +79,9 @@ pub enum ControlError {
     Io(io::Error),
     /// Tor closed the connection.
     Closed,
+    /// An earlier command's answer was not waited for (timeout): the
+    /// connection can no longer match answers to commands. Open a new one.
+    OutOfStep,
     /// Tor sent bytes that are not a control protocol reply.
     Parse(ParseError),
     /// Tor refused a command (4xx or 5xx status).
@@ -133,6 +138,12 @@ impl fmt::Display for ControlError {
             }
             ControlError::Io(e) => write!(f, "control port I/O error: {e}"),
             ControlError::Closed => write!(f, "tor closed the control connection"),
+            ControlError::OutOfStep => {
+                write!(
+                    f,
+                    "control connection out of step after an abandoned command"
+                )
+            }
             ControlError::Parse(e) => write!(f, "{e}"),
             ControlError::Rejected {
                 command,
@@ -173,8 +184,8 @@ impl fmt::Display for ControlError {
     }
 }
 
-impl std::error::Error for ControlError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             ControlError::Unreachable { source, .. } | ControlError::Cookie { source, .. } => {
                 Some(source)
@@ -212,7 +223,14 @@ pub struct ControlConnection {
     parser: ReplyParser,
     events: VecDeque<Reply>,
     timeout: Duration,
+    /// Set while a command waits for its answer; still set if that wait
+    /// was abandoned (timeout, dropped future), after which answers would
+    /// be matched to the wrong commands.
+    out_of_step: bool,
 }
+
+/// Most events kept while nobody reads them; older ones are dropped.
+pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 impl ControlConnection {
     /// Connects (not yet authenticated).
@@ -234,6 +252,7 @@ impl ControlConnection {
             parser: ReplyParser::new(),
             events: VecDeque::new(),
             timeout: DEFAULT_COMMAND_TIMEOUT,
+            out_of_step: false,
         })
     }
 
@@ -270,6 +289,10 @@ impl ControlConnection {
         if line.contains(['\r', '\n']) {
             return Err(ControlError::InvalidArgument);
         }
+        if self.out_of_step {
+            return Err(ControlError::OutOfStep);
+        }
+        self.out_of_step = true;
         let timeout = self.timeout;
         with_timeout(
             timeout,
@@ -289,14 +312,22 @@ impl ControlConnection {
                 loop {
                     let r = self.read_reply().await?;
                     if r.is_event() {
-                        self.events.push_back(r);
+                        self.queue_event(r);
                     } else {
+                        self.out_of_step = false;
                         return Ok(r);
                     }
                 }
             },
         )
         .await
+    }
+
+    fn queue_event(&mut self, event: Reply) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 
     /// Sends a command; a 4xx/5xx answer is [`ControlError::Rejected`].
@@ -462,8 +493,16 @@ impl ControlConnection {
         let mut last: Option<BootstrapStatus> = None;
         loop {
             let current = self.bootstrap_status().await?;
+            // Queued events can be older than the GETINFO answer: report
+            // only progress forward (or a new warning), never backwards.
             let mut report = |s: BootstrapStatus, last: &mut Option<BootstrapStatus>| {
-                if last.as_ref() != Some(&s) {
+                let newer = match last.as_ref() {
+                    None => true,
+                    Some(l) => {
+                        s.progress > l.progress || (s.warning.is_some() && s.warning != l.warning)
+                    }
+                };
+                if newer {
                     progress(&s);
                     *last = Some(s);
                 }
@@ -518,9 +557,10 @@ impl ControlConnection {
     ) -> Result<OnionAddress, ControlError> {
         let expected = identity.address();
         let key = identity.tor_expanded_key();
+        let key_b64 = Zeroizing::new(data_encoding::BASE64.encode(key.as_bytes()));
         let line = Zeroizing::new(format!(
             "ADD_ONION ED25519-V3:{} Flags=DiscardPK Port={virt_port},{local}",
-            data_encoding::BASE64.encode(key.as_bytes())
+            key_b64.as_str()
         ));
         let r = self.command(&line).await?;
         let got = status::parse_service_id(&r)?;

@@ -124,7 +124,7 @@ impl fmt::Display for ParseError {
     }
 }
 
-impl std::error::Error for ParseError {}
+impl core::error::Error for ParseError {}
 
 /// Incremental parser of control port replies. See the module docs.
 #[derive(Debug, Default)]

@@ -1,7 +1,7 @@
 //! Pure parsers of what tor tells us: bootstrap status, `HS_DESC` events,
 //! `ADD_ONION` answers, listener addresses and the control port file.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use super::reply::{Arg, ParseError, Reply, arg, has_word, split_args};
 
@@ -117,6 +117,41 @@ pub fn parse_port_file(text: &str) -> Option<SocketAddr> {
         .find_map(|l| l.trim().strip_prefix("PORT=")?.parse().ok())
 }
 
+/// One line of `GETINFO stream-status`: `StreamID StreamStatus CircuitID Target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Tor's stream id.
+    pub id: String,
+    /// `NEW`, `SENTCONNECT`, `SUCCEEDED`, ...
+    pub status: String,
+    /// The circuit the stream is attached to (`0` if none yet).
+    pub circuit: String,
+    /// `host:port`.
+    pub target: String,
+}
+
+/// Parses the value of `GETINFO stream-status` (one stream per line).
+pub fn parse_stream_status(value: &str) -> Result<Vec<StreamInfo>, ParseError> {
+    value
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next(), w.next()) {
+                (Some(id), Some(status), Some(circuit), Some(target)) => Ok(StreamInfo {
+                    id: id.to_owned(),
+                    status: status.to_owned(),
+                    circuit: circuit.to_owned(),
+                    target: target.to_owned(),
+                }),
+                _ => Err(ParseError::BadField {
+                    what: "stream-status line",
+                }),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::reply::ReplyParser;
@@ -196,5 +231,16 @@ mod tests {
             Some("127.0.0.1:1".parse().unwrap())
         );
         assert_eq!(parse_port_file("garbage"), None);
+    }
+
+    #[test]
+    fn stream_status() {
+        let v = "12 SUCCEEDED 7 abc.onion:9878\n13 SENTCONNECT 9 def.onion:9878";
+        let s = parse_stream_status(v).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].circuit, "7");
+        assert_eq!(s[1].target, "def.onion:9878");
+        assert_eq!(parse_stream_status("").unwrap(), vec![]);
+        assert!(parse_stream_status("12 SUCCEEDED").is_err());
     }
 }

@@ -1,0 +1,731 @@
+//! A private Tor network on loopback, for tests that carry bytes through
+//! real onion services without the internet.
+//!
+//! [`TestNetwork::start`] launches 3 directory authorities (also relays), 2
+//! relays and `n` client tors, each on free 127.0.0.1 ports, in a temporary
+//! directory, and returns once every client reports 100 % bootstrap on its
+//! control port. Every process runs in its own process group and is
+//! stopped by its own pid when the network is dropped, also while a test
+//! panics (then the tail of each tor's log is printed). Every tor also
+//! carries `__OwningControllerProcess <our pid>`, so it exits by itself
+//! should the test process be killed outright.
+//!
+//! Facts this builds on: `shared/tor-testnet.md` (torrc lines, key
+//! generation, timings).
+
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddr};
+use core::time::Duration;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use cwtch_transport_socks::control::{ControlAuth, ControlConnection, ControlError};
+use cwtch_transport_socks::launch::verify_config;
+use cwtch_transport_socks::process::ProcessGuard;
+use cwtch_transport_socks::transport::TorTransport;
+
+/// Number of directory authorities (each also a relay).
+pub const AUTHORITIES: usize = 3;
+/// Number of plain relays. An onion service needs at least 5 relays.
+pub const RELAYS: usize = 2;
+/// Default time allowed for every client to bootstrap.
+pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// torrc lines every node of the network carries (besides the
+/// `DirAuthority` lines); also what an extra tor needs to join.
+pub const COMMON_TORRC: &[&str] = &[
+    "TestingTorNetwork 1",
+    "RunAsDaemon 0",
+    "ShutdownWaitLength 0",
+    "SafeLogging 0",
+    "AssumeReachable 1",
+    "PathsNeededToBuildCircuits 0.25",
+    "TestingDirAuthVoteExit *",
+    "TestingDirAuthVoteHSDir *",
+    "TestingDirAuthVoteGuard *",
+    "TestingMinExitFlagThreshold 0",
+    "V3AuthNIntervalsValid 2",
+    "TestingV3AuthInitialVotingInterval 6",
+    "TestingV3AuthInitialVoteDelay 2",
+    "TestingV3AuthInitialDistDelay 2",
+    "V3AuthVotingInterval 10",
+    "V3AuthVoteDelay 2",
+    "V3AuthDistDelay 2",
+];
+
+/// What went wrong starting the network.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TestNetError {
+    /// `tor` or `tor-gencert` cannot be run: install the `tor` package.
+    TorMissing(String),
+    /// File or process I/O failed.
+    Io(io::Error),
+    /// Generating an authority's keys failed.
+    KeyGen(String),
+    /// A tor exited during start-up.
+    Died {
+        /// The node's nickname.
+        node: String,
+        /// What `tor --verify-config` says, or the log tail.
+        diagnosis: String,
+    },
+    /// Clients did not bootstrap in time.
+    Timeout {
+        /// Progress of each client at the deadline.
+        progress: String,
+    },
+    /// Talking to a client's control port failed.
+    Control(ControlError),
+}
+
+impl fmt::Display for TestNetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestNetError::TorMissing(e) => write!(f, "tor not usable ({e}); apt-get install tor"),
+            TestNetError::Io(e) => write!(f, "test network I/O: {e}"),
+            TestNetError::KeyGen(e) => write!(f, "authority key generation failed: {e}"),
+            TestNetError::Died { node, diagnosis } => {
+                write!(f, "tor {node} exited at start: {diagnosis}")
+            }
+            TestNetError::Timeout { progress } => {
+                write!(f, "clients did not bootstrap in time: {progress}")
+            }
+            TestNetError::Control(e) => write!(f, "client control port: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for TestNetError {}
+
+impl From<io::Error> for TestNetError {
+    fn from(e: io::Error) -> Self {
+        TestNetError::Io(e)
+    }
+}
+
+impl From<ControlError> for TestNetError {
+    fn from(e: ControlError) -> Self {
+        TestNetError::Control(e)
+    }
+}
+
+/// One client tor of the network.
+#[derive(Clone, Debug)]
+pub struct TorClient {
+    /// Nickname, e.g. `client0`.
+    pub name: String,
+    /// SOCKS5 address.
+    pub socks_addr: SocketAddr,
+    /// Control port address.
+    pub control_addr: SocketAddr,
+    /// Cookie file for the control port.
+    pub cookie_path: PathBuf,
+    /// The tor's data directory.
+    pub data_dir: PathBuf,
+    /// The tor's pid.
+    pub pid: u32,
+}
+
+impl TorClient {
+    /// Control port authentication for this client.
+    pub fn auth(&self) -> ControlAuth {
+        ControlAuth::Cookie(self.cookie_path.clone())
+    }
+
+    /// A transport over this client.
+    pub fn transport(&self) -> TorTransport {
+        TorTransport::new(self.socks_addr, self.control_addr, self.auth())
+    }
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    torrc: PathBuf,
+    process: Option<ProcessGuard>,
+}
+
+/// A running private Tor network; stopped on drop. See the module docs.
+pub struct TestNetwork {
+    // Declared before `dir` so processes stop before the files go.
+    nodes: Vec<Node>,
+    clients: Vec<TorClient>,
+    dir_authorities: Vec<String>,
+    startup: Duration,
+    dir: Option<tempfile::TempDir>,
+    empty: PathBuf,
+}
+
+impl fmt::Debug for TestNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestNetwork")
+            .field("clients", &self.clients)
+            .field("pids", &self.pids())
+            .field("startup", &self.startup)
+            .finish()
+    }
+}
+
+fn free_ports(n: usize) -> io::Result<Vec<u16>> {
+    // Hold every listener until all are bound, so the ports are distinct.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<_>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+fn check_tools() -> Result<(), TestNetError> {
+    for (tool, arg) in [("tor", "--version"), ("tor-gencert", "--help")] {
+        Command::new(tool)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| TestNetError::TorMissing(format!("{tool}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Creates an authority's v3 keys and relay identity; returns the
+/// `DirAuthority` line for it.
+fn authority_keys(
+    name: &str,
+    dir: &Path,
+    empty: &Path,
+    or_port: u16,
+    dir_port: u16,
+) -> Result<String, TestNetError> {
+    let keys = dir.join("keys");
+    make_dir(&keys)?;
+    let mut gencert = Command::new("tor-gencert")
+        .args(["--create-identity-key", "-m", "12", "-a"])
+        .arg(format!("127.0.0.1:{dir_port}"))
+        .args(["--passphrase-fd", "0"])
+        .current_dir(&keys)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| TestNetError::TorMissing(format!("tor-gencert: {e}")))?;
+    if let Some(mut stdin) = gencert.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(b"\n")?;
+    }
+    let out = gencert.wait_with_output()?;
+    if !out.status.success() {
+        return Err(TestNetError::KeyGen(format!(
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let cert = std::fs::read_to_string(keys.join("authority_certificate"))?;
+    let v3ident = cert
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint "))
+        .map(|s| s.trim().to_owned())
+        .ok_or_else(|| {
+            TestNetError::KeyGen(format!("{name}: no fingerprint in authority_certificate"))
+        })?;
+    let out = Command::new("tor")
+        .arg("--list-fingerprint")
+        .arg("--DataDirectory")
+        .arg(dir)
+        .arg("--ORPort")
+        .arg(or_port.to_string())
+        .arg("--defaults-torrc")
+        .arg(empty)
+        .arg("-f")
+        .arg(empty)
+        .stdin(Stdio::null())
+        .output()?;
+    let fp_file = std::fs::read_to_string(dir.join("fingerprint")).map_err(|e| {
+        TestNetError::KeyGen(format!(
+            "{name}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    })?;
+    let fingerprint = parse_fingerprint(&fp_file)
+        .ok_or_else(|| TestNetError::KeyGen(format!("{name}: bad fingerprint file {fp_file:?}")))?;
+    Ok(format!(
+        "DirAuthority {name} orport={or_port} no-v2 v3ident={v3ident} 127.0.0.1:{dir_port} {fingerprint}"
+    ))
+}
+
+/// Parses tor's `fingerprint` file (`nickname HEX` or `nickname HEX HEX ...`).
+pub fn parse_fingerprint(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.next()?;
+    let fp: String = words.collect();
+    (fp.len() == 40 && fp.bytes().all(|b| b.is_ascii_hexdigit())).then_some(fp)
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl TestNetwork {
+    /// Starts the network with `clients` client tors and waits (up to
+    /// [`DEFAULT_BOOTSTRAP_TIMEOUT`]) until all are bootstrapped.
+    pub fn start(clients: usize) -> Result<Self, TestNetError> {
+        Self::start_with_timeout(clients, DEFAULT_BOOTSTRAP_TIMEOUT)
+    }
+
+    /// [`TestNetwork::start`] with a chosen bootstrap timeout. Ports are
+    /// picked free but released before tor binds them, so another program
+    /// can take one meanwhile: if a tor dies at start, the whole network is
+    /// started once more on new ports.
+    pub fn start_with_timeout(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
+        match Self::start_once(clients, timeout) {
+            Err(TestNetError::Died { node, diagnosis }) => {
+                eprintln!(
+                    "testnet: {node} died at start ({diagnosis}); starting again on new ports"
+                );
+                Self::start_once(clients, timeout)
+            }
+            other => other,
+        }
+    }
+
+    fn start_once(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
+        let started = Instant::now();
+        check_tools()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cwtch-testnet-")
+            .tempdir()?;
+        let root = dir.path().to_owned();
+        let empty = root.join("empty-torrc");
+        std::fs::write(&empty, "")?;
+
+        let ports = free_ports(AUTHORITIES * 2 + RELAYS + clients * 2)?;
+        let mut ports = ports.into_iter();
+        let mut next_port = || {
+            ports
+                .next()
+                .ok_or_else(|| io::Error::other("port list exhausted"))
+        };
+
+        // Authority keys, in parallel (tor-gencert makes an RSA-3072 key).
+        let mut auth_ports = Vec::new();
+        for i in 0..AUTHORITIES {
+            auth_ports.push((format!("auth{i}"), next_port()?, next_port()?));
+        }
+        let dir_authorities: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = auth_ports
+                .iter()
+                .map(|(name, or_port, dir_port)| {
+                    let node_dir = root.join(name);
+                    let empty = &empty;
+                    s.spawn(move || {
+                        make_dir(&node_dir)?;
+                        authority_keys(name, &node_dir, empty, *or_port, *dir_port)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(TestNetError::KeyGen("key thread panicked".into())))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+
+        let owner = std::process::id();
+        let base = |name: &str, dir: &Path| -> String {
+            let mut t = String::new();
+            for line in COMMON_TORRC {
+                t.push_str(line);
+                t.push('\n');
+            }
+            for line in &dir_authorities {
+                t.push_str(line);
+                t.push('\n');
+            }
+            t.push_str(&format!(
+                "DataDirectory {d}\nNickname {name}\nLog notice file {d}/notice.log\n__OwningControllerProcess {owner}\n",
+                d = dir.display()
+            ));
+            t
+        };
+        let relay = |or_port: u16| {
+            format!(
+                "SocksPort 0\nORPort 127.0.0.1:{or_port}\nAddress 127.0.0.1\nExitPolicy accept 127.0.0.0/8:*\nExitPolicyRejectPrivate 0\n"
+            )
+        };
+
+        let mut network = TestNetwork {
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            dir_authorities: dir_authorities.clone(),
+            startup: Duration::ZERO,
+            dir: Some(dir),
+            empty: empty.clone(),
+        };
+        let mut configs = Vec::new();
+        for (name, or_port, dir_port) in &auth_ports {
+            let d = root.join(name);
+            let text = base(name, &d)
+                + &relay(*or_port)
+                + &format!(
+                    "DirPort 127.0.0.1:{dir_port}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo cwtch-tests\n"
+                );
+            configs.push((name.clone(), d, text));
+        }
+        for i in 0..RELAYS {
+            let name = format!("relay{i}");
+            let d = root.join(&name);
+            let text = base(&name, &d) + &relay(next_port()?);
+            configs.push((name, d, text));
+        }
+        for i in 0..clients {
+            let name = format!("client{i}");
+            let d = root.join(&name);
+            let (socks, control) = (next_port()?, next_port()?);
+            let text = base(&name, &d)
+                + &format!(
+                    "SocksPort 127.0.0.1:{socks}\nControlPort 127.0.0.1:{control}\nCookieAuthentication 1\n"
+                );
+            network.clients.push(TorClient {
+                name: name.clone(),
+                socks_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, socks)),
+                control_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, control)),
+                cookie_path: d.join("control_auth_cookie"),
+                data_dir: d.clone(),
+                pid: 0,
+            });
+            configs.push((name, d, text));
+        }
+
+        // Start everything at once: the authorities need each other.
+        for (name, d, text) in configs {
+            make_dir(&d)?;
+            let torrc = d.join("torrc");
+            std::fs::write(&torrc, text)?;
+            let out = std::fs::File::create(d.join("tor.out"))?;
+            let err = out.try_clone()?;
+            let process = ProcessGuard::spawn(
+                Command::new("tor")
+                    .arg("--defaults-torrc")
+                    .arg(&empty)
+                    .arg("-f")
+                    .arg(&torrc)
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err),
+            )
+            .map_err(|e| TestNetError::TorMissing(format!("tor: {e}")))?;
+            if let Some(c) = network.clients.iter_mut().find(|c| c.name == name) {
+                c.pid = process.pid();
+            }
+            network.nodes.push(Node {
+                name,
+                dir: d,
+                torrc,
+                process: Some(process),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        network.check_alive()?;
+
+        smol::block_on(network.wait_clients(started + timeout))?;
+        network.startup = started.elapsed();
+        eprintln!(
+            "testnet: {} authorities, {} relays, {} clients bootstrapped in {:.1} s",
+            AUTHORITIES,
+            RELAYS,
+            clients,
+            network.startup.as_secs_f64()
+        );
+        Ok(network)
+    }
+
+    /// Fails with the reason if a tor of the network has exited.
+    pub fn check_alive(&mut self) -> Result<(), TestNetError> {
+        for node in &mut self.nodes {
+            let Some(p) = node.process.as_mut() else {
+                continue;
+            };
+            if !p.is_running() {
+                let mut diagnosis = verify_config(Path::new("tor"), &self.empty, &node.torrc);
+                if diagnosis.is_empty() || diagnosis.contains("Configuration was valid") {
+                    diagnosis = tail(&node.dir.join("notice.log"), 10)
+                        + &tail(&node.dir.join("tor.out"), 10);
+                }
+                return Err(TestNetError::Died {
+                    node: node.name.clone(),
+                    diagnosis,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_clients(&mut self, deadline: Instant) -> Result<(), TestNetError> {
+        let mut conns: Vec<Option<ControlConnection>> =
+            (0..self.clients.len()).map(|_| None).collect();
+        let mut done = vec![false; self.clients.len()];
+        let mut progress = vec![String::from("no control connection"); self.clients.len()];
+        loop {
+            self.check_alive()?;
+            for (i, client) in self.clients.iter().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                if conns[i].is_none() {
+                    // The control port and cookie appear a moment after start.
+                    conns[i] = ControlConnection::open(client.control_addr, &client.auth())
+                        .await
+                        .ok();
+                }
+                if let Some(c) = conns[i].as_mut() {
+                    match c.bootstrap_status().await {
+                        Ok(s) => {
+                            progress[i] = format!("{} {}% {}", client.name, s.progress, s.summary);
+                            done[i] = s.is_done();
+                        }
+                        Err(_) => conns[i] = None,
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestNetError::Timeout {
+                    progress: progress.join("; "),
+                });
+            }
+            smol::Timer::after(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The client tors.
+    pub fn clients(&self) -> &[TorClient] {
+        &self.clients
+    }
+
+    /// The `DirAuthority` lines of the network.
+    pub fn dir_authority_lines(&self) -> &[String] {
+        &self.dir_authorities
+    }
+
+    /// Every torrc line an extra tor needs to join this network as a
+    /// client: [`COMMON_TORRC`] and the `DirAuthority` lines (pass them as
+    /// `TorConfig::extra_torrc`).
+    pub fn attach_torrc_lines(&self) -> Vec<String> {
+        COMMON_TORRC
+            .iter()
+            .filter(|l| !l.starts_with("RunAsDaemon"))
+            .map(|l| (*l).to_owned())
+            .chain(self.dir_authorities.iter().cloned())
+            .collect()
+    }
+
+    /// Pids of every tor the network started.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.process.as_ref().map(ProcessGuard::pid))
+            .collect()
+    }
+
+    /// Time from [`TestNetwork::start`] to every client bootstrapped.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// The temporary directory holding every node's data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
+    }
+
+    /// Stops every tor (by pid) and returns their pids. Also done on drop.
+    pub fn stop(&mut self) -> Vec<u32> {
+        let pids = self.pids();
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "---- {} notice.log (tail) ----\n{}",
+                    node.name,
+                    tail(&node.dir.join("notice.log"), 15)
+                );
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut p) = node.process.take() {
+                let _ = p.stop();
+            }
+        }
+        if std::env::var_os("CWTCH_KEEP_TESTNET").is_some()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("testnet: keeping {}", d.keep().display());
+        }
+        pids
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A single tor with `DisableNetwork 1`: enough to test the control port
+/// client and key handling in a second, without any network. Stopped by
+/// pid on drop.
+pub struct LoneTor {
+    process: ProcessGuard,
+    control_addr: SocketAddr,
+    cookie_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoneTor {
+    /// Starts it with cookie authentication and these extra torrc lines.
+    pub fn start(extra: &[&str]) -> Result<Self, TestNetError> {
+        check_tools()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cwtch-lonetor-")
+            .tempdir()?;
+        let d = dir.path().join("data");
+        make_dir(&d)?;
+        let empty = dir.path().join("empty-torrc");
+        std::fs::write(&empty, "")?;
+        let port_file = d.join("control-port");
+        let mut text = format!(
+            "DataDirectory {d}\nDisableNetwork 1\nSocksPort 127.0.0.1:auto\nControlPort 127.0.0.1:auto\n\
+             ControlPortWriteToFile {pf}\nCookieAuthentication 1\nLog notice file {d}/notice.log\n\
+             __OwningControllerProcess {pid}\n",
+            d = d.display(),
+            pf = port_file.display(),
+            pid = std::process::id()
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let torrc = dir.path().join("torrc");
+        std::fs::write(&torrc, text)?;
+        let mut process = ProcessGuard::spawn(
+            Command::new("tor")
+                .arg("--defaults-torrc")
+                .arg(&empty)
+                .arg("-f")
+                .arg(&torrc)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .map_err(|e| TestNetError::TorMissing(format!("tor: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let control_addr = loop {
+            if !process.is_running() {
+                return Err(TestNetError::Died {
+                    node: "lone tor".into(),
+                    diagnosis: verify_config(Path::new("tor"), &empty, &torrc),
+                });
+            }
+            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(addr) = cwtch_transport_socks::control::status::parse_port_file(&text) {
+                break addr;
+            }
+            if Instant::now() > deadline {
+                return Err(TestNetError::Timeout {
+                    progress: "lone tor wrote no control port file".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        Ok(LoneTor {
+            process,
+            control_addr,
+            cookie_path: d.join("control_auth_cookie"),
+            _dir: dir,
+        })
+    }
+
+    /// The control port.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    /// The cookie file.
+    pub fn cookie_path(&self) -> &Path {
+        &self.cookie_path
+    }
+
+    /// Tor's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stops tor now (also done on drop).
+    pub fn stop(&mut self) {
+        let _ = self.process.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_file() {
+        assert_eq!(
+            parse_fingerprint("auth0 DC4CED069F1C1369790635892FB5943C5A62CA7E\n").as_deref(),
+            Some("DC4CED069F1C1369790635892FB5943C5A62CA7E")
+        );
+        assert_eq!(
+            parse_fingerprint("auth0 DC4C ED06 9F1C 1369 7906 3589 2FB5 943C 5A62 CA7E").as_deref(),
+            Some("DC4CED069F1C1369790635892FB5943C5A62CA7E")
+        );
+        assert_eq!(parse_fingerprint("auth0 XYZ"), None);
+        assert_eq!(parse_fingerprint(""), None);
+    }
+
+    #[test]
+    fn our_pid_is_alive_and_a_free_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn ports_are_distinct() {
+        let mut p = free_ports(20).unwrap();
+        p.sort_unstable();
+        p.dedup();
+        assert_eq!(p.len(), 20);
+    }
+}
