@@ -17,7 +17,11 @@ fn dev(dir: &Path) -> Vec<String> {
 #[test]
 fn contact_request_accept_and_chat_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("dev"));
+    let (a_home, b_home, devdir) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("dev"),
+    );
     let alice = init(&a_home, "alice");
     let bob = init(&b_home, "bob");
     let _a = Daemon::start(&a_home, false, &dev(&devdir));
@@ -25,26 +29,48 @@ fn contact_request_accept_and_chat_both_ways() {
     wait_ready(&a_home);
     wait_ready(&b_home);
 
-    cli(&a_home, &["contact", "add", &bob, "--message", "hi bob, it's alice"]).unwrap();
+    cli(
+        &a_home,
+        &["contact", "add", &bob, "--message", "hi bob, it's alice"],
+    )
+    .unwrap();
     // Bob sees a contact request with alice's first message.
     let state = wait_for("bob to see a request", Duration::from_secs(30), || {
         let list = cli(&b_home, &["contact", "list"]).ok()?;
-        let entry = list.as_array()?.iter().find(|e| e["contact"]["address"] == alice.as_str())?.clone();
+        let entry = list
+            .as_array()?
+            .iter()
+            .find(|e| e["contact"]["address"] == alice.as_str())?
+            .clone();
         Some(entry["contact"]["state"].as_str()?.to_string())
     });
     assert_eq!(state, "request");
     wait_for("the first message", Duration::from_secs(30), || {
-        (conversation(&b_home, &alice) == vec![(false, "hi bob, it's alice".to_string(), "received".to_string())]).then_some(())
+        (conversation(&b_home, &alice)
+            == vec![(
+                false,
+                "hi bob, it's alice".to_string(),
+                "received".to_string(),
+            )])
+        .then_some(())
     });
     // Bob cannot write before accepting.
-    assert!(cli(&b_home, &["send", &alice, "too early"]).unwrap_err().contains("accept"));
+    assert!(
+        cli(&b_home, &["send", &alice, "too early"])
+            .unwrap_err()
+            .contains("accept")
+    );
     cli(&b_home, &["contact", "accept", &alice]).unwrap();
     cli(&b_home, &["send", &alice, "hello alice"]).unwrap();
     cli(&a_home, &["send", &bob, "how are you?"]).unwrap();
     wait_for("both sides to agree", Duration::from_secs(30), || {
         let a = conversation(&a_home, &bob);
         let b = conversation(&b_home, &alice);
-        let delivered = a.iter().chain(&b).filter(|m| m.0).all(|m| m.2 == "delivered");
+        let delivered = a
+            .iter()
+            .chain(&b)
+            .filter(|m| m.0)
+            .all(|m| m.2 == "delivered");
         (a.len() == 3 && b.len() == 3 && delivered).then_some(())
     });
     // Alice learned bob's name from his hello.
@@ -56,7 +82,11 @@ fn contact_request_accept_and_chat_both_ways() {
 #[test]
 fn messages_to_an_offline_peer_wait_and_arrive_in_order_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("dev"));
+    let (a_home, b_home, devdir) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("dev"),
+    );
     let alice = init(&a_home, "alice");
     let bob = init(&b_home, "bob");
     let mut a = Daemon::start(&a_home, false, &dev(&devdir));
@@ -76,13 +106,22 @@ fn messages_to_an_offline_peer_wait_and_arrive_in_order_once() {
     // Bob comes online: everything arrives, once, in order.
     let _b = Daemon::start(&b_home, false, &dev(&devdir));
     wait_ready(&b_home);
-    let expected: Vec<_> = (0..5).map(|i| (false, format!("message {i}"), "received".to_string())).collect();
+    let expected: Vec<_> = (0..5)
+        .map(|i| (false, format!("message {i}"), "received".to_string()))
+        .collect();
     wait_for("bob to receive the queue", Duration::from_secs(60), || {
         (conversation(&b_home, &alice) == expected).then_some(())
     });
-    wait_for("alice to see them delivered", Duration::from_secs(30), || {
-        conversation(&a_home, &bob).iter().all(|m| m.2 == "delivered").then_some(())
-    });
+    wait_for(
+        "alice to see them delivered",
+        Duration::from_secs(30),
+        || {
+            conversation(&a_home, &bob)
+                .iter()
+                .all(|m| m.2 == "delivered")
+                .then_some(())
+        },
+    );
     assert_eq!(cli(&a_home, &["status"]).unwrap()["outbox"], 0);
     // Nothing arrives twice, even after more time and reconnections.
     std::thread::sleep(Duration::from_secs(2));
@@ -92,7 +131,11 @@ fn messages_to_an_offline_peer_wait_and_arrive_in_order_once() {
 #[test]
 fn blocked_peer_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("dev"));
+    let (a_home, b_home, devdir) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("dev"),
+    );
     let alice = init(&a_home, "alice");
     let bob = init(&b_home, "bob");
     let _a = Daemon::start(&a_home, false, &dev(&devdir));

@@ -33,22 +33,35 @@ fn contact_request_accept_and_chat_over_tor() {
     let b = Daemon::start(&b_home, false, &tor_flags(&net, 1));
     wait_ready(&a_home);
     wait_ready(&b_home);
-    println!("both onion services published after {:?}", started.elapsed());
+    println!(
+        "both onion services published after {:?}",
+        started.elapsed()
+    );
 
-    cli(&a_home, &["contact", "add", &bob, "--message", "hi bob, over tor"]).unwrap();
+    cli(
+        &a_home,
+        &["contact", "add", &bob, "--message", "hi bob, over tor"],
+    )
+    .unwrap();
     let reached = Instant::now();
-    wait_for("bob to receive alice's request over Tor", Duration::from_secs(120), || {
-        (conversation(&b_home, &alice).len() == 1).then_some(())
-    });
+    wait_for(
+        "bob to receive alice's request over Tor",
+        Duration::from_secs(120),
+        || (conversation(&b_home, &alice).len() == 1).then_some(()),
+    );
     println!("first message over Tor after {:?}", reached.elapsed());
     cli(&b_home, &["contact", "accept", &alice]).unwrap();
     cli(&b_home, &["send", &alice, "hello alice, over tor"]).unwrap();
     wait_for("the reply", Duration::from_secs(120), || {
         let a_side = conversation(&a_home, &bob);
-        (a_side.len() == 2 && a_side.iter().filter(|m| m.0).all(|m| m.2 == "delivered")).then_some(())
+        (a_side.len() == 2 && a_side.iter().filter(|m| m.0).all(|m| m.2 == "delivered"))
+            .then_some(())
     });
     assert_eq!(conversation(&a_home, &bob)[1].1, "hello alice, over tor");
     let logs = a.log_text() + &b.log_text();
-    assert!(!logs.contains("over tor"), "message text must never be logged");
+    assert!(
+        !logs.contains("over tor"),
+        "message text must never be logged"
+    );
     drop((a, b));
 }

@@ -124,9 +124,15 @@ pub fn conversation(home: &Path, with: &str) -> Vec<(bool, String, String)> {
 
 /// The daemon answers on its control socket.
 pub fn wait_ready(home: &Path) -> String {
-    wait_for("the daemon's control socket", Duration::from_secs(60), || {
-        cli(home, &["address"]).ok()?["address"].as_str().map(str::to_string)
-    })
+    wait_for(
+        "the daemon's control socket",
+        Duration::from_secs(120),
+        || {
+            cli(home, &["status"]).ok()?["address"]
+                .as_str()
+                .map(str::to_string)
+        },
+    )
 }
 
 /// Creates a profile and returns its address.
