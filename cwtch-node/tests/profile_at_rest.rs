@@ -15,14 +15,28 @@ fn dev(dir: &Path) -> Vec<String> {
 #[test]
 fn profile_directory_holds_nothing_readable() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("dev"));
+    let (a_home, b_home, devdir) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("dev"),
+    );
     let alice = init(&a_home, "alice-the-secret-name");
     let bob = init(&b_home, "bob-the-secret-name");
     let mut a = Daemon::start(&a_home, false, &dev(&devdir));
     let mut b = Daemon::start(&b_home, false, &dev(&devdir));
     wait_ready(&a_home);
     wait_ready(&b_home);
-    cli(&a_home, &["contact", "add", &bob, "--message", "the eagle lands at midnight"]).unwrap();
+    cli(
+        &a_home,
+        &[
+            "contact",
+            "add",
+            &bob,
+            "--message",
+            "the eagle lands at midnight",
+        ],
+    )
+    .unwrap();
     wait_for("delivery", Duration::from_secs(30), || {
         (conversation(&a_home, &bob).first()?.2 == "delivered").then_some(())
     });
