@@ -1,1 +1,0 @@
-//! The server's durable blob store (SQLite, WAL, group commit).

@@ -1,0 +1,432 @@
+//! Group commit: many async posters, one writer thread, one `fsync` per
+//! batch.
+//!
+//! Posters send their blob with a one-shot reply channel over a bounded
+//! queue (a full queue makes posters wait: back-pressure). The writer
+//! thread takes everything queued (up to [`CommitterConfig::max_batch`]),
+//! appends it in one transaction, and only after the commit returned
+//! completes each poster's future with its index. Then it publishes the
+//! new head to [`HeadWatch`]ers, so the server can push to subscribers.
+//!
+//! Failure policy: if a commit fails because the disk is full, that batch's
+//! posters get [`Error::CommitFailed`] and the writer goes on (pruning may
+//! free space). Any other failed commit (an I/O error, notably a failed
+//! `fsync`, after which the page cache cannot be trusted) stops the writer:
+//! that batch's posters get [`Error::CommitFailed`], everything else
+//! [`Error::Closed`], and the store must be reopened.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use smol::channel::{self, Receiver, Sender, TryRecvError};
+use smol::future;
+
+use super::{Blob, BlobStore, Error, PruneStats, Result, Stats, blob_from_slice, unix_now};
+
+/// Settings of a [`GroupCommitter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitterConfig {
+    /// The most posts committed in one transaction.
+    pub max_batch: usize,
+    /// How many posts may wait in the queue before posters have to wait.
+    pub queue_capacity: usize,
+    /// How often the writer applies the retention policy (also when idle);
+    /// `None`: only on [`GroupCommitter::prune`].
+    pub prune_interval: Option<Duration>,
+}
+
+impl Default for CommitterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            queue_capacity: 4096,
+            prune_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+type Reply<T> = Sender<Result<T>>;
+
+enum Request {
+    Post { blob: Box<Blob>, reply: Reply<u64> },
+    Stats(Reply<Stats>),
+    Prune { now: u64, reply: Reply<PruneStats> },
+    IntegrityCheck(Reply<()>),
+}
+
+/// State shared between the writer thread and its handles.
+#[derive(Debug)]
+struct Shared {
+    head: AtomicU64,
+    commits: AtomicU64,
+    closed: AtomicBool,
+    head_changed: Event,
+}
+
+impl Shared {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.head_changed.notify(usize::MAX);
+    }
+}
+
+/// A [`BlobStore`] on its own writer thread, shared by async posters.
+///
+/// Dropping it (or [`shutdown`](Self::shutdown)) stops taking new posts,
+/// commits and acknowledges everything already queued, and joins the
+/// thread (so it blocks for at most one commit per queued batch).
+#[derive(Debug)]
+pub struct GroupCommitter {
+    tx: Sender<Request>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<BlobStore>>,
+}
+
+impl GroupCommitter {
+    /// Starts the writer thread for `store`, with the default
+    /// [`CommitterConfig`].
+    pub fn start(store: BlobStore) -> Result<Self> {
+        Self::with_config(store, CommitterConfig::default())
+    }
+
+    /// Starts the writer thread for `store`.
+    pub fn with_config(store: BlobStore, config: CommitterConfig) -> Result<Self> {
+        let config = CommitterConfig {
+            max_batch: config.max_batch.max(1),
+            queue_capacity: config.queue_capacity.max(1),
+            ..config
+        };
+        let (tx, rx) = channel::bounded(config.queue_capacity);
+        let shared = Arc::new(Shared {
+            head: AtomicU64::new(store.head()),
+            commits: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            head_changed: Event::new(),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("blob-store-writer".into())
+            .spawn(move || writer(store, rx, writer_shared, config))
+            .map_err(Error::Thread)?;
+        Ok(Self {
+            tx,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Posts one blob. The future resolves with the blob's index once the
+    /// transaction holding it has committed (durable), and waits while the
+    /// queue is full. Dropping the future early does not withdraw a blob
+    /// already queued.
+    pub fn submit(
+        &self,
+        blob: Box<Blob>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
+        let tx = self.tx.clone();
+        async move {
+            let (reply, ack) = channel::bounded(1);
+            tx.send(Request::Post { blob, reply })
+                .await
+                .map_err(|_| Error::Closed)?;
+            ack.recv().await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    /// [`submit`](Self::submit) for a blob given as a slice: resolves to
+    /// [`Error::WrongSize`] (storing nothing) unless it is exactly
+    /// [`SEALED_BLOB_LEN`](cwtch_proto::group::SEALED_BLOB_LEN) bytes.
+    pub fn submit_slice(
+        &self,
+        blob: &[u8],
+    ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
+        let checked = blob_from_slice(blob).map(|b| Box::new(*b));
+        let tx = self.tx.clone();
+        async move {
+            let blob = checked?;
+            let (reply, ack) = channel::bounded(1);
+            tx.send(Request::Post { blob, reply })
+                .await
+                .map_err(|_| Error::Closed)?;
+            ack.recv().await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let (reply, answer) = channel::bounded(1);
+        self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        answer.recv().await.map_err(|_| Error::Closed)?
+    }
+
+    /// The store's statistics (queued behind the posts before it).
+    pub async fn stats(&self) -> Result<Stats> {
+        self.request(Request::Stats).await
+    }
+
+    /// Applies the retention policy now (on the writer thread).
+    pub async fn prune(&self, now: u64) -> Result<PruneStats> {
+        self.request(|reply| Request::Prune { now, reply }).await
+    }
+
+    /// Runs [`BlobStore::integrity_check`] on the writer thread.
+    pub async fn integrity_check(&self) -> Result<()> {
+        self.request(Request::IntegrityCheck).await
+    }
+
+    /// The index of the last committed blob (0 if none).
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Acquire)
+    }
+
+    /// Transactions committed by the writer so far.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Acquire)
+    }
+
+    /// Posts waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Whether the writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// A watcher of the head, starting from the current one.
+    pub fn watch_head(&self) -> HeadWatch {
+        HeadWatch {
+            shared: Arc::clone(&self.shared),
+            seen: self.head(),
+        }
+    }
+
+    /// Stops taking posts, commits everything queued, joins the writer
+    /// thread and gives the store back.
+    pub fn shutdown(mut self) -> Result<BlobStore> {
+        self.stop().ok_or(Error::WriterPanicked)?
+    }
+
+    fn stop(&mut self) -> Option<Result<BlobStore>> {
+        self.tx.close();
+        let thread = self.thread.take()?;
+        Some(thread.join().map_err(|_| Error::WriterPanicked))
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Follows the head of a [`GroupCommitter`]: wakes when new blobs are
+/// committed. It only ever reports the latest head (updates in between
+/// are merged), which is all a subscriber needs to read what is new.
+#[derive(Debug, Clone)]
+pub struct HeadWatch {
+    shared: Arc<Shared>,
+    seen: u64,
+}
+
+impl HeadWatch {
+    /// The last head this watcher reported (or started at).
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The current head.
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Acquire)
+    }
+
+    /// Waits until the head moves past the last one seen and returns it;
+    /// [`Error::Closed`] once the writer has stopped and nothing new came.
+    pub async fn changed(&mut self) -> Result<u64> {
+        loop {
+            if let Some(head) = self.poll_head()? {
+                return Ok(head);
+            }
+            let listener = self.shared.head_changed.listen();
+            // Check again: the head may have moved before we listened.
+            if let Some(head) = self.poll_head()? {
+                return Ok(head);
+            }
+            listener.await;
+        }
+    }
+
+    fn poll_head(&mut self) -> Result<Option<u64>> {
+        let head = self.head();
+        if head > self.seen {
+            self.seen = head;
+            return Ok(Some(head));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(None)
+    }
+}
+
+/// Whether a failed commit leaves the store usable.
+fn is_recoverable(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DiskFull
+    )
+}
+
+struct Post {
+    blob: Box<Blob>,
+    reply: Reply<u64>,
+}
+
+/// The writer thread: returns the store when the queue is closed and
+/// drained, or after a fatal error.
+fn writer(
+    mut store: BlobStore,
+    rx: Receiver<Request>,
+    shared: Arc<Shared>,
+    config: CommitterConfig,
+) -> BlobStore {
+    let mut batch: Vec<Post> = Vec::with_capacity(config.max_batch);
+    // Prune once at start, then every interval.
+    let mut next_prune = config.prune_interval.map(|_| Instant::now());
+    let mut fatal = false;
+    'outer: loop {
+        if let Some(at) = next_prune
+            && Instant::now() >= at
+        {
+            // A failed prune is not fatal to posting; it is retried later.
+            let _ = store.prune(unix_now());
+            next_prune = config.prune_interval.map(|every| Instant::now() + every);
+        }
+        // Wait for the first request (or the next prune).
+        let first = match rx.try_recv() {
+            Ok(req) => req,
+            Err(TryRecvError::Closed) => break,
+            Err(TryRecvError::Empty) => {
+                let wait = next_prune.map(|at| at.saturating_duration_since(Instant::now()));
+                match recv_timeout(&rx, wait) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => continue,
+                    Err(()) => break,
+                }
+            }
+        };
+        let mut pending = Some(first);
+        // Gather posts until the queue is empty, the batch is full, or a
+        // control request arrives (which runs after the batch, in order).
+        while let Some(req) = pending.take() {
+            match req {
+                Request::Post { blob, reply } => {
+                    batch.push(Post { blob, reply });
+                    if batch.len() < config.max_batch {
+                        pending = rx.try_recv().ok();
+                    }
+                }
+                control => {
+                    if !commit(&mut store, &mut batch, &shared) {
+                        fatal = true;
+                        reply_closed(control);
+                        break 'outer;
+                    }
+                    run_control(&mut store, control);
+                    pending = rx.try_recv().ok();
+                }
+            }
+        }
+        if !commit(&mut store, &mut batch, &shared) {
+            fatal = true;
+            break;
+        }
+    }
+    // Stop taking posts; refuse whatever is still queued after a fatal
+    // error (after a clean close the queue is already drained).
+    rx.close();
+    shared.close();
+    if fatal {
+        while let Ok(req) = rx.try_recv() {
+            reply_closed(req);
+        }
+    }
+    store
+}
+
+/// Waits for a request for at most `wait` (`None`: forever). `Ok(None)`
+/// on timeout, `Err` when the queue is closed and empty.
+fn recv_timeout(
+    rx: &Receiver<Request>,
+    wait: Option<Duration>,
+) -> std::result::Result<Option<Request>, ()> {
+    match wait {
+        None => rx.recv_blocking().map(Some).map_err(|_| ()),
+        Some(wait) => future::block_on(future::or(
+            async { rx.recv().await.map(Some).map_err(|_| ()) },
+            async {
+                smol::Timer::after(wait).await;
+                Ok(None)
+            },
+        )),
+    }
+}
+
+/// Commits `batch` (if any) and answers its posters. Returns false if the
+/// writer must stop.
+fn commit(store: &mut BlobStore, batch: &mut Vec<Post>, shared: &Shared) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let result = store.append_iter(batch.iter().map(|p| &*p.blob), unix_now());
+    match result {
+        Ok(range) => {
+            shared.head.store(store.head(), Ordering::Release);
+            shared.commits.fetch_add(1, Ordering::AcqRel);
+            for (post, index) in batch.drain(..).zip(range) {
+                // The poster may have given up; the blob is stored anyway.
+                let _ = post.reply.try_send(Ok(index));
+            }
+            shared.head_changed.notify(usize::MAX);
+            true
+        }
+        Err(err) => {
+            let recoverable = is_recoverable(&err);
+            let err = Arc::new(err);
+            for post in batch.drain(..) {
+                let _ = post
+                    .reply
+                    .try_send(Err(Error::CommitFailed(Arc::clone(&err))));
+            }
+            recoverable
+        }
+    }
+}
+
+fn run_control(store: &mut BlobStore, req: Request) {
+    match req {
+        Request::Post { .. } => {}
+        Request::Stats(reply) => {
+            let _ = reply.try_send(store.stats());
+        }
+        Request::Prune { now, reply } => {
+            let _ = reply.try_send(store.prune(now));
+        }
+        Request::IntegrityCheck(reply) => {
+            let _ = reply.try_send(store.integrity_check());
+        }
+    }
+}
+
+fn reply_closed(req: Request) {
+    match req {
+        Request::Post { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
+        Request::Stats(reply) => drop(reply.try_send(Err(Error::Closed))),
+        Request::Prune { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
+        Request::IntegrityCheck(reply) => drop(reply.try_send(Err(Error::Closed))),
+    }
+}

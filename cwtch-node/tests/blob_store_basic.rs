@@ -1,0 +1,393 @@
+//! The synchronous blob store: round trip, sizes, indices, paging,
+//! retention, and refusing foreign files.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use cwtch_node::blob_store::{
+    Blob, BlobReader, BlobStore, Error, MAX_READ_LIMIT, RetentionPolicy, Stats,
+};
+use cwtch_proto::group::SEALED_BLOB_LEN;
+
+/// A blob whose content encodes `tag`.
+fn blob(tag: u64) -> Blob {
+    let mut b = [0u8; SEALED_BLOB_LEN];
+    b[..8].copy_from_slice(&tag.to_le_bytes());
+    for (i, byte) in b.iter_mut().enumerate().skip(8) {
+        *byte = (tag.wrapping_mul(31).wrapping_add(i as u64)) as u8;
+    }
+    b
+}
+
+fn open(dir: &tempfile::TempDir, policy: RetentionPolicy) -> BlobStore {
+    BlobStore::open(dir.path().join("blobs.sqlite"), policy).expect("open")
+}
+
+#[test]
+fn round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(store.head(), 0);
+    assert!(store.read_after(0, 10).unwrap().is_empty());
+
+    let batch: Vec<Blob> = (1..=5).map(blob).collect();
+    assert_eq!(store.append_batch(&batch).unwrap(), 1..6);
+    assert_eq!(store.head(), 5);
+    let got = store.read_after(0, 100).unwrap();
+    assert_eq!(got.len(), 5);
+    for (i, (index, b)) in got.iter().enumerate() {
+        assert_eq!(*index, i as u64 + 1);
+        assert_eq!(**b, blob(*index));
+    }
+    // A single slice append, and an empty batch (no transaction).
+    assert_eq!(store.append(&blob(6)).unwrap(), 6);
+    assert_eq!(store.append_batch(&[]).unwrap(), 7..7);
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        stats,
+        Stats {
+            blobs: 6,
+            bytes: 6 * SEALED_BLOB_LEN as u64,
+            head: 6,
+            oldest: Some(1),
+            oldest_received_at: stats.oldest_received_at,
+            commits: 2,
+            appended: 6,
+        }
+    );
+    store.integrity_check().unwrap();
+
+    // Survives reopening.
+    drop(store);
+    let store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(store.head(), 6);
+    let got = store.read_after(4, 100).unwrap();
+    assert_eq!(
+        got.iter().map(|(i, b)| (*i, **b)).collect::<Vec<_>>(),
+        vec![(5, blob(5)), (6, blob(6))]
+    );
+}
+
+#[test]
+fn wrong_size_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    for len in [0, 1, SEALED_BLOB_LEN - 1, SEALED_BLOB_LEN + 1, 8192] {
+        let bytes = vec![7u8; len];
+        match store.append(&bytes) {
+            Err(Error::WrongSize { len: got }) => assert_eq!(got, len),
+            other => panic!("length {len}: {other:?}"),
+        }
+    }
+    // A batch with one bad blob writes nothing.
+    let good = blob(1);
+    let bad = [0u8; 100];
+    assert!(matches!(
+        store.append_slices(&[&good, &bad, &good]),
+        Err(Error::WrongSize { len: 100 })
+    ));
+    assert_eq!(store.head(), 0);
+    assert_eq!(store.stats().unwrap().blobs, 0);
+    assert_eq!(store.append_slices(&[&good, &good]).unwrap(), 1..3);
+    // The message names the sizes.
+    let msg = Error::WrongSize { len: 3 }.to_string();
+    assert!(msg.contains('3') && msg.contains("2048"), "{msg}");
+}
+
+#[test]
+fn wrong_size_in_database_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blobs.sqlite");
+    let mut store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
+    store.append_batch(&[blob(1), blob(2)]).unwrap();
+    drop(store);
+    // Someone edits the file behind our back, bypassing the CHECK.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA ignore_check_constraints = ON; UPDATE blobs SET blob = x'0102' WHERE idx = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
+    assert!(matches!(
+        store.read_after(0, 10),
+        Err(Error::CorruptBlob { index: 2, len: 2 })
+    ));
+    assert!(matches!(store.integrity_check(), Err(Error::Integrity(_))));
+}
+
+#[test]
+fn indices_monotonic_across_reopen_and_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(
+        store.append_batch(&[blob(1), blob(2), blob(3)]).unwrap(),
+        1..4
+    );
+    drop(store);
+
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(store.append_batch(&[blob(4)]).unwrap(), 4..5);
+    // Prune everything, including the newest blob.
+    store.set_policy(RetentionPolicy {
+        max_blobs: Some(0),
+        ..RetentionPolicy::UNLIMITED
+    });
+    let pruned = store.prune(u64::MAX).unwrap();
+    assert_eq!(pruned.removed, 4);
+    assert_eq!(pruned.oldest, None);
+    assert_eq!(store.head(), 4, "head does not go down");
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.blobs, stats.oldest, stats.head), (0, None, 4));
+    assert_eq!(store.append_batch(&[blob(5)]).unwrap(), 5..6);
+    store.prune(u64::MAX).unwrap();
+    drop(store);
+
+    // Empty table after pruning the last blob: the index still goes on.
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(store.head(), 5);
+    assert_eq!(store.stats().unwrap().blobs, 0);
+    assert_eq!(store.append_batch(&[blob(6), blob(7)]).unwrap(), 6..8);
+    let got: Vec<u64> = store
+        .read_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(got, vec![6, 7]);
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn read_after_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    let all: Vec<Blob> = (1..=2500).map(blob).collect();
+    for chunk in all.chunks(700) {
+        store.append_batch(chunk).unwrap();
+    }
+    assert_eq!(store.head(), 2500);
+
+    let mut cursor = 0;
+    let mut pages = 0;
+    loop {
+        let page = store.read_after(cursor, 333).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        for (index, b) in &page {
+            assert_eq!(*index, cursor + 1);
+            assert_eq!(**b, blob(*index));
+            cursor = *index;
+        }
+    }
+    assert_eq!(cursor, 2500);
+    assert_eq!(pages, 8); // 7 full pages of 333 and one of 169
+
+    // Limits: zero, and clamped to MAX_READ_LIMIT.
+    assert!(store.read_after(0, 0).unwrap().is_empty());
+    assert_eq!(
+        store.read_after(0, usize::MAX).unwrap().len(),
+        MAX_READ_LIMIT
+    );
+    assert!(store.read_after(2500, 10).unwrap().is_empty());
+    assert!(store.read_after(u64::MAX, 10).unwrap().is_empty());
+    let tail = store.read_after(2498, 10).unwrap();
+    assert_eq!(
+        tail.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![2499, 2500]
+    );
+
+    // The visitor sees the same blobs without copying, and can stop.
+    let mut seen = Vec::new();
+    let n = store
+        .visit_after(100, 50, |index, b| {
+            assert_eq!(*b, blob(index));
+            seen.push(index);
+            if seen.len() == 10 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(seen, (101..=110).collect::<Vec<_>>());
+
+    // A read-only reader sees the same.
+    let reader = BlobReader::open(store.path()).unwrap();
+    assert_eq!(reader.head().unwrap(), 2500);
+    assert_eq!(reader.oldest().unwrap(), Some(1));
+    let page = reader.read_after(1000, 5).unwrap();
+    assert_eq!(
+        page.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![1001, 1002, 1003, 1004, 1005]
+    );
+}
+
+#[test]
+fn retention_by_count_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = RetentionPolicy {
+        max_blobs: Some(10),
+        ..RetentionPolicy::UNLIMITED
+    };
+    let mut store = open(&dir, policy);
+    let blobs: Vec<Blob> = (1..=25).map(blob).collect();
+    store.append_batch(&blobs).unwrap();
+    let pruned = store.prune(0).unwrap();
+    assert_eq!(pruned.removed, 15);
+    assert_eq!(pruned.removed_for_space, 15);
+    assert_eq!(pruned.removed_for_age, 0);
+    assert_eq!(pruned.oldest, Some(16));
+    let got: Vec<u64> = store
+        .read_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(got, (16..=25).collect::<Vec<_>>());
+    // Already within the policy: nothing more.
+    assert_eq!(store.prune(0).unwrap().removed, 0);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.blobs, stats.oldest, stats.head), (10, Some(16), 25));
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn retention_by_bytes_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for 7.5 blobs: 7 are kept.
+    let policy = RetentionPolicy {
+        max_bytes: Some(7 * SEALED_BLOB_LEN as u64 + SEALED_BLOB_LEN as u64 / 2),
+        ..RetentionPolicy::UNLIMITED
+    };
+    let mut store = open(&dir, policy);
+    for i in 1..=20 {
+        store.append_batch(&[blob(i)]).unwrap();
+    }
+    let pruned = store.prune(0).unwrap();
+    assert_eq!(pruned.removed, 13);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.blobs, 7);
+    assert_eq!(stats.bytes, 7 * SEALED_BLOB_LEN as u64);
+    assert_eq!(stats.oldest, Some(14));
+    let got = store.read_after(0, 100).unwrap();
+    assert_eq!(got.first().map(|(i, b)| (*i, **b)), Some((14, blob(14))));
+    // Count and bytes together: the tighter one wins.
+    store.set_policy(RetentionPolicy {
+        max_blobs: Some(3),
+        ..policy
+    });
+    assert_eq!(store.prune(0).unwrap().removed, 4);
+    assert_eq!(store.stats().unwrap().oldest, Some(18));
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn retention_by_age_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(100)),
+        ..RetentionPolicy::UNLIMITED
+    };
+    let mut store = open(&dir, policy);
+    // Received at 1000, 1010, ..., 1090 (indices 1..=10).
+    for i in 0..10u64 {
+        store
+            .append_batch_at(&[blob(i + 1)], 1000 + 10 * i)
+            .unwrap();
+    }
+    // At 1100, the blob from 1000 is exactly 100 s old: kept.
+    assert_eq!(store.prune(1100).unwrap().removed, 0);
+    // At 1125, those from 1000, 1010 and 1020 are older than 100 s.
+    let pruned = store.prune(1125).unwrap();
+    assert_eq!(pruned.removed, 3);
+    assert_eq!(pruned.removed_for_age, 3);
+    assert_eq!(pruned.oldest, Some(4));
+    assert_eq!(store.stats().unwrap().oldest_received_at, Some(1030));
+
+    // A clock that went backwards: index 11 looks older than index 10.
+    // Pruning stays a prefix: it stops at the first young blob.
+    store.append_batch_at(&[blob(11)], 900).unwrap();
+    let pruned = store.prune(1185).unwrap(); // cutoff 1085: 1..=9 old
+    assert_eq!(pruned.removed, 6);
+    assert_eq!(pruned.oldest, Some(10));
+    let got: Vec<u64> = store
+        .read_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(got, vec![10, 11]);
+
+    // Everything old: all go, the head stays.
+    let pruned = store.prune(10_000).unwrap();
+    assert_eq!(pruned.removed, 2);
+    assert_eq!(pruned.oldest, None);
+    assert_eq!(store.head(), 11);
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn retention_space_and_age_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = RetentionPolicy {
+        max_blobs: Some(8),
+        max_age: Some(Duration::from_secs(50)),
+        ..RetentionPolicy::UNLIMITED
+    };
+    let mut store = open(&dir, policy);
+    for i in 0..10u64 {
+        store
+            .append_batch_at(&[blob(i + 1)], 1000 + 10 * i)
+            .unwrap();
+    }
+    // Space removes 1 and 2; age (cutoff 1040) removes 3 and 4 too.
+    let pruned = store.prune(1090).unwrap();
+    assert_eq!(pruned.removed, 4);
+    assert_eq!(pruned.removed_for_space, 2);
+    assert_eq!(pruned.removed_for_age, 2);
+    assert_eq!(pruned.oldest, Some(5));
+}
+
+#[test]
+fn large_prune_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    let blobs: Vec<Blob> = (1..=10_000).map(blob).collect();
+    store.append_batch(&blobs).unwrap();
+    store.set_policy(RetentionPolicy {
+        max_blobs: Some(1),
+        ..RetentionPolicy::UNLIMITED
+    });
+    assert_eq!(store.prune(0).unwrap().removed, 9_999);
+    let got = store.read_after(0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0, *got[0].1), (10_000, blob(10_000)));
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn refuses_foreign_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a database at all.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0x55u8; 10_000]).unwrap();
+    assert!(matches!(
+        BlobStore::open(&junk, RetentionPolicy::UNLIMITED),
+        Err(Error::Sqlite(_))
+    ));
+    // Somebody else's database.
+    let other = dir.path().join("other.sqlite");
+    let conn = rusqlite::Connection::open(&other).unwrap();
+    conn.execute_batch("CREATE TABLE t (x INTEGER);").unwrap();
+    drop(conn);
+    assert!(matches!(
+        BlobStore::open(&other, RetentionPolicy::UNLIMITED),
+        Err(Error::NotABlobStore { found: 0 })
+    ));
+    // A reader does not create a store.
+    assert!(BlobReader::open(dir.path().join("missing.sqlite")).is_err());
+}
