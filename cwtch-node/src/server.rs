@@ -1,11 +1,23 @@
 //! The server daemon: publishes its onion service, serves anonymous
 //! clients, stores blobs durably.
 
+use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use cwtch_proto::channel::frame::FRAME_LEN;
+use cwtch_proto::connection::{Config, Connection, Event};
+use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::server::{
+    BlobStore as SessionStore, ServerConfig, ServerEvent, ServerSession, StoreError,
+};
 use cwtch_proto::Identity;
-use cwtch_transport_socks::AnyTransport;
+use cwtch_transport_socks::{AnyTransport, PEER_PORT, Stream, Transport};
+use smol::future::FutureExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::blob_store::{BlobReader, BlobStore, GroupCommitter, HeadWatch, RetentionPolicy};
 use crate::clock;
 
 /// The server's key file inside its home directory (mode 0600).
@@ -70,9 +82,296 @@ pub fn info(home: &Path, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The blob database inside the server's home directory.
+pub const BLOBS_FILE: &str = "blobs.db";
+/// The most clients served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// What every connection of a server shares.
+pub struct Shared {
+    committer: GroupCommitter,
+    reader: Mutex<BlobReader>,
+    /// The index the next append gets; appends are serialized by this lock
+    /// so that indices follow the commit order.
+    next_index: Mutex<u64>,
+    config: ServerConfig,
+    identity: Identity,
+    connections: AtomicUsize,
+    served: AtomicU64,
+}
+
+/// The session's view of the store: appends go to the group committer (the
+/// session acknowledges only once they are durable), reads to a read-only
+/// connection.
+struct SessionStoreHandle<'a>(&'a Shared);
+
+impl SessionStore for SessionStoreHandle<'_> {
+    fn append(&mut self, blob: &[u8; SEALED_BLOB_LEN]) -> Result<u64, StoreError> {
+        let mut next = self.0.next_index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = *next;
+        let ack = self
+            .0
+            .committer
+            .try_submit(Box::new(*blob))
+            .map_err(|e| match e {
+                crate::blob_store::Error::QueueFull => StoreError::Full,
+                _ => StoreError::Unavailable,
+            })?;
+        *next += 1;
+        smol::spawn(async move {
+            match ack.await {
+                Ok(committed) if committed == index => {}
+                Ok(committed) => {
+                    // Indices handed out would no longer match the store:
+                    // stop rather than acknowledge the wrong thing.
+                    eprintln!("cwtch server: index mismatch ({committed} != {index}); stopping");
+                    std::process::exit(70);
+                }
+                Err(e) => {
+                    eprintln!("cwtch server: the blob store failed: {e}; stopping");
+                    std::process::exit(74);
+                }
+            }
+        })
+        .detach();
+        Ok(index)
+    }
+
+    fn read_after(&self, after: u64, out: &mut [u8; SEALED_BLOB_LEN]) -> Result<Option<u64>, StoreError> {
+        let reader = self.0.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        reader
+            .visit_after(after, 1, |index, blob| {
+                out.copy_from_slice(blob);
+                found = Some(index);
+                ControlFlow::Break(())
+            })
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(found)
+    }
+
+    fn durable_head(&self) -> u64 {
+        self.0.committer.head()
+    }
+}
+
+/// Statistics for `server info` and the logs.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerStats {
+    /// Blobs stored.
+    pub blobs: u64,
+    /// Bytes of blobs stored.
+    pub bytes: u64,
+    /// The last index.
+    pub head: u64,
+    /// Clients connected now.
+    pub connections: usize,
+    /// Connections served since start.
+    pub served: u64,
+}
+
+/// Opens the store and starts the group committer.
+pub fn open_shared(home: &Path, identity: Identity, config: ServerConfig) -> Result<Arc<Shared>, String> {
+    let path = home.join(BLOBS_FILE);
+    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let head = store.head();
+    let committer = GroupCommitter::start(store).map_err(|e| e.to_string())?;
+    let reader = BlobReader::open(&path).map_err(|e| e.to_string())?;
+    Ok(Arc::new(Shared {
+        committer,
+        reader: Mutex::new(reader),
+        next_index: Mutex::new(head + 1),
+        config,
+        identity,
+        connections: AtomicUsize::new(0),
+        served: AtomicU64::new(0),
+    }))
+}
+
+impl Shared {
+    /// Current statistics.
+    pub async fn stats(&self) -> ServerStats {
+        let s = self.committer.stats().await.unwrap_or_default();
+        ServerStats {
+            blobs: s.blobs,
+            bytes: s.bytes,
+            head: s.head,
+            connections: self.connections.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Runs the server until the process ends.
 pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
-    let _identity = load_identity(home)?;
-    let _ = transport;
-    Err("the server daemon is not built yet".into())
+    let identity = load_identity(home)?;
+    let shared = open_shared(home, identity.clone(), ServerConfig::default())?;
+    let mut listener = transport
+        .listen(&identity, PEER_PORT)
+        .await
+        .map_err(|e| format!("cannot publish the server's onion service: {e}"))?;
+    if listener.wait_published(std::time::Duration::from_secs(120)).await.is_err() {
+        eprintln!("warning: tor has not confirmed the onion service yet");
+    }
+    println!("cwtch server {} is online", paste_string(&identity));
+    let stats_shared = shared.clone();
+    smol::spawn(async move {
+        loop {
+            smol::Timer::after(std::time::Duration::from_secs(30)).await;
+            let s = stats_shared.stats().await;
+            tracing::info!(blobs = s.blobs, bytes = s.bytes, connections = s.connections, "server stats");
+        }
+    })
+    .detach();
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|e| format!("accept failed: {e}"))?;
+        if shared.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        smol::spawn(async move {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            shared.served.fetch_add(1, Ordering::Relaxed);
+            serve_client(&shared, stream).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+        })
+        .detach();
+    }
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Durable,
+    Timer,
+}
+
+/// One anonymous client: the channel, then the server session over it.
+/// Reads from the socket only while the session wants a request (so a
+/// flooding client is slowed by TCP, not buffered), and pulls replies from
+/// the session only while the channel can take them.
+pub async fn serve_client(shared: &Shared, mut stream: Stream) {
+    let now = clock::now();
+    let mut rng = clock::rng();
+    let mut conn = Connection::responder(Config::default(), shared.identity.clone(), &mut rng, now);
+    let mut session: Option<ServerSession> = None;
+    let mut watch: HeadWatch = shared.committer.watch_head();
+    let mut pending: Option<Vec<u8>> = None;
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut readbuf = vec![0u8; 4096];
+    let mut frame = [0u8; FRAME_LEN];
+    let mut msg = vec![0u8; cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN];
+    let mut wire = Vec::new();
+    loop {
+        let now = clock::now();
+        let mut closed = false;
+        while pending.is_none() {
+            match conn.poll_event() {
+                Some(Event::IncomingPeer { .. }) => {
+                    // Every client is anonymous: accept any key.
+                    let _ = conn.accept(now);
+                }
+                Some(Event::Established { .. }) => {
+                    let store = SessionStoreHandle(shared);
+                    session = Some(ServerSession::new(shared.config, &store, &mut rng, now));
+                }
+                Some(Event::Message(m)) => pending = Some(m.to_vec()),
+                Some(Event::Closed(_)) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if closed {
+            if let Some(s) = session.as_mut() {
+                s.close();
+            }
+            return;
+        }
+        if let Some(s) = session.as_mut() {
+            let mut store = SessionStoreHandle(shared);
+            s.handle_durable(store.durable_head());
+            if let Some(req) = &pending
+                && s.wants_request()
+            {
+                let _ = s.handle_request(req, now, &mut store);
+                pending = None;
+            }
+            while conn.can_send() {
+                match s.poll_transmit(&store, &mut msg) {
+                    Ok(Some(n)) => {
+                        let _ = conn.send(&msg[..n]);
+                    }
+                    _ => break,
+                }
+            }
+            while let Some(event) = s.poll_event() {
+                if let ServerEvent::Closed { .. } = event {
+                    conn.close();
+                }
+            }
+        }
+        wire.clear();
+        while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
+            wire.extend_from_slice(&frame[..n]);
+        }
+        if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
+            conn.handle_eof();
+            continue;
+        }
+        // Leftover input first, unless a request waits for the session.
+        if pending.is_none() && !inbuf.is_empty() {
+            match conn.handle_input(&inbuf, now) {
+                Ok(consumed) if consumed > 0 => {
+                    inbuf.drain(..consumed);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    inbuf.clear();
+                    continue;
+                }
+            }
+        }
+        let deadline = match (conn.poll_timeout(), session.as_ref().and_then(|s| s.poll_timeout())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let can_read = pending.is_none() && inbuf.len() < 64 * 1024;
+        let read = async {
+            if can_read {
+                Wake::Read(stream.read(&mut readbuf).await)
+            } else {
+                std::future::pending().await
+            }
+        };
+        let durable = async {
+            match watch.changed().await {
+                Ok(_) => Wake::Durable,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => {
+                    smol::Timer::at(clock::to_std(at)).await;
+                    Wake::Timer
+                }
+                None => std::future::pending().await,
+            }
+        };
+        match read.or(durable).or(timer).await {
+            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => conn.handle_eof(),
+            Wake::Read(Ok(n)) => inbuf.extend_from_slice(&readbuf[..n]),
+            Wake::Durable => {}
+            Wake::Timer => {
+                let now = clock::now();
+                conn.handle_timeout(now);
+                if let Some(s) = session.as_mut() {
+                    s.handle_timeout(now);
+                }
+            }
+        }
+    }
 }

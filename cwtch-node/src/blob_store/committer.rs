@@ -155,6 +155,23 @@ impl GroupCommitter {
         }
     }
 
+    /// Queues one blob *now*, without waiting: blobs queued by successive
+    /// calls are committed in call order, so their indices follow that
+    /// order (the server relies on this to hand out indices before the
+    /// commit). Fails with [`Error::Closed`] if the writer stopped, or
+    /// [`Error::QueueFull`] if the queue is full (nothing was queued).
+    /// The returned future resolves with the index once durable.
+    pub fn try_submit(
+        &self,
+        blob: Box<Blob>,
+    ) -> Result<impl Future<Output = Result<u64>> + Send + 'static + use<>> {
+        let (reply, ack) = channel::bounded(1);
+        self.tx
+            .try_send(Request::Post { blob, reply })
+            .map_err(|e| if e.is_full() { Error::QueueFull } else { Error::Closed })?;
+        Ok(async move { ack.recv().await.map_err(|_| Error::Closed)? })
+    }
+
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
         let (reply, answer) = channel::bounded(1);
         self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;

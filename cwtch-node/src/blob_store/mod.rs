@@ -120,6 +120,9 @@ pub enum Error {
     /// The group committer has stopped (shut down, or after a fatal error).
     #[error("the group committer has stopped")]
     Closed,
+    /// The committer's queue is full; try again later.
+    #[error("the group committer's queue is full")]
+    QueueFull,
     /// The batch this post was part of failed to commit; it is not stored.
     #[error("commit failed: {0}")]
     CommitFailed(Arc<Error>),
