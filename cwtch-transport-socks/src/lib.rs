@@ -19,6 +19,37 @@
 //!   [`transport::AnyTransport`].
 //! - [`process`]: a child process stopped by pid on drop.
 //!
+//! ## Example: publish an identity and dial a peer through a system tor
+//!
+//! ```no_run
+//! use core::time::Duration;
+//! use cwtch_proto::{Identity, OnionAddress};
+//! use cwtch_transport_socks::{
+//!     IsolationKey, PEER_PORT, RetryPolicy, TorTransport, Transport, dial_with_retry,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn core::error::Error>> {
+//! smol::block_on(async {
+//!     let me = Identity::from_seed(&[7; 32]);
+//!     let tor = TorTransport::system(); // 127.0.0.1:9050 and :9051
+//!     let mut listener = tor.listen(&me, PEER_PORT).await?;
+//!     listener.wait_published(Duration::from_secs(120)).await?;
+//!
+//!     let peer = OnionAddress::parse("efjprum3peosirjsilqv6lvlns3476t3njpngaexsyhangeb3mjo7sad")?;
+//!     let key = IsolationKey::for_identity(&me.address());
+//!     let stream = dial_with_retry(
+//!         RetryPolicy::default(),
+//!         || tor.dial(&peer, PEER_PORT, &key),
+//!         |attempt, err| eprintln!("attempt {attempt}: {err}"),
+//!     )
+//!     .await?;
+//!     let (incoming, _from) = listener.accept().await?;
+//!     # drop((stream, incoming));
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
 //! ## Panic policy
 //!
 //! A panic is a bug: nothing from tor or from the network can cause one.

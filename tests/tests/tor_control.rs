@@ -8,6 +8,7 @@ use std::time::Instant;
 use cwtch_proto::Identity;
 use cwtch_tests::testnet::{LoneTor, process_alive};
 use cwtch_transport_socks::control::{ControlAuth, ControlConnection, ControlError};
+use cwtch_transport_socks::launch::{LaunchError, TorConfig, TorProcess};
 use cwtch_transport_socks::transport::{PEER_PORT, TorTransport, Transport};
 
 /// `tor --hash-password pw` (any salt works).
@@ -140,4 +141,26 @@ fn control_port_with_lone_tor() {
     });
     tor.stop();
     assert!(!process_alive(pid), "lone tor {pid} still running");
+}
+
+#[test]
+fn launch_reports_why_tor_refused_its_config() {
+    let dir = tempfile::Builder::new()
+        .prefix("cwtch-badtorrc-")
+        .tempdir()
+        .unwrap();
+    let mut config = TorConfig::new(dir.path().join("tor"));
+    config.extra_torrc = vec!["NoSuchTorOption 1".into()];
+    let t = Instant::now();
+    let r = smol::block_on(TorProcess::launch(&config, |_| {}));
+    eprintln!(
+        "bad torrc reported after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    match r {
+        Err(LaunchError::Exited { diagnosis, .. }) => {
+            assert!(diagnosis.contains("NoSuchTorOption"), "{diagnosis}");
+        }
+        other => panic!("expected Exited, got {other:?}"),
+    }
 }
