@@ -178,7 +178,11 @@ impl PublicIdentity {
 
     /// Verifies an ed25519 signature (strict verification: rejects
     /// non-canonical signatures and small-order components).
-    pub fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Result<(), BadSignature> {
+    pub fn verify(
+        &self,
+        message: &[u8],
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> Result<(), BadSignature> {
         let sig = Signature::from_bytes(signature);
         self.key
             .verify_strict(message, &sig)

@@ -66,7 +66,10 @@ impl fmt::Display for AddressError {
             ),
             AddressError::NonCanonical => f.write_str("the address is not in canonical form"),
             AddressError::UnsupportedVersion { version } => {
-                write!(f, "onion address version {version} is not supported (only v3)")
+                write!(
+                    f,
+                    "onion address version {version} is not supported (only v3)"
+                )
             }
             AddressError::BadChecksum => {
                 f.write_str("the address checksum is wrong (a typo in the address?)")

@@ -55,7 +55,11 @@ fn expanded_key_is_clamped_sha512_of_seed() {
     let key = id.tor_expanded_key();
     let bytes = key.as_bytes();
     assert_eq!(bytes[0] & 7, 0, "low bits cleared");
-    assert_eq!(bytes[31] & 0xc0, 0x40, "high bit cleared, second-highest set");
+    assert_eq!(
+        bytes[31] & 0xc0,
+        0x40,
+        "high bit cleared, second-highest set"
+    );
     assert_eq!(format!("{key:?}"), "ExpandedSecretKey(..)");
 }
 
