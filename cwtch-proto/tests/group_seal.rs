@@ -591,6 +591,7 @@ fn fixed_vector() {
         .seal(&alice, &srv, &msg, &mut rng(0x07), &mut blob)
         .unwrap();
     let digest = hex::encode(Sha256::digest(blob));
+    println!("blob {}", hex::encode(blob));
     let first = hex::encode(&blob[..40]);
     let last = hex::encode(&blob[SEALED_BLOB_LEN - 16..]);
     println!(
@@ -609,3 +610,37 @@ const VECTOR_FIRST40: &str =
 const VECTOR_LAST16: &str = "5427863c1f13105c58b908476b5ba71b";
 const VECTOR_SHA256: &str = "57b9926ed2a9f455eac328889fbc979be8b9efc1393fa9c002cb84b70ec11233";
 const VECTOR_HASH: &str = "28aecd1b201a55dcfdee7ea920905bd865ab68e6d7b386ce63b9b5da0f04b6d6";
+
+/// The key schedule of the vector's secret (SPEC.md section 5).
+#[test]
+fn key_schedule_vector() {
+    let g = group(0x42, &[1]);
+    let (seal_key, detect_key) = spec_keys(&[0x42; 32]);
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), &[0x42; 32]);
+    let mut id = [0u8; 32];
+    hk.expand(cwtch_proto::group::secret::LABEL_GROUP_ID, &mut id)
+        .unwrap();
+    assert_eq!(&id, g.id().as_bytes());
+    let alice = g.id().member_id(&identity(1).public());
+    println!(
+        "seal {}\ndetect {}\nid {}\nmember(alice) {}",
+        hex::encode(seal_key),
+        hex::encode(detect_key),
+        hex::encode(id),
+        hex::encode(alice.0)
+    );
+    assert_eq!(hex::encode(seal_key), VECTOR_SEAL_KEY);
+    assert_eq!(hex::encode(detect_key), VECTOR_DETECT_KEY);
+    assert_eq!(hex::encode(id), VECTOR_GROUP_ID);
+    assert_eq!(hex::encode(alice.0), VECTOR_MEMBER_ID);
+    // The vector blob's tag is HChaCha20 of its nonce under the detection key.
+    let nonce = hex::decode(&VECTOR_FIRST40[..48]).unwrap();
+    let input: [u8; 16] = nonce[..16].try_into().unwrap();
+    let tag = chacha20::hchacha::<chacha20::R20>(&detect_key.into(), &input.into());
+    assert_eq!(hex::encode(&tag[..16]), &VECTOR_FIRST40[48..]);
+}
+
+const VECTOR_SEAL_KEY: &str = "55ee0ec04bec5e82337975f51b02951e36bdcb4484e69d1705d12fbaba8e6fa2";
+const VECTOR_DETECT_KEY: &str = "f918ea17900f692362193707870ded26f134f36574ae7da9b9233d1243d19147";
+const VECTOR_GROUP_ID: &str = "f8f7cd3c990b3b3712a96cb0e79357b12eb688df6d25057e1248248c04da2588";
+const VECTOR_MEMBER_ID: &str = "72561dc1ec198e331c20a7adcd3b13f8";

@@ -2,7 +2,7 @@
 //!
 //! Each sender numbers its messages 0, 1, 2, ... and chains them by hash;
 //! each message also carries a summary of the highest sequence number its
-//! sender has received from up to [`SEEN_MAX`](super::message::SEEN_MAX)
+//! sender has received from up to [`SEEN_MAX`]
 //! other members. From these a [`GapTracker`] learns, for each sender, an
 //! *end*: every sequence number below it exists. Whatever exists and has not
 //! arrived is a gap, reported once as [`GapEvent::Missing`]; a late arrival

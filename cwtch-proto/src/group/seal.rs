@@ -6,7 +6,7 @@
 //! ```
 //!
 //! `C, A = XChaCha20-Poly1305(K_seal, nonce = N, aad = N || T, plaintext)`
-//! where the plaintext is laid out as [`message`](super::message) says.
+//! where the plaintext is laid out as [`super::message`] says.
 //!
 //! [`GroupKeys::open_in_place`] checks, in order: the length
 //! ([`OpenError::WrongLength`]), the detection tag ([`OpenError::NotForUs`]),
@@ -313,6 +313,28 @@ impl GroupKeys {
         }
         Ok((parsed, hash))
     }
+}
+
+/// Fuzzing hook: seals an arbitrary plaintext (no layout checks, no
+/// signature) so a fuzzer can reach the parser and signature checks of
+/// [`GroupKeys::open_in_place`]. Only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub fn seal_raw_for_fuzzing(
+    keys: &GroupKeys,
+    plaintext: &[u8; PLAINTEXT_LEN],
+    nonce: &[u8; NONCE_LEN],
+) -> [u8; SEALED_BLOB_LEN] {
+    let mut blob = [0u8; SEALED_BLOB_LEN];
+    let (header, rest) = blob.split_at_mut(HEADER_LEN);
+    let (body, aead_tag) = rest.split_at_mut(PLAINTEXT_LEN);
+    header[..NONCE_LEN].copy_from_slice(nonce);
+    header[NONCE_LEN..].copy_from_slice(&keys.detect.tag(nonce));
+    body.copy_from_slice(plaintext);
+    if let Ok(t) = aead(keys).encrypt_inout_detached(&(*nonce).into(), header, InOutBuf::from(body))
+    {
+        aead_tag.copy_from_slice(&t);
+    }
+    blob
 }
 
 /// A sender's side of its message chain in one group: the next sequence
