@@ -698,3 +698,10 @@ fn four_members_over_a_lossy_server_see_every_gap_once() {
         log.len()
     );
 }
+
+#[test]
+fn default_tracker_memory_is_bounded() {
+    let size = core::mem::size_of::<GapTracker>();
+    eprintln!("GapTracker default size: {size} bytes");
+    assert!(size <= 32 * 1024, "{size}");
+}
