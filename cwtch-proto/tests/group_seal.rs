@@ -110,7 +110,8 @@ fn one_message_posted_to_two_servers_has_one_hash() {
     let g = group(3, &[1, 2]);
     let alice = identity(1);
     let (s1, s2) = (g.servers()[0], g.servers()[1]);
-    let msg = text_message(b"same", 0, &[]);
+    let mut chain = SenderChain::new();
+    let msg = chain.next_message(MessageKind::TEXT, b"same", Instant::ZERO, &[]);
     let mut b1 = [0u8; SEALED_BLOB_LEN];
     let mut b2 = [0u8; SEALED_BLOB_LEN];
     let h1 = g
@@ -124,6 +125,8 @@ fn one_message_posted_to_two_servers_has_one_hash() {
         .unwrap()
         .hash;
     assert_eq!(h1, h2);
+    chain.advance(h1);
+    assert_eq!((chain.next_seq(), chain.prev_hash()), (1, h1));
     assert_eq!(g.keys().open_in_place(&s1, &mut b1).unwrap().hash, h1);
     assert_eq!(g.keys().open_in_place(&s2, &mut b2).unwrap().hash, h2);
 }

@@ -379,7 +379,34 @@ impl SenderChain {
         self.prev_hash
     }
 
-    /// Seals the chain's next message and advances the chain.
+    /// The chain's next message, to seal once per server (one message
+    /// posted to several servers keeps one hash); then call
+    /// [`SenderChain::advance`] with that hash.
+    pub fn next_message<'a>(
+        &self,
+        kind: MessageKind,
+        body: &'a [u8],
+        timestamp: Instant,
+        seen: &'a [SeenEntry],
+    ) -> OutgoingMessage<'a> {
+        OutgoingMessage {
+            kind,
+            body,
+            seq: self.next_seq,
+            timestamp,
+            prev_hash: self.prev_hash,
+            seen,
+        }
+    }
+
+    /// Records that the message [`SenderChain::next_message`] described was
+    /// sealed with this hash.
+    pub fn advance(&mut self, hash: MessageHash) {
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.prev_hash = hash;
+    }
+
+    /// Seals the chain's next message for one server and advances the chain.
     #[allow(clippy::too_many_arguments)]
     pub fn seal_next<R: CryptoRng + ?Sized>(
         &mut self,
@@ -393,17 +420,9 @@ impl SenderChain {
         rng: &mut R,
         out: &mut [u8],
     ) -> Result<Sealed, SealError> {
-        let msg = OutgoingMessage {
-            kind,
-            body,
-            seq: self.next_seq,
-            timestamp,
-            prev_hash: self.prev_hash,
-            seen,
-        };
+        let msg = self.next_message(kind, body, timestamp, seen);
         let sealed = keys.seal(sender, server, &msg, rng, out)?;
-        self.next_seq = self.next_seq.saturating_add(1);
-        self.prev_hash = sealed.hash;
+        self.advance(sealed.hash);
         Ok(sealed)
     }
 }
