@@ -647,3 +647,25 @@ const VECTOR_SEAL_KEY: &str = "55ee0ec04bec5e82337975f51b02951e36bdcb4484e69d170
 const VECTOR_DETECT_KEY: &str = "f918ea17900f692362193707870ded26f134f36574ae7da9b9233d1243d19147";
 const VECTOR_GROUP_ID: &str = "f8f7cd3c990b3b3712a96cb0e79357b12eb688df6d25057e1248248c04da2588";
 const VECTOR_MEMBER_ID: &str = "72561dc1ec198e331c20a7adcd3b13f8";
+
+/// The same message sealed twice by the same sender into the same group:
+/// the server-visible bytes share nothing (fresh nonce, PRF tag).
+#[test]
+fn two_blobs_of_one_sender_share_no_visible_bytes() {
+    let g = group(15, &[1]);
+    let srv = g.servers()[0];
+    let mut r = rng(15);
+    let msg = text_message(b"same text", 0, &[]);
+    let mut b1 = [0u8; SEALED_BLOB_LEN];
+    let mut b2 = [0u8; SEALED_BLOB_LEN];
+    g.keys()
+        .seal(&identity(1), &srv, &msg, &mut r, &mut b1)
+        .unwrap();
+    g.keys()
+        .seal(&identity(1), &srv, &msg, &mut r, &mut b2)
+        .unwrap();
+    let equal_positions = b1.iter().zip(&b2).filter(|(a, b)| a == b).count();
+    // About 2048 / 256 = 8 equal bytes by chance; far more would mean structure.
+    assert!(equal_positions < 32, "{equal_positions}");
+    assert_ne!(b1[..40], b2[..40]);
+}
