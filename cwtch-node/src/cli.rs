@@ -71,7 +71,10 @@ pub enum Command {
         /// The text.
         text: String,
     },
-    /// Show a conversation.
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Show a conversation (a contact's address, or a group's name or id).
     Messages {
         /// A contact's address or a group's id.
         conversation: String,
@@ -106,6 +109,35 @@ pub enum ContactCommand {
         address: String,
     },
     /// List contacts with their connection states.
+    List,
+}
+
+/// Group commands.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group on a server.
+    Create {
+        /// The group's name.
+        name: String,
+        /// The server: its paste-able string (`cwtch-server:...`) or address.
+        #[arg(long)]
+        server: String,
+    },
+    /// Invite a contact (sent over the peer link, retried until acknowledged).
+    Invite {
+        /// The group's name or id.
+        group: String,
+        /// The contact's address.
+        address: String,
+    },
+    /// Post a message to a group.
+    Send {
+        /// The group's name or id.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// List groups, their servers' states and any missing messages.
     List,
 }
 

@@ -52,6 +52,29 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Create a group on a server.
+    GroupCreate {
+        /// Its name.
+        name: String,
+        /// The server (`cwtch-server:<address>` or an address).
+        server: String,
+    },
+    /// Invite a contact to a group.
+    GroupInvite {
+        /// The group's name or id.
+        group: String,
+        /// The contact's address.
+        address: String,
+    },
+    /// Post to a group.
+    GroupSend {
+        /// The group's name or id.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// List groups with their servers' states and gaps.
+    GroupList,
     /// The messages of a conversation.
     Messages {
         /// A contact's address or a group's id.
@@ -177,6 +200,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
                 "name": node.name(),
                 "outbox": node.outbox_len().unwrap_or(0),
                 "contacts": contacts,
+                "groups": node.groups(),
             }))
         }
         Request::Address => Ok(serde_json::json!({"address": node.address()})),
@@ -192,6 +216,14 @@ fn execute(node: &PeerNode, request: Request) -> Response {
                 .collect::<Vec<_>>(),
         )),
         Request::Send { address, text } => node.send_text(&address, &text).map(json),
+        Request::GroupCreate { name, server } => node
+            .group_create(&name, &server)
+            .map(|g| serde_json::json!({"id": g.id, "name": g.name, "servers": g.servers})),
+        Request::GroupInvite { group, address } => node
+            .group_invite(&group, &address)
+            .map(|()| serde_json::json!({"invited": address})),
+        Request::GroupSend { group, text } => node.group_send(&group, &text).map(json),
+        Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
     };
     match result {

@@ -30,6 +30,7 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
                 value["outbox"]
             );
             out.push_str(&contacts(&value["contacts"]));
+            out.push_str(&groups(&value["groups"]));
             out.trim_end().to_string()
         }
         Request::ContactList => contacts(value).trim_end().to_string(),
@@ -44,6 +45,16 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
             })
             .unwrap_or_default(),
         Request::Send { .. } => "queued (pending until the contact acknowledges it)".into(),
+        Request::GroupCreate { .. } => format!(
+            "group {} created: {}",
+            value["name"].as_str().unwrap_or_default(),
+            value["id"].as_str().unwrap_or_default()
+        ),
+        Request::GroupInvite { .. } => {
+            "invite queued (pending until the contact acknowledges it)".into()
+        }
+        Request::GroupSend { .. } => "posted (pending until the server stores it durably)".into(),
+        Request::GroupList => groups(value).trim_end().to_string(),
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
         | Request::ContactBlock { .. } => {
@@ -72,6 +83,37 @@ fn contacts(list: &serde_json::Value) -> String {
                 .map(|e| format!(" (last failure: {e})"))
                 .unwrap_or_default(),
         ));
+    }
+    out
+}
+
+fn groups(list: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for g in list.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "group {} ({}): {} missing\n",
+            g["name"].as_str().unwrap_or_default(),
+            g["id"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..16)
+                .unwrap_or_default(),
+            g["missing"],
+        ));
+        for s in g["servers"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  server {} {}{}\n",
+                s["server"].as_str().unwrap_or_default(),
+                s["connection"]["state"].as_str().unwrap_or_default(),
+                s["connection"]["last_error"]
+                    .as_str()
+                    .map(|e| format!(" (last failure: {e})"))
+                    .unwrap_or_default(),
+            ));
+        }
+        for gap in g["gaps"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}\n", gap.as_str().unwrap_or_default()));
+        }
     }
     out
 }

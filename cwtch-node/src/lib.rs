@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod format;
+pub mod groups;
 pub mod link;
 pub mod model;
 pub mod peer;

@@ -87,10 +87,9 @@ pub async fn drive(
         // Queue and transmit as much as the connection takes.
         wire.clear();
         loop {
-            match conn.poll_transmit(clock::now(), &mut frame) {
-                Ok(Some(n)) => wire.extend_from_slice(&frame[..n]),
-                Ok(None) => {}
-                Err(_) => break,
+            // Every frame the connection has, then the next message.
+            while let Ok(Some(n)) = conn.poll_transmit(clock::now(), &mut frame) {
+                wire.extend_from_slice(&frame[..n]);
             }
             if conn.can_send()
                 && let Some(msg) = outq.pop_front()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use cwtch_node::cli::{Cli, Command, ContactCommand, ServerCommand, TransportArgs};
+use cwtch_node::cli::{Cli, Command, ContactCommand, GroupCommand, ServerCommand, TransportArgs};
 use cwtch_node::control::{self, Request};
 use cwtch_node::peer::{self, PeerNode};
 use cwtch_transport_socks::{
@@ -108,6 +108,15 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
             one_shot(home, &request, json)
         }
         Command::Send { address, text } => one_shot(home, &Request::Send { address, text }, json),
+        Command::Group(g) => {
+            let request = match g {
+                GroupCommand::Create { name, server } => Request::GroupCreate { name, server },
+                GroupCommand::Invite { group, address } => Request::GroupInvite { group, address },
+                GroupCommand::Send { group, text } => Request::GroupSend { group, text },
+                GroupCommand::List => Request::GroupList,
+            };
+            one_shot(home, &request, json)
+        }
         Command::Messages {
             conversation,
             follow,
@@ -237,6 +246,7 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
         println!("cwtch peer {} is online", node.address());
         smol::spawn(node.clone().serve(listener)).detach();
         smol::spawn(node.clone().keep_connected()).detach();
+        smol::spawn(node.clone().keep_servers()).detach();
         control::serve(node)
             .await
             .map_err(|e| format!("control socket failed: {e}"))

@@ -59,11 +59,14 @@ impl From<StoreError> for PeerError {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, PeerError> {
     serde_json::from_slice(bytes).map_err(|e| PeerError::Corrupt(format!("{what}: {e}")))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
     // Serializing our own plain structs to JSON cannot fail.
     Zeroizing::new(serde_json::to_vec(value).unwrap_or_default())
 }
@@ -129,24 +132,26 @@ struct LinkEntry {
     initiator: String,
 }
 
-struct State {
-    name: String,
-    contacts: BTreeMap<String, Contact>,
+pub(crate) struct State {
+    pub(crate) name: String,
+    pub(crate) contacts: BTreeMap<String, Contact>,
     status: HashMap<String, ConnStatus>,
     links: HashMap<String, LinkEntry>,
     dialing: HashSet<String>,
     backoff: HashMap<String, (Backoff, Instant)>,
     next_seq: u64,
     next_link: u64,
-    followers: Vec<Sender<StoredMessage>>,
+    pub(crate) followers: Vec<Sender<StoredMessage>>,
+    pub(crate) groups: BTreeMap<String, crate::groups::GroupState>,
+    pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
 }
 
 /// A running peer.
 pub struct PeerNode {
-    identity: Identity,
+    pub(crate) identity: Identity,
     address: String,
-    store: ProfileStore,
-    transport: AnyTransport,
+    pub(crate) store: ProfileStore,
+    pub(crate) transport: AnyTransport,
     state: Mutex<State>,
     /// Where the daemon lives (control socket, logs).
     pub home: PathBuf,
@@ -170,7 +175,7 @@ impl PeerNode {
             .get(Table::Meta, b"seq")?
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0);
-        Ok(Arc::new(PeerNode {
+        let node = Arc::new(PeerNode {
             address: identity.address().to_string(),
             identity,
             store,
@@ -186,11 +191,15 @@ impl PeerNode {
                 next_seq,
                 next_link: 1,
                 followers: Vec::new(),
+                groups: BTreeMap::new(),
+                servers: HashMap::new(),
             }),
-        }))
+        });
+        node.load_groups()?;
+        Ok(node)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -204,7 +213,7 @@ impl PeerNode {
         self.state().name.clone()
     }
 
-    fn next_seq(&self, state: &mut State) -> Result<u64, PeerError> {
+    pub(crate) fn next_seq(&self, state: &mut State) -> Result<u64, PeerError> {
         state.next_seq += 1;
         self.store
             .put(Table::Meta, b"seq", &state.next_seq.to_le_bytes())?;
@@ -365,9 +374,10 @@ impl PeerNode {
 
     /// The messages of a conversation, in local order.
     pub fn messages(&self, conversation: &str) -> Result<Vec<StoredMessage>, PeerError> {
-        let conversation = OnionAddress::parse(conversation)
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| conversation.to_string());
+        let conversation = match OnionAddress::parse(conversation) {
+            Ok(a) => a.to_string(),
+            Err(_) => self.find_group(conversation)?,
+        };
         let mut out = Vec::new();
         for (_, value) in self.store.scan(Table::Messages)? {
             let m: StoredMessage = decode(&value, "message")?;
@@ -676,6 +686,23 @@ impl PeerNode {
                 }
                 Vec::new()
             }
+            PeerMessage::GroupInvite { id, invite } => {
+                let accepted =
+                    st.contacts.get(remote).map(|c| c.state) == Some(ContactState::Accepted);
+                drop(st);
+                if !accepted {
+                    // Invites only from contacts we accepted; no ack, so it
+                    // is offered again once we accept.
+                    return Vec::new();
+                }
+                match self.join_group_from_invite(remote, invite) {
+                    Ok(()) => vec![encode_peer(&PeerMessage::Ack { id })],
+                    Err(e) => {
+                        tracing::info!("refusing a group invite: {e}");
+                        vec![encode_peer(&PeerMessage::Ack { id })]
+                    }
+                }
+            }
             _ => Vec::new(),
         }
     }
@@ -709,7 +736,11 @@ fn describe_close(reason: CloseReason) -> String {
     }
 }
 
-fn notify(st: &mut State, msg: &StoredMessage) {
+pub(crate) fn link_sender(st: &State, address: &str) -> Option<LinkSender> {
+    st.links.get(address).map(|l| l.tx.clone())
+}
+
+pub(crate) fn notify(st: &mut State, msg: &StoredMessage) {
     st.followers
         .retain(|f| f.try_send(msg.clone()).is_ok() || !f.is_closed() && !f.is_full());
 }
@@ -720,20 +751,20 @@ fn canonical(address: &str) -> Result<String, PeerError> {
         .map_err(|e| PeerError::Invalid(format!("{address}: {e}")))
 }
 
-fn message_key(conversation: &str, outgoing: bool, id: u64) -> Vec<u8> {
+pub(crate) fn message_key(conversation: &str, outgoing: bool, id: u64) -> Vec<u8> {
     let mut k = conversation.as_bytes().to_vec();
     k.push(if outgoing { b'>' } else { b'<' });
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
-fn outbox_key(contact: &str, id: u64) -> Vec<u8> {
+pub(crate) fn outbox_key(contact: &str, id: u64) -> Vec<u8> {
     let mut k = contact.as_bytes().to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
-fn encode_peer(msg: &PeerMessage<'_>) -> Vec<u8> {
+pub(crate) fn encode_peer(msg: &PeerMessage<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_ENCODED_LEN];
     match msg.encode(&mut buf) {
         Ok(bytes) => bytes.to_vec(),

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cwtch_proto::Identity;
 use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{Config, Connection, Event};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::{
     BlobStore as SessionStore, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
-use cwtch_proto::Identity;
 use cwtch_transport_socks::{AnyTransport, PEER_PORT, Stream, Transport};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,7 +137,11 @@ impl SessionStore for SessionStoreHandle<'_> {
         Ok(index)
     }
 
-    fn read_after(&self, after: u64, out: &mut [u8; SEALED_BLOB_LEN]) -> Result<Option<u64>, StoreError> {
+    fn read_after(
+        &self,
+        after: u64,
+        out: &mut [u8; SEALED_BLOB_LEN],
+    ) -> Result<Option<u64>, StoreError> {
         let reader = self.0.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
         reader
@@ -171,9 +175,14 @@ pub struct ServerStats {
 }
 
 /// Opens the store and starts the group committer.
-pub fn open_shared(home: &Path, identity: Identity, config: ServerConfig) -> Result<Arc<Shared>, String> {
+pub fn open_shared(
+    home: &Path,
+    identity: Identity,
+    config: ServerConfig,
+) -> Result<Arc<Shared>, String> {
     let path = home.join(BLOBS_FILE);
-    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let head = store.head();
     let committer = GroupCommitter::start(store).map_err(|e| e.to_string())?;
     let reader = BlobReader::open(&path).map_err(|e| e.to_string())?;
@@ -210,7 +219,11 @@ pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
         .listen(&identity, PEER_PORT)
         .await
         .map_err(|e| format!("cannot publish the server's onion service: {e}"))?;
-    if listener.wait_published(std::time::Duration::from_secs(120)).await.is_err() {
+    if listener
+        .wait_published(std::time::Duration::from_secs(120))
+        .await
+        .is_err()
+    {
         eprintln!("warning: tor has not confirmed the onion service yet");
     }
     println!("cwtch server {} is online", paste_string(&identity));
@@ -219,12 +232,20 @@ pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
         loop {
             smol::Timer::after(std::time::Duration::from_secs(30)).await;
             let s = stats_shared.stats().await;
-            tracing::info!(blobs = s.blobs, bytes = s.bytes, connections = s.connections, "server stats");
+            tracing::info!(
+                blobs = s.blobs,
+                bytes = s.bytes,
+                connections = s.connections,
+                "server stats"
+            );
         }
     })
     .detach();
     loop {
-        let (stream, _) = listener.accept().await.map_err(|e| format!("accept failed: {e}"))?;
+        let (stream, _) = listener
+            .accept()
+            .await
+            .map_err(|e| format!("accept failed: {e}"))?;
         if shared.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             drop(stream);
             continue;
@@ -292,34 +313,51 @@ pub async fn serve_client(shared: &Shared, mut stream: Stream) {
         if let Some(s) = session.as_mut() {
             let mut store = SessionStoreHandle(shared);
             s.handle_durable(store.durable_head());
-            if let Some(req) = &pending
-                && s.wants_request()
-            {
-                let _ = s.handle_request(req, now, &mut store);
-                pending = None;
-            }
-            while conn.can_send() {
-                match s.poll_transmit(&store, &mut msg) {
-                    Ok(Some(n)) => {
-                        let _ = conn.send(&msg[..n]);
+            // Feed the waiting request and pull replies until neither moves:
+            // a finished page makes the session want the next request.
+            loop {
+                let mut progress = false;
+                if let Some(req) = &pending
+                    && s.wants_request()
+                {
+                    if let Err(e) = s.handle_request(req, now, &mut store) {
+                        tracing::debug!("request not handled: {e}");
                     }
-                    _ => break,
+                    pending = None;
+                    progress = true;
                 }
-            }
-            while let Some(event) = s.poll_event() {
-                if let ServerEvent::Closed { .. } = event {
-                    conn.close();
+                while conn.can_send() {
+                    match s.poll_transmit(&store, &mut msg) {
+                        Ok(Some(n)) => {
+                            let _ = conn.send(&msg[..n]);
+                            progress = true;
+                        }
+                        _ => break,
+                    }
+                    // Frames must leave before the next message fits.
+                    while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
+                        wire.extend_from_slice(&frame[..n]);
+                    }
+                }
+                while let Some(event) = s.poll_event() {
+                    if let ServerEvent::Closed { .. } = event {
+                        conn.close();
+                    }
+                }
+                if !progress {
+                    break;
                 }
             }
         }
-        wire.clear();
         while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
             wire.extend_from_slice(&frame[..n]);
         }
         if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
             conn.handle_eof();
+            wire.clear();
             continue;
         }
+        wire.clear();
         // Leftover input first, unless a request waits for the session.
         if pending.is_none() && !inbuf.is_empty() {
             match conn.handle_input(&inbuf, now) {
@@ -334,7 +372,10 @@ pub async fn serve_client(shared: &Shared, mut stream: Stream) {
                 }
             }
         }
-        let deadline = match (conn.poll_timeout(), session.as_ref().and_then(|s| s.poll_timeout())) {
+        let deadline = match (
+            conn.poll_timeout(),
+            session.as_ref().and_then(|s| s.poll_timeout()),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

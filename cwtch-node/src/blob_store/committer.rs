@@ -168,7 +168,13 @@ impl GroupCommitter {
         let (reply, ack) = channel::bounded(1);
         self.tx
             .try_send(Request::Post { blob, reply })
-            .map_err(|e| if e.is_full() { Error::QueueFull } else { Error::Closed })?;
+            .map_err(|e| {
+                if e.is_full() {
+                    Error::QueueFull
+                } else {
+                    Error::Closed
+                }
+            })?;
         Ok(async move { ack.recv().await.map_err(|_| Error::Closed)? })
     }
 

@@ -1,0 +1,853 @@
+//! Groups in the peer daemon: creating, inviting, posting through servers,
+//! and syncing every server a group uses: fetch what was missed since the
+//! saved cursor, subscribe, detect our blobs with the cheap tag, open them,
+//! and feed the core's gap tracker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use cwtch_proto::connection::{CloseReason, Config, Connection};
+use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::group::message::{MessageHash, MessageKind};
+use cwtch_proto::group::{
+    GapEvent, GapTracker, Group, GroupSecret, Invite, SenderChain, ServerList,
+};
+use cwtch_proto::peer::PeerMessage;
+use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
+use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::{Instant, OnionAddress, PublicIdentity};
+use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::link::{self, LinkCommand, LinkHandler, LinkSender};
+use crate::model::{ConnState, ConnStatus, Delivery, OutBody, OutItem, StoredMessage};
+use crate::peer::{PeerError, PeerNode, decode, encode, notify, outbox_key};
+use crate::profile_store::Table;
+
+/// A group as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group id (hex), members' name for the group.
+    pub id: String,
+    /// The name shown.
+    pub name: String,
+    /// The secret (hex). Only ever inside the encrypted profile.
+    pub secret: String,
+    /// The servers it uses.
+    pub servers: Vec<String>,
+    /// Our chain: next sequence number and hash of our last message.
+    pub next_seq: u64,
+    /// Hex of the hash of our last message.
+    pub prev_hash: String,
+}
+
+/// One received or sent group message's chain data, to rebuild the gap
+/// tracker at start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChainRecord {
+    member: String,
+    seq: u64,
+    hash: String,
+    prev_hash: String,
+}
+
+/// A group in memory.
+pub struct GroupState {
+    /// The stored form.
+    pub record: GroupRecord,
+    group: Group,
+    tracker: GapTracker,
+    /// Gaps reported by the tracker, in plain words, newest last.
+    pub gaps: Vec<String>,
+}
+
+/// A server connection in memory.
+pub struct ServerConn {
+    /// Its status.
+    pub status: ConnStatus,
+    client: Option<Arc<Mutex<ServerClient>>>,
+    tx: Option<LinkSender>,
+    dialing: bool,
+    next_try: Instant,
+    backoff: cwtch_proto::peer::Backoff,
+    /// The saved cursor.
+    pub cursor: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses `cwtch-server:<address>` or a bare address.
+pub fn parse_server(text: &str) -> Result<OnionAddress, PeerError> {
+    let address = text.strip_prefix("cwtch-server:").unwrap_or(text);
+    OnionAddress::parse(address).map_err(|e| PeerError::Invalid(format!("server {text}: {e}")))
+}
+
+fn group_from_record(record: &GroupRecord) -> Result<Group, PeerError> {
+    let secret =
+        unhex::<32>(&record.secret).ok_or_else(|| PeerError::Corrupt("group secret".into()))?;
+    let mut servers = ServerList::new();
+    for s in &record.servers {
+        let _ = servers.push(parse_server(s)?);
+    }
+    Ok(Group::from_secret(
+        GroupSecret::from_bytes(&secret),
+        servers,
+    ))
+}
+
+fn cursor_key(server: &str) -> Vec<u8> {
+    format!("cursor:{server}").into_bytes()
+}
+
+impl PeerNode {
+    pub(crate) fn load_groups(&self) -> Result<(), PeerError> {
+        let mut chains: HashMap<String, Vec<ChainRecord>> = HashMap::new();
+        for (key, value) in self.store.scan(Table::Blobs)? {
+            if let Some(gid) = key
+                .strip_prefix(b"chain:")
+                .and_then(|k| std::str::from_utf8(k.get(..64)?).ok())
+            {
+                let c: ChainRecord = decode(&value, "chain")?;
+                chains.entry(gid.to_string()).or_default().push(c);
+            }
+        }
+        let mut st = self.state();
+        for (_, value) in self.store.scan(Table::Groups)? {
+            let record: GroupRecord = decode(&value, "group")?;
+            let group = group_from_record(&record)?;
+            let mut tracker = GapTracker::new();
+            let mut list = chains.remove(&record.id).unwrap_or_default();
+            list.sort_by_key(|c| c.seq);
+            for c in list {
+                if let (Some(member), Some(hash), Some(prev)) = (
+                    unhex::<16>(&c.member),
+                    unhex::<32>(&c.hash),
+                    unhex::<32>(&c.prev_hash),
+                ) {
+                    let _ = tracker.ingest_parts(
+                        cwtch_proto::group::MemberId(member),
+                        c.seq,
+                        &MessageHash(hash),
+                        &MessageHash(prev),
+                        &[],
+                    );
+                    while tracker.poll_event().is_some() {}
+                }
+            }
+            for server in &record.servers {
+                let cursor = self
+                    .store
+                    .get(Table::Servers, &cursor_key(server))?
+                    .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
+                    .unwrap_or(0);
+                st.servers
+                    .entry(server.clone())
+                    .or_insert_with(|| new_server_conn(cursor));
+            }
+            st.groups.insert(
+                record.id.clone(),
+                GroupState {
+                    record,
+                    group,
+                    tracker,
+                    gaps: Vec::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn save_group(&self, g: &GroupRecord) -> Result<(), PeerError> {
+        self.store.put(Table::Groups, g.id.as_bytes(), &encode(g))?;
+        Ok(())
+    }
+
+    fn add_group(&self, group: Group, name: &str) -> Result<GroupRecord, PeerError> {
+        let record = GroupRecord {
+            id: hex(group.id().as_bytes()),
+            name: name.to_string(),
+            secret: hex(group.secret().to_bytes().as_ref()),
+            servers: group.servers().iter().map(|s| s.to_string()).collect(),
+            next_seq: 0,
+            prev_hash: hex(&[0u8; 32]),
+        };
+        let mut st = self.state();
+        if let Some(existing) = st.groups.get(&record.id) {
+            return Ok(existing.record.clone());
+        }
+        self.save_group(&record)?;
+        for server in &record.servers {
+            st.servers
+                .entry(server.clone())
+                .or_insert_with(|| new_server_conn(0));
+        }
+        st.groups.insert(
+            record.id.clone(),
+            GroupState {
+                record: record.clone(),
+                group,
+                tracker: GapTracker::new(),
+                gaps: Vec::new(),
+            },
+        );
+        Ok(record)
+    }
+
+    /// Creates a group on `server`.
+    pub fn group_create(&self, name: &str, server: &str) -> Result<GroupRecord, PeerError> {
+        if name.len() > cwtch_proto::group::invite::MAX_NAME_LEN {
+            return Err(PeerError::Invalid(
+                "the group name is longer than 64 bytes".into(),
+            ));
+        }
+        let server = parse_server(server)?;
+        let mut servers = ServerList::new();
+        let _ = servers.push(server);
+        let group = Group::generate(&mut clock::rng(), servers);
+        self.add_group(group, name)
+    }
+
+    /// The id of the group named `which` (a name or an id prefix).
+    pub fn find_group(&self, which: &str) -> Result<String, PeerError> {
+        let st = self.state();
+        let matches: Vec<&String> = st
+            .groups
+            .iter()
+            .filter(|(id, g)| g.record.name == which || id.starts_with(which))
+            .map(|(id, _)| id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(PeerError::Invalid(format!("no group named {which}"))),
+            _ => Err(PeerError::Invalid(format!(
+                "{which} names several groups; use its id"
+            ))),
+        }
+    }
+
+    /// Invites a contact: the invite travels as a peer message, queued and
+    /// retried like a text until acknowledged.
+    pub fn group_invite(&self, which: &str, address: &str) -> Result<(), PeerError> {
+        let gid = self.find_group(which)?;
+        let address = OnionAddress::parse(address)
+            .map_err(|e| PeerError::Invalid(format!("{address}: {e}")))?
+            .to_string();
+        let mut st = self.state();
+        if st.contacts.get(&address).map(|c| c.state) != Some(crate::model::ContactState::Accepted)
+        {
+            return Err(PeerError::Invalid(format!(
+                "{address} is not an accepted contact"
+            )));
+        }
+        let g = st
+            .groups
+            .get(&gid)
+            .ok_or_else(|| PeerError::Invalid("group vanished".into()))?;
+        let invite = Invite::new(&g.group, &g.record.name, self.identity.public())
+            .map_err(|e| PeerError::Invalid(e.to_string()))?;
+        let mut buf = vec![0u8; cwtch_proto::group::invite::INVITE_MAX_LEN];
+        let n = invite
+            .encode(&mut buf)
+            .map_err(|e| PeerError::Invalid(e.to_string()))?;
+        buf.truncate(n);
+        let seq = self.next_seq(&mut st)?;
+        let item = OutItem {
+            seq,
+            contact: address.clone(),
+            id: clock::random_u64(),
+            body: OutBody::Invite { invite: buf },
+        };
+        self.store.put(
+            Table::Outbox,
+            &outbox_key(&address, item.id),
+            &encode(&item),
+        )?;
+        if let (Some(link), OutBody::Invite { invite }) = (st_link(&st, &address), &item.body) {
+            let bytes = crate::peer::encode_peer(&PeerMessage::GroupInvite {
+                id: item.id,
+                invite,
+            });
+            let _ = link.try_send(LinkCommand::Send(bytes));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn join_group_from_invite(&self, from: &str, bytes: &[u8]) -> Result<(), PeerError> {
+        let invite = Invite::decode(bytes).map_err(|e| PeerError::Invalid(e.to_string()))?;
+        if invite.inviter().address().to_string() != from {
+            return Err(PeerError::Invalid(
+                "an invite naming another inviter".into(),
+            ));
+        }
+        let group = invite.group();
+        self.add_group(group, invite.name())?;
+        Ok(())
+    }
+
+    /// Posts a text to a group on each of its servers. Pending until a
+    /// server acknowledges it as durable.
+    pub fn group_send(&self, which: &str, text: &str) -> Result<StoredMessage, PeerError> {
+        let gid = self.find_group(which)?;
+        if text.len() > cwtch_proto::group::message::MAX_BODY_LEN {
+            return Err(PeerError::Invalid(format!(
+                "the text is longer than {} bytes, the most one sealed message holds",
+                cwtch_proto::group::message::MAX_BODY_LEN
+            )));
+        }
+        let mut st = self.state();
+        let seq_local = self.next_seq(&mut st)?;
+        let me = self.identity.public();
+        let g = st
+            .groups
+            .get_mut(&gid)
+            .ok_or_else(|| PeerError::Invalid("group vanished".into()))?;
+        let member = g.group.id().member_id(&me);
+        let seen = g.tracker.seen_summary(Some(member));
+        let prev = unhex::<32>(&g.record.prev_hash).unwrap_or([0; 32]);
+        let mut chain = SenderChain::resume(g.record.next_seq, MessageHash(prev));
+        let timestamp = Instant::from_micros(clock::unix_millis().saturating_mul(1000));
+        let msg = chain.next_message(MessageKind::TEXT, text.as_bytes(), timestamp, &seen);
+        let mut blobs = Vec::new();
+        let mut hash = None;
+        for server in g.group.servers() {
+            let mut out = vec![0u8; SEALED_BLOB_LEN];
+            let sealed = g
+                .group
+                .keys()
+                .seal(&self.identity, server, &msg, &mut clock::rng(), &mut out)
+                .map_err(|e| PeerError::Invalid(e.to_string()))?;
+            hash = Some(sealed.hash);
+            blobs.push((server.to_string(), out));
+        }
+        let Some(hash) = hash else {
+            return Err(PeerError::Invalid("the group has no server".into()));
+        };
+        let group_seq = msg.seq;
+        chain.advance(hash);
+        g.record.next_seq = chain.next_seq();
+        g.record.prev_hash = hex(&chain.prev_hash().0);
+        let _ = g
+            .tracker
+            .ingest_parts(member, group_seq, &hash, &MessageHash(prev), &seen);
+        while g.tracker.poll_event().is_some() {}
+        let record = g.record.clone();
+        let stored = StoredMessage {
+            seq: seq_local,
+            conversation: gid.clone(),
+            id: group_seq,
+            outgoing: true,
+            author: self.address().to_string(),
+            text: text.to_string(),
+            sent_at: clock::unix_millis(),
+            status: Delivery::Pending,
+        };
+        let chain_rec = ChainRecord {
+            member: hex(&member.0),
+            seq: group_seq,
+            hash: hex(&hash.0),
+            prev_hash: hex(&prev),
+        };
+        self.store.transaction(|tx| {
+            tx.put(Table::Groups, record.id.as_bytes(), &encode(&record))?;
+            tx.put(
+                Table::Messages,
+                &group_message_key(&gid, &member.0, group_seq),
+                &encode(&stored),
+            )?;
+            tx.put(
+                Table::Blobs,
+                &chain_key(&gid, &member.0, group_seq),
+                &encode(&chain_rec),
+            )?;
+            for (server, blob) in &blobs {
+                let post = GroupPost {
+                    group: gid.clone(),
+                    group_seq,
+                    server: server.clone(),
+                    blob: hex(blob),
+                };
+                tx.put(
+                    Table::Outbox,
+                    &post_key(server, &gid, group_seq),
+                    &encode(&post),
+                )?;
+            }
+            Ok(())
+        })?;
+        for (server, blob) in blobs {
+            self.post_now(&st, &server, &gid, group_seq, &blob);
+        }
+        notify(&mut st, &stored);
+        Ok(stored)
+    }
+
+    fn post_now(
+        &self,
+        st: &crate::peer::State,
+        server: &str,
+        gid: &str,
+        group_seq: u64,
+        blob: &[u8],
+    ) {
+        let Some(conn) = st.servers.get(server) else {
+            return;
+        };
+        let (Some(client), Some(tx)) = (&conn.client, &conn.tx) else {
+            return;
+        };
+        let Ok(blob) = <&[u8; SEALED_BLOB_LEN]>::try_from(blob) else {
+            return;
+        };
+        let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+        let posted = client.post(blob, &mut out);
+        tracing::debug!(ok = posted.is_ok(), "post");
+        if let Ok(sent) = posted {
+            out.truncate(sent.len);
+            POSTS_IN_FLIGHT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((server.to_string(), sent.seq), (gid.to_string(), group_seq));
+            let _ = tx.try_send(LinkCommand::Send(out));
+        }
+    }
+
+    /// Every group with its servers' states and reported gaps.
+    pub fn groups(&self) -> Vec<serde_json::Value> {
+        let st = self.state();
+        st.groups
+            .values()
+            .map(|g| {
+                let servers: Vec<_> = g
+                    .record
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        let status = st
+                            .servers
+                            .get(s)
+                            .map(|c| c.status.clone())
+                            .unwrap_or_default();
+                        serde_json::json!({"server": s, "connection": status})
+                    })
+                    .collect();
+                let missing: u64 = g.tracker.missing().map(|r| r.count()).sum();
+                serde_json::json!({
+                    "id": g.record.id,
+                    "name": g.record.name,
+                    "servers": servers,
+                    "missing": missing,
+                    "gaps": g.gaps,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps one anonymous connection to every server our groups use.
+    pub async fn keep_servers(self: Arc<Self>) {
+        loop {
+            let now = clock::now();
+            let due: Vec<String> = {
+                let mut st = self.state();
+                let due: Vec<String> = st
+                    .servers
+                    .iter()
+                    .filter(|(_, c)| c.tx.is_none() && !c.dialing && c.next_try <= now)
+                    .map(|(s, _)| s.clone())
+                    .take(crate::peer::MAX_CONCURRENT_DIALS)
+                    .collect();
+                for s in &due {
+                    if let Some(c) = st.servers.get_mut(s) {
+                        c.dialing = true;
+                    }
+                }
+                due
+            };
+            for server in due {
+                let node = self.clone();
+                smol::spawn(async move { node.run_server(server).await }).detach();
+            }
+            smol::Timer::after(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    fn set_server_status(&self, server: &str, state: ConnState, error: Option<String>) {
+        let mut st = self.state();
+        if let Some(c) = st.servers.get_mut(server) {
+            c.status.state = state;
+            if error.is_some() {
+                c.status.last_error = error;
+            }
+        }
+    }
+
+    async fn run_server(self: Arc<Self>, server: String) {
+        self.set_server_status(&server, ConnState::Connecting, None);
+        let result = match parse_server(&server) {
+            Ok(addr) => {
+                // A fresh isolation key per connection: tor never shares a
+                // circuit between two anonymous server sessions.
+                let isolation = IsolationKey::new(format!("server-{:016x}", clock::random_u64()))
+                    .unwrap_or_else(|_| IsolationKey::for_identity(&addr));
+                self.transport
+                    .dial(&addr, PEER_PORT, &isolation)
+                    .await
+                    .map(|s| (s, addr))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok((stream, addr)) => {
+                self.set_server_status(&server, ConnState::Connected, None);
+                let mut rng = clock::rng();
+                let conn = Connection::anonymous_initiator(
+                    Config::default(),
+                    addr.public_identity(),
+                    &mut rng,
+                    clock::now(),
+                );
+                let cursor = self
+                    .state()
+                    .servers
+                    .get(&server)
+                    .map(|c| c.cursor)
+                    .unwrap_or(0);
+                let client = Arc::new(Mutex::new(ServerClient::new(
+                    ClientConfig::default(),
+                    cursor,
+                    &mut rng,
+                )));
+                let (tx, rx) = smol::channel::bounded(256);
+                {
+                    let mut st = self.state();
+                    if let Some(c) = st.servers.get_mut(&server) {
+                        c.client = Some(client.clone());
+                        c.tx = Some(tx.clone());
+                    }
+                }
+                let mut handler = ServerLink {
+                    node: self.clone(),
+                    server: server.clone(),
+                    client,
+                };
+                let reason = link::drive(stream, conn, rx, &mut handler).await;
+                let mut st = self.state();
+                if let Some(c) = st.servers.get_mut(&server) {
+                    c.client = None;
+                    c.tx = None;
+                    c.dialing = false;
+                    c.status.state = ConnState::Disconnected;
+                    if !matches!(reason, CloseReason::Local | CloseReason::Remote(_)) {
+                        c.status.state = ConnState::Failed;
+                        c.status.last_error = Some(format!("{reason:?}"));
+                    }
+                    let now = clock::now();
+                    c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                }
+            }
+            Err(reason) => {
+                let mut st = self.state();
+                if let Some(c) = st.servers.get_mut(&server) {
+                    c.dialing = false;
+                    c.status.state = ConnState::Failed;
+                    c.status.last_error = Some(reason);
+                    let now = clock::now();
+                    c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                }
+            }
+        }
+    }
+
+    fn pending_posts(&self, server: &str) -> Vec<GroupPost> {
+        let mut posts: Vec<GroupPost> = self
+            .store
+            .scan(Table::Outbox)
+            .map(|rows| {
+                rows.into_iter()
+                    .filter(|(k, _)| k.starts_with(b"post:"))
+                    .filter_map(|(_, v)| serde_json::from_slice::<GroupPost>(&v).ok())
+                    .filter(|p| p.server == server)
+                    .collect()
+            })
+            .unwrap_or_default();
+        posts.sort_by_key(|p| p.group_seq);
+        posts
+    }
+
+    fn on_server_event(&self, server: &str, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected(_) => {
+                self.set_server_status(server, ConnState::Authenticated, None);
+                let st = self.state();
+                for post in self.pending_posts(server) {
+                    if let Some(blob) = unhex::<SEALED_BLOB_LEN>(&post.blob) {
+                        self.post_now(&st, server, &post.group, post.group_seq, &blob);
+                    }
+                }
+            }
+            ClientEvent::Synced { .. } => self.set_server_status(server, ConnState::Synced, None),
+            ClientEvent::Posted { seq, .. } => {
+                let key = (server.to_string(), seq);
+                let Some((gid, group_seq)) = POSTS_IN_FLIGHT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key)
+                else {
+                    return;
+                };
+                let me = self.identity.public();
+                let mut st = self.state();
+                let member = st.groups.get(&gid).map(|g| g.group.id().member_id(&me));
+                let _ = self
+                    .store
+                    .delete(Table::Outbox, &post_key(server, &gid, group_seq));
+                if let Some(member) = member {
+                    let mkey = group_message_key(&gid, &member.0, group_seq);
+                    if let Ok(Some(v)) = self.store.get(Table::Messages, &mkey)
+                        && let Ok(mut m) = serde_json::from_slice::<StoredMessage>(&v)
+                        && m.status != Delivery::Delivered
+                    {
+                        m.status = Delivery::Delivered;
+                        let _ = self.store.put(Table::Messages, &mkey, &encode(&m));
+                        notify(&mut st, &m);
+                    }
+                }
+            }
+            ClientEvent::Blob { index, blob, .. } => {
+                self.on_blob(server, &blob);
+                let mut st = self.state();
+                if let Some(c) = st.servers.get_mut(server)
+                    && index > c.cursor
+                {
+                    c.cursor = index;
+                    let _ =
+                        self.store
+                            .put(Table::Servers, &cursor_key(server), &index.to_le_bytes());
+                }
+            }
+            ClientEvent::Refused(r) => {
+                tracing::info!("server refused a request: {r:?}");
+                self.set_server_status(
+                    server,
+                    ConnState::Authenticated,
+                    Some(format!("refused: {:?}", r.reason)),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A blob from a server: detect with each group's tag (cheap), open the
+    /// one it is for, verify, store, track gaps.
+    fn on_blob(&self, server: &str, blob: &[u8; SEALED_BLOB_LEN]) {
+        let Ok(server_addr) = parse_server(server) else {
+            return;
+        };
+        let mut st = self.state();
+        let Some(gid) = st
+            .groups
+            .iter()
+            .find(|(_, g)| {
+                g.record.servers.iter().any(|s| s == server)
+                    && g.group.keys().detection_key().detect(blob)
+            })
+            .map(|(id, _)| id.clone())
+        else {
+            return; // not ours: cost was one tag check per group
+        };
+        let mut work = vec![0u8; SEALED_BLOB_LEN];
+        let Some(g) = st.groups.get_mut(&gid) else {
+            return;
+        };
+        let opened = match g.group.keys().open(&server_addr, blob, &mut work) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!("a blob with our tag failed to open: {e}");
+                return;
+            }
+        };
+        let ingested = g.tracker.ingest(&opened);
+        let mut gaps = Vec::new();
+        while let Some(ev) = g.tracker.poll_event() {
+            gaps.push(describe_gap(&ev));
+        }
+        g.gaps.extend(gaps);
+        let excess = g.gaps.len().saturating_sub(100);
+        g.gaps.drain(..excess);
+        if matches!(ingested, Ok(cwtch_proto::group::Ingested::Duplicate)) {
+            return;
+        }
+        let key = group_message_key(&gid, &opened.member.0, opened.seq);
+        if matches!(self.store.get(Table::Messages, &key), Ok(Some(_))) {
+            return; // ours, or already stored (posted on two servers)
+        }
+        let text = opened.text().unwrap_or("").to_string();
+        let sender = opened.sender.address().to_string();
+        let chain_rec = ChainRecord {
+            member: hex(&opened.member.0),
+            seq: opened.seq,
+            hash: hex(&opened.hash.0),
+            prev_hash: hex(&opened.prev_hash.0),
+        };
+        let Ok(seq_local) = self.next_seq(&mut st) else {
+            return;
+        };
+        let m = StoredMessage {
+            seq: seq_local,
+            conversation: gid.clone(),
+            id: opened.seq,
+            outgoing: false,
+            author: sender,
+            text,
+            sent_at: opened.timestamp.as_micros() / 1000,
+            status: Delivery::Received,
+        };
+        let _ = self.store.transaction(|tx| {
+            tx.put(Table::Messages, &key, &encode(&m))?;
+            tx.put(
+                Table::Blobs,
+                &chain_key(&gid, &opened.member.0, opened.seq),
+                &encode(&chain_rec),
+            )?;
+            Ok(())
+        });
+        notify(&mut st, &m);
+    }
+}
+
+fn describe_gap(ev: &GapEvent) -> String {
+    match ev {
+        GapEvent::Missing(r) => format!("missing: messages {}..={} of a member", r.first, r.last),
+        GapEvent::Recovered(r) => format!("recovered: message {} of a member", r.seq),
+        GapEvent::Equivocation(r) => format!(
+            "equivocation: a member sent two messages numbered {}",
+            r.seq
+        ),
+        GapEvent::GaveUp(r) => format!("gave up tracking messages {}..={}", r.first, r.last),
+        GapEvent::SenderTableFull(_) => "too many members to track".into(),
+        _ => "gap tracker event".into(),
+    }
+}
+
+fn st_link(st: &crate::peer::State, address: &str) -> Option<LinkSender> {
+    crate::peer::link_sender(st, address)
+}
+
+fn new_server_conn(cursor: u64) -> ServerConn {
+    ServerConn {
+        status: ConnStatus::default(),
+        client: None,
+        tx: None,
+        dialing: false,
+        next_try: Instant::ZERO,
+        backoff: cwtch_proto::peer::Backoff::new(
+            cwtch_proto::Duration::from_secs(2),
+            cwtch_proto::Duration::from_secs(300),
+        ),
+        cursor,
+    }
+}
+
+/// A post waiting for the server's durable acknowledgement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GroupPost {
+    group: String,
+    group_seq: u64,
+    server: String,
+    blob: String,
+}
+
+/// Posts sent on the current connections: (server, post seq) → (group, group seq).
+static POSTS_IN_FLIGHT: Mutex<BTreeMap<(String, u64), (String, u64)>> = Mutex::new(BTreeMap::new());
+
+fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
+    let mut k = format!("post:{server}:{gid}:").into_bytes();
+    k.extend_from_slice(&group_seq.to_be_bytes());
+    k
+}
+
+fn group_message_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = gid.as_bytes().to_vec();
+    k.extend_from_slice(member);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn chain_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = format!("chain:{gid}").into_bytes();
+    k.extend_from_slice(member);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+struct ServerLink {
+    node: Arc<PeerNode>,
+    server: String,
+    client: Arc<Mutex<ServerClient>>,
+}
+
+impl ServerLink {
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+            while let Ok(Some(n)) = client.poll_transmit(&mut buf) {
+                out.push(buf[..n].to_vec());
+            }
+            while let Some(ev) = client.poll_event() {
+                events.push(ev);
+            }
+        }
+        for ev in events {
+            tracing::debug!(?ev, "server event");
+            self.node.on_server_event(&self.server, ev);
+        }
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+        while let Ok(Some(n)) = client.poll_transmit(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+}
+
+impl LinkHandler for ServerLink {
+    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
+        self.drain()
+    }
+
+    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+        let result = {
+            let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            client.handle_reply(msg)
+        };
+        if let Err(e) = result {
+            tracing::info!("server reply refused: {e:?}");
+        }
+        self.drain()
+    }
+
+    fn closed(&mut self, _reason: CloseReason) {
+        POSTS_IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, _), _| s != &self.server);
+    }
+}
