@@ -1,1 +1,0 @@
-//! The peer's encrypted profile store: nothing readable on disk.
