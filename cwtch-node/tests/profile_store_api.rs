@@ -188,6 +188,11 @@ fn create_and_open_refuse_what_they_should() {
         .unwrap();
     let err = ProfileStore::open(&foreign, PW).unwrap_err();
     assert!(matches!(err, ProfileStoreError::Corrupt(_)), "{err:?}");
+    // ...and that database was left as it was (not switched to WAL).
+    let mode: String = raw(&foreign)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
     // Errors print without secrets.
     assert_eq!(
         ProfileStoreError::WrongPassword.to_string(),
