@@ -498,3 +498,19 @@ fn the_store_can_be_shared_between_threads() {
     });
     assert_eq!(store.scan(Table::Messages).unwrap().len(), 80);
 }
+
+#[cfg(unix)]
+#[test]
+fn files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, _path, store) = new_store();
+    store.put(Table::Meta, b"a", b"b").unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?} has mode {mode:o}", entry.file_name());
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "the database, -wal and -shm");
+}

@@ -584,8 +584,14 @@ impl ProfileStore {
         let keys = Keys::derive(password, &salt, params)?;
         let key_check = keys.seal_check(&header.ad())?;
 
-        // Claim the path atomically: two creators cannot both succeed.
-        match OpenOptions::new().write(true).create_new(true).open(path) {
+        // Claim the path atomically: two creators cannot both succeed. On
+        // Unix the file is readable by its owner only; SQLite gives the
+        // `-wal` and `-shm` files the same permissions.
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
             Ok(f) => drop(f),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(ProfileStoreError::AlreadyExists(path.to_path_buf()));
