@@ -414,4 +414,35 @@ mod tests {
         ));
         assert!(keys.verify_check(b"hdx", &check).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        #[test]
+        fn open_never_panics_on_arbitrary_envelopes(
+            env in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            blind in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let keys = test_keys();
+            proptest::prop_assert!(keys.open(&blind, &env).is_err());
+        }
+
+        #[test]
+        fn any_change_to_an_envelope_is_detected(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            pos in proptest::prelude::any::<usize>(),
+            bit in 0u8..8,
+        ) {
+            let keys = test_keys();
+            let blind = keys.blind(3, b"key");
+            let mut env = keys.seal(&blind, 3, b"key", &value).unwrap();
+            let i = pos % env.len();
+            env[i] ^= 1 << bit;
+            proptest::prop_assert!(keys.open(&blind, &env).is_err());
+        }
+    }
+
+    fn test_keys() -> Keys {
+        Keys::derive(b"pw", &[1; SALT_LEN], KdfParams::INSECURE_FOR_TESTS).unwrap()
+    }
 }

@@ -288,6 +288,9 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "checkpoint_fullfsync", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // After a checkpoint the log is cut back to this size, so old page
+    // versions do not linger in a large, reused log.
+    conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
     Ok(())
 }
 
@@ -539,7 +542,8 @@ impl Drop for InTransaction {
 }
 
 impl ProfileStore {
-    /// Creates a new profile store at `path`, protected by `password`, with
+    /// Creates a new profile store at `path`, protected by `password` (the
+    /// store never copies the password: keep it in a `Zeroizing` buffer), with
     /// [`KdfParams::RECOMMENDED`]. Fails with `AlreadyExists` if there is
     /// anything at `path` (or a `-wal`/`-journal` file beside it).
     ///
@@ -793,9 +797,13 @@ impl ProfileStore {
         write_header(&tx, &header, &new_check)?;
         tx.commit()?;
         inner.keys = new_keys;
-        // Old-key pages: zeroed in the database (secure_delete); drop them
-        // from the log too.
-        checkpoint_truncate(&inner.conn)?;
+        // Old-key envelopes are zeroed in the new page versions
+        // (secure_delete); copy those into the database and empty the log,
+        // which still holds the old versions. Best effort: the change is
+        // committed, so a checkpoint blocked by another reader must not
+        // report failure; the next checkpoint (at the latest when the store
+        // closes) finishes the job.
+        let _ = checkpoint_truncate(&inner.conn);
         Ok(())
     }
 
