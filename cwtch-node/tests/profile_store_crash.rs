@@ -116,6 +116,13 @@ fn run_and_kill(path: &Path, delay: Duration) -> Vec<u64> {
         !status.success(),
         "the child should have been killed: {status:?}"
     );
+    // Killed by us, not dead of its own (a panic in the child exits with 101).
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the child died before the kill: {status:?}"
+    );
     reader.join().unwrap();
     Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
 }
