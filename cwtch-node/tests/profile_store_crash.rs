@@ -203,3 +203,131 @@ fn committed_transactions_survive_sigkill() {
     println!("{KILLS} kills, {kills_mid_run} while committing, {c} transactions in all");
     assert!(kills_mid_run >= KILLS / 2, "too few kills landed mid-run");
 }
+
+const PW_CHILD_ENV: &str = "CWTCH_PROFILE_STORE_PWCHANGE_CHILD";
+/// The child cycles through these: A -> B -> C -> A ...
+const PASSWORDS: [&[u8]; 3] = [b"password A", b"password B", b"password C"];
+const PW_RECORDS: u32 = 60;
+
+/// Opens with whichever password is current; returns its index.
+fn open_any(path: &Path) -> (ProfileStore, usize) {
+    for (i, pw) in PASSWORDS.iter().enumerate() {
+        match ProfileStore::open(path, pw) {
+            Ok(s) => return (s, i),
+            Err(ProfileStoreError::WrongPassword) => {}
+            Err(e) => panic!("open: {e:?}"),
+        }
+    }
+    panic!("no password opens the profile");
+}
+
+/// The second child role: changes the password round the cycle in a loop.
+#[test]
+fn password_change_child_role() {
+    let Ok(path) = std::env::var(PW_CHILD_ENV) else {
+        return;
+    };
+    let (store, mut current) = open_any(Path::new(&path));
+    let stdout = std::io::stdout();
+    loop {
+        let next = (current + 1) % PASSWORDS.len();
+        store
+            .change_password(PASSWORDS[current], PASSWORDS[next])
+            .unwrap();
+        current = next;
+        let mut out = stdout.lock();
+        writeln!(out, "CHANGED {current}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// A password change killed at any moment leaves the profile under the old
+/// or the new password, never anything else, with every record intact; and
+/// every change the child reported is durable.
+#[test]
+fn password_changes_survive_sigkill() {
+    if std::env::var_os(PW_CHILD_ENV).is_some() || std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profile.db");
+    let store = ProfileStore::create_insecure_for_tests(&path, PASSWORDS[0]).unwrap();
+    store
+        .transaction(|tx| {
+            for i in 0..PW_RECORDS {
+                tx.put(
+                    Table::Messages,
+                    &i.to_le_bytes(),
+                    &message_body(u64::from(i)),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+
+    let mut current = 0;
+    let mut changes = 0;
+    let mut unreported = 0;
+    for _ in 0..20 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "password_change_child_role",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PW_CHILD_ENV, &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.contains("CHANGED "))
+                .count()
+        });
+        std::thread::sleep(Duration::from_millis(10 + random_u64() % 800));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        #[cfg(unix)]
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the child died before the kill: {status:?}"
+        );
+        let reported = reader.join().unwrap();
+        changes += reported;
+
+        let (store, now) = open_any(&path);
+        // `reported` changes are durable; one more may have committed
+        // before its report. Nothing else.
+        let steps = (now + PASSWORDS.len() - current) % PASSWORDS.len();
+        let k = reported % PASSWORDS.len();
+        let k1 = (reported + 1) % PASSWORDS.len();
+        assert!(
+            steps == k || steps == k1,
+            "{reported} changes reported, password moved {steps} steps"
+        );
+        if steps == k1 {
+            unreported += 1;
+        }
+        current = now;
+        assert_eq!(store.integrity_check().unwrap(), PW_RECORDS as usize);
+        let msgs = store.scan(Table::Messages).unwrap();
+        assert_eq!(msgs.len(), PW_RECORDS as usize);
+        for (k, v) in msgs {
+            let i = u32::from_le_bytes(k.try_into().unwrap());
+            assert_eq!(&v[..], &message_body(u64::from(i))[..]);
+        }
+    }
+    println!(
+        "20 kills during password changes: {changes} changes committed and reported, \
+         {unreported} kills between a commit and its report"
+    );
+    assert!(changes > 0, "no password change ever completed");
+}
