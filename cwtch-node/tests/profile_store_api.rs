@@ -91,10 +91,10 @@ fn transactions_commit_together_or_not_at_all() {
         .transaction(|tx| {
             tx.put(Table::Messages, b"m2", b"never")?;
             tx.delete(Table::Messages, b"m1")?;
-            Err::<(), _>(ProfileStoreError::Corrupt("caller gave up"))
+            Err::<(), _>(ProfileStoreError::Aborted("caller gave up".into()))
         })
         .unwrap_err();
-    assert!(matches!(err, ProfileStoreError::Corrupt("caller gave up")));
+    assert_eq!(err.to_string(), "transaction aborted: caller gave up");
     assert_eq!(get(&store, Table::Messages, b"m2"), None);
     assert_eq!(
         get(&store, Table::Messages, b"m1"),

@@ -91,7 +91,7 @@ proptest! {
                                 }
                             }
                         }
-                        if commit { Ok(()) } else { Err(ProfileStoreError::Corrupt("abort")) }
+                        if commit { Ok(()) } else { Err(ProfileStoreError::Aborted("abort".into())) }
                     });
                     prop_assert_eq!(res.is_ok(), commit);
                     if commit {

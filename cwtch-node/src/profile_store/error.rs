@@ -47,6 +47,10 @@ pub enum ProfileStoreError {
     /// (that would deadlock); use the transaction handle instead.
     #[error("the store was used from inside its own transaction; use the transaction handle")]
     Reentrant,
+    /// A transaction closure gave up (its own reason); nothing was written.
+    /// For callers: `Err(ProfileStoreError::Aborted("why".into()))`.
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
     /// The key derivation function failed (out of memory, bad parameters).
     #[error("key derivation failed: {0}")]
     Kdf(String),

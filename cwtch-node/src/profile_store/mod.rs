@@ -102,6 +102,26 @@
 //! Changing the password ([`ProfileStore::change_password`]) draws a new salt,
 //! re-derives every key and re-encrypts every record under a new blinded key
 //! in one transaction, then checkpoints and truncates the log.
+//!
+//! # Not done (yet)
+//!
+//! * Rollback detection (see above): it needs state outside the file, or at
+//!   least a keyed digest over all records kept in the header.
+//! * Automatic upgrade of a profile's Argon2 parameters on `open` when
+//!   [`KdfParams::RECOMMENDED`] grows: for now the caller compares
+//!   [`ProfileStore::kdf_params`] and calls `change_password(pw, pw)`, which
+//!   raises them.
+//! * Keeping a second process off an open profile (SQLite serialises the
+//!   writes, but two nodes on one profile would both act on its outbox).
+//!
+//! # Tests
+//!
+//! `tests/profile_store_api.rs` (every operation, transactions, passwords,
+//! damaged headers, swapped/moved/flipped envelopes, padding, permissions),
+//! `profile_store_leak.rs` (raw bytes of every file at every stage),
+//! `profile_store_crash.rs` (SIGKILL of a writer and of a password change at
+//! random moments), `profile_store_model.rs` (random operations against a
+//! map), `profile_store_kdf.rs` (the real parameters, timed).
 
 mod crypto;
 mod error;
