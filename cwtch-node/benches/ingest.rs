@@ -99,6 +99,7 @@ fn concurrent(
         max_batch,
         queue_capacity: 4096,
         prune_interval: None,
+        ..CommitterConfig::default()
     };
     let committer = Rc::new(GroupCommitter::with_config(store, config).unwrap());
     let latencies = Rc::new(RefCell::new(Vec::new()));

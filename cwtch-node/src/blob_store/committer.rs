@@ -8,6 +8,17 @@
 //! completes each poster's future with its index. Then it publishes the
 //! new head to [`HeadWatch`]ers, so the server can push to subscribers.
 //!
+//! Checkpoints (copying the WAL into the database file, which costs as
+//! much disk bandwidth as the commits themselves) run on a second thread
+//! with its own connection, so that posts never wait for them: after every
+//! [`CommitterConfig::checkpoint_every`] blobs the writer wakes the
+//! checkpointer, which runs a `PASSIVE` checkpoint (it does not block the
+//! writer). Under sustained load a passive checkpoint can never catch up
+//! with the writer, so once the WAL is over [`CommitterConfig::wal_restart_pages`]
+//! the checkpointer runs a `RESTART` checkpoint, which waits for the
+//! current commit, finishes the copy, and lets the next commit start the
+//! WAL from the beginning (the writer waits for that one copy).
+//!
 //! Failure policy: if a commit fails because the disk is full, that batch's
 //! posters get [`Error::CommitFailed`] and the writer goes on (pruning may
 //! free space). Any other failed commit (an I/O error, notably a failed
@@ -24,7 +35,9 @@ use event_listener::Event;
 use smol::channel::{self, Receiver, Sender, TryRecvError};
 use smol::future;
 
-use super::{Blob, BlobStore, Error, PruneStats, Result, Stats, blob_from_slice, unix_now};
+use super::{
+    Blob, BlobStore, Checkpointer, Error, PruneStats, Result, Stats, blob_from_slice, unix_now,
+};
 
 /// Settings of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +49,15 @@ pub struct CommitterConfig {
     /// How often the writer applies the retention policy (also when idle);
     /// `None`: only on [`GroupCommitter::prune`].
     pub prune_interval: Option<Duration>,
+    /// Run a background checkpoint after this many blobs; `None`: let
+    /// SQLite checkpoint inside commits (every 1000 pages), as a plain
+    /// [`BlobStore`] does.
+    pub checkpoint_every: Option<u64>,
+    /// WAL size, in pages (16 KiB each for stores this module created),
+    /// past which the background checkpointer makes the writer wait for a
+    /// complete checkpoint so that the WAL can start over. The default,
+    /// 8192, is 128 MiB.
+    pub wal_restart_pages: u64,
 }
 
 impl Default for CommitterConfig {
@@ -44,6 +66,8 @@ impl Default for CommitterConfig {
             max_batch: 1024,
             queue_capacity: 4096,
             prune_interval: Some(Duration::from_secs(60)),
+            checkpoint_every: Some(4096),
+            wal_restart_pages: 8192,
         }
     }
 }
@@ -62,6 +86,7 @@ enum Request {
 struct Shared {
     head: AtomicU64,
     commits: AtomicU64,
+    checkpoints: AtomicU64,
     closed: AtomicBool,
     head_changed: Event,
 }
@@ -83,6 +108,7 @@ pub struct GroupCommitter {
     tx: Sender<Request>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<BlobStore>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl GroupCommitter {
@@ -103,18 +129,42 @@ impl GroupCommitter {
         let shared = Arc::new(Shared {
             head: AtomicU64::new(store.head()),
             commits: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             head_changed: Event::new(),
         });
+        // The checkpointer is woken through a queue of one: wake-ups while
+        // it works merge into one.
+        let (kick, kicked) = channel::bounded(1);
+        let checkpointer = match config.checkpoint_every {
+            None => None,
+            Some(_) => {
+                let conn = Checkpointer::open(store.path())?;
+                store.set_autocheckpoint(false)?;
+                let shared = Arc::clone(&shared);
+                let restart_pages = i64::try_from(config.wal_restart_pages).unwrap_or(i64::MAX);
+                let spawned = std::thread::Builder::new()
+                    .name("blob-store-checkpointer".into())
+                    .spawn(move || checkpointer(&conn, &kicked, &shared, restart_pages));
+                match spawned {
+                    Ok(thread) => Some(thread),
+                    Err(e) => {
+                        store.set_autocheckpoint(true)?;
+                        return Err(Error::Thread(e));
+                    }
+                }
+            }
+        };
         let writer_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("blob-store-writer".into())
-            .spawn(move || writer(store, rx, writer_shared, config))
+            .spawn(move || writer(store, rx, writer_shared, config, kick))
             .map_err(Error::Thread)?;
         Ok(Self {
             tx,
             shared,
             thread: Some(thread),
+            checkpointer,
         })
     }
 
@@ -186,6 +236,11 @@ impl GroupCommitter {
         self.shared.commits.load(Ordering::Acquire)
     }
 
+    /// Background checkpoints run so far.
+    pub fn checkpoints(&self) -> u64 {
+        self.shared.checkpoints.load(Ordering::Acquire)
+    }
+
     /// Posts waiting in the queue.
     pub fn queued(&self) -> usize {
         self.tx.len()
@@ -213,7 +268,16 @@ impl GroupCommitter {
     fn stop(&mut self) -> Option<Result<BlobStore>> {
         self.tx.close();
         let thread = self.thread.take()?;
-        Some(thread.join().map_err(|_| Error::WriterPanicked))
+        let store = thread.join().map_err(|_| Error::WriterPanicked);
+        // The writer dropped its end of the wake-up queue: the checkpointer
+        // finishes its last checkpoint and ends.
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
+        }
+        Some(store.and_then(|store| {
+            store.set_autocheckpoint(true)?;
+            Ok(store)
+        }))
     }
 }
 
@@ -293,8 +357,22 @@ fn writer(
     rx: Receiver<Request>,
     shared: Arc<Shared>,
     config: CommitterConfig,
+    kick: Sender<()>,
 ) -> BlobStore {
     let mut batch: Vec<Post> = Vec::with_capacity(config.max_batch);
+    let mut since_checkpoint = 0u64;
+    let mut commit_batch = |store: &mut BlobStore, batch: &mut Vec<Post>| {
+        let n = batch.len() as u64;
+        let ok = commit(store, batch, &shared);
+        if let Some(every) = config.checkpoint_every {
+            since_checkpoint += n;
+            if since_checkpoint >= every {
+                since_checkpoint = 0;
+                let _ = kick.try_send(());
+            }
+        }
+        ok
+    };
     // Prune once at start, then every interval.
     let mut next_prune = config.prune_interval.map(|_| Instant::now());
     let mut fatal = false;
@@ -331,7 +409,7 @@ fn writer(
                     }
                 }
                 control => {
-                    if !commit(&mut store, &mut batch, &shared) {
+                    if !commit_batch(&mut store, &mut batch) {
                         fatal = true;
                         reply_closed(control);
                         break 'outer;
@@ -341,7 +419,7 @@ fn writer(
                 }
             }
         }
-        if !commit(&mut store, &mut batch, &shared) {
+        if !commit_batch(&mut store, &mut batch) {
             fatal = true;
             break;
         }
@@ -356,6 +434,21 @@ fn writer(
         }
     }
     store
+}
+
+/// The checkpointer thread: one checkpoint per wake-up, until the writer
+/// is gone. A failed checkpoint is retried at the next wake-up (the WAL
+/// keeps everything durable meanwhile).
+fn checkpointer(conn: &Checkpointer, kicked: &Receiver<()>, shared: &Shared, restart_pages: i64) {
+    while kicked.recv_blocking().is_ok() {
+        let Ok(outcome) = conn.checkpoint(false) else {
+            continue;
+        };
+        shared.checkpoints.fetch_add(1, Ordering::AcqRel);
+        if outcome.log > restart_pages && conn.checkpoint(true).is_ok() {
+            shared.checkpoints.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Waits for a request for at most `wait` (`None`: forever). `Ok(None)`

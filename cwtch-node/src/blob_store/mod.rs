@@ -74,6 +74,12 @@ const PAGE_SIZE: u32 = 16 * 1024;
 const PRUNE_CHUNK: u64 = 4096;
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB,
+/// less than one batch of 1024 blobs, which would spill mid-transaction).
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// SQLite's automatic checkpoint threshold, in pages (its default), used
+/// when no [`GroupCommitter`] checkpoints in the background.
+const AUTOCHECKPOINT_PAGES: u32 = 1000;
 
 /// Everything that can go wrong in the blob store.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +362,8 @@ impl BlobStore {
         // Checkpoint about every 16 MiB of WAL, and cut the WAL back to
         // 64 MiB after a checkpoint so an ingest burst does not leave a huge
         // file behind.
-        conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+        conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
 
         if app_id == 0 && objects == 0 {
@@ -574,6 +581,15 @@ impl BlobStore {
         integrity_check(&self.conn, self.head)
     }
 
+    /// Turns SQLite's automatic checkpoints (run by the committing
+    /// connection, inside the commit) off, for a background checkpointer,
+    /// or back on.
+    pub(crate) fn set_autocheckpoint(&self, on: bool) -> Result<()> {
+        let pages = if on { AUTOCHECKPOINT_PAGES } else { 0 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
     /// Writes the WAL back into the database file and truncates it.
     pub fn checkpoint(&self) -> Result<()> {
         self.conn
@@ -619,6 +635,47 @@ fn integrity_check(conn: &Connection, head: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A second read-write connection that only runs checkpoints (see
+/// [`GroupCommitter`]). A checkpoint syncs the WAL, copies it into the
+/// database file and syncs that before the WAL may be reused.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    conn: Connection,
+}
+
+/// What one checkpoint did, in WAL frames (pages).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckpointOutcome {
+    /// Frames in the WAL.
+    pub(crate) log: i64,
+}
+
+impl Checkpointer {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure_common(&conn)?;
+        check_identity(&conn)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(Self { conn })
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)`, or `RESTART` (which waits for the
+    /// writer, then lets the next write start the WAL over) if `restart`.
+    pub(crate) fn checkpoint(&self, restart: bool) -> Result<CheckpointOutcome> {
+        let sql = if restart {
+            "PRAGMA wal_checkpoint(RESTART)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        let log: i64 = self.conn.query_row(sql, [], |r| r.get(1))?;
+        Ok(CheckpointOutcome { log })
+    }
 }
 
 /// A read-only connection to a blob store, for reading while a
