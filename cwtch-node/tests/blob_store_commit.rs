@@ -265,7 +265,7 @@ fn background_checkpoints_keep_the_wal_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let config = CommitterConfig {
         checkpoint_every: Some(50),
-        wal_restart_pages: 64,
+        wal_restart_pages: 16,
         ..CommitterConfig::default()
     };
     let committer =
@@ -285,8 +285,9 @@ fn background_checkpoints_keep_the_wal_bounded() {
     });
     let checkpoints = committer.checkpoints();
     assert!(checkpoints >= 10, "{checkpoints} checkpoints");
-    // 4000 blobs are about 9 MiB; with restarts every 64 pages (1 MiB) the
-    // WAL stays far smaller (allowing for the checkpointer lagging behind).
+    // 4000 blobs are about 8.5 MiB; with restarts past 16 pages (1 MiB of
+    // 64 KiB pages) the WAL stays far smaller (allowing for the
+    // checkpointer lagging behind).
     assert!(biggest_wal < 6 << 20, "WAL grew to {biggest_wal} bytes");
     let store = committer.shutdown().unwrap();
     store.integrity_check().unwrap();

@@ -50,13 +50,13 @@ pub struct CommitterConfig {
     /// `None`: only on [`GroupCommitter::prune`].
     pub prune_interval: Option<Duration>,
     /// Run a background checkpoint after this many blobs; `None`: let
-    /// SQLite checkpoint inside commits (every 1000 pages), as a plain
+    /// SQLite checkpoint inside commits (every 16 MiB of WAL), as a plain
     /// [`BlobStore`] does.
     pub checkpoint_every: Option<u64>,
-    /// WAL size, in pages (16 KiB each for stores this module created),
+    /// WAL size, in pages (64 KiB each for stores this module created),
     /// past which the background checkpointer makes the writer wait for a
     /// complete checkpoint so that the WAL can start over. The default,
-    /// 8192, is 128 MiB.
+    /// 2048, is 128 MiB.
     pub wal_restart_pages: u64,
 }
 
@@ -67,7 +67,7 @@ impl Default for CommitterConfig {
             queue_capacity: 4096,
             prune_interval: Some(Duration::from_secs(60)),
             checkpoint_every: Some(4096),
-            wal_restart_pages: 8192,
+            wal_restart_pages: 2048,
         }
     }
 }
