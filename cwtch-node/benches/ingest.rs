@@ -5,8 +5,10 @@
 //! scenario runs on a fresh store in a temporary directory on disk
 //! (`BENCH_DIR` to choose where; the default is the system temp dir),
 //! with `synchronous=FULL`: every acknowledged post is on disk. Set
-//! `BENCH_SECS` to change the time per scenario (default 4) and `POSTERS`
-//! (e.g. `16,1024`) to choose the group scenarios.
+//! `BENCH_SECS` to change the time per scenario (default 4), `POSTERS`
+//! (e.g. `16,1024`) to choose the group scenarios, and
+//! `BENCH_CHECKPOINT_EVERY` / `BENCH_WAL_RESTART_PAGES` to try other
+//! checkpoint settings.
 //!
 //! Scenarios:
 //! - `baseline seq`: one thread, `append_batch` of one blob at a time.
@@ -102,7 +104,7 @@ fn concurrent(
         max_batch,
         queue_capacity: 4096,
         prune_interval: None,
-        ..CommitterConfig::default()
+        ..tuned_config()
     };
     let committer = Rc::new(GroupCommitter::with_config(store, config).unwrap());
     let latencies = Rc::new(RefCell::new(Vec::new()));
@@ -145,6 +147,18 @@ fn concurrent(
         commits,
         checkpoints,
         latencies,
+    }
+}
+
+/// The default committer settings, or those in `BENCH_CHECKPOINT_EVERY`
+/// and `BENCH_WAL_RESTART_PAGES` (to compare checkpoint settings).
+fn tuned_config() -> CommitterConfig {
+    let default = CommitterConfig::default();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    CommitterConfig {
+        checkpoint_every: var("BENCH_CHECKPOINT_EVERY").or(default.checkpoint_every),
+        wal_restart_pages: var("BENCH_WAL_RESTART_PAGES").unwrap_or(default.wal_restart_pages),
+        ..default
     }
 }
 

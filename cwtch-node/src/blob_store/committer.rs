@@ -10,7 +10,7 @@
 //!
 //! Checkpoints (copying the WAL into the database file, which costs as
 //! much disk bandwidth as the commits themselves) run on a second thread
-//! with its own connection, so that posts never wait for them: after every
+//! with its own connection, so that posts seldom wait for them: after every
 //! [`CommitterConfig::checkpoint_every`] blobs the writer wakes the
 //! checkpointer, which runs a `PASSIVE` checkpoint (it does not block the
 //! writer). Under sustained load a passive checkpoint can never catch up
@@ -49,14 +49,19 @@ pub struct CommitterConfig {
     /// How often the writer applies the retention policy (also when idle);
     /// `None`: only on [`GroupCommitter::prune`].
     pub prune_interval: Option<Duration>,
-    /// Run a background checkpoint after this many blobs; `None`: let
+    /// Run a background checkpoint after this many blobs (default 1024,
+    /// about 2 MiB of WAL); `None`: let
     /// SQLite checkpoint inside commits (every 16 MiB of WAL), as a plain
     /// [`BlobStore`] does.
     pub checkpoint_every: Option<u64>,
     /// WAL size, in pages (64 KiB each for stores this module created),
     /// past which the background checkpointer makes the writer wait for a
     /// complete checkpoint so that the WAL can start over. The default,
-    /// 2048, is 128 MiB.
+    /// 64, is 4 MiB: a small WAL that is rewritten in place is faster than
+    /// a big one, because a sync of a file that did not grow does not have
+    /// to commit the file system's journal (measured: about 1 ms against
+    /// 4 ms per sync, and 30-35k against 17-29k posts/s with 1024 posters
+    /// than with 4096 blobs / 128 MiB).
     pub wal_restart_pages: u64,
 }
 
@@ -66,8 +71,8 @@ impl Default for CommitterConfig {
             max_batch: 1024,
             queue_capacity: 4096,
             prune_interval: Some(Duration::from_secs(60)),
-            checkpoint_every: Some(4096),
-            wal_restart_pages: 2048,
+            checkpoint_every: Some(1024),
+            wal_restart_pages: 64,
         }
     }
 }
