@@ -39,6 +39,11 @@ use super::{
     Blob, BlobStore, Checkpointer, Error, PruneStats, Result, Stats, blob_from_slice, unix_now,
 };
 
+/// Small commits rewrite the same last leaf page again and again, so the
+/// WAL grows by a few pages per commit however few blobs it holds: the
+/// background checkpointer is also woken after this many commits.
+const CHECKPOINT_EVERY_COMMITS: u64 = 16;
+
 /// Settings of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterConfig {
@@ -50,7 +55,7 @@ pub struct CommitterConfig {
     /// `None`: only on [`GroupCommitter::prune`].
     pub prune_interval: Option<Duration>,
     /// Run a background checkpoint after this many blobs (default 1024,
-    /// about 2 MiB of WAL); `None`: let
+    /// about 2 MiB of WAL) or 16 commits, whichever comes first; `None`: let
     /// SQLite checkpoint inside commits (every 16 MiB of WAL), as a plain
     /// [`BlobStore`] does.
     pub checkpoint_every: Option<u64>,
@@ -365,14 +370,17 @@ fn writer(
     kick: Sender<()>,
 ) -> BlobStore {
     let mut batch: Vec<Post> = Vec::with_capacity(config.max_batch);
-    let mut since_checkpoint = 0u64;
+    let (mut blobs_since, mut commits_since) = (0u64, 0u64);
     let mut commit_batch = |store: &mut BlobStore, batch: &mut Vec<Post>| {
         let n = batch.len() as u64;
         let ok = commit(store, batch, &shared);
-        if let Some(every) = config.checkpoint_every {
-            since_checkpoint += n;
-            if since_checkpoint >= every {
-                since_checkpoint = 0;
+        if let Some(every) = config.checkpoint_every
+            && n > 0
+        {
+            blobs_since += n;
+            commits_since += 1;
+            if blobs_since >= every || commits_since >= CHECKPOINT_EVERY_COMMITS {
+                (blobs_since, commits_since) = (0, 0);
                 let _ = kick.try_send(());
             }
         }
