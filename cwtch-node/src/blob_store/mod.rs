@@ -40,6 +40,37 @@
 //! # Reading
 //! [`BlobReader`] is a second, read-only connection: WAL lets it read while
 //! the writer commits. All reads are bounded by [`MAX_READ_LIMIT`] blobs.
+//! A reader pages with `read_after(cursor, limit)`; when blobs after the
+//! cursor were pruned, the first index returned is more than `cursor + 1`,
+//! so a client can tell what it missed.
+//!
+//! # Example
+//! ```
+//! use cwtch_node::blob_store::{BlobReader, BlobStore, GroupCommitter, RetentionPolicy};
+//! use cwtch_proto::group::SEALED_BLOB_LEN;
+//!
+//! # fn main() -> Result<(), cwtch_node::blob_store::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("blobs.sqlite");
+//! let policy = RetentionPolicy { max_blobs: Some(1_000_000), ..RetentionPolicy::UNLIMITED };
+//! let committer = GroupCommitter::start(BlobStore::open(&path, policy)?)?;
+//! let reader = BlobReader::open(&path)?;
+//! let mut watch = committer.watch_head();
+//!
+//! smol::block_on(async {
+//!     // Resolves once the blob is durable; many posts share one fsync.
+//!     let index = committer.submit(Box::new([7u8; SEALED_BLOB_LEN])).await?;
+//!     assert_eq!(index, 1);
+//!     assert_eq!(watch.changed().await?, 1);
+//!     let page = reader.read_after(0, 100)?;
+//!     assert_eq!(page[0].0, 1);
+//!     Ok::<_, cwtch_node::blob_store::Error>(())
+//! })?;
+//! let store = committer.shutdown()?;
+//! assert_eq!(store.head(), 1);
+//! # Ok(())
+//! # }
+//! ```
 
 mod committer;
 
