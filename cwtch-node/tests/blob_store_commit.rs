@@ -297,3 +297,14 @@ fn background_checkpoints_keep_the_wal_bounded() {
     assert_eq!(*got[0].1, blob(tag_of(&got[0].1)));
     eprintln!("{checkpoints} checkpoints, WAL at most {biggest_wal} bytes");
 }
+
+#[test]
+fn handles_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<GroupCommitter>();
+    send_sync::<cwtch_node::blob_store::HeadWatch>();
+    send_sync::<Error>();
+    send::<BlobStore>();
+    send::<BlobReader>();
+}

@@ -624,6 +624,16 @@ impl BlobStore {
         Ok(())
     }
 
+    /// `PRAGMA wal_checkpoint(RESTART)`: finishes copying the WAL into the
+    /// database file (waiting for readers of old snapshots) so that the next
+    /// commit starts the WAL over. Returns whether it completed.
+    pub(crate) fn checkpoint_restart(&self) -> Result<bool> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
+        Ok(busy == 0)
+    }
+
     /// Writes the WAL back into the database file and truncates it.
     pub fn checkpoint(&self) -> Result<()> {
         self.conn
@@ -699,15 +709,12 @@ impl Checkpointer {
         Ok(Self { conn })
     }
 
-    /// `PRAGMA wal_checkpoint(PASSIVE)`, or `RESTART` (which waits for the
-    /// writer, then lets the next write start the WAL over) if `restart`.
-    pub(crate) fn checkpoint(&self, restart: bool) -> Result<CheckpointOutcome> {
-        let sql = if restart {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        };
-        let log: i64 = self.conn.query_row(sql, [], |r| r.get(1))?;
+    /// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can without
+    /// blocking the writer.
+    pub(crate) fn checkpoint(&self) -> Result<CheckpointOutcome> {
+        let log: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
         Ok(CheckpointOutcome { log })
     }
 }
