@@ -31,10 +31,16 @@ impl World {
     /// A server and alice, bob, carol, all contacts of alice (and she of
     /// theirs), with a group `friends` that all three are in.
     fn new() -> World {
+        World::with_server_flags(&[])
+    }
+
+    fn with_server_flags(flags: &[&str]) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let devdir = tmp.path().join("dev");
         let server_home = tmp.path().join("server");
-        let v = cli(&server_home, &["server", "init"]).unwrap();
+        let mut args = vec!["server", "init"];
+        args.extend_from_slice(flags);
+        let v = cli(&server_home, &args).unwrap();
         let server_id = v["server"].as_str().unwrap().to_string();
         let server = Daemon::start(&server_home, true, &dev(&devdir));
         let names = ["alice", "bob", "carol"];
@@ -236,4 +242,17 @@ fn server_killed_mid_burst_loses_nothing_it_acknowledged() {
             "{text} exactly once"
         );
     }
+}
+
+#[test]
+fn a_server_demanding_proof_of_work_gets_it() {
+    let w = World::with_server_flags(&["--pow-bits", "12"]);
+    assert!(w.server_id.contains("pow=12"), "{}", w.server_id);
+    w.post(1, "paid for with work");
+    wait_for("the post to arrive", Duration::from_secs(60), || {
+        w.texts(0)
+            .contains(&"paid for with work".to_string())
+            .then_some(())
+    });
+    assert_eq!(w.history(1)[0]["status"], "delivered");
 }
