@@ -232,18 +232,8 @@ impl PeerNode {
         }
         let contact = {
             let mut st = self.state();
-            let contact = st
-                .contacts
-                .entry(address.clone())
-                .or_insert_with(|| Contact {
-                    address: address.clone(),
-                    name: String::new(),
-                    state: ContactState::Accepted,
-                });
-            contact.state = ContactState::Accepted;
-            let contact = contact.clone();
-            self.store
-                .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+            let contact =
+                self.set_contact_state(&mut st, &address, ContactState::Accepted, true)?;
             st.backoff.remove(&address);
             contact
         };
@@ -257,14 +247,7 @@ impl PeerNode {
     pub fn contact_accept(&self, address: &str) -> Result<Contact, PeerError> {
         let address = canonical(address)?;
         let mut st = self.state();
-        let contact = st
-            .contacts
-            .get_mut(&address)
-            .ok_or_else(|| PeerError::Invalid(format!("no contact request from {address}")))?;
-        contact.state = ContactState::Accepted;
-        let contact = contact.clone();
-        self.store
-            .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+        let contact = self.set_contact_state(&mut st, &address, ContactState::Accepted, false)?;
         // Say hello on the open link, if any: the requester learns our name now.
         if let Some(link) = st.links.get(&address) {
             let _ = link.tx.try_send(LinkCommand::Send(self.hello(&st.name)));
@@ -276,21 +259,39 @@ impl PeerNode {
     pub fn contact_block(&self, address: &str) -> Result<Contact, PeerError> {
         let address = canonical(address)?;
         let mut st = self.state();
-        let contact = st
-            .contacts
-            .entry(address.clone())
-            .or_insert_with(|| Contact {
-                address: address.clone(),
-                name: String::new(),
-                state: ContactState::Blocked,
-            });
-        contact.state = ContactState::Blocked;
-        let contact = contact.clone();
-        self.store
-            .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+        let contact = self.set_contact_state(&mut st, &address, ContactState::Blocked, true)?;
         if let Some(link) = st.links.remove(&address) {
             let _ = link.tx.try_send(LinkCommand::Close);
         }
+        Ok(contact)
+    }
+
+    /// Sets a contact's state (creating the contact if `create`) and
+    /// persists it.
+    fn set_contact_state(
+        &self,
+        st: &mut State,
+        address: &str,
+        state: ContactState,
+        create: bool,
+    ) -> Result<Contact, PeerError> {
+        if create {
+            st.contacts
+                .entry(address.to_string())
+                .or_insert_with(|| Contact {
+                    address: address.to_string(),
+                    name: String::new(),
+                    state,
+                });
+        }
+        let contact = st
+            .contacts
+            .get_mut(address)
+            .ok_or_else(|| PeerError::Invalid(format!("no contact request from {address}")))?;
+        contact.state = state;
+        let contact = contact.clone();
+        self.store
+            .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
         Ok(contact)
     }
 

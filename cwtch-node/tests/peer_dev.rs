@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
@@ -14,20 +14,54 @@ fn dev(dir: &Path) -> Vec<String> {
     vec!["--dev-tcp".into(), dir.display().to_string()]
 }
 
+/// Alice and Bob, both online over the dev transport.
+struct Pair {
+    a_home: PathBuf,
+    b_home: PathBuf,
+    alice: String,
+    bob: String,
+    _tmp: tempfile::TempDir,
+    _a: Daemon,
+    _b: Daemon,
+}
+
+impl Pair {
+    fn online() -> Pair {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a_home, b_home, devdir) = (
+            tmp.path().join("alice"),
+            tmp.path().join("bob"),
+            tmp.path().join("dev"),
+        );
+        let alice = init(&a_home, "alice");
+        let bob = init(&b_home, "bob");
+        let _a = Daemon::start(&a_home, false, &dev(&devdir));
+        let _b = Daemon::start(&b_home, false, &dev(&devdir));
+        wait_ready(&a_home);
+        wait_ready(&b_home);
+        Pair {
+            a_home,
+            b_home,
+            alice,
+            bob,
+            _tmp: tmp,
+            _a,
+            _b,
+        }
+    }
+}
+
 #[test]
 fn contact_request_accept_and_chat_both_ways() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("dev"),
-    );
-    let alice = init(&a_home, "alice");
-    let bob = init(&b_home, "bob");
-    let _a = Daemon::start(&a_home, false, &dev(&devdir));
-    let _b = Daemon::start(&b_home, false, &dev(&devdir));
-    wait_ready(&a_home);
-    wait_ready(&b_home);
+    let Pair {
+        a_home,
+        b_home,
+        alice,
+        bob,
+        _tmp,
+        _a,
+        _b,
+    } = Pair::online();
 
     cli(
         &a_home,
@@ -130,18 +164,15 @@ fn messages_to_an_offline_peer_wait_and_arrive_in_order_once() {
 
 #[test]
 fn blocked_peer_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a_home, b_home, devdir) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("dev"),
-    );
-    let alice = init(&a_home, "alice");
-    let bob = init(&b_home, "bob");
-    let _a = Daemon::start(&a_home, false, &dev(&devdir));
-    let _b = Daemon::start(&b_home, false, &dev(&devdir));
-    wait_ready(&a_home);
-    wait_ready(&b_home);
+    let Pair {
+        a_home,
+        b_home,
+        alice,
+        bob,
+        _tmp,
+        _a,
+        _b,
+    } = Pair::online();
     cli(&b_home, &["contact", "block", &alice]).unwrap();
     cli(&a_home, &["contact", "add", &bob, "--message", "spam"]).unwrap();
     std::thread::sleep(Duration::from_secs(3));
