@@ -140,7 +140,12 @@ pub struct InitiatorHandshake {
     sym: SymmetricState,
     e: StaticSecret,
     s: Identity,
+    /// `s` as an X25519 secret, derived once (SHA-512 of the seed) for the
+    /// two static DHs (`ss` in message 1, `se` in message 2).
+    s_x: StaticSecret,
     rs: PublicIdentity,
+    /// `rs` in Montgomery form, converted once (a field inversion).
+    rs_x: XPublicKey,
 }
 
 impl InitiatorHandshake {
@@ -158,7 +163,9 @@ impl InitiatorHandshake {
         InitiatorHandshake {
             sym: initial_state(&remote),
             e,
+            s_x: local.x25519_secret(),
             s: local,
+            rs_x: remote.x25519_public(),
             rs: remote,
         }
     }
@@ -182,10 +189,10 @@ impl InitiatorHandshake {
         let e_pub = XPublicKey::from(&self.e);
         e_out.copy_from_slice(e_pub.as_bytes());
         sym.mix_hash(e_pub.as_bytes());
-        sym.mix_key(&dh(&self.e, &self.rs.x25519_public())?);
+        sym.mix_key(&dh(&self.e, &self.rs_x)?);
         s_out[..PUBLIC_KEY_LEN].copy_from_slice(self.s.public().as_bytes());
         sym.encrypt_and_hash(s_out);
-        sym.mix_key(&dh(&self.s.x25519_secret(), &self.rs.x25519_public())?);
+        sym.mix_key(&dh(&self.s_x, &self.rs_x)?);
         payload.fill(0);
         sym.encrypt_and_hash(payload);
         self.sym = sym;
@@ -207,7 +214,7 @@ impl InitiatorHandshake {
         let re = XPublicKey::from(re_bytes);
         sym.mix_hash(re.as_bytes());
         sym.mix_key(&dh(&self.e, &re)?);
-        sym.mix_key(&dh(&self.s.x25519_secret(), &re)?);
+        sym.mix_key(&dh(&self.s_x, &re)?);
         sym.decrypt_and_hash(payload)
             .map_err(|_| HandshakeError::Authentication)?;
         let (i2r, r2i) = sym.split();
@@ -225,6 +232,9 @@ pub struct ResponderHandshake {
     e: StaticSecret,
     s: Identity,
     rs: Option<PublicIdentity>,
+    /// `rs` in Montgomery form, converted once in message 1 and used again
+    /// for `se` in message 2.
+    rs_x: Option<XPublicKey>,
     re: Option<XPublicKey>,
 }
 
@@ -241,6 +251,7 @@ impl ResponderHandshake {
             e,
             s: local,
             rs: None,
+            rs_x: None,
             re: None,
         }
     }
@@ -274,11 +285,13 @@ impl ResponderHandshake {
         rs_bytes.copy_from_slice(&s_in[..PUBLIC_KEY_LEN]);
         let rs =
             PublicIdentity::from_bytes(&rs_bytes).map_err(|_| HandshakeError::InvalidPeerKey)?;
-        sym.mix_key(&dh(&local_x, &rs.x25519_public())?);
+        let rs_x = rs.x25519_public();
+        sym.mix_key(&dh(&local_x, &rs_x)?);
         sym.decrypt_and_hash(payload)
             .map_err(|_| HandshakeError::Authentication)?;
         self.sym = sym;
         self.rs = Some(rs);
+        self.rs_x = Some(rs_x);
         self.re = Some(re);
         Ok(rs)
     }
@@ -292,7 +305,7 @@ impl ResponderHandshake {
     /// and the session keys. Fails with [`HandshakeError::Authentication`]
     /// if message 1 was not read yet.
     pub fn write_message2(&self, out: &mut [u8]) -> Result<(usize, SessionKeys), HandshakeError> {
-        let (Some(rs), Some(re)) = (self.rs, self.re) else {
+        let (Some(rs_x), Some(re)) = (self.rs_x, self.re) else {
             return Err(HandshakeError::Authentication);
         };
         let out = out
@@ -304,7 +317,7 @@ impl ResponderHandshake {
         e_out.copy_from_slice(e_pub.as_bytes());
         sym.mix_hash(e_pub.as_bytes());
         sym.mix_key(&dh(&self.e, &re)?);
-        sym.mix_key(&dh(&self.e, &rs.x25519_public())?);
+        sym.mix_key(&dh(&self.e, &rs_x)?);
         payload.fill(0);
         sym.encrypt_and_hash(payload);
         let (i2r, r2i) = sym.split();
