@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use cwtch_transport_socks::control::{ControlAuth, ControlConnection, ControlError};
-use cwtch_transport_socks::launch::verify_config;
-use cwtch_transport_socks::process::ProcessGuard;
-use cwtch_transport_socks::transport::TorTransport;
+use crate::control::{ControlAuth, ControlConnection, ControlError};
+use crate::launch::verify_config;
+use crate::process::ProcessGuard;
+use crate::transport::TorTransport;
 
 /// Number of directory authorities (each also a relay).
 pub const AUTHORITIES: usize = 3;
@@ -658,7 +658,7 @@ impl LoneTor {
                 });
             }
             let text = std::fs::read_to_string(&port_file).unwrap_or_default();
-            if let Some(addr) = cwtch_transport_socks::control::status::parse_port_file(&text) {
+            if let Some(addr) = crate::control::status::parse_port_file(&text) {
                 break addr;
             }
             if Instant::now() > deadline {
