@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cwtch_transport_socks::testnet::TestNetwork;
+use cwtch_transport_socks::testnet::{DEFAULT_BOOTSTRAP_TIMEOUT, TestNetwork};
 use serde_json::Value;
 
 /// The password of the demo's throw-away profiles.
@@ -81,7 +81,8 @@ fn install_ctrl_c() {
             let _ = std::fs::remove_dir_all(d);
         }
         println!(
-            "\ninterrupted: stopped {} cwtch-node and {} tor processes, removed the temporary files",
+            "\ninterrupted: stopped {} cwtch-node and {} tor processes, removed the temporary files \
+             (a tor still bootstrapping exits by itself within seconds: it watches our pid)",
             st.groups.len(),
             st.tors.len()
         );
@@ -275,10 +276,9 @@ impl Demo {
             println!(
                 "[1] starting a private Tor network: 3 directory authorities, 2 relays, 4 client tors"
             );
-            let net = TestNetwork::start(4)
+            let net = TestNetwork::start_in(Some(dir), 4, DEFAULT_BOOTSTRAP_TIMEOUT)
                 .map_err(|e| format!("the private Tor network did not start: {e}"))?;
             cleanup_state().tors.extend(net.pids());
-            cleanup_state().dirs.push(net.dir().to_path_buf());
             println!(
                 "    all 4 clients bootstrapped 100% after {}",
                 secs(net.startup_time())
