@@ -116,6 +116,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     cleanup_state().dirs.push(tmp.path().to_path_buf());
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    println!(
+        "(each process logs to {}; everything is removed at the end unless --keep)",
+        logs.display()
+    );
     let outcome = Demo::new(opts, tmp.path()).and_then(|mut d| {
         let r = d.script();
         d.stop_all();
