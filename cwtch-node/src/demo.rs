@@ -795,8 +795,8 @@ impl Demo {
         println!("      blobs stored: {}", server.count);
         println!("      blob sizes: {:?} bytes", server.sizes);
         println!(
-            "      searched {} files ({} bytes) for the group id, {} addresses (text and key bytes) and {} message texts: {}",
-            server.files,
+            "      searched its {} files and its log ({} bytes) for the group id, {} addresses (text and key bytes) and {} message texts: {}",
+            server.files - 1,
             server.bytes,
             self.addresses.len(),
             texts.len(),
@@ -1018,21 +1018,8 @@ impl Demo {
     /// Reads the server's home: the blob table and every file's raw bytes.
     fn server_view(&self, group_id: &str, texts: &[String]) -> Result<ServerView, String> {
         let home = &self.server.home;
-        let db = rusqlite::Connection::open(home.join("blobs.db"))
-            .map_err(|e| format!("cannot open the server's blobs.db: {e}"))?;
-        let count: i64 = db
-            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        let mut stmt = db
-            .prepare("SELECT DISTINCT length(blob) FROM blobs ORDER BY 1")
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        let sizes: Vec<i64> = stmt
-            .query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        drop(stmt);
-        drop(db);
-
+        // The raw files first, exactly as the server left them (opening
+        // the database would fold its write-ahead log into it).
         let mut needles: Vec<(String, Vec<u8>)> = vec![
             ("the group id (hex)".into(), group_id.as_bytes().to_vec()),
             (
@@ -1059,6 +1046,8 @@ impl Demo {
         let mut files = 0;
         let mut bytes = 0;
         let mut found = Vec::new();
+        // Every file of the server's home, and its log.
+        let mut paths = vec![self.server.log.clone()];
         let mut stack = vec![home.clone()];
         while let Some(dir) = stack.pop() {
             let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -1066,20 +1055,38 @@ impl Demo {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
-                    continue;
-                }
-                let Ok(data) = std::fs::read(&path) else {
-                    continue;
-                };
-                files += 1;
-                bytes += data.len();
-                for (what, needle) in &needles {
-                    if contains(&data, needle) {
-                        found.push(format!("{what} in {}", path.display()));
-                    }
+                } else {
+                    paths.push(path);
                 }
             }
         }
+        for path in paths {
+            let Ok(data) = std::fs::read(&path) else {
+                continue;
+            };
+            files += 1;
+            bytes += data.len();
+            for (what, needle) in &needles {
+                if contains(&data, needle) {
+                    found.push(format!("{what} in {}", path.display()));
+                }
+            }
+        }
+        let db = rusqlite::Connection::open(home.join("blobs.db"))
+            .map_err(|e| format!("cannot open the server's blobs.db: {e}"))?;
+        let count: i64 = db
+            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
+            .map_err(|e| format!("blobs.db: {e}"))?;
+        let mut stmt = db
+            .prepare("SELECT DISTINCT length(blob) FROM blobs ORDER BY 1")
+            .map_err(|e| format!("blobs.db: {e}"))?;
+        let sizes: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| format!("blobs.db: {e}"))?;
+        drop(stmt);
+        drop(db);
+
         Ok(ServerView {
             count,
             sizes,
