@@ -455,6 +455,7 @@ impl Demo {
                 return Ok(v);
             }
             self.report_states(false);
+            self.check_alive()?;
             if start.elapsed() > STEP_LIMIT {
                 return Err(format!(
                     "timed out after {} waiting for {what}",
@@ -463,6 +464,31 @@ impl Demo {
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// Fails fast when a daemon we started has exited on its own.
+    fn check_alive(&mut self) -> Result<(), String> {
+        for d in self
+            .peers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.server))
+        {
+            let exited = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let pid = d.child.take().map(|c| c.id()).unwrap_or(0);
+                cleanup_state().groups.retain(|&g| g != pid);
+                let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!(
+                    "{}'s cwtch-node exited unexpectedly ({status}); the end of {}:\n    {}",
+                    d.name,
+                    d.log.display(),
+                    tail.join("\n    ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the peer answers (it does once its onion service is
