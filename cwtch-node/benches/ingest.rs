@@ -5,7 +5,10 @@
 //! scenario runs on a fresh store in a temporary directory on disk
 //! (`BENCH_DIR` to choose where; the default is the system temp dir),
 //! with `synchronous=FULL`: every acknowledged post is on disk. Set
-//! `BENCH_SECS` to change the time per scenario (default 4).
+//! `BENCH_SECS` to change the time per scenario (default 4), `POSTERS`
+//! (e.g. `16,1024`) to choose the group scenarios, and
+//! `BENCH_CHECKPOINT_EVERY` / `BENCH_WAL_RESTART_PAGES` to try other
+//! checkpoint settings.
 //!
 //! Scenarios:
 //! - `baseline seq`: one thread, `append_batch` of one blob at a time.
@@ -42,6 +45,7 @@ struct Outcome {
     posts: u64,
     elapsed: Duration,
     commits: u64,
+    checkpoints: u64,
     latencies: Vec<Duration>,
 }
 
@@ -83,6 +87,7 @@ fn baseline_sequential(base: &std::path::Path, secs: Duration) -> Outcome {
         posts: tag,
         elapsed,
         commits: store.stats().unwrap().commits,
+        checkpoints: 0,
         latencies,
     }
 }
@@ -99,6 +104,7 @@ fn concurrent(
         max_batch,
         queue_capacity: 4096,
         prune_interval: None,
+        ..tuned_config()
     };
     let committer = Rc::new(GroupCommitter::with_config(store, config).unwrap());
     let latencies = Rc::new(RefCell::new(Vec::new()));
@@ -130,6 +136,7 @@ fn concurrent(
     }));
     let elapsed = start.elapsed();
     let commits = committer.commits();
+    let checkpoints = committer.checkpoints();
     let mut latencies = Rc::try_unwrap(latencies).unwrap().into_inner();
     latencies.sort();
     drop(committer);
@@ -138,19 +145,33 @@ fn concurrent(
         posts,
         elapsed,
         commits,
+        checkpoints,
         latencies,
+    }
+}
+
+/// The default committer settings, or those in `BENCH_CHECKPOINT_EVERY`
+/// and `BENCH_WAL_RESTART_PAGES` (to compare checkpoint settings).
+fn tuned_config() -> CommitterConfig {
+    let default = CommitterConfig::default();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    CommitterConfig {
+        checkpoint_every: var("BENCH_CHECKPOINT_EVERY").or(default.checkpoint_every),
+        wal_restart_pages: var("BENCH_WAL_RESTART_PAGES").unwrap_or(default.wal_restart_pages),
+        ..default
     }
 }
 
 fn print(o: &Outcome) {
     println!(
-        "{:<16} {:>9} {:>8.2} {:>11.0} {:>8} {:>8.1} {:>10.3} {:>10.3}",
+        "{:<16} {:>9} {:>8.2} {:>11.0} {:>8} {:>8.1} {:>6} {:>10.3} {:>10.3}",
         o.name,
         o.posts,
         o.elapsed.as_secs_f64(),
         o.rate(),
         o.commits,
         o.posts as f64 / o.commits.max(1) as f64,
+        o.checkpoints,
         o.percentile(0.50).as_secs_f64() * 1e3,
         o.percentile(0.99).as_secs_f64() * 1e3,
     );
@@ -173,8 +194,8 @@ fn main() {
         secs
     );
     println!(
-        "{:<16} {:>9} {:>8} {:>11} {:>8} {:>8} {:>10} {:>10}",
-        "scenario", "posts", "secs", "posts/s", "commits", "per tx", "p50 ms", "p99 ms"
+        "{:<16} {:>9} {:>8} {:>11} {:>8} {:>8} {:>6} {:>10} {:>10}",
+        "scenario", "posts", "secs", "posts/s", "commits", "per tx", "ckpts", "p50 ms", "p99 ms"
     );
     let mut outcomes = Vec::new();
     let o = baseline_sequential(&base, secs);
@@ -191,7 +212,14 @@ fn main() {
     print(&o);
     let baseline = o.rate();
     outcomes.push(o);
-    for posters in [1, 16, 64, 256, 1024] {
+    for posters in std::env::var("POSTERS")
+        .map(|v| {
+            v.split(',')
+                .map(|x| x.parse().unwrap())
+                .collect::<Vec<usize>>()
+        })
+        .unwrap_or(vec![1, 16, 64, 256, 1024])
+    {
         let o = concurrent(&base, &format!("group {posters}"), posters, 1024, secs);
         print(&o);
         outcomes.push(o);

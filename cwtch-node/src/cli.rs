@@ -188,10 +188,36 @@ pub enum GroupCommand {
 /// Server commands.
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Create a server identity in the home directory.
-    Init,
+    /// Create a server identity and its policy in the home directory.
+    Init(ServerPolicyArgs),
     /// Run the server in the foreground.
     Run(TransportArgs),
     /// Print the string peers need to use this server.
     Info,
+}
+
+/// A server's policy, fixed at `server init` and announced to every client.
+#[derive(Clone, Copy, Debug, Args, serde::Serialize, serde::Deserialize)]
+pub struct ServerPolicyArgs {
+    /// Proof of work demanded per post, in leading zero bits (0: none; at most 24).
+    #[arg(long, default_value_t = 0)]
+    pub pow_bits: u8,
+    /// Keep at most this many blobs (oldest pruned first; 0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_blobs: u64,
+    /// Keep at most this many MiB of blobs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_mib: u64,
+    /// Drop blobs older than this many days (0: keep forever).
+    #[arg(long, default_value_t = 0)]
+    pub max_age_days: u64,
+    /// Posts a connection may make in a burst before the rate limit applies.
+    #[arg(long, default_value_t = 32)]
+    pub rate_burst: u16,
+    /// Then one post per this many milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub rate_interval_ms: u64,
+    /// The most clients served at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
 }

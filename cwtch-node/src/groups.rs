@@ -93,6 +93,7 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// Parses `cwtch-server:<address>` or a bare address.
 pub fn parse_server(text: &str) -> Result<OnionAddress, PeerError> {
     let address = text.strip_prefix("cwtch-server:").unwrap_or(text);
+    let address = address.split('?').next().unwrap_or(address);
     OnionAddress::parse(address).map_err(|e| PeerError::Invalid(format!("server {text}: {e}")))
 }
 

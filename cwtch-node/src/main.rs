@@ -147,7 +147,9 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
         Command::Demo { dev_tcp, keep } => {
             cwtch_node::demo::run(cwtch_node::demo::Options { dev_tcp, keep })
         }
-        Command::Server(ServerCommand::Init) => cwtch_node::server::init(home, json),
+        Command::Server(ServerCommand::Init(policy)) => {
+            cwtch_node::server::init(home, &policy, json)
+        }
         Command::Server(ServerCommand::Info) => cwtch_node::server::info(home, json),
         Command::Server(ServerCommand::Run(args)) => smol::block_on(async {
             let (transport, _tor) = transport(home, &args).await?;

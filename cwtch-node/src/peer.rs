@@ -22,7 +22,7 @@ use crate::link::{self, LinkCommand, LinkHandler, LinkSender};
 use crate::model::{
     ConnState, ConnStatus, Contact, ContactState, Delivery, OutBody, OutItem, StoredMessage,
 };
-use crate::profile_store::{ProfileStore, StoreError, Table};
+use crate::profile_store::{ProfileStore, ProfileStoreError as StoreError, Table};
 
 /// The profile's file inside the home directory.
 pub const PROFILE_FILE: &str = "profile.db";
@@ -81,7 +81,7 @@ pub fn init_profile(home: &Path, name: &str, password: &[u8]) -> Result<OnionAdd
     std::fs::create_dir_all(home)
         .map_err(|e| PeerError::Invalid(format!("cannot create {}: {e}", home.display())))?;
     restrict_dir(home);
-    let store = ProfileStore::create(&home.join(PROFILE_FILE), password)?;
+    let store = ProfileStore::create(home.join(PROFILE_FILE), password)?;
     let identity = Identity::generate(&mut clock::rng());
     store.transaction(|tx| {
         tx.put(Table::Meta, b"seed", identity.seed().as_ref())?;

@@ -18,13 +18,49 @@ use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::blob_store::{BlobReader, BlobStore, GroupCommitter, HeadWatch, RetentionPolicy};
+use crate::cli::ServerPolicyArgs;
 use crate::clock;
 
 /// The server's key file inside its home directory (mode 0600).
 pub const KEY_FILE: &str = "server.key";
 
-/// Creates a server identity in `home`.
-pub fn init(home: &Path, json: bool) -> Result<(), String> {
+/// The policy file inside the server's home directory.
+pub const POLICY_FILE: &str = "policy.json";
+
+/// Loads the policy `server init` wrote.
+pub fn load_policy(home: &Path) -> Result<ServerPolicyArgs, String> {
+    let text = std::fs::read_to_string(home.join(POLICY_FILE)).map_err(|e| {
+        format!(
+            "no server policy in {} ({e}): run `server init`",
+            home.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| format!("the server policy is damaged: {e}"))
+}
+
+fn server_config(policy: &ServerPolicyArgs) -> ServerConfig {
+    ServerConfig {
+        pow_bits: policy.pow_bits.min(24),
+        rate_burst: policy.rate_burst.max(1),
+        rate_interval: cwtch_proto::Duration::from_millis(policy.rate_interval_ms),
+        retention_max_entries: policy.max_blobs,
+        retention_max_age_secs: policy.max_age_days.saturating_mul(86_400),
+        ..ServerConfig::default()
+    }
+}
+
+fn retention(policy: &ServerPolicyArgs) -> RetentionPolicy {
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    RetentionPolicy {
+        max_blobs: nonzero(policy.max_blobs),
+        max_bytes: nonzero(policy.max_mib.saturating_mul(1024 * 1024)),
+        max_age: nonzero(policy.max_age_days)
+            .map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400))),
+    }
+}
+
+/// Creates a server identity and its policy in `home`.
+pub fn init(home: &Path, policy: &ServerPolicyArgs, json: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
@@ -39,7 +75,10 @@ pub fn init(home: &Path, json: bool) -> Result<(), String> {
     file.write_all(identity.seed().as_ref())
         .and_then(|_| file.sync_all())
         .map_err(|e| format!("cannot write the server key: {e}"))?;
-    print_info(&identity, json);
+    let text = serde_json::to_string_pretty(policy).map_err(|e| e.to_string())?;
+    std::fs::write(home.join(POLICY_FILE), text)
+        .map_err(|e| format!("cannot write the policy: {e}"))?;
+    print_info(&identity, policy, json);
     Ok(())
 }
 
@@ -59,26 +98,38 @@ pub fn load_identity(home: &Path) -> Result<Identity, String> {
     Ok(Identity::from_seed(&seed))
 }
 
-/// The paste-able string peers need.
-pub fn paste_string(identity: &Identity) -> String {
-    format!("cwtch-server:{}", identity.address())
+/// The paste-able string peers need: the address and what the server
+/// demands (`cwtch-server:<address>?pow=<bits>&retention=<blobs>,<days>`).
+pub fn paste_string(identity: &Identity, policy: &ServerPolicyArgs) -> String {
+    format!(
+        "cwtch-server:{}?pow={}&keep={}blobs,{}days",
+        identity.address(),
+        policy.pow_bits,
+        policy.max_blobs,
+        policy.max_age_days
+    )
 }
 
-fn print_info(identity: &Identity, json: bool) {
+fn print_info(identity: &Identity, policy: &ServerPolicyArgs, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::json!({"address": identity.address().to_string(), "server": paste_string(identity)})
+            serde_json::json!({
+                "address": identity.address().to_string(),
+                "server": paste_string(identity, policy),
+                "policy": policy,
+            })
         );
     } else {
-        println!("{}", paste_string(identity));
+        println!("{}", paste_string(identity, policy));
     }
 }
 
 /// Prints the server's paste-able string.
 pub fn info(home: &Path, json: bool) -> Result<(), String> {
     let identity = load_identity(home)?;
-    print_info(&identity, json);
+    let policy = load_policy(home)?;
+    print_info(&identity, &policy, json);
     Ok(())
 }
 
@@ -179,9 +230,10 @@ pub fn open_shared(
     home: &Path,
     identity: Identity,
     config: ServerConfig,
+    retention: RetentionPolicy,
 ) -> Result<Arc<Shared>, String> {
     let path = home.join(BLOBS_FILE);
-    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED)
+    let store = BlobStore::open(&path, retention)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let head = store.head();
     let committer = GroupCommitter::start(store).map_err(|e| e.to_string())?;
@@ -214,7 +266,13 @@ impl Shared {
 /// Runs the server until the process ends.
 pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
     let identity = load_identity(home)?;
-    let shared = open_shared(home, identity.clone(), ServerConfig::default())?;
+    let policy = load_policy(home)?;
+    let shared = open_shared(
+        home,
+        identity.clone(),
+        server_config(&policy),
+        retention(&policy),
+    )?;
     let mut listener = transport
         .listen(&identity, PEER_PORT)
         .await
@@ -226,7 +284,10 @@ pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
     {
         eprintln!("warning: tor has not confirmed the onion service yet");
     }
-    println!("cwtch server {} is online", paste_string(&identity));
+    println!(
+        "cwtch server {} is online",
+        paste_string(&identity, &policy)
+    );
     let stats_shared = shared.clone();
     smol::spawn(async move {
         loop {
@@ -246,7 +307,8 @@ pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
             .accept()
             .await
             .map_err(|e| format!("accept failed: {e}"))?;
-        if shared.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+        if shared.connections.load(Ordering::Relaxed) >= policy.max_connections.min(MAX_CONNECTIONS)
+        {
             drop(stream);
             continue;
         }

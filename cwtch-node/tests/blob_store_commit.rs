@@ -140,6 +140,7 @@ fn back_pressure_with_tiny_queue() {
         max_batch: 4,
         queue_capacity: 1,
         prune_interval: None,
+        ..CommitterConfig::default()
     };
     let committer =
         GroupCommitter::with_config(store(&dir, RetentionPolicy::UNLIMITED), config).unwrap();
@@ -257,4 +258,53 @@ fn reader_reads_while_writer_writes() {
     });
     smol::block_on(writer);
     assert_eq!(seen.len(), 300);
+}
+
+#[test]
+fn background_checkpoints_keep_the_wal_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CommitterConfig {
+        checkpoint_every: Some(50),
+        wal_restart_pages: 16,
+        ..CommitterConfig::default()
+    };
+    let committer =
+        GroupCommitter::with_config(store(&dir, RetentionPolicy::UNLIMITED), config).unwrap();
+    let wal = dir.path().join("blobs.sqlite-wal");
+    let mut biggest_wal = 0;
+    smol::block_on(async {
+        for round in 0..40u64 {
+            let posts: Vec<_> = (0..100u64)
+                .map(|i| smol::spawn(committer.submit(Box::new(blob(round * 100 + i)))))
+                .collect();
+            for p in posts {
+                p.await.unwrap();
+            }
+            biggest_wal = biggest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+    });
+    let checkpoints = committer.checkpoints();
+    assert!(checkpoints >= 10, "{checkpoints} checkpoints");
+    // 4000 blobs are about 8.5 MiB; with restarts past 16 pages (1 MiB of
+    // 64 KiB pages) the WAL stays far smaller (allowing for the
+    // checkpointer lagging behind).
+    assert!(biggest_wal < 6 << 20, "WAL grew to {biggest_wal} bytes");
+    let store = committer.shutdown().unwrap();
+    store.integrity_check().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.blobs, stats.head), (4000, 4000));
+    let got = store.read_after(3999, 1).unwrap();
+    assert_eq!(*got[0].1, blob(tag_of(&got[0].1)));
+    eprintln!("{checkpoints} checkpoints, WAL at most {biggest_wal} bytes");
+}
+
+#[test]
+fn handles_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<GroupCommitter>();
+    send_sync::<cwtch_node::blob_store::HeadWatch>();
+    send_sync::<Error>();
+    send::<BlobStore>();
+    send::<BlobReader>();
 }

@@ -162,6 +162,15 @@ fn valid_checksum_over_bad_content_is_an_invite_error() {
         Invite::decode(&trailing).unwrap_err(),
         InviteError::TrailingBytes
     );
+    // An over-long varint (the server count 1 written as 0x81 0x00).
+    let mut overlong = bin[..33].to_vec();
+    assert_eq!(bin[33], 4);
+    overlong.extend_from_slice(&[0x84, 0x00]);
+    overlong.extend_from_slice(&bin[34..len]);
+    assert_eq!(
+        Invite::decode(&overlong).unwrap_err(),
+        InviteError::NonCanonical
+    );
     // Truncated binary.
     assert_eq!(
         Invite::decode(&bin[..len - 1]).unwrap_err(),

@@ -25,11 +25,20 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut t: GapTracker<3, 4, 2, 24> = GapTracker::new();
     for op in ops {
         match op {
-            Op::Message { sender, seq, hash, prev, seen } => {
+            Op::Message {
+                sender,
+                seq,
+                hash,
+                prev,
+                seen,
+            } => {
                 let seen: Vec<SeenEntry> = seen
                     .into_iter()
                     .take(8)
-                    .map(|(m, s)| SeenEntry { member: MemberId([m % 5; 16]), seq: s })
+                    .map(|(m, s)| SeenEntry {
+                        member: MemberId([m % 5; 16]),
+                        seq: s,
+                    })
                     .collect();
                 let _ = t.ingest_parts(
                     MemberId([sender % 5; 16]),

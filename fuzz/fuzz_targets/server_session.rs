@@ -35,7 +35,11 @@ impl BlobStore for Store {
         self.entries.push((self.last, blob[0]));
         Ok(self.last)
     }
-    fn read_after(&self, after: u64, out: &mut [u8; SEALED_BLOB_LEN]) -> Result<Option<u64>, StoreError> {
+    fn read_after(
+        &self,
+        after: u64,
+        out: &mut [u8; SEALED_BLOB_LEN],
+    ) -> Result<Option<u64>, StoreError> {
         if self.broken {
             return Err(StoreError::Unavailable);
         }
@@ -53,9 +57,17 @@ impl BlobStore for Store {
 #[derive(Arbitrary, Debug)]
 enum Step {
     Bytes(Vec<u8>),
-    Post { pow: Option<u64>, fill: u8 },
-    Fetch { after: u8, limit: u16 },
-    Subscribe { after: u8 },
+    Post {
+        pow: Option<u64>,
+        fill: u8,
+    },
+    Fetch {
+        after: u8,
+        limit: u16,
+    },
+    Subscribe {
+        after: u8,
+    },
     Unsubscribe,
     /// The driver commits everything and tells the session.
     Durable,
@@ -69,7 +81,11 @@ enum Step {
     Drain,
     Close,
     Prune(u8),
-    Toggle { full: bool, broken: bool, accepting: bool },
+    Toggle {
+        full: bool,
+        broken: bool,
+        accepting: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -109,16 +125,25 @@ fuzz_target!(|input: Input| {
         let bytes = match step {
             Step::Bytes(b) => Some(b),
             Step::Post { pow, fill } => Some(request(
-                Request::Post { pow, blob: &[fill; SEALED_BLOB_LEN] },
+                Request::Post {
+                    pow,
+                    blob: &[fill; SEALED_BLOB_LEN],
+                },
                 &mut msg,
             )),
             Step::Fetch { after, limit } => Some(request(
-                Request::Fetch { after: u64::from(after), limit: limit.max(1) },
+                Request::Fetch {
+                    after: u64::from(after),
+                    limit: limit.max(1),
+                },
                 &mut msg,
             )),
-            Step::Subscribe { after } => {
-                Some(request(Request::Subscribe { after: u64::from(after) }, &mut msg))
-            }
+            Step::Subscribe { after } => Some(request(
+                Request::Subscribe {
+                    after: u64::from(after),
+                },
+                &mut msg,
+            )),
             Step::Unsubscribe => Some(request(Request::Unsubscribe, &mut msg)),
             Step::Durable => {
                 store.durable = store.last;
@@ -180,7 +205,11 @@ fuzz_target!(|input: Input| {
                 store.entries.retain(|(i, _)| *i > u64::from(upto));
                 None
             }
-            Step::Toggle { full, broken, accepting } => {
+            Step::Toggle {
+                full,
+                broken,
+                accepting,
+            } => {
                 store.full = full;
                 store.broken = broken;
                 s.set_accepting_subscriptions(accepting);
@@ -194,7 +223,11 @@ fuzz_target!(|input: Input| {
                 Ok(()) => assert!(wanted),
                 Err(SessionError::Busy | SessionError::Closed) => {
                     assert!(!wanted);
-                    assert_eq!(store.entries.len(), entries, "a refused input changes nothing");
+                    assert_eq!(
+                        store.entries.len(),
+                        entries,
+                        "a refused input changes nothing"
+                    );
                 }
                 Err(e) => panic!("unexpected {e:?}"),
             }

@@ -71,6 +71,8 @@ pub enum InviteError {
     Malformed,
     /// Bytes after the invite.
     TrailingBytes,
+    /// Not the one canonical encoding (e.g. an over-long varint).
+    NonCanonical,
     /// An unknown invite version.
     UnsupportedVersion(u8),
     /// A server key is not a valid identity.
@@ -89,6 +91,7 @@ impl fmt::Display for InviteError {
             }
             InviteError::Malformed => f.write_str("malformed invite"),
             InviteError::TrailingBytes => f.write_str("trailing bytes after the invite"),
+            InviteError::NonCanonical => f.write_str("the invite is not in canonical form"),
             InviteError::UnsupportedVersion(v) => write!(f, "unsupported invite version {v}"),
             InviteError::BadServer => f.write_str("the invite names an invalid server key"),
             InviteError::BadInviter => f.write_str("the inviter key is invalid"),
@@ -259,12 +262,19 @@ impl Invite {
             PublicIdentity::from_bytes(&wire.inviter).map_err(|_| InviteError::BadInviter)?;
         let name = heapless::Vec::from_slice(wire.name.as_bytes())
             .map_err(|_| InviteError::NameTooLong)?;
-        Ok(Invite {
+        let invite = Invite {
             secret: GroupSecret::from_bytes(&wire.secret),
             servers,
             name,
             inviter,
-        })
+        };
+        // Postcard accepts over-long varints; one invite has one encoding.
+        let mut again = Zeroizing::new([0u8; INVITE_MAX_LEN]);
+        let len = invite.encode(again.as_mut())?;
+        if again.get(..len) != Some(bytes) {
+            return Err(InviteError::NonCanonical);
+        }
+        Ok(invite)
     }
 
     /// Writes the text form into `out` (at most [`INVITE_TEXT_MAX_LEN`]

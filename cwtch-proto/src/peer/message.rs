@@ -138,7 +138,13 @@ impl<'a> PeerMessage<'a> {
             return Err(PeerMessageError::Malformed);
         }
         msg.validate()?;
-        Ok(msg)
+        // One canonical form: postcard accepts over-long varints, so a
+        // message that does not encode back to the same bytes is refused.
+        let mut again = [0u8; MAX_ENCODED_LEN];
+        match postcard::to_slice(&msg, &mut again) {
+            Ok(encoded) if encoded == bytes => Ok(msg),
+            _ => Err(PeerMessageError::Malformed),
+        }
     }
 
     /// Encodes into `out` and returns the encoding, which always fits one
