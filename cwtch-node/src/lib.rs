@@ -12,6 +12,7 @@ pub mod blob_store;
 pub mod cli;
 pub mod clock;
 pub mod control;
+pub mod demo;
 pub mod format;
 pub mod groups;
 pub mod link;

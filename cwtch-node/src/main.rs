@@ -144,6 +144,9 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
                 )
             }
         }
+        Command::Demo { dev_tcp, keep } => {
+            cwtch_node::demo::run(cwtch_node::demo::Options { dev_tcp, keep })
+        }
         Command::Server(ServerCommand::Init(policy)) => {
             cwtch_node::server::init(home, &policy, json)
         }

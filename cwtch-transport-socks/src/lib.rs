@@ -18,6 +18,8 @@
 //!   [`transport::TorTransport`], [`transport::DevTransport`] and
 //!   [`transport::AnyTransport`].
 //! - [`process`]: a child process stopped by pid on drop.
+//! - [`testnet`]: a private Tor network on loopback (3 authorities, 2
+//!   relays, n clients), for tests and `cwtch-node demo`.
 //!
 //! ## Example: publish an identity and dial a peer through a system tor
 //!
@@ -62,6 +64,7 @@ pub mod control;
 pub mod launch;
 pub mod process;
 pub mod socks;
+pub mod testnet;
 pub mod transport;
 
 pub use control::{ControlAuth, ControlConnection, ControlError};

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use cwtch_transport_socks::control::{ControlAuth, ControlConnection, ControlError};
-use cwtch_transport_socks::launch::verify_config;
-use cwtch_transport_socks::process::ProcessGuard;
-use cwtch_transport_socks::transport::TorTransport;
+use crate::control::{ControlAuth, ControlConnection, ControlError};
+use crate::launch::verify_config;
+use crate::process::ProcessGuard;
+use crate::transport::TorTransport;
 
 /// Number of directory authorities (each also a relay).
 pub const AUTHORITIES: usize = 3;
@@ -306,23 +306,42 @@ impl TestNetwork {
     /// can take one meanwhile: if a tor dies at start, the whole network is
     /// started once more on new ports.
     pub fn start_with_timeout(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
-        match Self::start_once(clients, timeout) {
+        Self::start_in(None, clients, timeout)
+    }
+
+    /// [`TestNetwork::start_with_timeout`] with the network's temporary
+    /// directory created inside `parent` (default: the system's), so that
+    /// a caller removing `parent` (say, on Ctrl-C while the network still
+    /// bootstraps) removes it too.
+    pub fn start_in(
+        parent: Option<&Path>,
+        clients: usize,
+        timeout: Duration,
+    ) -> Result<Self, TestNetError> {
+        match Self::start_once(parent, clients, timeout) {
             Err(TestNetError::Died { node, diagnosis }) => {
                 eprintln!(
                     "testnet: {node} died at start ({diagnosis}); starting again on new ports"
                 );
-                Self::start_once(clients, timeout)
+                Self::start_once(parent, clients, timeout)
             }
             other => other,
         }
     }
 
-    fn start_once(clients: usize, timeout: Duration) -> Result<Self, TestNetError> {
+    fn start_once(
+        parent: Option<&Path>,
+        clients: usize,
+        timeout: Duration,
+    ) -> Result<Self, TestNetError> {
         let started = Instant::now();
         check_tools()?;
-        let dir = tempfile::Builder::new()
-            .prefix("cwtch-testnet-")
-            .tempdir()?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cwtch-testnet-");
+        let dir = match parent {
+            Some(parent) => builder.tempdir_in(parent)?,
+            None => builder.tempdir()?,
+        };
         let root = dir.path().to_owned();
         let empty = root.join("empty-torrc");
         std::fs::write(&empty, "")?;
@@ -658,7 +677,7 @@ impl LoneTor {
                 });
             }
             let text = std::fs::read_to_string(&port_file).unwrap_or_default();
-            if let Some(addr) = cwtch_transport_socks::control::status::parse_port_file(&text) {
+            if let Some(addr) = crate::control::status::parse_port_file(&text) {
                 break addr;
             }
             if Instant::now() > deadline {

@@ -1,0 +1,61 @@
+//! `cwtch-node demo` end to end: the real binary, its whole narrated script,
+//! its asserted final checks. Over real Tor (a private network on loopback;
+//! fails, never skips, when tor is not installed) and over the development
+//! transport.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn demo(args: &[&str], limit: Duration) -> String {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_cwtch-node"))
+        .arg("demo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cwtch-node demo");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "cwtch-node demo {args:?} failed ({:?}): {stderr}",
+        out.status
+    );
+    for expected in [
+        "=== summary ===",
+        "demo complete: all 6 checks passed",
+        "[ok] all members hold the same group history",
+        "[ok] carol caught up",
+        "[ok] no acknowledged message lost",
+        "[ok] every blob on the server has one size (2048 bytes)",
+        "[ok] the server's files contain no group id, sender address or message text",
+        "message latency p50",
+        "every process stopped, temporary files removed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in the output"
+        );
+    }
+    assert!(
+        started.elapsed() < limit,
+        "the demo took {:?}, over its budget of {limit:?}",
+        started.elapsed()
+    );
+    stdout
+}
+
+#[test]
+fn demo_over_the_development_transport() {
+    let out = demo(&["--dev-tcp"], Duration::from_secs(60));
+    assert!(out.contains("NOT anonymous"));
+}
+
+#[test]
+fn demo_over_a_private_tor_network() {
+    let out = demo(&[], Duration::from_secs(240));
+    assert!(out.contains("private Tor network"));
+    assert!(out.contains("Tor network bootstrap"));
+}
