@@ -233,12 +233,17 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
     drop(password);
     smol::block_on(async {
         let (transport, _tor) = transport(home, args).await?;
+        let node = PeerNode::load(home, store, identity.clone(), name, transport.clone())
+            .map_err(|e| e.to_string())?;
+        // The control socket and outgoing links do not wait for our own
+        // onion service to be published.
+        let control = smol::spawn(control::serve(node.clone()));
+        smol::spawn(node.clone().keep_connected()).detach();
+        smol::spawn(node.clone().keep_servers()).detach();
         let mut listener = transport
             .listen(&identity, PEER_PORT)
             .await
             .map_err(|e| format!("cannot publish our onion service: {e}"))?;
-        let node =
-            PeerNode::load(home, store, identity, name, transport).map_err(|e| e.to_string())?;
         if listener
             .wait_published(std::time::Duration::from_secs(120))
             .await
@@ -250,9 +255,7 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
         }
         println!("cwtch peer {} is online", node.address());
         smol::spawn(node.clone().serve(listener)).detach();
-        smol::spawn(node.clone().keep_connected()).detach();
-        smol::spawn(node.clone().keep_servers()).detach();
-        control::serve(node)
+        control
             .await
             .map_err(|e| format!("control socket failed: {e}"))
     })
