@@ -256,3 +256,54 @@ fn a_server_demanding_proof_of_work_gets_it() {
     });
     assert_eq!(w.history(1)[0]["status"], "delivered");
 }
+
+#[test]
+fn a_peer_uses_several_servers_at_once() {
+    let w = World::new();
+    // A second server, and a second group on it.
+    let second_home = w.devdir.parent().unwrap().join("server2");
+    let v = cli(&second_home, &["server", "init"]).unwrap();
+    let second_id = v["server"].as_str().unwrap().to_string();
+    let _second = Daemon::start(&second_home, true, &dev(&w.devdir));
+    cli(
+        &w.homes[0],
+        &["group", "create", "elsewhere", "--server", &second_id],
+    )
+    .unwrap();
+    cli(&w.homes[0], &["group", "invite", "elsewhere", &w.addrs[1]]).unwrap();
+    wait_for("bob to sync both servers", Duration::from_secs(60), || {
+        let groups = cli(&w.homes[1], &["group", "list"]).ok()?;
+        let list = groups.as_array()?;
+        (list.len() == 2
+            && list
+                .iter()
+                .all(|g| g["servers"][0]["connection"]["state"] == "synced"))
+        .then_some(())
+    });
+    cli(
+        &w.homes[0],
+        &["group", "send", "friends", "on the first server"],
+    )
+    .unwrap();
+    cli(
+        &w.homes[0],
+        &["group", "send", "elsewhere", "on the second server"],
+    )
+    .unwrap();
+    for (group, text) in [
+        ("friends", "on the first server"),
+        ("elsewhere", "on the second server"),
+    ] {
+        wait_for(
+            "bob to receive from both servers",
+            Duration::from_secs(60),
+            || {
+                let msgs = cli(&w.homes[1], &["messages", group]).ok()?;
+                msgs.as_array()?
+                    .iter()
+                    .any(|m| m["text"] == text)
+                    .then_some(())
+            },
+        );
+    }
+}
