@@ -221,3 +221,18 @@ pub struct ServerPolicyArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 }
+
+impl Default for ServerPolicyArgs {
+    /// The same defaults as the flags.
+    fn default() -> Self {
+        ServerPolicyArgs {
+            pow_bits: 0,
+            max_blobs: 0,
+            max_mib: 0,
+            max_age_days: 0,
+            rate_burst: 32,
+            rate_interval_ms: 500,
+            max_connections: 10_000,
+        }
+    }
+}

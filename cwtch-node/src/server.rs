@@ -125,11 +125,39 @@ fn print_info(identity: &Identity, policy: &ServerPolicyArgs, json: bool) {
     }
 }
 
-/// Prints the server's paste-able string.
+/// Prints the server's paste-able string and what it stores (read-only; the
+/// server may be running). Connection counts are in the running server's log.
 pub fn info(home: &Path, json: bool) -> Result<(), String> {
     let identity = load_identity(home)?;
     let policy = load_policy(home)?;
-    print_info(&identity, &policy, json);
+    let path = home.join(BLOBS_FILE);
+    let (blobs, head) = if path.exists() {
+        let reader = BlobReader::open(&path).map_err(|e| e.to_string())?;
+        let head = reader.head().map_err(|e| e.to_string())?;
+        // Stored blobs are always the contiguous range oldest..=head.
+        let blobs = match reader.oldest().map_err(|e| e.to_string())? {
+            Some(oldest) => head.saturating_sub(oldest) + 1,
+            None => 0,
+        };
+        (blobs, head)
+    } else {
+        (0, 0)
+    };
+    let bytes = blobs * SEALED_BLOB_LEN as u64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "address": identity.address().to_string(),
+                "server": paste_string(&identity, &policy),
+                "policy": policy,
+                "stats": {"blobs": blobs, "bytes": bytes, "head": head},
+            })
+        );
+    } else {
+        println!("{}", paste_string(&identity, &policy));
+        println!("stored: {blobs} blobs, {bytes} bytes, last index {head}");
+    }
     Ok(())
 }
 
