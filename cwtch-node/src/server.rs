@@ -27,14 +27,15 @@ pub const KEY_FILE: &str = "server.key";
 /// The policy file inside the server's home directory.
 pub const POLICY_FILE: &str = "policy.json";
 
-/// Loads the policy `server init` wrote.
+/// Loads the policy `server init` wrote (the defaults if there is none).
 pub fn load_policy(home: &Path) -> Result<ServerPolicyArgs, String> {
-    let text = std::fs::read_to_string(home.join(POLICY_FILE)).map_err(|e| {
-        format!(
-            "no server policy in {} ({e}): run `server init`",
-            home.display()
-        )
-    })?;
+    let text = match std::fs::read_to_string(home.join(POLICY_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ServerPolicyArgs::default());
+        }
+        Err(e) => return Err(format!("cannot read the server policy: {e}")),
+    };
     serde_json::from_str(&text).map_err(|e| format!("the server policy is damaged: {e}"))
 }
 
