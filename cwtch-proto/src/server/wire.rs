@@ -526,25 +526,8 @@ impl<'a> Request<'a> {
 
     /// Parses one whole message as a request.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let tag = *bytes.first().ok_or(DecodeError::Empty)?;
-        let expected = match tag {
-            TAG_POST => POST_LEN,
-            TAG_POST_POW => POST_POW_LEN,
-            TAG_FETCH => FETCH_LEN,
-            TAG_SUBSCRIBE => SUBSCRIBE_LEN,
-            TAG_UNSUBSCRIBE => UNSUBSCRIBE_LEN,
-            _ => return Err(DecodeError::UnknownTag { tag }),
-        };
-        check_len(tag, expected, bytes.len())?;
-        let mut r = Reader {
-            bytes: bytes.get(1..).unwrap_or_default(),
-        };
-        // The length check above guarantees every read below succeeds.
-        let short = DecodeError::WrongLength {
-            tag,
-            expected,
-            found: bytes.len(),
-        };
+        // The length check guarantees every read below succeeds.
+        let (tag, mut r, short) = open_message(bytes, request_len)?;
         let request = match tag {
             TAG_POST => Request::Post {
                 pow: None,
@@ -642,17 +625,7 @@ impl<'a> Reply<'a> {
 
     /// Parses one whole message as a reply.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let tag = *bytes.first().ok_or(DecodeError::Empty)?;
-        let expected = reply_len(tag).ok_or(DecodeError::UnknownTag { tag })?;
-        check_len(tag, expected, bytes.len())?;
-        let mut r = Reader {
-            bytes: bytes.get(1..).unwrap_or_default(),
-        };
-        let short = DecodeError::WrongLength {
-            tag,
-            expected,
-            found: bytes.len(),
-        };
+        let (tag, mut r, short) = open_message(bytes, reply_len)?;
         let reply = match tag {
             TAG_HELLO => Reply::Hello(Policy {
                 version: r.u8().ok_or(short)?,
@@ -711,6 +684,38 @@ impl<'a> Reply<'a> {
         };
         Ok(reply)
     }
+}
+
+/// The length of a request with this tag.
+fn request_len(tag: u8) -> Option<usize> {
+    Some(match tag {
+        TAG_POST => POST_LEN,
+        TAG_POST_POW => POST_POW_LEN,
+        TAG_FETCH => FETCH_LEN,
+        TAG_SUBSCRIBE => SUBSCRIBE_LEN,
+        TAG_UNSUBSCRIBE => UNSUBSCRIBE_LEN,
+        _ => return None,
+    })
+}
+
+/// Checks a whole message against the length its tag demands; returns the
+/// tag, a reader over the body, and the error for a read that runs short.
+fn open_message(
+    bytes: &[u8],
+    len_of: fn(u8) -> Option<usize>,
+) -> Result<(u8, Reader<'_>, DecodeError), DecodeError> {
+    let tag = *bytes.first().ok_or(DecodeError::Empty)?;
+    let expected = len_of(tag).ok_or(DecodeError::UnknownTag { tag })?;
+    check_len(tag, expected, bytes.len())?;
+    let short = DecodeError::WrongLength {
+        tag,
+        expected,
+        found: bytes.len(),
+    };
+    let body = Reader {
+        bytes: bytes.get(1..).unwrap_or_default(),
+    };
+    Ok((tag, body, short))
 }
 
 fn reply_len(tag: u8) -> Option<usize> {
