@@ -87,6 +87,9 @@ pub struct MessageKind(u8);
 impl MessageKind {
     /// A text message: the body is UTF-8.
     pub const TEXT: MessageKind = MessageKind(0x01);
+    /// A control message: the group moves to the servers named in the body,
+    /// a [`MoveNotice`](super::control::MoveNotice) (SPEC.md section 15).
+    pub const MOVE: MessageKind = MessageKind(0x80);
 
     /// The kind of this byte; `None` for the invalid `0x00`.
     pub const fn from_byte(byte: u8) -> Option<Self> {

@@ -10,7 +10,8 @@
 //! - [`message`]: the plaintext inside a blob;
 //! - [`seal`]: sealing into and opening [`SEALED_BLOB_LEN`]-byte blobs;
 //! - [`detect`]: cheap detection tags and the multi-group [`Detector`];
-//! - [`gap`]: the per-group [`GapTracker`].
+//! - [`gap`]: the per-group [`GapTracker`];
+//! - [`control`]: the move notice and the recovery request.
 //!
 //! ```
 //! use chacha20::ChaCha20Rng;
@@ -44,6 +45,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod control;
 pub mod detect;
 pub mod gap;
 pub mod invite;
@@ -51,6 +53,7 @@ pub mod message;
 pub mod seal;
 pub mod secret;
 
+pub use control::{ControlError, MoveNotice, ResendWanted};
 pub use detect::{DetectionKey, Detector, DetectorFull};
 pub use gap::{GapError, GapEvent, GapTracker, Ingested, MessageRef, MissingRange};
 pub use invite::{Invite, InviteError, InviteTextError};
