@@ -181,6 +181,15 @@ pub enum GroupCommand {
         /// The text.
         text: String,
     },
+    /// Move a group to another server: members follow a signed notice
+    /// posted to the old server and the new one; the old one is still read
+    /// for 14 days.
+    Move {
+        /// The group's name or id.
+        group: String,
+        /// The new server: its paste-able string or address.
+        server: String,
+    },
     /// List groups, their servers' states and any missing messages.
     List,
 }

@@ -73,6 +73,13 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Move a group to another server.
+    GroupMove {
+        /// The group's name or id.
+        group: String,
+        /// The new server.
+        server: String,
+    },
     /// List groups with their servers' states and gaps.
     GroupList,
     /// The messages of a conversation.
@@ -190,10 +197,14 @@ fn json<T: Serialize>(value: T) -> serde_json::Value {
 fn execute(node: &PeerNode, request: Request) -> Response {
     let result = match request {
         Request::Status => {
+            let pending = node.pending_per_contact();
             let contacts: Vec<_> = node
                 .contacts()
                 .into_iter()
-                .map(|(c, s)| serde_json::json!({"contact": c, "connection": s}))
+                .map(|(c, s)| {
+                    let pending = pending.get(&c.address).copied().unwrap_or(0);
+                    serde_json::json!({"contact": c, "connection": s, "pending": pending})
+                })
                 .collect();
             Ok(serde_json::json!({
                 "address": node.address(),
@@ -223,6 +234,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
             .group_invite(&group, &address)
             .map(|()| serde_json::json!({"invited": address})),
         Request::GroupSend { group, text } => node.group_send(&group, &text).map(json),
+        Request::GroupMove { group, server } => node.group_move(&group, &server).map(json),
         Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
     };

@@ -9,9 +9,14 @@ pub fn message(m: &StoredMessage) -> String {
         Delivery::Pending => "pending  ",
         Delivery::Delivered => "delivered",
         Delivery::Received => "received ",
+        Delivery::Missing => "missing  ",
+        Delivery::Recovered => "recovered",
     };
     let who = if m.outgoing { "me" } else { short(&m.author) };
-    format!("[{status}] {who}: {}", m.text)
+    match &m.note {
+        Some(note) => format!("[{status}] {who}: {} ({note})", m.text),
+        None => format!("[{status}] {who}: {}", m.text),
+    }
 }
 
 fn short(address: &str) -> &str {
@@ -54,6 +59,10 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
             "invite queued (pending until the contact acknowledges it)".into()
         }
         Request::GroupSend { .. } => "posted (pending until the server stores it durably)".into(),
+        Request::GroupMove { .. } => format!(
+            "{} (members follow; the old server is still read for 14 days)",
+            value["text"].as_str().unwrap_or_default()
+        ),
         Request::GroupList => groups(value).trim_end().to_string(),
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
@@ -72,12 +81,17 @@ fn contacts(list: &serde_json::Value) -> String {
     for entry in list.as_array().into_iter().flatten() {
         let c = &entry["contact"];
         let s = &entry["connection"];
+        let pending = match entry["pending"].as_u64() {
+            Some(n) if n > 0 => format!(" [{n} waiting to be delivered]"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{} {:<10} {:<14} {}{}\n",
+            "{} {:<10} {:<14} {}{}{}\n",
             c["address"].as_str().unwrap_or_default(),
             c["state"].as_str().unwrap_or_default(),
             s["state"].as_str().unwrap_or_default(),
             c["name"].as_str().unwrap_or_default(),
+            pending,
             s["last_error"]
                 .as_str()
                 .map(|e| format!(" (last failure: {e})"))
@@ -91,15 +105,23 @@ fn groups(list: &serde_json::Value) -> String {
     let mut out = String::new();
     for g in list.as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "group {} ({}): {} missing\n",
+            "group {} ({}): {} pending, {} missing, {} recovered\n",
             g["name"].as_str().unwrap_or_default(),
             g["id"]
                 .as_str()
                 .unwrap_or_default()
                 .get(..16)
                 .unwrap_or_default(),
+            g["pending"],
             g["missing"],
+            g["recovered"],
         ));
+        for s in g["previous_servers"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  moved away from {} (still read for a while)\n",
+                s.as_str().unwrap_or_default()
+            ));
+        }
         for s in g["servers"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "  server {} {}{}\n",

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
+use cwtch_proto::group::MoveNotice;
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::group::message::{MessageHash, MessageKind};
 use cwtch_proto::group::{
@@ -40,6 +41,43 @@ pub struct GroupRecord {
     pub next_seq: u64,
     /// Hex of the hash of our last message.
     pub prev_hash: String,
+    /// Addresses of the members we know of (authors seen, the inviter):
+    /// whom to ask for missing messages. At most [`MAX_KNOWN_MEMBERS`].
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Servers the group used before a move, still read until `until`.
+    #[serde(default)]
+    pub previous: Vec<PreviousServer>,
+    /// The timestamp (µs) of the move notice the servers come from; an
+    /// older notice arriving late does not undo a newer one.
+    #[serde(default)]
+    pub moved_at: u64,
+}
+
+/// A server a group moved away from, still read for a while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousServer {
+    /// The server.
+    pub server: String,
+    /// Read until then (Unix ms).
+    pub until: u64,
+}
+
+/// The most member addresses a group record keeps.
+pub const MAX_KNOWN_MEMBERS: usize = 64;
+
+impl GroupRecord {
+    /// Every server to read: the current ones, then those moved away from
+    /// and not yet expired at `now_ms`.
+    pub fn servers_to_read(&self, now_ms: u64) -> Vec<String> {
+        let mut out = self.servers.clone();
+        for p in &self.previous {
+            if p.until > now_ms && !out.contains(&p.server) {
+                out.push(p.server.clone());
+            }
+        }
+        out
+    }
 }
 
 /// One received or sent group message's chain data, to rebuild the gap
@@ -56,8 +94,8 @@ struct ChainRecord {
 pub struct GroupState {
     /// The stored form.
     pub record: GroupRecord,
-    group: Group,
-    tracker: GapTracker,
+    pub(crate) group: Group,
+    pub(crate) tracker: GapTracker,
     /// Gaps reported by the tracker, in plain words, newest last.
     pub gaps: Vec<String>,
 }
@@ -67,19 +105,22 @@ pub struct ServerConn {
     /// Its status.
     pub status: ConnStatus,
     client: Option<Arc<Mutex<ServerClient>>>,
-    tx: Option<LinkSender>,
+    pub(crate) tx: Option<LinkSender>,
     dialing: bool,
-    next_try: Instant,
+    pub(crate) next_try: Instant,
     backoff: cwtch_proto::peer::Backoff,
     /// The saved cursor.
     pub cursor: u64,
+    /// Since when every attempt failed (cleared by a session that
+    /// authenticates): what the move policy looks at.
+    pub(crate) failing_since: Option<Instant>,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
@@ -110,7 +151,7 @@ fn group_from_record(record: &GroupRecord) -> Result<Group, PeerError> {
     ))
 }
 
-fn cursor_key(server: &str) -> Vec<u8> {
+pub(crate) fn cursor_key(server: &str) -> Vec<u8> {
     format!("cursor:{server}").into_bytes()
 }
 
@@ -149,7 +190,7 @@ impl PeerNode {
                     while tracker.poll_event().is_some() {}
                 }
             }
-            for server in &record.servers {
+            for server in &record.servers_to_read(clock::unix_millis()) {
                 let cursor = self
                     .store
                     .get(Table::Servers, &cursor_key(server))?
@@ -172,7 +213,7 @@ impl PeerNode {
         Ok(())
     }
 
-    fn save_group(&self, g: &GroupRecord) -> Result<(), PeerError> {
+    pub(crate) fn save_group(&self, g: &GroupRecord) -> Result<(), PeerError> {
         self.store.put(Table::Groups, g.id.as_bytes(), &encode(g))?;
         Ok(())
     }
@@ -185,6 +226,9 @@ impl PeerNode {
             servers: group.servers().iter().map(|s| s.to_string()).collect(),
             next_seq: 0,
             prev_hash: hex(&[0u8; 32]),
+            members: Vec::new(),
+            previous: Vec::new(),
+            moved_at: 0,
         };
         let mut st = self.state();
         if let Some(existing) = st.groups.get(&record.id) {
@@ -295,7 +339,8 @@ impl PeerNode {
             ));
         }
         let group = invite.group();
-        self.add_group(group, invite.name())?;
+        let record = self.add_group(group, invite.name())?;
+        self.note_member(&record.id, from);
         Ok(())
     }
 
@@ -309,22 +354,42 @@ impl PeerNode {
                 cwtch_proto::group::message::MAX_BODY_LEN
             )));
         }
+        self.post_message(&gid, MessageKind::TEXT, text.as_bytes(), text, &[])
+    }
+
+    /// Seals one message of `kind` and posts it to each of the group's
+    /// servers and to `also` (a move notice also goes to the new server).
+    /// Stored with `shown` as its text; pending until a server stores it.
+    pub(crate) fn post_message(
+        &self,
+        gid: &str,
+        kind: MessageKind,
+        body: &[u8],
+        shown: &str,
+        also: &[OnionAddress],
+    ) -> Result<StoredMessage, PeerError> {
         let mut st = self.state();
         let seq_local = self.next_seq(&mut st)?;
         let me = self.identity.public();
         let g = st
             .groups
-            .get_mut(&gid)
+            .get_mut(gid)
             .ok_or_else(|| PeerError::Invalid("group vanished".into()))?;
         let member = g.group.id().member_id(&me);
         let seen = g.tracker.seen_summary(Some(member));
         let prev = unhex::<32>(&g.record.prev_hash).unwrap_or([0; 32]);
         let mut chain = SenderChain::resume(g.record.next_seq, MessageHash(prev));
         let timestamp = Instant::from_micros(clock::unix_millis().saturating_mul(1000));
-        let msg = chain.next_message(MessageKind::TEXT, text.as_bytes(), timestamp, &seen);
+        let msg = chain.next_message(kind, body, timestamp, &seen);
+        let mut targets: Vec<OnionAddress> = g.group.servers().to_vec();
+        for extra in also {
+            if !targets.contains(extra) {
+                targets.push(*extra);
+            }
+        }
         let mut blobs = Vec::new();
         let mut hash = None;
-        for server in g.group.servers() {
+        for server in &targets {
             let mut out = vec![0u8; SEALED_BLOB_LEN];
             let sealed = g
                 .group
@@ -348,13 +413,14 @@ impl PeerNode {
         let record = g.record.clone();
         let stored = StoredMessage {
             seq: seq_local,
-            conversation: gid.clone(),
+            conversation: gid.to_string(),
             id: group_seq,
             outgoing: true,
             author: self.address().to_string(),
-            text: text.to_string(),
+            text: shown.to_string(),
             sent_at: clock::unix_millis(),
             status: Delivery::Pending,
+            note: None,
         };
         let chain_rec = ChainRecord {
             member: hex(&member.0),
@@ -362,35 +428,50 @@ impl PeerNode {
             hash: hex(&hash.0),
             prev_hash: hex(&prev),
         };
+        let kept = blobs
+            .first()
+            .map(|(server, blob)| crate::recovery::KeptBlob::new(server, None, blob));
         self.store.transaction(|tx| {
             tx.put(Table::Groups, record.id.as_bytes(), &encode(&record))?;
             tx.put(
                 Table::Messages,
-                &group_message_key(&gid, &member.0, group_seq),
+                &group_message_key(gid, &member.0, group_seq),
                 &encode(&stored),
             )?;
             tx.put(
                 Table::Blobs,
-                &chain_key(&gid, &member.0, group_seq),
+                &chain_key(gid, &member.0, group_seq),
                 &encode(&chain_rec),
             )?;
+            if let Some(kept) = &kept {
+                tx.put(
+                    Table::Blobs,
+                    &crate::recovery::keep_key(gid, &member.0, group_seq),
+                    &encode(kept),
+                )?;
+            }
             for (server, blob) in &blobs {
                 let post = GroupPost {
-                    group: gid.clone(),
+                    group: gid.to_string(),
                     group_seq,
                     server: server.clone(),
                     blob: hex(blob),
                 };
                 tx.put(
                     Table::Outbox,
-                    &post_key(server, &gid, group_seq),
+                    &post_key(server, gid, group_seq),
                     &encode(&post),
                 )?;
             }
             Ok(())
         })?;
+        for (server, _) in &blobs {
+            st.servers
+                .entry(server.clone())
+                .or_insert_with(|| new_server_conn(0));
+        }
         for (server, blob) in blobs {
-            self.post_now(&st, &server, &gid, group_seq, &blob);
+            self.post_now(&st, &server, gid, group_seq, &blob);
         }
         notify(&mut st, &stored);
         Ok(stored)
@@ -429,6 +510,22 @@ impl PeerNode {
 
     /// Every group with its servers' states and reported gaps.
     pub fn groups(&self) -> Vec<serde_json::Value> {
+        let now_ms = clock::unix_millis();
+        // Per group: our messages not yet stored by any server, and
+        // messages that arrived after being reported missing.
+        let mut pending: HashMap<String, u64> = HashMap::new();
+        let mut recovered: HashMap<String, u64> = HashMap::new();
+        if let Ok(rows) = self.store.scan(Table::Messages) {
+            for (_, v) in rows {
+                if let Ok(m) = serde_json::from_slice::<StoredMessage>(&v) {
+                    match m.status {
+                        Delivery::Recovered => *recovered.entry(m.conversation).or_default() += 1,
+                        Delivery::Pending => *pending.entry(m.conversation).or_default() += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
         let st = self.state();
         st.groups
             .values()
@@ -447,11 +544,22 @@ impl PeerNode {
                     })
                     .collect();
                 let missing: u64 = g.tracker.missing().map(|r| r.count()).sum();
+                let pending = pending.get(&g.record.id).copied().unwrap_or(0);
+                let previous: Vec<&String> = g
+                    .record
+                    .previous
+                    .iter()
+                    .filter(|p| p.until > now_ms)
+                    .map(|p| &p.server)
+                    .collect();
                 serde_json::json!({
                     "id": g.record.id,
                     "name": g.record.name,
                     "servers": servers,
+                    "previous_servers": previous,
+                    "pending": pending,
                     "missing": missing,
+                    "recovered": recovered.get(&g.record.id).copied().unwrap_or(0),
                     "gaps": g.gaps,
                 })
             })
@@ -490,6 +598,9 @@ impl PeerNode {
         let mut st = self.state();
         if let Some(c) = st.servers.get_mut(server) {
             c.status.state = state;
+            if matches!(state, ConnState::Authenticated | ConnState::Synced) {
+                c.failing_since = None;
+            }
             if error.is_some() {
                 c.status.last_error = error;
             }
@@ -553,11 +664,12 @@ impl PeerNode {
                     c.tx = None;
                     c.dialing = false;
                     c.status.state = ConnState::Disconnected;
+                    let now = clock::now();
                     if !matches!(reason, CloseReason::Local | CloseReason::Remote(_)) {
                         c.status.state = ConnState::Failed;
                         c.status.last_error = Some(format!("{reason:?}"));
+                        c.failing_since.get_or_insert(now);
                     }
-                    let now = clock::now();
                     c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
                 }
             }
@@ -568,6 +680,7 @@ impl PeerNode {
                     c.status.state = ConnState::Failed;
                     c.status.last_error = Some(reason);
                     let now = clock::now();
+                    c.failing_since.get_or_insert(now);
                     c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
                 }
             }
@@ -630,7 +743,7 @@ impl PeerNode {
                 }
             }
             ClientEvent::Blob { index, blob, .. } => {
-                self.on_blob(server, &blob);
+                self.on_blob(server, index, &blob);
                 let mut st = self.state();
                 if let Some(c) = st.servers.get_mut(server)
                     && index > c.cursor
@@ -655,31 +768,47 @@ impl PeerNode {
 
     /// A blob from a server: detect with each group's tag (cheap), open the
     /// one it is for, verify, store, track gaps.
-    fn on_blob(&self, server: &str, blob: &[u8; SEALED_BLOB_LEN]) {
+    fn on_blob(&self, server: &str, index: u64, blob: &[u8; SEALED_BLOB_LEN]) {
         let Ok(server_addr) = parse_server(server) else {
             return;
         };
+        let now_ms = clock::unix_millis();
         let mut st = self.state();
         let Some(gid) = st
             .groups
             .iter()
             .find(|(_, g)| {
-                g.record.servers.iter().any(|s| s == server)
+                g.record.servers_to_read(now_ms).iter().any(|s| s == server)
                     && g.group.keys().detection_key().detect(blob)
             })
             .map(|(id, _)| id.clone())
         else {
             return; // not ours: cost was one tag check per group
         };
+        let _ = self.accept_blob(&mut st, &gid, &server_addr, Some(index), blob);
+    }
+
+    /// Opens a blob of group `gid` sealed for `server` (from that server, or
+    /// from a member answering a recovery request: verified alike), feeds
+    /// the gap tracker, applies a move notice, stores and shows the
+    /// message. Returns the stored message when it is new.
+    pub(crate) fn accept_blob(
+        &self,
+        st: &mut crate::peer::State,
+        gid: &str,
+        server: &OnionAddress,
+        index: Option<u64>,
+        blob: &[u8; SEALED_BLOB_LEN],
+    ) -> Result<Option<StoredMessage>, cwtch_proto::group::OpenError> {
         let mut work = vec![0u8; SEALED_BLOB_LEN];
-        let Some(g) = st.groups.get_mut(&gid) else {
-            return;
+        let Some(g) = st.groups.get_mut(gid) else {
+            return Ok(None);
         };
-        let opened = match g.group.keys().open(&server_addr, blob, &mut work) {
+        let opened = match g.group.keys().open(server, blob, &mut work) {
             Ok(m) => m,
             Err(e) => {
                 tracing::info!("a blob with our tag failed to open: {e}");
-                return;
+                return Err(e);
             }
         };
         let ingested = g.tracker.ingest(&opened);
@@ -691,43 +820,183 @@ impl PeerNode {
         let excess = g.gaps.len().saturating_sub(100);
         g.gaps.drain(..excess);
         if matches!(ingested, Ok(cwtch_proto::group::Ingested::Duplicate)) {
-            return;
+            return Ok(None);
         }
-        let key = group_message_key(&gid, &opened.member.0, opened.seq);
+        let recovered = matches!(ingested, Ok(cwtch_proto::group::Ingested::Recovered));
+        let key = group_message_key(gid, &opened.member.0, opened.seq);
         if matches!(self.store.get(Table::Messages, &key), Ok(Some(_))) {
-            return; // ours, or already stored (posted on two servers)
+            return Ok(None); // ours, or already stored (posted on two servers)
         }
-        let text = opened.text().unwrap_or("").to_string();
         let sender = opened.sender.address().to_string();
+        let timestamp = opened.timestamp.as_micros();
+        let text = if opened.kind == MessageKind::MOVE {
+            match MoveNotice::decode(opened.body) {
+                Ok(notice) => {
+                    let names: Vec<String> =
+                        notice.servers().iter().map(|s| s.to_string()).collect();
+                    self.apply_move(g, &notice, timestamp);
+                    format!("[moved this group to {}]", names.join(", "))
+                }
+                Err(e) => format!("[a move notice that could not be read: {e}]"),
+            }
+        } else {
+            opened.text().unwrap_or("").to_string()
+        };
         let chain_rec = ChainRecord {
             member: hex(&opened.member.0),
             seq: opened.seq,
             hash: hex(&opened.hash.0),
             prev_hash: hex(&opened.prev_hash.0),
         };
-        let Ok(seq_local) = self.next_seq(&mut st) else {
-            return;
+        let member = opened.member;
+        let seq = opened.seq;
+        drop(work);
+        if !g.record.members.contains(&sender)
+            && sender != self.address()
+            && g.record.members.len() < MAX_KNOWN_MEMBERS
+        {
+            g.record.members.push(sender.clone());
+        }
+        let record = g.record.clone();
+        let seq_local = match self.next_seq(st) {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
         };
         let m = StoredMessage {
             seq: seq_local,
-            conversation: gid.clone(),
-            id: opened.seq,
+            conversation: gid.to_string(),
+            id: seq,
             outgoing: false,
             author: sender,
             text,
-            sent_at: opened.timestamp.as_micros() / 1000,
-            status: Delivery::Received,
+            sent_at: timestamp / 1000,
+            status: if recovered {
+                Delivery::Recovered
+            } else {
+                Delivery::Received
+            },
+            note: None,
         };
+        let kept = crate::recovery::KeptBlob::new(&server.to_string(), index, blob);
         let _ = self.store.transaction(|tx| {
             tx.put(Table::Messages, &key, &encode(&m))?;
             tx.put(
                 Table::Blobs,
-                &chain_key(&gid, &opened.member.0, opened.seq),
+                &chain_key(gid, &member.0, seq),
                 &encode(&chain_rec),
             )?;
+            tx.put(
+                Table::Blobs,
+                &crate::recovery::keep_key(gid, &member.0, seq),
+                &encode(&kept),
+            )?;
+            tx.put(Table::Groups, record.id.as_bytes(), &encode(&record))?;
             Ok(())
         });
-        notify(&mut st, &m);
+        for s in record.servers_to_read(clock::unix_millis()) {
+            st.servers.entry(s).or_insert_with(|| new_server_conn(0));
+        }
+        notify(st, &m);
+        Ok(Some(m))
+    }
+
+    /// A group's messages as shown: in the authors' order of writing (their
+    /// timestamps; a recovered message takes its place), with a placeholder
+    /// for every run of messages known to be missing, and a note on why a
+    /// message of ours is still pending.
+    pub(crate) fn group_view(&self, gid: &str, mut list: Vec<StoredMessage>) -> Vec<StoredMessage> {
+        let st = self.state();
+        let Some(g) = st.groups.get(gid) else {
+            return list;
+        };
+        // Member id → address, for the members we know.
+        let mut names: HashMap<cwtch_proto::group::MemberId, String> = HashMap::new();
+        for address in g
+            .record
+            .members
+            .iter()
+            .map(String::as_str)
+            .chain([self.address()])
+        {
+            if let Ok(a) = OnionAddress::parse(address) {
+                names.insert(
+                    g.group.id().member_id(&a.public_identity()),
+                    address.to_string(),
+                );
+            }
+        }
+        for r in g.tracker.missing() {
+            let author = names.get(&r.member).cloned().unwrap_or_default();
+            // Just before the author's next message we hold, if any.
+            let next = list
+                .iter()
+                .filter(|m| m.author == author && m.id > r.last)
+                .min_by_key(|m| m.id)
+                .map(|m| m.sent_at.saturating_sub(1));
+            let count = r.count();
+            let who = if author.is_empty() {
+                "a member".to_string()
+            } else {
+                author.clone()
+            };
+            list.push(StoredMessage {
+                seq: u64::MAX,
+                conversation: gid.to_string(),
+                id: r.first,
+                outgoing: false,
+                author: author.clone(),
+                text: format!("{count} message(s) from {who} not received yet"),
+                sent_at: next.unwrap_or(u64::MAX),
+                status: Delivery::Missing,
+                note: Some("asked the server again; asking the members we are linked with".into()),
+            });
+        }
+        for m in list.iter_mut().filter(|m| m.status == Delivery::Pending) {
+            let waits: Vec<String> = g
+                .record
+                .servers
+                .iter()
+                .map(|s| {
+                    let status = st
+                        .servers
+                        .get(s)
+                        .map(|c| c.status.clone())
+                        .unwrap_or_default();
+                    match (status.state, status.last_error) {
+                        (ConnState::Authenticated | ConnState::Synced, _) => {
+                            format!("sent to {s}, waiting for it to store it")
+                        }
+                        (ConnState::Connecting | ConnState::Connected, _) => {
+                            format!("connecting to {s}")
+                        }
+                        (_, Some(e)) => format!("{s} is not reachable ({e}); retrying"),
+                        (_, None) => format!("{s} is not reachable yet; retrying"),
+                    }
+                })
+                .collect();
+            m.note = Some(format!("waiting: {}", waits.join("; ")));
+        }
+        list.sort_by_key(|m| (m.sent_at, m.seq));
+        list
+    }
+
+    /// Remembers `address` as a member of group `gid` (whom to ask for
+    /// missing messages).
+    pub(crate) fn note_member(&self, gid: &str, address: &str) {
+        let mut st = self.state();
+        let Some(g) = st.groups.get_mut(gid) else {
+            return;
+        };
+        if address == self.address()
+            || g.record.members.iter().any(|m| m == address)
+            || g.record.members.len() >= MAX_KNOWN_MEMBERS
+        {
+            return;
+        }
+        g.record.members.push(address.to_string());
+        let record = g.record.clone();
+        drop(st);
+        let _ = self.save_group(&record);
     }
 }
 
@@ -749,7 +1018,7 @@ fn st_link(st: &crate::peer::State, address: &str) -> Option<LinkSender> {
     crate::peer::link_sender(st, address)
 }
 
-fn new_server_conn(cursor: u64) -> ServerConn {
+pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
     ServerConn {
         status: ConnStatus::default(),
         client: None,
@@ -761,6 +1030,7 @@ fn new_server_conn(cursor: u64) -> ServerConn {
             cwtch_proto::Duration::from_secs(300),
         ),
         cursor,
+        failing_since: None,
     }
 }
 
@@ -776,13 +1046,13 @@ struct GroupPost {
 /// Posts sent on the current connections: (server, post seq) → (group, group seq).
 static POSTS_IN_FLIGHT: Mutex<BTreeMap<(String, u64), (String, u64)>> = Mutex::new(BTreeMap::new());
 
-fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
+pub(crate) fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
     let mut k = format!("post:{server}:{gid}:").into_bytes();
     k.extend_from_slice(&group_seq.to_be_bytes());
     k
 }
 
-fn group_message_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
+pub(crate) fn group_message_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
     let mut k = gid.as_bytes().to_vec();
     k.extend_from_slice(member);
     k.extend_from_slice(&seq.to_be_bytes());

@@ -17,6 +17,8 @@ pub mod format;
 pub mod groups;
 pub mod link;
 pub mod model;
+pub mod moving;
 pub mod peer;
 pub mod profile_store;
+pub mod recovery;
 pub mod server;

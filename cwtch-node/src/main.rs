@@ -113,6 +113,7 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
                 GroupCommand::Create { name, server } => Request::GroupCreate { name, server },
                 GroupCommand::Invite { group, address } => Request::GroupInvite { group, address },
                 GroupCommand::Send { group, text } => Request::GroupSend { group, text },
+                GroupCommand::Move { group, server } => Request::GroupMove { group, server },
                 GroupCommand::List => Request::GroupList,
             };
             one_shot(home, &request, json)
@@ -240,6 +241,7 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
         let control = smol::spawn(control::serve(node.clone()));
         smol::spawn(node.clone().keep_connected()).detach();
         smol::spawn(node.clone().keep_servers()).detach();
+        smol::spawn(node.clone().keep_recovering()).detach();
         let mut listener = transport
             .listen(&identity, PEER_PORT)
             .await

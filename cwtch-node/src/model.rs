@@ -72,6 +72,13 @@ pub enum Delivery {
     Delivered,
     /// Theirs, received.
     Received,
+    /// Theirs, known to exist (a later message or a member's summary says
+    /// so) and not received yet: being asked for again from the server,
+    /// then from other members. Shown as a placeholder.
+    Missing,
+    /// Theirs, received after it had been reported missing (from the
+    /// server again, or from another member).
+    Recovered,
 }
 
 /// One message of a conversation.
@@ -91,8 +98,13 @@ pub struct StoredMessage {
     pub text: String,
     /// The author's clock, Unix milliseconds.
     pub sent_at: u64,
-    /// Pending, delivered or received.
+    /// Pending, delivered, received, missing or recovered.
     pub status: Delivery,
+    /// Why it is in this state, in plain words, when that is worth saying
+    /// (a pending message's wait, a missing message's recovery). Computed
+    /// when shown, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One queued outgoing item, kept until acknowledged.

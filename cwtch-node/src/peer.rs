@@ -144,6 +144,7 @@ pub(crate) struct State {
     pub(crate) followers: Vec<Sender<StoredMessage>>,
     pub(crate) groups: BTreeMap<String, crate::groups::GroupState>,
     pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
+    pub(crate) recovery: crate::recovery::RecoveryState,
 }
 
 /// A running peer.
@@ -193,6 +194,7 @@ impl PeerNode {
                 followers: Vec::new(),
                 groups: BTreeMap::new(),
                 servers: HashMap::new(),
+                recovery: Default::default(),
             }),
         });
         node.load_groups()?;
@@ -347,6 +349,7 @@ impl PeerNode {
             text: text.to_string(),
             sent_at,
             status: Delivery::Pending,
+            note: None,
         };
         let item = OutItem {
             seq,
@@ -386,7 +389,14 @@ impl PeerNode {
                 out.push(m);
             }
         }
+        if self.state().groups.contains_key(&conversation) {
+            return Ok(self.group_view(&conversation, out));
+        }
         out.sort_by_key(|m| m.seq);
+        let st = self.state();
+        for m in out.iter_mut().filter(|m| m.status == Delivery::Pending) {
+            m.note = Some(pending_note(&st, &conversation));
+        }
         Ok(out)
     }
 
@@ -395,6 +405,20 @@ impl PeerNode {
         let (tx, rx) = smol::channel::bounded(256);
         self.state().followers.push(tx);
         rx
+    }
+
+    /// Per contact, the messages and invites waiting for its
+    /// acknowledgement.
+    pub fn pending_per_contact(&self) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        if let Ok(rows) = self.store.scan(Table::Outbox) {
+            for (_, v) in rows {
+                if let Ok(item) = serde_json::from_slice::<OutItem>(&v) {
+                    *out.entry(item.contact).or_default() += 1;
+                }
+            }
+        }
+        out
     }
 
     /// The number of items waiting in the outgoing queue.
@@ -652,6 +676,7 @@ impl PeerNode {
                             text: text.to_string(),
                             sent_at,
                             status: Delivery::Received,
+                            note: None,
                         };
                         if self.store.put(Table::Messages, &key, &encode(&m)).is_err() {
                             return Vec::new(); // not stored: no ack, the sender retries
@@ -704,6 +729,13 @@ impl PeerNode {
                     }
                 }
             }
+            PeerMessage::ResendRequest { id, wanted } => {
+                self.on_resend_request(&mut st, remote, id, wanted)
+            }
+            PeerMessage::ResendBlob { id, blob } => {
+                self.on_resend_blob(&mut st, remote, id, blob);
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }
@@ -724,6 +756,24 @@ impl PeerNode {
                 }
             }
         }
+    }
+}
+
+/// Why a message to `contact` still waits, in plain words.
+fn pending_note(st: &State, contact: &str) -> String {
+    let status = st.status.get(contact).cloned().unwrap_or_default();
+    let state = st.contacts.get(contact).map(|c| c.state);
+    match (state, status.state) {
+        (Some(ContactState::Blocked), _) => "not sent: the contact is blocked".into(),
+        (Some(ContactState::Request), _) => "waiting: accept the contact request to send".into(),
+        (_, ConnState::Authenticated) => "sent, waiting for the contact's acknowledgement".into(),
+        (_, ConnState::Connecting | ConnState::Connected) => {
+            "waiting: connecting to the contact now".into()
+        }
+        (_, _) => match status.last_error {
+            Some(e) => format!("waiting: the contact is not reachable ({e}); retrying"),
+            None => "waiting: the contact is not reachable yet; retrying".into(),
+        },
     }
 }
 

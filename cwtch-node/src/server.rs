@@ -178,6 +178,17 @@ pub struct Shared {
     identity: Identity,
     connections: AtomicUsize,
     served: AtomicU64,
+    faults: Faults,
+}
+
+/// Misbehaviour on purpose, for tests of what members do about a server
+/// that cheats. The daemon never sets any; only code that embeds the
+/// server (tests) can.
+#[derive(Clone, Default)]
+pub struct Faults {
+    /// Blobs (by index) never given to any reader: stored and acknowledged
+    /// to the poster, then withheld.
+    pub withhold: Option<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
 }
 
 /// The session's view of the store: appends go to the group committer (the
@@ -224,13 +235,26 @@ impl SessionStore for SessionStoreHandle<'_> {
     ) -> Result<Option<u64>, StoreError> {
         let reader = self.0.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
-        reader
-            .visit_after(after, 1, |index, blob| {
-                out.copy_from_slice(blob);
-                found = Some(index);
-                ControlFlow::Break(())
-            })
-            .map_err(|_| StoreError::Unavailable)?;
+        let withhold = self.0.faults.withhold.as_deref();
+        let mut after = after;
+        loop {
+            let mut skipped = None;
+            reader
+                .visit_after(after, 1, |index, blob| {
+                    if withhold.is_some_and(|w| w(index)) {
+                        skipped = Some(index);
+                    } else {
+                        out.copy_from_slice(blob);
+                        found = Some(index);
+                    }
+                    ControlFlow::Break(())
+                })
+                .map_err(|_| StoreError::Unavailable)?;
+            match skipped {
+                Some(index) => after = index,
+                None => break,
+            }
+        }
         Ok(found)
     }
 
@@ -261,6 +285,17 @@ pub fn open_shared(
     config: ServerConfig,
     retention: RetentionPolicy,
 ) -> Result<Arc<Shared>, String> {
+    open_shared_with(home, identity, config, retention, Faults::default())
+}
+
+/// [`open_shared`], misbehaving as `faults` says (tests only).
+pub fn open_shared_with(
+    home: &Path,
+    identity: Identity,
+    config: ServerConfig,
+    retention: RetentionPolicy,
+    faults: Faults,
+) -> Result<Arc<Shared>, String> {
     let path = home.join(BLOBS_FILE);
     let store = BlobStore::open(&path, retention)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -275,6 +310,7 @@ pub fn open_shared(
         identity,
         connections: AtomicUsize::new(0),
         served: AtomicU64::new(0),
+        faults,
     }))
 }
 
@@ -294,13 +330,20 @@ impl Shared {
 
 /// Runs the server until the process ends.
 pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
+    run_with(home, transport, Faults::default()).await
+}
+
+/// [`run`], misbehaving as `faults` says: for tests of members facing a
+/// cheating server.
+pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> Result<(), String> {
     let identity = load_identity(home)?;
     let policy = load_policy(home)?;
-    let shared = open_shared(
+    let shared = open_shared_with(
         home,
         identity.clone(),
         server_config(&policy),
         retention(&policy),
+        faults,
     )?;
     let mut listener = transport
         .listen(&identity, PEER_PORT)

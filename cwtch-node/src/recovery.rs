@@ -1,0 +1,392 @@
+//! Recovery of missing group messages (SPEC.md section 14).
+//!
+//! When a group's gap tracker knows of messages that have not arrived, the
+//! node first asks the server again (it reconnects from a cursor just
+//! before the gap), and if they are still missing after
+//! [`REFETCH_WAIT`], asks the members it is linked with, over peer links,
+//! for the sealed blobs ([`ResendWanted`] in a
+//! [`PeerMessage::ResendRequest`]). Members keep the blobs they received
+//! or sent for [`KEEP_FOR_MS`], at most [`KEEP_MAX_PER_GROUP`] per group,
+//! and answer with [`PeerMessage::ResendBlob`]s. A recovered blob goes
+//! through exactly the same checks as one from a server
+//! ([`PeerNode::accept_blob`]): detection tag, AEAD, signature, group,
+//! server key, gap tracker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cwtch_proto::group::control::WANTED_MAX_LEN;
+use cwtch_proto::group::{MissingRange, ResendWanted, SEALED_BLOB_LEN};
+use cwtch_proto::peer::PeerMessage;
+use cwtch_proto::{Duration, Instant};
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::groups::{hex, parse_server, unhex};
+use crate::link::LinkCommand;
+use crate::model::ContactState;
+use crate::peer::{PeerNode, State, encode_peer};
+use crate::profile_store::Table;
+
+/// How long a member keeps the sealed blobs it received or sent, to answer
+/// other members' recovery requests: 30 days.
+pub const KEEP_FOR_MS: u64 = 30 * 24 * 3600 * 1000;
+/// The most blobs a member keeps per group (about 8 MiB of profile).
+pub const KEEP_MAX_PER_GROUP: usize = 4096;
+/// How long after asking the server again the node waits before asking
+/// members.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(10);
+/// How often the node asks members again while messages are missing.
+pub const ASK_EVERY: Duration = Duration::from_secs(30);
+/// How often the server is asked again while messages are missing.
+pub const REFETCH_EVERY: Duration = Duration::from_secs(300);
+/// The most blobs one answer carries.
+pub const MAX_ANSWER_BLOBS: usize = 64;
+/// The most blobs a contact is sent per minute.
+pub const ANSWER_BUDGET_PER_MINUTE: u32 = 256;
+/// How long a request's id is honoured for answers.
+const REQUEST_TTL: Duration = Duration::from_secs(300);
+
+/// A blob kept for recovery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct KeptBlob {
+    /// The server it was sealed for.
+    pub server: String,
+    /// Its index there, when it came from that server.
+    #[serde(default)]
+    pub index: Option<u64>,
+    /// When we kept it, Unix ms.
+    pub at: u64,
+    /// The blob, hex.
+    pub blob: String,
+}
+
+impl KeptBlob {
+    pub(crate) fn new(server: &str, index: Option<u64>, blob: &[u8]) -> Self {
+        KeptBlob {
+            server: server.to_string(),
+            index,
+            at: clock::unix_millis(),
+            blob: hex(blob),
+        }
+    }
+}
+
+/// The store key of a kept blob.
+pub(crate) fn keep_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = format!("keep:{gid}").into_bytes();
+    k.extend_from_slice(member);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Where recovery stands, in memory.
+#[derive(Default)]
+pub(crate) struct RecoveryState {
+    /// Our open requests: id → (group, contact asked, when).
+    requests: HashMap<u64, (String, String, Instant)>,
+    /// Per group: when we last asked the server again, and members.
+    progress: HashMap<String, Progress>,
+    /// Per contact: the answer budget's window start and blobs sent in it.
+    answered: HashMap<String, (Instant, u32)>,
+    /// Per server: messages we had to get from members (the server did
+    /// not give them, or not in time). What the move policy looks at.
+    pub withheld: HashMap<String, u64>,
+    last_prune: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Progress {
+    refetched_at: Option<Instant>,
+    asked_at: Option<Instant>,
+}
+
+enum Step {
+    Refetch(String, Vec<MissingRange>),
+    Ask(String, Vec<MissingRange>),
+}
+
+impl PeerNode {
+    /// Runs recovery and the group upkeep (expiring old servers, the move
+    /// policy) until the process ends.
+    pub async fn keep_recovering(self: Arc<Self>) {
+        loop {
+            smol::Timer::after(std::time::Duration::from_secs(2)).await;
+            self.recovery_tick(clock::now());
+            self.moving_tick(clock::now());
+        }
+    }
+
+    fn recovery_tick(&self, now: Instant) {
+        let steps = {
+            let mut guard = self.state();
+            let st = &mut *guard;
+            let mut steps = Vec::new();
+            st.recovery
+                .requests
+                .retain(|_, (_, _, at)| now < *at + REQUEST_TTL);
+            st.recovery.progress.retain(|gid, _| {
+                st.groups
+                    .get(gid)
+                    .is_some_and(|g| g.tracker.missing().next().is_some())
+            });
+            for (gid, g) in &st.groups {
+                let missing: Vec<MissingRange> = g.tracker.missing().collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                let p = st.recovery.progress.entry(gid.clone()).or_default();
+                match p.refetched_at {
+                    Some(at) if now < at + REFETCH_EVERY => {
+                        if now >= at + REFETCH_WAIT
+                            && p.asked_at.is_none_or(|a| now >= a + ASK_EVERY)
+                        {
+                            p.asked_at = Some(now);
+                            steps.push(Step::Ask(gid.clone(), missing));
+                        }
+                    }
+                    _ => {
+                        p.refetched_at = Some(now);
+                        steps.push(Step::Refetch(gid.clone(), missing));
+                    }
+                }
+            }
+            steps
+        };
+        for step in steps {
+            match step {
+                Step::Refetch(gid, missing) => self.refetch(&gid, &missing, now),
+                Step::Ask(gid, missing) => self.ask_members(&gid, &missing, now),
+            }
+        }
+        let prune = {
+            let mut st = self.state();
+            let due = st
+                .recovery
+                .last_prune
+                .is_none_or(|at| now >= at + Duration::from_secs(600));
+            if due {
+                st.recovery.last_prune = Some(now);
+            }
+            due
+        };
+        if prune {
+            self.prune_kept();
+        }
+    }
+
+    /// Asks each server of the group again, from just before the gap: the
+    /// index of the last kept message of each member before its gap (or
+    /// from the start when there is none).
+    fn refetch(&self, gid: &str, missing: &[MissingRange], now: Instant) {
+        let mut from: HashMap<String, u64> = HashMap::new();
+        let servers = {
+            let st = self.state();
+            match st.groups.get(gid) {
+                Some(g) => g.record.servers_to_read(clock::unix_millis()),
+                None => return,
+            }
+        };
+        for s in &servers {
+            from.insert(s.clone(), u64::MAX);
+        }
+        for r in missing {
+            let before = r.first.checked_sub(1).and_then(|seq| {
+                self.store
+                    .get(Table::Blobs, &keep_key(gid, &r.member.0, seq))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<KeptBlob>(&v).ok())
+            });
+            for (server, cursor) in from.iter_mut() {
+                let at = match &before {
+                    Some(k) if &k.server == server => k.index.unwrap_or(0),
+                    _ => 0,
+                };
+                *cursor = (*cursor).min(at);
+            }
+        }
+        tracing::info!(
+            missing = missing.iter().map(|r| r.count()).sum::<u64>(),
+            "messages missing in a group: asking its servers again"
+        );
+        let mut st = self.state();
+        for (server, cursor) in from {
+            if let Some(c) = st.servers.get_mut(&server)
+                && cursor < c.cursor
+            {
+                c.cursor = cursor;
+                if let Some(tx) = &c.tx {
+                    let _ = tx.try_send(LinkCommand::Close);
+                }
+                c.next_try = now;
+            }
+        }
+    }
+
+    /// Asks every member we are linked with for the missing blobs.
+    fn ask_members(&self, gid: &str, missing: &[MissingRange], now: Instant) {
+        let Some(group_id) = unhex::<32>(gid) else {
+            return;
+        };
+        let Some(wanted) = ResendWanted::from_missing(&group_id, missing.iter().copied()) else {
+            return;
+        };
+        let mut buf = [0u8; WANTED_MAX_LEN];
+        let Ok(bytes) = wanted.encode(&mut buf) else {
+            return;
+        };
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let Some(g) = st.groups.get(gid) else {
+            return;
+        };
+        let mut asked = 0;
+        for member in &g.record.members {
+            let accepted = st
+                .contacts
+                .get(member)
+                .is_some_and(|c| c.state == ContactState::Accepted);
+            let Some(link) = crate::peer::link_sender(st, member) else {
+                continue;
+            };
+            if !accepted {
+                continue;
+            }
+            let id = clock::random_u64();
+            st.recovery
+                .requests
+                .insert(id, (gid.to_string(), member.clone(), now));
+            let msg = encode_peer(&PeerMessage::ResendRequest { id, wanted: bytes });
+            if link.try_send(LinkCommand::Send(msg)).is_ok() {
+                asked += 1;
+            }
+        }
+        tracing::info!(asked, "asked members for missing group messages");
+    }
+
+    /// A member's request: answer with the blobs we keep, within budget.
+    pub(crate) fn on_resend_request(
+        &self,
+        st: &mut State,
+        remote: &str,
+        id: u64,
+        wanted: &[u8],
+    ) -> Vec<Vec<u8>> {
+        if st.contacts.get(remote).map(|c| c.state) != Some(ContactState::Accepted) {
+            return Vec::new();
+        }
+        let wanted = match ResendWanted::decode(wanted) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::info!("a bad recovery request: {e}");
+                return Vec::new();
+            }
+        };
+        let gid = hex(wanted.group());
+        if !st.groups.contains_key(&gid) {
+            return Vec::new(); // not a group we are in: say nothing
+        }
+        let now = clock::now();
+        let budget = st
+            .recovery
+            .answered
+            .entry(remote.to_string())
+            .or_insert((now, 0));
+        if now >= budget.0 + Duration::from_secs(60) {
+            *budget = (now, 0);
+        }
+        let mut out = Vec::new();
+        'ranges: for r in wanted.ranges() {
+            for seq in r.first..=r.last {
+                if out.len() >= MAX_ANSWER_BLOBS || budget.1 >= ANSWER_BUDGET_PER_MINUTE {
+                    break 'ranges;
+                }
+                let Ok(Some(v)) = self
+                    .store
+                    .get(Table::Blobs, &keep_key(&gid, &r.member.0, seq))
+                else {
+                    continue;
+                };
+                let Some(blob) = serde_json::from_slice::<KeptBlob>(&v)
+                    .ok()
+                    .and_then(|k| unhex::<SEALED_BLOB_LEN>(&k.blob))
+                else {
+                    continue;
+                };
+                budget.1 += 1;
+                out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
+            }
+        }
+        tracing::info!(blobs = out.len(), "answered a recovery request");
+        out
+    }
+
+    /// A blob answering one of our requests: verified like one from the
+    /// server it was sealed for (we try each server the group reads).
+    pub(crate) fn on_resend_blob(&self, st: &mut State, remote: &str, id: u64, blob: &[u8]) {
+        let Some((gid, asked, _)) = st.recovery.requests.get(&id).cloned() else {
+            return; // not asked for: ignored
+        };
+        if asked != remote {
+            return;
+        }
+        let Ok(blob) = <&[u8; SEALED_BLOB_LEN]>::try_from(blob) else {
+            return;
+        };
+        let servers = match st.groups.get(&gid) {
+            Some(g) => g.record.servers_to_read(clock::unix_millis()),
+            None => return,
+        };
+        for server in servers {
+            let Ok(addr) = parse_server(&server) else {
+                continue;
+            };
+            match self.accept_blob(st, &gid, &addr, None, blob) {
+                Ok(stored) => {
+                    if stored.is_some() {
+                        *st.recovery.withheld.entry(server.clone()).or_default() += 1;
+                        tracing::info!("recovered a missing group message from a member");
+                    }
+                    return;
+                }
+                Err(cwtch_proto::group::OpenError::WrongServer) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Drops kept blobs older than [`KEEP_FOR_MS`] and beyond
+    /// [`KEEP_MAX_PER_GROUP`] per group (oldest first).
+    fn prune_kept(&self) {
+        let Ok(rows) = self.store.scan(Table::Blobs) else {
+            return;
+        };
+        let now = clock::unix_millis();
+        let mut per_group: HashMap<Vec<u8>, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        for (key, value) in rows {
+            let Some(rest) = key.strip_prefix(b"keep:") else {
+                continue;
+            };
+            let Some(k) = serde_json::from_slice::<KeptBlob>(&value).ok() else {
+                continue;
+            };
+            let gid = rest.get(..64).unwrap_or(rest).to_vec();
+            per_group.entry(gid).or_default().push((k.at, key));
+        }
+        let mut dropped = 0usize;
+        for (_, mut list) in per_group {
+            list.sort();
+            let excess = list.len().saturating_sub(KEEP_MAX_PER_GROUP);
+            for (i, (at, key)) in list.iter().enumerate() {
+                if i < excess || now.saturating_sub(*at) > KEEP_FOR_MS {
+                    let _ = self.store.delete(Table::Blobs, key);
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "dropped old kept blobs");
+        }
+    }
+}

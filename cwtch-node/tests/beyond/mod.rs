@@ -1,0 +1,293 @@
+//! Scenarios of what goes beyond the reference design (issue #9), shared by
+//! the development-transport and the private-Tor-network test files:
+//! recovery of a message a server withholds, and a group moving servers
+//! while a member is offline.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cwtch_node::server::Faults;
+use cwtch_transport_socks::AnyTransport;
+use serde_json::Value;
+
+use crate::support::{Daemon, cli, init, wait_for, wait_ready};
+
+/// How the scenario reaches the network: daemon flags for peer `i`, and a
+/// transport for a server run inside the test process.
+pub trait Net: Sync {
+    fn flags(&self, i: usize) -> Vec<String>;
+    fn server_transport(&self, i: usize) -> AnyTransport;
+    /// How long to wait for anything that crosses the network.
+    fn patience(&self) -> Duration;
+}
+
+/// A server run inside the test process (so it can misbehave on purpose).
+pub fn start_embedded_server(home: &Path, transport: AnyTransport, faults: Faults) -> String {
+    let v = cli(home, &["server", "init"]).unwrap();
+    let id = v["server"].as_str().unwrap().to_string();
+    let home = home.to_path_buf();
+    std::thread::spawn(move || {
+        if let Err(e) = smol::block_on(cwtch_node::server::run_with(&home, transport, faults)) {
+            eprintln!("embedded server stopped: {e}");
+        }
+    });
+    id
+}
+
+pub fn start_server_daemon(home: &Path, flags: &[String]) -> (String, Daemon) {
+    let v = cli(home, &["server", "init"]).unwrap();
+    let id = v["server"].as_str().unwrap().to_string();
+    (id, Daemon::start(home, true, flags))
+}
+
+pub fn history(home: &Path, group: &str) -> Vec<Value> {
+    cli(home, &["messages", group])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+pub fn texts(home: &Path, group: &str) -> Vec<String> {
+    history(home, group)
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+pub fn group_info(home: &Path) -> Value {
+    cli(home, &["group", "list"]).unwrap()[0].clone()
+}
+
+fn wait_synced(home: &Path, server: &str, limit: Duration) {
+    wait_for("the member to sync with the server", limit, || {
+        let g = cli(home, &["group", "list"])
+            .ok()?
+            .as_array()?
+            .first()?
+            .clone();
+        g["servers"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s["server"].as_str().map(short) == Some(short(server))
+                    && s["connection"]["state"] == "synced"
+            })
+            .then_some(())
+    });
+}
+
+/// A server's bare address, from its paste string or address.
+pub fn short(server: &str) -> &str {
+    let s = server.strip_prefix("cwtch-server:").unwrap_or(server);
+    let s = s.split('?').next().unwrap_or(s);
+    s.strip_suffix(".onion").unwrap_or(s)
+}
+
+/// Mutual contacts: `a` adds `b` and `b` adds `a`; waits until linked.
+fn befriend(a: (&Path, &str), b: (&Path, &str), limit: Duration) {
+    cli(a.0, &["contact", "add", b.1]).unwrap();
+    cli(b.0, &["contact", "add", a.1]).unwrap();
+    wait_for("the contacts to link", limit, || {
+        let v = cli(a.0, &["contact", "list"]).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|c| c["contact"]["address"] == b.1 && c["connection"]["state"] == "authenticated")
+            .then_some(())
+    });
+}
+
+/// A server withholds one of alice's messages from every reader; bob
+/// detects the gap, asks the server again, then asks alice over their peer
+/// link, and shows the message in its place, once, marked recovered.
+pub fn recovery_from_a_member(net: &impl Net, dir: &Path) {
+    let patience = net.patience();
+    // Index 1 is the first blob stored: alice's message 0; 2 is message 1.
+    let faults = Faults {
+        withhold: Some(Arc::new(|index| index == 2)),
+    };
+    let server = start_embedded_server(&dir.join("server"), net.server_transport(0), faults);
+    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+    let (alice, bob) = (init(&ah, "alice"), init(&bh, "bob"));
+    let _a = Daemon::start(&ah, false, &net.flags(1));
+    let _b = Daemon::start(&bh, false, &net.flags(2));
+    wait_ready(&ah);
+    wait_ready(&bh);
+    befriend((&ah, &alice), (&bh, &bob), patience);
+    cli(&ah, &["group", "create", "friends", "--server", &server]).unwrap();
+    cli(&ah, &["group", "invite", "friends", &bob]).unwrap();
+    wait_for("bob to join", patience, || {
+        cli(&bh, &["group", "list"])
+            .ok()?
+            .as_array()?
+            .first()
+            .map(|_| ())
+    });
+    wait_synced(&ah, &server, patience);
+    wait_synced(&bh, &server, patience);
+    let sent = [
+        "first, arrives",
+        "second, withheld by the server",
+        "third, arrives",
+    ];
+    for t in sent {
+        cli(&ah, &["group", "send", "friends", t]).unwrap();
+        // One at a time, so the server's indices follow this order.
+        wait_for("the server to store it", patience, || {
+            history(&ah, "friends")
+                .iter()
+                .all(|m| m["status"] == "delivered")
+                .then_some(())
+        });
+    }
+    let shown = wait_for("bob to recover the withheld message", patience * 2, || {
+        let h = history(&bh, "friends");
+        h.iter()
+            .any(|m| m["text"] == sent[1] && m["status"] == "recovered")
+            .then_some(h)
+    });
+    let texts: Vec<&str> = shown.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, sent, "in place, each once, no placeholder left");
+    assert_eq!(shown[0]["status"], "received");
+    assert_eq!(shown[2]["status"], "received");
+    for m in &shown {
+        assert_eq!(m["author"], alice.as_str(), "verified as alice's");
+    }
+    let g = group_info(&bh);
+    assert_eq!(g["missing"], 0);
+    assert_eq!(g["recovered"], 1);
+    let gaps: Vec<String> = g["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(gaps.iter().any(|g| g.starts_with("missing")), "{gaps:?}");
+    assert!(gaps.iter().any(|g| g.starts_with("recovered")), "{gaps:?}");
+}
+
+/// Alice moves the group from server A to server B while carol is
+/// offline; carol returns, learns of the move from A, and continues on B
+/// without losing anything; gap detection runs across the move.
+pub fn move_while_a_member_is_offline(net: &impl Net, dir: &Path) {
+    let patience = net.patience();
+    let (server_a, _sa) = start_server_daemon(&dir.join("server-a"), &net.flags(0));
+    let (server_b, _sb) = start_server_daemon(&dir.join("server-b"), &net.flags(3));
+    let homes: Vec<PathBuf> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    let addrs: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| init(h, n))
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Some(Daemon::start(h, false, &net.flags(i))))
+        .collect();
+    for h in &homes {
+        wait_ready(h);
+    }
+    for i in 1..3 {
+        befriend((&homes[0], &addrs[0]), (&homes[i], &addrs[i]), patience);
+    }
+    cli(
+        &homes[0],
+        &["group", "create", "friends", "--server", &server_a],
+    )
+    .unwrap();
+    for addr in &addrs[1..] {
+        cli(&homes[0], &["group", "invite", "friends", addr]).unwrap();
+    }
+    for h in &homes {
+        wait_for("the member to join", patience, || {
+            cli(h, &["group", "list"])
+                .ok()?
+                .as_array()?
+                .first()
+                .map(|_| ())
+        });
+        wait_synced(h, &server_a, patience);
+    }
+    cli(
+        &homes[0],
+        &["group", "send", "friends", "on A, before the move"],
+    )
+    .unwrap();
+    wait_for("everyone to have the first message", patience, || {
+        homes
+            .iter()
+            .all(|h| texts(h, "friends").len() == 1)
+            .then_some(())
+    });
+    // Carol goes offline; alice moves the group; alice and bob talk on B.
+    daemons[2].take();
+    let moved = cli(&homes[0], &["group", "move", "friends", &server_b]).unwrap();
+    assert!(
+        moved["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[moved this group to")
+    );
+    wait_for("bob to follow the move", patience, || {
+        let g = group_info(&homes[1]);
+        (short(g["servers"][0]["server"].as_str()?) == short(&server_b)).then_some(())
+    });
+    wait_synced(&homes[0], &server_b, patience);
+    wait_synced(&homes[1], &server_b, patience);
+    cli(&homes[0], &["group", "send", "friends", "on B, from alice"]).unwrap();
+    cli(&homes[1], &["group", "send", "friends", "on B, from bob"]).unwrap();
+    let expected = [
+        "on A, before the move",
+        "[moved this group to",
+        "on B, from alice",
+        "on B, from bob",
+    ];
+    let has_all = |h: &Path| {
+        let t = texts(h, "friends");
+        t.len() == 4 && expected.iter().all(|e| t.iter().any(|x| x.starts_with(e)))
+    };
+    wait_for("alice and bob to hold all four", patience, || {
+        (has_all(&homes[0]) && has_all(&homes[1])).then_some(())
+    });
+    // Carol returns: she reads A (still in her group), finds the notice,
+    // follows it to B and fetches what was said there.
+    daemons[2] = Some(Daemon::start(&homes[2], false, &net.flags(2)));
+    wait_ready(&homes[2]);
+    wait_for("carol to catch up across the move", patience * 2, || {
+        has_all(&homes[2]).then_some(())
+    });
+    let g = group_info(&homes[2]);
+    assert_eq!(
+        short(g["servers"][0]["server"].as_str().unwrap()),
+        short(&server_b)
+    );
+    assert_eq!(
+        short(g["previous_servers"][0].as_str().unwrap()),
+        short(&server_a)
+    );
+    wait_synced(&homes[2], &server_b, patience);
+    cli(&homes[2], &["group", "send", "friends", "carol, on B"]).unwrap();
+    for h in &homes {
+        wait_for("everyone to have carol's post on B", patience, || {
+            texts(h, "friends")
+                .iter()
+                .any(|t| t == "carol, on B")
+                .then_some(())
+        });
+        let g = group_info(h);
+        assert_eq!(g["missing"], 0, "no gap across the move");
+        assert!(
+            !g["gaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v.as_str().unwrap_or_default().starts_with("missing")),
+            "no gap was ever reported: {}",
+            g["gaps"]
+        );
+    }
+}
