@@ -772,7 +772,7 @@ fn pending_note(st: &State, contact: &str) -> String {
         }
         (_, _) => match status.last_error {
             Some(e) => format!("waiting: the contact is not reachable ({e}); retrying"),
-            None => "waiting: the contact is not reachable yet; retrying".into(),
+            None => "waiting: not connected to the contact yet".into(),
         },
     }
 }

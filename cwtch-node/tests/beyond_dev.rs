@@ -40,3 +40,44 @@ fn a_group_moves_while_a_member_is_offline() {
     let tmp = tempfile::tempdir().unwrap();
     beyond::move_while_a_member_is_offline(&net(tmp.path()), tmp.path());
 }
+
+/// Status says what is true and why: a message to an offline contact is
+/// pending with the reason, counted per contact, and delivered (with no
+/// note) once the contact comes online.
+#[test]
+fn status_says_why_a_message_waits() {
+    use support::{Daemon, cli, init, wait_for, wait_ready};
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = net(tmp.path());
+    let flags = beyond::Net::flags(&dev, 0);
+    let (ah, bh) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let (_alice, bob) = (init(&ah, "alice"), init(&bh, "bob"));
+    let _a = Daemon::start(&ah, false, &flags);
+    wait_ready(&ah);
+    cli(&ah, &["contact", "add", &bob]).unwrap();
+    cli(&ah, &["send", &bob, "are you there?"]).unwrap();
+    let note = wait_for(
+        "a failed attempt to reach bob",
+        Duration::from_secs(30),
+        || {
+            let m = cli(&ah, &["messages", &bob]).ok()?[0].clone();
+            let note = m["note"].as_str()?.to_string();
+            (m["status"] == "pending" && note.contains("not reachable (")).then_some(note)
+        },
+    );
+    assert!(note.starts_with("waiting: "), "{note}");
+    let status = cli(&ah, &["status"]).unwrap();
+    assert_eq!(status["contacts"][0]["pending"], 1);
+    assert!(status["contacts"][0]["connection"]["last_error"].is_string());
+    let _b = Daemon::start(&bh, false, &flags);
+    wait_ready(&bh);
+    wait_for(
+        "delivery once bob is online",
+        Duration::from_secs(60),
+        || {
+            let m = cli(&ah, &["messages", &bob]).ok()?[0].clone();
+            (m["status"] == "delivered" && m.get("note").is_none()).then_some(())
+        },
+    );
+    assert_eq!(cli(&ah, &["status"]).unwrap()["contacts"][0]["pending"], 0);
+}
