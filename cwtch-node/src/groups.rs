@@ -599,7 +599,10 @@ impl PeerNode {
         if let Some(c) = st.servers.get_mut(server) {
             c.status.state = state;
             if matches!(state, ConnState::Authenticated | ConnState::Synced) {
+                // A session came up: the next reconnect starts from the
+                // shortest delay again.
                 c.failing_since = None;
+                c.backoff.reset();
             }
             if error.is_some() {
                 c.status.last_error = error;
