@@ -33,6 +33,9 @@ use crate::profile_store::Table;
 pub const KEEP_FOR_MS: u64 = 30 * 24 * 3600 * 1000;
 /// The most blobs a member keeps per group (about 8 MiB of profile).
 pub const KEEP_MAX_PER_GROUP: usize = 4096;
+/// How long a gap may stay open before anything is done about it (a sync
+/// in progress may fill it).
+pub const GRACE: Duration = Duration::from_secs(4);
 /// How long after asking the server again the node waits before asking
 /// members.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(10);
@@ -95,8 +98,9 @@ pub(crate) struct RecoveryState {
     last_prune: Option<Instant>,
 }
 
-#[derive(Default)]
 struct Progress {
+    /// When the group was first seen with open gaps.
+    since: Instant,
     refetched_at: Option<Instant>,
     asked_at: Option<Instant>,
 }
@@ -135,7 +139,14 @@ impl PeerNode {
                 if missing.is_empty() {
                     continue;
                 }
-                let p = st.recovery.progress.entry(gid.clone()).or_default();
+                let p = st.recovery.progress.entry(gid.clone()).or_insert(Progress {
+                    since: now,
+                    refetched_at: None,
+                    asked_at: None,
+                });
+                if now < p.since + GRACE {
+                    continue; // a sync in progress may still fill it
+                }
                 match p.refetched_at {
                     Some(at) if now < at + REFETCH_EVERY => {
                         if now >= at + REFETCH_WAIT
