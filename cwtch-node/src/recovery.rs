@@ -1,13 +1,13 @@
 //! Recovery of missing group messages (SPEC.md section 14).
 //!
 //! When a group's gap tracker knows of messages that have not arrived, the
-//! node first asks the server again (it reconnects from a cursor just
-//! before the gap), and if they are still missing after
-//! [`REFETCH_WAIT`], asks the members it is linked with, over peer links,
-//! for the sealed blobs ([`ResendWanted`] in a
+//! core's [`Recovery`] schedule says what to do: the node first asks the
+//! server again (it reconnects from a cursor just before the gap), then
+//! asks the members it is linked with, over peer links, for the sealed blobs ([`ResendWanted`] in a
 //! [`PeerMessage::ResendRequest`]). Members keep the blobs they received
 //! or sent for [`KEEP_FOR_MS`], at most [`KEEP_MAX_PER_GROUP`] per group,
-//! and answer with [`PeerMessage::ResendBlob`]s. A recovered blob goes
+//! and answer with [`PeerMessage::ResendBlob`]s within the core's
+//! [`AnswerBudget`]. A recovered blob goes
 //! through exactly the same checks as one from a server
 //! ([`PeerNode::accept_blob`]): detection tag, AEAD, signature, group,
 //! server key, gap tracker.
@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cwtch_proto::group::control::WANTED_MAX_LEN;
+use cwtch_proto::group::recovery::{
+    AnswerBudget, MAX_ANSWER_BLOBS, REQUEST_TTL, Recovery, RecoveryConfig, RecoveryStep,
+};
 use cwtch_proto::group::{MissingRange, ResendWanted, SEALED_BLOB_LEN};
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::{Duration, Instant};
@@ -33,22 +36,6 @@ use crate::profile_store::Table;
 pub const KEEP_FOR_MS: u64 = 30 * 24 * 3600 * 1000;
 /// The most blobs a member keeps per group (about 8 MiB of profile).
 pub const KEEP_MAX_PER_GROUP: usize = 4096;
-/// How long a gap may stay open before anything is done about it (a sync
-/// in progress may fill it).
-pub const GRACE: Duration = Duration::from_secs(4);
-/// How long after asking the server again the node waits before asking
-/// members.
-pub const REFETCH_WAIT: Duration = Duration::from_secs(10);
-/// How often the node asks members again while messages are missing.
-pub const ASK_EVERY: Duration = Duration::from_secs(30);
-/// How often the server is asked again while messages are missing.
-pub const REFETCH_EVERY: Duration = Duration::from_secs(300);
-/// The most blobs one answer carries.
-pub const MAX_ANSWER_BLOBS: usize = 64;
-/// The most blobs a contact is sent per minute.
-pub const ANSWER_BUDGET_PER_MINUTE: u32 = 256;
-/// How long a request's id is honoured for answers.
-const REQUEST_TTL: Duration = Duration::from_secs(300);
 
 /// A blob kept for recovery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,26 +75,14 @@ pub(crate) fn keep_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
 pub(crate) struct RecoveryState {
     /// Our open requests: id → (group, contact asked, when).
     requests: HashMap<u64, (String, String, Instant)>,
-    /// Per group: when we last asked the server again, and members.
-    progress: HashMap<String, Progress>,
-    /// Per contact: the answer budget's window start and blobs sent in it.
-    answered: HashMap<String, (Instant, u32)>,
+    /// Per group with open gaps: the core's recovery schedule.
+    groups: HashMap<String, Recovery>,
+    /// Per contact: what we may still send them.
+    answered: HashMap<String, AnswerBudget>,
     /// Per server: messages we had to get from members (the server did
     /// not give them, or not in time). What the move policy looks at.
     pub withheld: HashMap<String, u64>,
     last_prune: Option<Instant>,
-}
-
-struct Progress {
-    /// When the group was first seen with open gaps.
-    since: Instant,
-    refetched_at: Option<Instant>,
-    asked_at: Option<Instant>,
-}
-
-enum Step {
-    Refetch(String, Vec<MissingRange>),
-    Ask(String, Vec<MissingRange>),
 }
 
 impl PeerNode {
@@ -125,49 +100,30 @@ impl PeerNode {
         let steps = {
             let mut guard = self.state();
             let st = &mut *guard;
-            let mut steps = Vec::new();
             st.recovery
                 .requests
                 .retain(|_, (_, _, at)| now < *at + REQUEST_TTL);
-            st.recovery.progress.retain(|gid, _| {
-                st.groups
-                    .get(gid)
-                    .is_some_and(|g| g.tracker.missing().next().is_some())
-            });
+            let mut steps = Vec::new();
             for (gid, g) in &st.groups {
                 let missing: Vec<MissingRange> = g.tracker.missing().collect();
-                if missing.is_empty() {
-                    continue;
-                }
-                let p = st.recovery.progress.entry(gid.clone()).or_insert(Progress {
-                    since: now,
-                    refetched_at: None,
-                    asked_at: None,
-                });
-                if now < p.since + GRACE {
-                    continue; // a sync in progress may still fill it
-                }
-                match p.refetched_at {
-                    Some(at) if now < at + REFETCH_EVERY => {
-                        if now >= at + REFETCH_WAIT
-                            && p.asked_at.is_none_or(|a| now >= a + ASK_EVERY)
-                        {
-                            p.asked_at = Some(now);
-                            steps.push(Step::Ask(gid.clone(), missing));
-                        }
-                    }
-                    _ => {
-                        p.refetched_at = Some(now);
-                        steps.push(Step::Refetch(gid.clone(), missing));
-                    }
+                let recovery = st
+                    .recovery
+                    .groups
+                    .entry(gid.clone())
+                    .or_insert_with(|| Recovery::new(RecoveryConfig::default()));
+                if let Some(step) = recovery.handle_tick(now, !missing.is_empty()) {
+                    steps.push((step, gid.clone(), missing));
                 }
             }
+            st.recovery
+                .groups
+                .retain(|gid, r| r.is_active() && st.groups.contains_key(gid));
             steps
         };
-        for step in steps {
+        for (step, gid, missing) in steps {
             match step {
-                Step::Refetch(gid, missing) => self.refetch(&gid, &missing, now),
-                Step::Ask(gid, missing) => self.ask_members(&gid, &missing, now),
+                RecoveryStep::AskServers => self.refetch(&gid, &missing, now),
+                RecoveryStep::AskMembers => self.ask_members(&gid, &missing, now),
             }
         }
         let prune = {
@@ -303,14 +259,11 @@ impl PeerNode {
             .recovery
             .answered
             .entry(remote.to_string())
-            .or_insert((now, 0));
-        if now >= budget.0 + Duration::from_secs(60) {
-            *budget = (now, 0);
-        }
+            .or_insert_with(|| AnswerBudget::new(now));
         let mut out = Vec::new();
         'ranges: for r in wanted.ranges() {
             for seq in r.first..=r.last {
-                if out.len() >= MAX_ANSWER_BLOBS || budget.1 >= ANSWER_BUDGET_PER_MINUTE {
+                if out.len() >= MAX_ANSWER_BLOBS {
                     break 'ranges;
                 }
                 let Ok(Some(v)) = self
@@ -325,7 +278,9 @@ impl PeerNode {
                 else {
                     continue;
                 };
-                budget.1 += 1;
+                if !budget.take(now) {
+                    break 'ranges;
+                }
                 out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
             }
         }

@@ -11,7 +11,9 @@
 //! - [`seal`]: sealing into and opening [`SEALED_BLOB_LEN`]-byte blobs;
 //! - [`detect`]: cheap detection tags and the multi-group [`Detector`];
 //! - [`gap`]: the per-group [`GapTracker`];
-//! - [`control`]: the move notice and the recovery request.
+//! - [`control`]: the move notice and the recovery request;
+//! - [`recovery`]: when to ask for missing messages, and answer budgets;
+//! - [`moving`]: when a group moves, and whether to follow a move.
 //!
 //! ```
 //! use chacha20::ChaCha20Rng;
@@ -50,6 +52,8 @@ pub mod detect;
 pub mod gap;
 pub mod invite;
 pub mod message;
+pub mod moving;
+pub mod recovery;
 pub mod seal;
 pub mod secret;
 
