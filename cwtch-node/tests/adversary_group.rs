@@ -269,7 +269,11 @@ fn a_member_cannot_forge_and_equivocation_is_reported() {
     assert_eq!(versions, 1, "one version of message 1 is shown: {seen:?}");
     // Alice's node saw each forgery and refused it.
     let log = m.daemons[0].as_ref().unwrap().log_text();
-    for why in ["bad sender signature", "failed authentication", "another server"] {
+    for why in [
+        "bad sender signature",
+        "failed authentication",
+        "another server",
+    ] {
         assert!(
             log.lines()
                 .any(|l| l.contains("failed to open") && l.to_lowercase().contains(why)),
