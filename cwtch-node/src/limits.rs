@@ -21,6 +21,30 @@ pub const MAX_SERVER_HANDSHAKES: usize = 256;
 /// some.
 pub const MAX_CONTACT_REQUESTS: usize = 100;
 
+/// Texts a profile stores from one contact request until the user accepts
+/// it (counted since the daemon started); more are neither stored nor
+/// acknowledged, so the sender keeps them queued.
+pub const MAX_REQUEST_TEXTS: u32 = 10;
+
+static REQUEST_TEXTS: Mutex<Option<std::collections::HashMap<String, u32>>> = Mutex::new(None);
+
+/// Counts a text from a contact request; false once the requester has sent
+/// [`MAX_REQUEST_TEXTS`].
+pub fn request_text_allowed(requester: &str) -> bool {
+    let mut guard = REQUEST_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = guard.get_or_insert_with(Default::default);
+    if counts.len() > 4 * MAX_CONTACT_REQUESTS && !counts.contains_key(requester) {
+        counts.clear();
+    }
+    let n = counts.entry(requester.to_string()).or_insert(0);
+    if *n >= MAX_REQUEST_TEXTS {
+        log_drop(DropReason::TooManyRequestTexts);
+        return false;
+    }
+    *n += 1;
+    true
+}
+
 /// Why a daemon dropped a connection or refused a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,6 +56,8 @@ pub enum DropReason {
     /// The profile holds [`MAX_CONTACT_REQUESTS`] requests: a new stranger
     /// was refused.
     TooManyContactRequests,
+    /// A contact request sent more than [`MAX_REQUEST_TEXTS`] texts.
+    TooManyRequestTexts,
 }
 
 impl std::fmt::Display for DropReason {
@@ -44,11 +70,17 @@ impl std::fmt::Display for DropReason {
             DropReason::TooManyContactRequests => {
                 "too many pending contact requests: refused a new stranger"
             }
+            DropReason::TooManyRequestTexts => "a contact request sent too many texts: ignored one",
         })
     }
 }
 
-static DROPPED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static DROPPED: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
 
 /// Logs a dropped connection (every one at debug; the first and every
 /// 100th of each reason at info, so that a flood does not flood the log).
@@ -57,6 +89,7 @@ pub fn log_drop(reason: DropReason) {
         DropReason::HandshakeSlotsFull => &DROPPED[0],
         DropReason::TooManyConnections => &DROPPED[1],
         DropReason::TooManyContactRequests => &DROPPED[2],
+        DropReason::TooManyRequestTexts => &DROPPED[3],
     };
     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
     if n == 1 || n.is_multiple_of(100) {

@@ -665,6 +665,13 @@ impl PeerNode {
                 let key = message_key(remote, false, id);
                 match self.store.get(Table::Messages, &key) {
                     Ok(Some(_)) => {} // a duplicate (our ack was lost): ack again
+                    Ok(None)
+                        if st.contacts.get(remote).map(|c| c.state)
+                            == Some(ContactState::Request)
+                            && !crate::limits::request_text_allowed(remote) =>
+                    {
+                        return Vec::new(); // not stored, not acknowledged
+                    }
                     Ok(None) => {
                         let seq = match self.next_seq(&mut st) {
                             Ok(s) => s,

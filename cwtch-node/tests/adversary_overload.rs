@@ -179,11 +179,9 @@ fn a_peer_daemon_survives_garbage_slowloris_and_stranger_floods() {
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..130 {
-        let Ok(mut link) = RawLink::dial_as(
-            addr,
-            Identity::generate(&mut rng()),
-            target.public_identity(),
-        ) else {
+        let me = Identity::generate(&mut rng());
+        let my_address = me.address().to_string();
+        let Ok(mut link) = RawLink::dial_as(addr, me, target.public_identity()) else {
             continue;
         };
         if link.establish(Duration::from_secs(20)) {
@@ -199,7 +197,7 @@ fn a_peer_daemon_survives_garbage_slowloris_and_stranger_floods() {
             .to_vec();
             link.send(&msg);
             let _ = link.recv(Duration::from_millis(20));
-            accepted.push(link);
+            accepted.push((link, my_address));
         } else {
             refused += 1;
         }
@@ -226,10 +224,41 @@ fn a_peer_daemon_survives_garbage_slowloris_and_stranger_floods() {
     assert!(accepted.len() >= cwtch_node::limits::MAX_CONTACT_REQUESTS);
     assert!(refused >= 130 - cwtch_node::limits::MAX_CONTACT_REQUESTS - 2);
 
+    // A pending request that keeps writing: at most MAX_REQUEST_TEXTS of
+    // its texts are stored.
+    let (chatty, chatty_addr) = &mut accepted[1];
+    for i in 0..30u64 {
+        let mut buf = vec![0u8; 256];
+        let text = format!("chatty {i}");
+        let msg = PeerMessage::Text {
+            id: 1000 + i,
+            sent_at: 0,
+            text: &text,
+        }
+        .encode(&mut buf)
+        .unwrap()
+        .to_vec();
+        chatty.send(&msg);
+    }
+    wait_for("the request's texts", Duration::from_secs(30), || {
+        let _ = chatty.recv(Duration::from_millis(300));
+        (conversation(&a_home, chatty_addr).len() >= cwtch_node::limits::MAX_REQUEST_TEXTS as usize)
+            .then_some(())
+    });
+    // Give the rest time to arrive (they would be stored by now if they
+    // were going to be).
+    let _ = chatty.recv(Duration::from_secs(1));
+    let stored = conversation(&a_home, chatty_addr).len();
+    assert_eq!(
+        stored,
+        cwtch_node::limits::MAX_REQUEST_TEXTS as usize,
+        "a request's texts beyond the cap are not stored"
+    );
+
     // Oversized length fields from an authenticated stranger: a peer
     // message claiming a 2^35-byte text, a maximal message of garbage, and
     // then a frame of garbage on the channel, which ends the link.
-    let link = &mut accepted[0];
+    let link = &mut accepted[0].0;
     link.send(&[0x01, 0x05, 0x00, 0xff, 0xff, 0xff, 0xff, 0x7f, b'x']);
     link.send(&random_bytes(8192));
     let _ = link.recv(Duration::from_millis(300));
