@@ -217,3 +217,63 @@ impl Drop for Slot {
         self.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SLOTS: HandshakeSlots = HandshakeSlots::new(2);
+
+    /// Whether `slot` has been evicted (without waiting).
+    fn evicted_now(slot: &Slot) -> bool {
+        smol::block_on(smol::future::or(
+            async {
+                slot.evicted().await;
+                true
+            },
+            async { false },
+        ))
+    }
+
+    #[test]
+    fn full_slots_evict_the_oldest_and_never_a_released_one() {
+        let a = SLOTS.admit();
+        let b = SLOTS.admit();
+        b.release();
+        let c = SLOTS.admit();
+        assert_eq!(SLOTS.len(), 2);
+        assert!(!evicted_now(&a) && !evicted_now(&c));
+        let d = SLOTS.admit();
+        assert!(evicted_now(&a), "the oldest waiting slot is evicted");
+        assert!(!evicted_now(&b), "a released slot is never evicted");
+        assert!(!evicted_now(&c) && !evicted_now(&d));
+        assert_eq!(SLOTS.len(), 2);
+        drop(c);
+        assert_eq!(SLOTS.len(), 1);
+        drop(d);
+        assert!(SLOTS.is_empty());
+    }
+
+    #[test]
+    fn request_texts_are_capped_per_requester() {
+        for _ in 0..MAX_REQUEST_TEXTS {
+            assert!(request_text_allowed("requester-one"));
+        }
+        assert!(!request_text_allowed("requester-one"));
+        assert!(request_text_allowed("requester-two"));
+    }
+
+    #[test]
+    fn the_handshake_deadline_is_configurable() {
+        assert_eq!(
+            responder_config().handshake_timeout,
+            Config::default().handshake_timeout
+        );
+        set_handshake_timeout_secs(5);
+        assert_eq!(
+            responder_config().handshake_timeout,
+            cwtch_proto::Duration::from_secs(5)
+        );
+        set_handshake_timeout_secs(0);
+    }
+}
