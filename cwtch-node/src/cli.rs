@@ -44,6 +44,10 @@ pub struct TransportArgs {
     /// find each other through files in this directory.
     #[arg(long, value_name = "DIR")]
     pub dev_tcp: Option<PathBuf>,
+    /// Drop an inbound connection whose handshake is not done after this
+    /// many seconds (default 60).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub handshake_timeout: u64,
 }
 
 /// The commands.

@@ -15,6 +15,7 @@ pub mod control;
 pub mod demo;
 pub mod format;
 pub mod groups;
+pub mod limits;
 pub mod link;
 pub mod model;
 pub mod moving;

@@ -198,6 +198,7 @@ async fn transport(
     home: &Path,
     args: &TransportArgs,
 ) -> Result<(AnyTransport, Option<TorProcess>), String> {
+    cwtch_node::limits::set_handshake_timeout_secs(args.handshake_timeout);
     if let Some(dir) = &args.dev_tcp {
         let (dev, warning) = DevTransport::new(dir);
         println!("{warning}");

@@ -541,8 +541,18 @@ impl PeerNode {
             Some(r) => {
                 Connection::initiator(Config::default(), self.identity.clone(), r, &mut rng, now)
             }
-            None => Connection::responder(Config::default(), self.identity.clone(), &mut rng, now),
+            None => Connection::responder(
+                crate::limits::responder_config(),
+                self.identity.clone(),
+                &mut rng,
+                now,
+            ),
         };
+        // Inbound connections hold one of a bounded number of handshake
+        // slots until the peer is authenticated.
+        let slot = remote
+            .is_none()
+            .then(|| std::sync::Arc::new(crate::limits::PEER_HANDSHAKES.admit()));
         let (tx, rx) = smol::channel::bounded(64);
         let id = {
             let mut st = self.state();
@@ -555,8 +565,21 @@ impl PeerNode {
             tx,
             remote: None,
             we_dialed: remote.is_some(),
+            slot: slot.clone(),
         };
-        link::drive(stream, conn, rx, &mut handler).await;
+        let evicted = async {
+            match &slot {
+                Some(s) => s.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        smol::future::or(
+            async {
+                link::drive(stream, conn, rx, &mut handler).await;
+            },
+            evicted,
+        )
+        .await;
     }
 
     fn on_established(&self, link: &PeerLink, remote: &str) -> Vec<Vec<u8>> {
@@ -596,6 +619,10 @@ impl PeerNode {
             }
             Some(ContactState::Request) => {}
             Some(ContactState::Blocked) => {
+                let _ = link.tx.try_send(LinkCommand::Close);
+            }
+            None if !can_add_request(&st) => {
+                crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
                 let _ = link.tx.try_send(LinkCommand::Close);
             }
             None => {
@@ -662,6 +689,13 @@ impl PeerNode {
                 let key = message_key(remote, false, id);
                 match self.store.get(Table::Messages, &key) {
                     Ok(Some(_)) => {} // a duplicate (our ack was lost): ack again
+                    Ok(None)
+                        if st.contacts.get(remote).map(|c| c.state)
+                            == Some(ContactState::Request)
+                            && !crate::limits::request_text_allowed(remote) =>
+                    {
+                        return Vec::new(); // not stored, not acknowledged
+                    }
                     Ok(None) => {
                         let seq = match self.next_seq(&mut st) {
                             Ok(s) => s,
@@ -777,6 +811,27 @@ fn pending_note(st: &State, contact: &str) -> String {
     }
 }
 
+impl PeerNode {
+    /// Whether `address` may talk to us: a known contact (not blocked), or
+    /// a stranger while fewer than `MAX_CONTACT_REQUESTS` requests wait.
+    fn admits_stranger(&self, address: &str) -> bool {
+        let st = self.state();
+        if st.contacts.contains_key(address) || can_add_request(&st) {
+            return true;
+        }
+        crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
+        false
+    }
+}
+
+fn can_add_request(st: &State) -> bool {
+    st.contacts
+        .values()
+        .filter(|c| c.state == ContactState::Request)
+        .count()
+        < crate::limits::MAX_CONTACT_REQUESTS
+}
+
 fn describe_close(reason: CloseReason) -> String {
     match reason {
         CloseReason::Local => "closed by us".into(),
@@ -846,6 +901,8 @@ struct PeerLink {
     tx: LinkSender,
     remote: Option<String>,
     we_dialed: bool,
+    /// Inbound only: our handshake slot, released once authenticated.
+    slot: Option<Arc<crate::limits::Slot>>,
 }
 
 impl LinkHandler for PeerLink {
@@ -857,10 +914,13 @@ impl LinkHandler for PeerLink {
             .contacts
             .get(&address)
             .is_some_and(|c| c.state == ContactState::Blocked);
-        !blocked
+        !blocked && self.node.admits_stranger(&address)
     }
 
     fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>> {
+        if let Some(slot) = &self.slot {
+            slot.release();
+        }
         let address = remote.address().to_string();
         self.remote = Some(address.clone());
         self.node.on_established(self, &address)

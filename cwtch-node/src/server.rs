@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use cwtch_proto::Identity;
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Config, Connection, Event};
+use cwtch_proto::connection::{Connection, Event};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::{
     BlobStore as SessionStore, ServerConfig, ServerEvent, ServerSession, StoreError,
@@ -375,20 +375,31 @@ pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> R
     })
     .detach();
     loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .map_err(|e| format!("accept failed: {e}"))?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors under a flood, for instance: keep
+                // serving the connections we have.
+                tracing::warn!("accept failed: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         if shared.connections.load(Ordering::Relaxed) >= policy.max_connections.min(MAX_CONNECTIONS)
         {
+            crate::limits::log_drop(crate::limits::DropReason::TooManyConnections);
             drop(stream);
             continue;
         }
         let shared = shared.clone();
+        let slot = crate::limits::SERVER_HANDSHAKES.admit();
+        shared.connections.fetch_add(1, Ordering::Relaxed);
         smol::spawn(async move {
-            shared.connections.fetch_add(1, Ordering::Relaxed);
             shared.served.fetch_add(1, Ordering::Relaxed);
-            serve_client(&shared, stream).await;
+            smol::future::or(serve_client_in_slot(&shared, stream, Some(&slot)), async {
+                slot.evicted().await
+            })
+            .await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
@@ -405,10 +416,25 @@ enum Wake {
 /// Reads from the socket only while the session wants a request (so a
 /// flooding client is slowed by TCP, not buffered), and pulls replies from
 /// the session only while the channel can take them.
-pub async fn serve_client(shared: &Shared, mut stream: Stream) {
+pub async fn serve_client(shared: &Shared, stream: Stream) {
+    serve_client_in_slot(shared, stream, None).await
+}
+
+/// [`serve_client`], releasing a handshake slot once the client is
+/// authenticated.
+async fn serve_client_in_slot(
+    shared: &Shared,
+    mut stream: Stream,
+    slot: Option<&crate::limits::Slot>,
+) {
     let now = clock::now();
     let mut rng = clock::rng();
-    let mut conn = Connection::responder(Config::default(), shared.identity.clone(), &mut rng, now);
+    let mut conn = Connection::responder(
+        crate::limits::responder_config(),
+        shared.identity.clone(),
+        &mut rng,
+        now,
+    );
     let mut session: Option<ServerSession> = None;
     let mut watch: HeadWatch = shared.committer.watch_head();
     let mut pending: Option<Vec<u8>> = None;
@@ -427,6 +453,9 @@ pub async fn serve_client(shared: &Shared, mut stream: Stream) {
                     let _ = conn.accept(now);
                 }
                 Some(Event::Established { .. }) => {
+                    if let Some(slot) = slot {
+                        slot.release();
+                    }
                     let store = SessionStoreHandle(shared);
                     session = Some(ServerSession::new(shared.config, &store, &mut rng, now));
                 }

@@ -43,6 +43,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `cwtch-node run` (or `server run`) with `transport` flags.
     pub fn start(home: &Path, server: bool, transport: &[String]) -> Daemon {
+        Daemon::start_with_env(home, server, transport, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(
+        home: &Path,
+        server: bool,
+        transport: &[String],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         use std::os::unix::process::CommandExt;
         let log = home.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -58,6 +68,7 @@ impl Daemon {
         cmd.arg("run")
             .args(transport)
             .env("CWTCH_PASSWORD", PASSWORD)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)

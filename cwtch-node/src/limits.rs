@@ -1,0 +1,279 @@
+//! Limits that keep a daemon alive under attack (SECURITY.md, "A malicious
+//! peer or stranger"): how many unauthenticated connections may be in their
+//! handshake at once, how long a handshake may take, how many contact
+//! requests a profile keeps. Every connection dropped for a limit is logged
+//! with its [`DropReason`].
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use cwtch_proto::connection::Config;
+
+/// Unauthenticated inbound connections a peer keeps at once; the oldest is
+/// dropped to make room for a new one.
+pub const MAX_PEER_HANDSHAKES: usize = 64;
+/// Unauthenticated connections a server keeps at once; the oldest is
+/// dropped to make room for a new one.
+pub const MAX_SERVER_HANDSHAKES: usize = 256;
+/// Contact requests (authenticated strangers) a profile keeps; further
+/// strangers are refused at the handshake until the user accepts or blocks
+/// some.
+pub const MAX_CONTACT_REQUESTS: usize = 100;
+
+/// Texts a profile stores from one contact request until the user accepts
+/// it (counted since the daemon started); more are neither stored nor
+/// acknowledged, so the sender keeps them queued.
+pub const MAX_REQUEST_TEXTS: u32 = 10;
+
+static REQUEST_TEXTS: Mutex<Option<std::collections::HashMap<String, u32>>> = Mutex::new(None);
+
+/// Counts a text from a contact request; false once the requester has sent
+/// [`MAX_REQUEST_TEXTS`].
+pub fn request_text_allowed(requester: &str) -> bool {
+    let mut guard = REQUEST_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = guard.get_or_insert_with(Default::default);
+    if counts.len() > 4 * MAX_CONTACT_REQUESTS && !counts.contains_key(requester) {
+        counts.clear();
+    }
+    let n = counts.entry(requester.to_string()).or_insert(0);
+    if *n >= MAX_REQUEST_TEXTS {
+        log_drop(DropReason::TooManyRequestTexts);
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// Why a daemon dropped a connection or refused a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Too many connections in their handshake: the oldest was dropped.
+    HandshakeSlotsFull,
+    /// The server serves its maximum number of clients.
+    TooManyConnections,
+    /// The profile holds [`MAX_CONTACT_REQUESTS`] requests: a new stranger
+    /// was refused.
+    TooManyContactRequests,
+    /// A contact request sent more than [`MAX_REQUEST_TEXTS`] texts.
+    TooManyRequestTexts,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropReason::HandshakeSlotsFull => {
+                "too many unauthenticated connections: dropped the oldest"
+            }
+            DropReason::TooManyConnections => "too many connections: refused a new one",
+            DropReason::TooManyContactRequests => {
+                "too many pending contact requests: refused a new stranger"
+            }
+            DropReason::TooManyRequestTexts => "a contact request sent too many texts: ignored one",
+        })
+    }
+}
+
+static DROPPED: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+/// Logs a dropped connection (every one at debug; the first and every
+/// 100th of each reason at info, so that a flood does not flood the log).
+pub fn log_drop(reason: DropReason) {
+    let counter = match reason {
+        DropReason::HandshakeSlotsFull => &DROPPED[0],
+        DropReason::TooManyConnections => &DROPPED[1],
+        DropReason::TooManyContactRequests => &DROPPED[2],
+        DropReason::TooManyRequestTexts => &DROPPED[3],
+    };
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::info!(%reason, dropped_so_far = n, "dropping a connection");
+    } else {
+        tracing::debug!(%reason, "dropping a connection");
+    }
+}
+
+static HANDSHAKE_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the handshake deadline of inbound connections (0: the protocol's
+/// default, 60 s).
+pub fn set_handshake_timeout_secs(secs: u64) {
+    HANDSHAKE_TIMEOUT_SECS.store(secs, Ordering::Relaxed);
+}
+
+/// The connection configuration of inbound connections (responders).
+pub fn responder_config() -> Config {
+    let secs = HANDSHAKE_TIMEOUT_SECS.load(Ordering::Relaxed);
+    let mut config = Config::default();
+    if secs > 0 {
+        config.handshake_timeout = cwtch_proto::Duration::from_secs(secs);
+    }
+    config
+}
+
+/// A bounded set of connections in their handshake. Admitting one when it
+/// is full evicts the oldest, so a slowloris attacker must keep opening
+/// connections faster than honest handshakes complete to lock anyone out.
+pub struct HandshakeSlots {
+    max: usize,
+    inner: Mutex<Slots>,
+}
+
+struct Slots {
+    next_id: u64,
+    waiting: VecDeque<(u64, smol::channel::Sender<()>)>,
+}
+
+/// The peer daemon's handshake slots.
+pub static PEER_HANDSHAKES: HandshakeSlots = HandshakeSlots::new(MAX_PEER_HANDSHAKES);
+/// The server daemon's handshake slots.
+pub static SERVER_HANDSHAKES: HandshakeSlots = HandshakeSlots::new(MAX_SERVER_HANDSHAKES);
+
+impl HandshakeSlots {
+    /// At most `max` at once.
+    pub const fn new(max: usize) -> Self {
+        HandshakeSlots {
+            max,
+            inner: Mutex::new(Slots {
+                next_id: 0,
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Takes a slot for a new connection, evicting the oldest if full.
+    pub fn admit(&'static self) -> Slot {
+        let (tx, rx) = smol::channel::bounded(1);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while inner.waiting.len() >= self.max.max(1) {
+            if let Some((_, oldest)) = inner.waiting.pop_front() {
+                let _ = oldest.try_send(());
+                log_drop(DropReason::HandshakeSlotsFull);
+            }
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.waiting.push_back((id, tx));
+        Slot {
+            id,
+            slots: self,
+            evicted: rx,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// Connections in their handshake now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .len()
+    }
+
+    /// Whether no connection is in its handshake.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One connection's place among the handshakes; released when the peer is
+/// authenticated (or the connection ends).
+pub struct Slot {
+    id: u64,
+    slots: &'static HandshakeSlots,
+    evicted: smol::channel::Receiver<()>,
+    released: AtomicBool,
+}
+
+impl Slot {
+    /// The handshake is over: the connection no longer counts.
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut inner = self.slots.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.waiting.retain(|(id, _)| *id != self.id);
+    }
+
+    /// Completes when the connection was evicted before its handshake
+    /// finished; never after [`Slot::release`].
+    pub async fn evicted(&self) {
+        if !self.released.load(Ordering::Relaxed) && self.evicted.recv().await.is_ok() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SLOTS: HandshakeSlots = HandshakeSlots::new(2);
+
+    /// Whether `slot` has been evicted (without waiting).
+    fn evicted_now(slot: &Slot) -> bool {
+        smol::block_on(smol::future::or(
+            async {
+                slot.evicted().await;
+                true
+            },
+            async { false },
+        ))
+    }
+
+    #[test]
+    fn full_slots_evict_the_oldest_and_never_a_released_one() {
+        let a = SLOTS.admit();
+        let b = SLOTS.admit();
+        b.release();
+        let c = SLOTS.admit();
+        assert_eq!(SLOTS.len(), 2);
+        assert!(!evicted_now(&a) && !evicted_now(&c));
+        let d = SLOTS.admit();
+        assert!(evicted_now(&a), "the oldest waiting slot is evicted");
+        assert!(!evicted_now(&b), "a released slot is never evicted");
+        assert!(!evicted_now(&c) && !evicted_now(&d));
+        assert_eq!(SLOTS.len(), 2);
+        drop(c);
+        assert_eq!(SLOTS.len(), 1);
+        drop(d);
+        assert!(SLOTS.is_empty());
+    }
+
+    #[test]
+    fn request_texts_are_capped_per_requester() {
+        for _ in 0..MAX_REQUEST_TEXTS {
+            assert!(request_text_allowed("requester-one"));
+        }
+        assert!(!request_text_allowed("requester-one"));
+        assert!(request_text_allowed("requester-two"));
+    }
+
+    #[test]
+    fn the_handshake_deadline_is_configurable() {
+        assert_eq!(
+            responder_config().handshake_timeout,
+            Config::default().handshake_timeout
+        );
+        set_handshake_timeout_secs(5);
+        assert_eq!(
+            responder_config().handshake_timeout,
+            cwtch_proto::Duration::from_secs(5)
+        );
+        set_handshake_timeout_secs(0);
+    }
+}
