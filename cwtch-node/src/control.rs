@@ -75,6 +75,13 @@ pub enum Request {
     },
     /// List groups with their servers' states and gaps.
     GroupList,
+    /// Create or rotate our mailbox on a server (offline first contact).
+    MailboxCreate {
+        /// The server (`cwtch-server:<address>` or an address).
+        server: String,
+    },
+    /// Our identifier: extended with the mailbox, or the plain address.
+    Identifier,
     /// The messages of a conversation.
     Messages {
         /// A contact's address or a group's id.
@@ -201,6 +208,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
                 "outbox": node.outbox_len().unwrap_or(0),
                 "contacts": contacts,
                 "groups": node.groups(),
+                "first_contact_pending": node.first_contact_pending(),
             }))
         }
         Request::Address => Ok(serde_json::json!({"address": node.address()})),
@@ -225,6 +233,8 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::GroupSend { group, text } => node.group_send(&group, &text).map(json),
         Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
+        Request::MailboxCreate { server } => node.mailbox_create(&server),
+        Request::Identifier => Ok(node.identifier()),
     };
     match result {
         Ok(v) => Response::ok(v),

@@ -55,6 +55,9 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
         }
         Request::GroupSend { .. } => "posted (pending until the server stores it durably)".into(),
         Request::GroupList => groups(value).trim_end().to_string(),
+        Request::MailboxCreate { .. } | Request::Identifier => {
+            value["identifier"].as_str().unwrap_or_default().to_string()
+        }
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
         | Request::ContactBlock { .. } => {

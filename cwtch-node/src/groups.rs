@@ -114,6 +114,16 @@ fn cursor_key(server: &str) -> Vec<u8> {
     format!("cursor:{server}").into_bytes()
 }
 
+/// The saved cursor of a server (0 when none).
+pub(crate) fn saved_cursor(store: &crate::profile_store::ProfileStore, server: &str) -> u64 {
+    store
+        .get(Table::Servers, &cursor_key(server))
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0)
+}
+
 impl PeerNode {
     pub(crate) fn load_groups(&self) -> Result<(), PeerError> {
         let mut chains: HashMap<String, Vec<ChainRecord>> = HashMap::new();
@@ -396,7 +406,7 @@ impl PeerNode {
         Ok(stored)
     }
 
-    fn post_now(
+    pub(crate) fn post_now(
         &self,
         st: &crate::peer::State,
         server: &str,
@@ -669,7 +679,10 @@ impl PeerNode {
             })
             .map(|(id, _)| id.clone())
         else {
-            return; // not ours: cost was one tag check per group
+            // Not a group's: maybe a first-contact request to our mailbox.
+            drop(st);
+            self.mailbox_blob(server, blob);
+            return; // otherwise not ours: cost was one tag check per key
         };
         let mut work = vec![0u8; SEALED_BLOB_LEN];
         let Some(g) = st.groups.get_mut(&gid) else {
@@ -749,7 +762,7 @@ fn st_link(st: &crate::peer::State, address: &str) -> Option<LinkSender> {
     crate::peer::link_sender(st, address)
 }
 
-fn new_server_conn(cursor: u64) -> ServerConn {
+pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
     ServerConn {
         status: ConnStatus::default(),
         client: None,
@@ -766,17 +779,17 @@ fn new_server_conn(cursor: u64) -> ServerConn {
 
 /// A post waiting for the server's durable acknowledgement.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct GroupPost {
-    group: String,
-    group_seq: u64,
-    server: String,
-    blob: String,
+pub(crate) struct GroupPost {
+    pub(crate) group: String,
+    pub(crate) group_seq: u64,
+    pub(crate) server: String,
+    pub(crate) blob: String,
 }
 
 /// Posts sent on the current connections: (server, post seq) → (group, group seq).
 static POSTS_IN_FLIGHT: Mutex<BTreeMap<(String, u64), (String, u64)>> = Mutex::new(BTreeMap::new());
 
-fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
+pub(crate) fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
     let mut k = format!("post:{server}:{gid}:").into_bytes();
     k.extend_from_slice(&group_seq.to_be_bytes());
     k

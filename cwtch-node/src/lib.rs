@@ -16,6 +16,7 @@ pub mod demo;
 pub mod format;
 pub mod groups;
 pub mod link;
+pub mod mailbox;
 pub mod model;
 pub mod peer;
 pub mod profile_store;
