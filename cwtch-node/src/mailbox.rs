@@ -145,12 +145,17 @@ impl PeerNode {
     }
 
     /// Our identifier: extended when we keep a mailbox.
+    /// With a mailbox, also the state of the connection to its server.
     pub fn identifier(&self) -> serde_json::Value {
         let st = self.state();
-        describe(
-            &self.identity.address(),
-            st.mailbox.as_ref().map(|m| &m.mailbox),
-        )
+        let mailbox = st.mailbox.as_ref().map(|m| &m.mailbox);
+        let mut value = describe(&self.identity.address(), mailbox);
+        if let Some(m) = mailbox
+            && let Some(conn) = st.servers.get(&m.server.to_string())
+        {
+            value["mailbox_connection"] = serde_json::to_value(&conn.status).unwrap_or_default();
+        }
+        value
     }
 
     /// Seals and queues a first-contact request to `to`'s mailbox, carrying
@@ -291,5 +296,82 @@ impl PeerNode {
         if self.store.put(Table::Messages, &key, &encode(&m)).is_ok() {
             notify(&mut st, &m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use cwtch_transport_socks::{AnyTransport, DevTransport};
+
+    use super::*;
+
+    fn node(dir: &Path, name: &str) -> Arc<PeerNode> {
+        let home = dir.join(name);
+        crate::peer::init_profile(&home, name, b"pw").unwrap();
+        let (store, identity, name) = crate::peer::open_profile(&home, b"pw").unwrap();
+        let transport = AnyTransport::Dev(DevTransport::new(dir.join("dev")).0);
+        PeerNode::load(&home, store, identity, name, transport).unwrap()
+    }
+
+    fn request(from: &Identity, to: &Identifier, id: u64) -> [u8; SEALED_BLOB_LEN] {
+        let mut blob = [0u8; SEALED_BLOB_LEN];
+        let first = FirstContact {
+            name: "alice",
+            id,
+            timestamp: Instant::from_secs(1_764_000_000),
+            text: "hi bob",
+        };
+        let owner = to.owner().public_identity();
+        let mailbox = to.mailbox().unwrap();
+        seal_request(from, &owner, mailbox, &first, &mut clock::rng(), &mut blob).unwrap();
+        blob
+    }
+
+    #[test]
+    fn replayed_request_is_stored_once_and_blocked_or_misplaced_ones_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bob = node(tmp.path(), "bob");
+        let server = Identity::from_seed(&[0x81; 32]).address().to_string();
+        let id = bob
+            .mailbox_create(&format!("cwtch-server:{server}"))
+            .unwrap();
+        let identifier = Identifier::parse(id["identifier"].as_str().unwrap()).unwrap();
+        assert_eq!(identifier.owner().to_string(), bob.address());
+        let alice = Identity::from_seed(&[1; 32]);
+        let a = alice.address().to_string();
+
+        // The same blob on another server is not looked at.
+        let other = Identity::from_seed(&[0x82; 32]).address().to_string();
+        bob.mailbox_blob(&other, &request(&alice, &identifier, 9));
+        assert!(bob.contacts().is_empty());
+
+        let blob = request(&alice, &identifier, 9);
+        bob.mailbox_blob(&server, &blob);
+        bob.mailbox_blob(&server, &blob); // replayed by the server
+        let contacts = bob.contacts();
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].0.state, ContactState::Request);
+        assert_eq!(contacts[0].0.name, "alice");
+        let msgs = bob.messages(&a).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!((msgs[0].id, msgs[0].text.as_str()), (9, "hi bob"));
+
+        // A blocked sender's later requests are dropped.
+        bob.contact_block(&a).unwrap();
+        bob.mailbox_blob(&server, &request(&alice, &identifier, 10));
+        assert_eq!(bob.messages(&a).unwrap().len(), 1);
+
+        // After rotation, the old identifier reaches nobody.
+        bob.mailbox_create(&server).unwrap();
+        let carol = Identity::from_seed(&[3; 32]);
+        bob.mailbox_blob(&server, &request(&carol, &identifier, 11));
+        assert!(
+            bob.messages(&carol.address().to_string())
+                .unwrap()
+                .is_empty()
+        );
     }
 }
