@@ -78,6 +78,11 @@ pub enum Command {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Manage our mailbox: where strangers leave contact requests while we are offline.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// Print the identifier to share: extended with our mailbox, or the plain address.
+    Identifier,
     /// Show a conversation (a contact's address, or a group's name or id).
     Messages {
         /// A contact's address or a group's id.
@@ -139,8 +144,10 @@ Takes about 2 to 3 minutes over Tor.";
 #[derive(Debug, Subcommand)]
 pub enum ContactCommand {
     /// Add a contact (it is accepted) and optionally send a first message.
+    /// With an extended identifier the request (and message) also reach
+    /// them through their mailbox while they are offline.
     Add {
-        /// Their address.
+        /// Their address or extended identifier (`cwtch:...?server=...&key=...`).
         address: String,
         /// A first message.
         #[arg(long)]
@@ -158,6 +165,17 @@ pub enum ContactCommand {
     },
     /// List contacts with their connection states.
     List,
+}
+
+/// Mailbox commands.
+#[derive(Debug, Subcommand)]
+pub enum MailboxCommand {
+    /// Create our mailbox on a server, or move it there with a fresh key
+    /// (rotation); prints the new extended identifier.
+    Create {
+        /// The server: its paste-able string (`cwtch-server:...`) or address.
+        server: String,
+    },
 }
 
 /// Group commands.

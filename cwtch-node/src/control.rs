@@ -82,6 +82,13 @@ pub enum Request {
     },
     /// List groups with their servers' states and gaps.
     GroupList,
+    /// Create or rotate our mailbox on a server (offline first contact).
+    MailboxCreate {
+        /// The server (`cwtch-server:<address>` or an address).
+        server: String,
+    },
+    /// Our identifier: extended with the mailbox, or the plain address.
+    Identifier,
     /// The messages of a conversation.
     Messages {
         /// A contact's address or a group's id.
@@ -212,6 +219,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
                 "outbox": node.outbox_len().unwrap_or(0),
                 "contacts": contacts,
                 "groups": node.groups(),
+                "first_contact_pending": node.first_contact_pending(),
             }))
         }
         Request::Address => Ok(serde_json::json!({"address": node.address()})),
@@ -237,6 +245,8 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::GroupMove { group, server } => node.group_move(&group, &server).map(json),
         Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
+        Request::MailboxCreate { server } => node.mailbox_create(&server),
+        Request::Identifier => Ok(node.identifier()),
     };
     match result {
         Ok(v) => Response::ok(v),

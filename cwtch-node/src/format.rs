@@ -64,6 +64,9 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
             value["text"].as_str().unwrap_or_default()
         ),
         Request::GroupList => groups(value).trim_end().to_string(),
+        Request::MailboxCreate { .. } | Request::Identifier => {
+            value["identifier"].as_str().unwrap_or_default().to_string()
+        }
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
         | Request::ContactBlock { .. } => {

@@ -155,6 +155,16 @@ pub(crate) fn cursor_key(server: &str) -> Vec<u8> {
     format!("cursor:{server}").into_bytes()
 }
 
+/// The saved cursor of a server (0 when none).
+pub(crate) fn saved_cursor(store: &crate::profile_store::ProfileStore, server: &str) -> u64 {
+    store
+        .get(Table::Servers, &cursor_key(server))
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0)
+}
+
 impl PeerNode {
     pub(crate) fn load_groups(&self) -> Result<(), PeerError> {
         let mut chains: HashMap<String, Vec<ChainRecord>> = HashMap::new();
@@ -477,7 +487,7 @@ impl PeerNode {
         Ok(stored)
     }
 
-    fn post_now(
+    pub(crate) fn post_now(
         &self,
         st: &crate::peer::State,
         server: &str,
@@ -786,7 +796,10 @@ impl PeerNode {
             })
             .map(|(id, _)| id.clone())
         else {
-            return; // not ours: cost was one tag check per group
+            // Not a group's: maybe a first-contact request to our mailbox.
+            drop(st);
+            self.mailbox_blob(server, blob);
+            return; // otherwise not ours: cost was one tag check per key
         };
         let _ = self.accept_blob(&mut st, &gid, &server_addr, Some(index), blob);
     }
@@ -1039,11 +1052,11 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
 
 /// A post waiting for the server's durable acknowledgement.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct GroupPost {
-    group: String,
-    group_seq: u64,
-    server: String,
-    blob: String,
+pub(crate) struct GroupPost {
+    pub(crate) group: String,
+    pub(crate) group_seq: u64,
+    pub(crate) server: String,
+    pub(crate) blob: String,
 }
 
 /// Posts sent on the current connections: (server, post seq) → (group, group seq).

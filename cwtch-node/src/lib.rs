@@ -17,6 +17,7 @@ pub mod format;
 pub mod groups;
 pub mod limits;
 pub mod link;
+pub mod mailbox;
 pub mod model;
 pub mod moving;
 pub mod peer;

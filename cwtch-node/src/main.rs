@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use cwtch_node::cli::{Cli, Command, ContactCommand, GroupCommand, ServerCommand, TransportArgs};
+use cwtch_node::cli::{
+    Cli, Command, ContactCommand, GroupCommand, MailboxCommand, ServerCommand, TransportArgs,
+};
 use cwtch_node::control::{self, Request};
 use cwtch_node::peer::{self, PeerNode};
 use cwtch_transport_socks::{
@@ -117,6 +119,25 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
                 GroupCommand::List => Request::GroupList,
             };
             one_shot(home, &request, json)
+        }
+        Command::Mailbox(MailboxCommand::Create { server }) => {
+            one_shot(home, &Request::MailboxCreate { server }, json)
+        }
+        Command::Identifier => {
+            if one_shot(home, &Request::Identifier, json).is_ok() {
+                return Ok(());
+            }
+            // No daemon: read the profile ourselves.
+            let (store, identity, _) =
+                peer::open_profile(home, &password()?).map_err(|e| e.to_string())?;
+            let value = cwtch_node::mailbox::identifier_from_store(&store, &identity)
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!("{value}");
+            } else {
+                println!("{}", value["identifier"].as_str().unwrap_or_default());
+            }
+            Ok(())
         }
         Command::Messages {
             conversation,

@@ -112,30 +112,47 @@ impl PeerNode {
                     changed.push(g.record.clone());
                 }
             }
-            let in_use: std::collections::HashSet<String> = st
+            let mut in_use: std::collections::HashSet<String> = st
                 .groups
                 .values()
                 .flat_map(|g| g.record.servers_to_read(now_ms))
                 .collect();
-            let unused: Vec<String> = st
+            in_use.extend(st.mailbox.as_ref().map(|m| m.server()));
+            let mut unused: Vec<String> = st
                 .servers
                 .keys()
                 .filter(|s| !in_use.contains(*s))
                 .cloned()
                 .collect();
+            if !unused.is_empty() {
+                // Group posts that can never be stored there any more are
+                // dropped; a server that still has other posts waiting
+                // (first-contact requests to someone's mailbox) is kept.
+                let rows = self.store.scan(Table::Outbox).unwrap_or_default();
+                for (key, _) in rows {
+                    let Some(rest) = key.strip_prefix(b"post:") else {
+                        continue;
+                    };
+                    let Some(server) = unused
+                        .iter()
+                        .find(|s| rest.starts_with(format!("{s}:").as_bytes()))
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    let owner = &rest[server.len() + 1..];
+                    if owner.starts_with(crate::mailbox::POST_PREFIX.as_bytes()) {
+                        unused.retain(|s| s != &server);
+                    } else {
+                        let _ = self.store.delete(Table::Outbox, &key);
+                    }
+                }
+            }
             for s in unused {
                 if let Some(c) = st.servers.remove(&s)
                     && let Some(tx) = c.tx
                 {
                     let _ = tx.try_send(LinkCommand::Close);
-                }
-                // Posts that can never be stored there any more.
-                if let Ok(rows) = self.store.scan(Table::Outbox) {
-                    for (key, _) in rows {
-                        if key.starts_with(format!("post:{s}:").as_bytes()) {
-                            let _ = self.store.delete(Table::Outbox, &key);
-                        }
-                    }
                 }
             }
             let health = |server: &String| {

@@ -145,6 +145,7 @@ pub(crate) struct State {
     pub(crate) groups: BTreeMap<String, crate::groups::GroupState>,
     pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
     pub(crate) recovery: crate::recovery::RecoveryState,
+    pub(crate) mailbox: Option<crate::mailbox::MailboxState>,
 }
 
 /// A running peer.
@@ -195,9 +196,11 @@ impl PeerNode {
                 groups: BTreeMap::new(),
                 servers: HashMap::new(),
                 recovery: Default::default(),
+                mailbox: None,
             }),
         });
         node.load_groups()?;
+        node.load_mailbox()?;
         Ok(node)
     }
 
@@ -225,10 +228,13 @@ impl PeerNode {
     // ----- user commands ----------------------------------------------------
 
     /// Adds a contact (accepted) and optionally queues a first message.
+    /// `address` may be an extended identifier (SPEC.md section 12): then a
+    /// sealed first-contact request also goes to their mailbox.
     pub fn contact_add(&self, address: &str, message: Option<&str>) -> Result<Contact, PeerError> {
-        let parsed = OnionAddress::parse(address)
+        let identifier = cwtch_proto::mailbox::Identifier::parse(address)
             .map_err(|e| PeerError::Invalid(format!("{address}: {e}")))?;
-        let address = parsed.to_string();
+        crate::mailbox::check_first_contact(&identifier, message)?;
+        let address = identifier.owner().to_string();
         if address == self.address {
             return Err(PeerError::Invalid("that is our own address".into()));
         }
@@ -239,9 +245,11 @@ impl PeerNode {
             st.backoff.remove(&address);
             contact
         };
-        if let Some(text) = message {
-            self.send_text(&address, text)?;
-        }
+        let first = match message {
+            Some(text) => Some(self.send_text(&address, text)?),
+            None => None,
+        };
+        self.post_first_contact(&identifier, first.as_ref())?;
         Ok(contact)
     }
 

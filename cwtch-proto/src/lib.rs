@@ -94,6 +94,7 @@ pub mod connection;
 pub mod group;
 pub mod handshake;
 pub mod identity;
+pub mod mailbox;
 pub mod onion;
 pub mod peer;
 pub mod server;
