@@ -82,6 +82,8 @@ pub enum Request {
         /// Keep streaming new messages.
         follow: bool,
     },
+    /// The server directory, best first.
+    Servers,
 }
 
 /// The answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
@@ -225,6 +227,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::GroupSend { group, text } => node.group_send(&group, &text).map(json),
         Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
+        Request::Servers => Ok(json(node.servers())),
     };
     match result {
         Ok(v) => Response::ok(v),

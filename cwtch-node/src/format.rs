@@ -55,6 +55,7 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
         }
         Request::GroupSend { .. } => "posted (pending until the server stores it durably)".into(),
         Request::GroupList => groups(value).trim_end().to_string(),
+        Request::Servers => crate::directory::human(value),
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
         | Request::ContactBlock { .. } => {

@@ -144,6 +144,7 @@ pub(crate) struct State {
     pub(crate) followers: Vec<Sender<StoredMessage>>,
     pub(crate) groups: BTreeMap<String, crate::groups::GroupState>,
     pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
+    pub(crate) directory: crate::directory::Directory,
 }
 
 /// A running peer.
@@ -193,9 +194,11 @@ impl PeerNode {
                 followers: Vec::new(),
                 groups: BTreeMap::new(),
                 servers: HashMap::new(),
+                directory: Default::default(),
             }),
         });
         node.load_groups()?;
+        node.load_directory()?;
         Ok(node)
     }
 
@@ -569,6 +572,7 @@ impl PeerNode {
             Some(ContactState::Accepted) => {
                 out.push(self.hello(&st.name));
                 out.extend(self.outbox_for(remote));
+                out.extend(self.directory_to_share(&st));
             }
             Some(ContactState::Request) => {}
             Some(ContactState::Blocked) => {
@@ -703,6 +707,10 @@ impl PeerNode {
                         vec![encode_peer(&PeerMessage::Ack { id })]
                     }
                 }
+            }
+            PeerMessage::ServerAdvert { advert } => {
+                self.directory_from_contact(&mut st, remote, advert);
+                Vec::new()
             }
             _ => Vec::new(),
         }
