@@ -510,7 +510,11 @@ pub fn human(list: &serde_json::Value) -> String {
             r["rate_interval_ms"],
             limit(&k["max_entries"], ""),
             limit(&k["max_bytes"], " bytes"),
-            limit(&k["max_age_secs"], " s"),
+            match k["max_age_secs"].as_u64() {
+                Some(0) | None => "no age limit".to_string(),
+                Some(s) if s % 86_400 == 0 => format!("{} days", s / 86_400),
+                Some(s) => format!("{s} s"),
+            },
         ));
     }
     if out.is_empty() {

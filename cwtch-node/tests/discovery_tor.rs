@@ -80,7 +80,7 @@ fn carol_finds_a_server_through_bob(
     let bob = init(&homes[0], "bob");
     let carol = init(&homes[1], "carol");
     let _b = Daemon::start(&homes[0], false, &flags(1));
-    let _c = Daemon::start(&homes[1], false, &flags(2));
+    let mut c = Daemon::start(&homes[1], false, &flags(2));
     wait_ready(&homes[0]);
     wait_ready(&homes[1]);
 
@@ -157,6 +157,32 @@ fn carol_finds_a_server_through_bob(
             .any(|m| m["text"] == "welcome, bob")
             .then_some(())
     });
+
+    // The directory is in carol's encrypted profile: it survives a restart.
+    c.kill9();
+    drop(c);
+    let _c = Daemon::start(&homes[1], false, &flags(2));
+    wait_ready(&homes[1]);
+    let kept = entry(&homes[1], &s_addr).expect("the directory survives a restart");
+    assert_eq!(kept["source"]["contact"]["address"], bob.as_str());
+    assert_eq!(kept["used"], true);
+    assert!(kept["observed"]["connections"].as_u64().unwrap() >= 1);
+    // The plain-words form names the server, where it came from, and its terms.
+    let out = std::process::Command::new(support::bin())
+        .args(["--home", homes[1].to_str().unwrap(), "servers"])
+        .env("CWTCH_PASSWORD", support::PASSWORD)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("carol's `servers`:\n{text}");
+    assert!(out.status.success());
+    assert!(text.contains(&s_addr), "{text}");
+    assert!(text.contains("from contact"), "{text}");
+    assert!(text.contains("proof of work 4 bits"), "{text}");
+    assert!(
+        text.contains("keeps 5000 blobs / no limit / 30 days"),
+        "{text}"
+    );
 }
 
 #[test]
