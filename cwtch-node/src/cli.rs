@@ -91,6 +91,8 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// List the servers we know (used, or learned from contacts), best first.
+    Servers,
     /// Run or inspect a server.
     #[command(subcommand)]
     Server(ServerCommand),

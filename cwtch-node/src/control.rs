@@ -96,6 +96,8 @@ pub enum Request {
         /// Keep streaming new messages.
         follow: bool,
     },
+    /// The server directory, best first.
+    Servers,
 }
 
 /// The answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
@@ -247,6 +249,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
         Request::MailboxCreate { server } => node.mailbox_create(&server),
         Request::Identifier => Ok(node.identifier()),
+        Request::Servers => Ok(json(node.servers())),
     };
     match result {
         Ok(v) => Response::ok(v),

@@ -67,6 +67,7 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
         Request::MailboxCreate { .. } | Request::Identifier => {
             value["identifier"].as_str().unwrap_or_default().to_string()
         }
+        Request::Servers => crate::directory::human(value),
         Request::ContactAdd { .. }
         | Request::ContactAccept { .. }
         | Request::ContactBlock { .. } => {

@@ -678,12 +678,16 @@ impl PeerNode {
                     c.dialing = false;
                     c.status.state = ConnState::Disconnected;
                     let now = clock::now();
-                    if !matches!(reason, CloseReason::Local | CloseReason::Remote(_)) {
+                    let failed = !matches!(reason, CloseReason::Local | CloseReason::Remote(_));
+                    if failed {
                         c.status.state = ConnState::Failed;
                         c.status.last_error = Some(format!("{reason:?}"));
                         c.failing_since.get_or_insert(now);
                     }
                     c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                    if failed {
+                        self.directory_failed(&mut st, &server);
+                    }
                 }
             }
             Err(reason) => {
@@ -695,6 +699,7 @@ impl PeerNode {
                     let now = clock::now();
                     c.failing_since.get_or_insert(now);
                     c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                    self.directory_failed(&mut st, &server);
                 }
             }
         }
@@ -720,7 +725,14 @@ impl PeerNode {
         match event {
             ClientEvent::Connected(_) => {
                 self.set_server_status(server, ConnState::Authenticated, None);
-                let st = self.state();
+                let mut st = self.state();
+                self.directory_connected(&mut st, server);
+                if let Some(client) = st.servers.get(server).and_then(|c| c.client.as_ref()) {
+                    client
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .request_advert();
+                }
                 for post in self.pending_posts(server) {
                     if let Some(blob) = unhex::<SEALED_BLOB_LEN>(&post.blob) {
                         self.post_now(&st, server, &post.group, post.group_seq, &blob);
@@ -728,6 +740,10 @@ impl PeerNode {
                 }
             }
             ClientEvent::Synced { .. } => self.set_server_status(server, ConnState::Synced, None),
+            ClientEvent::Advert(advert) => {
+                let mut st = self.state();
+                self.directory_own_advert(&mut st, server, &advert);
+            }
             ClientEvent::Posted { seq, .. } => {
                 let key = (server.to_string(), seq);
                 let Some((gid, group_seq)) = POSTS_IN_FLIGHT

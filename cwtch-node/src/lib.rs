@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod demo;
+pub mod directory;
 pub mod format;
 pub mod groups;
 pub mod limits;

@@ -110,6 +110,7 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
             one_shot(home, &request, json)
         }
         Command::Send { address, text } => one_shot(home, &Request::Send { address, text }, json),
+        Command::Servers => one_shot(home, &Request::Servers, json),
         Command::Group(g) => {
             let request = match g {
                 GroupCommand::Create { name, server } => Request::GroupCreate { name, server },

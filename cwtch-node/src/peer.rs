@@ -146,6 +146,7 @@ pub(crate) struct State {
     pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
     pub(crate) recovery: crate::recovery::RecoveryState,
     pub(crate) mailbox: Option<crate::mailbox::MailboxState>,
+    pub(crate) directory: crate::directory::Directory,
 }
 
 /// A running peer.
@@ -197,10 +198,12 @@ impl PeerNode {
                 servers: HashMap::new(),
                 recovery: Default::default(),
                 mailbox: None,
+                directory: Default::default(),
             }),
         });
         node.load_groups()?;
         node.load_mailbox()?;
+        node.load_directory()?;
         Ok(node)
     }
 
@@ -624,6 +627,7 @@ impl PeerNode {
             Some(ContactState::Accepted) => {
                 out.push(self.hello(&st.name));
                 out.extend(self.outbox_for(remote));
+                out.extend(self.directory_to_share(&st));
             }
             Some(ContactState::Request) => {}
             Some(ContactState::Blocked) => {
@@ -778,7 +782,10 @@ impl PeerNode {
                 self.on_resend_blob(&mut st, remote, id, blob);
                 Vec::new()
             }
-            _ => Vec::new(),
+            PeerMessage::ServerAdvert { advert } => {
+                self.directory_from_contact(&mut st, remote, advert);
+                Vec::new()
+            }
         }
     }
 

@@ -312,6 +312,8 @@ impl PeerNode {
                 Ok(stored) => {
                     if stored.is_some() {
                         *st.recovery.withheld.entry(server.clone()).or_default() += 1;
+                        // The server did not give it: the directory counts it.
+                        self.note_lost_in(st, &server, 1);
                         tracing::info!("recovered a missing group message from a member");
                     }
                     return;

@@ -10,6 +10,7 @@ use cwtch_proto::Identity;
 use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{Connection, Event};
 use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::server::advert::{ADVERT_LEN, Requirements, Retention, ServerAdvert};
 use cwtch_proto::server::{
     BlobStore as SessionStore, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
@@ -111,6 +112,61 @@ pub fn paste_string(identity: &Identity, policy: &ServerPolicyArgs) -> String {
     )
 }
 
+/// How long a server's advert is valid (SPEC.md section 13).
+pub const ADVERT_LIFETIME_SECS: u64 = 7 * 86_400;
+/// A running server signs a fresh advert when its current one is older.
+pub const ADVERT_REFRESH_SECS: u64 = 86_400;
+
+/// The advert of a server with this policy, issued at `now` (Unix seconds).
+pub fn advert(identity: &Identity, policy: &ServerPolicyArgs, now: u64) -> ServerAdvert {
+    ServerAdvert {
+        server: identity.public(),
+        issued_at: now,
+        expires_at: now.saturating_add(ADVERT_LIFETIME_SECS),
+        requirements: Requirements {
+            pow_bits: policy.pow_bits.min(24),
+            rate_burst: policy.rate_burst.max(1),
+            rate_interval_ms: u32::try_from(policy.rate_interval_ms).unwrap_or(u32::MAX),
+            max_connections: u32::try_from(policy.max_connections.min(MAX_CONNECTIONS))
+                .unwrap_or(u32::MAX),
+        },
+        retention: Retention {
+            max_entries: policy.max_blobs,
+            max_bytes: policy.max_mib.saturating_mul(1024 * 1024),
+            max_age_secs: policy.max_age_days.saturating_mul(86_400),
+        },
+    }
+}
+
+/// Signs the server's advert for `now` (Unix seconds).
+pub fn signed_advert(
+    identity: &Identity,
+    policy: &ServerPolicyArgs,
+    now: u64,
+) -> Result<[u8; ADVERT_LEN], String> {
+    advert(identity, policy, now)
+        .sign(identity)
+        .map_err(|e| e.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The advert as shown by `server info`.
+fn advert_json(identity: &Identity, policy: &ServerPolicyArgs) -> serde_json::Value {
+    let now = clock::unix_millis() / 1000;
+    match signed_advert(identity, policy, now) {
+        Ok(bytes) => serde_json::json!({
+            "version": cwtch_proto::server::advert::ADVERT_VERSION,
+            "issued_at": now,
+            "expires_at": now.saturating_add(ADVERT_LIFETIME_SECS),
+            "hex": hex(&bytes),
+        }),
+        Err(e) => serde_json::json!({"error": e}),
+    }
+}
+
 fn print_info(identity: &Identity, policy: &ServerPolicyArgs, json: bool) {
     if json {
         println!(
@@ -153,11 +209,17 @@ pub fn info(home: &Path, json: bool) -> Result<(), String> {
                 "server": paste_string(&identity, &policy),
                 "policy": policy,
                 "stats": {"blobs": blobs, "bytes": bytes, "head": head},
+                "advert": advert_json(&identity, &policy),
             })
         );
     } else {
         println!("{}", paste_string(&identity, &policy));
         println!("stored: {blobs} blobs, {bytes} bytes, last index {head}");
+        let advert = advert_json(&identity, &policy);
+        println!(
+            "advert (signed, valid 7 days, served to clients that ask): {}",
+            advert["hex"].as_str().unwrap_or("unavailable")
+        );
     }
     Ok(())
 }
@@ -176,6 +238,10 @@ pub struct Shared {
     next_index: Mutex<u64>,
     config: ServerConfig,
     identity: Identity,
+    /// The policy the advert states.
+    policy: crate::cli::ServerPolicyArgs,
+    /// The current signed advert and when it was issued (Unix seconds).
+    advert: Mutex<(u64, [u8; ADVERT_LEN])>,
     connections: AtomicUsize,
     served: AtomicU64,
     faults: Faults,
@@ -261,6 +327,10 @@ impl SessionStore for SessionStoreHandle<'_> {
     fn durable_head(&self) -> u64 {
         self.0.committer.head()
     }
+
+    fn advert(&self) -> Option<[u8; ADVERT_LEN]> {
+        self.0.current_advert()
+    }
 }
 
 /// Statistics for `server info` and the logs.
@@ -285,17 +355,28 @@ pub fn open_shared(
     config: ServerConfig,
     retention: RetentionPolicy,
 ) -> Result<Arc<Shared>, String> {
-    open_shared_with(home, identity, config, retention, Faults::default())
+    open_shared_with(
+        home,
+        identity,
+        config,
+        retention,
+        ServerPolicyArgs::default(),
+        Faults::default(),
+    )
 }
 
-/// [`open_shared`], misbehaving as `faults` says (tests only).
+/// [`open_shared`] with the policy the server's advert states, misbehaving
+/// as `faults` says (tests only; the daemon passes none).
 pub fn open_shared_with(
     home: &Path,
     identity: Identity,
     config: ServerConfig,
     retention: RetentionPolicy,
+    policy: ServerPolicyArgs,
     faults: Faults,
 ) -> Result<Arc<Shared>, String> {
+    let now = clock::unix_millis() / 1000;
+    let advert = signed_advert(&identity, &policy, now)?;
     let path = home.join(BLOBS_FILE);
     let store = BlobStore::open(&path, retention)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -308,6 +389,8 @@ pub fn open_shared_with(
         next_index: Mutex::new(head + 1),
         config,
         identity,
+        policy,
+        advert: Mutex::new((now, advert)),
         connections: AtomicUsize::new(0),
         served: AtomicU64::new(0),
         faults,
@@ -315,6 +398,16 @@ pub fn open_shared_with(
 }
 
 impl Shared {
+    /// The server's advert, signed again when the current one is a day old.
+    pub fn current_advert(&self) -> Option<[u8; ADVERT_LEN]> {
+        let now = clock::unix_millis() / 1000;
+        let mut advert = self.advert.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_sub(advert.0) >= ADVERT_REFRESH_SECS || now < advert.0 {
+            *advert = (now, signed_advert(&self.identity, &self.policy, now).ok()?);
+        }
+        Some(advert.1)
+    }
+
     /// Current statistics.
     pub async fn stats(&self) -> ServerStats {
         let s = self.committer.stats().await.unwrap_or_default();
@@ -343,6 +436,7 @@ pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> R
         identity.clone(),
         server_config(&policy),
         retention(&policy),
+        policy,
         faults,
     )?;
     let mut listener = transport

@@ -120,6 +120,15 @@ impl Model {
                     self.server_sub = false;
                     self.immediates.push_back(R::Unsubscribed);
                 }
+                // The model's store has no advert.
+                Request::GetAdvert => {
+                    self.immediates
+                        .push_back(R::Refused(cwtch_proto::server::Refusal {
+                            request: RequestKind::GetAdvert,
+                            seq: 0,
+                            reason: RefusalReason::Unavailable,
+                        }));
+                }
             }
             s.handle_request(&m, now, store).unwrap();
         }

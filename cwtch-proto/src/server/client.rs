@@ -34,6 +34,7 @@ use rand_core::CryptoRng;
 
 use crate::group::SEALED_BLOB_LEN;
 use crate::server::admission::pow_solve;
+use crate::server::advert::ADVERT_LEN;
 use crate::server::wire::{
     BufferTooSmall, CloseReason, DecodeError, PROTOCOL_VERSION, Policy, Refusal, Reply, Request,
     RequestKind,
@@ -118,6 +119,11 @@ pub enum ClientEvent {
     Refused(Refusal),
     /// The server closes the connection.
     Closing(CloseReason),
+    /// The server's advert, as asked with [`ServerClient::request_advert`].
+    /// Not verified here: check it with
+    /// [`crate::server::advert::ServerAdvert::verify`] against the address
+    /// dialed.
+    Advert([u8; ADVERT_LEN]),
 }
 
 /// Why the client could not do what was asked; the client did not change.
@@ -215,6 +221,8 @@ pub struct ServerClient {
     sub: Sub,
     /// The last pushed index, to check pushes increase.
     last_push: u64,
+    /// An advert request to send; one sent and not answered yet.
+    advert: (bool, bool),
     events: Deque<ClientEvent, MAX_CLIENT_EVENTS>,
 }
 
@@ -241,6 +249,7 @@ impl ServerClient {
             fetching: None,
             sub: Sub::None,
             last_push: 0,
+            advert: (false, false),
             events: Deque::new(),
         }
     }
@@ -263,6 +272,7 @@ impl ServerClient {
             fetching: None,
             sub: Sub::None,
             last_push: 0,
+            advert: (false, false),
             events: Deque::new(),
         }
     }
@@ -306,6 +316,14 @@ impl ServerClient {
         if self.sub == Sub::None {
             self.want_subscribe = true;
             self.want_unsubscribe = false;
+        }
+    }
+
+    /// Asks the server for its signed advert (one request at a time); the
+    /// answer is a [`ClientEvent::Advert`], or a refusal.
+    pub fn request_advert(&mut self) {
+        if !self.advert.1 {
+            self.advert.0 = true;
         }
     }
 
@@ -382,6 +400,11 @@ impl ServerClient {
         if self.want_unsubscribe {
             let len = Request::Unsubscribe.encode(out)?;
             self.want_unsubscribe = false;
+            return Ok(Some(len));
+        }
+        if self.advert.0 {
+            let len = Request::GetAdvert.encode(out)?;
+            self.advert = (false, true);
             return Ok(Some(len));
         }
         if let Some(after) = self.want_fetch
@@ -510,12 +533,20 @@ impl ServerClient {
                 match refusal.request {
                     RequestKind::Fetch => self.fetching = None,
                     RequestKind::Subscribe => self.sub = Sub::None,
+                    RequestKind::GetAdvert => self.advert.1 = false,
                     RequestKind::Post if refusal.seq >= self.next_post_seq => {
                         return Err(ClientError::Unexpected);
                     }
                     _ => {}
                 }
                 self.emit(ClientEvent::Refused(refusal));
+            }
+            Reply::Advert { advert } => {
+                if !self.advert.1 {
+                    return Err(ClientError::Unexpected);
+                }
+                self.advert.1 = false;
+                self.emit(ClientEvent::Advert(*advert));
             }
             Reply::Closing { reason } => {
                 self.state = State::Closed;

@@ -14,6 +14,7 @@
 //! - [`store`]: the [`store::BlobStore`] trait the driver implements, with
 //!   asynchronous durability (group commit);
 //! - [`admission`]: the per-connection token bucket and the proof of work;
+//! - [`advert`]: the server's signed advert, shared between peers;
 //! - [`session`]: [`session::ServerSession`], the server side of one
 //!   connection, with bounded memory and back-pressure;
 //! - [`client`]: [`client::ServerClient`], the client side used by peers.
@@ -85,12 +86,14 @@
 //! ```
 
 pub mod admission;
+pub mod advert;
 pub mod client;
 pub mod session;
 pub mod store;
 pub mod wire;
 
 pub use admission::{TokenBucket, pow_solve, pow_verify};
+pub use advert::{AdvertError, Requirements, Retention, ServerAdvert};
 pub use client::{ClientConfig, ClientError, ClientEvent, SentPost, ServerClient};
 pub use session::{ServerConfig, ServerEvent, ServerSession, SessionError};
 pub use store::{BlobStore, StoreError};

@@ -146,9 +146,13 @@ impl core::error::Error for SessionError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Immediate {
     Hello,
-    Subscribed { after: u64 },
+    Subscribed {
+        after: u64,
+    },
     Unsubscribed,
     Refused(Refusal),
+    /// The server's advert, copied from the store when it is written.
+    Advert,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,6 +422,9 @@ impl ServerSession {
                 }
                 self.immediate = Some(Immediate::Unsubscribed);
             }
+            Request::GetAdvert => {
+                self.immediate = Some(Immediate::Advert);
+            }
         }
         Ok(())
     }
@@ -550,7 +557,14 @@ impl ServerSession {
             return Ok(None);
         }
         if let Some(imm) = self.immediate {
-            let len = self.immediate_reply(imm).encode(out)?;
+            let advert = match imm {
+                Immediate::Advert => store.advert(),
+                _ => None,
+            };
+            let len = match &advert {
+                Some(advert) => Reply::Advert { advert }.encode(out)?,
+                None => self.immediate_reply(imm).encode(out)?,
+            };
             self.immediate = None;
             return Ok(Some(len));
         }
@@ -586,6 +600,12 @@ impl ServerSession {
             Immediate::Subscribed { after } => Reply::Subscribed { after },
             Immediate::Unsubscribed => Reply::Unsubscribed,
             Immediate::Refused(r) => Reply::Refused(r),
+            // A server without an advert (the store offers none).
+            Immediate::Advert => Reply::Refused(Refusal {
+                request: RequestKind::GetAdvert,
+                seq: 0,
+                reason: RefusalReason::Unavailable,
+            }),
         }
     }
 

@@ -18,6 +18,7 @@
 use core::fmt;
 
 use crate::group::SEALED_BLOB_LEN;
+use crate::server::advert::ADVERT_LEN;
 
 /// Why the store could not do what the session asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,4 +60,12 @@ pub trait BlobStore {
     /// The durable watermark: every index up to this one that was appended
     /// is durable (0 if nothing is).
     fn durable_head(&self) -> u64;
+
+    /// The server's signed advert (SPEC.md section 13), sent to a client
+    /// that asks for it; `None` (the default) refuses such requests as
+    /// `Unavailable`. Kept here, shared by every session, rather than in
+    /// each session: a session holds no large value.
+    fn advert(&self) -> Option<[u8; ADVERT_LEN]> {
+        None
+    }
 }

@@ -13,6 +13,7 @@
 use core::fmt;
 
 use crate::group::SEALED_BLOB_LEN;
+use crate::server::advert::ADVERT_LEN;
 
 /// The server protocol version this module speaks (carried in the hello).
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -30,6 +31,8 @@ pub const TAG_FETCH: u8 = 0x03;
 pub const TAG_SUBSCRIBE: u8 = 0x04;
 /// Tag of an unsubscribe request.
 pub const TAG_UNSUBSCRIBE: u8 = 0x05;
+/// Tag of a request for the server's signed advert (SPEC.md section 13).
+pub const TAG_GET_ADVERT: u8 = 0x06;
 
 /// Tag of the server's hello (its policy and the connection challenge).
 pub const TAG_HELLO: u8 = 0x81;
@@ -49,6 +52,8 @@ pub const TAG_UNSUBSCRIBED: u8 = 0x87;
 pub const TAG_REFUSED: u8 = 0x88;
 /// Tag of the server's last message before it closes the connection.
 pub const TAG_CLOSING: u8 = 0x89;
+/// Tag of the server's signed advert.
+pub const TAG_ADVERT: u8 = 0x8a;
 
 /// Encoded length of a post without proof of work.
 pub const POST_LEN: usize = 1 + SEALED_BLOB_LEN;
@@ -60,6 +65,8 @@ pub const FETCH_LEN: usize = 1 + 8 + 2;
 pub const SUBSCRIBE_LEN: usize = 1 + 8;
 /// Encoded length of an unsubscribe.
 pub const UNSUBSCRIBE_LEN: usize = 1;
+/// Encoded length of an advert request.
+pub const GET_ADVERT_LEN: usize = 1;
 
 /// Encoded length of a hello.
 pub const HELLO_LEN: usize = 1 + 1 + 1 + CHALLENGE_LEN + 8 + 2 + 2 + 2 + 4 + 8 + 8;
@@ -77,6 +84,8 @@ pub const UNSUBSCRIBED_LEN: usize = 1;
 pub const REFUSED_LEN: usize = 1 + 1 + 8 + 1 + 4;
 /// Encoded length of a closing notice.
 pub const CLOSING_LEN: usize = 1 + 1;
+/// Encoded length of an advert reply.
+pub const ADVERT_REPLY_LEN: usize = 1 + ADVERT_LEN;
 
 /// The longest request or reply, in bytes.
 pub const MAX_SERVER_MESSAGE_LEN: usize = ENTRY_LEN;
@@ -170,6 +179,8 @@ pub enum Request<'a> {
     },
     /// Stop pushing.
     Unsubscribe,
+    /// Send the server's signed advert.
+    GetAdvert,
 }
 
 /// What a refusal refers to: the kind of the refused request.
@@ -186,6 +197,8 @@ pub enum RequestKind {
     Subscribe,
     /// An unsubscribe (code 5).
     Unsubscribe,
+    /// An advert request (code 6).
+    GetAdvert,
 }
 
 impl RequestKind {
@@ -196,6 +209,7 @@ impl RequestKind {
             RequestKind::Fetch => TAG_FETCH,
             RequestKind::Subscribe => TAG_SUBSCRIBE,
             RequestKind::Unsubscribe => TAG_UNSUBSCRIBE,
+            RequestKind::GetAdvert => TAG_GET_ADVERT,
         }
     }
     fn from_code(code: u8) -> Option<Self> {
@@ -205,6 +219,7 @@ impl RequestKind {
             TAG_FETCH => RequestKind::Fetch,
             TAG_SUBSCRIBE => RequestKind::Subscribe,
             TAG_UNSUBSCRIBE => RequestKind::Unsubscribe,
+            TAG_GET_ADVERT => RequestKind::GetAdvert,
             _ => return None,
         })
     }
@@ -215,6 +230,7 @@ impl RequestKind {
             TAG_FETCH => RequestKind::Fetch,
             TAG_SUBSCRIBE => RequestKind::Subscribe,
             TAG_UNSUBSCRIBE => RequestKind::Unsubscribe,
+            TAG_GET_ADVERT => RequestKind::GetAdvert,
             _ => RequestKind::Unknown,
         }
     }
@@ -399,6 +415,11 @@ pub enum Reply<'a> {
         /// Why.
         reason: CloseReason,
     },
+    /// The server's signed advert (verified by the client, not here).
+    Advert {
+        /// The encoded advert.
+        advert: &'a [u8; ADVERT_LEN],
+    },
 }
 
 /// A cursor over the bytes of a message; every read is checked.
@@ -487,6 +508,7 @@ impl<'a> Request<'a> {
             Request::Fetch { .. } => TAG_FETCH,
             Request::Subscribe { .. } => TAG_SUBSCRIBE,
             Request::Unsubscribe => TAG_UNSUBSCRIBE,
+            Request::GetAdvert => TAG_GET_ADVERT,
         }
     }
 
@@ -498,6 +520,7 @@ impl<'a> Request<'a> {
             Request::Fetch { .. } => FETCH_LEN,
             Request::Subscribe { .. } => SUBSCRIBE_LEN,
             Request::Unsubscribe => UNSUBSCRIBE_LEN,
+            Request::GetAdvert => GET_ADVERT_LEN,
         }
     }
 
@@ -519,7 +542,7 @@ impl<'a> Request<'a> {
                 w.u16(limit);
             }
             Request::Subscribe { after } => w.u64(after),
-            Request::Unsubscribe => {}
+            Request::Unsubscribe | Request::GetAdvert => {}
         }
         Ok(len)
     }
@@ -551,6 +574,7 @@ impl<'a> Request<'a> {
             TAG_SUBSCRIBE => Request::Subscribe {
                 after: r.u64().ok_or(short)?,
             },
+            TAG_GET_ADVERT => Request::GetAdvert,
             _ => Request::Unsubscribe,
         };
         Ok(request)
@@ -570,6 +594,7 @@ impl<'a> Reply<'a> {
             Reply::Unsubscribed => TAG_UNSUBSCRIBED,
             Reply::Refused(_) => TAG_REFUSED,
             Reply::Closing { .. } => TAG_CLOSING,
+            Reply::Advert { .. } => TAG_ADVERT,
         }
     }
 
@@ -619,6 +644,7 @@ impl<'a> Reply<'a> {
                 w.u32(detail);
             }
             Reply::Closing { reason } => w.u8(reason.code()),
+            Reply::Advert { advert } => w.bytes(advert),
         }
         Ok(len)
     }
@@ -677,6 +703,9 @@ impl<'a> Reply<'a> {
                     reason,
                 })
             }
+            TAG_ADVERT => Reply::Advert {
+                advert: r.take().ok_or(short)?,
+            },
             _ => Reply::Closing {
                 reason: CloseReason::from_code(r.u8().ok_or(short)?)
                     .ok_or(DecodeError::InvalidField)?,
@@ -694,6 +723,7 @@ fn request_len(tag: u8) -> Option<usize> {
         TAG_FETCH => FETCH_LEN,
         TAG_SUBSCRIBE => SUBSCRIBE_LEN,
         TAG_UNSUBSCRIBE => UNSUBSCRIBE_LEN,
+        TAG_GET_ADVERT => GET_ADVERT_LEN,
         _ => return None,
     })
 }
@@ -728,6 +758,7 @@ fn reply_len(tag: u8) -> Option<usize> {
         TAG_UNSUBSCRIBED => UNSUBSCRIBED_LEN,
         TAG_REFUSED => REFUSED_LEN,
         TAG_CLOSING => CLOSING_LEN,
+        TAG_ADVERT => ADVERT_REPLY_LEN,
         _ => return None,
     })
 }

@@ -4,6 +4,7 @@
 
 use chacha20::ChaCha20Rng;
 use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::server::advert::ADVERT_LEN;
 use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::server::{
     BlobStore, CloseReason, Policy, Refusal, Reply, ServerSession, StoreError,
@@ -42,6 +43,8 @@ pub struct MemStore {
     /// Fail every operation.
     pub broken: bool,
     pub reads: core::cell::Cell<u64>,
+    /// The advert the sessions send when asked (none: refused).
+    pub advert: Option<[u8; ADVERT_LEN]>,
 }
 
 impl MemStore {
@@ -85,6 +88,9 @@ impl BlobStore for MemStore {
     fn durable_head(&self) -> u64 {
         self.durable
     }
+    fn advert(&self) -> Option<[u8; ADVERT_LEN]> {
+        self.advert
+    }
 }
 
 /// An owned, comparable view of a reply.
@@ -99,6 +105,7 @@ pub enum R {
     Unsubscribed,
     Refused(Refusal),
     Closing(CloseReason),
+    Advert(Vec<u8>),
 }
 
 pub fn owned(msg: &[u8]) -> R {
@@ -118,6 +125,7 @@ pub fn owned(msg: &[u8]) -> R {
         Reply::Unsubscribed => R::Unsubscribed,
         Reply::Refused(r) => R::Refused(r),
         Reply::Closing { reason } => R::Closing(reason),
+        Reply::Advert { advert } => R::Advert(advert.to_vec()),
     }
 }
 
