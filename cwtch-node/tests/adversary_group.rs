@@ -124,13 +124,26 @@ fn reseal(
     out
 }
 
+/// The texts of the messages held (not the placeholders of missing ones).
 fn texts(home: &Path, group: &str) -> Vec<String> {
     cli(home, &["messages", group])
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
         .iter()
+        .filter(|m| m["status"] != "missing")
         .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The placeholders shown for messages known to be missing.
+fn placeholders(home: &Path, group: &str) -> Vec<Value> {
+    cli(home, &["messages", group])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m["status"] == "missing")
         .collect()
 }
 
@@ -440,6 +453,16 @@ fn a_malicious_server_cannot_hide_gaps_or_inject_messages() {
         ["alice 0", "alice 2", "alice 3", "alice 4", "alice 5"],
         "each genuine message once; nothing replayed, duplicated or foreign"
     );
+    // The withheld one is shown as missing, in its place, with the reason.
+    let holes = placeholders(&bob_home, "g");
+    assert_eq!(holes.len(), 1, "{holes:?}");
+    assert!(
+        holes[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 message(s) from")
+    );
+    assert!(holes[0]["note"].is_string());
     let info = group_info(&bob_home);
     assert_eq!(
         info["missing"], 1,
