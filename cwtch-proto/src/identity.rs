@@ -8,7 +8,7 @@ use core::cmp::Ordering;
 use core::fmt;
 use core::hash::{Hash, Hasher};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha512};
 use x25519_dalek::StaticSecret;
@@ -34,6 +34,8 @@ pub struct Identity {
 #[derive(Clone, Copy)]
 pub struct PublicIdentity {
     bytes: [u8; PUBLIC_KEY_LEN],
+    // Unread when the `fuzzing` stand-ins replace verification.
+    #[cfg_attr(feature = "fuzzing", allow(dead_code))]
     key: VerifyingKey,
 }
 
@@ -124,7 +126,14 @@ impl Identity {
 
     /// Signs `message` (deterministic ed25519).
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.signing.sign(message).to_bytes()
+        #[cfg(feature = "fuzzing")]
+        {
+            crate::dh::fuzz::signature(self.public().as_bytes(), message)
+        }
+        #[cfg(not(feature = "fuzzing"))]
+        {
+            ed25519_dalek::Signer::sign(&self.signing, message).to_bytes()
+        }
     }
 
     /// The expanded secret key Tor needs to publish our onion service.
@@ -183,15 +192,35 @@ impl PublicIdentity {
         message: &[u8],
         signature: &[u8; SIGNATURE_LEN],
     ) -> Result<(), BadSignature> {
-        let sig = Signature::from_bytes(signature);
-        self.key
-            .verify_strict(message, &sig)
-            .map_err(|_| BadSignature)
+        #[cfg(feature = "fuzzing")]
+        {
+            use subtle::ConstantTimeEq;
+            let expected = crate::dh::fuzz::signature(&self.bytes, message);
+            if bool::from(expected.ct_eq(signature)) {
+                Ok(())
+            } else {
+                Err(BadSignature)
+            }
+        }
+        #[cfg(not(feature = "fuzzing"))]
+        {
+            let sig = ed25519_dalek::Signature::from_bytes(signature);
+            self.key
+                .verify_strict(message, &sig)
+                .map_err(|_| BadSignature)
+        }
     }
 
     /// The x25519 public key (Montgomery form) for the handshake's DH.
     pub(crate) fn x25519_public(&self) -> x25519_dalek::PublicKey {
-        x25519_dalek::PublicKey::from(self.key.to_montgomery().to_bytes())
+        #[cfg(feature = "fuzzing")]
+        {
+            crate::dh::fuzz::montgomery(&self.bytes)
+        }
+        #[cfg(not(feature = "fuzzing"))]
+        {
+            x25519_dalek::PublicKey::from(self.key.to_montgomery().to_bytes())
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use chacha20::ChaCha20Rng;
 use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{Config, Connection, Event};
-use cwtch_proto::{Duration, Identity, Instant};
+use cwtch_proto::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use rand_core::SeedableRng;
 
@@ -113,8 +113,8 @@ fuzz_target!(|steps: Vec<Step>| {
         rekey_interval: 4,
         ..Config::default()
     };
-    let alice = Identity::from_seed(&[1; 32]);
-    let bob = Identity::from_seed(&[2; 32]);
+    let alice = cwtch_fuzz::identity(1);
+    let bob = cwtch_fuzz::identity(2);
     let mut a = Side {
         conn: Connection::initiator(config, alice, bob.public(), &mut rng, now),
         inbox: Vec::new(),

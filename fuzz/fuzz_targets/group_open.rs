@@ -4,14 +4,13 @@
 //! a blob that opens to the same message.
 #![no_main]
 
-use cwtch_proto::Identity;
 use cwtch_proto::group::message::PLAINTEXT_LEN;
 use cwtch_proto::group::seal::seal_raw_for_fuzzing;
 use cwtch_proto::group::{Group, GroupSecret, SEALED_BLOB_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let server = Identity::from_seed(&[0x80; 32]).address();
+    let server = cwtch_fuzz::identity(0x80).address();
     let group = Group::from_secret(
         GroupSecret::from_bytes(&[7; 32]),
         [server].into_iter().collect(),

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(id) = Identifier::parse(text) {
             let mut out = [0u8; IDENTIFIER_TEXT_MAX_LEN];
             let again = id.to_text(&mut out).to_string();
-            assert_eq!(Identifier::parse(&again).expect("a printed identifier parses"), id);
+            assert_eq!(
+                Identifier::parse(&again).expect("a printed identifier parses"),
+                id
+            );
             if id.mailbox().is_some() {
                 assert_eq!(again, text.trim());
             }

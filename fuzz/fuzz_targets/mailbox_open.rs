@@ -3,16 +3,17 @@
 //! `fuzzing` hook) so the parser and the signature check are reached.
 #![no_main]
 
-use cwtch_proto::Identity;
 use cwtch_proto::group::SEALED_BLOB_LEN;
-use cwtch_proto::mailbox::request::{MAX_NAME_LEN, MAX_TEXT_LEN, PLAINTEXT_LEN, seal_raw_for_fuzzing};
+use cwtch_proto::mailbox::request::{
+    MAX_NAME_LEN, MAX_TEXT_LEN, PLAINTEXT_LEN, seal_raw_for_fuzzing,
+};
 use cwtch_proto::mailbox::{Mailbox, MailboxKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let bob = Identity::from_seed(&[2; 32]);
+    let bob = cwtch_fuzz::identity(2);
     let mailbox = Mailbox {
-        server: Identity::from_seed(&[0x81; 32]).address(),
+        server: cwtch_fuzz::identity(0x81).address(),
         key: MailboxKey::from_bytes(&[0x42; 32]),
     };
     let keys = mailbox.key.derive_keys();

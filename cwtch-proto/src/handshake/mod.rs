@@ -21,7 +21,7 @@ use core::fmt;
 
 use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey as XPublicKey, StaticSecret};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::identity::{Identity, PUBLIC_KEY_LEN, PublicIdentity};
 use symmetric::{HASH_LEN, KEY_LEN, SymmetricState, TAG_LEN};
@@ -114,12 +114,14 @@ impl fmt::Debug for SessionKeys {
     }
 }
 
-fn dh(secret: &StaticSecret, public: &XPublicKey) -> Result<[u8; 32], HandshakeError> {
-    let shared = secret.diffie_hellman(public);
-    if !shared.was_contributory() {
-        return Err(HandshakeError::NonContributory);
-    }
-    Ok(*shared.as_bytes())
+/// X25519 of `secret` (whose public key `local` gives, see [`crate::dh`])
+/// and `remote`, refusing low-order points.
+fn dh(
+    secret: &StaticSecret,
+    local: impl FnOnce() -> XPublicKey,
+    remote: &XPublicKey,
+) -> Result<Zeroizing<[u8; 32]>, HandshakeError> {
+    crate::dh::shared(secret, local, remote).ok_or(HandshakeError::NonContributory)
 }
 
 fn initial_state(responder: &PublicIdentity) -> SymmetricState {
@@ -186,13 +188,13 @@ impl InitiatorHandshake {
         version.copy_from_slice(&[VERSION]);
         let (e_out, rest) = rest.split_at_mut(32);
         let (s_out, payload) = rest.split_at_mut(PUBLIC_KEY_LEN + TAG_LEN);
-        let e_pub = XPublicKey::from(&self.e);
+        let e_pub = crate::dh::public_key(&self.e);
         e_out.copy_from_slice(e_pub.as_bytes());
         sym.mix_hash(e_pub.as_bytes());
-        sym.mix_key(&dh(&self.e, &self.rs_x)?);
+        sym.mix_key(&dh(&self.e, || e_pub, &self.rs_x)?[..]);
         s_out[..PUBLIC_KEY_LEN].copy_from_slice(self.s.public().as_bytes());
         sym.encrypt_and_hash(s_out);
-        sym.mix_key(&dh(&self.s_x, &self.rs_x)?);
+        sym.mix_key(&dh(&self.s_x, || self.s.public().x25519_public(), &self.rs_x)?[..]);
         payload.fill(0);
         sym.encrypt_and_hash(payload);
         self.sym = sym;
@@ -213,8 +215,8 @@ impl InitiatorHandshake {
         re_bytes.copy_from_slice(re);
         let re = XPublicKey::from(re_bytes);
         sym.mix_hash(re.as_bytes());
-        sym.mix_key(&dh(&self.e, &re)?);
-        sym.mix_key(&dh(&self.s_x, &re)?);
+        sym.mix_key(&dh(&self.e, || crate::dh::public_key(&self.e), &re)?[..]);
+        sym.mix_key(&dh(&self.s_x, || self.s.public().x25519_public(), &re)?[..]);
         sym.decrypt_and_hash(payload)
             .map_err(|_| HandshakeError::Authentication)?;
         let (i2r, r2i) = sym.split();
@@ -278,7 +280,7 @@ impl ResponderHandshake {
         let re = XPublicKey::from(re_bytes);
         sym.mix_hash(re.as_bytes());
         let local_x = self.s.x25519_secret();
-        sym.mix_key(&dh(&local_x, &re)?);
+        sym.mix_key(&dh(&local_x, || self.s.public().x25519_public(), &re)?[..]);
         sym.decrypt_and_hash(s_in)
             .map_err(|_| HandshakeError::Authentication)?;
         let mut rs_bytes = [0u8; PUBLIC_KEY_LEN];
@@ -286,7 +288,7 @@ impl ResponderHandshake {
         let rs =
             PublicIdentity::from_bytes(&rs_bytes).map_err(|_| HandshakeError::InvalidPeerKey)?;
         let rs_x = rs.x25519_public();
-        sym.mix_key(&dh(&local_x, &rs_x)?);
+        sym.mix_key(&dh(&local_x, || self.s.public().x25519_public(), &rs_x)?[..]);
         sym.decrypt_and_hash(payload)
             .map_err(|_| HandshakeError::Authentication)?;
         self.sym = sym;
@@ -313,11 +315,11 @@ impl ResponderHandshake {
             .ok_or(HandshakeError::BufferTooSmall { required: MSG2_LEN })?;
         let mut sym = self.sym.clone();
         let (e_out, payload) = out.split_at_mut(32);
-        let e_pub = XPublicKey::from(&self.e);
+        let e_pub = crate::dh::public_key(&self.e);
         e_out.copy_from_slice(e_pub.as_bytes());
         sym.mix_hash(e_pub.as_bytes());
-        sym.mix_key(&dh(&self.e, &re)?);
-        sym.mix_key(&dh(&self.e, &rs_x)?);
+        sym.mix_key(&dh(&self.e, || e_pub, &re)?[..]);
+        sym.mix_key(&dh(&self.e, || e_pub, &rs_x)?[..]);
         payload.fill(0);
         sym.encrypt_and_hash(payload);
         let (i2r, r2i) = sym.split();

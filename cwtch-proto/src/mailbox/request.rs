@@ -253,14 +253,13 @@ pub fn seal_request<R: CryptoRng + ?Sized>(
     let mut seed = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(seed.as_mut());
     let e = StaticSecret::from(*seed);
-    let e_pub = XPublicKey::from(&e);
+    let e_pub = crate::dh::public_key(&e);
     let b = recipient.x25519_public();
-    let shared = e.diffie_hellman(&b);
-    if !shared.was_contributory() {
+    let Some(shared) = crate::dh::shared(&e, || e_pub, &b) else {
         blob.zeroize();
         return Err(RequestSealError::BadRecipient);
-    }
-    let aead = request_key(shared.as_bytes(), e_pub.as_bytes(), b.as_bytes());
+    };
+    let aead = request_key(&shared, e_pub.as_bytes(), b.as_bytes());
     header[..NONCE_LEN].copy_from_slice(&nonce);
     header[NONCE_LEN..NONCE_LEN + TAG_LEN].copy_from_slice(&keys.detect.tag(&nonce));
     header[NONCE_LEN + TAG_LEN..].copy_from_slice(e_pub.as_bytes());
@@ -301,11 +300,9 @@ impl MailboxKeys {
         mask(&self.mask, &nonce, &mut e_bytes);
         let e_pub = XPublicKey::from(e_bytes);
         let b = me.public().x25519_public();
-        let shared = me.x25519_secret().diffie_hellman(&e_pub);
-        if !shared.was_contributory() {
-            return Err(RequestOpenError::Tampered);
-        }
-        let aead = request_key(shared.as_bytes(), e_pub.as_bytes(), b.as_bytes());
+        let shared = crate::dh::shared(&me.x25519_secret(), || b, &e_pub)
+            .ok_or(RequestOpenError::Tampered)?;
+        let aead = request_key(&shared, e_pub.as_bytes(), b.as_bytes());
         let mut tag = [0u8; AEAD_TAG_LEN];
         tag.copy_from_slice(aead_tag);
         aead.decrypt_inout_detached(
@@ -426,10 +423,10 @@ pub fn seal_raw_for_fuzzing(
     let (body, aead_tag) = rest.split_at_mut(PLAINTEXT_LEN);
     body.copy_from_slice(plaintext);
     let e = StaticSecret::from(ephemeral_seed);
-    let e_pub = XPublicKey::from(&e);
+    let e_pub = crate::dh::public_key(&e);
     let b = recipient.x25519_public();
-    let shared = e.diffie_hellman(&b);
-    let aead = request_key(shared.as_bytes(), e_pub.as_bytes(), b.as_bytes());
+    let shared = crate::dh::shared(&e, || e_pub, &b).unwrap_or_default();
+    let aead = request_key(&shared, e_pub.as_bytes(), b.as_bytes());
     header[..NONCE_LEN].copy_from_slice(nonce);
     header[NONCE_LEN..NONCE_LEN + TAG_LEN].copy_from_slice(&keys.detect.tag(nonce));
     header[NONCE_LEN + TAG_LEN..].copy_from_slice(e_pub.as_bytes());
