@@ -5,6 +5,7 @@
 # (the input is kept in fuzz/artifacts/TARGET/).
 #
 #   fuzz/run-all.sh [RUNS] [SECONDS_PER_TARGET]     defaults: 10000000 600
+#   TARGETS="connection group_open" fuzz/run-all.sh ...   only these targets
 #
 # New inputs go to a scratch directory; the committed seed corpus in
 # fuzz/corpus/TARGET is only read, unless SEEDS=N is set: then the N
@@ -18,7 +19,7 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cargo fuzz build --sanitizer none >/dev/null
 printf '%-22s %12s %8s %10s\n' target executions seconds exec/s
-for target in $(cargo fuzz list); do
+for target in ${TARGETS:-$(cargo fuzz list)}; do
     mkdir -p "corpus/$target" "$scratch/$target"
     start=$SECONDS
     if ! cargo fuzz run --sanitizer none "$target" "$scratch/$target" "corpus/$target" -- \
