@@ -114,6 +114,10 @@ pub struct ServerConn {
     /// Since when every attempt failed (cleared by a session that
     /// authenticates): what the move policy looks at.
     pub(crate) failing_since: Option<Instant>,
+    /// Read the server again from this index on the next connection: a
+    /// group was joined there after the cursor passed its earlier posts, or
+    /// recovery asks the server again ([`PeerNode::rewind_server`]).
+    pub(crate) rewind: Option<u64>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -349,9 +353,45 @@ impl PeerNode {
             ));
         }
         let group = invite.group();
+        let known = self
+            .state()
+            .groups
+            .contains_key(&hex(group.id().as_bytes()));
         let record = self.add_group(group, invite.name())?;
         self.note_member(&record.id, from);
+        if !known {
+            // The group's earlier posts may be behind the cursor of a
+            // server we already read for another group: read it again from
+            // the start (an invite carries no time). Messages of our other
+            // groups come again and are dropped as duplicates.
+            let mut st = self.state();
+            for server in &record.servers {
+                self.rewind_server(&mut st, server, 0);
+            }
+        }
         Ok(())
+    }
+
+    /// Reads `server` again from index `from` (the next connection starts
+    /// there; a live one is closed). Every blob is checked as always: the
+    /// gap tracker and the stored messages drop what we already hold.
+    pub(crate) fn rewind_server(&self, st: &mut crate::peer::State, server: &str, from: u64) {
+        let c = st
+            .servers
+            .entry(server.to_string())
+            .or_insert_with(|| new_server_conn(from));
+        let from = c.rewind.map_or(from, |r| r.min(from));
+        if c.tx.is_none() && !c.dialing && c.cursor <= from {
+            return; // the next connection starts there anyway
+        }
+        c.rewind = Some(from);
+        if let Some(tx) = &c.tx {
+            let _ = tx.try_send(LinkCommand::Close);
+        }
+        c.next_try = clock::now();
+        let _ = self
+            .store
+            .put(Table::Servers, &cursor_key(server), &from.to_le_bytes());
     }
 
     /// Posts a text to a group on each of its servers. Pending until a
@@ -646,12 +686,20 @@ impl PeerNode {
                     &mut rng,
                     clock::now(),
                 );
-                let cursor = self
-                    .state()
-                    .servers
-                    .get(&server)
-                    .map(|c| c.cursor)
-                    .unwrap_or(0);
+                let cursor = {
+                    let mut st = self.state();
+                    match st.servers.get_mut(&server) {
+                        Some(c) => {
+                            if let Some(from) = c.rewind.take()
+                                && from < c.cursor
+                            {
+                                c.cursor = from;
+                            }
+                            c.cursor
+                        }
+                        None => 0,
+                    }
+                };
                 let client = Arc::new(Mutex::new(ServerClient::new(
                     ClientConfig::default(),
                     cursor,
@@ -663,6 +711,10 @@ impl PeerNode {
                     if let Some(c) = st.servers.get_mut(&server) {
                         c.client = Some(client.clone());
                         c.tx = Some(tx.clone());
+                        if c.rewind.is_some() {
+                            // Asked to rewind while this one was dialing.
+                            let _ = tx.try_send(LinkCommand::Close);
+                        }
                     }
                 }
                 let mut handler = ServerLink {
@@ -684,7 +736,11 @@ impl PeerNode {
                         c.status.last_error = Some(format!("{reason:?}"));
                         c.failing_since.get_or_insert(now);
                     }
-                    c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                    c.next_try = if !failed && c.rewind.is_some() {
+                        now // closed to read again from earlier
+                    } else {
+                        c.backoff.next_attempt(now, &mut clock::rng())
+                    };
                     if failed {
                         self.directory_failed(&mut st, &server);
                     }
@@ -861,12 +917,13 @@ impl PeerNode {
         }
         let sender = opened.sender.address().to_string();
         let timestamp = opened.timestamp.as_micros();
+        let mut added = Vec::new();
         let text = if opened.kind == MessageKind::MOVE {
             match MoveNotice::decode(opened.body) {
                 Ok(notice) => {
                     let names: Vec<String> =
                         notice.servers().iter().map(|s| s.to_string()).collect();
-                    self.apply_move(g, &notice, timestamp);
+                    added = self.apply_move(g, &notice, timestamp);
                     format!("[moved this group to {}]", names.join(", "))
                 }
                 Err(e) => format!("[a move notice that could not be read: {e}]"),
@@ -927,6 +984,10 @@ impl PeerNode {
         });
         for s in record.servers_to_read(clock::unix_millis()) {
             st.servers.entry(s).or_insert_with(|| new_server_conn(0));
+        }
+        for s in &added {
+            // Posts made there before we followed may be behind its cursor.
+            self.rewind_server(st, s, 0);
         }
         notify(st, &m);
         Ok(Some(m))
@@ -1063,6 +1124,7 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
         ),
         cursor,
         failing_since: None,
+        rewind: None,
     }
 }
 

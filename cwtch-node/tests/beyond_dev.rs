@@ -81,3 +81,9 @@ fn status_says_why_a_message_waits() {
     );
     assert_eq!(cli(&ah, &["status"]).unwrap()["contacts"][0]["pending"], 0);
 }
+
+#[test]
+fn a_member_joining_on_a_server_in_use_reads_the_earlier_posts() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::join_a_group_on_a_server_in_use(&net(tmp.path()), tmp.path());
+}

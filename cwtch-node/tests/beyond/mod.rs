@@ -291,3 +291,90 @@ pub fn move_while_a_member_is_offline(net: &impl Net, dir: &Path) {
         );
     }
 }
+
+/// The group named `name` in `home`'s `group list`.
+pub fn group_named(home: &Path, name: &str) -> Option<Value> {
+    cli(home, &["group", "list"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == name)
+        .cloned()
+}
+
+/// Alice and bob share g1 on server S, so bob reads S. Alice creates g2 on
+/// S and posts three messages while bob is not in it: bob's cursor on S
+/// passes them (alice's next g1 post, which bob reads, is after them).
+/// Alice then invites bob to g2: he reads S again from the start and shows
+/// the three earlier g2 messages, while g1 shows each message once.
+pub fn join_a_group_on_a_server_in_use(net: &impl Net, dir: &Path) {
+    let patience = net.patience();
+    let (server, _s) = start_server_daemon(&dir.join("server"), &net.flags(0));
+    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+    let (alice, bob) = (init(&ah, "alice"), init(&bh, "bob"));
+    let _a = Daemon::start(&ah, false, &net.flags(1));
+    let _b = Daemon::start(&bh, false, &net.flags(2));
+    wait_ready(&ah);
+    wait_ready(&bh);
+    befriend((&ah, &alice), (&bh, &bob), patience);
+    cli(&ah, &["group", "create", "g1", "--server", &server]).unwrap();
+    cli(&ah, &["group", "invite", "g1", &bob]).unwrap();
+    wait_for("bob to join g1", patience, || group_named(&bh, "g1"));
+    let has = |h: &Path, group: &str, text: &str| texts(h, group).iter().any(|t| t == text);
+    cli(&ah, &["group", "send", "g1", "g1: hello"]).unwrap();
+    wait_for("bob to read g1", patience, || {
+        has(&bh, "g1", "g1: hello").then_some(())
+    });
+    cli(&bh, &["group", "send", "g1", "g1: from bob"]).unwrap();
+    wait_for("alice to read bob", patience, || {
+        has(&ah, "g1", "g1: from bob").then_some(())
+    });
+
+    cli(&ah, &["group", "create", "g2", "--server", &server]).unwrap();
+    let earlier = ["g2: one", "g2: two", "g2: three"];
+    for t in earlier {
+        cli(&ah, &["group", "send", "g2", t]).unwrap();
+    }
+    wait_for("S to store alice's g2 posts", patience, || {
+        let h = history(&ah, "g2");
+        (h.len() == 3 && h.iter().all(|m| m["status"] == "delivered")).then_some(())
+    });
+    // Bob reads this one, stored after the g2 posts: his cursor is past them.
+    cli(&ah, &["group", "send", "g1", "g1: after g2"]).unwrap();
+    wait_for("bob to read g1 past the g2 posts", patience, || {
+        has(&bh, "g1", "g1: after g2").then_some(())
+    });
+    assert!(group_named(&bh, "g2").is_none());
+
+    cli(&ah, &["group", "invite", "g2", &bob]).unwrap();
+    let shown = wait_for("bob to read g2's earlier posts", patience, || {
+        let h = history(&bh, "g2");
+        (h.len() >= 3).then_some(h)
+    });
+    let got: Vec<&str> = shown.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(got, earlier, "every earlier post, in order, once");
+    for m in &shown {
+        assert_eq!(m["author"], alice.as_str());
+        assert_eq!(m["status"], "received");
+    }
+    // A later g1 post: once bob has it, the second reading of S has passed
+    // every g1 message; none is shown twice.
+    cli(&ah, &["group", "send", "g1", "g1: last"]).unwrap();
+    wait_for("bob to read the last g1 post", patience, || {
+        has(&bh, "g1", "g1: last").then_some(())
+    });
+    assert_eq!(
+        texts(&bh, "g1"),
+        ["g1: hello", "g1: from bob", "g1: after g2", "g1: last"],
+        "no g1 message twice"
+    );
+    assert_eq!(texts(&bh, "g2"), earlier);
+    for g in ["g1", "g2"] {
+        let info = group_named(&bh, g).unwrap();
+        assert_eq!(info["missing"], 0, "{info}");
+        assert_eq!(
+            info["recovered"], 0,
+            "from the server, not recovery: {info}"
+        );
+    }
+}
