@@ -461,6 +461,8 @@ impl PeerNode {
             .ingest_parts(member, group_seq, &hash, &MessageHash(prev), &seen);
         while g.tracker.poll_event().is_some() {}
         let record = g.record.clone();
+        // Server adverts are for the directory, not the conversation.
+        let hidden = kind == MessageKind::ADVERTS;
         let stored = StoredMessage {
             seq: seq_local,
             conversation: gid.to_string(),
@@ -483,11 +485,13 @@ impl PeerNode {
             .map(|(server, blob)| crate::recovery::KeptBlob::new(server, None, blob));
         self.store.transaction(|tx| {
             tx.put(Table::Groups, record.id.as_bytes(), &encode(&record))?;
-            tx.put(
-                Table::Messages,
-                &group_message_key(gid, &member.0, group_seq),
-                &encode(&stored),
-            )?;
+            if !hidden {
+                tx.put(
+                    Table::Messages,
+                    &group_message_key(gid, &member.0, group_seq),
+                    &encode(&stored),
+                )?;
+            }
             tx.put(
                 Table::Blobs,
                 &chain_key(gid, &member.0, group_seq),
@@ -523,7 +527,9 @@ impl PeerNode {
         for (server, blob) in blobs {
             self.post_now(&st, &server, gid, group_seq, &blob);
         }
-        notify(&mut st, &stored);
+        if !hidden {
+            notify(&mut st, &stored);
+        }
         Ok(stored)
     }
 
@@ -931,6 +937,8 @@ impl PeerNode {
         } else {
             opened.text().unwrap_or("").to_string()
         };
+        // Server adverts go to the directory, not the conversation.
+        let adverts = (opened.kind == MessageKind::ADVERTS).then(|| opened.body.to_vec());
         let chain_rec = ChainRecord {
             member: hex(&opened.member.0),
             seq: opened.seq,
@@ -968,7 +976,9 @@ impl PeerNode {
         };
         let kept = crate::recovery::KeptBlob::new(&server.to_string(), index, blob);
         let _ = self.store.transaction(|tx| {
-            tx.put(Table::Messages, &key, &encode(&m))?;
+            if adverts.is_none() {
+                tx.put(Table::Messages, &key, &encode(&m))?;
+            }
             tx.put(
                 Table::Blobs,
                 &chain_key(gid, &member.0, seq),
@@ -989,7 +999,10 @@ impl PeerNode {
             // Posts made there before we followed may be behind its cursor.
             self.rewind_server(st, s, 0);
         }
-        notify(st, &m);
+        match adverts {
+            Some(body) => self.group_adverts_received(st, gid, &m.author, &body),
+            None => notify(st, &m),
+        }
         Ok(Some(m))
     }
 

@@ -15,6 +15,7 @@ pub mod control;
 pub mod demo;
 pub mod directory;
 pub mod format;
+pub mod group_adverts;
 pub mod groups;
 pub mod limits;
 pub mod link;

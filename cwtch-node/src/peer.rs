@@ -147,6 +147,7 @@ pub(crate) struct State {
     pub(crate) recovery: crate::recovery::RecoveryState,
     pub(crate) mailbox: Option<crate::mailbox::MailboxState>,
     pub(crate) directory: crate::directory::Directory,
+    pub(crate) group_adverts: crate::group_adverts::GroupAdvertState,
 }
 
 /// A running peer.
@@ -199,6 +200,7 @@ impl PeerNode {
                 recovery: Default::default(),
                 mailbox: None,
                 directory: Default::default(),
+                group_adverts: Default::default(),
             }),
         });
         node.load_groups()?;

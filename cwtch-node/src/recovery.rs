@@ -93,6 +93,7 @@ impl PeerNode {
             smol::Timer::after(std::time::Duration::from_secs(2)).await;
             self.recovery_tick(clock::now());
             self.moving_tick(clock::now());
+            self.group_adverts_tick();
         }
     }
 

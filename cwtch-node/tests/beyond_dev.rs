@@ -87,3 +87,9 @@ fn a_member_joining_on_a_server_in_use_reads_the_earlier_posts() {
     let tmp = tempfile::tempdir().unwrap();
     beyond::join_a_group_on_a_server_in_use(&net(tmp.path()), tmp.path());
 }
+
+#[test]
+fn a_member_learns_a_server_inside_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::a_server_advert_shared_inside_a_group(&net(tmp.path()), tmp.path());
+}

@@ -378,3 +378,102 @@ pub fn join_a_group_on_a_server_in_use(net: &impl Net, dir: &Path) {
         );
     }
 }
+
+/// `home`'s directory entry for `server`.
+pub fn directory_entry(home: &Path, server: &str) -> Option<Value> {
+    cli(home, &["servers"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|s| s["address"].as_str().map(short) == Some(short(server)))
+        .cloned()
+}
+
+/// Carol is in a group with alice but not her contact (bob, a contact of
+/// both, invited her, then went offline). Alice starts using server T; she
+/// posts T's signed advert in the group; carol learns T from the group
+/// (source: the group and alice), and no message is shown for it.
+pub fn a_server_advert_shared_inside_a_group(net: &impl Net, dir: &Path) {
+    let patience = net.patience();
+    let (server_s, _s) = start_server_daemon(&dir.join("server-s"), &net.flags(0));
+    let (server_t, _t) = start_server_daemon(&dir.join("server-t"), &net.flags(3));
+    let homes: Vec<PathBuf> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    let addrs: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| init(h, n))
+        .collect();
+    let (ah, bh, ch) = (&homes[0], &homes[1], &homes[2]);
+    let (alice, bob, carol) = (&addrs[0], &addrs[1], &addrs[2]);
+    let _a = Daemon::start(ah, false, &net.flags(1));
+    let mut b = Some(Daemon::start(bh, false, &net.flags(2)));
+    let _c = Daemon::start(ch, false, &net.flags(4));
+    for h in &homes {
+        wait_ready(h);
+    }
+    befriend((ah, alice), (bh, bob), patience);
+    befriend((bh, bob), (ch, carol), patience);
+    cli(ah, &["group", "create", "g", "--server", &server_s]).unwrap();
+    cli(ah, &["group", "invite", "g", bob]).unwrap();
+    wait_for("bob to join", patience, || group_named(bh, "g"));
+    cli(bh, &["group", "invite", "g", carol]).unwrap();
+    wait_for("carol to join", patience, || group_named(ch, "g"));
+    b.take(); // bob goes offline: he cannot pass anything on
+    cli(ah, &["group", "send", "g", "hello carol"]).unwrap();
+    wait_for("carol to read alice in the group", patience, || {
+        texts(ch, "g")
+            .iter()
+            .any(|t| t == "hello carol")
+            .then_some(())
+    });
+    assert!(directory_entry(ch, &server_t).is_none());
+    let contacts = cli(ch, &["contact", "list"]).unwrap();
+    assert!(
+        !contacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["contact"]["address"] == alice.as_str()),
+        "carol and alice are not contacts"
+    );
+
+    // Alice starts using T: she reaches it and verifies its advert.
+    cli(ah, &["group", "create", "on-t", "--server", &server_t]).unwrap();
+    wait_for("alice to reach T", patience, || {
+        directory_entry(ah, &server_t)
+            .filter(|e| e["reachable"] == true && e["advert"]["valid"] == true)
+    });
+    let learned = wait_for("carol to learn T from the group", patience, || {
+        directory_entry(ch, &server_t)
+    });
+    assert_eq!(learned["source"]["group"]["member"], alice.as_str());
+    let gid = group_named(ch, "g").unwrap()["id"].clone();
+    assert_eq!(learned["source"]["group"]["group"], gid);
+    assert_eq!(learned["advert"]["valid"], true);
+    assert_eq!(learned["used"], false);
+    assert_eq!(learned["score"], 500, "nobody else's observations count");
+    // Not a chat message, on either side.
+    assert_eq!(texts(ch, "g"), ["hello carol"]);
+    assert_eq!(texts(ah, "g"), ["hello carol"]);
+    assert_eq!(group_named(ch, "g").unwrap()["missing"], 0);
+    // The plain-words list says where it came from.
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["--home", ch.to_str().unwrap(), "servers"])
+        .env("CWTCH_PASSWORD", crate::support::PASSWORD)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("from a group member"), "{text}");
+    // Carol can use the server she found.
+    cli(ch, &["group", "create", "carols", "--server", &server_t]).unwrap();
+    cli(ch, &["group", "send", "carols", "found T in a group"]).unwrap();
+    wait_for("T to store carol's post", patience, || {
+        history(ch, "carols")
+            .first()
+            .filter(|m| m["status"] == "delivered")
+            .map(|_| ())
+    });
+}
