@@ -342,6 +342,9 @@ impl PeerNode {
             });
             let _ = link.try_send(LinkCommand::Send(bytes));
         }
+        drop(st);
+        // Whom to ask for missing messages and tell of moves.
+        self.note_member(&gid, &address);
         Ok(())
     }
 
@@ -905,6 +908,10 @@ impl PeerNode {
                 return Err(e);
             }
         };
+        if opened.kind == MessageKind::MOVE {
+            // Kept per server, ours too, to tell members who missed it.
+            self.keep_move(gid, &server.to_string(), opened.timestamp.as_micros(), blob);
+        }
         let ingested = g.tracker.ingest(&opened);
         let mut gaps = Vec::new();
         while let Some(ev) = g.tracker.poll_event() {

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod link;
 pub mod mailbox;
 pub mod model;
+pub mod move_relay;
 pub mod moving;
 pub mod peer;
 pub mod profile_store;

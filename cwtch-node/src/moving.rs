@@ -50,6 +50,19 @@ impl PeerNode {
         let shown = format!("[moved this group to {new}]");
         let stored = self.post_message(&gid, MessageKind::MOVE, &body, &shown, &[new])?;
         let mut st = self.state();
+        if let Some(g) = st.groups.get(&gid) {
+            // The copy kept for recovery (sealed for an old server): what a
+            // member who missed the move and can no longer reach the old
+            // servers gets from us over a peer link.
+            let member = g.group.id().member_id(&self.identity.public());
+            let kept = crate::recovery::keep_key(&gid, &member.0, stored.id);
+            if let Ok(Some(v)) = self.store.get(Table::Blobs, &kept)
+                && let Ok(k) = serde_json::from_slice::<crate::recovery::KeptBlob>(&v)
+                && let Some(blob) = unhex::<{ cwtch_proto::group::SEALED_BLOB_LEN }>(&k.blob)
+            {
+                self.keep_own_move(g, &k.server, &blob);
+            }
+        }
         if let Some(g) = st.groups.get_mut(&gid) {
             // We post the notice first: nothing of the group is on the
             // new server before it, so there is nothing to read again.

@@ -630,6 +630,7 @@ impl PeerNode {
                 out.push(self.hello(&st.name));
                 out.extend(self.outbox_for(remote));
                 out.extend(self.directory_to_share(&st));
+                out.extend(self.moves_to_share(&st, remote));
             }
             Some(ContactState::Request) => {}
             Some(ContactState::Blocked) => {
@@ -786,6 +787,10 @@ impl PeerNode {
             }
             PeerMessage::ServerAdvert { advert } => {
                 self.directory_from_contact(&mut st, remote, advert);
+                Vec::new()
+            }
+            PeerMessage::MoveBlob { blob } => {
+                self.on_move_blob(&mut st, remote, blob);
                 Vec::new()
             }
         }

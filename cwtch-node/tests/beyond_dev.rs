@@ -93,3 +93,9 @@ fn a_member_learns_a_server_inside_a_group() {
     let tmp = tempfile::tempdir().unwrap();
     beyond::a_server_advert_shared_inside_a_group(&net(tmp.path()), tmp.path());
 }
+
+#[test]
+fn a_member_learns_a_move_from_a_contact_when_the_old_server_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::a_move_told_by_a_contact(&net(tmp.path()), tmp.path());
+}

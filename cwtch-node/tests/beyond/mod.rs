@@ -477,3 +477,100 @@ pub fn a_server_advert_shared_inside_a_group(net: &impl Net, dir: &Path) {
             .map(|_| ())
     });
 }
+
+/// A group on server A moves to B while carol is offline, and A is gone
+/// when she returns: she cannot read the notice there, so alice, a contact
+/// and member, tells her over their peer link. Carol verifies it like a
+/// blob from A, follows to B, and reads what was said there.
+pub fn a_move_told_by_a_contact(net: &impl Net, dir: &Path) {
+    let patience = net.patience();
+    let (server_a, sa) = start_server_daemon(&dir.join("server-a"), &net.flags(0));
+    let mut sa = Some(sa);
+    let (server_b, _sb) = start_server_daemon(&dir.join("server-b"), &net.flags(3));
+    let homes: Vec<PathBuf> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    let addrs: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| init(h, n))
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Some(Daemon::start(h, false, &net.flags(i + 1))))
+        .collect();
+    for h in &homes {
+        wait_ready(h);
+    }
+    for i in 1..3 {
+        befriend((&homes[0], &addrs[0]), (&homes[i], &addrs[i]), patience);
+    }
+    cli(&homes[0], &["group", "create", "g", "--server", &server_a]).unwrap();
+    for addr in &addrs[1..] {
+        cli(&homes[0], &["group", "invite", "g", addr]).unwrap();
+    }
+    for h in &homes {
+        wait_for("the member to join", patience, || group_named(h, "g"));
+    }
+    cli(&homes[0], &["group", "send", "g", "on A"]).unwrap();
+    wait_for("everyone to read it on A", patience, || {
+        homes
+            .iter()
+            .all(|h| texts(h, "g") == ["on A"])
+            .then_some(())
+    });
+    // Carol goes offline; alice moves the group to B; A goes away.
+    daemons[2].take();
+    cli(&homes[0], &["group", "move", "g", &server_b]).unwrap();
+    wait_for("bob to follow the move", patience, || {
+        let g = group_named(&homes[1], "g")?;
+        (short(g["servers"][0]["server"].as_str()?) == short(&server_b)).then_some(())
+    });
+    cli(&homes[0], &["group", "send", "g", "on B, from alice"]).unwrap();
+    cli(&homes[1], &["group", "send", "g", "on B, from bob"]).unwrap();
+    wait_for("alice and bob to store their posts on B", patience, || {
+        homes[..2]
+            .iter()
+            .all(|h| {
+                let hist = history(h, "g");
+                hist.len() == 4 && hist.iter().all(|m| m["status"] != "pending")
+            })
+            .then_some(())
+    });
+    sa.take(); // server A is gone for good
+    // Carol returns: A does not answer; alice tells her of the move.
+    daemons[2] = Some(Daemon::start(&homes[2], false, &net.flags(3)));
+    wait_ready(&homes[2]);
+    let expected = [
+        "on A",
+        "[moved this group to",
+        "on B, from alice",
+        "on B, from bob",
+    ];
+    wait_for(
+        "carol to follow the move and catch up",
+        patience * 2,
+        || {
+            let t = texts(&homes[2], "g");
+            (t.len() == 4 && t.iter().zip(expected).all(|(x, e)| x.starts_with(e))).then_some(())
+        },
+    );
+    let g = group_named(&homes[2], "g").unwrap();
+    assert_eq!(
+        short(g["servers"][0]["server"].as_str().unwrap()),
+        short(&server_b)
+    );
+    assert_eq!(g["missing"], 0, "{g}");
+    let notice = history(&homes[2], "g")
+        .into_iter()
+        .find(|m| m["text"].as_str().unwrap_or("").starts_with("[moved"))
+        .unwrap();
+    assert_eq!(notice["author"], addrs[0].as_str(), "signed by alice");
+    let log = daemons[2].as_ref().unwrap().log_text();
+    assert!(
+        log.contains("a contact told us of a group's move"),
+        "learned over the peer link, not from a server"
+    );
+}
