@@ -66,6 +66,41 @@ pub(crate) struct GroupAdvertState {
     last_tick: Option<u64>,
 }
 
+/// What to post to one group now, if anything: the body and the servers
+/// it names. `good` are our good servers, best first, with their adverts;
+/// `reads` the servers the group reads; `shared` what it has heard.
+fn choose(
+    good: &[(String, Vec<u8>)],
+    reads: &[String],
+    shared: &Shared,
+    now_ms: u64,
+) -> Option<(Vec<u8>, Vec<String>)> {
+    let candidates = good.iter().filter(|(a, _)| !reads.contains(a));
+    let (fresh, known): (Vec<_>, Vec<_>) =
+        candidates.partition(|(a, _)| !shared.servers.contains(a));
+    let wait = if fresh.is_empty() {
+        REFRESH_EVERY_MS
+    } else {
+        NEW_EVERY_MS
+    };
+    if (fresh.is_empty() && known.is_empty()) || now_ms < shared.at.saturating_add(wait) {
+        return None;
+    }
+    let mut list = GroupAdverts::new();
+    let mut names = Vec::new();
+    for (address, bytes) in fresh.into_iter().chain(known) {
+        if list.len() >= MAX_GROUP_ADVERTS {
+            break;
+        }
+        if list.push(bytes).is_ok() {
+            names.push(address.clone());
+        }
+    }
+    let mut buf = [0u8; GROUP_ADVERTS_MAX_LEN];
+    let body = list.encode(&mut buf).ok()?.to_vec();
+    Some((body, names))
+}
+
 fn key(gid: &str) -> Vec<u8> {
     format!("gadv:{gid}").into_bytes()
 }
@@ -126,32 +161,8 @@ impl PeerNode {
                 .collect();
             for (gid, reads) in groups {
                 let shared = self.shared(st, &gid);
-                let candidates: Vec<&(String, Vec<u8>)> =
-                    good.iter().filter(|(a, _)| !reads.contains(a)).collect();
-                let (fresh, known): (Vec<_>, Vec<_>) = candidates
-                    .into_iter()
-                    .partition(|(a, _)| !shared.servers.contains(a));
-                let wait = if fresh.is_empty() {
-                    REFRESH_EVERY_MS
-                } else {
-                    NEW_EVERY_MS
-                };
-                if fresh.is_empty() && known.is_empty() || now_ms < shared.at.saturating_add(wait) {
-                    continue;
-                }
-                let mut list = GroupAdverts::new();
-                let mut names = Vec::new();
-                for (address, bytes) in fresh.into_iter().chain(known) {
-                    if list.len() >= MAX_GROUP_ADVERTS {
-                        break;
-                    }
-                    if list.push(bytes).is_ok() {
-                        names.push(address.clone());
-                    }
-                }
-                let mut buf = [0u8; GROUP_ADVERTS_MAX_LEN];
-                if let Ok(body) = list.encode(&mut buf) {
-                    posts.push((gid, body.to_vec(), names));
+                if let Some((body, names)) = choose(&good, &reads, shared, now_ms) {
+                    posts.push((gid, body, names));
                 }
             }
         }
@@ -199,5 +210,79 @@ impl PeerNode {
             self.take_advert(st, raw, None, source, None);
         }
         self.save_shared(st, gid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cwtch_proto::Identity;
+    use cwtch_proto::server::advert::{Requirements, Retention, ServerAdvert};
+
+    const NOW: u64 = 1_767_225_600_000;
+
+    fn server(seed: u8) -> (String, Vec<u8>) {
+        let id = Identity::from_seed(&[seed; 32]);
+        let bytes = ServerAdvert {
+            server: id.public(),
+            issued_at: NOW / 1000,
+            expires_at: NOW / 1000 + 86_400,
+            requirements: Requirements::default(),
+            retention: Retention::default(),
+        }
+        .sign(&id)
+        .unwrap();
+        (id.address().to_string(), bytes.to_vec())
+    }
+
+    fn named(body: &[u8]) -> Vec<String> {
+        GroupAdverts::decode(body)
+            .unwrap()
+            .iter()
+            .map(|(_, a)| a.server.address().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn posts_new_servers_at_a_modest_rate_and_refreshes_daily() {
+        let good: Vec<_> = (1..=10).map(server).collect();
+        let addr = |i: usize| good[i].0.clone();
+        let mut shared = Shared::default();
+        // Nothing to say: every good server is one the group reads.
+        let all: Vec<String> = good.iter().map(|(a, _)| a.clone()).collect();
+        assert!(choose(&good, &all, &shared, NOW).is_none());
+        // A new group hears at once, at most 8, never its own server.
+        let (body, names) = choose(&good, &[addr(0)], &shared, NOW).unwrap();
+        assert_eq!(names.len(), MAX_GROUP_ADVERTS);
+        assert!(!names.contains(&addr(0)));
+        assert_eq!(named(&body), names);
+        shared.at = NOW;
+        for n in &names {
+            shared.know(n);
+        }
+        // The one left over is new to the group: posted, but not within
+        // 10 minutes of the last post; then first in the list.
+        assert!(choose(&good, &[addr(0)], &shared, NOW + NEW_EVERY_MS - 1).is_none());
+        let (_, names) = choose(&good, &[addr(0)], &shared, NOW + NEW_EVERY_MS).unwrap();
+        assert_eq!(names[0], addr(9));
+        shared.at = NOW + NEW_EVERY_MS;
+        shared.know(&addr(9));
+        // All known: nothing until a day has passed, then a refresh.
+        let later = NOW + NEW_EVERY_MS;
+        assert!(choose(&good, &[addr(0)], &shared, later + NEW_EVERY_MS).is_none());
+        assert!(choose(&good, &[addr(0)], &shared, later + REFRESH_EVERY_MS - 1).is_none());
+        let (_, names) = choose(&good, &[addr(0)], &shared, later + REFRESH_EVERY_MS).unwrap();
+        assert_eq!(names.len(), MAX_GROUP_ADVERTS);
+    }
+
+    #[test]
+    fn what_a_group_heard_is_bounded() {
+        let mut shared = Shared::default();
+        for i in 0..MAX_KNOWN + 10 {
+            shared.know(&format!("s{i}"));
+            shared.know(&format!("s{i}"));
+        }
+        assert_eq!(shared.servers.len(), MAX_KNOWN);
+        assert_eq!(shared.servers[0], "s10", "the oldest are forgotten first");
     }
 }
