@@ -928,6 +928,15 @@ impl PeerNode {
         if matches!(self.store.get(Table::Messages, &key), Ok(Some(_))) {
             return Ok(None); // ours, or already stored (posted on two servers)
         }
+        if opened.kind == MessageKind::ADVERTS
+            && matches!(
+                self.store
+                    .get(Table::Blobs, &chain_key(gid, &opened.member.0, opened.seq)),
+                Ok(Some(_))
+            )
+        {
+            return Ok(None); // not stored as a message: its chain record says we had it
+        }
         let sender = opened.sender.address().to_string();
         let timestamp = opened.timestamp.as_micros();
         let mut added = Vec::new();
