@@ -53,6 +53,13 @@ pub enum Source {
         /// The contact's address.
         address: String,
     },
+    /// A member posted it in a group we are in (SPEC.md section 13.4).
+    Group {
+        /// The group id (hex).
+        group: String,
+        /// The member's address.
+        member: String,
+    },
 }
 
 /// What we observed of a server ourselves.
@@ -103,7 +110,7 @@ impl Entry {
     }
 
     /// The advert bytes if the advert is valid at `now` (Unix seconds).
-    fn valid_advert(&self, now: u64) -> Option<Vec<u8>> {
+    pub(crate) fn valid_advert(&self, now: u64) -> Option<Vec<u8>> {
         let bytes = unhex(self.advert.as_deref()?)?;
         let address = OnionAddress::parse(&self.address).ok()?;
         ServerAdvert::verify(&bytes, Some(&address.public_identity()), now).ok()?;
@@ -373,7 +380,7 @@ impl PeerNode {
         self.take_advert(st, bytes, None, source, Some(remote));
     }
 
-    fn take_advert(
+    pub(crate) fn take_advert(
         &self,
         st: &mut State,
         bytes: &[u8],
@@ -467,9 +474,13 @@ pub fn human(list: &serde_json::Value) -> String {
             Some(false) => "unreachable",
             None => "never tried",
         };
-        let source = match s["source"]["contact"]["address"].as_str() {
-            Some(c) => format!("from contact {}", c.get(..12).unwrap_or(c)),
-            None => "own use".to_string(),
+        let source = match (
+            s["source"]["contact"]["address"].as_str(),
+            s["source"]["group"]["member"].as_str(),
+        ) {
+            (Some(c), _) => format!("from contact {}", c.get(..12).unwrap_or(c)),
+            (None, Some(m)) => format!("from a group member {}", m.get(..12).unwrap_or(m)),
+            (None, None) => "own use".to_string(),
         };
         let o = &s["observed"];
         out.push_str(&format!(

@@ -114,6 +114,10 @@ pub struct ServerConn {
     /// Since when every attempt failed (cleared by a session that
     /// authenticates): what the move policy looks at.
     pub(crate) failing_since: Option<Instant>,
+    /// Read the server again from this index on the next connection: a
+    /// group was joined there after the cursor passed its earlier posts, or
+    /// recovery asks the server again ([`PeerNode::rewind_server`]).
+    pub(crate) rewind: Option<u64>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -338,6 +342,9 @@ impl PeerNode {
             });
             let _ = link.try_send(LinkCommand::Send(bytes));
         }
+        drop(st);
+        // Whom to ask for missing messages and tell of moves.
+        self.note_member(&gid, &address);
         Ok(())
     }
 
@@ -349,9 +356,45 @@ impl PeerNode {
             ));
         }
         let group = invite.group();
+        let known = self
+            .state()
+            .groups
+            .contains_key(&hex(group.id().as_bytes()));
         let record = self.add_group(group, invite.name())?;
         self.note_member(&record.id, from);
+        if !known {
+            // The group's earlier posts may be behind the cursor of a
+            // server we already read for another group: read it again from
+            // the start (an invite carries no time). Messages of our other
+            // groups come again and are dropped as duplicates.
+            let mut st = self.state();
+            for server in &record.servers {
+                self.rewind_server(&mut st, server, 0);
+            }
+        }
         Ok(())
+    }
+
+    /// Reads `server` again from index `from` (the next connection starts
+    /// there; a live one is closed). Every blob is checked as always: the
+    /// gap tracker and the stored messages drop what we already hold.
+    pub(crate) fn rewind_server(&self, st: &mut crate::peer::State, server: &str, from: u64) {
+        let c = st
+            .servers
+            .entry(server.to_string())
+            .or_insert_with(|| new_server_conn(from));
+        let from = c.rewind.map_or(from, |r| r.min(from));
+        if c.tx.is_none() && !c.dialing && c.cursor <= from {
+            return; // the next connection starts there anyway
+        }
+        c.rewind = Some(from);
+        if let Some(tx) = &c.tx {
+            let _ = tx.try_send(LinkCommand::Close);
+        }
+        c.next_try = clock::now();
+        let _ = self
+            .store
+            .put(Table::Servers, &cursor_key(server), &from.to_le_bytes());
     }
 
     /// Posts a text to a group on each of its servers. Pending until a
@@ -421,6 +464,8 @@ impl PeerNode {
             .ingest_parts(member, group_seq, &hash, &MessageHash(prev), &seen);
         while g.tracker.poll_event().is_some() {}
         let record = g.record.clone();
+        // Server adverts are for the directory, not the conversation.
+        let hidden = kind == MessageKind::ADVERTS;
         let stored = StoredMessage {
             seq: seq_local,
             conversation: gid.to_string(),
@@ -443,11 +488,13 @@ impl PeerNode {
             .map(|(server, blob)| crate::recovery::KeptBlob::new(server, None, blob));
         self.store.transaction(|tx| {
             tx.put(Table::Groups, record.id.as_bytes(), &encode(&record))?;
-            tx.put(
-                Table::Messages,
-                &group_message_key(gid, &member.0, group_seq),
-                &encode(&stored),
-            )?;
+            if !hidden {
+                tx.put(
+                    Table::Messages,
+                    &group_message_key(gid, &member.0, group_seq),
+                    &encode(&stored),
+                )?;
+            }
             tx.put(
                 Table::Blobs,
                 &chain_key(gid, &member.0, group_seq),
@@ -483,7 +530,9 @@ impl PeerNode {
         for (server, blob) in blobs {
             self.post_now(&st, &server, gid, group_seq, &blob);
         }
-        notify(&mut st, &stored);
+        if !hidden {
+            notify(&mut st, &stored);
+        }
         Ok(stored)
     }
 
@@ -646,12 +695,20 @@ impl PeerNode {
                     &mut rng,
                     clock::now(),
                 );
-                let cursor = self
-                    .state()
-                    .servers
-                    .get(&server)
-                    .map(|c| c.cursor)
-                    .unwrap_or(0);
+                let cursor = {
+                    let mut st = self.state();
+                    match st.servers.get_mut(&server) {
+                        Some(c) => {
+                            if let Some(from) = c.rewind.take()
+                                && from < c.cursor
+                            {
+                                c.cursor = from;
+                            }
+                            c.cursor
+                        }
+                        None => 0,
+                    }
+                };
                 let client = Arc::new(Mutex::new(ServerClient::new(
                     ClientConfig::default(),
                     cursor,
@@ -663,6 +720,10 @@ impl PeerNode {
                     if let Some(c) = st.servers.get_mut(&server) {
                         c.client = Some(client.clone());
                         c.tx = Some(tx.clone());
+                        if c.rewind.is_some() {
+                            // Asked to rewind while this one was dialing.
+                            let _ = tx.try_send(LinkCommand::Close);
+                        }
                     }
                 }
                 let mut handler = ServerLink {
@@ -684,7 +745,11 @@ impl PeerNode {
                         c.status.last_error = Some(format!("{reason:?}"));
                         c.failing_since.get_or_insert(now);
                     }
-                    c.next_try = c.backoff.next_attempt(now, &mut clock::rng());
+                    c.next_try = if !failed && c.rewind.is_some() {
+                        now // closed to read again from earlier
+                    } else {
+                        c.backoff.next_attempt(now, &mut clock::rng())
+                    };
                     if failed {
                         self.directory_failed(&mut st, &server);
                     }
@@ -843,6 +908,10 @@ impl PeerNode {
                 return Err(e);
             }
         };
+        if opened.kind == MessageKind::MOVE {
+            // Kept per server, ours too, to tell members who missed it.
+            self.keep_move(gid, &server.to_string(), opened.timestamp.as_micros(), blob);
+        }
         let ingested = g.tracker.ingest(&opened);
         let mut gaps = Vec::new();
         while let Some(ev) = g.tracker.poll_event() {
@@ -859,14 +928,24 @@ impl PeerNode {
         if matches!(self.store.get(Table::Messages, &key), Ok(Some(_))) {
             return Ok(None); // ours, or already stored (posted on two servers)
         }
+        if opened.kind == MessageKind::ADVERTS
+            && matches!(
+                self.store
+                    .get(Table::Blobs, &chain_key(gid, &opened.member.0, opened.seq)),
+                Ok(Some(_))
+            )
+        {
+            return Ok(None); // not stored as a message: its chain record says we had it
+        }
         let sender = opened.sender.address().to_string();
         let timestamp = opened.timestamp.as_micros();
+        let mut added = Vec::new();
         let text = if opened.kind == MessageKind::MOVE {
             match MoveNotice::decode(opened.body) {
                 Ok(notice) => {
                     let names: Vec<String> =
                         notice.servers().iter().map(|s| s.to_string()).collect();
-                    self.apply_move(g, &notice, timestamp);
+                    added = self.apply_move(g, &notice, timestamp);
                     format!("[moved this group to {}]", names.join(", "))
                 }
                 Err(e) => format!("[a move notice that could not be read: {e}]"),
@@ -874,6 +953,8 @@ impl PeerNode {
         } else {
             opened.text().unwrap_or("").to_string()
         };
+        // Server adverts go to the directory, not the conversation.
+        let adverts = (opened.kind == MessageKind::ADVERTS).then(|| opened.body.to_vec());
         let chain_rec = ChainRecord {
             member: hex(&opened.member.0),
             seq: opened.seq,
@@ -911,7 +992,9 @@ impl PeerNode {
         };
         let kept = crate::recovery::KeptBlob::new(&server.to_string(), index, blob);
         let _ = self.store.transaction(|tx| {
-            tx.put(Table::Messages, &key, &encode(&m))?;
+            if adverts.is_none() {
+                tx.put(Table::Messages, &key, &encode(&m))?;
+            }
             tx.put(
                 Table::Blobs,
                 &chain_key(gid, &member.0, seq),
@@ -928,7 +1011,14 @@ impl PeerNode {
         for s in record.servers_to_read(clock::unix_millis()) {
             st.servers.entry(s).or_insert_with(|| new_server_conn(0));
         }
-        notify(st, &m);
+        for s in &added {
+            // Posts made there before we followed may be behind its cursor.
+            self.rewind_server(st, s, 0);
+        }
+        match adverts {
+            Some(body) => self.group_adverts_received(st, gid, &m.author, &body),
+            None => notify(st, &m),
+        }
         Ok(Some(m))
     }
 
@@ -1063,6 +1153,7 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
         ),
         cursor,
         failing_since: None,
+        rewind: None,
     }
 }
 

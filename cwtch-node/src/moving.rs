@@ -50,8 +50,23 @@ impl PeerNode {
         let shown = format!("[moved this group to {new}]");
         let stored = self.post_message(&gid, MessageKind::MOVE, &body, &shown, &[new])?;
         let mut st = self.state();
+        if let Some(g) = st.groups.get(&gid) {
+            // The copy kept for recovery (sealed for an old server): what a
+            // member who missed the move and can no longer reach the old
+            // servers gets from us over a peer link.
+            let member = g.group.id().member_id(&self.identity.public());
+            let kept = crate::recovery::keep_key(&gid, &member.0, stored.id);
+            if let Ok(Some(v)) = self.store.get(Table::Blobs, &kept)
+                && let Ok(k) = serde_json::from_slice::<crate::recovery::KeptBlob>(&v)
+                && let Some(blob) = unhex::<{ cwtch_proto::group::SEALED_BLOB_LEN }>(&k.blob)
+            {
+                self.keep_own_move(g, &k.server, &blob);
+            }
+        }
         if let Some(g) = st.groups.get_mut(&gid) {
-            self.apply_move(g, &notice, stored.sent_at.saturating_mul(1000));
+            // We post the notice first: nothing of the group is on the
+            // new server before it, so there is nothing to read again.
+            let _ = self.apply_move(g, &notice, stored.sent_at.saturating_mul(1000));
             let record = g.record.clone();
             for s in record.servers_to_read(clock::unix_millis()) {
                 st.servers.entry(s).or_insert_with(|| new_server_conn(0));
@@ -66,15 +81,28 @@ impl PeerNode {
     /// Follows a move notice of time `timestamp` (µs): unless a newer
     /// notice was already followed, the group uses the notice's servers and
     /// keeps reading the old ones for [`READ_OLD_FOR`]. The caller
-    /// saves the record.
-    pub(crate) fn apply_move(&self, g: &mut GroupState, notice: &MoveNotice, timestamp: u64) {
+    /// saves the record. Returns the servers the group did not read
+    /// before: what others posted there before we followed may be behind
+    /// their cursors (the caller rewinds them).
+    pub(crate) fn apply_move(
+        &self,
+        g: &mut GroupState,
+        notice: &MoveNotice,
+        timestamp: u64,
+    ) -> Vec<String> {
         if !follows(
             Instant::from_micros(timestamp),
             Instant::from_micros(g.record.moved_at),
         ) {
-            return; // an older notice, arriving late
+            return Vec::new(); // an older notice, arriving late
         }
         let new: Vec<String> = notice.servers().iter().map(|s| s.to_string()).collect();
+        let read_before = g.record.servers_to_read(clock::unix_millis());
+        let added: Vec<String> = new
+            .iter()
+            .filter(|s| !read_before.contains(s))
+            .cloned()
+            .collect();
         let until = clock::unix_millis().saturating_add(READ_OLD_FOR.as_micros() / 1000);
         for old in &g.record.servers {
             if !new.contains(old) {
@@ -95,6 +123,7 @@ impl PeerNode {
         if let Some(secret) = unhex::<32>(&g.record.secret) {
             g.group = Group::from_secret(GroupSecret::from_bytes(&secret), servers);
         }
+        added
     }
 
     /// Expires servers moved away from, and applies the move policy.

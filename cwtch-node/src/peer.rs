@@ -147,6 +147,7 @@ pub(crate) struct State {
     pub(crate) recovery: crate::recovery::RecoveryState,
     pub(crate) mailbox: Option<crate::mailbox::MailboxState>,
     pub(crate) directory: crate::directory::Directory,
+    pub(crate) group_adverts: crate::group_adverts::GroupAdvertState,
 }
 
 /// A running peer.
@@ -199,6 +200,7 @@ impl PeerNode {
                 recovery: Default::default(),
                 mailbox: None,
                 directory: Default::default(),
+                group_adverts: Default::default(),
             }),
         });
         node.load_groups()?;
@@ -628,6 +630,7 @@ impl PeerNode {
                 out.push(self.hello(&st.name));
                 out.extend(self.outbox_for(remote));
                 out.extend(self.directory_to_share(&st));
+                out.extend(self.moves_to_share(&st, remote));
             }
             Some(ContactState::Request) => {}
             Some(ContactState::Blocked) => {
@@ -784,6 +787,10 @@ impl PeerNode {
             }
             PeerMessage::ServerAdvert { advert } => {
                 self.directory_from_contact(&mut st, remote, advert);
+                Vec::new()
+            }
+            PeerMessage::MoveBlob { blob } => {
+                self.on_move_blob(&mut st, remote, blob);
                 Vec::new()
             }
         }

@@ -93,6 +93,7 @@ impl PeerNode {
             smol::Timer::after(std::time::Duration::from_secs(2)).await;
             self.recovery_tick(clock::now());
             self.moving_tick(clock::now());
+            self.group_adverts_tick();
         }
     }
 
@@ -122,7 +123,7 @@ impl PeerNode {
         };
         for (step, gid, missing) in steps {
             match step {
-                RecoveryStep::AskServers => self.refetch(&gid, &missing, now),
+                RecoveryStep::AskServers => self.refetch(&gid, &missing),
                 RecoveryStep::AskMembers => self.ask_members(&gid, &missing, now),
             }
         }
@@ -145,7 +146,7 @@ impl PeerNode {
     /// Asks each server of the group again, from just before the gap: the
     /// index of the last kept message of each member before its gap (or
     /// from the start when there is none).
-    fn refetch(&self, gid: &str, missing: &[MissingRange], now: Instant) {
+    fn refetch(&self, gid: &str, missing: &[MissingRange]) {
         let mut from: HashMap<String, u64> = HashMap::new();
         let servers = {
             let st = self.state();
@@ -179,14 +180,8 @@ impl PeerNode {
         );
         let mut st = self.state();
         for (server, cursor) in from {
-            if let Some(c) = st.servers.get_mut(&server)
-                && cursor < c.cursor
-            {
-                c.cursor = cursor;
-                if let Some(tx) = &c.tx {
-                    let _ = tx.try_send(LinkCommand::Close);
-                }
-                c.next_try = now;
+            if st.servers.get(&server).is_some_and(|c| cursor < c.cursor) {
+                self.rewind_server(&mut st, &server, cursor);
             }
         }
     }

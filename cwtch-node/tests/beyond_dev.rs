@@ -81,3 +81,21 @@ fn status_says_why_a_message_waits() {
     );
     assert_eq!(cli(&ah, &["status"]).unwrap()["contacts"][0]["pending"], 0);
 }
+
+#[test]
+fn a_member_joining_on_a_server_in_use_reads_the_earlier_posts() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::join_a_group_on_a_server_in_use(&net(tmp.path()), tmp.path());
+}
+
+#[test]
+fn a_member_learns_a_server_inside_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::a_server_advert_shared_inside_a_group(&net(tmp.path()), tmp.path());
+}
+
+#[test]
+fn a_member_learns_a_move_from_a_contact_when_the_old_server_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    beyond::a_move_told_by_a_contact(&net(tmp.path()), tmp.path());
+}

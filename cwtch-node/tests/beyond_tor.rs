@@ -62,3 +62,42 @@ fn recovery_and_moving_over_tor() {
         }
     });
 }
+
+/// The gaps of issue 9 closed later: joining a group on a server already
+/// read, server adverts inside a group, a move told by a contact. One
+/// network, the three scenarios at once.
+#[test]
+fn joining_adverts_in_groups_and_moves_told_over_tor() {
+    let net = TestNetwork::start(5).expect("private Tor network (is tor installed?)");
+    println!("private Tor network up in {:?}", net.startup_time());
+    let tmp = tempfile::tempdir().unwrap();
+    let tor = Tor(&net);
+    std::thread::scope(|s| {
+        let runs = [
+            s.spawn(|| {
+                let start = Instant::now();
+                beyond::join_a_group_on_a_server_in_use(&tor, &tmp.path().join("join"));
+                println!("joining on a server in use over Tor: {:?}", start.elapsed());
+            }),
+            s.spawn(|| {
+                let start = Instant::now();
+                beyond::a_server_advert_shared_inside_a_group(&tor, &tmp.path().join("adverts"));
+                println!(
+                    "a server advert inside a group over Tor: {:?}",
+                    start.elapsed()
+                );
+            }),
+            s.spawn(|| {
+                let start = Instant::now();
+                beyond::a_move_told_by_a_contact(&tor, &tmp.path().join("told"));
+                println!("a move told by a contact over Tor: {:?}", start.elapsed());
+            }),
+        ];
+        let results: Vec<_> = runs.into_iter().map(|r| r.join()).collect();
+        for r in results {
+            if let Err(e) = r {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+}

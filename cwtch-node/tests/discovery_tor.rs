@@ -138,9 +138,9 @@ fn carol_finds_a_server_through_bob(
     assert!(after["observed"]["connections"].as_u64().unwrap() >= 1);
     assert_eq!(after["reachable"], true);
 
-    // Bob joins through an invite and reads carol's next post from S. (He
-    // was already subscribed to S for his own group, past carol's first
-    // post: fetching a joined group's history is the recovery's business.)
+    // Bob joins through an invite and reads carol's posts from S: her
+    // first one too, although his cursor on S (read for his own group) was
+    // past it (joining a group reads its servers again from the start).
     cli(&homes[1], &["group", "invite", "carols", &bob]).unwrap();
     wait_for("bob to join carol's group", limit, || {
         cli(&homes[0], &["group", "list"])
@@ -151,12 +151,12 @@ fn carol_finds_a_server_through_bob(
             .then_some(())
     });
     cli(&homes[1], &["group", "send", "carols", "welcome, bob"]).unwrap();
-    wait_for("bob to read carol's post", limit, || {
-        messages(&homes[0], "carols")
-            .iter()
-            .any(|m| m["text"] == "welcome, bob")
-            .then_some(())
+    let bobs = wait_for("bob to read carol's posts", limit, || {
+        let m = messages(&homes[0], "carols");
+        m.iter().any(|m| m["text"] == "welcome, bob").then_some(m)
     });
+    let texts: Vec<&str> = bobs.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, ["found you through bob", "welcome, bob"]);
 
     // The directory is in carol's encrypted profile: it survives a restart.
     c.kill9();

@@ -62,6 +62,8 @@ pub enum ControlError {
     NotCanonical,
     /// The output buffer is too small.
     BufferTooSmall,
+    /// A server advert that does not decode or verify (section 13.1).
+    BadAdvert(crate::server::advert::AdvertError),
 }
 
 impl fmt::Display for ControlError {
@@ -75,6 +77,7 @@ impl fmt::Display for ControlError {
             ControlError::BadRange => f.write_str("a range is empty, too long or out of range"),
             ControlError::NotCanonical => f.write_str("ranges are not sorted and disjoint"),
             ControlError::BufferTooSmall => f.write_str("output buffer too small"),
+            ControlError::BadAdvert(e) => write!(f, "a server advert is not valid: {e}"),
         }
     }
 }

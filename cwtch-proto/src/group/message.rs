@@ -90,6 +90,10 @@ impl MessageKind {
     /// A control message: the group moves to the servers named in the body,
     /// a [`MoveNotice`](super::control::MoveNotice) (SPEC.md section 15).
     pub const MOVE: MessageKind = MessageKind(0x80);
+    /// A control message: signed server adverts for members' directories,
+    /// a [`GroupAdverts`](super::adverts::GroupAdverts) (SPEC.md section
+    /// 13.4). Not shown as a message.
+    pub const ADVERTS: MessageKind = MessageKind(0x81);
 
     /// The kind of this byte; `None` for the invalid `0x00`.
     pub const fn from_byte(byte: u8) -> Option<Self> {

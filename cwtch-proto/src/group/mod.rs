@@ -12,6 +12,7 @@
 //! - [`detect`]: cheap detection tags and the multi-group [`Detector`];
 //! - [`gap`]: the per-group [`GapTracker`];
 //! - [`control`]: the move notice and the recovery request;
+//! - [`adverts`]: server adverts shared inside a group;
 //! - [`recovery`]: when to ask for missing messages, and answer budgets;
 //! - [`moving`]: when a group moves, and whether to follow a move.
 //!
@@ -47,6 +48,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod adverts;
 pub mod control;
 pub mod detect;
 pub mod gap;
@@ -57,6 +59,7 @@ pub mod recovery;
 pub mod seal;
 pub mod secret;
 
+pub use adverts::GroupAdverts;
 pub use control::{ControlError, MoveNotice, ResendWanted};
 pub use detect::{DetectionKey, Detector, DetectorFull};
 pub use gap::{GapError, GapEvent, GapTracker, Ingested, MessageRef, MissingRange};

@@ -73,6 +73,13 @@ pub enum PeerMessage<'a> {
         /// The encoded, signed advert.
         advert: &'a [u8],
     },
+    /// A sealed move notice of a group both peers are in, unasked (SPEC.md
+    /// section 15): for a member that missed the move on the server.
+    /// Verified by the receiver like a blob from a server.
+    MoveBlob {
+        /// The sealed blob.
+        blob: &'a [u8],
+    },
 }
 
 /// Why bytes are not a peer message.
@@ -127,6 +134,7 @@ impl<'a> PeerMessage<'a> {
             }
             PeerMessage::ResendBlob { blob, .. } => check(blob.len(), "blob", MAX_BLOB_LEN),
             PeerMessage::ServerAdvert { advert } => check(advert.len(), "advert", MAX_BLOB_LEN),
+            PeerMessage::MoveBlob { blob } => check(blob.len(), "blob", MAX_BLOB_LEN),
         }
     }
 
@@ -188,6 +196,7 @@ mod tests {
                 blob: &[0; 100],
             },
             PeerMessage::ServerAdvert { advert: &[5; 10] },
+            PeerMessage::MoveBlob { blob: &[6; 2048] },
         ];
         let mut buf = [0u8; MAX_ENCODED_LEN];
         for m in msgs {
@@ -212,6 +221,31 @@ mod tests {
         assert_eq!(
             PeerMessage::Hello { name: "" }.encode(&mut buf).unwrap(),
             &[0, 0]
+        );
+        assert_eq!(
+            PeerMessage::MoveBlob {
+                blob: &[0xaa, 0xbb]
+            }
+            .encode(&mut buf)
+            .unwrap(),
+            &[7, 2, 0xaa, 0xbb]
+        );
+        // Misuse: longer than the limit, truncated, trailing bytes.
+        let long = [0u8; MAX_BLOB_LEN + 1];
+        assert_eq!(
+            PeerMessage::MoveBlob { blob: &long }.encode(&mut [0u8; 5000]),
+            Err(PeerMessageError::TooLong {
+                field: "blob",
+                max: MAX_BLOB_LEN
+            })
+        );
+        assert_eq!(
+            PeerMessage::decode(&[7, 2, 0xaa]),
+            Err(PeerMessageError::Malformed)
+        );
+        assert_eq!(
+            PeerMessage::decode(&[7, 1, 0xaa, 0]),
+            Err(PeerMessageError::Malformed)
         );
     }
 
