@@ -6,7 +6,6 @@
 //! every advert in it still verifies.
 #![no_main]
 
-use cwtch_proto::Identity;
 use cwtch_proto::group::GroupAdverts;
 use cwtch_proto::group::adverts::{GROUP_ADVERTS_MAX_LEN, MAX_GROUP_ADVERTS};
 use cwtch_proto::server::advert::{Requirements, Retention, ServerAdvert};
@@ -33,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut list = GroupAdverts::new();
     for i in 0..=first % 3 {
-        let id = Identity::from_seed(&[first.wrapping_add(i); 32]);
+        let id = cwtch_fuzz::identity(first.wrapping_add(i));
         let advert = ServerAdvert {
             server: id.public(),
             issued_at: 1_767_225_600,
