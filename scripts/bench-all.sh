@@ -3,7 +3,7 @@
 #
 #   scripts/bench-all.sh [--quick]
 #
-# Output goes to the terminal and to bench-results/<UTC time>/ (one log per
+# Output goes to the terminal and to target/bench-results/<UTC time>/ (one log per
 # benchmark plus summary.txt with the machine, the load average and the
 # result lines). Everything runs under `nice -n 10`: the machines this
 # project is built on are shared, which is why every figure is a ratio
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-OUT="bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 FAILED=()
