@@ -42,7 +42,7 @@ note "started $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /
 
 echo "::: building (release)"
 nice -n 10 cargo build --release -p cwtch-node --bins \
-    --example idle_memory --example fanout --example tor_rtt || exit 1
+    --example idle_memory --example fanout --example tor_rtt --example ingest_tcp || exit 1
 EX=target/release/examples
 
 # 1. Core (cwtch-proto): handshake, channel, detection, sync.
@@ -60,6 +60,10 @@ if [ "$QUICK" = 1 ]; then
 else
     run ingest cargo bench -p cwtch-node --bench ingest
 fi
+
+# 2b. The same over the development transport (loopback TCP): the real
+#     server with its channel, against one SQLite transaction per post.
+if [ "$QUICK" = 1 ]; then run ingest_tcp "$EX/ingest_tcp" 2 64; else run ingest_tcp "$EX/ingest_tcp" 5 16,64,256; fi
 
 # 3. Fan-out of one post to 1,000 subscribers.
 if [ "$QUICK" = 1 ]; then run fanout "$EX/fanout" 1000 10; else run fanout "$EX/fanout" 1000 50; fi
@@ -80,8 +84,9 @@ if [ "$QUICK" = 1 ]; then run tor "$EX/tor_rtt" 30 2; else run tor "$EX/tor_rtt"
 
 note ""
 note "== results"
-grep -hE "ratio|goal|KiB/conn|^ +[0-9]+ +[0-9.]+ +[0-9.]+|p50 ms|ours|baseline|group|median|up in" \
-    "$OUT"/fanout.log "$OUT"/idle_memory.log "$OUT"/tor.log "$OUT"/ingest.log 2>/dev/null | tee -a "$SUMMARY"
+grep -hE "ratio|goal|KiB/conn|^ +[0-9]+ +[0-9.]+ +[0-9.]+|p50 ms|^ours|^baseline|^raw|^group|median|up in|^scenario|^server" \
+    "$OUT"/proto.log "$OUT"/ingest.log "$OUT"/ingest_tcp.log "$OUT"/fanout.log \
+    "$OUT"/idle_memory.log "$OUT"/tor.log 2>/dev/null | grep -v "^Benchmarking" | tee -a "$SUMMARY"
 note "finished $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     note "FAILED: ${FAILED[*]}"
