@@ -260,8 +260,12 @@ impl Poster {
             out.push(buf[..n].to_vec());
         }
         while let Some(e) = c.poll_event() {
-            if let ClientEvent::Posted { seq, .. } = e {
-                let _ = self.acks.send((seq, Instant::now()));
+            match e {
+                ClientEvent::Posted { seq, .. } => {
+                    let _ = self.acks.send((seq, Instant::now()));
+                }
+                ClientEvent::Refused(r) => panic!("the server refused a post: {r:?}"),
+                _ => {}
             }
         }
         out
@@ -328,13 +332,14 @@ fn main() {
     let identity = Identity::generate(&mut cwtch_node::clock::rng());
     let key = *identity.public().as_bytes();
     let dir = tempfile::tempdir().expect("temp dir");
-    let shared = server::open_shared(
-        dir.path(),
-        identity,
-        ServerConfig::default(),
-        Default::default(),
-    )
-    .expect("server");
+    // Without the per-connection rate limit: one poster posts here many
+    // times a second.
+    let config = ServerConfig {
+        rate_interval: cwtch_proto::Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let shared =
+        server::open_shared(dir.path(), identity, config, Default::default()).expect("server");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let listener = Async::new(listener).expect("async");
