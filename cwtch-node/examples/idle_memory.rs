@@ -196,9 +196,15 @@ fn main() {
     }
     let identity = Identity::generate(&mut cwtch_node::clock::rng());
     let key = *identity.public().as_bytes();
-    let dir = tempfile_dir();
-    let shared = server::open_shared(&dir, identity, ServerConfig::default(), Default::default())
-        .expect("server");
+    // Removed when this process ends.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = server::open_shared(
+        dir.path(),
+        identity,
+        ServerConfig::default(),
+        Default::default(),
+    )
+    .expect("server");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let listener = Async::new(listener).expect("async");
@@ -249,10 +255,4 @@ fn main() {
         let (o, b) = (ours as f64 / n as f64, base as f64 / n as f64);
         println!("{n:>7} {o:>16.1} {b:>16.1} {:>7.1}", o / b.max(0.1));
     }
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cwtch-idle-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
