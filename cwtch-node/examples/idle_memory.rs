@@ -3,14 +3,18 @@
 //! the same number of idle TCP sockets.
 //!
 //! ```text
-//! ulimit -n 25000; cargo run --release -p cwtch-node --example idle_memory -- 1000 10000
+//! cargo run --release -p cwtch-node --example idle_memory -- 1000 10000
 //! ```
+//!
+//! 10,000 clients need a little over 10,000 file descriptors in each of
+//! the two processes (`ulimit -n` of 20,000 is enough: the baseline's
+//! sockets are closed before ours are measured).
 //!
 //! The server (or the baseline) runs in this process on 127.0.0.1; the
 //! clients run in a child process (this binary with `clients ADDR N`), so
 //! their memory is not counted. Each client completes the anonymous
 //! handshake, subscribes, and then stays idle (the baseline's clients only
-//! connect: its sessions never establish). The figure is the growth of
+//! connect and hold their sockets). The figure is the growth of
 //! this process's VmRSS divided by the number of clients.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -78,6 +82,17 @@ impl LinkHandler for Subscriber {
 /// prints "ready" when all are up, exits when stdin closes.
 fn clients(addr: SocketAddr, server_key: [u8; 32], n: usize) {
     let server = PublicIdentity::from_bytes(&server_key).expect("server key");
+    if std::env::var_os("IDLE_MEMORY_PLAIN").is_some() {
+        // The baseline never answers a handshake: only connect and hold.
+        let held: Vec<_> = (0..n)
+            .filter_map(|_| TcpStream::connect(addr).ok())
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        println!("{}", held.len());
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        return;
+    }
     let ready = Arc::new(AtomicUsize::new(0));
     let ex = Arc::new(smol::Executor::new());
     for i in 0..n {
@@ -116,10 +131,14 @@ fn clients(addr: SocketAddr, server_key: [u8; 32], n: usize) {
 
 /// Runs `n` clients against the listener's address and returns the VmRSS
 /// growth of this process while they are connected, in KiB.
-fn measure(addr: SocketAddr, key: &[u8; 32], n: usize, before: u64) -> u64 {
+fn measure(addr: SocketAddr, key: &[u8; 32], n: usize, before: u64, plain: bool) -> u64 {
     use std::io::{BufRead, BufReader};
     let exe = std::env::current_exe().expect("exe");
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if plain {
+        cmd.env("IDLE_MEMORY_PLAIN", "1");
+    }
+    let mut child = cmd
         .args(["clients", &addr.to_string(), &hex(key), &n.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -177,9 +196,15 @@ fn main() {
     }
     let identity = Identity::generate(&mut cwtch_node::clock::rng());
     let key = *identity.public().as_bytes();
-    let dir = tempfile_dir();
-    let shared = server::open_shared(&dir, identity, ServerConfig::default(), Default::default())
-        .expect("server");
+    // Removed when this process ends.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = server::open_shared(
+        dir.path(),
+        identity,
+        ServerConfig::default(),
+        Default::default(),
+    )
+    .expect("server");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let listener = Async::new(listener).expect("async");
@@ -202,12 +227,13 @@ fn main() {
     let base_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let base_addr = base_listener.local_addr().expect("addr");
     let base_listener = Async::new(base_listener).expect("async");
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held2 = held.clone();
     std::thread::spawn(move || {
         smol::block_on(async {
-            let mut held = Vec::new();
             loop {
                 if let Ok((s, _)) = base_listener.accept().await {
-                    held.push(s);
+                    held2.lock().unwrap().push(s);
                 }
             }
         })
@@ -219,17 +245,14 @@ fn main() {
     );
     for n in counts {
         let before = rss_kib();
-        let base = measure(base_addr, &key, n, before);
+        let base = measure(base_addr, &key, n, before, true);
+        // Close the baseline's sockets (file descriptors: 2 x 10,000 would
+        // pass the usual hard limit of 20,000).
+        held.lock().unwrap().clear();
         std::thread::sleep(Duration::from_secs(1));
         let before = rss_kib();
-        let ours = measure(addr, &key, n, before);
+        let ours = measure(addr, &key, n, before, false);
         let (o, b) = (ours as f64 / n as f64, base as f64 / n as f64);
         println!("{n:>7} {o:>16.1} {b:>16.1} {:>7.1}", o / b.max(0.1));
     }
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cwtch-idle-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

@@ -312,10 +312,13 @@ where
     let Ok(cursor) = i64::try_from(cursor) else {
         return Ok(0);
     };
-    let mut stmt =
-        conn.prepare_cached("SELECT idx, blob FROM blobs WHERE idx > ?1 ORDER BY idx LIMIT ?2")?;
-    // `limit` is at most MAX_READ_LIMIT, so it fits.
-    let mut rows = stmt.query(params![cursor, limit as i64])?;
+    // The limit is part of the SQL text, not a parameter: SQLite re-prepares
+    // a statement whose LIMIT parameter is rebound, on every query (a
+    // fan-out to 1,000 subscribers spent most of its store time doing so).
+    // `limit` is at most MAX_READ_LIMIT: few distinct statements to cache.
+    let sql = format!("SELECT idx, blob FROM blobs WHERE idx > ?1 ORDER BY idx LIMIT {limit}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![cursor])?;
     let mut seen = 0;
     while let Some(row) = rows.next()? {
         let index = from_sql_int(row.get(0)?)?;

@@ -1,0 +1,409 @@
+//! Durable ingest over the development transport (issue #8): P clients on
+//! loopback TCP, each posting 2 KiB blobs one after another (the next post
+//! once the previous one is acknowledged as durable). Ours is the real
+//! server (`server::serve_client`: channel handshake, server session, group
+//! committer, SQLite WAL with `synchronous=FULL`); the baseline, measured
+//! in the same run, is a bare smol TCP server that stores each blob with
+//! its own SQLite transaction (the same store code, one blob per commit,
+//! what the reference server does) and then acknowledges it.
+//!
+//! ```text
+//! cargo run --release -p cwtch-node --example ingest_tcp -- [SECS=5] [P,P,...=16,64,256]
+//! ```
+//!
+//! The clients run in a child process (this binary with `ours ...` or
+//! `base ...`), so the server's CPU time (this process, user + system) is
+//! the server's alone. Ours runs without the per-connection rate limit
+//! (`rate_interval` 0): this measures capacity, not the policy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cwtch_node::blob_store::{BlobStore, RetentionPolicy};
+use cwtch_node::link::{self, LinkHandler};
+use cwtch_node::server;
+use cwtch_proto::connection::{CloseReason, Config, Connection};
+use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::server::ServerConfig;
+use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
+use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::{Identity, PublicIdentity};
+use smol::Async;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Process CPU time (user + system, all threads), from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn blob(tag: u64) -> [u8; SEALED_BLOB_LEN] {
+    let mut b = [0u8; SEALED_BLOB_LEN];
+    b[..8].copy_from_slice(&tag.to_le_bytes());
+    let mut x = tag | 1;
+    for chunk in b[8..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    b
+}
+
+// ---- the child: P posting clients ---------------------------------------
+
+static READY: AtomicUsize = AtomicUsize::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// When every client was ready, and when the window ends.
+static WINDOW: OnceLock<(Instant, Instant)> = OnceLock::new();
+/// Ack latencies of posts acknowledged inside the window.
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+fn record(sent: Instant, acked: Instant) {
+    if let Some(&(start, end)) = WINDOW.get()
+        && acked >= start
+        && acked < end
+    {
+        LATENCIES.lock().unwrap().push(acked - sent);
+    }
+}
+
+fn posting() -> bool {
+    WINDOW.get().is_none_or(|&(_, end)| Instant::now() < end)
+}
+
+struct Poster {
+    client: ServerClient,
+    sent: Instant,
+    n: u64,
+    id: u64,
+}
+
+impl Poster {
+    fn post(&mut self) -> Vec<Vec<u8>> {
+        if !posting() {
+            return Vec::new();
+        }
+        let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+        let b = blob((self.id << 32) | self.n);
+        self.n += 1;
+        match self.client.post(&b, &mut buf) {
+            Ok(sent) => {
+                self.sent = Instant::now();
+                vec![buf[..sent.len].to_vec()]
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl LinkHandler for Poster {
+    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+        let _ = self.client.handle_reply(msg);
+        let mut out = Vec::new();
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                ClientEvent::Connected(_) => {
+                    READY.fetch_add(1, Ordering::Relaxed);
+                    out.extend(self.post());
+                }
+                ClientEvent::Posted { .. } => {
+                    record(self.sent, Instant::now());
+                    out.extend(self.post());
+                }
+                ClientEvent::Refused(_) => {
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    out.extend(self.post());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+    fn closed(&mut self, _reason: CloseReason) {}
+}
+
+async fn ours_client(addr: SocketAddr, server: PublicIdentity, id: u64) {
+    let Ok(stream) = Async::<TcpStream>::connect(addr).await else {
+        eprintln!("ingest_tcp: connect failed");
+        return;
+    };
+    let mut rng = cwtch_node::clock::rng();
+    let conn = Connection::anonymous_initiator(
+        Config::default(),
+        server,
+        &mut rng,
+        cwtch_node::clock::now(),
+    );
+    let config = ClientConfig {
+        auto_sync: false,
+        subscribe_after_sync: false,
+        ..ClientConfig::default()
+    };
+    let mut h = Poster {
+        client: ServerClient::new(config, 0, &mut rng),
+        sent: Instant::now(),
+        n: 0,
+        id,
+    };
+    let (tx, rx) = smol::channel::bounded(1);
+    let _ = link::drive(stream, conn, rx, &mut h).await;
+    drop(tx);
+}
+
+async fn base_client(addr: SocketAddr, id: u64) {
+    let Ok(mut s) = Async::<TcpStream>::connect(addr).await else {
+        eprintln!("ingest_tcp: connect failed");
+        return;
+    };
+    READY.fetch_add(1, Ordering::Relaxed);
+    let mut ack = [0u8; 8];
+    let mut n = 0;
+    while posting() {
+        let b = blob((id << 32) | n);
+        n += 1;
+        let sent = Instant::now();
+        if s.write_all(&b).await.is_err() || s.read_exact(&mut ack).await.is_err() {
+            return;
+        }
+        record(sent, Instant::now());
+    }
+}
+
+/// Child: `p` clients; prints `ready` when all can post, then after `secs`
+/// prints `done POSTS P50_US P99_US REFUSED`.
+fn clients(ours: bool, addr: SocketAddr, key: [u8; 32], p: usize, secs: f64) {
+    let ex = Arc::new(smol::Executor::new());
+    for i in 0..p {
+        if ours {
+            let server = PublicIdentity::from_bytes(&key).expect("server key");
+            ex.spawn(async move {
+                // At most 128 handshakes at once.
+                while i >= READY.load(Ordering::Relaxed) + 128 {
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+                ours_client(addr, server, i as u64).await
+            })
+            .detach();
+        } else {
+            ex.spawn(base_client(addr, i as u64)).detach();
+        }
+    }
+    smol::block_on(ex.run(async {
+        while READY.load(Ordering::Relaxed) < p {
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+        let start = Instant::now();
+        let _ = WINDOW.set((start, start + Duration::from_secs_f64(secs)));
+        println!("ready");
+        smol::Timer::after(Duration::from_secs_f64(secs)).await;
+        // Posts in flight at the end finish outside the window.
+        smol::Timer::after(Duration::from_millis(500)).await;
+        let mut l = std::mem::take(&mut *LATENCIES.lock().unwrap());
+        l.sort();
+        let pct = |q: f64| {
+            l.get(((l.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0, |d| d.as_micros())
+        };
+        println!(
+            "done {} {} {} {}",
+            l.len(),
+            pct(0.5),
+            pct(0.99),
+            REFUSED.load(Ordering::Relaxed)
+        );
+    }));
+}
+
+// ---- the parent: the servers, the runs ----------------------------------
+
+struct Outcome {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+    refused: u64,
+}
+
+fn run(mode: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs: f64) -> Outcome {
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args([
+            mode,
+            &addr.to_string(),
+            &hex(key),
+            &p.to_string(),
+            &secs.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn clients");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "the clients did not come up");
+    let cpu0 = process_cpu();
+    line.clear();
+    let _ = out.read_line(&mut line);
+    // The window ended half a second before the line.
+    let cpu = process_cpu() - cpu0;
+    let _ = child.wait();
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().expect("a figure"))
+        .collect();
+    assert_eq!(f.len(), 4, "unexpected output: {line}");
+    Outcome {
+        rate: f[0] as f64 / secs,
+        p50_ms: f[1] as f64 / 1e3,
+        p99_ms: f[2] as f64 / 1e3,
+        cpu_us: cpu.as_secs_f64() * 1e6 / f[0].max(1) as f64,
+        refused: f[3],
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    out
+}
+
+/// Our server on a fresh store; returns its address and key.
+fn start_ours() -> (SocketAddr, [u8; 32], tempfile::TempDir) {
+    let identity = Identity::generate(&mut cwtch_node::clock::rng());
+    let key = *identity.public().as_bytes();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ServerConfig {
+        rate_interval: cwtch_proto::Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let shared =
+        server::open_shared(dir.path(), identity, config, Default::default()).expect("server");
+    let listener = Async::new(TcpListener::bind("127.0.0.1:0").expect("bind")).unwrap();
+    let addr = listener.get_ref().local_addr().unwrap();
+    smol::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let shared = shared.clone();
+            smol::spawn(async move { server::serve_client(&shared, stream).await }).detach();
+        }
+    })
+    .detach();
+    (addr, key, dir)
+}
+
+/// The baseline on a fresh store: one SQLite transaction per blob, on one
+/// store thread (SQLite has one writer), then an 8-byte ack.
+fn start_base() -> (SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store =
+        BlobStore::open(dir.path().join("blobs.sqlite"), RetentionPolicy::UNLIMITED).unwrap();
+    type Job = (Box<[u8; SEALED_BLOB_LEN]>, smol::channel::Sender<u64>);
+    let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::spawn(move || {
+        while let Ok((b, reply)) = rx.recv() {
+            let index = store.append_batch(&[*b]).expect("append").start;
+            let _ = reply.send_blocking(index);
+        }
+    });
+    let jobs = Arc::new(Mutex::new(jobs));
+    let listener = Async::new(TcpListener::bind("127.0.0.1:0").expect("bind")).unwrap();
+    let addr = listener.get_ref().local_addr().unwrap();
+    smol::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let jobs = jobs.clone();
+            smol::spawn(async move {
+                let (tx, rx) = smol::channel::bounded(1);
+                loop {
+                    let mut b = Box::new([0u8; SEALED_BLOB_LEN]);
+                    if s.read_exact(&mut b[..]).await.is_err() {
+                        return;
+                    }
+                    let _ = jobs.lock().unwrap().send((b, tx.clone()));
+                    let Ok(index) = rx.recv().await else { return };
+                    if s.write_all(&index.to_le_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
+    (addr, dir)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(mode @ ("ours" | "base")) = args.get(1).map(String::as_str) {
+        clients(
+            mode == "ours",
+            args[2].parse().expect("addr"),
+            unhex(&args[3]),
+            args[4].parse().expect("p"),
+            args[5].parse().expect("secs"),
+        );
+        return;
+    }
+    let secs: f64 = args.get(1).map_or(5.0, |a| a.parse().expect("SECS"));
+    let levels: Vec<usize> = args.get(2).map_or(vec![16, 64, 256], |a| {
+        a.split(',').map(|x| x.parse().expect("P")).collect()
+    });
+    println!(
+        "durable ingest over loopback TCP, 2 KiB blobs, {secs} s per run, WAL + synchronous=FULL in {}",
+        std::env::temp_dir().display()
+    );
+    println!(
+        "{:<10} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8}",
+        "server", "P", "posts/s", "p50 ms", "p99 ms", "CPU µs/post", "refused"
+    );
+    let mut rows = Vec::new();
+    for &p in &levels {
+        // A fresh store for each run.
+        let (base_addr, _base_dir) = start_base();
+        let b = run("base", base_addr, &[0; 32], p, secs);
+        let (addr, key, _dir) = start_ours();
+        let o = run("ours", addr, &key, p, secs);
+        for (name, x) in [("baseline", &b), ("ours", &o)] {
+            println!(
+                "{name:<10} {p:>5} {:>10.0} {:>9.2} {:>9.2} {:>12.1} {:>8}",
+                x.rate, x.p50_ms, x.p99_ms, x.cpu_us, x.refused
+            );
+        }
+        let _ = std::io::stdout().flush();
+        rows.push((p, b, o));
+    }
+    println!();
+    for (p, b, o) in &rows {
+        let ratio = o.rate / b.rate.max(1e-9);
+        println!(
+            "P={p:<5} ours/baseline: {ratio:.1}x posts/s, CPU per post {:.2}x; goal (>= 10x and >= 30,000 posts/s) {}",
+            o.cpu_us / b.cpu_us.max(1e-9),
+            if ratio >= 10.0 && o.rate >= 30_000.0 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+}
