@@ -26,6 +26,12 @@ use crate::model::{ConnState, ConnStatus, Delivery, OutBody, OutItem, StoredMess
 use crate::peer::{PeerError, PeerNode, decode, encode, notify, outbox_key};
 use crate::profile_store::Table;
 
+/// Each connection to a server starts its sync up to this many entries
+/// before the saved cursor (SPEC.md section 8.5): the exact cursor would
+/// let the server link a reconnecting member's anonymous connections. The
+/// re-sent blobs (at most 128 KiB) are dropped by the client.
+const CURSOR_JITTER: u64 = 64;
+
 /// A group as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupRecord {
@@ -710,7 +716,10 @@ impl PeerNode {
                     }
                 };
                 let client = Arc::new(Mutex::new(ServerClient::new(
-                    ClientConfig::default(),
+                    ClientConfig {
+                        cursor_jitter: CURSOR_JITTER,
+                        ..ClientConfig::default()
+                    },
                     cursor,
                     &mut rng,
                 )));
