@@ -32,8 +32,10 @@ for target in ${TARGETS:-$(cargo fuzz list)}; do
     took=$((SECONDS - start))
     if [ -n "${SEEDS:-}" ]; then
         # The smallest inputs that found new coverage, as committed seeds.
-        find "$scratch/$target" -type f -size -4k -printf '%s %p\n' | sort -n | head -n "$SEEDS" |
-            while read -r _ f; do cp "$f" "corpus/$target/"; done
+        # (awk reads all its input: `head` would make `sort` die of SIGPIPE,
+        # which pipefail turns into the end of this script.)
+        find "$scratch/$target" -type f -size -4k -printf '%s %p\n' | sort -n |
+            awk -v n="$SEEDS" 'NR <= n { print $2 }' | while read -r f; do cp "$f" "corpus/$target/"; done
     fi
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$target.log" | grep -o '[0-9]*$')
     printf '%-22s %12s %8s %10s\n' "$target" "$execs" "$took" "$((execs / (took > 0 ? took : 1)))"
