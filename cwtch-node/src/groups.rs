@@ -599,14 +599,7 @@ impl PeerNode {
                     .record
                     .servers
                     .iter()
-                    .map(|s| {
-                        let status = st
-                            .servers
-                            .get(s)
-                            .map(|c| c.status.clone())
-                            .unwrap_or_default();
-                        serde_json::json!({"server": s, "connection": status})
-                    })
+                    .map(|s| serde_json::json!({"server": s, "connection": server_status(&st, s)}))
                     .collect();
                 let missing: u64 = g.tracker.missing().map(|r| r.count()).sum();
                 let pending = pending.get(&g.record.id).copied().unwrap_or(0);
@@ -1088,11 +1081,7 @@ impl PeerNode {
                 .servers
                 .iter()
                 .map(|s| {
-                    let status = st
-                        .servers
-                        .get(s)
-                        .map(|c| c.status.clone())
-                        .unwrap_or_default();
+                    let status = server_status(&st, s);
                     match (status.state, status.last_error) {
                         (ConnState::Authenticated | ConnState::Synced, _) => {
                             format!("sent to {s}, waiting for it to store it")
@@ -1253,4 +1242,13 @@ impl LinkHandler for ServerLink {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(s, _), _| s != &self.server);
     }
+}
+
+/// The connection status of `server` as the node last saw it (the default,
+/// "not connected", for a server it has no connection record of).
+fn server_status(st: &crate::peer::State, server: &str) -> ConnStatus {
+    st.servers
+        .get(server)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
 }
