@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use cwtch_node::blob_store::{Blob, BlobStore, CommitterConfig, GroupCommitter, RetentionPolicy};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::process_cpu;
+
 fn blob(tag: u64) -> Blob {
     let mut b = [0u8; SEALED_BLOB_LEN];
     b[..8].copy_from_slice(&tag.to_le_bytes());
@@ -65,21 +69,6 @@ impl Outcome {
         let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
         self.latencies[i]
     }
-}
-
-/// Process CPU time (user + system, all threads), from /proc/self/stat
-/// (in clock ticks of 10 ms: a 4 s scenario is measured to about 1%).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime: fields 14 and 15 of the line, in USER_HZ (100) ticks.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn fresh_store(base: &std::path::Path) -> (tempfile::TempDir, BlobStore) {

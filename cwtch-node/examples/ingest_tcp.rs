@@ -35,30 +35,9 @@ use cwtch_proto::{Identity, PublicIdentity};
 use smol::Async;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Process CPU time (user + system, all threads), from /proc/self/stat.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn blob(tag: u64) -> [u8; SEALED_BLOB_LEN] {
-    let mut b = [0u8; SEALED_BLOB_LEN];
-    b[..8].copy_from_slice(&tag.to_le_bytes());
-    let mut x = tag | 1;
-    for chunk in b[8..].chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    b
-}
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::{blob, process_cpu};
 
 // ---- the child: P posting clients ---------------------------------------
 
