@@ -398,6 +398,11 @@ pub fn open_shared_with(
 }
 
 impl Shared {
+    /// How many authenticated clients the server serves at once.
+    fn max_clients(&self) -> usize {
+        self.policy.max_connections.min(MAX_CONNECTIONS)
+    }
+
     /// The server's advert, signed again when the current one is a day old.
     pub fn current_advert(&self) -> Option<[u8; ADVERT_LEN]> {
         let now = clock::unix_millis() / 1000;
@@ -479,24 +484,51 @@ pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> R
                 continue;
             }
         };
-        if shared.connections.load(Ordering::Relaxed) >= policy.max_connections.min(MAX_CONNECTIONS)
-        {
+        // Full: refuse at once, before any handshake work. Connections in
+        // their handshake do not count here (the handshake slots bound
+        // them), so a slowloris flood cannot lock honest clients out.
+        if shared.connections.load(Ordering::Relaxed) >= shared.max_clients() {
             crate::limits::log_drop(crate::limits::DropReason::TooManyConnections);
             drop(stream);
             continue;
         }
         let shared = shared.clone();
         let slot = crate::limits::SERVER_HANDSHAKES.admit();
-        shared.connections.fetch_add(1, Ordering::Relaxed);
         smol::spawn(async move {
             shared.served.fetch_add(1, Ordering::Relaxed);
             smol::future::or(serve_client_in_slot(&shared, stream, Some(&slot)), async {
                 slot.evicted().await
             })
             .await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
+        // Let the connections this one evicted close before the next
+        // accept: a burst of accepts must not starve them.
+        smol::future::yield_now().await;
+    }
+}
+
+/// An authenticated client's place among the `--max-connections` the
+/// server serves; given back when dropped.
+struct ClientPermit<'a>(&'a Shared);
+
+impl<'a> ClientPermit<'a> {
+    /// A place, or None when the server already serves its maximum.
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let max = shared.max_clients();
+        shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientPermit(shared))
+    }
+}
+
+impl Drop for ClientPermit<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -530,6 +562,8 @@ async fn serve_client_in_slot(
         now,
     );
     let mut session: Option<ServerSession> = None;
+    // Held while the client is served; counts it against --max-connections.
+    let mut _permit: Option<ClientPermit> = None;
     let mut watch: HeadWatch = shared.committer.watch_head();
     let mut pending: Option<Vec<u8>> = None;
     let mut inbuf: Vec<u8> = Vec::new();
@@ -549,6 +583,13 @@ async fn serve_client_in_slot(
                 Some(Event::Established { .. }) => {
                     if let Some(slot) = slot {
                         slot.release();
+                    }
+                    match ClientPermit::take(shared) {
+                        Some(p) => _permit = Some(p),
+                        None => {
+                            crate::limits::log_drop(crate::limits::DropReason::TooManyConnections);
+                            return;
+                        }
                     }
                     let store = SessionStoreHandle(shared);
                     session = Some(ServerSession::new(shared.config, &store, &mut rng, now));
