@@ -173,10 +173,15 @@ pub enum ContactCommand {
 #[derive(Debug, Subcommand)]
 pub enum MailboxCommand {
     /// Create our mailbox on a server, or move it there with a fresh key
-    /// (rotation); prints the new extended identifier.
+    /// (rotation); prints the new extended identifier. The replaced
+    /// mailbox is still read for 30 days unless --revoke-old.
     Create {
         /// The server: its paste-able string (`cwtch-server:...`) or address.
         server: String,
+        /// Stop reading every earlier mailbox now: the old identifiers
+        /// reach nobody (for one that leaked to someone unwanted).
+        #[arg(long)]
+        revoke_old: bool,
     },
 }
 

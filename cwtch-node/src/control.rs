@@ -86,6 +86,9 @@ pub enum Request {
     MailboxCreate {
         /// The server (`cwtch-server:<address>` or an address).
         server: String,
+        /// Stop reading the replaced mailboxes at once (no grace period).
+        #[serde(default)]
+        revoke_old: bool,
     },
     /// Our identifier: extended with the mailbox, or the plain address.
     Identifier,
@@ -247,7 +250,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::GroupMove { group, server } => node.group_move(&group, &server).map(json),
         Request::GroupList => Ok(json(node.groups())),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
-        Request::MailboxCreate { server } => node.mailbox_create(&server),
+        Request::MailboxCreate { server, revoke_old } => node.mailbox_create(&server, revoke_old),
         Request::Identifier => Ok(node.identifier()),
         Request::Servers => Ok(json(node.servers())),
     };

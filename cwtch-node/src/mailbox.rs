@@ -31,18 +31,40 @@ const META_KEY: &[u8] = b"mailbox";
 /// The pseudo-group prefix of mailbox posts in the outgoing queue.
 pub const POST_PREFIX: &str = "mailbox:";
 
+/// How long a mailbox replaced by rotation is still read, so that requests
+/// already sent to the old identifier (or sent by people who have not seen
+/// the new one yet) are found. `mailbox create --revoke-old` skips it.
+pub const RETIRED_GRACE_MILLIS: u64 = 30 * 24 * 3600 * 1000;
+/// Retired mailboxes kept at once (the newest); older ones are dropped.
+pub const MAX_RETIRED: usize = 4;
+
 /// The mailbox as stored (inside the encrypted profile).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MailboxRecord {
     server: String,
     /// The key, hex.
     key: String,
+    /// Mailboxes replaced by rotation, still read until their deadline.
+    #[serde(default)]
+    retired: Vec<RetiredRecord>,
+}
+
+/// A mailbox replaced by rotation, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RetiredRecord {
+    server: String,
+    /// The key, hex.
+    key: String,
+    /// Read until then (Unix milliseconds).
+    until: u64,
 }
 
 /// The mailbox in memory.
 pub struct MailboxState {
     mailbox: Mailbox,
     keys: MailboxKeys,
+    /// Retired mailboxes and the time (Unix ms) until which they are read.
+    retired: Vec<(Mailbox, MailboxKeys, u64)>,
 }
 
 impl MailboxState {
@@ -67,17 +89,35 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn read_mailbox(store: &ProfileStore) -> Result<Option<Mailbox>, PeerError> {
-    let Some(bytes) = store.get(Table::Meta, META_KEY)? else {
-        return Ok(None);
-    };
-    let record: MailboxRecord = decode(&bytes, "mailbox")?;
-    let server = groups::parse_server(&record.server)?;
-    let key = unhex32(&record.key).ok_or_else(|| PeerError::Corrupt("mailbox key".into()))?;
-    Ok(Some(Mailbox {
+fn parse_mailbox(server: &str, key: &str) -> Result<Mailbox, PeerError> {
+    let server = groups::parse_server(server)?;
+    let key = unhex32(key).ok_or_else(|| PeerError::Corrupt("mailbox key".into()))?;
+    Ok(Mailbox {
         server,
         key: MailboxKey::from_bytes(&key),
-    }))
+    })
+}
+
+fn read_record(store: &ProfileStore) -> Result<Option<MailboxRecord>, PeerError> {
+    match store.get(Table::Meta, META_KEY)? {
+        Some(bytes) => Ok(Some(decode(&bytes, "mailbox")?)),
+        None => Ok(None),
+    }
+}
+
+fn read_mailbox(store: &ProfileStore) -> Result<Option<Mailbox>, PeerError> {
+    read_record(store)?
+        .map(|r| parse_mailbox(&r.server, &r.key))
+        .transpose()
+}
+
+/// The retired mailboxes of a record still read at `now` (Unix ms), the
+/// newest [`MAX_RETIRED`].
+fn live_retired(retired: Vec<RetiredRecord>, now: u64) -> Vec<RetiredRecord> {
+    let mut live: Vec<RetiredRecord> = retired.into_iter().filter(|r| r.until > now).collect();
+    live.sort_by_key(|r| std::cmp::Reverse(r.until));
+    live.truncate(MAX_RETIRED);
+    live
 }
 
 /// What `identifier` prints: the text to share, and its parts.
@@ -115,39 +155,72 @@ pub fn check_first_contact(
 
 impl PeerNode {
     pub(crate) fn load_mailbox(&self) -> Result<(), PeerError> {
-        if let Some(mailbox) = read_mailbox(&self.store)? {
-            self.install_mailbox(mailbox);
+        if let Some(record) = read_record(&self.store)? {
+            self.install_mailbox(&record)?;
         }
         Ok(())
     }
 
-    fn install_mailbox(&self, mailbox: Mailbox) {
-        let server = mailbox.server.to_string();
-        let cursor = groups::saved_cursor(&self.store, &server);
+    /// Reads the mailbox and its live retired ones, keeping a connection
+    /// to each one's server.
+    fn install_mailbox(&self, record: &MailboxRecord) -> Result<(), PeerError> {
+        let mailbox = parse_mailbox(&record.server, &record.key)?;
+        let mut retired = Vec::new();
+        for r in live_retired(record.retired.clone(), clock::unix_millis()) {
+            let old = parse_mailbox(&r.server, &r.key)?;
+            retired.push((old.clone(), old.key.derive_keys(), r.until));
+        }
+        let servers: Vec<String> = std::iter::once(&mailbox)
+            .chain(retired.iter().map(|r| &r.0))
+            .map(|m| m.server.to_string())
+            .collect();
+        let cursors: Vec<u64> = servers
+            .iter()
+            .map(|s| groups::saved_cursor(&self.store, s))
+            .collect();
         let mut st = self.state();
-        st.servers
-            .entry(server)
-            .or_insert_with(|| groups::new_server_conn(cursor));
+        for (server, cursor) in servers.into_iter().zip(cursors) {
+            st.servers
+                .entry(server)
+                .or_insert_with(|| groups::new_server_conn(cursor));
+        }
         st.mailbox = Some(MailboxState {
             keys: mailbox.key.derive_keys(),
             mailbox,
+            retired,
         });
+        Ok(())
     }
 
     /// Creates (or replaces: rotation) our mailbox on `server` with a fresh
-    /// key. Requests sent to the old identifier are no longer detected.
-    pub fn mailbox_create(&self, server: &str) -> Result<serde_json::Value, PeerError> {
+    /// key. The replaced mailbox is still read for
+    /// [`RETIRED_GRACE_MILLIS`], so that requests sent to the old
+    /// identifier are found; with `revoke_old`, it and every earlier
+    /// retired one reach nobody from now on.
+    pub fn mailbox_create(
+        &self,
+        server: &str,
+        revoke_old: bool,
+    ) -> Result<serde_json::Value, PeerError> {
         let server = groups::parse_server(server)?;
-        let mailbox = Mailbox {
-            server,
-            key: MailboxKey::generate(&mut clock::rng()),
-        };
+        let key = MailboxKey::generate(&mut clock::rng());
+        let now = clock::unix_millis();
+        let mut retired = Vec::new();
+        if !revoke_old && let Some(old) = read_record(&self.store)? {
+            retired = old.retired;
+            retired.push(RetiredRecord {
+                server: old.server,
+                key: old.key,
+                until: now.saturating_add(RETIRED_GRACE_MILLIS),
+            });
+        }
         let record = MailboxRecord {
             server: server.to_string(),
-            key: hex(mailbox.key.to_bytes().as_ref()),
+            key: hex(key.to_bytes().as_ref()),
+            retired: live_retired(retired, now),
         };
         self.store.put(Table::Meta, META_KEY, &encode(&record))?;
-        self.install_mailbox(mailbox);
+        self.install_mailbox(&record)?;
         Ok(self.identifier())
     }
 
@@ -161,6 +234,17 @@ impl PeerNode {
             && let Some(conn) = st.servers.get(&m.server.to_string())
         {
             value["mailbox_connection"] = serde_json::to_value(&conn.status).unwrap_or_default();
+        }
+        if let Some(m) = &st.mailbox {
+            let now = clock::unix_millis();
+            value["retired_mailboxes"] = m
+                .retired
+                .iter()
+                .filter(|r| r.2 > now)
+                .map(|(old, _, until)| {
+                    serde_json::json!({ "server": old.server.to_string(), "read_until_unix_ms": until })
+                })
+                .collect();
         }
         value
     }
@@ -240,14 +324,21 @@ impl PeerNode {
     pub(crate) fn mailbox_blob(&self, server: &str, blob: &[u8; SEALED_BLOB_LEN]) {
         let mut st = self.state();
         let Some(mb) = &st.mailbox else { return };
-        if mb.mailbox.server.to_string() != server || !mb.keys.detect(blob) {
+        let now = clock::unix_millis();
+        // The current mailbox, then the retired ones still read.
+        let Some((mailbox, keys)) = std::iter::once((&mb.mailbox, &mb.keys))
+            .chain(
+                mb.retired
+                    .iter()
+                    .filter(|r| r.2 > now)
+                    .map(|(m, k, _)| (m, k)),
+            )
+            .find(|(m, k)| m.server.to_string() == server && k.detect(blob))
+        else {
             return;
-        }
+        };
         let mut work = blob.to_vec();
-        let req = match mb
-            .keys
-            .open_request(&self.identity, &mb.mailbox.server, &mut work)
-        {
+        let req = match keys.open_request(&self.identity, &mailbox.server, &mut work) {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!("a blob with our mailbox tag failed to open: {e}");
@@ -344,7 +435,7 @@ mod tests {
         let bob = node(tmp.path(), "bob");
         let server = Identity::from_seed(&[0x81; 32]).address().to_string();
         let id = bob
-            .mailbox_create(&format!("cwtch-server:{server}"))
+            .mailbox_create(&format!("cwtch-server:{server}"), false)
             .unwrap();
         let identifier = Identifier::parse(id["identifier"].as_str().unwrap()).unwrap();
         assert_eq!(identifier.owner().to_string(), bob.address());
@@ -372,14 +463,70 @@ mod tests {
         bob.mailbox_blob(&server, &request(&alice, &identifier, 10));
         assert_eq!(bob.messages(&a).unwrap().len(), 1);
 
-        // After rotation, the old identifier reaches nobody.
-        bob.mailbox_create(&server).unwrap();
+        // After rotation to another server, the old identifier is still
+        // read (the grace period), on its own server only.
+        let other_id = bob.mailbox_create(&other, false).unwrap();
+        assert_eq!(other_id["retired_mailboxes"][0]["server"], server.as_str());
         let carol = Identity::from_seed(&[3; 32]);
+        let c = carol.address().to_string();
+        bob.mailbox_blob(&other, &request(&carol, &identifier, 11));
+        assert!(bob.messages(&c).unwrap().is_empty(), "wrong server");
         bob.mailbox_blob(&server, &request(&carol, &identifier, 11));
+        assert_eq!(bob.messages(&c).unwrap().len(), 1, "grace period");
+        // The new identifier works too.
+        let new = Identifier::parse(other_id["identifier"].as_str().unwrap()).unwrap();
+        bob.mailbox_blob(&other, &request(&carol, &new, 12));
+        assert_eq!(bob.messages(&c).unwrap().len(), 2, "new identifier");
+
+        // Revoking: neither earlier identifier reaches bob any more, also
+        // after a restart.
+        let revoked = bob.mailbox_create(&server, true).unwrap();
+        assert_eq!(revoked["retired_mailboxes"], serde_json::json!([]));
+        bob.mailbox_blob(&server, &request(&carol, &identifier, 13));
+        bob.mailbox_blob(&other, &request(&carol, &new, 14));
+        assert_eq!(bob.messages(&c).unwrap().len(), 2, "revoked");
+    }
+
+    #[test]
+    fn retired_mailboxes_expire_and_are_bounded() {
+        let rec = |until| RetiredRecord {
+            server: "s".into(),
+            key: "k".into(),
+            until,
+        };
+        let live = live_retired((1..=10).map(rec).collect(), 3);
+        let untils: Vec<u64> = live.iter().map(|r| r.until).collect();
+        assert_eq!(untils, vec![10, 9, 8, 7]);
         assert!(
-            bob.messages(&carol.address().to_string())
-                .unwrap()
-                .is_empty()
+            live_retired(vec![rec(5)], 5).is_empty(),
+            "expired at its deadline"
         );
+    }
+
+    #[test]
+    fn retired_mailboxes_survive_a_restart_and_old_records_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bob = node(tmp.path(), "bob");
+        let server = Identity::from_seed(&[0x81; 32]).address().to_string();
+        let first = bob.mailbox_create(&server, false).unwrap();
+        let identifier = Identifier::parse(first["identifier"].as_str().unwrap()).unwrap();
+        bob.mailbox_create(&server, false).unwrap();
+        // A fresh load of the same store (as at a restart).
+        bob.state().mailbox = None;
+        bob.load_mailbox().unwrap();
+        let carol = Identity::from_seed(&[3; 32]);
+        bob.mailbox_blob(&server, &request(&carol, &identifier, 1));
+        assert_eq!(bob.messages(&carol.address().to_string()).unwrap().len(), 1);
+        // A record written before retirement existed (no `retired` field).
+        let old = br#"{"server":"SERVER","key":"KEY"}"#;
+        let old = String::from_utf8_lossy(old)
+            .replace("SERVER", &server)
+            .replace("KEY", &"ab".repeat(32));
+        bob.store
+            .put(Table::Meta, META_KEY, old.as_bytes())
+            .unwrap();
+        bob.state().mailbox = None;
+        bob.load_mailbox().unwrap();
+        assert!(bob.state().mailbox.as_ref().unwrap().retired.is_empty());
     }
 }

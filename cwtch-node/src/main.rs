@@ -121,8 +121,8 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
             };
             one_shot(home, &request, json)
         }
-        Command::Mailbox(MailboxCommand::Create { server }) => {
-            one_shot(home, &Request::MailboxCreate { server }, json)
+        Command::Mailbox(MailboxCommand::Create { server, revoke_old }) => {
+            one_shot(home, &Request::MailboxCreate { server, revoke_old }, json)
         }
         Command::Identifier => {
             if one_shot(home, &Request::Identifier, json).is_ok() {

@@ -149,4 +149,16 @@ fn first_contact_while_offline() {
     }
     let blobs = cli(&server_home, &["server", "info"]).unwrap();
     println!("server info: {blobs}");
+
+    // Rotation keeps the old mailbox read for a grace period, listed by
+    // `identifier`; --revoke-old drops every earlier one.
+    let rotated = cli(&bob_home, &["mailbox", "create", &server_id]).unwrap();
+    assert_ne!(rotated["identifier"], identifier.as_str());
+    assert_eq!(rotated["retired_mailboxes"].as_array().unwrap().len(), 1);
+    let revoked = cli(
+        &bob_home,
+        &["mailbox", "create", &server_id, "--revoke-old"],
+    )
+    .unwrap();
+    assert_eq!(revoked["retired_mailboxes"], serde_json::json!([]));
 }
