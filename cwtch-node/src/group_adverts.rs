@@ -196,7 +196,7 @@ impl PeerNode {
         let list = match GroupAdverts::decode(body) {
             Ok(l) => l,
             Err(e) => {
-                tracing::info!("ignoring server adverts from a group member: {e}");
+                crate::log_throttled!("ignoring server adverts from a group member: {e}");
                 return;
             }
         };

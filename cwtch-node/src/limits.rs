@@ -75,11 +75,50 @@ impl std::fmt::Display for DropReason {
     }
 }
 
-static DROPPED: [AtomicU64; 4] = [
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-    AtomicU64::new(0),
+/// Counts a kind of log line that whoever sends us input can repeat at
+/// will (a refused connection, a malformed message, a blob that fails to
+/// open): the first and every 100th go to info, the others to debug, so a
+/// flood does not flood the log.
+pub struct Throttle(AtomicU64);
+
+impl Throttle {
+    /// A fresh counter.
+    pub const fn new() -> Self {
+        Throttle(AtomicU64::new(0))
+    }
+
+    /// Counts one occurrence; `Some(count so far)` when this one should be
+    /// logged at info.
+    pub fn count(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (n == 1 || n.is_multiple_of(100)).then_some(n)
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Logs an input-triggered event through a [`Throttle`]: at info (with the
+/// count so far) the first time and every 100th, else at debug.
+#[macro_export]
+macro_rules! log_throttled {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::limits::Throttle = $crate::limits::Throttle::new();
+        match THROTTLE.count() {
+            Some(so_far) => ::tracing::info!(so_far, $($arg)+),
+            None => ::tracing::debug!($($arg)+),
+        }
+    }};
+}
+
+static DROPPED: [Throttle; 4] = [
+    Throttle::new(),
+    Throttle::new(),
+    Throttle::new(),
+    Throttle::new(),
 ];
 
 /// Logs a dropped connection (every one at debug; the first and every
@@ -91,11 +130,9 @@ pub fn log_drop(reason: DropReason) {
         DropReason::TooManyContactRequests => &DROPPED[2],
         DropReason::TooManyRequestTexts => &DROPPED[3],
     };
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if n == 1 || n.is_multiple_of(100) {
-        tracing::info!(%reason, dropped_so_far = n, "dropping a connection");
-    } else {
-        tracing::debug!(%reason, "dropping a connection");
+    match counter.count() {
+        Some(n) => tracing::info!(%reason, dropped_so_far = n, "dropping a connection"),
+        None => tracing::debug!(%reason, "dropping a connection"),
     }
 }
 
@@ -223,6 +260,13 @@ mod tests {
     use super::*;
 
     static SLOTS: HandshakeSlots = HandshakeSlots::new(2);
+
+    #[test]
+    fn a_throttle_passes_the_first_and_every_hundredth() {
+        let t = Throttle::new();
+        let passed: Vec<u64> = (0..350).filter_map(|_| t.count()).collect();
+        assert_eq!(passed, vec![1, 100, 200, 300]);
+    }
 
     /// Whether `slot` has been evicted (without waiting).
     fn evicted_now(slot: &Slot) -> bool {

@@ -679,7 +679,7 @@ impl PeerNode {
         let msg = match PeerMessage::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                tracing::info!("ignoring a bad message from a peer: {e}");
+                crate::log_throttled!("ignoring a bad message from a peer: {e}");
                 return Vec::new();
             }
         };
@@ -773,7 +773,7 @@ impl PeerNode {
                 match self.join_group_from_invite(remote, invite) {
                     Ok(()) => vec![encode_peer(&PeerMessage::Ack { id })],
                     Err(e) => {
-                        tracing::info!("refusing a group invite: {e}");
+                        crate::log_throttled!("refusing a group invite: {e}");
                         vec![encode_peer(&PeerMessage::Ack { id })]
                     }
                 }

@@ -241,7 +241,7 @@ impl PeerNode {
         let wanted = match ResendWanted::decode(wanted) {
             Ok(w) => w,
             Err(e) => {
-                tracing::info!("a bad recovery request: {e}");
+                crate::log_throttled!("a bad recovery request: {e}");
                 return Vec::new();
             }
         };
@@ -279,7 +279,7 @@ impl PeerNode {
                 out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
             }
         }
-        tracing::info!(blobs = out.len(), "answered a recovery request");
+        crate::log_throttled!(blobs = out.len(), "answered a recovery request");
         out
     }
 
