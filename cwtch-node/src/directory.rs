@@ -392,7 +392,7 @@ impl PeerNode {
         let (learned, address, evicted) = match st.directory.learn(bytes, expected, source, now) {
             Ok(r) => r,
             Err(e) => {
-                crate::log_throttled!("ignoring a server advert: {e}");
+                crate::log_throttled!(kind = e; "ignoring a server advert: {e}");
                 return;
             }
         };

@@ -196,7 +196,7 @@ impl PeerNode {
         let list = match GroupAdverts::decode(body) {
             Ok(l) => l,
             Err(e) => {
-                crate::log_throttled!("ignoring server adverts from a group member: {e}");
+                crate::log_throttled!(kind = e; "ignoring server adverts from a group member: {e}");
                 return;
             }
         };

@@ -851,7 +851,7 @@ impl PeerNode {
                 }
             }
             ClientEvent::Refused(r) => {
-                crate::log_throttled!("server refused a request: {r:?}");
+                crate::log_throttled!(kind = r; "server refused a request: {r:?}");
                 self.set_server_status(
                     server,
                     ConnState::Authenticated,
@@ -906,7 +906,7 @@ impl PeerNode {
         let opened = match g.group.keys().open(server, blob, &mut work) {
             Ok(m) => m,
             Err(e) => {
-                crate::log_throttled!("a blob with our tag failed to open: {e}");
+                crate::log_throttled!(kind = e; "a blob with our tag failed to open: {e}");
                 return Err(e);
             }
         };
@@ -1231,7 +1231,7 @@ impl LinkHandler for ServerLink {
             client.handle_reply(msg)
         };
         if let Err(e) = result {
-            crate::log_throttled!("server reply refused: {e:?}");
+            crate::log_throttled!(kind = e; "server reply refused: {e:?}");
         }
         self.drain()
     }

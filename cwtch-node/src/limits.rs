@@ -77,20 +77,43 @@ impl std::fmt::Display for DropReason {
 
 /// Counts a kind of log line that whoever sends us input can repeat at
 /// will (a refused connection, a malformed message, a blob that fails to
-/// open): the first and every 100th go to info, the others to debug, so a
-/// flood does not flood the log.
-pub struct Throttle(AtomicU64);
+/// open): of each kind, the first and every 100th go to info, the others
+/// to debug, so a flood does not flood the log. Kinds are told apart by a
+/// key (an error's variant); the first [`THROTTLE_KINDS`] kinds are counted
+/// apart, any more share one count.
+pub struct Throttle(Mutex<Vec<(u64, u64)>>);
+
+/// Kinds one [`Throttle`] counts apart.
+pub const THROTTLE_KINDS: usize = 16;
 
 impl Throttle {
     /// A fresh counter.
     pub const fn new() -> Self {
-        Throttle(AtomicU64::new(0))
+        Throttle(Mutex::new(Vec::new()))
     }
 
     /// Counts one occurrence; `Some(count so far)` when this one should be
     /// logged at info.
     pub fn count(&self) -> Option<u64> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        self.count_kind(0)
+    }
+
+    /// [`Throttle::count`] for one kind (see [`kind_of`]).
+    pub fn count_kind(&self, kind: u64) -> Option<u64> {
+        let mut kinds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match kinds.iter().position(|(k, _)| *k == kind) {
+            Some(i) => i,
+            None if kinds.len() < THROTTLE_KINDS => {
+                kinds.push((kind, 0));
+                kinds.len() - 1
+            }
+            // Full: the overflow shares the last kind's count.
+            None => kinds.len() - 1,
+        };
+        let n = kinds.get_mut(i).map(|(_, n)| {
+            *n = n.saturating_add(1);
+            *n
+        })?;
         (n == 1 || n.is_multiple_of(100)).then_some(n)
     }
 }
@@ -101,17 +124,31 @@ impl Default for Throttle {
     }
 }
 
-/// Logs an input-triggered event through a [`Throttle`]: at info (with the
-/// count so far) the first time and every 100th, else at debug.
+/// The kind of a value for a [`Throttle`]: its enum variant (fields
+/// ignored, so an attacker cannot make kinds without end).
+pub fn kind_of<T>(value: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    std::mem::discriminant(value).hash(&mut h);
+    h.finish()
+}
+
+/// Logs an input-triggered event through a [`Throttle`] of its own: at
+/// info (with the count so far) the first time and every 100th, else at
+/// debug. `log_throttled!(kind = err; "...: {err}")` counts each variant of
+/// `err` apart.
 #[macro_export]
 macro_rules! log_throttled {
-    ($($arg:tt)+) => {{
+    (kind = $kind:expr; $($arg:tt)+) => {{
         static THROTTLE: $crate::limits::Throttle = $crate::limits::Throttle::new();
-        match THROTTLE.count() {
+        match THROTTLE.count_kind($crate::limits::kind_of(&$kind)) {
             Some(so_far) => ::tracing::info!(so_far, $($arg)+),
             None => ::tracing::debug!($($arg)+),
         }
     }};
+    ($($arg:tt)+) => {
+        $crate::log_throttled!(kind = (); $($arg)+)
+    };
 }
 
 static DROPPED: [Throttle; 4] = [
@@ -266,6 +303,26 @@ mod tests {
         let t = Throttle::new();
         let passed: Vec<u64> = (0..350).filter_map(|_| t.count()).collect();
         assert_eq!(passed, vec![1, 100, 200, 300]);
+    }
+
+    #[test]
+    fn a_throttle_counts_kinds_apart() {
+        #[allow(dead_code)]
+        enum E {
+            A(u64),
+            B,
+        }
+        let t = Throttle::new();
+        assert_eq!(kind_of(&E::A(1)), kind_of(&E::A(2)), "fields ignored");
+        assert_ne!(kind_of(&E::A(1)), kind_of(&E::B));
+        assert_eq!(t.count_kind(kind_of(&E::A(1))), Some(1));
+        assert_eq!(t.count_kind(kind_of(&E::A(9))), None);
+        assert_eq!(t.count_kind(kind_of(&E::B)), Some(1), "another kind");
+        // Past THROTTLE_KINDS kinds, the rest share one count: bounded.
+        for k in 100..200 {
+            t.count_kind(k);
+        }
+        assert_eq!(t.0.lock().unwrap().len(), THROTTLE_KINDS);
     }
 
     /// Whether `slot` has been evicted (without waiting).

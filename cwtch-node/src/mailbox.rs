@@ -341,7 +341,7 @@ impl PeerNode {
         let req = match keys.open_request(&self.identity, &mailbox.server, &mut work) {
             Ok(r) => r,
             Err(e) => {
-                crate::log_throttled!("a blob with our mailbox tag failed to open: {e}");
+                crate::log_throttled!(kind = e; "a blob with our mailbox tag failed to open: {e}");
                 return;
             }
         };

@@ -147,7 +147,7 @@ impl PeerNode {
                 Ok(_) => return, // only move notices travel this way
                 Err(cwtch_proto::group::OpenError::WrongServer) => continue,
                 Err(e) => {
-                    crate::log_throttled!("a move notice from a contact failed to open: {e}");
+                    crate::log_throttled!(kind = e; "a move notice from a contact failed to open: {e}");
                     return;
                 }
             }

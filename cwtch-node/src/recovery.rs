@@ -241,7 +241,7 @@ impl PeerNode {
         let wanted = match ResendWanted::decode(wanted) {
             Ok(w) => w,
             Err(e) => {
-                crate::log_throttled!("a bad recovery request: {e}");
+                crate::log_throttled!(kind = e; "a bad recovery request: {e}");
                 return Vec::new();
             }
         };
