@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
-use cwtch_proto::peer::{Backoff, PeerMessage};
+use cwtch_proto::peer::session::{admit, keep_new_link};
+use cwtch_proto::peer::{
+    Action, Backoff, Incoming, PeerMessage, PeerSession, Refusal, SessionError, Standing,
+};
 use cwtch_proto::{Identity, Instant, OnionAddress, PublicIdentity};
 use cwtch_transport_socks::{AnyTransport, IsolationKey, Listener, PEER_PORT, Stream, Transport};
 use smol::channel::Sender;
@@ -129,7 +132,9 @@ pub fn open_profile(
 struct LinkEntry {
     id: u64,
     tx: LinkSender,
-    initiator: String,
+    we_dialed: bool,
+    /// The link's rules: what we say, what we act upon.
+    session: PeerSession,
 }
 
 pub(crate) struct State {
@@ -258,31 +263,24 @@ impl PeerNode {
         Ok(contact)
     }
 
-    /// Accepts a contact request.
+    /// Accepts a contact request. On an open link the requester is greeted
+    /// now: it learns our name.
     pub fn contact_accept(&self, address: &str) -> Result<Contact, PeerError> {
         let address = canonical(address)?;
         let mut st = self.state();
-        let contact = self.set_contact_state(&mut st, &address, ContactState::Accepted, false)?;
-        // Say hello on the open link, if any: the requester learns our name now.
-        if let Some(link) = st.links.get(&address) {
-            let _ = link.tx.try_send(LinkCommand::Send(self.hello(&st.name)));
-        }
-        Ok(contact)
+        self.set_contact_state(&mut st, &address, ContactState::Accepted, false)
     }
 
-    /// Blocks a contact: refused at the handshake from now on.
+    /// Blocks a contact: its open link is closed, and it is refused at the
+    /// handshake from now on.
     pub fn contact_block(&self, address: &str) -> Result<Contact, PeerError> {
         let address = canonical(address)?;
         let mut st = self.state();
-        let contact = self.set_contact_state(&mut st, &address, ContactState::Blocked, true)?;
-        if let Some(link) = st.links.remove(&address) {
-            let _ = link.tx.try_send(LinkCommand::Close);
-        }
-        Ok(contact)
+        self.set_contact_state(&mut st, &address, ContactState::Blocked, true)
     }
 
-    /// Sets a contact's state (creating the contact if `create`) and
-    /// persists it.
+    /// Sets a contact's state (creating the contact if `create`), persists
+    /// it, and tells the open link's session (which may greet or close).
     fn set_contact_state(
         &self,
         st: &mut State,
@@ -307,7 +305,64 @@ impl PeerNode {
         let contact = contact.clone();
         self.store
             .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
+        if let Some(link) = st.links.get_mut(address) {
+            link.session.set_standing(standing(Some(state), true));
+            let out = self.link_actions(st, address);
+            if let Some(link) = st.links.get(address) {
+                for msg in out {
+                    let _ = link.tx.try_send(LinkCommand::Send(msg));
+                }
+            }
+        }
         Ok(contact)
+    }
+
+    /// Carries out what the session of the link to `remote` asks: greets
+    /// (the messages to send are returned), records a request, or closes
+    /// the link.
+    fn link_actions(&self, st: &mut State, remote: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(action) = st
+            .links
+            .get_mut(remote)
+            .and_then(|l| l.session.poll_action())
+        {
+            match action {
+                Action::Greet => {
+                    out.push(self.hello(&st.name));
+                    out.extend(self.outbox_for(remote));
+                    out.extend(self.directory_to_share(st));
+                    out.extend(self.moves_to_share(st, remote));
+                }
+                Action::RecordRequest => {
+                    // An unknown peer that authenticated: a contact request.
+                    let contact = Contact {
+                        address: remote.to_string(),
+                        name: String::new(),
+                        state: ContactState::Request,
+                    };
+                    if let Err(e) =
+                        self.store
+                            .put(Table::Contacts, remote.as_bytes(), &encode(&contact))
+                    {
+                        tracing::warn!("cannot store contact request: {e}");
+                    }
+                    st.contacts.insert(remote.to_string(), contact);
+                }
+                Action::Close(why) => {
+                    if why == Refusal::TooManyRequests {
+                        crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
+                    }
+                    if let Some(link) = st.links.remove(remote) {
+                        let _ = link.tx.try_send(LinkCommand::Close);
+                    }
+                    st.status.entry(remote.to_string()).or_default().state =
+                        ConnState::Disconnected;
+                    return Vec::new();
+                }
+            }
+        }
+        out
     }
 
     /// Every contact with its connection status.
@@ -597,66 +652,37 @@ impl PeerNode {
 
     fn on_established(&self, link: &PeerLink, remote: &str) -> Vec<Vec<u8>> {
         let mut st = self.state();
-        let initiator = if link.we_dialed {
-            self.address.clone()
-        } else {
-            remote.to_string()
-        };
-        // Two links to the same peer (both dialed at once): keep the one
-        // dialed by the smaller address, on both sides alike.
+        // Two links to the same peer (both dialed at once): both sides keep
+        // the same one (`keep_new_link`).
         if let Some(existing) = st.links.get(remote) {
-            let preferred = self.address.as_str().min(remote);
-            if existing.initiator == preferred && initiator != preferred {
+            let keep_new = OnionAddress::parse(remote).is_ok_and(|r| {
+                keep_new_link(
+                    &self.identity.address(),
+                    &r,
+                    existing.we_dialed,
+                    link.we_dialed,
+                )
+            });
+            if !keep_new {
                 let _ = link.tx.try_send(LinkCommand::Close);
                 return Vec::new();
             }
             let _ = existing.tx.try_send(LinkCommand::Close);
         }
+        let session = PeerSession::new(standing_of(&st, remote));
         st.links.insert(
             remote.to_string(),
             LinkEntry {
                 id: link.id,
                 tx: link.tx.clone(),
-                initiator,
+                we_dialed: link.we_dialed,
+                session,
             },
         );
         st.backoff.remove(remote);
         let entry = st.status.entry(remote.to_string()).or_default();
         entry.state = ConnState::Authenticated;
-        let contact = st.contacts.get(remote).cloned();
-        let mut out = Vec::new();
-        match contact.map(|c| c.state) {
-            Some(ContactState::Accepted) => {
-                out.push(self.hello(&st.name));
-                out.extend(self.outbox_for(remote));
-                out.extend(self.directory_to_share(&st));
-                out.extend(self.moves_to_share(&st, remote));
-            }
-            Some(ContactState::Request) => {}
-            Some(ContactState::Blocked) => {
-                let _ = link.tx.try_send(LinkCommand::Close);
-            }
-            None if !can_add_request(&st) => {
-                crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
-                let _ = link.tx.try_send(LinkCommand::Close);
-            }
-            None => {
-                // An unknown peer that authenticated: a contact request.
-                let contact = Contact {
-                    address: remote.to_string(),
-                    name: String::new(),
-                    state: ContactState::Request,
-                };
-                if let Err(e) =
-                    self.store
-                        .put(Table::Contacts, remote.as_bytes(), &encode(&contact))
-                {
-                    tracing::warn!("cannot store contact request: {e}");
-                }
-                st.contacts.insert(remote.to_string(), contact);
-            }
-        }
-        out
+        self.link_actions(&mut st, remote)
     }
 
     fn outbox_for(&self, contact: &str) -> Vec<Vec<u8>> {
@@ -675,20 +701,23 @@ impl PeerNode {
         items.iter().map(encode_out).collect()
     }
 
-    fn on_message(&self, remote: &str, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let msg = match PeerMessage::decode(bytes) {
+    fn on_message(&self, link_id: u64, remote: &str, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut st = self.state();
+        // Only the link the session belongs to (not one closing after a
+        // tie-break or a block).
+        let msg = match st.links.get(remote).filter(|l| l.id == link_id) {
+            Some(l) => l.session.handle_message(bytes),
+            None => Err(SessionError::Closed),
+        };
+        let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                crate::log_throttled!("ignoring a bad message from a peer: {e}");
+                crate::log_throttled!(kind = e; "ignoring a message from a peer: {e}");
                 return Vec::new();
             }
         };
-        let mut st = self.state();
-        if st.contacts.get(remote).map(|c| c.state) == Some(ContactState::Blocked) {
-            return Vec::new();
-        }
         match msg {
-            PeerMessage::Hello { name } => {
+            Incoming::Hello { name } => {
                 if let Some(c) = st.contacts.get_mut(remote)
                     && c.name != name
                 {
@@ -700,7 +729,12 @@ impl PeerNode {
                 }
                 Vec::new()
             }
-            PeerMessage::Text { id, sent_at, text } => {
+            Incoming::Text {
+                id,
+                sent_at,
+                text,
+                ack,
+            } => {
                 let key = message_key(remote, false, id);
                 match self.store.get(Table::Messages, &key) {
                     Ok(Some(_)) => {} // a duplicate (our ack was lost): ack again
@@ -734,9 +768,9 @@ impl PeerNode {
                     }
                     Err(_) => return Vec::new(),
                 }
-                vec![encode_peer(&PeerMessage::Ack { id })]
+                vec![encode_peer(&ack.stored())]
             }
-            PeerMessage::Ack { id } => {
+            Incoming::Delivered { id } => {
                 let key = message_key(remote, true, id);
                 let updated = match self.store.get(Table::Messages, &key) {
                     Ok(Some(v)) => serde_json::from_slice::<StoredMessage>(&v)
@@ -761,35 +795,29 @@ impl PeerNode {
                 }
                 Vec::new()
             }
-            PeerMessage::GroupInvite { id, invite } => {
-                let accepted =
-                    st.contacts.get(remote).map(|c| c.state) == Some(ContactState::Accepted);
+            Incoming::GroupInvite { invite, ack, .. } => {
+                // Only from accepted contacts (the session refuses it from a
+                // request, unacknowledged, so it is offered again once we
+                // accept). A refused invite is acknowledged too: sending it
+                // again would not change the answer.
                 drop(st);
-                if !accepted {
-                    // Invites only from contacts we accepted; no ack, so it
-                    // is offered again once we accept.
-                    return Vec::new();
+                if let Err(e) = self.join_group_from_invite(remote, invite) {
+                    crate::log_throttled!(kind = e; "refusing a group invite: {e}");
                 }
-                match self.join_group_from_invite(remote, invite) {
-                    Ok(()) => vec![encode_peer(&PeerMessage::Ack { id })],
-                    Err(e) => {
-                        crate::log_throttled!("refusing a group invite: {e}");
-                        vec![encode_peer(&PeerMessage::Ack { id })]
-                    }
-                }
+                vec![encode_peer(&ack.stored())]
             }
-            PeerMessage::ResendRequest { id, wanted } => {
+            Incoming::ResendRequest { id, wanted } => {
                 self.on_resend_request(&mut st, remote, id, wanted)
             }
-            PeerMessage::ResendBlob { id, blob } => {
+            Incoming::ResendBlob { id, blob } => {
                 self.on_resend_blob(&mut st, remote, id, blob);
                 Vec::new()
             }
-            PeerMessage::ServerAdvert { advert } => {
+            Incoming::ServerAdvert { advert } => {
                 self.directory_from_contact(&mut st, remote, advert);
                 Vec::new()
             }
-            PeerMessage::MoveBlob { blob } => {
+            Incoming::MoveBlob { blob } => {
                 self.on_move_blob(&mut st, remote, blob);
                 Vec::new()
             }
@@ -833,16 +861,20 @@ fn pending_note(st: &State, contact: &str) -> String {
     }
 }
 
-impl PeerNode {
-    /// Whether `address` may talk to us: a known contact (not blocked), or
-    /// a stranger while fewer than `MAX_CONTACT_REQUESTS` requests wait.
-    fn admits_stranger(&self, address: &str) -> bool {
-        let st = self.state();
-        if st.contacts.contains_key(address) || can_add_request(&st) {
-            return true;
-        }
-        crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
-        false
+/// How we stand with `address`, for its link's session.
+fn standing_of(st: &State, address: &str) -> Standing {
+    standing(
+        st.contacts.get(address).map(|c| c.state),
+        can_add_request(st),
+    )
+}
+
+fn standing(state: Option<ContactState>, room_for_request: bool) -> Standing {
+    match state {
+        Some(ContactState::Accepted) => Standing::Accepted,
+        Some(ContactState::Request) => Standing::Request,
+        Some(ContactState::Blocked) => Standing::Blocked,
+        None => Standing::Stranger { room_for_request },
     }
 }
 
@@ -930,13 +962,15 @@ struct PeerLink {
 impl LinkHandler for PeerLink {
     fn incoming(&mut self, remote: PublicIdentity) -> bool {
         let address = remote.address().to_string();
-        let blocked = self
-            .node
-            .state()
-            .contacts
-            .get(&address)
-            .is_some_and(|c| c.state == ContactState::Blocked);
-        !blocked && self.node.admits_stranger(&address)
+        let standing = standing_of(&self.node.state(), &address);
+        match admit(standing) {
+            Ok(()) => true,
+            Err(Refusal::TooManyRequests) => {
+                crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
+                false
+            }
+            Err(Refusal::Blocked) => false,
+        }
     }
 
     fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>> {
@@ -950,7 +984,7 @@ impl LinkHandler for PeerLink {
 
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
         match &self.remote {
-            Some(remote) => self.node.on_message(remote, msg),
+            Some(remote) => self.node.on_message(self.id, remote, msg),
             None => Vec::new(),
         }
     }

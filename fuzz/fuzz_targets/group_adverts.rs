@@ -15,7 +15,10 @@ fn check(bytes: &[u8]) {
     if let Ok(list) = GroupAdverts::decode(bytes) {
         assert!(!list.is_empty() && list.len() <= MAX_GROUP_ADVERTS);
         let mut out = [0u8; GROUP_ADVERTS_MAX_LEN];
-        assert_eq!(list.encode(&mut out).expect("a decoded list encodes"), bytes);
+        assert_eq!(
+            list.encode(&mut out).expect("a decoded list encodes"),
+            bytes
+        );
         let mut seen = Vec::new();
         for (raw, advert) in list.iter() {
             assert_eq!(ServerAdvert::decode(raw).as_ref(), Ok(advert));

@@ -1,5 +1,6 @@
-//! Messages between peers over an established [`crate::connection`], and
-//! the retry schedule for messages that wait for an acknowledgement.
+//! Messages between peers over an established [`crate::connection`], the
+//! rules of a peer link ([`PeerSession`]), and the retry schedule for
+//! messages that wait for an acknowledgement.
 //!
 //! See SPEC.md, section 4. Every message is one channel message, encoded
 //! with postcard; decoding is strict (unknown kinds, over-long fields and
@@ -7,6 +8,8 @@
 
 pub mod message;
 pub mod retry;
+pub mod session;
 
 pub use message::{PeerMessage, PeerMessageError};
 pub use retry::Backoff;
+pub use session::{AckToken, Action, Incoming, PeerSession, Refusal, SessionError, Standing};
