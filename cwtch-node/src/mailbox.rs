@@ -72,6 +72,39 @@ impl MailboxState {
     pub fn server(&self) -> String {
         self.mailbox.server.to_string()
     }
+
+    /// The servers to keep reading at `now_ms` (Unix ms): the mailbox's,
+    /// and those of retired mailboxes still in their grace period.
+    pub fn servers_to_read(&self, now_ms: u64) -> Vec<String> {
+        std::iter::once(&self.mailbox)
+            .chain(
+                self.retired
+                    .iter()
+                    .filter(|r| r.2 > now_ms)
+                    .map(|(m, _, _)| m),
+            )
+            .map(|m| m.server.to_string())
+            .collect()
+    }
+
+    /// The state of a stored record: its mailbox (which must parse) and the
+    /// retired ones still live at `now_ms` (one that does not parse is
+    /// skipped with a warning: it must not stop the profile from opening).
+    fn from_record(record: &MailboxRecord, now_ms: u64) -> Result<Self, PeerError> {
+        let mailbox = parse_mailbox(&record.server, &record.key)?;
+        let mut retired = Vec::new();
+        for r in live_retired(record.retired.clone(), now_ms) {
+            match parse_mailbox(&r.server, &r.key) {
+                Ok(old) => retired.push((old.clone(), old.key.derive_keys(), r.until)),
+                Err(e) => tracing::warn!("skipping a retired mailbox that does not parse: {e}"),
+            }
+        }
+        Ok(MailboxState {
+            keys: mailbox.key.derive_keys(),
+            mailbox,
+            retired,
+        })
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -156,24 +189,16 @@ pub fn check_first_contact(
 impl PeerNode {
     pub(crate) fn load_mailbox(&self) -> Result<(), PeerError> {
         if let Some(record) = read_record(&self.store)? {
-            self.install_mailbox(&record)?;
+            let state = MailboxState::from_record(&record, clock::unix_millis())?;
+            self.install_mailbox(state);
         }
         Ok(())
     }
 
-    /// Reads the mailbox and its live retired ones, keeping a connection
-    /// to each one's server.
-    fn install_mailbox(&self, record: &MailboxRecord) -> Result<(), PeerError> {
-        let mailbox = parse_mailbox(&record.server, &record.key)?;
-        let mut retired = Vec::new();
-        for r in live_retired(record.retired.clone(), clock::unix_millis()) {
-            let old = parse_mailbox(&r.server, &r.key)?;
-            retired.push((old.clone(), old.key.derive_keys(), r.until));
-        }
-        let servers: Vec<String> = std::iter::once(&mailbox)
-            .chain(retired.iter().map(|r| &r.0))
-            .map(|m| m.server.to_string())
-            .collect();
+    /// Takes the mailbox and its live retired ones in use, keeping a
+    /// connection to each one's server.
+    fn install_mailbox(&self, state: MailboxState) {
+        let servers = state.servers_to_read(clock::unix_millis());
         let cursors: Vec<u64> = servers
             .iter()
             .map(|s| groups::saved_cursor(&self.store, s))
@@ -184,12 +209,7 @@ impl PeerNode {
                 .entry(server)
                 .or_insert_with(|| groups::new_server_conn(cursor));
         }
-        st.mailbox = Some(MailboxState {
-            keys: mailbox.key.derive_keys(),
-            mailbox,
-            retired,
-        });
-        Ok(())
+        st.mailbox = Some(state);
     }
 
     /// Creates (or replaces: rotation) our mailbox on `server` with a fresh
@@ -219,8 +239,10 @@ impl PeerNode {
             key: hex(key.to_bytes().as_ref()),
             retired: live_retired(retired, now),
         };
+        // Parsed before it is stored: what is stored is what runs.
+        let state = MailboxState::from_record(&record, now)?;
         self.store.put(Table::Meta, META_KEY, &encode(&record))?;
-        self.install_mailbox(&record)?;
+        self.install_mailbox(state);
         Ok(self.identifier())
     }
 
@@ -485,6 +507,60 @@ mod tests {
         bob.mailbox_blob(&server, &request(&carol, &identifier, 13));
         bob.mailbox_blob(&other, &request(&carol, &new, 14));
         assert_eq!(bob.messages(&c).unwrap().len(), 2, "revoked");
+    }
+
+    #[test]
+    fn the_server_of_a_retired_mailbox_stays_connected_until_revoked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bob = node(tmp.path(), "bob");
+        let a = Identity::from_seed(&[0x81; 32]).address().to_string();
+        let b = Identity::from_seed(&[0x82; 32]).address().to_string();
+        bob.mailbox_create(&a, false).unwrap();
+        bob.mailbox_create(&b, false).unwrap();
+        // The periodic tick drops servers nothing uses any more.
+        bob.moving_tick(clock::now());
+        let servers = |bob: &PeerNode| {
+            let mut v: Vec<String> = bob.state().servers.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort();
+        assert_eq!(servers(&bob), both, "the retired mailbox is still read");
+        bob.mailbox_create(&b, true).unwrap();
+        bob.moving_tick(clock::now());
+        assert_eq!(servers(&bob), vec![b], "revoked: no longer read");
+    }
+
+    #[test]
+    fn a_retired_mailbox_that_does_not_parse_is_skipped() {
+        let record = MailboxRecord {
+            server: Identity::from_seed(&[0x81; 32]).address().to_string(),
+            key: "ab".repeat(32),
+            retired: vec![
+                RetiredRecord {
+                    server: "not a server".into(),
+                    key: "ab".repeat(32),
+                    until: u64::MAX,
+                },
+                RetiredRecord {
+                    server: Identity::from_seed(&[0x82; 32]).address().to_string(),
+                    key: "cd".repeat(32),
+                    until: u64::MAX,
+                },
+            ],
+        };
+        let state = MailboxState::from_record(&record, 0).unwrap();
+        assert_eq!(state.retired.len(), 1);
+        assert_eq!(state.servers_to_read(0).len(), 2);
+        let bad = MailboxRecord {
+            key: "zz".into(),
+            ..record
+        };
+        assert!(
+            MailboxState::from_record(&bad, 0).is_err(),
+            "the current one must parse"
+        );
     }
 
     #[test]

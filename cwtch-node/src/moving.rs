@@ -21,7 +21,6 @@ use cwtch_proto::{Instant, OnionAddress};
 
 use crate::clock;
 use crate::groups::{GroupState, PreviousServer, new_server_conn, parse_server, unhex};
-use crate::link::LinkCommand;
 use crate::model::{ConnState, StoredMessage};
 use crate::peer::{PeerError, PeerNode};
 use crate::profile_store::Table;
@@ -146,7 +145,9 @@ impl PeerNode {
                 .values()
                 .flat_map(|g| g.record.servers_to_read(now_ms))
                 .collect();
-            in_use.extend(st.mailbox.as_ref().map(|m| m.server()));
+            if let Some(m) = &st.mailbox {
+                in_use.extend(m.servers_to_read(now_ms));
+            }
             let mut unused: Vec<String> = st
                 .servers
                 .keys()
@@ -181,7 +182,7 @@ impl PeerNode {
                 if let Some(c) = st.servers.remove(&s)
                     && let Some(tx) = c.tx
                 {
-                    let _ = tx.try_send(LinkCommand::Close);
+                    crate::link::close(&tx);
                 }
             }
             let health = |server: &String| {
