@@ -395,7 +395,7 @@ impl PeerNode {
         }
         c.rewind = Some(from);
         if let Some(tx) = &c.tx {
-            let _ = tx.try_send(LinkCommand::Close);
+            link::close(tx);
         }
         c.next_try = clock::now();
         let _ = self
@@ -724,7 +724,7 @@ impl PeerNode {
                         c.tx = Some(tx.clone());
                         if c.rewind.is_some() {
                             // Asked to rewind while this one was dialing.
-                            let _ = tx.try_send(LinkCommand::Close);
+                            link::close(&tx);
                         }
                     }
                 }
@@ -851,7 +851,7 @@ impl PeerNode {
                 }
             }
             ClientEvent::Refused(r) => {
-                crate::log_throttled!(kind = r; "server refused a request: {r:?}");
+                crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
                 self.set_server_status(
                     server,
                     ConnState::Authenticated,

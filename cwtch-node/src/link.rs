@@ -29,6 +29,26 @@ pub enum LinkCommand {
 /// The handle the owner keeps to talk to a link.
 pub type LinkSender = Sender<LinkCommand>;
 
+/// Closes the link behind `tx`, even when its command queue is full: then
+/// the queue itself is closed, and the driver closes the link once it has
+/// drained what was queued.
+pub fn close(tx: &LinkSender) {
+    if tx.try_send(LinkCommand::Close).is_err() {
+        tx.close();
+    }
+}
+
+/// Queues `msgs` in order on the link behind `tx`; if they do not all fit,
+/// closes the link instead of leaving a gap (the next link starts over).
+pub fn send_all(tx: &LinkSender, msgs: Vec<Vec<u8>>) {
+    for msg in msgs {
+        if tx.try_send(LinkCommand::Send(msg)).is_err() {
+            close(tx);
+            return;
+        }
+    }
+}
+
 /// What the driver reports to the link's owner.
 pub trait LinkHandler {
     /// Responder only: an authenticated peer calls; return whether to accept.
@@ -51,7 +71,8 @@ enum Wake {
 }
 
 /// Runs `conn` over `stream` until it closes. Commands arrive on
-/// `commands`; the handler hears everything that happens.
+/// `commands`; once that queue is closed (see [`close`]) and drained, the
+/// link is closed. The handler hears everything that happens.
 pub async fn drive(
     mut stream: Stream,
     mut conn: Connection,
@@ -157,7 +178,10 @@ pub async fn drive(
             }
             Wake::Command(Some(LinkCommand::Send(msg))) => outq.push_back(msg),
             Wake::Command(Some(LinkCommand::Close)) => conn.close(),
-            Wake::Command(None) => commands_open = false,
+            Wake::Command(None) => {
+                commands_open = false;
+                conn.close();
+            }
             Wake::Timer => conn.handle_timeout(clock::now()),
         }
     }

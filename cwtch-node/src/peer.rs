@@ -309,9 +309,7 @@ impl PeerNode {
             link.session.set_standing(standing(Some(state), true));
             let out = self.link_actions(st, address);
             if let Some(link) = st.links.get(address) {
-                for msg in out {
-                    let _ = link.tx.try_send(LinkCommand::Send(msg));
-                }
+                link::send_all(&link.tx, out);
             }
         }
         Ok(contact)
@@ -354,7 +352,7 @@ impl PeerNode {
                         crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
                     }
                     if let Some(link) = st.links.remove(remote) {
-                        let _ = link.tx.try_send(LinkCommand::Close);
+                        link::close(&link.tx);
                     }
                     st.status.entry(remote.to_string()).or_default().state =
                         ConnState::Disconnected;
@@ -664,10 +662,10 @@ impl PeerNode {
                 )
             });
             if !keep_new {
-                let _ = link.tx.try_send(LinkCommand::Close);
+                link::close(&link.tx);
                 return Vec::new();
             }
-            let _ = existing.tx.try_send(LinkCommand::Close);
+            link::close(&existing.tx);
         }
         let session = PeerSession::new(standing_of(&st, remote));
         st.links.insert(
