@@ -54,6 +54,12 @@ pub const COMMON_TORRC: &[&str] = &[
     "V3AuthVotingInterval 10",
     "V3AuthVoteDelay 2",
     "V3AuthDistDelay 2",
+    // Vanguards-lite pins onion-service circuits' second hop to a few
+    // relays; in a 5-relay network those often collide with the rest of
+    // the path ("Could not find a node that matches the configured
+    // _HSLayer2Nodes set") and onion connections fail for minutes. A
+    // test-network setting only: production tor keeps its default.
+    "VanguardsLiteEnabled 0",
 ];
 
 /// What went wrong starting the network.

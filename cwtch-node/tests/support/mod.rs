@@ -99,6 +99,13 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what each of its daemons logged last.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("---- {} (tail) ----\n{tail}", self.log.display());
+        }
     }
 }
 
