@@ -541,7 +541,9 @@ enum Wake {
 /// One anonymous client: the channel, then the server session over it.
 /// Reads from the socket only while the session wants a request (so a
 /// flooding client is slowed by TCP, not buffered), and pulls replies from
-/// the session only while the channel can take them.
+/// the session only while the channel can take them. Once authenticated,
+/// the client counts against `--max-connections` (closed at once when the
+/// server already serves that many), like the daemon's own clients.
 pub async fn serve_client(shared: &Shared, stream: Stream) {
     serve_client_in_slot(shared, stream, None).await
 }

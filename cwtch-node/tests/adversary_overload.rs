@@ -332,6 +332,13 @@ fn a_server_daemon_survives_garbage_slowloris_and_session_floods() {
     let closed = wait_all_closed(&mut idle, Duration::from_secs(60));
     assert_eq!(closed, idle.len(), "every slowloris connection is dropped");
     drop(idle);
+    // Connections in their handshake do not count against
+    // --max-connections (400), so 1000 of them never made the server
+    // refuse anyone as full: only the handshake slots evicted them.
+    assert!(
+        !server.log_text().contains("too many connections"),
+        "slowloris must not fill the client limit"
+    );
 
     // A flood of anonymous sessions that complete the handshake and sit
     // there: the server serves at most --max-connections (400) clients and
