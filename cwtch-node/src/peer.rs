@@ -498,8 +498,16 @@ impl PeerNode {
         encode_peer(&PeerMessage::Hello { name })
     }
 
-    fn set_status(&self, address: &str, state: ConnState, error: Option<String>) {
+    /// Shows how a dial to `address` goes, unless a link to it is already
+    /// up: a dial started just before the peer's own link came up, or one
+    /// that loses the tie-break (`keep_new_link`), must not show an
+    /// authenticated contact as connecting, connected or failed (it stayed
+    /// so while the link was up, and `contact list` said so).
+    fn set_dial_status(&self, address: &str, state: ConnState, error: Option<String>) {
         let mut st = self.state();
+        if st.links.contains_key(address) {
+            return;
+        }
         let entry = st.status.entry(address.to_string()).or_default();
         entry.state = state;
         if error.is_some() {
@@ -563,7 +571,7 @@ impl PeerNode {
     }
 
     async fn dial(self: Arc<Self>, address: String) {
-        self.set_status(&address, ConnState::Connecting, None);
+        self.set_dial_status(&address, ConnState::Connecting, None);
         let result = match OnionAddress::parse(&address) {
             Ok(peer) => {
                 let isolation = IsolationKey::for_identity(&self.identity.address());
@@ -577,14 +585,14 @@ impl PeerNode {
         };
         match result {
             Ok((stream, peer)) => {
-                self.set_status(&address, ConnState::Connected, None);
+                self.set_dial_status(&address, ConnState::Connected, None);
                 self.clone()
                     .run_link(stream, Some(peer.public_identity()))
                     .await;
             }
             Err(reason) => {
                 tracing::info!("dial failed: {reason}");
-                self.set_status(&address, ConnState::Failed, Some(reason));
+                self.set_dial_status(&address, ConnState::Failed, Some(reason));
             }
         }
         let mut st = self.state();
@@ -989,5 +997,66 @@ impl LinkHandler for PeerLink {
 
     fn closed(&mut self, reason: CloseReason) {
         self.node.on_closed(self, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cwtch_transport_socks::DevTransport;
+
+    fn node(dir: &Path) -> Arc<PeerNode> {
+        let store =
+            ProfileStore::create_insecure_for_tests(dir.join(PROFILE_FILE), b"pw").expect("store");
+        let identity = Identity::from_seed(&[7; 32]);
+        let (dev, _) = DevTransport::new(dir.join("dev"));
+        PeerNode::load(dir, store, identity, "a".into(), AnyTransport::Dev(dev)).expect("node")
+    }
+
+    fn state_of(node: &PeerNode, address: &str) -> ConnState {
+        node.state()
+            .status
+            .get(address)
+            .map_or(ConnState::Disconnected, |s| s.state)
+    }
+
+    /// The race behind a stuck "connected": a dial that starts just before
+    /// the contact's own link comes up (or loses the tie-break to it) used
+    /// to overwrite the link's "authenticated".
+    #[test]
+    fn a_dial_never_hides_a_link_that_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path());
+        let peer = Identity::from_seed(&[9; 32]).address().to_string();
+
+        // No link: the dial's progress shows.
+        node.set_dial_status(&peer, ConnState::Connecting, None);
+        assert_eq!(state_of(&node, &peer), ConnState::Connecting);
+        node.set_dial_status(&peer, ConnState::Failed, Some("refused".into()));
+        assert_eq!(state_of(&node, &peer), ConnState::Failed);
+
+        // The peer's own link comes up while our dial is under way.
+        let (tx, _rx) = smol::channel::bounded(1);
+        {
+            let mut st = node.state();
+            st.links.insert(
+                peer.clone(),
+                LinkEntry {
+                    id: 1,
+                    tx,
+                    we_dialed: false,
+                    session: PeerSession::new(Standing::Accepted),
+                },
+            );
+            st.status.entry(peer.clone()).or_default().state = ConnState::Authenticated;
+        }
+        for (state, error) in [
+            (ConnState::Connecting, None),
+            (ConnState::Connected, None),
+            (ConnState::Failed, Some("lost the tie-break".to_string())),
+        ] {
+            node.set_dial_status(&peer, state, error);
+            assert_eq!(state_of(&node, &peer), ConnState::Authenticated);
+        }
     }
 }
