@@ -583,20 +583,25 @@ impl PeerNode {
             }
             Err(e) => Err(e.to_string()),
         };
-        match result {
+        let established = match result {
             Ok((stream, peer)) => {
                 self.set_dial_status(&address, ConnState::Connected, None);
                 self.clone()
                     .run_link(stream, Some(peer.public_identity()))
-                    .await;
+                    .await
             }
             Err(reason) => {
                 tracing::info!("dial failed: {reason}");
                 self.set_dial_status(&address, ConnState::Failed, Some(reason));
+                false
             }
-        }
+        };
         let mut st = self.state();
-        st.dialing.remove(&address);
+        // An established link gave its dial slot back when it came up (and
+        // a later dial to the same contact may hold the slot now).
+        if !established {
+            st.dialing.remove(&address);
+        }
         if !st.links.contains_key(&address) {
             let now = clock::now();
             let entry = st
@@ -607,8 +612,9 @@ impl PeerNode {
         }
     }
 
-    /// Runs one link, dialed (`remote` known) or accepted.
-    async fn run_link(self: Arc<Self>, stream: Stream, remote: Option<PublicIdentity>) {
+    /// Runs one link, dialed (`remote` known) or accepted, until it ends;
+    /// whether it was established.
+    async fn run_link(self: Arc<Self>, stream: Stream, remote: Option<PublicIdentity>) -> bool {
         let mut rng = clock::rng();
         let now = clock::now();
         let conn = match remote {
@@ -654,10 +660,17 @@ impl PeerNode {
             evicted,
         )
         .await;
+        handler.remote.is_some()
     }
 
     fn on_established(&self, link: &PeerLink, remote: &str) -> Vec<Vec<u8>> {
         let mut st = self.state();
+        // A dial counts against MAX_CONCURRENT_DIALS until its link is up,
+        // not for the link's lifetime: else three long-lived links would
+        // stop every other contact from being dialed.
+        if link.we_dialed {
+            st.dialing.remove(remote);
+        }
         // Two links to the same peer (both dialed at once): both sides keep
         // the same one (`keep_new_link`).
         if let Some(existing) = st.links.get(remote) {

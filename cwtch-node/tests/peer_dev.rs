@@ -181,3 +181,48 @@ fn blocked_peer_is_refused() {
     assert_ne!(list[0]["connection"]["state"], "authenticated");
     assert_eq!(conversation(&a_home, &bob)[0].2, "pending");
 }
+
+/// More contacts than dials may run at once (3): a link we dialed frees
+/// its dial slot once it is up, so every contact is reached, not only the
+/// first three (the dial used to hold its slot for the link's lifetime).
+#[test]
+fn a_node_reaches_more_contacts_than_it_dials_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devdir = tmp.path().join("dev");
+    let a_home = tmp.path().join("alice");
+    let alice = init(&a_home, "alice");
+    let _a = Daemon::start(&a_home, false, &dev(&devdir));
+    wait_ready(&a_home);
+    let friends: Vec<(PathBuf, String, Daemon)> = (0..5)
+        .map(|i| {
+            let home = tmp.path().join(format!("friend{i}"));
+            let address = init(&home, &format!("friend{i}"));
+            let d = Daemon::start(&home, false, &dev(&devdir));
+            (home, address, d)
+        })
+        .collect();
+    for (home, address, _) in &friends {
+        wait_ready(home);
+        cli(&a_home, &["contact", "add", address, "--message", "hello"]).unwrap();
+    }
+    wait_for(
+        "alice's links to all five contacts",
+        Duration::from_secs(60),
+        || {
+            let list = cli(&a_home, &["contact", "list"]).ok()?;
+            let up = list
+                .as_array()?
+                .iter()
+                .filter(|c| c["connection"]["state"] == "authenticated")
+                .count();
+            (up == friends.len()).then_some(())
+        },
+    );
+    for (home, _, _) in &friends {
+        wait_for(
+            "each contact to get the request",
+            Duration::from_secs(30),
+            || (conversation(home, &alice).len() == 1).then_some(()),
+        );
+    }
+}
