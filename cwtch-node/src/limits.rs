@@ -279,7 +279,14 @@ impl Slot {
     /// Completes when the connection was evicted before its handshake
     /// finished; never after [`Slot::release`].
     pub async fn evicted(&self) {
-        if !self.released.load(Ordering::Relaxed) && self.evicted.recv().await.is_ok() {
+        // Checked again after the wait: an eviction sent just before the
+        // handshake finished (both in one turn of the link's task) must not
+        // end a link that is now established (it would end without telling
+        // its handler, and stay listed as up).
+        if !self.released.load(Ordering::Relaxed)
+            && self.evicted.recv().await.is_ok()
+            && !self.released.load(Ordering::Relaxed)
+        {
             return;
         }
         std::future::pending::<()>().await
@@ -353,6 +360,22 @@ mod tests {
         assert_eq!(SLOTS.len(), 1);
         drop(d);
         assert!(SLOTS.is_empty());
+    }
+
+    #[test]
+    fn an_eviction_that_crosses_the_end_of_the_handshake_is_void() {
+        static ONE: HandshakeSlots = HandshakeSlots::new(1);
+        let a = ONE.admit();
+        let mut waiting = Box::pin(a.evicted());
+        assert!(smol::block_on(smol::future::poll_once(&mut waiting)).is_none());
+        // A newer connection evicts `a` while `a`'s handshake finishes.
+        let _b = ONE.admit();
+        a.release();
+        assert!(
+            smol::block_on(smol::future::poll_once(&mut waiting)).is_none(),
+            "an established connection is not evicted"
+        );
+        assert!(!evicted_now(&a));
     }
 
     #[test]
