@@ -15,7 +15,7 @@ use cwtch_proto::group::{
 };
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
-use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RefusalReason, RequestKind};
 use cwtch_proto::{Instant, OnionAddress, PublicIdentity};
 use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,19 @@ pub struct ServerConn {
     /// group was joined there after the cursor passed its earlier posts, or
     /// recovery asks the server again ([`PeerNode::rewind_server`]).
     pub(crate) rewind: Option<u64>,
+    /// Posts the server refused for now (rate limit, full store), to post
+    /// again on this connection when the time comes: (when, group, group
+    /// seq). At most [`MAX_POST_RETRIES`]; a new connection posts every
+    /// pending post anyway, so it starts with none.
+    retries: Vec<(Instant, String, u64)>,
 }
+
+/// Refused posts waiting for their retry on one server connection; beyond
+/// that, a refused post waits for the next connection.
+const MAX_POST_RETRIES: usize = 256;
+
+/// When a full server is asked again.
+const FULL_RETRY: cwtch_proto::Duration = cwtch_proto::Duration::from_secs(60);
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -648,7 +660,47 @@ impl PeerNode {
                 let node = self.clone();
                 smol::spawn(async move { node.run_server(server).await }).detach();
             }
+            self.retry_refused_posts(now);
             smol::Timer::after(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Posts again, on the same connection, what a server refused for now
+    /// and whose time has come (oldest group seq first), unless the post
+    /// was acknowledged since (no longer in the outbox).
+    fn retry_refused_posts(&self, now: Instant) {
+        let st = self.state();
+        let due: Vec<(String, String, u64)> = st
+            .servers
+            .iter()
+            .flat_map(|(server, c)| {
+                c.retries
+                    .iter()
+                    .filter(|(at, _, _)| *at <= now)
+                    .map(move |(_, gid, seq)| (server.clone(), gid.clone(), *seq))
+            })
+            .collect();
+        drop(st);
+        if due.is_empty() {
+            return;
+        }
+        let mut st = self.state();
+        for c in st.servers.values_mut() {
+            c.retries.retain(|(at, _, _)| *at > now);
+        }
+        let mut due = due;
+        due.sort_by_key(|(_, _, seq)| *seq);
+        for (server, gid, seq) in due {
+            let post = self
+                .store
+                .get(Table::Outbox, &post_key(&server, &gid, seq))
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<GroupPost>(&v).ok())
+                .and_then(|p| unhex::<SEALED_BLOB_LEN>(&p.blob));
+            if let Some(blob) = post {
+                self.post_now(&st, &server, &gid, seq, &blob);
+            }
         }
     }
 
@@ -793,6 +845,10 @@ impl PeerNode {
             ClientEvent::Connected(_) => {
                 self.set_server_status(server, ConnState::Authenticated, None);
                 let mut st = self.state();
+                // Every pending post goes out below.
+                if let Some(c) = st.servers.get_mut(server) {
+                    c.retries.clear();
+                }
                 self.directory_connected(&mut st, server);
                 if let Some(client) = st.servers.get(server).and_then(|c| c.client.as_ref()) {
                     client
@@ -852,11 +908,33 @@ impl PeerNode {
             }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
-                self.set_server_status(
-                    server,
-                    ConnState::Authenticated,
-                    Some(format!("refused: {:?}", r.reason)),
-                );
+                // The session goes on: keep its state, say why.
+                let mut st = self.state();
+                let Some(c) = st.servers.get_mut(server) else {
+                    return;
+                };
+                c.status.last_error = Some(format!("refused: {:?}", r.reason));
+                if r.request != RequestKind::Post {
+                    return;
+                }
+                let wait = match r.reason {
+                    RefusalReason::RateLimited { retry_after_ms } => {
+                        cwtch_proto::Duration::from_millis(u64::from(retry_after_ms).max(100))
+                    }
+                    RefusalReason::Full => FULL_RETRY,
+                    // Proof of work is added by the client; a malformed
+                    // post would be refused again.
+                    _ => return,
+                };
+                let refused = POSTS_IN_FLIGHT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(server.to_string(), r.seq));
+                if let Some((gid, group_seq)) = refused
+                    && c.retries.len() < MAX_POST_RETRIES
+                {
+                    c.retries.push((clock::now() + wait, gid, group_seq));
+                }
             }
             _ => {}
         }
@@ -1152,6 +1230,7 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
         cursor,
         failing_since: None,
         rewind: None,
+        retries: Vec::new(),
     }
 }
 

@@ -113,6 +113,20 @@ impl World {
             .unwrap()
     }
 
+    /// Until every message member `i` holds shows as delivered.
+    fn wait_all_delivered(&self, i: usize) {
+        wait_for(
+            "every post to show as delivered",
+            Duration::from_secs(60),
+            || {
+                self.history(i)
+                    .iter()
+                    .all(|m| m["status"] == "delivered")
+                    .then_some(())
+            },
+        );
+    }
+
     fn post(&self, i: usize, text: &str) {
         cli(&self.homes[i], &["group", "send", "friends", text]).unwrap();
     }
@@ -224,16 +238,7 @@ fn server_killed_mid_burst_loses_nothing_it_acknowledged() {
             .all(|i| bob.contains(&format!("burst {i}")))
             .then_some(())
     });
-    wait_for(
-        "alice to see every post delivered",
-        Duration::from_secs(60),
-        || {
-            w.history(0)
-                .iter()
-                .all(|m| m["status"] == "delivered")
-                .then_some(())
-        },
-    );
+    w.wait_all_delivered(0);
     let bob = w.texts(1);
     for text in &acknowledged {
         assert_eq!(
@@ -306,4 +311,35 @@ fn a_peer_uses_several_servers_at_once() {
             },
         );
     }
+}
+
+/// A burst past the server's rate limit: the refused posts are posted
+/// again on the same connection when the server says, so every post
+/// arrives, once, and shows as delivered (they used to wait for the next
+/// connection, which a subscribed member may not make for hours).
+#[test]
+fn posts_refused_by_the_rate_limit_are_posted_again() {
+    let w = World::with_server_flags(&["--rate-burst", "2", "--rate-interval-ms", "300"]);
+    let texts: Vec<String> = (0..8).map(|i| format!("fast {i}")).collect();
+    for t in &texts {
+        w.post(0, t);
+    }
+    wait_for("bob to receive every post", Duration::from_secs(60), || {
+        let bob = w.texts(1);
+        texts.iter().all(|t| bob.contains(t)).then_some(())
+    });
+    w.wait_all_delivered(0);
+    let bob = w.texts(1);
+    for t in &texts {
+        assert_eq!(bob.iter().filter(|b| *b == t).count(), 1, "{t} once");
+    }
+    let groups = cli(&w.homes[0], &["group", "list"]).unwrap();
+    let server = &groups[0]["servers"][0]["connection"];
+    assert_eq!(server["state"], "synced", "a refusal does not undo synced");
+    assert!(
+        server["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("RateLimited")),
+        "{server}"
+    );
 }
