@@ -586,9 +586,19 @@ impl PeerNode {
         let established = match result {
             Ok((stream, peer)) => {
                 self.set_dial_status(&address, ConnState::Connected, None);
-                self.clone()
+                let (established, reason) = self
+                    .clone()
                     .run_link(stream, Some(peer.public_identity()))
-                    .await
+                    .await;
+                if !established {
+                    // Else it would stay "connected" with no reason given.
+                    let why = reason.map_or_else(
+                        || "the handshake did not complete".to_string(),
+                        |r| format!("handshake failed: {}", describe_close(r)),
+                    );
+                    self.set_dial_status(&address, ConnState::Failed, Some(why));
+                }
+                established
             }
             Err(reason) => {
                 tracing::info!("dial failed: {reason}");
@@ -612,9 +622,14 @@ impl PeerNode {
         }
     }
 
-    /// Runs one link, dialed (`remote` known) or accepted, until it ends;
-    /// whether it was established.
-    async fn run_link(self: Arc<Self>, stream: Stream, remote: Option<PublicIdentity>) -> bool {
+    /// Runs one link, dialed (`remote` known) or accepted, until it ends:
+    /// whether it was established, and why it closed (None if it was
+    /// evicted).
+    async fn run_link(
+        self: Arc<Self>,
+        stream: Stream,
+        remote: Option<PublicIdentity>,
+    ) -> (bool, Option<CloseReason>) {
         let mut rng = clock::rng();
         let now = clock::now();
         let conn = match remote {
@@ -646,6 +661,7 @@ impl PeerNode {
             remote: None,
             we_dialed: remote.is_some(),
             slot: slot.clone(),
+            closed: None,
         };
         let evicted = async {
             match &slot {
@@ -660,7 +676,7 @@ impl PeerNode {
             evicted,
         )
         .await;
-        handler.remote.is_some()
+        (handler.remote.is_some(), handler.closed)
     }
 
     fn on_established(&self, link: &PeerLink, remote: &str) -> Vec<Vec<u8>> {
@@ -976,6 +992,8 @@ struct PeerLink {
     we_dialed: bool,
     /// Inbound only: our handshake slot, released once authenticated.
     slot: Option<Arc<crate::limits::Slot>>,
+    /// Why the link closed, once it has.
+    closed: Option<CloseReason>,
 }
 
 impl LinkHandler for PeerLink {
@@ -1009,6 +1027,7 @@ impl LinkHandler for PeerLink {
     }
 
     fn closed(&mut self, reason: CloseReason) {
+        self.closed = Some(reason);
         self.node.on_closed(self, reason);
     }
 }

@@ -180,6 +180,16 @@ fn blocked_peer_is_refused() {
     let list = cli(&a_home, &["contact", "list"]).unwrap();
     assert_ne!(list[0]["connection"]["state"], "authenticated");
     assert_eq!(conversation(&a_home, &bob)[0].2, "pending");
+    // Alice is told why, not left at "connected" (between her retries).
+    wait_for("alice to see why", Duration::from_secs(30), || {
+        let list = cli(&a_home, &["contact", "list"]).ok()?;
+        let connection = &list.as_array()?.first()?["connection"];
+        (connection["state"] == "failed"
+            && connection["last_error"]
+                .as_str()?
+                .starts_with("handshake failed"))
+        .then_some(())
+    });
 }
 
 /// More contacts than dials may run at once (3): a link we dialed frees
