@@ -113,6 +113,10 @@ pub struct ServerConn {
     client: Option<Arc<Mutex<ServerClient>>>,
     pub(crate) tx: Option<LinkSender>,
     dialing: bool,
+    /// The connection task that owns this entry (see [`next_run`]): a task
+    /// left over from an entry that was dropped and made again touches
+    /// only its own.
+    run: u64,
     pub(crate) next_try: Instant,
     backoff: cwtch_proto::peer::Backoff,
     /// The saved cursor.
@@ -640,7 +644,7 @@ impl PeerNode {
     pub async fn keep_servers(self: Arc<Self>) {
         loop {
             let now = clock::now();
-            let due: Vec<String> = {
+            let due = {
                 let mut st = self.state();
                 let due: Vec<String> = st
                     .servers
@@ -649,16 +653,18 @@ impl PeerNode {
                     .map(|(s, _)| s.clone())
                     .take(crate::peer::MAX_CONCURRENT_DIALS)
                     .collect();
-                for s in &due {
-                    if let Some(c) = st.servers.get_mut(s) {
+                due.into_iter()
+                    .filter_map(|s| {
+                        let c = st.servers.get_mut(&s)?;
                         c.dialing = true;
-                    }
-                }
-                due
+                        c.run = next_run();
+                        Some((s, c.run))
+                    })
+                    .collect::<Vec<_>>()
             };
-            for server in due {
+            for (server, run) in due {
                 let node = self.clone();
-                smol::spawn(async move { node.run_server(server).await }).detach();
+                smol::spawn(async move { node.run_server(server, run).await }).detach();
             }
             self.retry_refused_posts(now);
             smol::Timer::after(std::time::Duration::from_millis(500)).await;
@@ -720,8 +726,24 @@ impl PeerNode {
         }
     }
 
-    async fn run_server(self: Arc<Self>, server: String) {
-        self.set_server_status(&server, ConnState::Connecting, None);
+    /// The entry of `server` if connection task `run` still owns it.
+    fn server_run<'a>(
+        st: &'a mut crate::peer::State,
+        server: &str,
+        run: u64,
+    ) -> Option<&'a mut ServerConn> {
+        st.servers.get_mut(server).filter(|c| c.run == run)
+    }
+
+    /// Sets the state of `server`'s connection if task `run` owns it.
+    fn set_run_state(&self, server: &str, run: u64, state: ConnState) {
+        if let Some(c) = Self::server_run(&mut self.state(), server, run) {
+            c.status.state = state;
+        }
+    }
+
+    async fn run_server(self: Arc<Self>, server: String, run: u64) {
+        self.set_run_state(&server, run, ConnState::Connecting);
         let result = match parse_server(&server) {
             Ok(addr) => {
                 // A fresh isolation key per connection: tor never shares a
@@ -738,7 +760,7 @@ impl PeerNode {
         };
         match result {
             Ok((stream, addr)) => {
-                self.set_server_status(&server, ConnState::Connected, None);
+                self.set_run_state(&server, run, ConnState::Connected);
                 let mut rng = clock::rng();
                 let conn = Connection::anonymous_initiator(
                     Config::default(),
@@ -748,7 +770,7 @@ impl PeerNode {
                 );
                 let cursor = {
                     let mut st = self.state();
-                    match st.servers.get_mut(&server) {
+                    match Self::server_run(&mut st, &server, run) {
                         Some(c) => {
                             if let Some(from) = c.rewind.take()
                                 && from < c.cursor
@@ -757,7 +779,9 @@ impl PeerNode {
                             }
                             c.cursor
                         }
-                        None => 0,
+                        // The entry was dropped (or made again) while we
+                        // dialed: this connection is no longer wanted.
+                        None => return,
                     }
                 };
                 let client = Arc::new(Mutex::new(ServerClient::new(
@@ -771,23 +795,25 @@ impl PeerNode {
                 let (tx, rx) = smol::channel::bounded(256);
                 {
                     let mut st = self.state();
-                    if let Some(c) = st.servers.get_mut(&server) {
-                        c.client = Some(client.clone());
-                        c.tx = Some(tx.clone());
-                        if c.rewind.is_some() {
-                            // Asked to rewind while this one was dialing.
-                            link::close(&tx);
-                        }
+                    let Some(c) = Self::server_run(&mut st, &server, run) else {
+                        return;
+                    };
+                    c.client = Some(client.clone());
+                    c.tx = Some(tx.clone());
+                    if c.rewind.is_some() {
+                        // Asked to rewind while this one was dialing.
+                        link::close(&tx);
                     }
                 }
                 let mut handler = ServerLink {
                     node: self.clone(),
                     server: server.clone(),
+                    run,
                     client,
                 };
                 let reason = link::drive(stream, conn, rx, &mut handler).await;
                 let mut st = self.state();
-                if let Some(c) = st.servers.get_mut(&server) {
+                if let Some(c) = Self::server_run(&mut st, &server, run) {
                     c.client = None;
                     c.tx = None;
                     c.dialing = false;
@@ -811,7 +837,7 @@ impl PeerNode {
             }
             Err(reason) => {
                 let mut st = self.state();
-                if let Some(c) = st.servers.get_mut(&server) {
+                if let Some(c) = Self::server_run(&mut st, &server, run) {
                     c.dialing = false;
                     c.status.state = ConnState::Failed;
                     c.status.last_error = Some(reason);
@@ -1222,6 +1248,7 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
         client: None,
         tx: None,
         dialing: false,
+        run: 0,
         next_try: Instant::ZERO,
         backoff: cwtch_proto::peer::Backoff::new(
             cwtch_proto::Duration::from_secs(2),
@@ -1241,6 +1268,12 @@ pub(crate) struct GroupPost {
     pub(crate) group_seq: u64,
     pub(crate) server: String,
     pub(crate) blob: String,
+}
+
+/// A new connection task's number, never 0 (an entry nobody dials).
+fn next_run() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Posts sent on the current connections: (server, post seq) → (group, group seq).
@@ -1269,10 +1302,21 @@ fn chain_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
 struct ServerLink {
     node: Arc<PeerNode>,
     server: String,
+    /// The connection task this link belongs to.
+    run: u64,
     client: Arc<Mutex<ServerClient>>,
 }
 
 impl ServerLink {
+    /// Whether the server's entry still belongs to this link's task.
+    fn is_current(&self) -> bool {
+        self.node
+            .state()
+            .servers
+            .get(&self.server)
+            .is_some_and(|c| c.run == self.run)
+    }
+
     fn drain(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut events = Vec::new();
@@ -1286,7 +1330,9 @@ impl ServerLink {
                 events.push(ev);
             }
         }
-        for ev in events {
+        // A link whose entry was dropped (it is closing) acts on nothing.
+        let current = self.is_current();
+        for ev in events.into_iter().filter(|_| current) {
             tracing::debug!(?ev, "server event");
             self.node.on_server_event(&self.server, ev);
         }
@@ -1316,10 +1362,14 @@ impl LinkHandler for ServerLink {
     }
 
     fn closed(&mut self, _reason: CloseReason) {
-        POSTS_IN_FLIGHT
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(s, _), _| s != &self.server);
+        let current = self.is_current();
+        // Not the posts of a newer connection to the same server.
+        if current {
+            POSTS_IN_FLIGHT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(s, _), _| s != &self.server);
+        }
     }
 }
 
