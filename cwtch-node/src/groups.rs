@@ -21,7 +21,7 @@ use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
-use crate::link::{self, LinkCommand, LinkHandler, LinkSender};
+use crate::link::{self, LinkHandler, LinkSender};
 use crate::model::{ConnState, ConnStatus, Delivery, OutBody, OutItem, StoredMessage};
 use crate::peer::{PeerError, PeerNode, decode, encode, notify, outbox_key};
 use crate::profile_store::Table;
@@ -362,7 +362,7 @@ impl PeerNode {
                 id: item.id,
                 invite,
             });
-            let _ = link.try_send(LinkCommand::Send(bytes));
+            link::send_all(&link, vec![bytes]);
         }
         drop(st);
         // Whom to ask for missing messages and tell of moves.
@@ -585,7 +585,9 @@ impl PeerNode {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((server.to_string(), sent.seq), (gid.to_string(), group_seq));
-            let _ = tx.try_send(LinkCommand::Send(out));
+            // A full queue closes the connection rather than skip this
+            // post: the next one posts every pending post.
+            link::send_all(tx, vec![out]);
         }
     }
 

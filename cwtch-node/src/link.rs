@@ -186,3 +186,31 @@ pub async fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(rx: &smol::channel::Receiver<LinkCommand>) -> Vec<Option<u8>> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| match c {
+                LinkCommand::Send(m) => m.first().copied(),
+                LinkCommand::Close => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn send_all_queues_in_order_or_closes_instead_of_skipping() {
+        let (tx, rx) = smol::channel::bounded(3);
+        send_all(&tx, vec![vec![1], vec![2]]);
+        assert_eq!(sent(&rx), [Some(1), Some(2)]);
+        assert!(!tx.is_closed());
+        // Room for three of four: the three are sent, the fourth never
+        // (the next link starts over), and the queue is closed, so the
+        // driver ends the link once the three are out.
+        send_all(&tx, vec![vec![3], vec![4], vec![5], vec![6]]);
+        assert!(tx.is_closed(), "a full queue closes the link");
+        assert_eq!(sent(&rx), [Some(3), Some(4), Some(5)]);
+    }
+}

@@ -21,7 +21,7 @@ use smol::channel::Sender;
 use zeroize::Zeroizing;
 
 use crate::clock;
-use crate::link::{self, LinkCommand, LinkHandler, LinkSender};
+use crate::link::{self, LinkHandler, LinkSender};
 use crate::model::{
     ConnState, ConnStatus, Contact, ContactState, Delivery, OutBody, OutItem, StoredMessage,
 };
@@ -436,7 +436,9 @@ impl PeerNode {
             Ok(())
         })?;
         if let Some(link) = st.links.get(&address) {
-            let _ = link.tx.try_send(LinkCommand::Send(encode_out(&item)));
+            // A full queue closes the link rather than skip this one: the
+            // next link sends the whole outbox, in order.
+            link::send_all(&link.tx, vec![encode_out(&item)]);
         }
         notify(&mut st, &msg);
         Ok(msg)
