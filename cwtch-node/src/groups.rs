@@ -15,7 +15,7 @@ use cwtch_proto::group::{
 };
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
-use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RefusalReason, RequestKind};
+use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind};
 use cwtch_proto::{Instant, OnionAddress, PublicIdentity};
 use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
 use serde::{Deserialize, Serialize};
@@ -138,9 +138,6 @@ pub struct ServerConn {
 /// Refused posts waiting for their retry on one server connection; beyond
 /// that, a refused post waits for the next connection.
 const MAX_POST_RETRIES: usize = 256;
-
-/// When a full server is asked again.
-const FULL_RETRY: cwtch_proto::Duration = cwtch_proto::Duration::from_secs(60);
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -677,26 +674,17 @@ impl PeerNode {
     /// and whose time has come (oldest group seq first), unless the post
     /// was acknowledged since (no longer in the outbox).
     fn retry_refused_posts(&self, now: Instant) {
-        let st = self.state();
-        let due: Vec<(String, String, u64)> = st
-            .servers
-            .iter()
-            .flat_map(|(server, c)| {
-                c.retries
-                    .iter()
-                    .filter(|(at, _, _)| *at <= now)
-                    .map(move |(_, gid, seq)| (server.clone(), gid.clone(), *seq))
-            })
-            .collect();
-        drop(st);
-        if due.is_empty() {
-            return;
-        }
         let mut st = self.state();
-        for c in st.servers.values_mut() {
-            c.retries.retain(|(at, _, _)| *at > now);
+        let mut due: Vec<(String, String, u64)> = Vec::new();
+        for (server, c) in st.servers.iter_mut() {
+            c.retries.retain(|(at, gid, seq)| {
+                let now_due = *at <= now;
+                if now_due {
+                    due.push((server.clone(), gid.clone(), *seq));
+                }
+                !now_due
+            });
         }
-        let mut due = due;
         due.sort_by_key(|(_, _, seq)| *seq);
         for (server, gid, seq) in due {
             let post = self
@@ -945,14 +933,8 @@ impl PeerNode {
                 if r.request != RequestKind::Post {
                     return;
                 }
-                let wait = match r.reason {
-                    RefusalReason::RateLimited { retry_after_ms } => {
-                        cwtch_proto::Duration::from_millis(u64::from(retry_after_ms).max(100))
-                    }
-                    RefusalReason::Full => FULL_RETRY,
-                    // Proof of work is added by the client; a malformed
-                    // post would be refused again.
-                    _ => return,
+                let Some(wait) = r.reason.retry_after() else {
+                    return;
                 };
                 let refused = POSTS_IN_FLIGHT
                     .lock()
@@ -1333,10 +1315,11 @@ impl ServerLink {
             }
         }
         // A link whose entry was dropped (it is closing) acts on nothing.
-        let current = self.is_current();
-        for ev in events.into_iter().filter(|_| current) {
-            tracing::debug!(?ev, "server event");
-            self.node.on_server_event(&self.server, ev);
+        if self.is_current() {
+            for ev in events {
+                tracing::debug!(?ev, "server event");
+                self.node.on_server_event(&self.server, ev);
+            }
         }
         let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
@@ -1364,9 +1347,8 @@ impl LinkHandler for ServerLink {
     }
 
     fn closed(&mut self, _reason: CloseReason) {
-        let current = self.is_current();
         // Not the posts of a newer connection to the same server.
-        if current {
+        if self.is_current() {
             POSTS_IN_FLIGHT
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

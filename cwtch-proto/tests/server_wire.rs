@@ -3,7 +3,7 @@
 
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::admission::{pow_digest, pow_solve, pow_verify};
-use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::server::wire::{FULL_RETRY, MAX_SERVER_MESSAGE_LEN, MIN_RETRY};
 use cwtch_proto::server::{
     BufferTooSmall, CloseReason, DecodeError, Policy, Refusal, RefusalReason, Reply, Request,
     RequestKind,
@@ -314,5 +314,29 @@ proptest! {
             let n = r.encode(&mut out).unwrap();
             prop_assert_eq!(Reply::decode(&out[..n]), Ok(r));
         }
+    }
+}
+
+#[test]
+fn only_refusals_that_waiting_can_cure_have_a_retry_delay() {
+    let limited = |ms| RefusalReason::RateLimited { retry_after_ms: ms };
+    assert_eq!(
+        limited(1500).retry_after(),
+        Some(cwtch_proto::Duration::from_millis(1500))
+    );
+    assert_eq!(
+        limited(0).retry_after(),
+        Some(MIN_RETRY),
+        "never a busy loop"
+    );
+    assert_eq!(RefusalReason::Full.retry_after(), Some(FULL_RETRY));
+    for r in [
+        RefusalReason::Malformed,
+        RefusalReason::TooManySubscriptions,
+        RefusalReason::PowMissing,
+        RefusalReason::PowWrong,
+        RefusalReason::WrongBlobSize { found: 3 },
+    ] {
+        assert_eq!(r.retry_after(), None, "{r:?}");
     }
 }

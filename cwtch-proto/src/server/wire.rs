@@ -266,7 +266,29 @@ pub enum RefusalReason {
     Unavailable,
 }
 
+/// How long a client waits before posting a refused post again when the
+/// store was full.
+pub const FULL_RETRY: crate::Duration = crate::Duration::from_secs(60);
+
+/// The shortest wait before posting a rate-limited post again, whatever
+/// delay the server named.
+pub const MIN_RETRY: crate::Duration = crate::Duration::from_millis(100);
+
 impl RefusalReason {
+    /// How long to wait before the same post may be accepted, when waiting
+    /// can help: the rate limit's own delay (at least [`MIN_RETRY`]), or
+    /// [`FULL_RETRY`] for a full store. None when posting it again would be
+    /// refused again (a malformed post, wrong proof of work, ...).
+    pub fn retry_after(self) -> Option<crate::Duration> {
+        match self {
+            RefusalReason::RateLimited { retry_after_ms } => {
+                Some(crate::Duration::from_millis(u64::from(retry_after_ms)).max(MIN_RETRY))
+            }
+            RefusalReason::Full => Some(FULL_RETRY),
+            _ => None,
+        }
+    }
+
     fn code_detail(self) -> (u8, u32) {
         match self {
             RefusalReason::Full => (1, 0),
