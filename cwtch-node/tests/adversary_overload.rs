@@ -18,7 +18,7 @@ use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{Config, Connection};
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::{Identity, Instant, OnionAddress};
-use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
+use support::{Daemon, cli, contacts, conversation, init, wait_for, wait_ready};
 use wire::{RawLink, ServerUser, resolve, rng, rss_kib};
 
 /// The memory bound we state for a daemon under these attacks (VmRSS).
@@ -209,9 +209,7 @@ fn a_peer_daemon_survives_garbage_slowloris_and_stranger_floods() {
         "alice to store the requests",
         Duration::from_secs(60),
         || {
-            let list = cli(&a_home, &["contact", "list"]).ok()?;
-            let n = list
-                .as_array()?
+            let n = contacts(&a_home)
                 .iter()
                 .filter(|c| c["contact"]["state"] == "request")
                 .count();

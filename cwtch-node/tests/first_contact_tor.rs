@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cwtch_tests::testnet::TestNetwork;
-use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
+use support::{Daemon, cli, contacts, conversation, init, wait_for, wait_ready};
 
 fn tor_flags(net: &TestNetwork, i: usize) -> Vec<String> {
     let c = &net.clients()[i];
@@ -96,12 +96,9 @@ fn first_contact_while_offline_over_tor() {
         "bob to find the request on the server",
         Duration::from_secs(240),
         || {
-            let list = cli(&b_home, &["contact", "list"]).ok()?;
-            let c = list
-                .as_array()?
-                .iter()
-                .find(|c| c["contact"]["address"] == alice.as_str())?
-                .clone();
+            let c = contacts(&b_home)
+                .into_iter()
+                .find(|c| c["contact"]["address"] == alice.as_str())?;
             (c["contact"]["state"] == "request" && c["contact"]["name"] == "alice").then_some(())
         },
     );

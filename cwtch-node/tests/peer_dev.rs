@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
+use support::{Daemon, cli, contacts, conversation, init, wait_for, wait_ready};
 
 fn dev(dir: &Path) -> Vec<String> {
     vec!["--dev-tcp".into(), dir.display().to_string()]
@@ -182,8 +182,8 @@ fn blocked_peer_is_refused() {
     assert_eq!(conversation(&a_home, &bob)[0].2, "pending");
     // Alice is told why, not left at "connected" (between her retries).
     wait_for("alice to see why", Duration::from_secs(30), || {
-        let list = cli(&a_home, &["contact", "list"]).ok()?;
-        let connection = &list.as_array()?.first()?["connection"];
+        let list = contacts(&a_home);
+        let connection = &list.first()?["connection"];
         (connection["state"] == "failed"
             && connection["last_error"]
                 .as_str()?
@@ -219,9 +219,7 @@ fn a_node_reaches_more_contacts_than_it_dials_at_once() {
         "alice's links to all five contacts",
         Duration::from_secs(60),
         || {
-            let list = cli(&a_home, &["contact", "list"]).ok()?;
-            let up = list
-                .as_array()?
+            let up = contacts(&a_home)
                 .iter()
                 .filter(|c| c["connection"]["state"] == "authenticated")
                 .count();

@@ -140,6 +140,14 @@ pub fn conversation(home: &Path, with: &str) -> Vec<(bool, String, String)> {
     }
 }
 
+/// The entries of `contact list` (none while the daemon does not answer).
+pub fn contacts(home: &Path) -> Vec<Value> {
+    match cli(home, &["contact", "list"]) {
+        Ok(Value::Array(list)) => list,
+        _ => Vec::new(),
+    }
+}
+
 /// The daemon answers on its control socket.
 pub fn wait_ready(home: &Path) -> String {
     wait_for(
