@@ -221,6 +221,18 @@ pub enum GroupCommand {
     },
     /// List groups, their servers' states and any missing messages.
     List,
+    /// List the group invites waiting for an answer.
+    Invites,
+    /// Join the group of a pending invite.
+    Accept {
+        /// The invite's group name or id.
+        group: String,
+    },
+    /// Refuse a pending invite: it is forgotten.
+    Refuse {
+        /// The invite's group name or id.
+        group: String,
+    },
 }
 
 /// Server commands.
@@ -234,6 +246,14 @@ pub enum ServerCommand {
     Info,
 }
 
+/// A new server keeps blobs this many days by default: long enough for a
+/// member who was away a few weeks to catch up, short enough that a stranger
+/// cannot fill the disk for good (SECURITY.md, "The server").
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
+/// A new server keeps at most this many MiB of blobs by default (10 GiB:
+/// about five million posts).
+pub const DEFAULT_MAX_MIB: u64 = 10 * 1024;
+
 /// A server's policy, fixed at `server init` and announced to every client.
 #[derive(Clone, Copy, Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct ServerPolicyArgs {
@@ -244,10 +264,10 @@ pub struct ServerPolicyArgs {
     #[arg(long, default_value_t = 0)]
     pub max_blobs: u64,
     /// Keep at most this many MiB of blobs (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_MAX_MIB)]
     pub max_mib: u64,
     /// Drop blobs older than this many days (0: keep forever).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_MAX_AGE_DAYS)]
     pub max_age_days: u64,
     /// Posts a connection may make in a burst before the rate limit applies.
     #[arg(long, default_value_t = 32)]
@@ -266,8 +286,8 @@ impl Default for ServerPolicyArgs {
         ServerPolicyArgs {
             pow_bits: 0,
             max_blobs: 0,
-            max_mib: 0,
-            max_age_days: 0,
+            max_mib: DEFAULT_MAX_MIB,
+            max_age_days: DEFAULT_MAX_AGE_DAYS,
             rate_burst: 32,
             rate_interval_ms: 500,
             max_connections: 10_000,

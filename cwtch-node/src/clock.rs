@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::{Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
-use cwtch_proto::Instant;
+use cwtch_proto::{Instant, UnixMicros};
 use getrandom::SysRng;
 use rand_core::UnwrapErr;
 
@@ -29,6 +29,17 @@ pub fn unix_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Our wall clock for the core (what we write into messages, and what
+/// others' time claims are checked against).
+pub fn unix_now() -> UnixMicros {
+    UnixMicros::from_micros(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0),
+    )
 }
 
 /// The OS CSPRNG as the core wants it. Panics only if the OS has no

@@ -10,13 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use smol::net::unix::{UnixListener, UnixStream};
 
 use crate::peer::PeerNode;
 
 /// The socket's file name inside the home directory.
 pub const SOCKET_FILE: &str = "control.sock";
+/// The longest request line the daemon reads (a text is at most 4 KiB;
+/// JSON escaping can make it six times longer).
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 
 /// A request from the command line to the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +85,18 @@ pub enum Request {
     },
     /// List groups with their servers' states and gaps.
     GroupList,
+    /// The group invites waiting for an answer.
+    GroupInvites,
+    /// Join the group of a pending invite.
+    GroupAccept {
+        /// The invite's group name or id.
+        group: String,
+    },
+    /// Refuse a pending invite.
+    GroupRefuse {
+        /// The invite's group name or id.
+        group: String,
+    },
     /// Create or rotate our mailbox on a server (offline first contact).
     MailboxCreate {
         /// The server (`cwtch-server:<address>` or an address).
@@ -167,8 +182,20 @@ async fn handle_client(node: Arc<PeerNode>, stream: UnixStream) -> std::io::Resu
     let mut reader = BufReader::new(stream.clone());
     let mut writer = stream;
     let mut line = String::new();
-    if reader.read_line(&mut line).await? == 0 {
+    // A request is one line of at most MAX_REQUEST_LEN bytes.
+    let n = (&mut reader)
+        .take(MAX_REQUEST_LEN as u64)
+        .read_line(&mut line)
+        .await?;
+    if n == 0 {
         return Ok(());
+    }
+    if !line.ends_with('\n') && n >= MAX_REQUEST_LEN {
+        return write_line(
+            &mut writer,
+            &Response::err(format!("bad request: longer than {MAX_REQUEST_LEN} bytes")),
+        )
+        .await;
     }
     let request: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
@@ -224,6 +251,7 @@ fn execute(node: &PeerNode, request: Request) -> Response {
                 "outbox": node.outbox_len().unwrap_or(0),
                 "contacts": contacts,
                 "groups": node.groups(),
+                "invites": node.invites(),
                 "first_contact_pending": node.first_contact_pending(),
             }))
         }
@@ -249,6 +277,11 @@ fn execute(node: &PeerNode, request: Request) -> Response {
         Request::GroupSend { group, text } => node.group_send(&group, &text).map(json),
         Request::GroupMove { group, server } => node.group_move(&group, &server).map(json),
         Request::GroupList => Ok(json(node.groups())),
+        Request::GroupInvites => Ok(json(node.invites())),
+        Request::GroupAccept { group } => node
+            .invite_accept(&group)
+            .map(|g| serde_json::json!({"id": g.id, "name": g.name, "servers": g.servers})),
+        Request::GroupRefuse { group } => node.invite_refuse(&group).map(json),
         Request::Messages { conversation, .. } => node.messages(&conversation).map(json),
         Request::MailboxCreate { server, revoke_old } => node.mailbox_create(&server, revoke_old),
         Request::Identifier => Ok(node.identifier()),

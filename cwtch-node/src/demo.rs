@@ -651,6 +651,15 @@ impl Demo {
         }
         for who in [BOB, CAROL] {
             let name = self.peers[who].name.clone();
+            self.wait(&format!("the invite to reach {name}"), |d| {
+                let l = d.peer_cli(who, &["group", "invites"]).ok()?;
+                l.as_array()?
+                    .iter()
+                    .any(|i| i["group"] == group_id.as_str())
+                    .then_some(())
+            })?;
+            println!("    {name} received the invite over the peer link: it waits for an answer");
+            self.peer_cli(who, &["group", "accept", "friends"])?;
             self.wait(&format!("{name} to join friends"), |d| {
                 let l = d.peer_cli(who, &["group", "list"]).ok()?;
                 l.as_array()?
@@ -658,7 +667,7 @@ impl Demo {
                     .any(|g| g["id"] == group_id.as_str())
                     .then_some(())
             })?;
-            println!("    {name} received the invite over the peer link and joined");
+            println!("    {name} accepted it and joined");
         }
         let mut posted: Vec<(usize, String)> = Vec::new();
         for (who, text) in [

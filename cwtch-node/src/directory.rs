@@ -229,6 +229,14 @@ impl Directory {
         e
     }
 
+    /// We no longer use `address` (no group or mailbox reads it): it can
+    /// be displaced like any server learned from others.
+    pub fn note_unused(&mut self, address: &str) -> Option<&Entry> {
+        let e = self.entries.get_mut(address)?;
+        e.used = false;
+        Some(e)
+    }
+
     /// `n` messages of groups on this server were lost.
     pub fn note_lost(&mut self, address: &str, n: u64) -> &Entry {
         let e = self.entry_mut(address);
@@ -339,14 +347,23 @@ impl PeerNode {
         self.save_entry(&e);
     }
 
+    /// Hook: no group or mailbox uses `server` any more.
+    pub(crate) fn directory_unused(&self, st: &mut State, server: &str) {
+        if let Some(e) = st.directory.note_unused(server).cloned() {
+            self.save_entry(&e);
+        }
+    }
+
     /// Hook: an attempt to reach a server we use failed.
     pub(crate) fn directory_failed(&self, st: &mut State, server: &str) {
         let e = st.directory.note_failed(server, unix_now()).clone();
         self.save_entry(&e);
     }
 
-    /// `n` messages of a group on `server` were found lost (called where the
-    /// gap tracker reports them). Lowers the server's score.
+    /// `n` of our posts were withheld by `server`, by its own evidence
+    /// (`ClientEvent::Withheld`: it acknowledged them, then served past
+    /// them). Lowers the server's score. Nothing a member or contact says
+    /// comes here.
     pub fn note_lost(&self, server: &str, n: u64) {
         let mut st = self.state();
         self.note_lost_in(&mut st, server, n);

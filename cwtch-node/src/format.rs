@@ -14,9 +14,24 @@ pub fn message(m: &StoredMessage) -> String {
     };
     let who = if m.outgoing { "me" } else { short(&m.author) };
     match &m.note {
-        Some(note) => format!("[{status}] {who}: {} ({note})", m.text),
-        None => format!("[{status}] {who}: {}", m.text),
+        Some(note) => format!("[{status}] {who}: {} ({note})", safe(&m.text)),
+        None => format!("[{status}] {who}: {}", safe(&m.text)),
     }
+}
+
+/// Text another party wrote, safe to print on a terminal: control
+/// characters (a newline that would forge a line, an escape sequence) are
+/// shown escaped, never obeyed.
+pub fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn short(address: &str) -> &str {
@@ -36,6 +51,7 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
             );
             out.push_str(&contacts(&value["contacts"]));
             out.push_str(&groups(&value["groups"]));
+            out.push_str(&invites(&value["invites"]));
             out.trim_end().to_string()
         }
         Request::ContactList => contacts(value).trim_end().to_string(),
@@ -64,6 +80,23 @@ pub fn human(request: &Request, value: &serde_json::Value) -> String {
             value["text"].as_str().unwrap_or_default()
         ),
         Request::GroupList => groups(value).trim_end().to_string(),
+        Request::GroupInvites => {
+            let text = invites(value);
+            if text.is_empty() {
+                "no group invites wait for an answer".into()
+            } else {
+                text.trim_end().to_string()
+            }
+        }
+        Request::GroupAccept { .. } => format!(
+            "joined group {} ({})",
+            safe(value["name"].as_str().unwrap_or_default()),
+            value["id"].as_str().unwrap_or_default()
+        ),
+        Request::GroupRefuse { .. } => format!(
+            "refused the invite to {}",
+            safe(value["name"].as_str().unwrap_or_default())
+        ),
         Request::MailboxCreate { .. } | Request::Identifier => {
             value["identifier"].as_str().unwrap_or_default().to_string()
         }
@@ -94,11 +127,33 @@ fn contacts(list: &serde_json::Value) -> String {
             c["address"].as_str().unwrap_or_default(),
             c["state"].as_str().unwrap_or_default(),
             s["state"].as_str().unwrap_or_default(),
-            c["name"].as_str().unwrap_or_default(),
+            safe(c["name"].as_str().unwrap_or_default()),
             pending,
             s["last_error"]
                 .as_str()
                 .map(|e| format!(" (last failure: {e})"))
+                .unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+fn invites(list: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for i in list.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "invite to group {} ({}) from {}: `cwtch-node group accept {}` or `group refuse`\n",
+            safe(i["name"].as_str().unwrap_or_default()),
+            i["group"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..16)
+                .unwrap_or_default(),
+            i["from"].as_str().unwrap_or_default(),
+            i["group"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..16)
                 .unwrap_or_default(),
         ));
     }
@@ -110,7 +165,7 @@ fn groups(list: &serde_json::Value) -> String {
     for g in list.as_array().into_iter().flatten() {
         out.push_str(&format!(
             "group {} ({}): {} pending, {} missing, {} recovered\n",
-            g["name"].as_str().unwrap_or_default(),
+            safe(g["name"].as_str().unwrap_or_default()),
             g["id"]
                 .as_str()
                 .unwrap_or_default()

@@ -10,13 +10,15 @@ use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::group::MoveNotice;
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::group::message::{MessageHash, MessageKind};
+use cwtch_proto::group::moving::{NoticeVerdict, judge_notice};
 use cwtch_proto::group::{
     GapEvent, GapTracker, Group, GroupSecret, Invite, SenderChain, ServerList,
 };
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
 use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind};
-use cwtch_proto::{Instant, OnionAddress, PublicIdentity};
+use cwtch_proto::time::MAX_CLOCK_SKEW;
+use cwtch_proto::{Instant, OnionAddress, PublicIdentity, UnixMicros};
 use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +41,9 @@ pub struct GroupRecord {
     pub id: String,
     /// The name shown.
     pub name: String,
-    /// The secret (hex). Only ever inside the encrypted profile.
-    pub secret: String,
+    /// The secret (hex). Only ever inside the encrypted profile; wiped
+    /// when dropped, never printed.
+    pub secret: SecretHex,
     /// The servers it uses.
     pub servers: Vec<String>,
     /// Our chain: next sequence number and hash of our last message.
@@ -60,6 +63,31 @@ pub struct GroupRecord {
     pub moved_at: u64,
 }
 
+/// A secret in hex, as stored inside the encrypted profile: wiped from
+/// memory when dropped (every clone too), and never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretHex(pub String);
+
+impl std::ops::Deref for SecretHex {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretHex(..)")
+    }
+}
+
+impl Drop for SecretHex {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// A server a group moved away from, still read for a while.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousServer {
@@ -71,6 +99,36 @@ pub struct PreviousServer {
 
 /// The most member addresses a group record keeps.
 pub const MAX_KNOWN_MEMBERS: usize = 64;
+
+/// Adds `address` to a group's known members (whom recovery asks and moves
+/// are told to). When the list is full, an accepted contact takes the place
+/// of a member who is not one: members of a liar's making (anyone with the
+/// secret can sign as many keys as it likes) cannot crowd our contacts out.
+/// Whether the list changed.
+pub(crate) fn remember_member(
+    members: &mut Vec<String>,
+    address: &str,
+    is_contact: impl Fn(&str) -> bool,
+) -> bool {
+    if members.iter().any(|m| m == address) {
+        return false;
+    }
+    if members.len() < MAX_KNOWN_MEMBERS {
+        members.push(address.to_string());
+        return true;
+    }
+    if !is_contact(address) {
+        return false;
+    }
+    match members.iter().position(|m| !is_contact(m)) {
+        Some(i) => {
+            members.remove(i);
+            members.push(address.to_string());
+            true
+        }
+        None => false,
+    }
+}
 
 impl GroupRecord {
     /// Every server to read: the current ones, then those moved away from
@@ -96,12 +154,16 @@ struct ChainRecord {
     prev_hash: String,
 }
 
+/// The node's gap tracker: 32 members (a quarter of them for members known
+/// only from others' claims), a window of 32 messages, 8 open gaps each.
+pub(crate) type Tracker = GapTracker<32, 32, 8, 64>;
+
 /// A group in memory.
 pub struct GroupState {
     /// The stored form.
     pub record: GroupRecord,
     pub(crate) group: Group,
-    pub(crate) tracker: GapTracker,
+    pub(crate) tracker: Tracker,
     /// Gaps reported by the tracker, in plain words, newest last.
     pub gaps: Vec<String>,
 }
@@ -143,6 +205,16 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Hex of any length, back to bytes.
+pub(crate) fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
@@ -162,8 +234,9 @@ pub fn parse_server(text: &str) -> Result<OnionAddress, PeerError> {
 }
 
 fn group_from_record(record: &GroupRecord) -> Result<Group, PeerError> {
-    let secret =
-        unhex::<32>(&record.secret).ok_or_else(|| PeerError::Corrupt("group secret".into()))?;
+    let secret = zeroize::Zeroizing::new(
+        unhex::<32>(&record.secret).ok_or_else(|| PeerError::Corrupt("group secret".into()))?,
+    );
     let mut servers = ServerList::new();
     for s in &record.servers {
         let _ = servers.push(parse_server(s)?);
@@ -201,10 +274,32 @@ impl PeerNode {
             }
         }
         let mut st = self.state();
-        for (_, value) in self.store.scan(Table::Groups)? {
-            let record: GroupRecord = decode(&value, "group")?;
+        let now = clock::unix_now();
+        for (key, value) in self.store.scan(Table::Groups)? {
+            if key.starts_with(crate::invites::KEY_PREFIX) {
+                continue; // a pending invite, not a group
+            }
+            let mut record: GroupRecord = decode(&value, "group")?;
+            // A notice time an older version took without a bound (the
+            // pinning attack) is brought back within the clock skew.
+            let repaired = cwtch_proto::group::moving::repair_notice_time(
+                UnixMicros::from_micros(record.moved_at),
+                now,
+            );
+            record.moved_at = repaired.as_micros();
             let group = group_from_record(&record)?;
-            let mut tracker = GapTracker::new();
+            let mut tracker = Tracker::new();
+            // Our contacts in the group, and ourselves, are never displaced
+            // by members we know only from others' claims.
+            tracker.vouch(group.id().member_id(&self.identity.public()));
+            for m in &record.members {
+                if st.contacts.get(m).map(|c| c.state) == Some(crate::model::ContactState::Accepted)
+                    && let Ok(a) = OnionAddress::parse(m)
+                {
+                    tracker.vouch(group.id().member_id(&a.public_identity()));
+                }
+            }
+            while tracker.poll_event().is_some() {}
             let mut list = chains.remove(&record.id).unwrap_or_default();
             list.sort_by_key(|c| c.seq);
             for c in list {
@@ -255,7 +350,7 @@ impl PeerNode {
         let record = GroupRecord {
             id: hex(group.id().as_bytes()),
             name: name.to_string(),
-            secret: hex(group.secret().to_bytes().as_ref()),
+            secret: SecretHex(hex(group.secret().to_bytes().as_ref())),
             servers: group.servers().iter().map(|s| s.to_string()).collect(),
             next_seq: 0,
             prev_hash: hex(&[0u8; 32]),
@@ -277,8 +372,13 @@ impl PeerNode {
             record.id.clone(),
             GroupState {
                 record: record.clone(),
+                tracker: {
+                    let mut t = Tracker::new();
+                    t.vouch(group.id().member_id(&self.identity.public()));
+                    while t.poll_event().is_some() {}
+                    t
+                },
                 group,
-                tracker: GapTracker::new(),
                 gaps: Vec::new(),
             },
         );
@@ -367,7 +467,11 @@ impl PeerNode {
         Ok(())
     }
 
-    pub(crate) fn join_group_from_invite(&self, from: &str, bytes: &[u8]) -> Result<(), PeerError> {
+    pub(crate) fn join_group_from_invite(
+        &self,
+        from: &str,
+        bytes: &[u8],
+    ) -> Result<GroupRecord, PeerError> {
         let invite = Invite::decode(bytes).map_err(|e| PeerError::Invalid(e.to_string()))?;
         if invite.inviter().address().to_string() != from {
             return Err(PeerError::Invalid(
@@ -379,7 +483,7 @@ impl PeerNode {
             .state()
             .groups
             .contains_key(&hex(group.id().as_bytes()));
-        let record = self.add_group(group, invite.name())?;
+        let record = self.add_group(group, &crate::peer::clean_name(invite.name()))?;
         self.note_member(&record.id, from);
         if !known {
             // The group's earlier posts may be behind the cursor of a
@@ -391,7 +495,7 @@ impl PeerNode {
                 self.rewind_server(&mut st, server, 0);
             }
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Reads `server` again from index `from` (the next connection starts
@@ -440,6 +544,20 @@ impl PeerNode {
         shown: &str,
         also: &[OnionAddress],
     ) -> Result<StoredMessage, PeerError> {
+        self.post_message_at(gid, kind, body, shown, also, clock::unix_now())
+    }
+
+    /// [`PeerNode::post_message`] dated `timestamp` (a move notice is dated
+    /// after the notice the group follows now).
+    pub(crate) fn post_message_at(
+        &self,
+        gid: &str,
+        kind: MessageKind,
+        body: &[u8],
+        shown: &str,
+        also: &[OnionAddress],
+        timestamp: UnixMicros,
+    ) -> Result<StoredMessage, PeerError> {
         let mut st = self.state();
         let seq_local = self.next_seq(&mut st)?;
         let me = self.identity.public();
@@ -451,7 +569,6 @@ impl PeerNode {
         let seen = g.tracker.seen_summary(Some(member));
         let prev = unhex::<32>(&g.record.prev_hash).unwrap_or([0; 32]);
         let mut chain = SenderChain::resume(g.record.next_seq, MessageHash(prev));
-        let timestamp = Instant::from_micros(clock::unix_millis().saturating_mul(1000));
         let msg = chain.next_message(kind, body, timestamp, &seen);
         let mut targets: Vec<OnionAddress> = g.group.servers().to_vec();
         for extra in also {
@@ -492,7 +609,7 @@ impl PeerNode {
             outgoing: true,
             author: self.address().to_string(),
             text: shown.to_string(),
-            sent_at: clock::unix_millis(),
+            sent_at: timestamp.as_millis(),
             status: Delivery::Pending,
             note: None,
         };
@@ -616,7 +733,7 @@ impl PeerNode {
                     .iter()
                     .map(|s| serde_json::json!({"server": s, "connection": server_status(&st, s)}))
                     .collect();
-                let missing: u64 = g.tracker.missing().map(|r| r.count()).sum();
+                let missing: u64 = g.tracker.missing_count();
                 let pending = pending.get(&g.record.id).copied().unwrap_or(0);
                 let previous: Vec<&String> = g
                     .record
@@ -645,12 +762,19 @@ impl PeerNode {
             let now = clock::now();
             let due = {
                 let mut st = self.state();
+                // At most MAX_CONCURRENT_DIALS dials in flight, however many
+                // servers our groups name (a member can name many).
+                let in_flight = st
+                    .servers
+                    .values()
+                    .filter(|c| c.dialing && c.tx.is_none())
+                    .count();
                 let due: Vec<String> = st
                     .servers
                     .iter()
                     .filter(|(_, c)| c.tx.is_none() && !c.dialing && c.next_try <= now)
                     .map(|(s, _)| s.clone())
-                    .take(crate::peer::MAX_CONCURRENT_DIALS)
+                    .take(crate::peer::MAX_CONCURRENT_DIALS.saturating_sub(in_flight))
                     .collect();
                 due.into_iter()
                     .filter_map(|s| {
@@ -879,6 +1003,39 @@ impl PeerNode {
                 }
             }
             ClientEvent::Synced { .. } => self.set_server_status(server, ConnState::Synced, None),
+            ClientEvent::HeadBehindCursor { cursor, head } => {
+                tracing::warn!(
+                    cursor,
+                    head,
+                    "a server's log is shorter than what we read from it: reading it from its head"
+                );
+                let mut st = self.state();
+                if let Some(c) = st.servers.get_mut(server) {
+                    c.cursor = head;
+                    c.status.last_error = Some(format!(
+                        "its log ends at {head}, before the {cursor} entries we read from it (restored from a backup, or lying)"
+                    ));
+                }
+                let _ = self
+                    .store
+                    .put(Table::Servers, &cursor_key(server), &head.to_le_bytes());
+            }
+            ClientEvent::Withheld { index, count } => {
+                tracing::warn!(
+                    index,
+                    count,
+                    "a server acknowledged our post and then served past it without it"
+                );
+                let mut st = self.state();
+                st.withheld
+                    .note(server, u64::from(count), clock::unix_millis());
+                self.note_lost_in(&mut st, server, u64::from(count));
+                if let Some(c) = st.servers.get_mut(server) {
+                    c.status.last_error = Some(format!(
+                        "withheld {count} of our acknowledged post(s) (first at index {index})"
+                    ));
+                }
+            }
             ClientEvent::Advert(advert) => {
                 let mut st = self.state();
                 self.directory_own_advert(&mut st, server, &advert);
@@ -998,14 +1155,36 @@ impl PeerNode {
                 return Err(e);
             }
         };
-        if opened.kind == MessageKind::MOVE {
-            // Kept per server, ours too, to tell members who missed it.
-            self.keep_move(gid, &server.to_string(), opened.timestamp.as_micros(), blob);
+        let now = clock::unix_now();
+        // A move notice's time is a claim: judged against our clock and the
+        // notice the group follows now (SPEC.md section 15).
+        let verdict = (opened.kind == MessageKind::MOVE).then(|| {
+            judge_notice(
+                opened.timestamp,
+                UnixMicros::from_micros(g.record.moved_at),
+                now,
+            )
+        });
+        match verdict {
+            // Kept per server, ours too, to tell members who missed it; a
+            // notice from the future is never kept nor passed on.
+            Some(NoticeVerdict::Follow { at }) => {
+                self.keep_move(gid, &server.to_string(), at.as_micros(), blob)
+            }
+            Some(NoticeVerdict::Older) => self.keep_move(
+                gid,
+                &server.to_string(),
+                opened.timestamp.clamp_to(now, MAX_CLOCK_SKEW).as_micros(),
+                blob,
+            ),
+            _ => {}
         }
         let ingested = g.tracker.ingest(&opened);
         let mut gaps = Vec::new();
         while let Some(ev) = g.tracker.poll_event() {
-            gaps.push(describe_gap(&ev));
+            gaps.push(describe_gap(&ev, |m| {
+                member_name(g, &self.identity, m, Some(&opened.sender))
+            }));
         }
         g.gaps.extend(gaps);
         let excess = g.gaps.len().saturating_sub(100);
@@ -1028,17 +1207,33 @@ impl PeerNode {
             return Ok(None); // not stored as a message: its chain record says we had it
         }
         let sender = opened.sender.address().to_string();
-        let timestamp = opened.timestamp.as_micros();
+        // Shown and ordered by the author's time, but never later than our
+        // clock plus the skew: a message dated in the far future must not
+        // stay last forever.
+        let timestamp = opened.timestamp.clamp_to(now, MAX_CLOCK_SKEW).as_micros();
         let mut added = Vec::new();
         let text = if opened.kind == MessageKind::MOVE {
-            match MoveNotice::decode(opened.body) {
-                Ok(notice) => {
+            match (MoveNotice::decode(opened.body), verdict) {
+                (Ok(notice), Some(verdict)) => {
                     let names: Vec<String> =
                         notice.servers().iter().map(|s| s.to_string()).collect();
-                    added = self.apply_move(g, &notice, timestamp);
-                    format!("[moved this group to {}]", names.join(", "))
+                    let names = names.join(", ");
+                    match verdict {
+                        NoticeVerdict::Follow { at } => {
+                            added = self.apply_move(g, &notice, at);
+                            format!("[moved this group to {names}]")
+                        }
+                        NoticeVerdict::Older => format!(
+                            "[a move to {names}, older than the move the group follows: not followed]"
+                        ),
+                        NoticeVerdict::FromTheFuture(e) => format!(
+                            "[a move to {names} dated {} s beyond our clock: not followed (a wrong clock, or a member trying to pin the group)]",
+                            e.by.as_micros() / 1_000_000
+                        ),
+                    }
                 }
-                Err(e) => format!("[a move notice that could not be read: {e}]"),
+                (Err(e), _) => format!("[a move notice that could not be read: {e}]"),
+                (Ok(_), None) => String::new(),
             }
         } else {
             opened.text().unwrap_or("").to_string()
@@ -1054,11 +1249,11 @@ impl PeerNode {
         let member = opened.member;
         let seq = opened.seq;
         drop(work);
-        if !g.record.members.contains(&sender)
-            && sender != self.address()
-            && g.record.members.len() < MAX_KNOWN_MEMBERS
-        {
-            g.record.members.push(sender.clone());
+        if sender != self.address() {
+            let contact = |a: &str| {
+                st.contacts.get(a).map(|c| c.state) == Some(crate::model::ContactState::Accepted)
+            };
+            remember_member(&mut g.record.members, &sender, contact);
         }
         let record = g.record.clone();
         let seq_local = match self.next_seq(st) {
@@ -1191,35 +1386,96 @@ impl PeerNode {
     /// Remembers `address` as a member of group `gid` (whom to ask for
     /// missing messages).
     pub(crate) fn note_member(&self, gid: &str, address: &str) {
-        let mut st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
         let Some(g) = st.groups.get_mut(gid) else {
             return;
         };
-        if address == self.address()
-            || g.record.members.iter().any(|m| m == address)
-            || g.record.members.len() >= MAX_KNOWN_MEMBERS
+        // A contact of ours in the group: never displaced in the tracker.
+        if st.contacts.get(address).map(|c| c.state) == Some(crate::model::ContactState::Accepted)
+            && let Ok(a) = OnionAddress::parse(address)
         {
+            g.tracker
+                .vouch(g.group.id().member_id(&a.public_identity()));
+            while g.tracker.poll_event().is_some() {}
+        }
+        if address == self.address() {
             return;
         }
-        g.record.members.push(address.to_string());
+        let contacts = &st.contacts;
+        let contact = |a: &str| {
+            contacts.get(a).map(|c| c.state) == Some(crate::model::ContactState::Accepted)
+        };
+        if !remember_member(&mut g.record.members, address, contact) {
+            return;
+        }
         let record = g.record.clone();
-        drop(st);
+        drop(guard);
         let _ = self.save_group(&record);
     }
 }
 
-fn describe_gap(ev: &GapEvent) -> String {
-    match ev {
-        GapEvent::Missing(r) => format!("missing: messages {}..={} of a member", r.first, r.last),
-        GapEvent::Recovered(r) => format!("recovered: message {} of a member", r.seq),
+/// A gap tracker event in plain words; `name` says who a member is.
+fn describe_gap(ev: &GapEvent, name: impl Fn(cwtch_proto::group::MemberId) -> String) -> String {
+    match *ev {
+        GapEvent::Missing(r) => format!(
+            "missing: messages {}..={} of {}",
+            r.first,
+            r.last,
+            name(r.member)
+        ),
+        GapEvent::Recovered(r) => format!("recovered: message {} of {}", r.seq, name(r.member)),
         GapEvent::Equivocation(r) => format!(
-            "equivocation: a member sent two messages numbered {}",
+            "equivocation: {} sent two different messages numbered {}",
+            name(r.member),
             r.seq
         ),
-        GapEvent::GaveUp(r) => format!("gave up tracking messages {}..={}", r.first, r.last),
-        GapEvent::SenderTableFull(_) => "too many members to track".into(),
+        GapEvent::GaveUp(r) => format!(
+            "gave up tracking messages {}..={} of {}",
+            r.first,
+            r.last,
+            name(r.member)
+        ),
+        GapEvent::SenderTableFull(m) => {
+            format!("too many members to track: {} is not tracked", name(m))
+        }
+        GapEvent::Dropped { member, missing } => format!(
+            "stopped tracking {} to make room ({missing} of its messages were missing)",
+            name(member)
+        ),
+        GapEvent::ImplausibleClaim { by, about, claimed } => format!(
+            "claims that do not add up: {} says {} sent message {claimed}, far beyond what we have seen; ignored",
+            name(by),
+            name(about)
+        ),
         _ => "gap tracker event".into(),
     }
+}
+
+/// Who a member of `g` is: its address if we know it (a member we noted,
+/// ourselves, or `author`), else "an unknown member" with its id's start.
+fn member_name(
+    g: &GroupState,
+    me: &cwtch_proto::Identity,
+    member: cwtch_proto::group::MemberId,
+    author: Option<&PublicIdentity>,
+) -> String {
+    let id = g.group.id();
+    if id.member_id(&me.public()) == member {
+        return "us".into();
+    }
+    if let Some(a) = author
+        && id.member_id(a) == member
+    {
+        return format!("member {}", a.address());
+    }
+    g.record
+        .members
+        .iter()
+        .filter_map(|m| OnionAddress::parse(m).ok())
+        .find(|a| id.member_id(&a.public_identity()) == member)
+        .map(|a| format!("member {a}"))
+        .unwrap_or_else(|| format!("an unknown member ({})", hex(&member.0[..4])))
 }
 
 fn st_link(st: &crate::peer::State, address: &str) -> Option<LinkSender> {

@@ -17,6 +17,8 @@ pub mod directory;
 pub mod format;
 pub mod group_adverts;
 pub mod groups;
+pub mod home;
+pub mod invites;
 pub mod limits;
 pub mod link;
 pub mod mailbox;

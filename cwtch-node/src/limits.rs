@@ -16,34 +16,11 @@ pub const MAX_PEER_HANDSHAKES: usize = 64;
 /// Unauthenticated connections a server keeps at once; the oldest is
 /// dropped to make room for a new one.
 pub const MAX_SERVER_HANDSHAKES: usize = 256;
-/// Contact requests (authenticated strangers) a profile keeps; further
-/// strangers are refused at the handshake until the user accepts or blocks
-/// some.
-pub const MAX_CONTACT_REQUESTS: usize = 100;
-
-/// Texts a profile stores from one contact request until the user accepts
-/// it (counted since the daemon started); more are neither stored nor
-/// acknowledged, so the sender keeps them queued.
-pub const MAX_REQUEST_TEXTS: u32 = 10;
-
-static REQUEST_TEXTS: Mutex<Option<std::collections::HashMap<String, u32>>> = Mutex::new(None);
-
-/// Counts a text from a contact request; false once the requester has sent
-/// [`MAX_REQUEST_TEXTS`].
-pub fn request_text_allowed(requester: &str) -> bool {
-    let mut guard = REQUEST_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
-    let counts = guard.get_or_insert_with(Default::default);
-    if counts.len() > 4 * MAX_CONTACT_REQUESTS && !counts.contains_key(requester) {
-        counts.clear();
-    }
-    let n = counts.entry(requester.to_string()).or_insert(0);
-    if *n >= MAX_REQUEST_TEXTS {
-        log_drop(DropReason::TooManyRequestTexts);
-        return false;
-    }
-    *n += 1;
-    true
-}
+/// The contact-request limits are the protocol's: they live in the core
+/// (`cwtch_proto::peer::requests`, SPEC.md section 4).
+pub use cwtch_proto::peer::requests::{
+    MAX_CONTACT_REQUESTS, MAX_MAILBOX_REQUESTS, MAX_REQUEST_TEXTS,
+};
 
 /// Why a daemon dropped a connection or refused a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,15 +353,6 @@ mod tests {
             "an established connection is not evicted"
         );
         assert!(!evicted_now(&a));
-    }
-
-    #[test]
-    fn request_texts_are_capped_per_requester() {
-        for _ in 0..MAX_REQUEST_TEXTS {
-            assert!(request_text_allowed("requester-one"));
-        }
-        assert!(!request_text_allowed("requester-one"));
-        assert!(request_text_allowed("requester-two"));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use cwtch_proto::mailbox::{
     FirstContact, IDENTIFIER_TEXT_MAX_LEN, Identifier, Mailbox, MailboxKey, MailboxKeys,
     seal_request,
 };
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::peer::requests::{RequestOrigin, request_text_allowed};
+use cwtch_proto::time::MAX_CLOCK_SKEW;
+use cwtch_proto::{Identity, OnionAddress, UnixMicros};
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
@@ -289,7 +291,7 @@ impl PeerNode {
         let msg = FirstContact {
             name: name.get(..name.len().min(64)).unwrap_or(""),
             id,
-            timestamp: Instant::from_micros(sent_at.saturating_mul(1000)),
+            timestamp: UnixMicros::from_millis(sent_at),
             text,
         };
         let mut blob = vec![0u8; SEALED_BLOB_LEN];
@@ -371,14 +373,23 @@ impl PeerNode {
         if sender == self.address() {
             return;
         }
-        match st.contacts.get(&sender).map(|c| c.state) {
+        let state = st.contacts.get(&sender).map(|c| c.state);
+        match state {
             Some(ContactState::Blocked) => return,
             Some(_) => {}
             None => {
+                // The same limits as a stranger online, and never more than
+                // a share of them: a flood of sealed requests cannot lock
+                // online strangers out (SPEC.md section 4, "Contact requests").
+                if !crate::peer::pending_requests(&st).room_for(RequestOrigin::Mailbox) {
+                    crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
+                    return;
+                }
                 let contact = Contact {
                     address: sender.clone(),
-                    name: req.name.to_string(),
+                    name: crate::peer::clean_name(req.name),
                     state: ContactState::Request,
+                    from_mailbox: true,
                 };
                 if let Err(e) =
                     self.store
@@ -400,6 +411,12 @@ impl PeerNode {
         if !matches!(self.store.get(Table::Messages, &key), Ok(None)) {
             return;
         }
+        let is_request = st.contacts.get(&sender).map(|c| c.state) == Some(ContactState::Request);
+        if is_request && !request_text_allowed(st.request_texts.get(&sender).copied().unwrap_or(0))
+        {
+            crate::limits::log_drop(crate::limits::DropReason::TooManyRequestTexts);
+            return;
+        }
         let Ok(seq) = self.next_seq(&mut st) else {
             return;
         };
@@ -410,11 +427,17 @@ impl PeerNode {
             outgoing: false,
             author: sender,
             text: req.text.to_string(),
-            sent_at: req.timestamp.as_millis(),
+            sent_at: req
+                .timestamp
+                .clamp_to(clock::unix_now(), MAX_CLOCK_SKEW)
+                .as_millis(),
             status: Delivery::Received,
             note: None,
         };
         if self.store.put(Table::Messages, &key, &encode(&m)).is_ok() {
+            if is_request {
+                *st.request_texts.entry(m.author.clone()).or_default() += 1;
+            }
             notify(&mut st, &m);
         }
     }
@@ -442,7 +465,7 @@ mod tests {
         let first = FirstContact {
             name: "alice",
             id,
-            timestamp: Instant::from_secs(1_764_000_000),
+            timestamp: UnixMicros::from_secs(1_764_000_000),
             text: "hi bob",
         };
         let owner = to.owner().public_identity();

@@ -118,6 +118,9 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
                 GroupCommand::Send { group, text } => Request::GroupSend { group, text },
                 GroupCommand::Move { group, server } => Request::GroupMove { group, server },
                 GroupCommand::List => Request::GroupList,
+                GroupCommand::Invites => Request::GroupInvites,
+                GroupCommand::Accept { group } => Request::GroupAccept { group },
+                GroupCommand::Refuse { group } => Request::GroupRefuse { group },
             };
             one_shot(home, &request, json)
         }
@@ -174,10 +177,13 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
             cwtch_node::server::init(home, &policy, json)
         }
         Command::Server(ServerCommand::Info) => cwtch_node::server::info(home, json),
-        Command::Server(ServerCommand::Run(args)) => smol::block_on(async {
-            let (transport, _tor) = transport(home, &args).await?;
-            cwtch_node::server::run(home, transport).await
-        }),
+        Command::Server(ServerCommand::Run(args)) => {
+            let _lock = take_home(home)?;
+            smol::block_on(async {
+                let (transport, _tor) = transport(home, &args).await?;
+                cwtch_node::server::run(home, transport).await
+            })
+        }
     }
 }
 
@@ -251,7 +257,21 @@ async fn transport(
     ))
 }
 
+/// A daemon's start: the home must be private and free (one daemon per
+/// home), and everything the daemon creates is private from then on.
+fn take_home(home: &Path) -> Result<cwtch_node::home::HomeLock, String> {
+    cwtch_node::home::private_umask();
+    cwtch_node::home::HomeLock::acquire(home).map_err(|e| e.to_string())
+}
+
 fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
+    if !home.join(peer::PROFILE_FILE).exists() {
+        return Err(format!(
+            "no profile in {} (run `cwtch-node init --name NAME` first)",
+            home.display()
+        ));
+    }
+    let _lock = take_home(home)?;
     let password = password()?;
     let (store, identity, name) = peer::open_profile(home, &password).map_err(|e| e.to_string())?;
     drop(password);

@@ -24,6 +24,10 @@ pub struct Contact {
     pub name: String,
     /// Accepted, request or blocked.
     pub state: ContactState,
+    /// A request that came through our mailbox (counted against the
+    /// mailbox's share of the request limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_mailbox: bool,
 }
 
 /// Connection state of a contact or server, as shown to the user.

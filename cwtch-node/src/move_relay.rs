@@ -75,7 +75,7 @@ impl PeerNode {
         if let Ok(m) = g.group.keys().open(&addr, blob, &mut work)
             && m.kind == MessageKind::MOVE
         {
-            let at = m.timestamp.as_micros();
+            let at = m.timestamp.claimed_micros(); // our own time
             self.keep_move(&g.record.id, server, at, blob);
         }
     }

@@ -4,26 +4,69 @@
 //! message of kind [`MessageKind::MOVE`]) to the old servers *and* the new
 //! one, then uses the new servers. Members who read the notice (online, or
 //! later from an old server, or from a member during recovery) follow
-//! ([`follows`]: only a newer notice). The old servers stay in the group's
+//! it if the core's `judge_notice` says so: only a newer notice, never one
+//! dated beyond our clock plus the skew. Our own explicit move always
+//! applies for us ([`own_notice_time`] dates it after the notice we follow). The old servers stay in the group's
 //! reading list for [`READ_OLD_FOR`], so
 //! a member who was offline during the move still finds the notice there.
 //! Sequence numbers are per member and independent of servers, so gap
 //! detection runs across the move unchanged.
 //!
-//! The node also moves a group itself when the core's [`choose_move`]
-//! says so (every server of the group failing for a day, or withholding
-//! messages that members had to supply, and another server healthy).
+//! The node also moves a group itself when the core's `AutoMove` says so
+//! (every server of the group failing for a day, or caught withholding our
+//! acknowledged posts, and another server healthy), at most once per
+//! `AUTO_MOVE_EVERY`.
 
 use cwtch_proto::group::control::MOVE_NOTICE_MAX_LEN;
-use cwtch_proto::group::moving::{READ_OLD_FOR, ServerHealth, choose_move, follows};
+use cwtch_proto::group::moving::{READ_OLD_FOR, ServerHealth, own_notice_time};
 use cwtch_proto::group::{Group, GroupSecret, MessageKind, MoveNotice, ServerList};
-use cwtch_proto::{Instant, OnionAddress};
+use cwtch_proto::{Instant, OnionAddress, UnixMicros};
 
 use crate::clock;
 use crate::groups::{GroupState, PreviousServer, new_server_conn, parse_server, unhex};
 use crate::model::{ConnState, StoredMessage};
 use crate::peer::{PeerError, PeerNode};
 use crate::profile_store::Table;
+
+/// The most servers a group remembers having moved away from (the oldest
+/// is forgotten first).
+pub const MAX_PREVIOUS_SERVERS: usize = 8;
+
+/// Per server, the posts it acknowledged and then did not serve (its own
+/// evidence, `ClientEvent::Withheld`), counted over the last
+/// [`WITHHELD_WINDOW_MS`]: what the move policy and the directory weigh.
+#[derive(Default)]
+pub(crate) struct WithheldLog {
+    /// server → (count, first time counted, Unix ms).
+    counts: std::collections::HashMap<String, (u64, u64)>,
+}
+
+/// How long withholding evidence counts: 7 days.
+pub const WITHHELD_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+
+impl WithheldLog {
+    /// `count` posts withheld by `server`, seen at `now_ms`.
+    pub(crate) fn note(&mut self, server: &str, count: u64, now_ms: u64) {
+        let entry = self.counts.entry(server.to_string()).or_insert((0, now_ms));
+        if now_ms.saturating_sub(entry.1) > WITHHELD_WINDOW_MS {
+            *entry = (0, now_ms);
+        }
+        entry.0 = entry.0.saturating_add(count);
+    }
+
+    /// The evidence against `server` that still counts at `now_ms`.
+    pub(crate) fn count(&self, server: &str, now_ms: u64) -> u64 {
+        match self.counts.get(server) {
+            Some(&(n, since)) if now_ms.saturating_sub(since) <= WITHHELD_WINDOW_MS => n,
+            _ => 0,
+        }
+    }
+
+    /// Forgets servers no longer used.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.counts.retain(|s, _| keep(s));
+    }
+}
 
 impl PeerNode {
     /// Moves a group to `server`: posts a signed move notice to the old
@@ -47,7 +90,16 @@ impl PeerNode {
             .map_err(|e| PeerError::Invalid(e.to_string()))?
             .to_vec();
         let shown = format!("[moved this group to {new}]");
-        let stored = self.post_message(&gid, MessageKind::MOVE, &body, &shown, &[new])?;
+        // Dated after the notice we follow now, so it outranks it: our own
+        // explicit move always takes effect for us.
+        let current = {
+            let st = self.state();
+            st.groups.get(&gid).map_or(UnixMicros::EPOCH, |g| {
+                UnixMicros::from_micros(g.record.moved_at)
+            })
+        };
+        let at = own_notice_time(clock::unix_now(), current);
+        let stored = self.post_message_at(&gid, MessageKind::MOVE, &body, &shown, &[new], at)?;
         let mut st = self.state();
         if let Some(g) = st.groups.get(&gid) {
             // The copy kept for recovery (sealed for an old server): what a
@@ -65,7 +117,7 @@ impl PeerNode {
         if let Some(g) = st.groups.get_mut(&gid) {
             // We post the notice first: nothing of the group is on the
             // new server before it, so there is nothing to read again.
-            let _ = self.apply_move(g, &notice, stored.sent_at.saturating_mul(1000));
+            let _ = self.apply_move(g, &notice, at);
             let record = g.record.clone();
             for s in record.servers_to_read(clock::unix_millis()) {
                 st.servers.entry(s).or_insert_with(|| new_server_conn(0));
@@ -77,24 +129,18 @@ impl PeerNode {
         Ok(stored)
     }
 
-    /// Follows a move notice of time `timestamp` (µs): unless a newer
-    /// notice was already followed, the group uses the notice's servers and
-    /// keeps reading the old ones for [`READ_OLD_FOR`]. The caller
-    /// saves the record. Returns the servers the group did not read
-    /// before: what others posted there before we followed may be behind
-    /// their cursors (the caller rewinds them).
+    /// Follows a move notice of time `at` (the caller decided to follow it:
+    /// the core's `judge_notice`, or our own move): the group uses the
+    /// notice's servers and keeps reading the old ones for
+    /// [`READ_OLD_FOR`]. The caller saves the record. Returns the servers
+    /// the group did not read before: what others posted there before we
+    /// followed may be behind their cursors (the caller rewinds them).
     pub(crate) fn apply_move(
         &self,
         g: &mut GroupState,
         notice: &MoveNotice,
-        timestamp: u64,
+        at: UnixMicros,
     ) -> Vec<String> {
-        if !follows(
-            Instant::from_micros(timestamp),
-            Instant::from_micros(g.record.moved_at),
-        ) {
-            return Vec::new(); // an older notice, arriving late
-        }
         let new: Vec<String> = notice.servers().iter().map(|s| s.to_string()).collect();
         let read_before = g.record.servers_to_read(clock::unix_millis());
         let added: Vec<String> = new
@@ -113,13 +159,17 @@ impl PeerNode {
             }
         }
         g.record.previous.retain(|p| !new.contains(&p.server));
+        // Bounded: a member who moves the group again and again, each time
+        // naming fresh servers, cannot make us read without end.
+        let excess = g.record.previous.len().saturating_sub(MAX_PREVIOUS_SERVERS);
+        g.record.previous.drain(..excess);
         g.record.servers = new;
-        g.record.moved_at = timestamp;
+        g.record.moved_at = at.as_micros();
         let mut servers = ServerList::new();
         for s in notice.servers() {
             let _ = servers.push(*s);
         }
-        if let Some(secret) = unhex::<32>(&g.record.secret) {
+        if let Some(secret) = unhex::<32>(&g.record.secret).map(zeroize::Zeroizing::new) {
             g.group = Group::from_secret(GroupSecret::from_bytes(&secret), servers);
         }
         added
@@ -178,7 +228,9 @@ impl PeerNode {
                     }
                 }
             }
+            st.withheld.retain(|s| in_use.contains(s));
             for s in unused {
+                self.directory_unused(st, &s);
                 if let Some(c) = st.servers.remove(&s)
                     && let Some(tx) = c.tx
                 {
@@ -190,20 +242,26 @@ impl PeerNode {
                 Some(ServerHealth {
                     server: OnionAddress::parse(server).ok()?,
                     failing_since: conn.and_then(|c| c.failing_since),
-                    withheld: st.recovery.withheld.get(server).copied().unwrap_or(0),
+                    withheld: st.withheld.count(server, clock::unix_millis()),
                     healthy_now: conn.is_some_and(|c| {
                         matches!(c.status.state, ConnState::Authenticated | ConnState::Synced)
                     }),
                 })
             };
             let all: Vec<ServerHealth> = st.servers.keys().filter_map(health).collect();
+            let mut decided = Vec::new();
             for (gid, g) in &st.groups {
                 let current: Vec<ServerHealth> =
                     g.record.servers.iter().filter_map(health).collect();
-                if let Some(to) = choose_move(now, &current, &all) {
-                    proposals.push((gid.clone(), to.to_string()));
+                decided.push((gid.clone(), current));
+            }
+            for (gid, current) in decided {
+                let auto = st.auto_moves.entry(gid.clone()).or_default();
+                if let Some(to) = auto.handle_health(now, &current, &all) {
+                    proposals.push((gid, to.to_string()));
                 }
             }
+            st.auto_moves.retain(|gid, _| st.groups.contains_key(gid));
         }
         for record in changed {
             let _ = self.save_group(&record);

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
+use cwtch_proto::peer::requests::request_text_allowed;
 use cwtch_proto::peer::session::{admit, keep_new_link};
 use cwtch_proto::peer::{
-    Action, Backoff, Incoming, PeerMessage, PeerSession, Refusal, SessionError, Standing,
+    Action, Backoff, Incoming, PeerMessage, PeerSession, PendingRequests, Refusal, RequestOrigin,
+    SessionError, Standing,
 };
 use cwtch_proto::{Identity, Instant, OnionAddress, PublicIdentity};
 use cwtch_transport_socks::{AnyTransport, IsolationKey, Listener, PEER_PORT, Stream, Transport};
@@ -81,9 +83,7 @@ pub fn init_profile(home: &Path, name: &str, password: &[u8]) -> Result<OnionAdd
             "the name is longer than 64 bytes".into(),
         ));
     }
-    std::fs::create_dir_all(home)
-        .map_err(|e| PeerError::Invalid(format!("cannot create {}: {e}", home.display())))?;
-    restrict_dir(home);
+    crate::home::create_private(home).map_err(|e| PeerError::Invalid(e.to_string()))?;
     let store = ProfileStore::create(home.join(PROFILE_FILE), password)?;
     let identity = Identity::generate(&mut clock::rng());
     store.transaction(|tx| {
@@ -93,12 +93,6 @@ pub fn init_profile(home: &Path, name: &str, password: &[u8]) -> Result<OnionAdd
         Ok(())
     })?;
     Ok(identity.address())
-}
-
-/// Makes a directory readable by its owner only.
-pub fn restrict_dir(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
 }
 
 /// Opens the profile in `home`: its identity and display name.
@@ -133,6 +127,9 @@ struct LinkEntry {
     id: u64,
     tx: LinkSender,
     we_dialed: bool,
+    /// The peer said its name on this link (later `Hello`s are ignored:
+    /// each would cost a durable write).
+    named: bool,
     /// The link's rules: what we say, what we act upon.
     session: PeerSession,
 }
@@ -148,6 +145,14 @@ pub(crate) struct State {
     next_link: u64,
     pub(crate) followers: Vec<Sender<StoredMessage>>,
     pub(crate) groups: BTreeMap<String, crate::groups::GroupState>,
+    /// Per group: the automatic move policy (rate-limited).
+    pub(crate) auto_moves: HashMap<String, cwtch_proto::group::moving::AutoMove>,
+    /// Per server: its own evidence of withholding our posts.
+    pub(crate) withheld: crate::moving::WithheldLog,
+    /// Per pending request: the texts stored from it.
+    pub(crate) request_texts: HashMap<String, u32>,
+    /// Group invites waiting for the user's answer.
+    pub(crate) invites: crate::invites::Invites,
     pub(crate) servers: HashMap<String, crate::groups::ServerConn>,
     pub(crate) recovery: crate::recovery::RecoveryState,
     pub(crate) mailbox: Option<crate::mailbox::MailboxState>,
@@ -201,6 +206,10 @@ impl PeerNode {
                 next_link: 1,
                 followers: Vec::new(),
                 groups: BTreeMap::new(),
+                auto_moves: HashMap::new(),
+                withheld: Default::default(),
+                request_texts: HashMap::new(),
+                invites: Default::default(),
                 servers: HashMap::new(),
                 recovery: Default::default(),
                 mailbox: None,
@@ -208,6 +217,28 @@ impl PeerNode {
                 group_adverts: Default::default(),
             }),
         });
+        {
+            // Texts already stored from each pending request (the limit
+            // holds across restarts).
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            let requests: HashSet<String> = node
+                .state()
+                .contacts
+                .values()
+                .filter(|c| c.state == ContactState::Request)
+                .map(|c| c.address.clone())
+                .collect();
+            if !requests.is_empty() {
+                for (_, value) in node.store.scan(Table::Messages)? {
+                    let m: StoredMessage = decode(&value, "message")?;
+                    if !m.outgoing && requests.contains(&m.conversation) {
+                        *counts.entry(m.conversation).or_default() += 1;
+                    }
+                }
+            }
+            node.state().request_texts = counts;
+        }
+        node.load_invites()?;
         node.load_groups()?;
         node.load_mailbox()?;
         node.load_directory()?;
@@ -295,6 +326,7 @@ impl PeerNode {
                     address: address.to_string(),
                     name: String::new(),
                     state,
+                    from_mailbox: false,
                 });
         }
         let contact = st
@@ -302,7 +334,16 @@ impl PeerNode {
             .get_mut(address)
             .ok_or_else(|| PeerError::Invalid(format!("no contact request from {address}")))?;
         contact.state = state;
+        if state != ContactState::Request {
+            contact.from_mailbox = false;
+        }
         let contact = contact.clone();
+        if state != ContactState::Request {
+            st.request_texts.remove(address);
+        }
+        if state == ContactState::Blocked {
+            self.drop_invites_from(st, address);
+        }
         self.store
             .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
         if let Some(link) = st.links.get_mut(address) {
@@ -338,6 +379,7 @@ impl PeerNode {
                         address: remote.to_string(),
                         name: String::new(),
                         state: ContactState::Request,
+                        from_mailbox: false,
                     };
                     if let Err(e) =
                         self.store
@@ -713,6 +755,7 @@ impl PeerNode {
                 id: link.id,
                 tx: link.tx.clone(),
                 we_dialed: link.we_dialed,
+                named: false,
                 session,
             },
         );
@@ -755,10 +798,15 @@ impl PeerNode {
         };
         match msg {
             Incoming::Hello { name } => {
+                let name = clean_name(name);
+                match st.links.get_mut(remote) {
+                    Some(l) if !l.named => l.named = true,
+                    _ => return Vec::new(),
+                }
                 if let Some(c) = st.contacts.get_mut(remote)
                     && c.name != name
                 {
-                    c.name = name.to_string();
+                    c.name = name;
                     let c = c.clone();
                     let _ = self
                         .store
@@ -778,8 +826,11 @@ impl PeerNode {
                     Ok(None)
                         if st.contacts.get(remote).map(|c| c.state)
                             == Some(ContactState::Request)
-                            && !crate::limits::request_text_allowed(remote) =>
+                            && !request_text_allowed(
+                                st.request_texts.get(remote).copied().unwrap_or(0),
+                            ) =>
                     {
+                        crate::limits::log_drop(crate::limits::DropReason::TooManyRequestTexts);
                         return Vec::new(); // not stored, not acknowledged
                     }
                     Ok(None) => {
@@ -787,6 +838,12 @@ impl PeerNode {
                             Ok(s) => s,
                             Err(_) => return Vec::new(),
                         };
+                        // The sender's clock is a claim: never shown later
+                        // than ours plus the skew.
+                        let sent_at =
+                            cwtch_proto::ClaimedTime::from_micros(sent_at.saturating_mul(1000))
+                                .clamp_to(clock::unix_now(), cwtch_proto::time::MAX_CLOCK_SKEW)
+                                .as_millis();
                         let m = StoredMessage {
                             seq,
                             conversation: remote.to_string(),
@@ -800,6 +857,9 @@ impl PeerNode {
                         };
                         if self.store.put(Table::Messages, &key, &encode(&m)).is_err() {
                             return Vec::new(); // not stored: no ack, the sender retries
+                        }
+                        if st.contacts.get(remote).map(|c| c.state) == Some(ContactState::Request) {
+                            *st.request_texts.entry(remote.to_string()).or_default() += 1;
                         }
                         notify(&mut st, &m);
                     }
@@ -838,7 +898,7 @@ impl PeerNode {
                 // accept). A refused invite is acknowledged too: sending it
                 // again would not change the answer.
                 drop(st);
-                if let Err(e) = self.join_group_from_invite(remote, invite) {
+                if let Err(e) = self.receive_invite(remote, invite) {
                     crate::log_throttled!(kind = e; "refusing a group invite: {e}");
                 }
                 vec![encode_peer(&ack.stored())]
@@ -916,11 +976,33 @@ fn standing(state: Option<ContactState>, room_for_request: bool) -> Standing {
 }
 
 fn can_add_request(st: &State) -> bool {
-    st.contacts
+    pending_requests(st).room_for(RequestOrigin::Online)
+}
+
+/// The pending contact requests, by origin.
+pub(crate) fn pending_requests(st: &State) -> PendingRequests {
+    let mut p = PendingRequests::default();
+    for c in st
+        .contacts
         .values()
         .filter(|c| c.state == ContactState::Request)
-        .count()
-        < crate::limits::MAX_CONTACT_REQUESTS
+    {
+        if c.from_mailbox {
+            p.mailbox += 1;
+        } else {
+            p.online += 1;
+        }
+    }
+    p
+}
+
+/// A name another party chose, made safe to keep and show: control
+/// characters (which could forge lines or colours in a terminal) become
+/// U+FFFD.
+pub fn clean_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn describe_close(reason: CloseReason) -> String {
@@ -1079,6 +1161,7 @@ mod tests {
                     id: 1,
                     tx,
                     we_dialed: false,
+                    named: false,
                     session: PeerSession::new(Standing::Accepted),
                 },
             );

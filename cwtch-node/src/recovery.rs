@@ -1,10 +1,12 @@
 //! Recovery of missing group messages (SPEC.md section 14).
 //!
 //! When a group's gap tracker knows of messages that have not arrived, the
-//! core's [`Recovery`] schedule says what to do: the node first asks the
-//! server again (it reconnects from a cursor just before the gap), then
-//! asks the members it is linked with, over peer links, for the sealed blobs ([`ResendWanted`] in a
-//! [`PeerMessage::ResendRequest`]). Members keep the blobs they received
+//! core's [`Recovery`] schedule says when to ask the members we are linked
+//! with, over peer links, for the sealed blobs ([`ResendWanted`] in a
+//! [`PeerMessage::ResendRequest`]), and when to give up. The server is
+//! never asked again for a gap: where a member re-reads from would tell a
+//! withholding server which blobs belong to one sender (SPEC.md section
+//! 14). The core's [`OpenRequests`] takes only answers to what we asked. Members keep the blobs they received
 //! or sent for [`KEEP_FOR_MS`], at most [`KEEP_MAX_PER_GROUP`] per group,
 //! and answer with [`PeerMessage::ResendBlob`]s within the core's
 //! [`AnswerBudget`]. A recovered blob goes
@@ -15,9 +17,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cwtch_proto::OnionAddress;
 use cwtch_proto::group::control::WANTED_MAX_LEN;
 use cwtch_proto::group::recovery::{
-    AnswerBudget, MAX_ANSWER_BLOBS, REQUEST_TTL, Recovery, RecoveryConfig, RecoveryStep,
+    AnswerBudget, MAX_ANSWER_BLOBS, OpenRequests, Recovery, RecoveryConfig, RecoveryStep,
 };
 use cwtch_proto::group::{MissingRange, ResendWanted, SEALED_BLOB_LEN};
 use cwtch_proto::peer::PeerMessage;
@@ -73,15 +76,12 @@ pub(crate) fn keep_key(gid: &str, member: &[u8], seq: u64) -> Vec<u8> {
 /// Where recovery stands, in memory.
 #[derive(Default)]
 pub(crate) struct RecoveryState {
-    /// Our open requests: id → (group, contact asked, when).
-    requests: HashMap<u64, (String, String, Instant)>,
+    /// Our open requests (the core checks answers against them).
+    requests: OpenRequests,
     /// Per group with open gaps: the core's recovery schedule.
-    groups: HashMap<String, Recovery>,
-    /// Per contact: what we may still send them.
+    pub(crate) groups: HashMap<String, Recovery>,
+    /// Per contact: what we may still do for them.
     answered: HashMap<String, AnswerBudget>,
-    /// Per server: messages we had to get from members (the server did
-    /// not give them, or not in time). What the move policy looks at.
-    pub withheld: HashMap<String, u64>,
     last_prune: Option<Instant>,
 }
 
@@ -101,30 +101,41 @@ impl PeerNode {
         let steps = {
             let mut guard = self.state();
             let st = &mut *guard;
-            st.recovery
-                .requests
-                .retain(|_, (_, _, at)| now < *at + REQUEST_TTL);
+            st.recovery.requests.handle_timeout(now);
             let mut steps = Vec::new();
             for (gid, g) in &st.groups {
-                let missing: Vec<MissingRange> = g.tracker.missing().collect();
+                let count = g.tracker.missing_count();
                 let recovery = st
                     .recovery
                     .groups
                     .entry(gid.clone())
                     .or_insert_with(|| Recovery::new(RecoveryConfig::default()));
-                if let Some(step) = recovery.handle_tick(now, !missing.is_empty()) {
-                    steps.push((step, gid.clone(), missing));
+                recovery.handle_gaps(now, count);
+                recovery.handle_timeout(now);
+                if let Some(step) = recovery.poll_step() {
+                    steps.push((step, gid.clone(), g.tracker.missing().collect::<Vec<_>>()));
                 }
             }
             st.recovery
                 .groups
-                .retain(|gid, r| r.is_active() && st.groups.contains_key(gid));
+                .retain(|gid, r| (r.is_active() || r.gave_up()) && st.groups.contains_key(gid));
             steps
         };
         for (step, gid, missing) in steps {
             match step {
-                RecoveryStep::AskServers => self.refetch(&gid, &missing),
                 RecoveryStep::AskMembers => self.ask_members(&gid, &missing, now),
+                RecoveryStep::GiveUp => {
+                    let count = missing
+                        .iter()
+                        .fold(0u64, |n, r| n.saturating_add(r.count()));
+                    tracing::info!(count, "no member we asked had the missing messages");
+                    let mut st = self.state();
+                    if let Some(g) = st.groups.get_mut(&gid) {
+                        g.gaps.push(format!(
+                            "gave up asking for {count} missing message(s): none of the members we asked had them (asked again when new gaps appear)"
+                        ));
+                    }
+                }
             }
         }
         let prune = {
@@ -140,49 +151,6 @@ impl PeerNode {
         };
         if prune {
             self.prune_kept();
-        }
-    }
-
-    /// Asks each server of the group again, from just before the gap: the
-    /// index of the last kept message of each member before its gap (or
-    /// from the start when there is none).
-    fn refetch(&self, gid: &str, missing: &[MissingRange]) {
-        let mut from: HashMap<String, u64> = HashMap::new();
-        let servers = {
-            let st = self.state();
-            match st.groups.get(gid) {
-                Some(g) => g.record.servers_to_read(clock::unix_millis()),
-                None => return,
-            }
-        };
-        for s in &servers {
-            from.insert(s.clone(), u64::MAX);
-        }
-        for r in missing {
-            let before = r.first.checked_sub(1).and_then(|seq| {
-                self.store
-                    .get(Table::Blobs, &keep_key(gid, &r.member.0, seq))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| serde_json::from_slice::<KeptBlob>(&v).ok())
-            });
-            for (server, cursor) in from.iter_mut() {
-                let at = match &before {
-                    Some(k) if &k.server == server => k.index.unwrap_or(0),
-                    _ => 0,
-                };
-                *cursor = (*cursor).min(at);
-            }
-        }
-        tracing::info!(
-            missing = missing.iter().map(|r| r.count()).sum::<u64>(),
-            "messages missing in a group: asking its servers again"
-        );
-        let mut st = self.state();
-        for (server, cursor) in from {
-            if st.servers.get(&server).is_some_and(|c| cursor < c.cursor) {
-                self.rewind_server(&mut st, &server, cursor);
-            }
         }
     }
 
@@ -215,10 +183,11 @@ impl PeerNode {
             if !accepted {
                 continue;
             }
+            let Ok(peer) = OnionAddress::parse(member) else {
+                continue;
+            };
             let id = clock::random_u64();
-            st.recovery
-                .requests
-                .insert(id, (gid.to_string(), member.clone(), now));
+            st.recovery.requests.register(id, &peer, &wanted, now);
             let msg = encode_peer(&PeerMessage::ResendRequest { id, wanted: bytes });
             if link.try_send(LinkCommand::Send(msg)).is_ok() {
                 asked += 1;
@@ -250,15 +219,24 @@ impl PeerNode {
             return Vec::new(); // not a group we are in: say nothing
         }
         let now = clock::now();
+        if st.recovery.answered.len() > 4 * crate::groups::MAX_KNOWN_MEMBERS
+            && !st.recovery.answered.contains_key(remote)
+        {
+            st.recovery.answered.clear(); // only accepted contacts get here
+        }
         let budget = st
             .recovery
             .answered
             .entry(remote.to_string())
             .or_insert_with(|| AnswerBudget::new(now));
+        if !budget.take_request(now) {
+            crate::log_throttled!("a contact asks for recovery too often: ignored");
+            return Vec::new();
+        }
         let mut out = Vec::new();
         'ranges: for r in wanted.ranges() {
             for seq in r.first..=r.last {
-                if out.len() >= MAX_ANSWER_BLOBS {
+                if out.len() >= MAX_ANSWER_BLOBS || !budget.take(now) {
                     break 'ranges;
                 }
                 let Ok(Some(v)) = self
@@ -273,9 +251,6 @@ impl PeerNode {
                 else {
                     continue;
                 };
-                if !budget.take(now) {
-                    break 'ranges;
-                }
                 out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
             }
         }
@@ -283,15 +258,25 @@ impl PeerNode {
         out
     }
 
-    /// A blob answering one of our requests: verified like one from the
-    /// server it was sealed for (we try each server the group reads).
+    /// A blob answering one of our requests: taken only from the member
+    /// asked, under a live request, if it is a message that request named
+    /// (the core's [`OpenRequests`]); then verified like one from the
+    /// server it was sealed for (we try each server the group reads). What
+    /// a member supplies never counts against a server: only the server's
+    /// own evidence does (`ClientEvent::Withheld`).
     pub(crate) fn on_resend_blob(&self, st: &mut State, remote: &str, id: u64, blob: &[u8]) {
-        let Some((gid, asked, _)) = st.recovery.requests.get(&id).cloned() else {
-            return; // not asked for: ignored
-        };
-        if asked != remote {
+        let Ok(peer) = OnionAddress::parse(remote) else {
             return;
-        }
+        };
+        let now = clock::now();
+        let group_id = match st.recovery.requests.expected(id, &peer, now) {
+            Ok(g) => g,
+            Err(e) => {
+                crate::log_throttled!(kind = e; "ignoring a recovery answer: {e}");
+                return;
+            }
+        };
+        let gid = hex(&group_id);
         let Ok(blob) = <&[u8; SEALED_BLOB_LEN]>::try_from(blob) else {
             return;
         };
@@ -299,23 +284,34 @@ impl PeerNode {
             Some(g) => g.record.servers_to_read(clock::unix_millis()),
             None => return,
         };
+        let mut work = vec![0u8; SEALED_BLOB_LEN];
         for server in servers {
             let Ok(addr) = parse_server(&server) else {
                 continue;
             };
-            match self.accept_blob(st, &gid, &addr, None, blob) {
-                Ok(stored) => {
-                    if stored.is_some() {
-                        *st.recovery.withheld.entry(server.clone()).or_default() += 1;
-                        // The server did not give it: the directory counts it.
-                        self.note_lost_in(st, &server, 1);
-                        tracing::info!("recovered a missing group message from a member");
-                    }
+            let Some(g) = st.groups.get(&gid) else {
+                return;
+            };
+            let (member, seq) = match g.group.keys().open(&addr, blob, &mut work) {
+                Ok(m) => (m.member, m.seq),
+                Err(cwtch_proto::group::OpenError::WrongServer) => continue,
+                Err(e) => {
+                    crate::log_throttled!(kind = e; "a recovery answer failed to open: {e}");
                     return;
                 }
-                Err(cwtch_proto::group::OpenError::WrongServer) => continue,
-                Err(_) => return,
+            };
+            if let Err(e) = st
+                .recovery
+                .requests
+                .take_answer(id, &peer, &group_id, member, seq, now)
+            {
+                crate::log_throttled!(kind = e; "ignoring a recovery answer: {e}");
+                return;
             }
+            if let Ok(Some(_)) = self.accept_blob(st, &gid, &addr, None, blob) {
+                tracing::info!("recovered a missing group message from a member");
+            }
+            return;
         }
     }
 

@@ -65,8 +65,7 @@ fn retention(policy: &ServerPolicyArgs) -> RetentionPolicy {
 pub fn init(home: &Path, policy: &ServerPolicyArgs, json: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-    crate::peer::restrict_dir(home);
+    crate::home::create_private(home).map_err(|e| e.to_string())?;
     let identity = Identity::generate(&mut clock::rng());
     let mut file = std::fs::OpenOptions::new()
         .write(true)

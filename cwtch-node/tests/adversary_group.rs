@@ -26,7 +26,7 @@ use cwtch_node::groups::GroupRecord;
 use cwtch_node::profile_store::Table;
 use cwtch_proto::group::message::{MessageHash, MessageKind};
 use cwtch_proto::group::{Group, GroupSecret, SEALED_BLOB_LEN, SenderChain, ServerList};
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 use serde_json::Value;
 use support::{Daemon, PASSWORD, cli, init, wait_for, wait_ready};
 use wire::{RawLink, ServerUser, resolve, rng, server_wire};
@@ -77,7 +77,7 @@ fn seal(
     let msg = chain.next_message(
         MessageKind::TEXT,
         text.as_bytes(),
-        Instant::from_micros(1_764_000_000_000_000),
+        cwtch_proto::UnixMicros::from_micros(1_764_000_000_000_000),
         &[],
     );
     let mut out = [0u8; SEALED_BLOB_LEN];
@@ -185,6 +185,7 @@ impl Members {
         cli(&homes[1], &["contact", "add", &addrs[0]]).unwrap();
         cli(&homes[0], &["group", "create", "g", "--server", server]).unwrap();
         cli(&homes[0], &["group", "invite", "g", &addrs[1]]).unwrap();
+        support::accept_invite(&homes[1], "g", Duration::from_secs(60));
         for h in &homes {
             wait_for("both members synced", Duration::from_secs(60), || {
                 let g = cli(h, &["group", "list"]).ok()?;
@@ -375,12 +376,7 @@ fn a_malicious_server_cannot_hide_gaps_or_inject_messages() {
     // The fake server, published on the dev transport like a real one.
     let identity = Identity::generate(&mut rng());
     let fake = identity.address();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    std::fs::write(
-        devdir.join(format!("{}-9878", fake.as_str())),
-        listener.local_addr().unwrap().to_string(),
-    )
-    .unwrap();
+    let listener = wire::listen_dev(&devdir, &fake);
     let log = Arc::new(Mutex::new(Vec::new()));
     let doctored: Doctored = Arc::new(Mutex::new(None));
     {

@@ -86,6 +86,7 @@ fn nothing_secret_in_logs_at_full_level() {
         &["group", "create", "secretive", "--server", &server_id],
     );
     logs += &stderr_of(&a_home, &["group", "invite", "secretive", &bob]);
+    support::accept_invite(&b_home, "secretive", Duration::from_secs(60));
     wait_for("bob to join", Duration::from_secs(60), || {
         let g = cli(&b_home, &["group", "list"]).ok()?;
         (g.as_array()?.len() == 1).then_some(())
@@ -133,7 +134,7 @@ fn nothing_secret_in_logs_at_full_level() {
         ));
         for (_, value) in store.scan(Table::Groups).unwrap() {
             let g: GroupRecord = serde_json::from_slice(&value).unwrap();
-            secrets.push(("group secret (hex)".into(), g.secret.clone()));
+            secrets.push(("group secret (hex)".into(), g.secret.to_string()));
             let mut s = [0u8; 32];
             for (i, b) in s.iter_mut().enumerate() {
                 *b = u8::from_str_radix(&g.secret[2 * i..2 * i + 2], 16).unwrap();

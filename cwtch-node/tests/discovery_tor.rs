@@ -142,6 +142,7 @@ fn carol_finds_a_server_through_bob(
     // first one too, although his cursor on S (read for his own group) was
     // past it (joining a group reads its servers again from the start).
     cli(&homes[1], &["group", "invite", "carols", &bob]).unwrap();
+    support::accept_invite(&homes[0], "carols", limit);
     wait_for("bob to join carol's group", limit, || {
         cli(&homes[0], &["group", "list"])
             .ok()?
@@ -180,7 +181,7 @@ fn carol_finds_a_server_through_bob(
     assert!(text.contains("from contact"), "{text}");
     assert!(text.contains("proof of work 4 bits"), "{text}");
     assert!(
-        text.contains("keeps 5000 blobs / no limit / 30 days"),
+        text.contains("keeps 5000 blobs / 10737418240 bytes / 30 days"),
         "{text}"
     );
 }

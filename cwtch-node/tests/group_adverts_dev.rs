@@ -17,7 +17,7 @@ use cwtch_proto::group::{Group, GroupAdverts, Invite, MessageKind, SEALED_BLOB_L
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
 use cwtch_proto::server::advert::{Requirements, Retention, ServerAdvert};
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
 use wire::{RawLink, ServerUser, resolve, rng};
 
@@ -92,6 +92,7 @@ fn only_valid_adverts_from_a_group_enter_the_directory() {
     }));
     wait_for("carol to join and use S", limit, || {
         let _ = link.recv(Duration::from_millis(50));
+        let _ = cli(&ch, &["group", "accept", "g"]); // the user accepts the invite
         listed(&ch).contains(&s_addr).then_some(())
     });
 
@@ -118,7 +119,7 @@ fn only_valid_adverts_from_a_group_enter_the_directory() {
     let good = good.encode(&mut buf).unwrap().to_vec();
     let mut not_canonical = good.clone();
     not_canonical.push(0);
-    let ts = Instant::from_secs(now);
+    let ts = cwtch_proto::UnixMicros::from_secs(now);
     let posts: [(MessageKind, Vec<u8>); 5] = [
         (MessageKind::ADVERTS, body(&[&forged])),
         (MessageKind::ADVERTS, body(&[&expired])),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, cli, init, wait_for, wait_ready};
+use support::{Daemon, accept_invite, cli, init, wait_for, wait_ready};
 
 fn dev(dir: &Path) -> Vec<String> {
     vec!["--dev-tcp".into(), dir.display().to_string()]
@@ -74,6 +74,7 @@ impl World {
         .unwrap();
         for i in 1..3 {
             cli(&w.homes[0], &["group", "invite", "friends", &w.addrs[i]]).unwrap();
+            accept_invite(&w.homes[i], "friends", Duration::from_secs(60));
         }
         for i in 0..3 {
             w.wait_synced(i);
@@ -278,6 +279,7 @@ fn a_peer_uses_several_servers_at_once() {
     )
     .unwrap();
     cli(&w.homes[0], &["group", "invite", "elsewhere", &w.addrs[1]]).unwrap();
+    accept_invite(&w.homes[1], "elsewhere", Duration::from_secs(60));
     wait_for("bob to sync both servers", Duration::from_secs(60), || {
         let groups = cli(&w.homes[1], &["group", "list"]).ok()?;
         let list = groups.as_array()?;

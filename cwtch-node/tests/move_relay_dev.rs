@@ -16,7 +16,7 @@ use cwtch_proto::group::control::MOVE_NOTICE_MAX_LEN;
 use cwtch_proto::group::{Group, Invite, MessageKind, MoveNotice, SEALED_BLOB_LEN, SenderChain};
 use cwtch_proto::peer::PeerMessage;
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
 use wire::{RawLink, resolve, rng};
 
@@ -82,12 +82,13 @@ fn only_a_valid_move_notice_from_a_contact_is_followed() {
     }));
     wait_for("carol to join dave's group", limit, || {
         let _ = link.recv(Duration::from_millis(50));
+        let _ = cli(&ch, &["group", "accept", "g"]); // the user accepts the invite
         group_servers(&ch)
     });
 
     // Dave's messages: a text (seq 0), then a move to T (seq 1), sealed
     // for A (read by the group) and for X (not read).
-    let ts = Instant::from_secs(1_767_225_600);
+    let ts = cwtch_proto::UnixMicros::from_secs(1_767_225_600);
     let mut chain = SenderChain::new();
     let mut text = [0u8; SEALED_BLOB_LEN];
     chain

@@ -27,11 +27,11 @@ use chacha20::rand_core::SeedableRng;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
 use criterion::{Criterion, criterion_group, criterion_main};
+use cwtch_proto::Identity;
 use cwtch_proto::group::{
     Detector, GapTracker, Group, GroupSecret, MemberId, MessageHash, MessageKind, OutgoingMessage,
     SEALED_BLOB_LEN, SEEN_MAX, SeenEntry,
 };
-use cwtch_proto::{Identity, Instant};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,7 +52,7 @@ fn text<'a>(body: &'a [u8], seq: u64, seen: &'a [SeenEntry]) -> OutgoingMessage<
         kind: MessageKind::TEXT,
         body,
         seq,
-        timestamp: Instant::ZERO,
+        timestamp: cwtch_proto::UnixMicros::EPOCH,
         prev_hash: MessageHash::ZERO,
         seen,
     }

@@ -33,7 +33,7 @@ use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use cwtch_proto::group::{
     Detector, Group, GroupSecret, MessageHash, MessageKind, OutgoingMessage, SEALED_BLOB_LEN,
 };
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 
 const BLOBS: usize = 100_000;
 const MY_GROUPS: usize = 10;
@@ -89,7 +89,7 @@ fn setup() -> Setup {
             kind: MessageKind::TEXT,
             body: &body,
             seq: i as u64,
-            timestamp: Instant::ZERO,
+            timestamp: cwtch_proto::UnixMicros::EPOCH,
             prev_hash: MessageHash::ZERO,
             seen: &[],
         };

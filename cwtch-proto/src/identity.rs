@@ -47,6 +47,11 @@ pub enum KeyError {
     NotAPoint,
     /// A point of small order: no one holds a secret for it.
     WeakKey,
+    /// A point with a small-order (torsion) component: the holder of the
+    /// key `A` could also authenticate as `A + T`, one key under up to
+    /// eight addresses (a way around a block). Only torsion-free keys are
+    /// identities: one key, one address.
+    Torsion,
 }
 
 impl fmt::Display for KeyError {
@@ -54,6 +59,7 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::NotAPoint => f.write_str("the public key is not a valid ed25519 point"),
             KeyError::WeakKey => f.write_str("the public key is of small order"),
+            KeyError::Torsion => f.write_str("the public key has a small-order component"),
         }
     }
 }
@@ -171,6 +177,9 @@ impl PublicIdentity {
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::NotAPoint)?;
         if key.is_weak() {
             return Err(KeyError::WeakKey);
+        }
+        if !key.to_edwards().is_torsion_free() {
+            return Err(KeyError::Torsion);
         }
         Ok(PublicIdentity { bytes: *bytes, key })
     }

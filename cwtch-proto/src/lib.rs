@@ -110,4 +110,4 @@ pub mod wire;
 
 pub use identity::{Identity, PublicIdentity};
 pub use onion::OnionAddress;
-pub use time::{Duration, Instant};
+pub use time::{ClaimedTime, Duration, Instant, UnixMicros};

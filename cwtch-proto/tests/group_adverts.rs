@@ -4,12 +4,12 @@
 
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::SeedableRng;
+use cwtch_proto::Identity;
 use cwtch_proto::group::adverts::GROUP_ADVERTS_MAX_LEN;
 use cwtch_proto::group::{
     ControlError, Group, GroupAdverts, MessageKind, SEALED_BLOB_LEN, SenderChain,
 };
 use cwtch_proto::server::advert::{AdvertError, Requirements, Retention, ServerAdvert};
-use cwtch_proto::{Identity, Instant};
 
 const ISSUED: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
@@ -88,7 +88,7 @@ fn a_member_opens_a_sealed_advert_message() {
             &server,
             MessageKind::ADVERTS,
             body,
-            Instant::from_secs(ISSUED),
+            cwtch_proto::UnixMicros::from_secs(ISSUED),
             &[],
             &mut rng,
             &mut blob,

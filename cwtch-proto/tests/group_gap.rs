@@ -5,7 +5,6 @@ mod group_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cwtch_proto::Instant;
 use cwtch_proto::group::message::MAX_SEQ;
 use cwtch_proto::group::{
     Detector, GapError, GapEvent, GapTracker, Ingested, MemberId, MessageHash, MessageKind,
@@ -184,7 +183,20 @@ fn absurd_jumps_are_one_range_in_constant_time() {
     }];
     t.ingest_parts(member(1), 5, &h(1, 5, 0), &prev(1, 5), &seen)
         .unwrap();
-    assert_eq!(drain(&mut t), vec![recovered(1, 5), missing(2, 0, MAX_SEQ)]);
+    // A claim that another member sent 2^62 messages does not add up: it
+    // is ignored, and its author named.
+    assert_eq!(
+        drain(&mut t),
+        vec![
+            recovered(1, 5),
+            GapEvent::ImplausibleClaim {
+                by: member(1),
+                about: member(2),
+                claimed: MAX_SEQ
+            }
+        ]
+    );
+    assert_eq!(t.known_end(member(2)), 0);
     assert!(start.elapsed() < core::time::Duration::from_millis(100));
     assert_eq!(
         t.ingest_parts(member(1), u64::MAX, &h(1, 0, 0), &prev(1, 0), &[]),
@@ -275,7 +287,7 @@ fn old_messages_outside_the_window_are_stale() {
 
 #[test]
 fn a_full_event_queue_refuses_input_and_changes_nothing() {
-    let mut t: GapTracker<4, 8, 64, 22> = GapTracker::new();
+    let mut t: GapTracker<4, 8, 64, 32> = GapTracker::new();
     let mut seq = 0;
     let err = loop {
         match t.ingest_parts(member(1), seq, &h(1, seq, 0), &prev(1, seq), &[]) {
@@ -336,6 +348,132 @@ fn message_refs_have_a_stable_postcard_encoding() {
 }
 
 // ---------------------------------------------------------------------------
+// A member who lies in its seen summaries (issue 14, item 4).
+
+fn claim(about: u8, seq: u64) -> SeenEntry {
+    SeenEntry {
+        member: member(about),
+        seq,
+    }
+}
+
+#[test]
+fn made_up_ids_in_summaries_cannot_evict_or_untrack_real_members() {
+    let mut t: GapTracker = GapTracker::new(); // 16 senders
+    // The liar (member 100) writes messages naming 8 made-up ids each,
+    // over and over: before the fix two such messages filled the table.
+    for round in 0..10u8 {
+        let made_up: Vec<SeenEntry> = (0..8)
+            .map(|i| claim(200 + (round * 8 + i) % 50, 3))
+            .collect();
+        t.ingest_parts(
+            member(100),
+            u64::from(round),
+            &h(100, u64::from(round), 0),
+            &prev(100, u64::from(round)),
+            &made_up,
+        )
+        .unwrap();
+        drain(&mut t);
+    }
+    // Fifteen real members who write are all tracked.
+    for m in 1..=15 {
+        assert_eq!(msg(&mut t, m, 0), Ingested::New);
+        assert_eq!(msg(&mut t, m, 2), Ingested::New);
+    }
+    let events = drain(&mut t);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, GapEvent::SenderTableFull(_))),
+        "{events:?}"
+    );
+    for m in 1..=15 {
+        assert_eq!(t.known_end(member(m)), 3, "member {m} tracked");
+        assert_eq!(msg(&mut t, m, 2), Ingested::Duplicate);
+    }
+    // And more made-up claims now displace nobody who writes.
+    let made_up: Vec<SeenEntry> = (0..8).map(|i| claim(150 + i, 5)).collect();
+    t.ingest_parts(member(100), 10, &h(100, 10, 0), &prev(100, 10), &made_up)
+        .unwrap();
+    for m in 1..=15 {
+        assert_eq!(t.known_end(member(m)), 3);
+    }
+}
+
+#[test]
+fn a_max_seq_claim_cannot_hide_a_members_messages() {
+    let mut t: GapTracker = GapTracker::new();
+    msg(&mut t, 1, 0);
+    // The liar claims member 1 sent MAX_SEQ messages.
+    t.ingest_parts(member(9), 0, &h(9, 0, 0), &prev(9, 0), &[claim(1, MAX_SEQ)])
+        .unwrap();
+    let events = drain(&mut t);
+    assert_eq!(
+        events,
+        vec![GapEvent::ImplausibleClaim {
+            by: member(9),
+            about: member(1),
+            claimed: MAX_SEQ
+        }]
+    );
+    // Member 1's messages still enter the tracking window: new, then
+    // duplicates and equivocations are seen.
+    assert_eq!(t.known_end(member(1)), 1);
+    assert_eq!(msg(&mut t, 1, 1), Ingested::New);
+    assert_eq!(msg(&mut t, 1, 1), Ingested::Duplicate);
+    assert_eq!(
+        t.ingest_parts(member(1), 1, &h(1, 1, 7), &prev(1, 1), &[]),
+        Ok(Ingested::Equivocation)
+    );
+    drain(&mut t);
+    assert_eq!(t.missing_count(), 0);
+    // Repeating the lie is reported once per liar, and changes nothing.
+    t.ingest_parts(member(9), 1, &h(9, 1, 0), &prev(9, 1), &[claim(1, MAX_SEQ)])
+        .unwrap();
+    assert_eq!(drain(&mut t).len(), 0);
+    // A plausible claim (a few messages ahead) still opens a gap.
+    t.ingest_parts(member(9), 2, &h(9, 2, 0), &prev(9, 2), &[claim(1, 4)])
+        .unwrap();
+    assert_eq!(drain(&mut t), vec![missing(1, 2, 4)]);
+    // Claims creep no further than MAX_CLAIM_AHEAD past what the member
+    // itself has shown, however many messages repeat them.
+    for i in 0..50u64 {
+        let far = 2 + cwtch_proto::group::gap::MAX_CLAIM_AHEAD * (i + 1);
+        t.ingest_parts(
+            member(9),
+            3 + i,
+            &h(9, 3 + i, 0),
+            &prev(9, 3 + i),
+            &[claim(1, far)],
+        )
+        .unwrap();
+    }
+    drain(&mut t);
+    assert!(t.known_end(member(1)) <= 2 + cwtch_proto::group::gap::MAX_CLAIM_AHEAD);
+}
+
+#[test]
+fn signing_sybils_cannot_displace_a_vouched_member() {
+    let mut t: GapTracker<4, 8, 4, 32> = GapTracker::new();
+    assert!(t.vouch(member(1)));
+    msg(&mut t, 1, 0);
+    // Sybils that really write (fresh keys) fill the rest of the table.
+    for s in 50..60 {
+        msg(&mut t, s, 0);
+    }
+    assert_eq!(t.known_end(member(1)), 1, "the vouched member stays");
+    // A contact we vouch for later takes a stranger's place.
+    assert!(t.vouch(member(2)));
+    assert_eq!(msg(&mut t, 2, 0), Ingested::New);
+    let events = drain(&mut t);
+    assert!(events.iter().any(|e| matches!(e, GapEvent::Dropped { .. })));
+    assert_eq!(t.known_end(member(1)), 1);
+    assert_eq!(t.known_end(member(2)), 1);
+    assert_eq!(t.missing_count(), 0);
+}
+
+// ---------------------------------------------------------------------------
 // Property test against a reference model.
 
 #[derive(Clone, Debug)]
@@ -388,7 +526,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn tracker_matches_the_reference_model(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut t: GapTracker<4, 64, 64, 32> = GapTracker::new();
+        let mut t: GapTracker<16, 64, 64, 32> = GapTracker::new();
         let mut m = Model::default();
         let mut ever_missing: BTreeSet<(u8, u64)> = BTreeSet::new();
         for o in ops {
@@ -545,7 +683,7 @@ fn four_members_over_a_lossy_server_see_every_gap_once() {
                 &srv,
                 MessageKind::TEXT,
                 text.as_bytes(),
-                Instant::from_secs(seq),
+                cwtch_proto::UnixMicros::from_secs(seq),
                 &seen,
                 r,
                 &mut blob,

@@ -9,7 +9,7 @@ use cwtch_proto::group::{
     Detector, GroupKeys, MAX_BODY_LEN, MessageHash, MessageKind, OpenError, OutgoingMessage,
     SEALED_BLOB_LEN, SEEN_MAX, SealError, SeenEntry, SenderChain,
 };
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 use group_common::{group, identity, rng};
 use proptest::prelude::*;
 use rand_core::Rng;
@@ -20,7 +20,7 @@ fn text_message<'a>(body: &'a [u8], seq: u64, seen: &'a [SeenEntry]) -> Outgoing
         kind: MessageKind::TEXT,
         body,
         seq,
-        timestamp: Instant::from_secs(1_764_000_000),
+        timestamp: cwtch_proto::UnixMicros::from_secs(1_764_000_000),
         prev_hash: MessageHash::ZERO,
         seen,
     }
@@ -61,7 +61,7 @@ fn round_trip_keeps_every_field() {
         kind: MessageKind::TEXT,
         body: "hello, group — ünïcödé".as_bytes(),
         seq: 7,
-        timestamp: Instant::from_micros(123_456_789),
+        timestamp: cwtch_proto::UnixMicros::from_micros(123_456_789),
         prev_hash: MessageHash([9; 32]),
         seen: &seen,
     };
@@ -78,7 +78,10 @@ fn round_trip_keeps_every_field() {
     assert_eq!(opened.kind, MessageKind::TEXT);
     assert_eq!(opened.text(), Some("hello, group — ünïcödé"));
     assert_eq!(opened.seq, 7);
-    assert_eq!(opened.timestamp, Instant::from_micros(123_456_789));
+    assert_eq!(
+        opened.timestamp,
+        cwtch_proto::ClaimedTime::from_micros(123_456_789)
+    );
     assert_eq!(opened.prev_hash, MessageHash([9; 32]));
     assert_eq!(&opened.seen[..], &seen[..]);
     assert_eq!(opened.hash, sealed.hash);
@@ -111,7 +114,12 @@ fn one_message_posted_to_two_servers_has_one_hash() {
     let alice = identity(1);
     let (s1, s2) = (g.servers()[0], g.servers()[1]);
     let mut chain = SenderChain::new();
-    let msg = chain.next_message(MessageKind::TEXT, b"same", Instant::ZERO, &[]);
+    let msg = chain.next_message(
+        MessageKind::TEXT,
+        b"same",
+        cwtch_proto::UnixMicros::EPOCH,
+        &[],
+    );
     let mut b1 = [0u8; SEALED_BLOB_LEN];
     let mut b2 = [0u8; SEALED_BLOB_LEN];
     let h1 = g
@@ -148,7 +156,7 @@ fn sender_chain_links_messages() {
                 &srv,
                 MessageKind::TEXT,
                 b"x",
-                Instant::ZERO,
+                cwtch_proto::UnixMicros::EPOCH,
                 &[],
                 &mut r,
                 &mut blob,
@@ -171,7 +179,7 @@ fn sender_chain_links_messages() {
                 &srv,
                 MessageKind::TEXT,
                 b"x",
-                Instant::ZERO,
+                cwtch_proto::UnixMicros::EPOCH,
                 &[],
                 &mut r,
                 &mut small
@@ -584,7 +592,7 @@ fn fixed_vector() {
         kind: MessageKind::TEXT,
         body: b"hello cwtch",
         seq: 5,
-        timestamp: Instant::from_micros(1_764_000_000_000_000),
+        timestamp: cwtch_proto::UnixMicros::from_micros(1_764_000_000_000_000),
         prev_hash: MessageHash([0x11; 32]),
         seen: &seen,
     };

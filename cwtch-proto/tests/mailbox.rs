@@ -10,7 +10,7 @@ use cwtch_proto::mailbox::{
     FirstContact, Identifier, IdentifierError, KDF_SALT, LABEL_DETECT, LABEL_MASK, Mailbox,
     MailboxKey, RequestOpenError, RequestSealError, seal_request,
 };
-use cwtch_proto::{Identity, Instant, OnionAddress};
+use cwtch_proto::{Identity, OnionAddress};
 use rand_core::SeedableRng;
 use sha2::{Digest, Sha256};
 
@@ -32,7 +32,7 @@ fn mailbox(key: u8, server_seed: u8) -> Mailbox {
 const FIRST: FirstContact<'static> = FirstContact {
     name: "alice",
     id: 7,
-    timestamp: Instant::from_micros(1_764_000_000_000_000),
+    timestamp: cwtch_proto::UnixMicros::from_micros(1_764_000_000_000_000),
     text: "hello bob",
 };
 
@@ -52,7 +52,7 @@ fn round_trip() {
     let req = keys.open_request(&bob, &mb.server, &mut blob).unwrap();
     assert_eq!(req.sender, alice.public());
     assert_eq!((req.name, req.id, req.text), ("alice", 7, "hello bob"));
-    assert_eq!(req.timestamp, FIRST.timestamp);
+    assert_eq!(req.timestamp, FIRST.timestamp.as_claim());
 }
 
 #[test]

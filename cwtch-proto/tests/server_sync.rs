@@ -441,14 +441,22 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
         c.handle_reply(&encode(Reply::Entry { index, blob: &b }))
             .unwrap();
     }
+    c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b }))
+        .unwrap();
     assert_eq!(
-        c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b })),
+        c.handle_reply(&encode(Reply::Entry {
+            index: 10,
+            blob: &b
+        })),
         Err(ClientError::Busy)
     );
     while c.poll_event().is_some() {}
-    c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b }))
-        .unwrap();
-    assert_eq!(c.cursor(), 9);
+    c.handle_reply(&encode(Reply::Entry {
+        index: 10,
+        blob: &b,
+    }))
+    .unwrap();
+    assert_eq!(c.cursor(), 10);
 
     // Too small a buffer for a post changes nothing (the seq is not used up).
     let mut small = [0u8; 100];
@@ -465,5 +473,148 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
     assert_eq!(
         hard.post(&b, &mut buf),
         Err(ClientError::PowTooHard { bits: 30 })
+    );
+}
+
+fn withheld(c: &mut ServerClient) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_event() {
+        if let ClientEvent::Withheld { index, count } = e {
+            out.push((index, count));
+        }
+    }
+    out
+}
+
+/// Only the server's own evidence counts against it (SPEC.md section
+/// 13.5): it acknowledged our post at an index, then served past that index
+/// without it, or served another blob there.
+#[test]
+fn a_server_that_skips_an_acknowledged_post_is_caught_by_its_own_ack() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let (ours, other) = (blob(1), blob(2));
+    // Acknowledged at 3, then a page that goes 2, 4: index 3 was skipped.
+    let seq = c.post(&ours, &mut buf).unwrap().seq;
+    c.handle_reply(&encode(Reply::Posted { seq, index: 3 }))
+        .unwrap();
+    c.sync();
+    let _ = c.poll_transmit(&mut buf).unwrap().unwrap();
+    c.handle_reply(&encode(Reply::Entry {
+        index: 2,
+        blob: &other,
+    }))
+    .unwrap();
+    assert_eq!(withheld(&mut c), vec![]);
+    c.handle_reply(&encode(Reply::Entry {
+        index: 4,
+        blob: &other,
+    }))
+    .unwrap();
+    assert_eq!(withheld(&mut c), vec![(3, 1)]);
+
+    // Acknowledged at 5 and served at 5: fine.
+    let seq = c.post(&blob(3), &mut buf).unwrap().seq;
+    c.handle_reply(&encode(Reply::Posted { seq, index: 5 }))
+        .unwrap();
+    c.handle_reply(&encode(Reply::Entry {
+        index: 5,
+        blob: &blob(3),
+    }))
+    .unwrap();
+    assert_eq!(withheld(&mut c), vec![]);
+
+    // Served before its acknowledgement came: fine too.
+    let seq = c.post(&blob(4), &mut buf).unwrap().seq;
+    c.handle_reply(&encode(Reply::Entry {
+        index: 6,
+        blob: &blob(4),
+    }))
+    .unwrap();
+    c.handle_reply(&encode(Reply::Posted { seq, index: 6 }))
+        .unwrap();
+    assert_eq!(withheld(&mut c), vec![]);
+
+    // Acknowledged at 7, but another blob is served at 7.
+    let seq = c.post(&blob(5), &mut buf).unwrap().seq;
+    c.handle_reply(&encode(Reply::Posted { seq, index: 7 }))
+        .unwrap();
+    c.handle_reply(&encode(Reply::Entry {
+        index: 7,
+        blob: &other,
+    }))
+    .unwrap();
+    assert_eq!(withheld(&mut c), vec![(7, 1)]);
+
+    // Two acknowledged posts, then a page end past both: both withheld.
+    for index in [8, 9] {
+        let seq = c.post(&blob(10 + index), &mut buf).unwrap().seq;
+        c.handle_reply(&encode(Reply::Posted { seq, index }))
+            .unwrap();
+    }
+    c.handle_reply(&encode(Reply::PageEnd { next: 12, head: 12 }))
+        .unwrap();
+    assert_eq!(withheld(&mut c), vec![(8, 2)]);
+}
+
+/// An honest server never looks withholding, however the posts, pages and
+/// pushes interleave.
+#[test]
+fn an_honest_server_is_never_counted_as_withholding() {
+    let mut w = World::new(3);
+    let a = w.connect(server(), client(), 0, 1);
+    let b = w.connect(server(), client(), 0, 2);
+    w.run();
+    for tag in 0..40 {
+        w.post(if tag % 3 == 0 { b } else { a }, tag);
+        if tag % 5 == 0 {
+            w.run();
+        }
+    }
+    w.run();
+    for link in &w.links {
+        assert!(
+            !link
+                .events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Withheld { .. })),
+            "{:?}",
+            link.events
+        );
+    }
+}
+
+/// A server whose hello says its log ends before our saved cursor (restored
+/// from a backup, or lying with an index near 2^64 before) does not pin the
+/// cursor: it comes back to the head, and the next sync reads from there.
+#[test]
+fn a_head_behind_the_cursor_brings_the_cursor_back() {
+    use cwtch_proto::server::BlobStore;
+    let mut store = MemStore::new();
+    for tag in 0..5 {
+        store.append(&blob(tag)).unwrap();
+    }
+    store.commit();
+    let mut s = ServerSession::new(server(), &store, &mut rng(1), Instant::ZERO);
+    let mut c = ServerClient::new(client(), u64::MAX - 1, &mut rng(2));
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let n = s.poll_transmit(&store, &mut buf).unwrap().unwrap();
+    c.handle_reply(&buf[..n]).unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Connected(_))));
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::HeadBehindCursor {
+            cursor: u64::MAX - 1,
+            head: 5
+        })
+    );
+    assert_eq!(c.cursor(), 5);
+    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]).unwrap(),
+        Request::Fetch {
+            after: 5,
+            limit: 50
+        }
     );
 }

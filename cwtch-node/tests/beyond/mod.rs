@@ -12,7 +12,7 @@ use cwtch_node::server::Faults;
 use cwtch_transport_socks::AnyTransport;
 use serde_json::Value;
 
-use crate::support::{Daemon, cli, init, wait_for, wait_ready};
+use crate::support::{Daemon, accept_invite, cli, init, wait_for, wait_ready};
 
 /// How the scenario reaches the network: daemon flags for peer `i`, and a
 /// transport for a server run inside the test process.
@@ -99,7 +99,7 @@ fn befriend(a: (&Path, &str), b: (&Path, &str), limit: Duration) {
 }
 
 /// A server withholds one of alice's messages from every reader; bob
-/// detects the gap, asks the server again, then asks alice over their peer
+/// detects the gap and asks alice over their peer
 /// link, and shows the message in its place, once, marked recovered.
 pub fn recovery_from_a_member(net: &impl Net, dir: &Path) {
     let patience = net.patience();
@@ -117,6 +117,7 @@ pub fn recovery_from_a_member(net: &impl Net, dir: &Path) {
     befriend((&ah, &alice), (&bh, &bob), patience);
     cli(&ah, &["group", "create", "friends", "--server", &server]).unwrap();
     cli(&ah, &["group", "invite", "friends", &bob]).unwrap();
+    accept_invite(&bh, "friends", patience);
     wait_for("bob to join", patience, || {
         cli(&bh, &["group", "list"])
             .ok()?
@@ -199,8 +200,9 @@ pub fn move_while_a_member_is_offline(net: &impl Net, dir: &Path) {
         &["group", "create", "friends", "--server", &server_a],
     )
     .unwrap();
-    for addr in &addrs[1..] {
+    for (addr, h) in addrs[1..].iter().zip(&homes[1..]) {
         cli(&homes[0], &["group", "invite", "friends", addr]).unwrap();
+        accept_invite(h, "friends", patience);
     }
     for h in &homes {
         wait_for("the member to join", patience, || {
@@ -319,6 +321,7 @@ pub fn join_a_group_on_a_server_in_use(net: &impl Net, dir: &Path) {
     befriend((&ah, &alice), (&bh, &bob), patience);
     cli(&ah, &["group", "create", "g1", "--server", &server]).unwrap();
     cli(&ah, &["group", "invite", "g1", &bob]).unwrap();
+    accept_invite(&bh, "g1", patience);
     wait_for("bob to join g1", patience, || group_named(&bh, "g1"));
     let has = |h: &Path, group: &str, text: &str| texts(h, group).iter().any(|t| t == text);
     cli(&ah, &["group", "send", "g1", "g1: hello"]).unwrap();
@@ -347,6 +350,7 @@ pub fn join_a_group_on_a_server_in_use(net: &impl Net, dir: &Path) {
     assert!(group_named(&bh, "g2").is_none());
 
     cli(&ah, &["group", "invite", "g2", &bob]).unwrap();
+    accept_invite(&bh, "g2", patience);
     let shown = wait_for("bob to read g2's earlier posts", patience, || {
         let h = history(&bh, "g2");
         (h.len() >= 3).then_some(h)
@@ -418,8 +422,10 @@ pub fn a_server_advert_shared_inside_a_group(net: &impl Net, dir: &Path) {
     befriend((bh, bob), (ch, carol), patience);
     cli(ah, &["group", "create", "g", "--server", &server_s]).unwrap();
     cli(ah, &["group", "invite", "g", bob]).unwrap();
+    accept_invite(bh, "g", patience);
     wait_for("bob to join", patience, || group_named(bh, "g"));
     cli(bh, &["group", "invite", "g", carol]).unwrap();
+    accept_invite(ch, "g", patience);
     wait_for("carol to join", patience, || group_named(ch, "g"));
     b.take(); // bob goes offline: he cannot pass anything on
     cli(ah, &["group", "send", "g", "hello carol"]).unwrap();
@@ -508,8 +514,9 @@ pub fn a_move_told_by_a_contact(net: &impl Net, dir: &Path) {
         befriend((&homes[0], &addrs[0]), (&homes[i], &addrs[i]), patience);
     }
     cli(&homes[0], &["group", "create", "g", "--server", &server_a]).unwrap();
-    for addr in &addrs[1..] {
+    for (addr, h) in addrs[1..].iter().zip(&homes[1..]) {
         cli(&homes[0], &["group", "invite", "g", addr]).unwrap();
+        accept_invite(h, "g", patience);
     }
     for h in &homes {
         wait_for("the member to join", patience, || group_named(h, "g"));

@@ -10,8 +10,14 @@ use serde_json::Value;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The `cwtch-node` binary under test: this build's, or the one named by
+/// `CWTCH_NODE_BIN` (to run a test against another build, e.g. to show
+/// that a new test fails on the code before a fix).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cwtch-node")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CWTCH_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cwtch-node").into())
+    })
 }
 
 /// Runs a one-shot command with `--json` and returns the parsed result.
@@ -165,4 +171,12 @@ pub fn wait_ready(home: &Path) -> String {
 pub fn init(home: &Path, name: &str) -> String {
     let v = cli(home, &["init", "--name", name]).expect("init");
     v["address"].as_str().expect("address").to_string()
+}
+
+/// Waits until the invite to `group` reaches `home`, then accepts it (an
+/// invite is joined only when the user says so).
+pub fn accept_invite(home: &Path, group: &str, limit: Duration) {
+    wait_for(&format!("the invite to {group}"), limit, || {
+        cli(home, &["group", "accept", group]).ok().map(|_| ())
+    });
 }

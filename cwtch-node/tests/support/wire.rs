@@ -19,6 +19,20 @@ pub fn resolve(devdir: &Path, address: &str) -> Option<SocketAddr> {
     text.trim().parse().ok()
 }
 
+/// A listener for a fake daemon of `address` on the dev transport: peers
+/// find it in `devdir` as they find a real one.
+pub fn listen_dev(devdir: &Path, address: &OnionAddress) -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let local = listener.local_addr().expect("local address");
+    std::fs::create_dir_all(devdir).expect("the dev directory");
+    std::fs::write(
+        devdir.join(format!("{}-9878", address.as_str())),
+        local.to_string(),
+    )
+    .expect("publish on the dev transport");
+    listener
+}
+
 /// A test RNG from the OS.
 pub fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
@@ -358,5 +372,87 @@ impl ServerUser {
             }
         }
         None
+    }
+}
+
+/// A peer driven by hand (an attacker, or a contact that answers as told):
+/// dials a daemon on the dev transport as `me`, speaks peer messages built
+/// with `cwtch-proto`, acknowledges what must be acknowledged and keeps what
+/// arrives.
+pub struct FakePeer {
+    pub me: Identity,
+    pub link: RawLink,
+    /// Binary invites received (acknowledged).
+    pub invites: Vec<Vec<u8>>,
+    /// Recovery requests received: (id, encoded wanted ranges).
+    pub resend_requests: Vec<(u64, Vec<u8>)>,
+    /// Texts received (acknowledged).
+    pub texts: Vec<String>,
+}
+
+impl FakePeer {
+    /// Dials the daemon at `to` (found in `devdir`) as `me` and waits for
+    /// the link to be established.
+    pub fn dial(devdir: &Path, me: Identity, to: &str, limit: Duration) -> Option<FakePeer> {
+        // The daemon answers its control socket before it listens.
+        let until = StdInstant::now() + limit;
+        let addr = loop {
+            match resolve(devdir, to) {
+                Some(a) => break a,
+                None if StdInstant::now() < until => std::thread::sleep(Duration::from_millis(100)),
+                None => return None,
+            }
+        };
+        let remote = OnionAddress::parse(to).ok()?.public_identity();
+        let mut link = RawLink::dial_as(addr, me.clone(), remote).ok()?;
+        if !link.establish(limit) {
+            return None;
+        }
+        Some(FakePeer {
+            me,
+            link,
+            invites: Vec::new(),
+            resend_requests: Vec::new(),
+            texts: Vec::new(),
+        })
+    }
+
+    /// Sends one peer message.
+    pub fn send(&mut self, msg: &cwtch_proto::peer::PeerMessage<'_>) {
+        let mut buf = vec![0u8; cwtch_proto::peer::message::MAX_ENCODED_LEN];
+        let bytes = msg.encode(&mut buf).expect("encodable peer message");
+        self.link.send(bytes);
+    }
+
+    /// Reads messages for `limit` (or until `stop` says so), acknowledging
+    /// texts and invites and keeping what arrives. False if the link closed.
+    pub fn pump_until(&mut self, limit: Duration, mut stop: impl FnMut(&FakePeer) -> bool) -> bool {
+        use cwtch_proto::peer::PeerMessage;
+        let until = StdInstant::now() + limit;
+        while StdInstant::now() < until {
+            if stop(self) {
+                return true;
+            }
+            let msg = match self.link.next(Duration::from_millis(100)) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(_) => return false,
+            };
+            match PeerMessage::decode(&msg) {
+                Ok(PeerMessage::Text { id, text, .. }) => {
+                    self.texts.push(text.to_string());
+                    self.send(&PeerMessage::Ack { id });
+                }
+                Ok(PeerMessage::GroupInvite { id, invite }) => {
+                    self.invites.push(invite.to_vec());
+                    self.send(&PeerMessage::Ack { id });
+                }
+                Ok(PeerMessage::ResendRequest { id, wanted }) => {
+                    self.resend_requests.push((id, wanted.to_vec()));
+                }
+                _ => {}
+            }
+        }
+        true
     }
 }

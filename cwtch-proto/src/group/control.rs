@@ -165,9 +165,10 @@ pub struct ResendWanted {
 }
 
 impl ResendWanted {
-    /// Builds a request from the tracker's missing ranges: takes them in
-    /// order, clips each to [`MAX_RANGE_SPAN`] (its oldest messages first),
-    /// and stops at [`MAX_WANTED_RANGES`]. `None` if there is nothing to ask.
+    /// Builds a request from the tracker's missing ranges (the first 64):
+    /// clips each to [`MAX_RANGE_SPAN`] (its oldest messages first), and
+    /// takes at most [`MAX_WANTED_RANGES`], fairly: every member's oldest
+    /// range before anyone's second. `None` if there is nothing to ask.
     pub fn from_missing(
         group: &[u8; GROUP_ID_LEN],
         missing: impl IntoIterator<Item = MissingRange>,
@@ -190,7 +191,7 @@ impl ResendWanted {
             }
         }
         all.sort_unstable_by_key(|r| (r.member, r.first));
-        let mut ranges = heapless::Vec::new();
+        let mut distinct: heapless::Vec<MissingRange, 64> = heapless::Vec::new();
         let mut prev: Option<MissingRange> = None;
         for r in all {
             if let Some(p) = prev
@@ -199,11 +200,38 @@ impl ResendWanted {
             {
                 continue; // overlapping input: keep the first
             }
-            if ranges.push(r).is_err() {
-                break;
-            }
+            let _ = distinct.push(r);
             prev = Some(r);
         }
+        // Fair to every member: each one's oldest range first, then each
+        // one's second, and so on, so that a member with many gaps of its
+        // own (or a low member id) cannot crowd the others out.
+        let mut ranges: heapless::Vec<MissingRange, MAX_WANTED_RANGES> = heapless::Vec::new();
+        let mut round = 0usize;
+        while !ranges.is_full() {
+            let mut any = false;
+            let mut nth = 0usize;
+            let mut member = None;
+            for r in &distinct {
+                if member != Some(r.member) {
+                    member = Some(r.member);
+                    nth = 0;
+                } else {
+                    nth += 1;
+                }
+                if nth == round {
+                    any = true;
+                    if ranges.push(*r).is_err() {
+                        break;
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+            round += 1;
+        }
+        ranges.sort_unstable_by_key(|r| (r.member, r.first));
         if ranges.is_empty() {
             return None;
         }

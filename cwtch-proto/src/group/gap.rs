@@ -10,6 +10,17 @@
 //! seq), seen directly or through a broken hash chain, report
 //! [`GapEvent::Equivocation`].
 //!
+//! Claims are bounded (SPEC.md section 7, "Claims"): what a seen summary says of
+//! another member extends that member's known end by at most
+//! [`MAX_CLAIM_AHEAD`] beyond what that member itself has shown us; a
+//! claim beyond is ignored and reported ([`GapEvent::ImplausibleClaim`],
+//! naming the claimant). A member known only from others' claims holds a
+//! *provisional* slot: at most a quarter of the table, replaced oldest
+//! first, and given up to any member whose own signed message arrives.
+//! Members the application vouches for ([`GapTracker::vouch`]: its
+//! contacts) are never displaced by strangers. So made-up ids and absurd
+//! claims can neither evict a real member nor hide its messages.
+//!
 //! Memory is fixed by the type's parameters: `SENDERS` senders, each with a
 //! ring of the last `WINDOW` sequence numbers (hash and previous hash, to
 //! spot duplicates and equivocation) and up to `GAPS` open missing ranges;
@@ -84,7 +95,32 @@ pub enum GapEvent {
     /// The sender table is full: this member is not tracked. Reported once
     /// until a sender is forgotten.
     SenderTableFull(MemberId),
+    /// A member is no longer tracked, to make room: one known only from
+    /// others' claims (for a member who wrote), or a stranger (for a member
+    /// the application vouches for). Its `missing` messages are no longer
+    /// looked for.
+    Dropped {
+        /// The member.
+        member: MemberId,
+        /// How many of its messages were open gaps.
+        missing: u64,
+    },
+    /// A member's seen summary claims another member sent up to `claimed`,
+    /// more than [`MAX_CLAIM_AHEAD`] beyond what that member has shown us:
+    /// the claim is ignored. Reported once per claimant.
+    ImplausibleClaim {
+        /// Who made the claim (the author of the summary).
+        by: MemberId,
+        /// Whom it was about.
+        about: MemberId,
+        /// The sequence number claimed.
+        claimed: u64,
+    },
 }
+
+/// How far beyond a member's own highest message another member's claim
+/// may extend what we believe that member sent (SPEC.md section 7, "Claims").
+pub const MAX_CLAIM_AHEAD: u64 = 256;
 
 /// What happened to one ingested message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +194,14 @@ fn prefix(hash: &MessageHash) -> [u8; HASH_PREFIX] {
 #[derive(Clone)]
 struct SenderState<const WINDOW: usize, const GAPS: usize> {
     id: MemberId,
+    /// Known only from others' claims: no message of its own yet.
+    provisional: bool,
+    /// The application vouches for this member (a contact).
+    vouched: bool,
+    /// Its claims were reported as implausible once already.
+    claim_reported: bool,
+    /// When it was last active (the tracker's tick), for eviction.
+    touched: u64,
     /// Every seq below `end` exists; every received seq is below `end`;
     /// every seq below `end` was received or reported missing.
     end: u64,
@@ -180,9 +224,13 @@ impl<const EVENTS: usize> Events<'_, EVENTS> {
 }
 
 impl<const WINDOW: usize, const GAPS: usize> SenderState<WINDOW, GAPS> {
-    fn new(id: MemberId) -> Self {
+    fn new(id: MemberId, provisional: bool, touched: u64) -> Self {
         SenderState {
             id,
+            provisional,
+            vouched: false,
+            claim_reported: false,
+            touched,
             end: 0,
             max_received: None,
             slots: [Slot::EMPTY; WINDOW],
@@ -200,12 +248,20 @@ impl<const WINDOW: usize, const GAPS: usize> SenderState<WINDOW, GAPS> {
     }
 
     fn slot(&self, seq: u64) -> Option<&Slot> {
-        if seq < self.window_start() || seq >= self.end {
+        if seq >= self.end {
             return None;
         }
         self.slots
             .get(Self::slot_index(seq))
             .filter(|s| s.used && s.seq == seq)
+    }
+
+    /// Where claims about this member may reach: [`MAX_CLAIM_AHEAD`] past
+    /// its own highest message (or past the start, if none yet).
+    fn claim_limit(&self) -> u64 {
+        self.max_received
+            .map_or(0, |m| m.saturating_add(1))
+            .saturating_add(MAX_CLAIM_AHEAD)
     }
 
     fn range(&self, first: u64, last: u64) -> MissingRange {
@@ -301,8 +357,10 @@ impl<const WINDOW: usize, const GAPS: usize> SenderState<WINDOW, GAPS> {
                 seq,
             }));
         }
-        if seq >= self.window_start()
-            && let Some(slot) = self.slots.get_mut(Self::slot_index(seq))
+        // A slot keeps the newest message that maps to it: received
+        // messages are remembered whatever a claim did to `end`.
+        if let Some(slot) = self.slots.get_mut(Self::slot_index(seq))
+            && (!slot.used || slot.seq <= seq)
         {
             *slot = Slot {
                 used: true,
@@ -358,14 +416,16 @@ impl<const WINDOW: usize, const GAPS: usize> SenderState<WINDOW, GAPS> {
 }
 
 /// Events one ingested message can queue at most: a gap plus a give-up, a
-/// recovery, a split give-up, and two broken chain links.
-const EVENTS_PER_MESSAGE: usize = 6;
-/// Events one seen entry can queue at most.
-const EVENTS_PER_SEEN: usize = 2;
+/// recovery, a split give-up, two broken chain links, a full table or a
+/// dropped sender, and an implausible claim.
+const EVENTS_PER_MESSAGE: usize = 8;
+/// Events one seen entry can queue at most: a dropped sender, a gap plus a
+/// give-up.
+const EVENTS_PER_SEEN: usize = 3;
 
 /// The gap tracker of one group. See the [module docs](self).
 ///
-/// `EVENTS` must be at least `6 + 2 * SEEN_MAX` (22) for
+/// `EVENTS` must be at least `8 + 3 * SEEN_MAX` (32) for
 /// [`GapTracker::ingest`] to accept a message with a full seen summary.
 pub struct GapTracker<
     const SENDERS: usize = 16,
@@ -377,6 +437,17 @@ pub struct GapTracker<
     events: heapless::Deque<GapEvent, EVENTS>,
     table_full_reported: bool,
     cursor: usize,
+    /// Counts inputs, to find the least recently active sender.
+    tick: u64,
+}
+
+/// Why a member is looked up: it wrote a message, a summary claims it
+/// wrote, or the application vouches for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Author,
+    Claimed,
+    Vouched,
 }
 
 impl<const SENDERS: usize, const WINDOW: usize, const GAPS: usize, const EVENTS: usize> Default
@@ -402,6 +473,7 @@ impl<const SENDERS: usize, const WINDOW: usize, const GAPS: usize, const EVENTS:
             events: heapless::Deque::new(),
             table_full_reported: false,
             cursor: 0,
+            tick: 0,
         }
     }
 
@@ -428,7 +500,8 @@ impl<const SENDERS: usize, const WINDOW: usize, const GAPS: usize, const EVENTS:
         if EVENTS - self.events.len() < needed {
             return Err(GapError::EventQueueFull);
         }
-        let outcome = match self.sender_index(member) {
+        self.tick = self.tick.wrapping_add(1);
+        let outcome = match self.sender_index(member, Role::Author) {
             Some(i) => {
                 let mut events = Events(&mut self.events);
                 match self.senders.get_mut(i) {
@@ -438,31 +511,127 @@ impl<const SENDERS: usize, const WINDOW: usize, const GAPS: usize, const EVENTS:
             }
             None => Ingested::Untracked,
         };
+        let mut implausible = None;
         for entry in seen.iter().filter(|e| e.member != member) {
-            if let Some(i) = self.sender_index(entry.member) {
-                let mut events = Events(&mut self.events);
-                if let Some(s) = self.senders.get_mut(i) {
+            let Some(i) = self.sender_index(entry.member, Role::Claimed) else {
+                continue;
+            };
+            let mut events = Events(&mut self.events);
+            if let Some(s) = self.senders.get_mut(i) {
+                if entry.seq >= s.claim_limit() {
+                    implausible.get_or_insert((entry.member, entry.seq));
+                } else {
                     s.extend_to(entry.seq, &mut events);
                 }
             }
         }
+        if let Some((about, claimed)) = implausible
+            && let Some(author) = self.senders.iter_mut().find(|s| s.id == member)
+            && !author.claim_reported
+        {
+            author.claim_reported = true;
+            Events(&mut self.events).push(GapEvent::ImplausibleClaim {
+                by: member,
+                about,
+                claimed,
+            });
+        }
         Ok(outcome)
     }
 
-    /// The index of `member`, adding it if there is room (or reporting the
-    /// full table once).
-    fn sender_index(&mut self, member: MemberId) -> Option<usize> {
+    /// The application vouches for `member` (a contact of ours in the
+    /// group): it is tracked from now on, and no stranger can displace it.
+    /// Returns false only when every slot holds a vouched member.
+    pub fn vouch(&mut self, member: MemberId) -> bool {
+        self.tick = self.tick.wrapping_add(1);
+        match self.sender_index(member, Role::Vouched) {
+            Some(i) => {
+                if let Some(s) = self.senders.get_mut(i) {
+                    s.vouched = true;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The open gaps' total size, saturating (a liar's ranges may be huge).
+    pub fn missing_count(&self) -> u64 {
+        self.missing()
+            .fold(0u64, |sum, r| sum.saturating_add(r.count()))
+    }
+
+    /// The index of `member`, adding it if there is room for its role
+    /// (see the module docs), or reporting the full table once.
+    fn sender_index(&mut self, member: MemberId, role: Role) -> Option<usize> {
+        let tick = self.tick;
         if let Some(i) = self.senders.iter().position(|s| s.id == member) {
+            let s = self.senders.get_mut(i)?;
+            if role != Role::Claimed {
+                s.provisional = false;
+                s.touched = tick;
+            }
             return Some(i);
         }
-        if self.senders.push(SenderState::new(member)).is_ok() {
+        let provisional = role == Role::Claimed;
+        let new = SenderState::new(member, provisional, tick);
+        if provisional {
+            let quota = (SENDERS / 4).max(1);
+            let held = self.senders.iter().filter(|s| s.provisional).count();
+            if held < quota && self.senders.len() < SENDERS {
+                let _ = self.senders.push(new);
+                return Some(self.senders.len() - 1);
+            }
+            // Replace the oldest provisional slot, if any: a claim never
+            // displaces a member that has written.
+            let i = self.oldest(|s| s.provisional)?;
+            self.replace(i, new);
+            return Some(i);
+        }
+        if self.senders.len() < SENDERS {
+            let _ = self.senders.push(new);
             return Some(self.senders.len() - 1);
+        }
+        // Full: a provisional slot first, then (for a vouched member) the
+        // least recently active stranger.
+        let victim = self.oldest(|s| s.provisional).or_else(|| match role {
+            Role::Vouched => self.oldest(|s| !s.vouched),
+            _ => None,
+        });
+        if let Some(i) = victim {
+            self.replace(i, new);
+            return Some(i);
         }
         if !self.table_full_reported {
             self.table_full_reported = true;
             let _ = self.events.push_back(GapEvent::SenderTableFull(member));
         }
         None
+    }
+
+    /// The least recently active sender that `pick` accepts.
+    fn oldest(&self, pick: impl Fn(&SenderState<WINDOW, GAPS>) -> bool) -> Option<usize> {
+        self.senders
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| pick(s))
+            .min_by_key(|(_, s)| s.touched)
+            .map(|(i, _)| i)
+    }
+
+    /// Puts `new` in slot `i`; the one it replaces is no longer tracked
+    /// (reported).
+    fn replace(&mut self, i: usize, new: SenderState<WINDOW, GAPS>) {
+        if let Some(old) = self.senders.get_mut(i) {
+            let missing = old.missing.iter().fold(0u64, |n, &(a, b)| {
+                n.saturating_add(b.saturating_sub(a).saturating_add(1))
+            });
+            let _ = self.events.push_back(GapEvent::Dropped {
+                member: old.id,
+                missing,
+            });
+            *old = new;
+        }
     }
 
     /// The next event, if any. Call after every input until `None`.

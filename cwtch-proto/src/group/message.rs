@@ -29,7 +29,7 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::identity::{PUBLIC_KEY_LEN, PublicIdentity, SIGNATURE_LEN};
-use crate::time::Instant;
+use crate::time::{ClaimedTime, UnixMicros};
 
 use super::SEALED_BLOB_LEN;
 use super::detect::{NONCE_LEN, TAG_LEN};
@@ -160,8 +160,8 @@ pub struct OutgoingMessage<'a> {
     pub body: &'a [u8],
     /// The sender's sequence number for this message.
     pub seq: u64,
-    /// The sender's wall-clock time (microseconds since the Unix epoch).
-    pub timestamp: Instant,
+    /// The sender's wall-clock time (our own clock, read by the driver).
+    pub timestamp: UnixMicros,
     /// The hash of the sender's previous message ([`MessageHash::ZERO`] for
     /// sequence number 0).
     pub prev_hash: MessageHash,
@@ -182,8 +182,8 @@ pub struct OpenedMessage<'b> {
     pub body: &'b [u8],
     /// The sender's sequence number.
     pub seq: u64,
-    /// The sender's claimed wall-clock time.
-    pub timestamp: Instant,
+    /// The sender's wall-clock time: a claim (SPEC.md section 6, "Time claims").
+    pub timestamp: ClaimedTime,
     /// The hash of the sender's previous message.
     pub prev_hash: MessageHash,
     /// What the sender had seen from others.
@@ -328,7 +328,7 @@ pub(crate) struct Parsed {
     pub(crate) group_id: [u8; GROUP_ID_LEN],
     pub(crate) sender: PublicIdentity,
     pub(crate) seq: u64,
-    pub(crate) timestamp: Instant,
+    pub(crate) timestamp: ClaimedTime,
     pub(crate) prev_hash: MessageHash,
     pub(crate) seen: SeenSummary,
     pub(crate) body_len: usize,
@@ -356,7 +356,7 @@ pub(crate) fn parse(pt: &[u8; PLAINTEXT_LEN]) -> Result<Parsed, Malformed> {
     if seq > MAX_SEQ {
         return Err(Malformed::Seq);
     }
-    let timestamp = Instant::from_micros(u64::from_le_bytes(array(pt, OFF_TIME)));
+    let timestamp = ClaimedTime::from_micros(u64::from_le_bytes(array(pt, OFF_TIME)));
     let prev_hash = MessageHash(array(pt, OFF_PREV));
     let count = usize::from(pt[OFF_SEEN_COUNT]);
     if count > SEEN_MAX {

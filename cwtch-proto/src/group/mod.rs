@@ -20,7 +20,7 @@
 //! use chacha20::ChaCha20Rng;
 //! use chacha20::rand_core::SeedableRng;
 //! use cwtch_proto::group::{GapTracker, Group, Invite, MessageKind, SenderChain, SEALED_BLOB_LEN};
-//! use cwtch_proto::{Identity, Instant};
+//! use cwtch_proto::{Identity, UnixMicros};
 //!
 //! let mut rng = ChaCha20Rng::from_seed([1; 32]);
 //! let alice = Identity::generate(&mut rng);
@@ -36,7 +36,7 @@
 //! let mut chain = SenderChain::new();
 //! let mut blob = [0u8; SEALED_BLOB_LEN];
 //! chain.seal_next(group.keys(), &alice, &server, MessageKind::TEXT, b"hi Bob",
-//!     Instant::from_secs(1_764_000_000), &[], &mut rng, &mut blob)?;
+//!     UnixMicros::from_secs(1_764_000_000), &[], &mut rng, &mut blob)?;
 //!
 //! // Bob sifts the server's stream cheaply, opens what is his, tracks gaps.
 //! assert!(bobs_group.keys().detect(&blob));

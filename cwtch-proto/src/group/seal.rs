@@ -26,7 +26,7 @@ use zeroize::Zeroize;
 
 use crate::identity::Identity;
 use crate::onion::OnionAddress;
-use crate::time::Instant;
+use crate::time::UnixMicros;
 
 use super::SEALED_BLOB_LEN;
 use super::detect::{NONCE_LEN, TAG_LEN};
@@ -386,7 +386,7 @@ impl SenderChain {
         &self,
         kind: MessageKind,
         body: &'a [u8],
-        timestamp: Instant,
+        timestamp: UnixMicros,
         seen: &'a [SeenEntry],
     ) -> OutgoingMessage<'a> {
         OutgoingMessage {
@@ -415,7 +415,7 @@ impl SenderChain {
         server: &OnionAddress,
         kind: MessageKind,
         body: &[u8],
-        timestamp: Instant,
+        timestamp: UnixMicros,
         seen: &[SeenEntry],
         rng: &mut R,
         out: &mut [u8],

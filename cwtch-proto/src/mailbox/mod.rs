@@ -23,7 +23,7 @@
 //! use chacha20::rand_core::SeedableRng;
 //! use cwtch_proto::group::SEALED_BLOB_LEN;
 //! use cwtch_proto::mailbox::{FirstContact, Identifier, Mailbox, MailboxKey, seal_request};
-//! use cwtch_proto::{Identity, Instant};
+//! use cwtch_proto::{Identity, UnixMicros};
 //!
 //! let mut rng = ChaCha20Rng::from_seed([1; 32]);
 //! let (alice, bob) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
@@ -37,7 +37,7 @@
 //! // Alice, with only that text, seals a request for the server.
 //! let id = Identifier::parse(text)?;
 //! let their_box = id.mailbox().expect("an extended identifier");
-//! let first = FirstContact { name: "alice", id: 7, timestamp: Instant::from_secs(1_764_000_000),
+//! let first = FirstContact { name: "alice", id: 7, timestamp: UnixMicros::from_secs(1_764_000_000),
 //!     text: "hi bob, it's alice" };
 //! let mut blob = [0u8; SEALED_BLOB_LEN];
 //! seal_request(&alice, &id.owner().public_identity(), their_box, &first, &mut rng, &mut blob)?;

@@ -31,7 +31,7 @@ use crate::group::SEALED_BLOB_LEN;
 use crate::group::detect::{NONCE_LEN, TAG_LEN};
 use crate::identity::{Identity, PUBLIC_KEY_LEN, PublicIdentity, SIGNATURE_LEN};
 use crate::onion::OnionAddress;
-use crate::time::Instant;
+use crate::time::{ClaimedTime, UnixMicros};
 
 use super::{Mailbox, MailboxKeys, MaskKey};
 
@@ -77,8 +77,8 @@ pub struct FirstContact<'a> {
     /// The first message's id: the same id as its direct delivery, so the
     /// recipient stores it once.
     pub id: u64,
-    /// The sender's clock (a claim).
-    pub timestamp: Instant,
+    /// The sender's clock (ours, when we seal).
+    pub timestamp: UnixMicros,
     /// The first message (at most [`MAX_TEXT_LEN`] bytes).
     pub text: &'a str,
 }
@@ -93,7 +93,7 @@ pub struct OpenedRequest<'b> {
     /// The first message's id.
     pub id: u64,
     /// The sender's clock (a claim).
-    pub timestamp: Instant,
+    pub timestamp: ClaimedTime,
     /// The first message.
     pub text: &'b str,
 }
@@ -339,7 +339,7 @@ impl MailboxKeys {
 struct Parsed {
     sender: PublicIdentity,
     id: u64,
-    timestamp: Instant,
+    timestamp: ClaimedTime,
     name_len: usize,
     text_len: usize,
 }
@@ -399,7 +399,7 @@ fn verify(
     Ok(Parsed {
         sender,
         id,
-        timestamp: Instant::from_micros(timestamp),
+        timestamp: ClaimedTime::from_micros(timestamp),
         name_len,
         text_len,
     })

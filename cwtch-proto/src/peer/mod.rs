@@ -7,9 +7,11 @@
 //! trailing bytes are refused).
 
 pub mod message;
+pub mod requests;
 pub mod retry;
 pub mod session;
 
 pub use message::{PeerMessage, PeerMessageError};
+pub use requests::{PendingRequests, RequestOrigin};
 pub use retry::Backoff;
 pub use session::{AckToken, Action, Incoming, PeerSession, Refusal, SessionError, Standing};

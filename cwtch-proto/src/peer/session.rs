@@ -40,8 +40,8 @@ pub enum Standing {
     Blocked,
     /// Not in the contact list: becomes a request if there is room.
     Stranger {
-        /// Whether the application keeps fewer pending requests than its
-        /// limit (SECURITY.md: 100).
+        /// Whether the application has room for one more online request
+        /// ([`crate::peer::PendingRequests::room_for`]).
         room_for_request: bool,
     },
 }

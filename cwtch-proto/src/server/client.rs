@@ -40,9 +40,18 @@ use crate::server::wire::{
     RequestKind,
 };
 
-/// The capacity of a client's event queue. One reply makes at most two
-/// events, so [`ServerClient::handle_reply`] wants two free slots.
-pub const MAX_CLIENT_EVENTS: usize = 4;
+/// The capacity of a client's event queue. One reply makes at most three
+/// events, so [`ServerClient::handle_reply`] wants three free slots.
+pub const MAX_CLIENT_EVENTS: usize = 6;
+/// Events one reply can make.
+const EVENTS_PER_REPLY: usize = 3;
+/// Posts a client remembers between sending and the server's answer, and
+/// acknowledged posts it remembers until the server serves them back: the
+/// evidence of [`ClientEvent::Withheld`]. Beyond, the oldest is forgotten.
+pub const MAX_TRACKED_POSTS: usize = 256;
+/// Bytes of a blob kept to recognise it when it is served back (its random
+/// nonce and detection tag: unique per sealing).
+const BLOB_MARK_LEN: usize = 32;
 
 /// How a client behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +133,27 @@ pub enum ClientEvent {
     /// [`crate::server::advert::ServerAdvert::verify`] against the address
     /// dialed.
     Advert([u8; ADVERT_LEN]),
+    /// The server's head (in its hello) is below our cursor: its log is
+    /// shorter than what we read from it before (restored from a backup,
+    /// or lying). The cursor is brought back to the head, so that what it
+    /// stores from now on is read; a claim of the server's never pins it.
+    HeadBehindCursor {
+        /// Our cursor before.
+        cursor: u64,
+        /// The server's head, our cursor now.
+        head: u64,
+    },
+    /// Evidence the server produced against itself: it acknowledged storing
+    /// our post at `index`, then served past that index without it (or
+    /// served another blob there). `count` such posts were found at once.
+    /// This, and nothing a group member says, is what counts a server as
+    /// withholding (SPEC.md section 13.5).
+    Withheld {
+        /// The first index the server skipped.
+        index: u64,
+        /// How many of our acknowledged posts it skipped here.
+        count: u32,
+    },
 }
 
 /// Why the client could not do what was asked; the client did not change.
@@ -223,7 +253,28 @@ pub struct ServerClient {
     last_push: u64,
     /// An advert request to send; one sent and not answered yet.
     advert: (bool, bool),
+    /// Posts sent and not yet answered: (seq, mark).
+    sent: Deque<(u64, [u8; BLOB_MARK_LEN]), MAX_TRACKED_POSTS>,
+    /// Posts acknowledged and not yet served back: (index, mark).
+    acked: Deque<(u64, [u8; BLOB_MARK_LEN]), MAX_TRACKED_POSTS>,
+    /// The last blobs served, in case an ack comes after its blob.
+    recent: Deque<(u64, [u8; BLOB_MARK_LEN]), 16>,
     events: Deque<ClientEvent, MAX_CLIENT_EVENTS>,
+}
+
+fn mark(blob: &[u8; SEALED_BLOB_LEN]) -> [u8; BLOB_MARK_LEN] {
+    let mut m = [0u8; BLOB_MARK_LEN];
+    if let Some(head) = blob.get(..BLOB_MARK_LEN) {
+        m.copy_from_slice(head);
+    }
+    m
+}
+
+fn push_bounded<T, const N: usize>(q: &mut Deque<T, N>, item: T) {
+    if q.is_full() {
+        q.pop_front();
+    }
+    let _ = q.push_back(item);
 }
 
 impl ServerClient {
@@ -250,6 +301,9 @@ impl ServerClient {
             sub: Sub::None,
             last_push: 0,
             advert: (false, false),
+            sent: Deque::new(),
+            acked: Deque::new(),
+            recent: Deque::new(),
             events: Deque::new(),
         }
     }
@@ -273,6 +327,9 @@ impl ServerClient {
             sub: Sub::None,
             last_push: 0,
             advert: (false, false),
+            sent: Deque::new(),
+            acked: Deque::new(),
+            recent: Deque::new(),
             events: Deque::new(),
         }
     }
@@ -380,6 +437,7 @@ impl ServerClient {
         let len = Request::Post { pow, blob }.encode(out)?;
         let seq = self.next_post_seq;
         self.next_post_seq = seq.saturating_add(1);
+        push_bounded(&mut self.sent, (seq, mark(blob)));
         Ok(SentPost { seq, len })
     }
 
@@ -443,7 +501,7 @@ impl ServerClient {
 
     /// One reply message from the server. On `Err` nothing changed.
     pub fn handle_reply(&mut self, msg: &[u8]) -> Result<(), ClientError> {
-        if self.events.len() + 2 > MAX_CLIENT_EVENTS {
+        if self.events.len() + EVENTS_PER_REPLY > MAX_CLIENT_EVENTS {
             return Err(ClientError::Busy);
         }
         let reply = Reply::decode(msg).map_err(ClientError::Malformed)?;
@@ -456,6 +514,14 @@ impl ServerClient {
                 self.policy = Some(policy);
                 self.state = State::Ready;
                 self.emit(ClientEvent::Connected(policy));
+                if policy.head < self.cursor {
+                    self.emit(ClientEvent::HeadBehindCursor {
+                        cursor: self.cursor,
+                        head: policy.head,
+                    });
+                    self.cursor = policy.head;
+                    self.sync_from = self.sync_from.min(policy.head);
+                }
                 if self.config.auto_sync {
                     self.sync();
                 }
@@ -476,6 +542,7 @@ impl ServerClient {
                     return Err(ClientError::Unexpected);
                 }
                 self.emit(ClientEvent::Posted { seq, index });
+                self.note_acked(seq, index);
             }
             Reply::Entry { index, blob } => {
                 let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
@@ -495,6 +562,8 @@ impl ServerClient {
                 self.fetching = None;
                 self.cursor = self.cursor.max(next);
                 self.emit(ClientEvent::PageEnd { next, head });
+                // Everything up to `next` was served: our posts there too.
+                self.check_withheld(next, None);
                 if self.cursor >= head {
                     self.emit(ClientEvent::Synced {
                         cursor: self.cursor,
@@ -537,6 +606,7 @@ impl ServerClient {
                     RequestKind::Post if refusal.seq >= self.next_post_seq => {
                         return Err(ClientError::Unexpected);
                     }
+                    RequestKind::Post => self.sent.retain(|(s, _)| *s != refusal.seq),
                     _ => {}
                 }
                 self.emit(ClientEvent::Refused(refusal));
@@ -557,6 +627,9 @@ impl ServerClient {
     }
 
     fn deliver(&mut self, index: u64, blob: &[u8; SEALED_BLOB_LEN], live: bool) {
+        let m = mark(blob);
+        push_bounded(&mut self.recent, (index, m));
+        self.check_withheld(index, Some(m));
         if index > self.cursor {
             self.cursor = index;
             self.emit(ClientEvent::Blob {
@@ -566,5 +639,52 @@ impl ServerClient {
             });
         }
         // Otherwise a duplicate from the cursor jitter: dropped.
+    }
+
+    /// The server acknowledged our post `seq` at `index`: remember it until
+    /// it is served back (or note at once that it was not, if the server
+    /// already served past it).
+    fn note_acked(&mut self, seq: u64, index: u64) {
+        let Some(pos) = self.sent.iter().position(|(s, _)| *s == seq) else {
+            return; // forgotten (too many in flight): no evidence either way
+        };
+        let Some((_, m)) = self.sent.iter().nth(pos).copied() else {
+            return;
+        };
+        self.sent.retain(|(s, _)| *s != seq);
+        if self.recent.iter().any(|&(i, r)| i == index && r == m) {
+            return; // served before the ack came
+        }
+        push_bounded(&mut self.acked, (index, m));
+        if index <= self.cursor {
+            // Served past it already, and it was not among the last blobs.
+            self.check_withheld(self.cursor, None);
+        }
+    }
+
+    /// The server served index `upto` (with a blob marked `served`, or the
+    /// end of a page): our acknowledged posts below it that were not
+    /// served, or a different blob at the index of one, were withheld.
+    fn check_withheld(&mut self, upto: u64, served: Option<[u8; BLOB_MARK_LEN]>) {
+        let mut first = None;
+        let mut count = 0u32;
+        let recent = &self.recent;
+        self.acked.retain(|&(index, m)| {
+            if index > upto {
+                return true;
+            }
+            let ok = match served {
+                Some(s) if index == upto => s == m,
+                _ => recent.iter().any(|&(i, r)| i == index && r == m),
+            };
+            if !ok {
+                first = Some(first.map_or(index, |f: u64| f.min(index)));
+                count = count.saturating_add(1);
+            }
+            false
+        });
+        if let Some(index) = first {
+            self.emit(ClientEvent::Withheld { index, count });
+        }
     }
 }

@@ -1,0 +1,198 @@
+//! The home directory of a profile or server: private, and used by one
+//! daemon at a time.
+//!
+//! - [`create_private`]: a new home is made with mode 0700; an existing
+//!   directory that others can read or write is refused, never changed.
+//! - [`check_private`]: at every start, a home that others can read, write
+//!   or enter is refused with a clear message (the profile is encrypted,
+//!   but the control socket, tor's state and the server's key live there).
+//! - [`HomeLock`]: a daemon holds an exclusive lock on `<home>/lock` for
+//!   its lifetime; a second daemon on the same home refuses to start
+//!   (two daemons on one profile would diverge and equivocate in groups).
+//! - [`private_umask`]: every file a daemon creates is private from the
+//!   moment it exists (the control socket included).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// The lock file's name inside the home.
+pub const LOCK_FILE: &str = "lock";
+
+/// Why a home cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// The directory is open to other users.
+    #[error(
+        "{path} can be read or written by other users (mode {mode:o}): a Cwtch home must be private. Run `chmod 700 {path}`, or use a new directory"
+    )]
+    NotPrivate {
+        /// The home.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The directory belongs to another user.
+    #[error("{path} belongs to another user (uid {owner}): a Cwtch home must be your own")]
+    NotOurs {
+        /// The home.
+        path: String,
+        /// Its owner.
+        owner: u32,
+    },
+    /// Another daemon holds the home.
+    #[error(
+        "another cwtch-node daemon is running on {path}{pid}: stop it first (one daemon per home)"
+    )]
+    Locked {
+        /// The home.
+        path: String,
+        /// ` (pid N)` if the lock file says.
+        pid: String,
+    },
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// What failed.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Creates `home` with mode 0700 if it does not exist; refuses an existing
+/// one that is not private (see [`check_private`]).
+pub fn create_private(home: &Path) -> Result<(), HomeError> {
+    if !home.exists() {
+        if let Some(parent) = home.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(home)
+            .map_err(io(home))?;
+    }
+    check_private(home)
+}
+
+/// Refuses a home that other users can read, write or enter, or that is
+/// not ours.
+pub fn check_private(home: &Path) -> Result<(), HomeError> {
+    let meta = std::fs::metadata(home).map_err(io(home))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(HomeError::NotPrivate {
+            path: home.display().to_string(),
+            mode,
+        });
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(HomeError::NotOurs {
+            path: home.display().to_string(),
+            owner: meta.uid(),
+        });
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a home, held while this value lives.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: File,
+}
+
+impl HomeLock {
+    /// Takes the lock of `home` (checked private first), or says which
+    /// daemon holds it.
+    pub fn acquire(home: &Path) -> Result<HomeLock, HomeError> {
+        check_private(home)?;
+        let path = home.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
+                return Err(HomeError::Locked {
+                    path: home.display().to_string(),
+                    pid,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(HomeLock { _file: file })
+    }
+}
+
+/// From now on, every file and socket this process creates is readable and
+/// writable by its owner only.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_home_open_to_others_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        create_private(&home).unwrap();
+        assert_eq!(
+            std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for mode in [0o755, 0o750, 0o701, 0o720, 0o702] {
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = check_private(&home).unwrap_err();
+            assert!(matches!(err, HomeError::NotPrivate { .. }), "{mode:o}");
+            assert!(err.to_string().contains("chmod 700"));
+            assert!(create_private(&home).is_err());
+            assert!(HomeLock::acquire(&home).is_err());
+            // Refused, never changed.
+            assert_eq!(
+                std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+                mode
+            );
+        }
+    }
+
+    #[test]
+    fn one_lock_per_home() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        create_private(&home).unwrap();
+        let first = HomeLock::acquire(&home).unwrap();
+        let err = HomeLock::acquire(&home).unwrap_err();
+        assert!(matches!(err, HomeError::Locked { .. }));
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id()))
+        );
+        drop(first);
+        HomeLock::acquire(&home).unwrap();
+    }
+}
