@@ -102,8 +102,8 @@ pub enum SocksReply {
     /// 0x04 host unreachable: without `ExtendedErrors`, also every onion
     /// failure (descriptor not found, introduction or rendezvous failed).
     HostUnreachable,
-    /// 0x05 connection refused: the service is up but nothing listens on
-    /// that virtual port.
+    /// 0x05 connection refused: the service does not serve that virtual
+    /// port (also seen on a rendezvous circuit whose service just closed).
     ConnectionRefused,
     /// 0x06 TTL expired: tor's stream attempt timed out.
     TtlExpired,
@@ -202,7 +202,7 @@ impl SocksReply {
                 "they could not be reached: they are probably offline, or not yet published"
             }
             SocksReply::ConnectionRefused => {
-                "their onion service is up but does not accept connections on this port"
+                "their onion service refused the connection: it does not serve this port, or it just went offline"
             }
             SocksReply::TtlExpired => "tor gave up waiting for them: the attempt timed out",
             SocksReply::CommandNotSupported => "tor does not support this kind of request",
@@ -270,7 +270,8 @@ pub enum DialError {
         /// Tor's reply, when it came from tor.
         reply: Option<SocksReply>,
     },
-    /// The peer's onion is up but refuses the connection on that port (5).
+    /// The peer's onion refused the connection (5): it does not serve that
+    /// port, or it has just closed.
     Refused {
         /// Tor's reply, when it came from tor.
         reply: Option<SocksReply>,
