@@ -27,7 +27,8 @@ use cwtch_proto::OnionAddress;
 use smol::Async;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use self::codec::{Handshake, SocksError, Step};
+pub use self::codec::SocksError;
+use self::codec::{Handshake, Step};
 use crate::control::with_timeout;
 
 /// Default address of a system tor's SOCKS port.

@@ -108,7 +108,7 @@ proptest! {
         let _ = parse_stream_status(&text);
         let _ = parse_socks_port(&text);
         let conf = [text.clone()];
-        let ours = "127.0.0.1:9050".parse().unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9050)));
+        let ours = std::net::SocketAddr::from(([127, 0, 0, 1], 9050));
         let _ = socks_extended_errors(&conf, &[ours], ours);
     }
 
