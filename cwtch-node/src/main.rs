@@ -247,14 +247,29 @@ async fn transport(
         .map_err(|e| format!("cannot launch tor: {e}"))?;
         return Ok((AnyTransport::Tor(tor.transport()), Some(tor)));
     }
-    Ok((
-        AnyTransport::Tor(TorTransport::new(
-            args.tor_socks,
-            args.tor_control,
-            ControlAuth::Auto,
-        )),
-        None,
-    ))
+    let tor = TorTransport::new(args.tor_socks, args.tor_control, ControlAuth::Auto);
+    warn_without_extended_errors(&tor).await;
+    Ok((AnyTransport::Tor(tor), None))
+}
+
+/// A system tor whose SocksPort lacks `ExtendedErrors` sends only the basic
+/// SOCKS codes: a failed dial then cannot say why (not published, bad
+/// address, ...). Says so once; silent when it cannot be told.
+async fn warn_without_extended_errors(tor: &TorTransport) {
+    let known = smol::future::or(tor.extended_errors(), async {
+        smol::Timer::after(std::time::Duration::from_secs(5)).await;
+        None
+    })
+    .await;
+    if known == Some(false) {
+        eprintln!(
+            "note: tor's SocksPort {} has no ExtendedErrors flag, so only the basic SOCKS codes can \
+             arrive: a failed dial will say \"could not be reached\" where it could say why (not \
+             published, bad address, introduction failed). Add ExtendedErrors to that SocksPort \
+             line of the torrc to get the reasons.",
+            tor.socks
+        );
+    }
 }
 
 /// A daemon's start: the home must be private and free (one daemon per

@@ -6,13 +6,14 @@
 //! anonymity). This crate sits between `cwtch-node` and `cwtch-proto`: it
 //! uses the core for addresses and keys and knows nothing of the protocol.
 //!
-//! - [`socks`]: [`socks::dial_onion`], circuit isolation
-//!   ([`socks::IsolationKey`]), the SOCKS reply to [`socks::DialError`]
-//!   mapping, [`socks::dial_with_retry`].
+//! - [`socks`]: [`socks::dial_onion`] over the sans-IO SOCKS5 client
+//!   [`socks::codec`], circuit isolation ([`socks::IsolationKey`]), every
+//!   SOCKS reply (Tor's onion-service codes 0xF0-0xF7 included) to a
+//!   [`socks::DialError`], [`socks::dial_with_retry`].
 //! - [`control`]: [`control::ControlConnection`] (PROTOCOLINFO, SAFECOOKIE /
 //!   COOKIE / password auth, `ADD_ONION`, `DEL_ONION`, bootstrap status,
-//!   `HS_DESC` events) over pure parsers in [`control::reply`],
-//!   [`control::auth`], [`control::status`].
+//!   `HS_DESC` events, `GETCONF`) over pure parsers in [`control::reply`],
+//!   [`control::auth`], [`control::status`], [`control::conf`].
 //! - [`launch`]: [`launch::TorProcess`], our own tor with a generated torrc.
 //! - [`transport`]: the [`transport::Transport`] trait the node uses, with
 //!   [`transport::TorTransport`], [`transport::DevTransport`] and
@@ -55,7 +56,8 @@
 //! ## Panic policy
 //!
 //! A panic is a bug: nothing from tor or from the network can cause one.
-//! The parsers are pure functions over bytes and strings, fuzzable.
+//! The parsers and the SOCKS codec are pure functions over bytes and
+//! strings, fuzzable.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

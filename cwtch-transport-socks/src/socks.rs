@@ -6,9 +6,15 @@
 //! tor (whose `SocksPort` has `IsolateSOCKSAuth` on by default) never puts
 //! streams with different credentials on the same circuit.
 //!
-//! SOCKS failures are mapped to [`DialError`] by two pure functions,
-//! [`reply_from_io_error`] and [`DialError::from_reply`], so the mapping is
-//! tested without a network.
+//! The protocol is the sans-IO [`codec`]; [`dial_host`] drives it over an
+//! async TCP stream, without a thread per dial. Every reply code, Tor's
+//! onion-service codes 0xF0-0xF7 included, reaches the caller as a
+//! [`SocksReply`] inside a [`DialError`] ([`DialError::from_reply`], pure
+//! and tested without a network). Tor sends those codes only on a
+//! `SocksPort` with the `ExtendedErrors` flag: every tor we launch has it,
+//! and `TorTransport::extended_errors` says whether a system tor does.
+
+pub mod codec;
 
 use core::fmt;
 use core::net::SocketAddr;
@@ -19,7 +25,10 @@ use std::time::Instant;
 
 use cwtch_proto::OnionAddress;
 use smol::Async;
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub use self::codec::SocksError;
+use self::codec::{Handshake, Step};
 use crate::control::with_timeout;
 
 /// Default address of a system tor's SOCKS port.
@@ -80,7 +89,8 @@ impl fmt::Debug for IsolationKey {
 }
 
 /// A SOCKS5 reply code (RFC 1928 section 6) with Tor's extensions
-/// (socks-extensions.txt, `ExtendedErrors`).
+/// (tor's `socks-extensions.txt` and proposal 304), which tor sends only
+/// on a `SocksPort` with the `ExtendedErrors` flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SocksReply {
@@ -90,11 +100,11 @@ pub enum SocksReply {
     NotAllowed,
     /// 0x03 network unreachable.
     NetworkUnreachable,
-    /// 0x04 host unreachable: for onions, descriptor not found or the
-    /// service could not be reached.
+    /// 0x04 host unreachable: without `ExtendedErrors`, also every onion
+    /// failure (descriptor not found, introduction or rendezvous failed).
     HostUnreachable,
-    /// 0x05 connection refused: the service is up but nothing listens on
-    /// that virtual port.
+    /// 0x05 connection refused: the service does not serve that virtual
+    /// port (also seen on a rendezvous circuit whose service just closed).
     ConnectionRefused,
     /// 0x06 TTL expired: tor's stream attempt timed out.
     TtlExpired,
@@ -102,11 +112,14 @@ pub enum SocksReply {
     CommandNotSupported,
     /// 0x08 address type not supported.
     AddressNotSupported,
-    /// 0xF0 onion service descriptor can not be found.
+    /// 0xF0 onion service descriptor can not be found: the service is not
+    /// published (offline, or never existed).
     OnionDescNotFound,
-    /// 0xF1 onion service descriptor is invalid.
+    /// 0xF1 onion service descriptor is invalid (does not parse, or its
+    /// signature does not verify).
     OnionDescInvalid,
-    /// 0xF2 onion service introduction failed.
+    /// 0xF2 onion service introduction failed: descriptor found, but the
+    /// service is no longer at its introduction points.
     OnionIntroFailed,
     /// 0xF3 onion service rendezvous failed.
     OnionRendezvousFailed,
@@ -114,7 +127,8 @@ pub enum SocksReply {
     OnionMissingClientAuth,
     /// 0xF5 onion service wrong client authorization.
     OnionWrongClientAuth,
-    /// 0xF6 onion service invalid address.
+    /// 0xF6 onion service invalid address (bad length, checksum or
+    /// version).
     OnionBadAddress,
     /// 0xF7 onion service introduction timed out.
     OnionIntroTimedOut,
@@ -146,36 +160,99 @@ impl SocksReply {
             other => SocksReply::Other(other),
         })
     }
-}
 
-/// Recovers the SOCKS reply from an error of the `socks` crate, which
-/// reports reply codes 1 to 8 as `io::Error` messages (and every other code,
-/// Tor's 0xF0-0xF7 included, as "unknown error", mapped to `Other(0xFF)`).
-/// `None` when the error is not a SOCKS reply (connect or I/O failure).
-pub fn reply_from_io_error(err: &io::Error) -> Option<SocksReply> {
-    if err.kind() != io::ErrorKind::Other {
-        return None;
+    /// The code byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            SocksReply::GeneralFailure => 0x01,
+            SocksReply::NotAllowed => 0x02,
+            SocksReply::NetworkUnreachable => 0x03,
+            SocksReply::HostUnreachable => 0x04,
+            SocksReply::ConnectionRefused => 0x05,
+            SocksReply::TtlExpired => 0x06,
+            SocksReply::CommandNotSupported => 0x07,
+            SocksReply::AddressNotSupported => 0x08,
+            SocksReply::OnionDescNotFound => 0xF0,
+            SocksReply::OnionDescInvalid => 0xF1,
+            SocksReply::OnionIntroFailed => 0xF2,
+            SocksReply::OnionRendezvousFailed => 0xF3,
+            SocksReply::OnionMissingClientAuth => 0xF4,
+            SocksReply::OnionWrongClientAuth => 0xF5,
+            SocksReply::OnionBadAddress => 0xF6,
+            SocksReply::OnionIntroTimedOut => 0xF7,
+            SocksReply::Other(code) => code,
+        }
     }
-    reply_from_message(&err.to_string())
+
+    /// Whether this is one of Tor's onion-service codes 0xF0-0xF7, which
+    /// only a `SocksPort` with `ExtendedErrors` sends.
+    pub fn is_extended(self) -> bool {
+        (0xF0..=0xF7).contains(&self.code())
+    }
+
+    /// What the reply means, in plain words for a user; `None` for a code
+    /// we do not know.
+    pub fn meaning(self) -> Option<&'static str> {
+        Some(match self {
+            SocksReply::GeneralFailure => {
+                "tor could not complete the connection (a circuit closed, or tor hit an internal error)"
+            }
+            SocksReply::NotAllowed => "tor's rules do not allow this connection",
+            SocksReply::NetworkUnreachable => "tor could not find a route to them",
+            SocksReply::HostUnreachable => {
+                "they could not be reached: they are probably offline, or not yet published"
+            }
+            SocksReply::ConnectionRefused => {
+                "their onion service refused the connection: it does not serve this port, or it just went offline"
+            }
+            SocksReply::TtlExpired => "tor gave up waiting for them: the attempt timed out",
+            SocksReply::CommandNotSupported => "tor does not support this kind of request",
+            SocksReply::AddressNotSupported => "tor does not support this kind of address",
+            SocksReply::OnionDescNotFound => {
+                "their onion service is not published: they are probably offline"
+            }
+            SocksReply::OnionDescInvalid => {
+                "their onion service's descriptor is invalid (it does not parse or its signature is wrong)"
+            }
+            SocksReply::OnionIntroFailed => {
+                "their onion service did not answer at its introduction points: they probably went offline recently"
+            }
+            SocksReply::OnionRendezvousFailed => {
+                "tor found their onion service but could not meet it at the rendezvous point"
+            }
+            SocksReply::OnionMissingClientAuth => {
+                "their onion service requires client authorization, and tor has no key for it"
+            }
+            SocksReply::OnionWrongClientAuth => {
+                "their onion service does not accept tor's client authorization key"
+            }
+            SocksReply::OnionBadAddress => "bad onion address: it is not a valid v3 onion address",
+            SocksReply::OnionIntroTimedOut => {
+                "their onion service did not answer the introduction in time"
+            }
+            SocksReply::Other(_) => return None,
+        })
+    }
 }
 
-/// The pure core of [`reply_from_io_error`]: the `socks` 0.3 message texts.
-pub fn reply_from_message(message: &str) -> Option<SocksReply> {
-    Some(match message {
-        "general SOCKS server failure" => SocksReply::GeneralFailure,
-        "connection not allowed by ruleset" => SocksReply::NotAllowed,
-        "network unreachable" => SocksReply::NetworkUnreachable,
-        "host unreachable" => SocksReply::HostUnreachable,
-        "connection refused" => SocksReply::ConnectionRefused,
-        "TTL expired" => SocksReply::TtlExpired,
-        "command not supported" => SocksReply::CommandNotSupported,
-        "address kind not supported" => SocksReply::AddressNotSupported,
-        "unknown error" => SocksReply::Other(0xFF),
-        _ => return None,
-    })
+/// The meaning in plain words, then the code: `their onion service is not
+/// published: they are probably offline (SOCKS reply 0xF0)`.
+impl fmt::Display for SocksReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code();
+        match self.meaning() {
+            Some(meaning) => write!(f, "{meaning} (SOCKS reply {code:#04X})"),
+            None => write!(
+                f,
+                "tor answered with a SOCKS reply we do not know (SOCKS reply {code:#04X})"
+            ),
+        }
+    }
 }
 
-/// Why a dial failed, in terms the user can act on.
+/// Why a dial failed, in terms the user can act on. Every SOCKS reply code
+/// maps to one variant ([`DialError::from_reply`]); the `Display` text is
+/// plain words for a user.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DialError {
@@ -187,37 +264,55 @@ pub enum DialError {
         /// The connect error.
         source: io::Error,
     },
-    /// The peer is offline or unknown: no descriptor, or its introduction
-    /// or rendezvous failed. Usually worth retrying later.
+    /// The peer is offline or unknown: no descriptor (4 without
+    /// `ExtendedErrors`, 0xF0 with), introduction or rendezvous failed
+    /// (0xF2, 0xF3), no route (3). Usually worth retrying later.
     PeerOffline {
         /// Tor's reply, when it came from tor.
         reply: Option<SocksReply>,
     },
-    /// The peer's onion is up but refuses the connection on that port.
+    /// The peer's onion refused the connection (5): it does not serve that
+    /// port, or it has just closed.
     Refused {
         /// Tor's reply, when it came from tor.
         reply: Option<SocksReply>,
     },
-    /// The dial took too long (our timer, or tor's own: reply 6 / 0xF7).
+    /// The dial took too long (our timer, or tor's own: 6, 0xF7).
     TimedOut {
         /// Tor's reply, if tor gave up first; `None` when our timer fired.
         reply: Option<SocksReply>,
     },
     /// Tor could not complete the connection for a reason of its own
-    /// (reply 1, "general failure": a circuit closed, an internal error).
+    /// (1, "general failure": a circuit closed, an internal error).
     /// Transient: retrying usually helps.
     CircuitFailed {
         /// Tor's reply.
         reply: SocksReply,
     },
-    /// Tor refused the request itself (bad address, client auth, policy,
-    /// unknown code): retrying the same request will not help.
+    /// The address is not a valid onion address (0xF6): check it.
+    BadAddress {
+        /// Tor's reply.
+        reply: SocksReply,
+    },
+    /// The onion service requires client authorization and tor has no key
+    /// for it (0xF4) or the wrong one (0xF5): fix tor's client keys.
+    ClientAuth {
+        /// Tor's reply.
+        reply: SocksReply,
+    },
+    /// Tor refused the request for another reason (policy, unsupported
+    /// command or address type, invalid descriptor 0xF1, unknown code):
+    /// retrying the same request will not help.
     Rejected {
         /// Tor's reply.
         reply: SocksReply,
     },
-    /// The SOCKS exchange failed in another way (bad credentials, a
-    /// malformed answer, the connection dropped).
+    /// The SOCKS exchange broke its rules: the port is not a SOCKS5 server,
+    /// refused our username/password, sent a malformed reply, or a request
+    /// field (host name, isolation key) does not fit.
+    Socks(SocksError),
+    /// Reading or writing the SOCKS connection failed (tor closed it
+    /// during the handshake).
     Proxy(io::Error),
 }
 
@@ -234,33 +329,44 @@ impl DialError {
             R::ConnectionRefused => DialError::Refused { reply: Some(reply) },
             R::TtlExpired | R::OnionIntroTimedOut => DialError::TimedOut { reply: Some(reply) },
             R::GeneralFailure => DialError::CircuitFailed { reply },
+            R::OnionBadAddress => DialError::BadAddress { reply },
+            R::OnionMissingClientAuth | R::OnionWrongClientAuth => DialError::ClientAuth { reply },
             R::NotAllowed
             | R::CommandNotSupported
             | R::AddressNotSupported
             | R::OnionDescInvalid
-            | R::OnionMissingClientAuth
-            | R::OnionWrongClientAuth
-            | R::OnionBadAddress
             | R::Other(_) => DialError::Rejected { reply },
         }
     }
 
-    /// Maps an error of the `socks` crate for a dial through `proxy`.
-    pub fn from_socks_error(proxy: SocketAddr, err: io::Error) -> Self {
-        if let Some(reply) = reply_from_io_error(&err) {
-            return DialError::from_reply(reply);
+    /// The error for a failed SOCKS exchange: tor's reply code when it
+    /// sent one, else [`DialError::Socks`].
+    pub fn from_socks(err: SocksError) -> Self {
+        match err {
+            SocksError::Failed(reply) => DialError::from_reply(reply),
+            other => DialError::Socks(other),
         }
-        match err.kind() {
-            io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::NotFound => DialError::TorUnreachable { proxy, source: err },
-            _ => DialError::Proxy(err),
+    }
+
+    /// Tor's reply code, when the error came from one.
+    pub fn reply(&self) -> Option<SocksReply> {
+        match self {
+            DialError::PeerOffline { reply }
+            | DialError::Refused { reply }
+            | DialError::TimedOut { reply } => *reply,
+            DialError::CircuitFailed { reply }
+            | DialError::BadAddress { reply }
+            | DialError::ClientAuth { reply }
+            | DialError::Rejected { reply } => Some(*reply),
+            DialError::TorUnreachable { .. } | DialError::Socks(_) | DialError::Proxy(_) => None,
         }
     }
 
     /// Whether trying again soon can succeed: the peer may come online or
     /// its descriptor may get published (a fresh service's first dial often
-    /// fails with reply 4), and timeouts are transient.
+    /// fails with 4 or 0xF0), and timeouts and circuit failures are
+    /// transient. A bad address, missing or wrong client authorization, a
+    /// refusal by tor's rules and a broken SOCKS exchange stay as they are.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -275,39 +381,35 @@ impl DialError {
 impl fmt::Display for DialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DialError::TorUnreachable { proxy, source } => {
-                write!(
-                    f,
-                    "tor SOCKS port not reachable at {proxy} ({source}); is tor running?"
-                )
+            DialError::TorUnreachable { proxy, source } => write!(
+                f,
+                "tor's SOCKS port is not reachable at {proxy} ({source}): is tor running?"
+            ),
+            DialError::PeerOffline { reply: None } => {
+                f.write_str("they could not be reached: they are probably offline")
             }
-            DialError::PeerOffline { reply } => {
-                write!(f, "peer offline or not found{}", why(reply))
+            DialError::Refused { reply: None } => f.write_str("they refused the connection"),
+            DialError::TimedOut { reply: None } => {
+                f.write_str("the dial timed out: tor did not connect in time")
             }
-            DialError::Refused { reply } => write!(f, "peer refused the connection{}", why(reply)),
-            DialError::TimedOut { reply: None } => write!(f, "dial timed out"),
-            DialError::TimedOut { reply } => {
-                write!(f, "tor timed out reaching the peer{}", why(reply))
-            }
-            DialError::CircuitFailed { reply } => {
-                write!(f, "tor could not complete the connection ({reply:?})")
-            }
-            DialError::Rejected { reply } => write!(f, "tor rejected the request ({reply:?})"),
-            DialError::Proxy(e) => write!(f, "SOCKS exchange with tor failed: {e}"),
+            DialError::PeerOffline { reply: Some(reply) }
+            | DialError::Refused { reply: Some(reply) }
+            | DialError::TimedOut { reply: Some(reply) }
+            | DialError::CircuitFailed { reply }
+            | DialError::BadAddress { reply }
+            | DialError::ClientAuth { reply }
+            | DialError::Rejected { reply } => write!(f, "{reply}"),
+            DialError::Socks(e) => write!(f, "SOCKS exchange with tor failed: {e}"),
+            DialError::Proxy(e) => write!(f, "SOCKS connection to tor failed: {e}"),
         }
     }
-}
-
-fn why(reply: &Option<SocksReply>) -> String {
-    reply
-        .map(|r| format!(" (SOCKS reply {r:?})"))
-        .unwrap_or_default()
 }
 
 impl core::error::Error for DialError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             DialError::TorUnreachable { source, .. } => Some(source),
+            DialError::Socks(e) => Some(e),
             DialError::Proxy(e) => Some(e),
             _ => None,
         }
@@ -316,9 +418,6 @@ impl core::error::Error for DialError {
 
 /// Connects to `<peer>.onion:<port>` through the SOCKS5 port at `proxy`,
 /// on circuits of `isolation`, giving up after `timeout`.
-///
-/// The blocking `socks` handshake runs on smol's blocking pool; on timeout
-/// we stop waiting for it (the thread ends when tor answers or gives up).
 pub async fn dial_onion(
     proxy: SocketAddr,
     peer: &OnionAddress,
@@ -336,7 +435,9 @@ pub async fn dial_onion(
     .await
 }
 
-/// Like [`dial_onion`] for any host name (sent unresolved to tor).
+/// Like [`dial_onion`] for any host name (1 to 255 bytes, sent unresolved
+/// to tor). Runs [`codec::Handshake`] over the connection: no thread, and
+/// `timeout` bounds the TCP connect and the whole SOCKS exchange.
 pub async fn dial_host(
     proxy: SocketAddr,
     host: &str,
@@ -344,17 +445,67 @@ pub async fn dial_host(
     isolation: &IsolationKey,
     timeout: Duration,
 ) -> Result<Async<TcpStream>, DialError> {
-    let target = socks::TargetAddr::Domain(host.to_owned(), port);
-    let user = isolation.0.clone();
+    let handshake = Handshake::new(
+        isolation.as_str().as_bytes(),
+        ISOLATION_PASSWORD.as_bytes(),
+        host.as_bytes(),
+        port,
+    )
+    .map_err(DialError::from_socks)?;
     let connect = async move {
-        let stream = smol::unblock(move || {
-            socks::Socks5Stream::connect_with_password(proxy, target, &user, ISOLATION_PASSWORD)
-        })
-        .await
-        .map_err(|e| DialError::from_socks_error(proxy, e))?;
-        Async::new(stream.into_inner()).map_err(DialError::Proxy)
+        let mut stream = Async::<TcpStream>::connect(proxy)
+            .await
+            .map_err(|source| DialError::TorUnreachable { proxy, source })?;
+        run_handshake(&mut stream, handshake).await?;
+        Ok(stream)
     };
     with_timeout(timeout, DialError::TimedOut { reply: None }, connect).await
+}
+
+/// Drives `handshake` over `stream`: sends what it writes, receives no more
+/// than it asks for (so no byte of the peer's stream is taken), until tor
+/// says connected or fails.
+async fn run_handshake<S>(stream: &mut S, mut handshake: Handshake<'_>) -> Result<(), DialError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = [0u8; codec::MAX_REQUEST_LEN];
+    let mut input = [0u8; codec::MAX_REPLY_LEN];
+    let mut have = 0usize;
+    loop {
+        let received = input.get(..have).unwrap_or_default();
+        match handshake.step(received, &mut out) {
+            Ok(Step::Send(n)) => {
+                let request = out.get(..n).unwrap_or_default();
+                stream.write_all(request).await.map_err(DialError::Proxy)?;
+                stream.flush().await.map_err(DialError::Proxy)?;
+                have = 0;
+            }
+            Ok(Step::Receive(more)) => {
+                // The codec never asks past MAX_REPLY_LEN; `get_mut` keeps it so.
+                let end = have.saturating_add(more).min(input.len());
+                let Some(buf) = input.get_mut(have..end).filter(|b| !b.is_empty()) else {
+                    return Err(DialError::Proxy(io::Error::other(
+                        "SOCKS reply longer than its limit",
+                    )));
+                };
+                let n = stream.read(buf).await.map_err(DialError::Proxy)?;
+                if n == 0 {
+                    let received = input.get(..have).unwrap_or_default();
+                    return Err(match codec::truncated_failure(received) {
+                        Some(reply) => DialError::from_reply(reply),
+                        None => DialError::Proxy(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "tor closed the SOCKS connection during the handshake",
+                        )),
+                    });
+                }
+                have += n;
+            }
+            Ok(Step::Connected { .. }) => return Ok(()),
+            Err(e) => return Err(DialError::from_socks(e)),
+        }
+    }
 }
 
 /// How [`dial_with_retry`] retries.
@@ -431,6 +582,40 @@ mod tests {
     }
 
     #[test]
+    fn codes_round_trip_and_read_as_sentences() {
+        for code in 1..=255u8 {
+            let reply = SocksReply::from_code(code).unwrap();
+            assert_eq!(reply.code(), code);
+            assert_eq!(reply.is_extended(), (0xF0..=0xF7).contains(&code));
+            let text = reply.to_string();
+            assert!(
+                text.ends_with(&format!("(SOCKS reply 0x{code:02X})")),
+                "{text}"
+            );
+            assert_eq!(
+                reply.meaning().is_some(),
+                !matches!(reply, SocksReply::Other(_))
+            );
+            let err = DialError::from_reply(reply);
+            assert_eq!(err.reply(), Some(reply));
+            assert_eq!(err.to_string(), text);
+        }
+        assert_eq!(
+            SocksReply::OnionDescNotFound.to_string(),
+            "their onion service is not published: they are probably offline (SOCKS reply 0xF0)"
+        );
+        assert!(
+            SocksReply::OnionBadAddress
+                .to_string()
+                .starts_with("bad onion address")
+        );
+        assert_eq!(
+            SocksReply::Other(0x42).to_string(),
+            "tor answered with a SOCKS reply we do not know (SOCKS reply 0x42)"
+        );
+    }
+
+    #[test]
     fn replies_map_to_errors() {
         let kind = |code: u8| DialError::from_reply(SocksReply::from_code(code).unwrap());
         assert!(matches!(
@@ -439,65 +624,44 @@ mod tests {
                 reply: Some(SocksReply::HostUnreachable)
             }
         ));
-        assert!(matches!(kind(0xF0), DialError::PeerOffline { .. }));
-        assert!(matches!(kind(0xF2), DialError::PeerOffline { .. }));
-        assert!(matches!(kind(0xF3), DialError::PeerOffline { .. }));
+        for code in [3, 4, 0xF0, 0xF2, 0xF3] {
+            assert!(
+                matches!(kind(code), DialError::PeerOffline { .. }),
+                "{code}"
+            );
+        }
         assert!(matches!(kind(5), DialError::Refused { .. }));
         assert!(matches!(kind(6), DialError::TimedOut { reply: Some(_) }));
         assert!(matches!(kind(0xF7), DialError::TimedOut { .. }));
         assert!(matches!(
             kind(0xF6),
-            DialError::Rejected {
+            DialError::BadAddress {
                 reply: SocksReply::OnionBadAddress
             }
         ));
-        assert!(matches!(kind(0xF4), DialError::Rejected { .. }));
+        assert!(matches!(kind(0xF4), DialError::ClientAuth { .. }));
+        assert!(matches!(kind(0xF5), DialError::ClientAuth { .. }));
         assert!(matches!(kind(1), DialError::CircuitFailed { .. }));
-        assert!(kind(1).is_retryable());
-        assert!(matches!(kind(2), DialError::Rejected { .. }));
+        for code in [2, 7, 8, 0xF1, 0x09, 0x42, 0xEF, 0xF8, 0xFF] {
+            assert!(matches!(kind(code), DialError::Rejected { .. }), "{code}");
+        }
+        // Retryable: whatever time can cure.
+        for code in [1, 3, 4, 5, 6, 0xF0, 0xF2, 0xF3, 0xF7] {
+            assert!(kind(code).is_retryable(), "{code}");
+        }
+        for code in [2, 7, 8, 0xF1, 0xF4, 0xF5, 0xF6, 0x42] {
+            assert!(!kind(code).is_retryable(), "{code}");
+        }
+        // Protocol faults are not reply codes and are not retried.
+        let e = DialError::from_socks(SocksError::AuthRefused(1));
+        assert!(matches!(e, DialError::Socks(SocksError::AuthRefused(1))));
+        assert!(!e.is_retryable());
+        assert_eq!(e.reply(), None);
         assert!(matches!(
-            kind(0x42),
-            DialError::Rejected {
-                reply: SocksReply::Other(0x42)
+            DialError::from_socks(SocksError::Failed(SocksReply::OnionIntroFailed)),
+            DialError::PeerOffline {
+                reply: Some(SocksReply::OnionIntroFailed)
             }
-        ));
-        assert!(kind(4).is_retryable());
-        assert!(kind(6).is_retryable());
-        assert!(!kind(0xF6).is_retryable());
-    }
-
-    #[test]
-    fn socks_crate_messages() {
-        let e = io::Error::other("host unreachable");
-        assert_eq!(reply_from_io_error(&e), Some(SocksReply::HostUnreachable));
-        assert_eq!(
-            reply_from_message("TTL expired"),
-            Some(SocksReply::TtlExpired)
-        );
-        assert_eq!(
-            reply_from_message("unknown error"),
-            Some(SocksReply::Other(0xFF))
-        );
-        assert_eq!(reply_from_message("no acceptable auth methods"), None);
-        // A refused TCP connect to the proxy is not a SOCKS reply 5.
-        let proxy = DEFAULT_SOCKS_ADDR;
-        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert!(matches!(
-            DialError::from_socks_error(proxy, refused),
-            DialError::TorUnreachable { .. }
-        ));
-        let reply5 = io::Error::other("connection refused");
-        assert!(matches!(
-            DialError::from_socks_error(proxy, reply5),
-            DialError::Refused { .. }
-        ));
-        let auth = io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "password authentication failed",
-        );
-        assert!(matches!(
-            DialError::from_socks_error(proxy, auth),
-            DialError::Proxy(_)
         ));
     }
 
@@ -538,7 +702,7 @@ mod tests {
             },
             |_, _| {},
         ));
-        assert!(matches!(r, Err(DialError::Rejected { .. })));
+        assert!(matches!(r, Err(DialError::BadAddress { .. })));
         assert_eq!(calls, 1);
         let mut calls = 0;
         let r = smol::block_on(dial_with_retry(
@@ -593,5 +757,148 @@ mod tests {
         );
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(l);
+    }
+
+    /// A SOCKS server on loopback that, for each `(n, answer)`, reads `n`
+    /// bytes then writes `answer`, then closes. Returns its address and
+    /// what it received.
+    fn fake_socks(script: Vec<(usize, Vec<u8>)>) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut seen = Vec::new();
+            for (n, answer) in script {
+                let mut buf = vec![0u8; n];
+                if s.read_exact(&mut buf).is_err() {
+                    break;
+                }
+                seen.extend_from_slice(&buf);
+                s.write_all(&answer).unwrap();
+            }
+            seen
+        });
+        (addr, server)
+    }
+
+    const HOST: &str = "efjprum3peosirjsilqv6lvlns3476t3njpngaexsyhangeb3mjo7sad.onion";
+    const AUTH_LEN: usize = 3 + 1 + 5; // key "k"
+    const CONNECT_LEN: usize = 5 + HOST.len() + 2;
+    const OK: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+
+    fn dial_fake_err(script: Vec<(usize, Vec<u8>)>) -> DialError {
+        let (proxy, server) = fake_socks(script.clone());
+        let key = IsolationKey::new("k").unwrap();
+        let r = smol::block_on(dial_host(proxy, HOST, 9878, &key, Duration::from_secs(10)));
+        server.join().unwrap();
+        r.err().unwrap_or_else(|| panic!("{script:?} connected"))
+    }
+
+    #[test]
+    fn driver_connects_and_leaves_the_peers_bytes() {
+        let mut last = OK.to_vec();
+        last.extend_from_slice(b"peer data");
+        let (proxy, server) = fake_socks(vec![
+            (3, vec![5, 2]),
+            (AUTH_LEN, vec![1, 0]),
+            (CONNECT_LEN, last),
+        ]);
+        let key = IsolationKey::new("k").unwrap();
+        let mut stream =
+            smol::block_on(dial_host(proxy, HOST, 9878, &key, Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 9];
+        smol::block_on(stream.read_exact(&mut buf)).unwrap();
+        assert_eq!(&buf, b"peer data");
+        drop(stream);
+        let seen = server.join().unwrap();
+        let mut expected = vec![5, 1, 2, 1, 1, b'k', 5];
+        expected.extend_from_slice(b"cwtch");
+        expected.extend_from_slice(&[5, 1, 0, 3, HOST.len() as u8]);
+        expected.extend_from_slice(HOST.as_bytes());
+        expected.extend_from_slice(&9878u16.to_be_bytes());
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn driver_maps_every_failure() {
+        let full = |answer: Vec<u8>| {
+            vec![
+                (3, vec![5, 2]),
+                (AUTH_LEN, vec![1, 0]),
+                (CONNECT_LEN, answer),
+            ]
+        };
+        type Script = Vec<(usize, Vec<u8>)>;
+        type Check = fn(&DialError) -> bool;
+        let cases: Vec<(Script, Check)> = vec![
+            (full(vec![5, 0xF0, 0, 1, 0, 0, 0, 0, 0, 0]), |e| {
+                matches!(
+                    e,
+                    DialError::PeerOffline {
+                        reply: Some(SocksReply::OnionDescNotFound)
+                    }
+                )
+            }),
+            (full(vec![5, 4, 0, 1, 0, 0, 0, 0, 0, 0]), |e| {
+                matches!(
+                    e,
+                    DialError::PeerOffline {
+                        reply: Some(SocksReply::HostUnreachable)
+                    }
+                )
+            }),
+            // Cut short after the code: the code still counts.
+            (full(vec![5, 0xF6]), |e| {
+                matches!(e, DialError::BadAddress { .. })
+            }),
+            (full(vec![5, 0, 0, 9]), |e| {
+                matches!(e, DialError::Socks(SocksError::BadAddressType(9)))
+            }),
+            (vec![(3, vec![5, 0xFF])], |e| {
+                matches!(e, DialError::Socks(SocksError::NoAcceptableMethod))
+            }),
+            (vec![(3, vec![5, 2]), (AUTH_LEN, vec![1, 1])], |e| {
+                matches!(e, DialError::Socks(SocksError::AuthRefused(1)))
+            }),
+            (
+                vec![(3, b"HTTP/1.0 400 Bad Request\r\n\r\n".to_vec())],
+                |e| {
+                    matches!(
+                        e,
+                        DialError::Socks(SocksError::BadVersion { got: b'H', .. })
+                    )
+                },
+            ),
+            // Closed after the greeting.
+            (
+                vec![(3, vec![])],
+                |e| matches!(e, DialError::Proxy(io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            ),
+        ];
+        for (script, check) in cases {
+            let e = dial_fake_err(script.clone());
+            assert!(check(&e), "{script:?}: {e:?}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn driver_refuses_a_host_too_long_before_connecting() {
+        // Nothing listens at this port: the error comes before any connect.
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let key = IsolationKey::new("k").unwrap();
+        let host = "a".repeat(256);
+        let r = smol::block_on(dial_host(proxy, &host, 1, &key, Duration::from_secs(5)));
+        assert!(
+            matches!(
+                r,
+                Err(DialError::Socks(SocksError::FieldLength { len: 256, .. }))
+            ),
+            "{r:?}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! real onion services without the internet.
 //!
 //! [`TestNetwork::start`] launches 3 directory authorities (also relays), 2
-//! relays and `n` client tors, each on free 127.0.0.1 ports, in a temporary
+//! relays and `n` client tors (their `SocksPort` with `ExtendedErrors`, as
+//! every tor we launch), each on free 127.0.0.1 ports, in a temporary
 //! directory, and returns once every client reports 100 % bootstrap on its
 //! control port. Every process runs in its own process group and is
 //! stopped by its own pid when the network is dropped, also while a test
@@ -439,7 +440,7 @@ impl TestNetwork {
             let (socks, control) = (next_port()?, next_port()?);
             let text = base(&name, &d)
                 + &format!(
-                    "SocksPort 127.0.0.1:{socks}\nControlPort 127.0.0.1:{control}\nCookieAuthentication 1\n"
+                    "SocksPort 127.0.0.1:{socks} ExtendedErrors\nControlPort 127.0.0.1:{control}\nCookieAuthentication 1\n"
                 );
             network.clients.push(TorClient {
                 name: name.clone(),

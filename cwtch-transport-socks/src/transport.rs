@@ -179,6 +179,34 @@ impl TorTransport {
     pub fn system() -> Self {
         Self::new(DEFAULT_SOCKS_ADDR, DEFAULT_CONTROL_ADDR, ControlAuth::Auto)
     }
+
+    /// Whether this tor's SOCKS port tells why an onion dial failed: its
+    /// `SocksPort` line has the `ExtendedErrors` flag, so the replies
+    /// 0xF0-0xF7 (not published, introduction failed, bad address, client
+    /// authorization, ...) can arrive. Asked over the control port
+    /// (`GETCONF SocksPort`, `GETINFO net/listeners/socks`; see
+    /// [`ControlConnection::socks_extended_errors`]).
+    ///
+    /// - `Some(true)`: every reply code can arrive.
+    /// - `Some(false)`: only the basic SOCKS codes 1-8 can: an unpublished
+    ///   peer, a failed introduction and (for most tors) a malformed onion
+    ///   address all read as "host unreachable" or "general failure". The
+    ///   cure is `ExtendedErrors` on the `SocksPort` line of the torrc.
+    /// - `None`: it could not be told (the control port refused or did not
+    ///   answer, or this tor does not listen at [`TorTransport::socks`]).
+    ///
+    /// Every tor this crate starts ([`crate::TorProcess`], the test
+    /// network's clients) has the flag.
+    pub async fn extended_errors(&self) -> Option<bool> {
+        let mut control = ControlConnection::open(self.control, &self.auth)
+            .await
+            .ok()?;
+        control
+            .socks_extended_errors(self.socks)
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl Transport for TorTransport {

@@ -1,5 +1,6 @@
 //! The control port client against a real, lone tor (`DisableNetwork 1`):
-//! authentication methods, ADD_ONION with our own key, DEL_ONION, errors.
+//! authentication methods, GETCONF, ADD_ONION with our own key, DEL_ONION,
+//! errors.
 //! Fails (never skips) when tor is not installed.
 
 use core::time::Duration;
@@ -78,6 +79,24 @@ fn control_port_with_lone_tor() {
             matches!(r, Err(ControlError::Rejected { code: 552, .. })),
             "{r:?}"
         );
+
+        // GETCONF: the lone tor's one SocksPort line, as written. With
+        // DisableNetwork it listens nowhere, so whether the SOCKS port we
+        // would dial has ExtendedErrors cannot be told.
+        assert_eq!(c.get_conf("SocksPort").await.unwrap(), ["127.0.0.1:auto"]);
+        let r = c.get_conf("NoSuchOption").await;
+        assert!(
+            matches!(r, Err(ControlError::Rejected { code: 552, .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            c.socks_extended_errors("127.0.0.1:9050".parse().unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+        let unknown = TorTransport::new("127.0.0.1:9".parse().unwrap(), addr, ControlAuth::Auto);
+        assert_eq!(unknown.extended_errors().await, None);
 
         // ADD_ONION with our key: tor's ServiceID equals our address.
         let id = Identity::from_seed(&core::array::from_fn(|i| i as u8));

@@ -8,15 +8,13 @@
 use core::time::Duration;
 use std::time::Instant;
 
-use cwtch_proto::{Identity, OnionAddress};
+use cwtch_proto::Identity;
 use cwtch_tests::testnet::{TestNetwork, TorClient, process_alive};
 use cwtch_transport_socks::control::ControlConnection;
 use cwtch_transport_socks::control::status::BootstrapStatus;
 use cwtch_transport_socks::control::status::parse_stream_status;
 use cwtch_transport_socks::launch::{TorConfig, TorProcess};
-use cwtch_transport_socks::socks::{
-    DialError, IsolationKey, RetryPolicy, SocksReply, dial_onion, dial_with_retry,
-};
+use cwtch_transport_socks::socks::{IsolationKey, RetryPolicy, dial_with_retry};
 use cwtch_transport_socks::transport::{Listener, PEER_PORT, Stream, TorTransport, Transport};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -178,35 +176,8 @@ fn onion_services_over_private_tor_network() {
         .await;
         check_isolation(&b, &listener, &bob_key, &carol_key).await;
 
-        // 2. An address nobody serves: typed error, within the timeout.
-        let nobody: OnionAddress = Identity::from_seed(&[0xEE; 32]).address();
-        let limit = Duration::from_secs(45);
-        let t = Instant::now();
-        let r = dial_onion(b.socks_addr, &nobody, PEER_PORT, &bob_key, limit).await;
-        let took = t.elapsed();
-        eprintln!(
-            "dial to unserved onion: {r:?} after {:.1} s",
-            took.as_secs_f64()
-        );
-        match r {
-            Err(DialError::PeerOffline {
-                reply: Some(SocksReply::HostUnreachable),
-            }) => {}
-            other => panic!("expected PeerOffline(HostUnreachable), got {other:?}"),
-        }
-        assert!(took < limit);
-        // A port the service does not serve on an onion that is up.
-        let r = dial_onion(b.socks_addr, &alice.address(), 1234, &bob_key, limit).await;
-        eprintln!("dial to unserved virtual port: {r:?}");
-        assert!(
-            matches!(
-                r,
-                Err(DialError::Refused {
-                    reply: Some(SocksReply::ConnectionRefused)
-                })
-            ),
-            "{r:?}"
-        );
+        // 2. Failed dials and the reply codes tor gives for them:
+        // tests/tor_socks_errors.rs.
 
         // 3. Our own launched tor joins the network and serves an onion.
         let mut config = TorConfig::new(&own_dir);
@@ -223,6 +194,8 @@ fn onion_services_over_private_tor_network() {
         eprintln!("own tor bootstrapped in {:.1} s", t.elapsed().as_secs_f64());
         assert_eq!(seen.last().map(|s| s.progress), Some(100));
         assert!(own.is_running());
+        // Every tor we launch has ExtendedErrors on its SocksPort.
+        assert_eq!(own.transport().extended_errors().await, Some(true));
         let dave = Identity::from_seed(&[0xD0; 32]);
         let mut own_listener = own
             .transport()

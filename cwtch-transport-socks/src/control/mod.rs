@@ -1,13 +1,15 @@
 //! A client of Tor's control port (control-spec): authentication, onion
 //! services, bootstrap status and events.
 //!
-//! The grammar lives in pure parsers ([`reply`], [`auth`], [`status`]);
+//! The grammar lives in pure parsers ([`reply`], [`auth`], [`status`],
+//! [`conf`]);
 //! [`ControlConnection`] is the thin async driver around them. Answers to
 //! commands and asynchronous `650` events may interleave on the wire: the
 //! connection queues events while it waits for an answer, and hands them
 //! out with [`ControlConnection::next_event`].
 
 pub mod auth;
+pub mod conf;
 pub mod reply;
 pub mod status;
 
@@ -468,6 +470,33 @@ impl ControlConnection {
     pub async fn socks_listeners(&mut self) -> Result<Vec<SocketAddr>, ControlError> {
         let v = self.get_info("net/listeners/socks").await?;
         Ok(status::parse_listeners(&v)?)
+    }
+
+    /// `GETCONF key`: the value of every line of `key`, in order (an
+    /// option set several times, like `SocksPort`, has several); empty when
+    /// the option is at its default.
+    pub async fn get_conf(&mut self, key: &str) -> Result<Vec<String>, ControlError> {
+        if key.is_empty() || key.contains(' ') {
+            return Err(ControlError::InvalidArgument);
+        }
+        let r = self.command(&format!("GETCONF {key}")).await?;
+        Ok(conf::parse_conf_values(&r, key))
+    }
+
+    /// Whether tor's SOCKS port at `socks` has the `ExtendedErrors` flag,
+    /// so that a failed onion dial says why (SOCKS replies 0xF0-0xF7)
+    /// rather than only "host unreachable" (`GETCONF SocksPort` and
+    /// `GETINFO net/listeners/socks`, read by
+    /// [`conf::socks_extended_errors`]). `Ok(None)` when tor does not
+    /// listen at `socks` or its configuration does not tell which line is
+    /// that port.
+    pub async fn socks_extended_errors(
+        &mut self,
+        socks: SocketAddr,
+    ) -> Result<Option<bool>, ControlError> {
+        let lines = self.get_conf("SocksPort").await?;
+        let listeners = self.socks_listeners().await?;
+        Ok(conf::socks_extended_errors(&lines, &listeners, socks))
     }
 
     /// `SETEVENTS` with these event names (replaces the previous set).
