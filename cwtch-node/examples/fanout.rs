@@ -71,7 +71,7 @@ impl Subscriber {
     fn drain(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-        while let Ok(Some(n)) = self.0.poll_transmit(&mut buf) {
+        while let Ok(Some(n)) = self.0.poll_transmit(cwtch_proto::Instant::ZERO, &mut buf) {
             out.push(buf[..n].to_vec());
         }
         while let Some(e) = self.0.poll_event() {
@@ -93,7 +93,7 @@ impl LinkHandler for Subscriber {
         self.drain()
     }
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
-        let _ = self.0.handle_reply(msg);
+        let _ = self.0.handle_message(msg, cwtch_proto::Instant::ZERO);
         self.drain()
     }
     fn closed(&mut self, _reason: CloseReason) {}
@@ -232,15 +232,18 @@ impl Poster {
         let mut c = self.client.lock().unwrap();
         let mut out = Vec::new();
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-        while let Ok(Some(n)) = c.poll_transmit(&mut buf) {
+        while let Ok(Some(n)) = c.poll_transmit(cwtch_proto::Instant::ZERO, &mut buf) {
             out.push(buf[..n].to_vec());
         }
         while let Some(e) = c.poll_event() {
             match e {
-                ClientEvent::Posted { seq, .. } => {
-                    let _ = self.acks.send((seq, Instant::now()));
+                ClientEvent::Posted { post, .. } => {
+                    let _ = self.acks.send((post.0, Instant::now()));
                 }
-                ClientEvent::Refused(r) => panic!("the server refused a post: {r:?}"),
+                ClientEvent::Refused(r) => panic!("the server refused a request: {r:?}"),
+                ClientEvent::PostRefused { reason, .. } => {
+                    panic!("the server refused a post: {reason:?}")
+                }
                 _ => {}
             }
         }
@@ -253,7 +256,11 @@ impl LinkHandler for Poster {
         self.drain()
     }
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
-        let _ = self.client.lock().unwrap().handle_reply(msg);
+        let _ = self
+            .client
+            .lock()
+            .unwrap()
+            .handle_message(msg, cwtch_proto::Instant::ZERO);
         self.drain()
     }
     fn closed(&mut self, _reason: CloseReason) {}
@@ -430,8 +437,13 @@ fn main() {
         // Ours.
         let msg = {
             let mut c = client.lock().unwrap();
-            let sent = c.post(&b, &mut buf).expect("post");
-            buf[..sent.len].to_vec()
+            c.queue_post(cwtch_proto::server::PostId(tag as u64), &b)
+                .expect("post");
+            let n = c
+                .poll_transmit(cwtch_proto::Instant::ZERO, &mut buf)
+                .expect("post")
+                .expect("the post goes out");
+            buf[..n].to_vec()
         };
         let cpu0 = process_cpu();
         let t0 = Instant::now();

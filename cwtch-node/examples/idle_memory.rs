@@ -57,7 +57,7 @@ impl Subscriber {
     fn drain(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-        while let Ok(Some(n)) = self.0.poll_transmit(&mut buf) {
+        while let Ok(Some(n)) = self.0.poll_transmit(cwtch_proto::Instant::ZERO, &mut buf) {
             out.push(buf[..n].to_vec());
         }
         while self.0.poll_event().is_some() {}
@@ -72,7 +72,7 @@ impl LinkHandler for Subscriber {
         self.drain()
     }
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
-        let _ = self.0.handle_reply(msg);
+        let _ = self.0.handle_message(msg, cwtch_proto::Instant::ZERO);
         self.drain()
     }
     fn closed(&mut self, _reason: CloseReason) {}

@@ -76,13 +76,22 @@ impl Poster {
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
         let b = blob((self.id << 32) | self.n);
         self.n += 1;
-        match self.client.post(&b, &mut buf) {
-            Ok(sent) => {
-                self.sent = Instant::now();
-                vec![buf[..sent.len].to_vec()]
-            }
-            Err(_) => Vec::new(),
+        if self
+            .client
+            .queue_post(cwtch_proto::server::PostId(self.n), &b)
+            .is_err()
+        {
+            return Vec::new();
         }
+        let mut out = Vec::new();
+        while let Ok(Some(n)) = self
+            .client
+            .poll_transmit(cwtch_proto::Instant::ZERO, &mut buf)
+        {
+            out.push(buf[..n].to_vec());
+        }
+        self.sent = Instant::now();
+        out
     }
 }
 
@@ -91,7 +100,7 @@ impl LinkHandler for Poster {
         Vec::new()
     }
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
-        let _ = self.client.handle_reply(msg);
+        let _ = self.client.handle_message(msg, cwtch_proto::Instant::ZERO);
         let mut out = Vec::new();
         while let Some(e) = self.client.poll_event() {
             match e {
@@ -103,7 +112,7 @@ impl LinkHandler for Poster {
                     record(self.sent, Instant::now());
                     out.extend(self.post());
                 }
-                ClientEvent::Refused(_) => {
+                ClientEvent::Refused(_) | ClientEvent::PostRefused { .. } => {
                     REFUSED.fetch_add(1, Ordering::Relaxed);
                     out.extend(self.post());
                 }

@@ -31,9 +31,9 @@ use crate::profile_store::Table;
 
 /// A server not yet known in a group is posted there at most this often:
 /// 10 minutes.
-pub const NEW_EVERY_MS: u64 = 10 * 60 * 1000;
+pub const NEW_EVERY_MS: u64 = cwtch_proto::group::adverts::NEW_ADVERTS_EVERY.as_millis();
 /// Otherwise a group hears our servers once a day.
-pub const REFRESH_EVERY_MS: u64 = 24 * 3600 * 1000;
+pub const REFRESH_EVERY_MS: u64 = cwtch_proto::group::adverts::REFRESH_ADVERTS_EVERY.as_millis();
 /// How often the node looks (the decisions above are what bound traffic).
 const TICK_MS: u64 = 5_000;
 /// The most server addresses remembered as known in one group.

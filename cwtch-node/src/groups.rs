@@ -3,7 +3,7 @@
 //! saved cursor, subscribe, detect our blobs with the cheap tag, open them,
 //! and feed the core's gap tracker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
@@ -15,8 +15,8 @@ use cwtch_proto::group::{
     GapEvent, GapTracker, Group, GroupSecret, Invite, SenderChain, ServerList,
 };
 use cwtch_proto::peer::PeerMessage;
-use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
-use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind};
+use cwtch_proto::server::client::{ClientConfig, ClientEvent, PostId, ServerClient};
+use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{Instant, OnionAddress, PublicIdentity, UnixMicros};
 use cwtch_transport_socks::{IsolationKey, PEER_PORT, Transport};
@@ -27,12 +27,6 @@ use crate::link::{self, LinkHandler, LinkSender};
 use crate::model::{ConnState, ConnStatus, Delivery, OutBody, OutItem, StoredMessage};
 use crate::peer::{PeerError, PeerNode, decode, encode, notify, outbox_key};
 use crate::profile_store::Table;
-
-/// Each connection to a server starts its sync up to this many entries
-/// before the saved cursor (SPEC.md section 8.5): the exact cursor would
-/// let the server link a reconnecting member's anonymous connections. The
-/// re-sent blobs (at most 128 KiB) are dropped by the client.
-const CURSOR_JITTER: u64 = 64;
 
 /// A group as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -190,16 +184,13 @@ pub struct ServerConn {
     /// group was joined there after the cursor passed its earlier posts, or
     /// recovery asks the server again ([`PeerNode::rewind_server`]).
     pub(crate) rewind: Option<u64>,
-    /// Posts the server refused for now (rate limit, full store), to post
-    /// again on this connection when the time comes: (when, group, group
-    /// seq). At most [`MAX_POST_RETRIES`]; a new connection posts every
-    /// pending post anyway, so it starts with none.
-    retries: Vec<(Instant, String, u64)>,
+    /// The posts handed to this connection's client, by the client's
+    /// `PostId`: (group, group seq). The client owns their sending,
+    /// pipelining and retries (the core's rules); a new connection starts
+    /// with none and is handed the outgoing queue again.
+    posts: HashMap<u64, (String, u64)>,
+    next_post: u64,
 }
-
-/// Refused posts waiting for their retry on one server connection; beyond
-/// that, a refused post waits for the next connection.
-const MAX_POST_RETRIES: usize = 256;
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -308,7 +299,7 @@ impl PeerNode {
                     unhex::<32>(&c.hash),
                     unhex::<32>(&c.prev_hash),
                 ) {
-                    let _ = tracker.ingest_parts(
+                    let _ = tracker.handle_parts(
                         cwtch_proto::group::MemberId(member),
                         c.seq,
                         &MessageHash(hash),
@@ -597,7 +588,7 @@ impl PeerNode {
         g.record.prev_hash = hex(&chain.prev_hash().0);
         let _ = g
             .tracker
-            .ingest_parts(member, group_seq, &hash, &MessageHash(prev), &seen);
+            .handle_parts(member, group_seq, &hash, &MessageHash(prev), &seen);
         while g.tracker.poll_event().is_some() {}
         let record = g.record.clone();
         // Server adverts are for the directory, not the conversation.
@@ -664,7 +655,7 @@ impl PeerNode {
                 .or_insert_with(|| new_server_conn(0));
         }
         for (server, blob) in blobs {
-            self.post_now(&st, &server, gid, group_seq, &blob);
+            self.post_now(&mut st, &server, gid, group_seq, &blob);
         }
         if !hidden {
             notify(&mut st, &stored);
@@ -672,15 +663,18 @@ impl PeerNode {
         Ok(stored)
     }
 
+    /// Hands a post to `server`'s client, if connected and it has room;
+    /// otherwise it waits in the outgoing queue, which is handed over as
+    /// room frees ([`PeerNode::feed_posts`]).
     pub(crate) fn post_now(
         &self,
-        st: &crate::peer::State,
+        st: &mut crate::peer::State,
         server: &str,
         gid: &str,
         group_seq: u64,
         blob: &[u8],
     ) {
-        let Some(conn) = st.servers.get(server) else {
+        let Some(conn) = st.servers.get_mut(server) else {
             return;
         };
         let (Some(client), Some(tx)) = (&conn.client, &conn.tx) else {
@@ -689,19 +683,54 @@ impl PeerNode {
         let Ok(blob) = <&[u8; SEALED_BLOB_LEN]>::try_from(blob) else {
             return;
         };
-        let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-        let posted = client.post(blob, &mut out);
-        tracing::debug!(ok = posted.is_ok(), "post");
-        if let Ok(sent) = posted {
-            out.truncate(sent.len);
-            POSTS_IN_FLIGHT
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((server.to_string(), sent.seq), (gid.to_string(), group_seq));
-            // A full queue closes the connection rather than skip this
-            // post: the next one posts every pending post.
-            link::send_all(tx, vec![out]);
+        if conn
+            .posts
+            .values()
+            .any(|(g, s)| g == gid && *s == group_seq)
+        {
+            return; // handed over already
+        }
+        let id = conn.next_post;
+        let queued = client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue_post(PostId(id), blob);
+        if queued.is_ok() {
+            conn.next_post += 1;
+            conn.posts.insert(id, (gid.to_string(), group_seq));
+            // The link's driver sends it (after any proof of work).
+            link::poke(tx);
+        }
+    }
+
+    /// Hands `server`'s client the pending posts of the outgoing queue, as
+    /// many as it takes, oldest first.
+    pub(crate) fn feed_posts(&self, st: &mut crate::peer::State, server: &str) {
+        let room = st
+            .servers
+            .get(server)
+            .and_then(|c| c.client.as_ref())
+            .map_or(0, |c| {
+                c.lock().unwrap_or_else(|e| e.into_inner()).queue_room()
+            });
+        if room == 0 {
+            return;
+        }
+        let handed: std::collections::HashSet<(String, u64)> = st
+            .servers
+            .get(server)
+            .map(|c| c.posts.values().cloned().collect())
+            .unwrap_or_default();
+        let posts: Vec<GroupPost> = self
+            .pending_posts(server)
+            .into_iter()
+            .filter(|p| !handed.contains(&(p.group.clone(), p.group_seq)))
+            .take(room)
+            .collect();
+        for post in posts {
+            if let Some(blob) = unhex::<SEALED_BLOB_LEN>(&post.blob) {
+                self.post_now(st, server, &post.group, post.group_seq, &blob);
+            }
         }
     }
 
@@ -789,38 +818,7 @@ impl PeerNode {
                 let node = self.clone();
                 smol::spawn(async move { node.run_server(server, run).await }).detach();
             }
-            self.retry_refused_posts(now);
             smol::Timer::after(std::time::Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Posts again, on the same connection, what a server refused for now
-    /// and whose time has come (oldest group seq first), unless the post
-    /// was acknowledged since (no longer in the outbox).
-    fn retry_refused_posts(&self, now: Instant) {
-        let mut st = self.state();
-        let mut due: Vec<(String, String, u64)> = Vec::new();
-        for (server, c) in st.servers.iter_mut() {
-            c.retries.retain(|(at, gid, seq)| {
-                let now_due = *at <= now;
-                if now_due {
-                    due.push((server.clone(), gid.clone(), *seq));
-                }
-                !now_due
-            });
-        }
-        due.sort_by_key(|(_, _, seq)| *seq);
-        for (server, gid, seq) in due {
-            let post = self
-                .store
-                .get(Table::Outbox, &post_key(&server, &gid, seq))
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_slice::<GroupPost>(&v).ok())
-                .and_then(|p| unhex::<SEALED_BLOB_LEN>(&p.blob));
-            if let Some(blob) = post {
-                self.post_now(&st, &server, &gid, seq, &blob);
-            }
         }
     }
 
@@ -899,10 +897,8 @@ impl PeerNode {
                     }
                 };
                 let client = Arc::new(Mutex::new(ServerClient::new(
-                    ClientConfig {
-                        cursor_jitter: CURSOR_JITTER,
-                        ..ClientConfig::default()
-                    },
+                    // The core's jitter, pipelining and retry rules.
+                    ClientConfig::default(),
                     cursor,
                     &mut rng,
                 )));
@@ -985,10 +981,6 @@ impl PeerNode {
             ClientEvent::Connected(_) => {
                 self.set_server_status(server, ConnState::Authenticated, None);
                 let mut st = self.state();
-                // Every pending post goes out below.
-                if let Some(c) = st.servers.get_mut(server) {
-                    c.retries.clear();
-                }
                 self.directory_connected(&mut st, server);
                 if let Some(client) = st.servers.get(server).and_then(|c| c.client.as_ref()) {
                     client
@@ -996,11 +988,8 @@ impl PeerNode {
                         .unwrap_or_else(|e| e.into_inner())
                         .request_advert();
                 }
-                for post in self.pending_posts(server) {
-                    if let Some(blob) = unhex::<SEALED_BLOB_LEN>(&post.blob) {
-                        self.post_now(&st, server, &post.group, post.group_seq, &blob);
-                    }
-                }
+                // The outgoing queue, as much as the client takes.
+                self.feed_posts(&mut st, server);
             }
             ClientEvent::Synced { .. } => self.set_server_status(server, ConnState::Synced, None),
             ClientEvent::HeadBehindCursor { cursor, head } => {
@@ -1040,17 +1029,16 @@ impl PeerNode {
                 let mut st = self.state();
                 self.directory_own_advert(&mut st, server, &advert);
             }
-            ClientEvent::Posted { seq, .. } => {
-                let key = (server.to_string(), seq);
-                let Some((gid, group_seq)) = POSTS_IN_FLIGHT
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key)
+            ClientEvent::Posted { post, .. } => {
+                let me = self.identity.public();
+                let mut st = self.state();
+                let Some((gid, group_seq)) = st
+                    .servers
+                    .get_mut(server)
+                    .and_then(|c| c.posts.remove(&post.0))
                 else {
                     return;
                 };
-                let me = self.identity.public();
-                let mut st = self.state();
                 let member = st.groups.get(&gid).map(|g| g.group.id().member_id(&me));
                 let _ = self
                     .store
@@ -1065,6 +1053,36 @@ impl PeerNode {
                         let _ = self.store.put(Table::Messages, &mkey, &encode(&m));
                         notify(&mut st, &m);
                     }
+                }
+                // Room in the client's queue: hand it what waits.
+                self.feed_posts(&mut st, server);
+            }
+            ClientEvent::PostRefused {
+                post,
+                reason,
+                retry_at,
+            } => {
+                crate::log_throttled!(kind = reason; "server refused a post: {reason:?}");
+                let mut st = self.state();
+                let Some(c) = st.servers.get_mut(server) else {
+                    return;
+                };
+                c.status.last_error = Some(match retry_at {
+                    Some(_) => format!("refused a post for now ({reason:?}); posting it again"),
+                    None => format!("refused a post ({reason:?})"),
+                });
+                if retry_at.is_none() {
+                    // Dropped by the client: it stays in the outgoing queue
+                    // and goes out again on the next connection.
+                    c.posts.remove(&post.0);
+                }
+            }
+            ClientEvent::PowTooHard { bits } => {
+                let mut st = self.state();
+                if let Some(c) = st.servers.get_mut(server) {
+                    c.status.last_error = Some(format!(
+                        "demands {bits} bits of proof of work per post, more than we pay: posts wait"
+                    ));
                 }
             }
             ClientEvent::Blob { index, blob, .. } => {
@@ -1083,24 +1101,8 @@ impl PeerNode {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
                 // The session goes on: keep its state, say why.
                 let mut st = self.state();
-                let Some(c) = st.servers.get_mut(server) else {
-                    return;
-                };
-                c.status.last_error = Some(format!("refused: {:?}", r.reason));
-                if r.request != RequestKind::Post {
-                    return;
-                }
-                let Some(wait) = r.reason.retry_after() else {
-                    return;
-                };
-                let refused = POSTS_IN_FLIGHT
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(server.to_string(), r.seq));
-                if let Some((gid, group_seq)) = refused
-                    && c.retries.len() < MAX_POST_RETRIES
-                {
-                    c.retries.push((clock::now() + wait, gid, group_seq));
+                if let Some(c) = st.servers.get_mut(server) {
+                    c.status.last_error = Some(format!("refused: {:?}", r.reason));
                 }
             }
             _ => {}
@@ -1179,7 +1181,7 @@ impl PeerNode {
             ),
             _ => {}
         }
-        let ingested = g.tracker.ingest(&opened);
+        let ingested = g.tracker.handle_message(&opened);
         let mut gaps = Vec::new();
         while let Some(ev) = g.tracker.poll_event() {
             gaps.push(describe_gap(&ev, |m| {
@@ -1497,7 +1499,8 @@ pub(crate) fn new_server_conn(cursor: u64) -> ServerConn {
         cursor,
         failing_since: None,
         rewind: None,
-        retries: Vec::new(),
+        posts: HashMap::new(),
+        next_post: 0,
     }
 }
 
@@ -1515,9 +1518,6 @@ fn next_run() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
-
-/// Posts sent on the current connections: (server, post seq) → (group, group seq).
-static POSTS_IN_FLIGHT: Mutex<BTreeMap<(String, u64), (String, u64)>> = Mutex::new(BTreeMap::new());
 
 pub(crate) fn post_key(server: &str, gid: &str, group_seq: u64) -> Vec<u8> {
     let mut k = format!("post:{server}:{gid}:").into_bytes();
@@ -1563,7 +1563,7 @@ impl ServerLink {
         {
             let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
             let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-            while let Ok(Some(n)) = client.poll_transmit(&mut buf) {
+            while let Ok(Some(n)) = client.poll_transmit(clock::now(), &mut buf) {
                 out.push(buf[..n].to_vec());
             }
             while let Some(ev) = client.poll_event() {
@@ -1579,7 +1579,7 @@ impl ServerLink {
         }
         let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-        while let Ok(Some(n)) = client.poll_transmit(&mut buf) {
+        while let Ok(Some(n)) = client.poll_transmit(clock::now(), &mut buf) {
             out.push(buf[..n].to_vec());
         }
         out
@@ -1594,7 +1594,7 @@ impl LinkHandler for ServerLink {
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
         let result = {
             let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
-            client.handle_reply(msg)
+            client.handle_message(msg, clock::now())
         };
         if let Err(e) = result {
             crate::log_throttled!(kind = e; "server reply refused: {e:?}");
@@ -1604,12 +1604,42 @@ impl LinkHandler for ServerLink {
 
     fn closed(&mut self, _reason: CloseReason) {
         // Not the posts of a newer connection to the same server.
-        if self.is_current() {
-            POSTS_IN_FLIGHT
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(s, _), _| s != &self.server);
+        if self.is_current()
+            && let Some(c) = self.node.state().servers.get_mut(&self.server)
+        {
+            c.posts.clear(); // the next connection is handed the queue again
         }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .poll_timeout()
+    }
+
+    fn timeout(&mut self) -> Vec<Vec<u8>> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handle_timeout(clock::now());
+        self.drain()
+    }
+
+    fn wants_work(&self) -> bool {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wants_work(clock::now())
+    }
+
+    fn work(&mut self) -> Vec<Vec<u8>> {
+        // One bounded step (POW_STEP_MAX hashes); the driver yields after.
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .poll_work(clock::now(), cwtch_proto::server::client::POW_STEP_MAX);
+        self.drain()
     }
 }
 

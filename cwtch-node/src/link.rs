@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use cwtch_proto::PublicIdentity;
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{CloseReason, Connection, Event};
+use cwtch_proto::connection::{CloseReason, Connection, ConnectionEvent};
 use cwtch_transport_socks::Stream;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
@@ -24,6 +24,9 @@ pub enum LinkCommand {
     Send(Vec<u8>),
     /// Close the link gracefully.
     Close,
+    /// The owner's machine has something new to send (a post was queued):
+    /// the driver asks the handler ([`LinkHandler::timeout`]).
+    Poke,
 }
 
 /// The handle the owner keeps to talk to a link.
@@ -35,6 +38,14 @@ pub type LinkSender = Sender<LinkCommand>;
 pub fn close(tx: &LinkSender) {
     if tx.try_send(LinkCommand::Close).is_err() {
         tx.close();
+    }
+}
+
+/// Wakes the link behind `tx` to ask its handler for what to send; if the
+/// command queue is full, closes the link (the next one starts over).
+pub fn poke(tx: &LinkSender) {
+    if tx.try_send(LinkCommand::Poke).is_err() {
+        close(tx);
     }
 }
 
@@ -62,6 +73,24 @@ pub trait LinkHandler {
     fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>>;
     /// The link is over.
     fn closed(&mut self, reason: CloseReason);
+    /// When the owner's own machine wants [`LinkHandler::timeout`] (its
+    /// `poll_timeout`).
+    fn poll_timeout(&self) -> Option<cwtch_proto::Instant> {
+        None
+    }
+    /// The owner's deadline passed; return messages to send.
+    fn timeout(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// Whether the owner has long work to do in bounded steps (a proof of
+    /// work): the driver calls [`LinkHandler::work`] and yields in between.
+    fn wants_work(&self) -> bool {
+        false
+    }
+    /// One bounded step of that work; messages to send.
+    fn work(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 enum Wake {
@@ -90,7 +119,7 @@ pub async fn drive(
         let mut closed = None;
         while let Some(event) = conn.poll_event() {
             match event {
-                Event::IncomingPeer { remote } => {
+                ConnectionEvent::IncomingPeer { remote } => {
                     let result = if handler.incoming(remote) {
                         conn.accept(clock::now())
                     } else {
@@ -100,9 +129,9 @@ pub async fn drive(
                         conn.close();
                     }
                 }
-                Event::Established { remote } => outq.extend(handler.established(remote)),
-                Event::Message(msg) => outq.extend(handler.message(msg)),
-                Event::Closed(reason) => closed = Some(reason),
+                ConnectionEvent::Established { remote } => outq.extend(handler.established(remote)),
+                ConnectionEvent::Message(msg) => outq.extend(handler.message(msg)),
+                ConnectionEvent::Closed(reason) => closed = Some(reason),
             }
         }
         // Queue and transmit as much as the connection takes.
@@ -146,8 +175,18 @@ pub async fn drive(
                 }
             }
         }
+        // Long work goes in bounded steps, other tasks running in between.
+        if handler.wants_work() {
+            outq.extend(handler.work());
+            smol::future::yield_now().await;
+            continue;
+        }
         // Sleep until input, a command, or the next deadline.
-        let deadline = conn.poll_timeout();
+        let owner_deadline = handler.poll_timeout();
+        let deadline = match (conn.poll_timeout(), owner_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let read = async { Wake::Read(stream.read(&mut readbuf).await) };
         let command = async {
             if commands_open {
@@ -178,11 +217,18 @@ pub async fn drive(
             }
             Wake::Command(Some(LinkCommand::Send(msg))) => outq.push_back(msg),
             Wake::Command(Some(LinkCommand::Close)) => conn.close(),
+            Wake::Command(Some(LinkCommand::Poke)) => outq.extend(handler.timeout()),
             Wake::Command(None) => {
                 commands_open = false;
                 conn.close();
             }
-            Wake::Timer => conn.handle_timeout(clock::now()),
+            Wake::Timer => {
+                let now = clock::now();
+                conn.handle_timeout(now);
+                if owner_deadline.is_some_and(|at| at <= now) {
+                    outq.extend(handler.timeout());
+                }
+            }
         }
     }
 }
@@ -195,7 +241,7 @@ mod tests {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|c| match c {
                 LinkCommand::Send(m) => m.first().copied(),
-                LinkCommand::Close => None,
+                LinkCommand::Close | LinkCommand::Poke => None,
             })
             .collect()
     }

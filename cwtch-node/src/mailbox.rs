@@ -36,9 +36,9 @@ pub const POST_PREFIX: &str = "mailbox:";
 /// How long a mailbox replaced by rotation is still read, so that requests
 /// already sent to the old identifier (or sent by people who have not seen
 /// the new one yet) are found. `mailbox create --revoke-old` skips it.
-pub const RETIRED_GRACE_MILLIS: u64 = 30 * 24 * 3600 * 1000;
+pub const RETIRED_GRACE_MILLIS: u64 = cwtch_proto::mailbox::RETIRED_READ_FOR.as_millis();
 /// Retired mailboxes kept at once (the newest); older ones are dropped.
-pub const MAX_RETIRED: usize = 4;
+pub const MAX_RETIRED: usize = cwtch_proto::mailbox::MAX_RETIRED;
 
 /// The mailbox as stored (inside the encrypted profile).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -321,7 +321,7 @@ impl PeerNode {
         st.servers
             .entry(server.clone())
             .or_insert_with(|| groups::new_server_conn(0));
-        self.post_now(&st, &server, &pseudo, id, &blob);
+        self.post_now(&mut st, &server, &pseudo, id, &blob);
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use crate::profile_store::Table;
 
 /// How long after a move we still tell member contacts about it: 30 days
 /// (as long as members keep blobs for recovery).
-pub const TELL_FOR_MS: u64 = 30 * 24 * 3600 * 1000;
+pub const TELL_FOR_MS: u64 = cwtch_proto::group::moving::TELL_FOR.as_millis();
 
 /// A copy of a move notice, sealed for one server.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -18,7 +18,7 @@
 //! `AUTO_MOVE_EVERY`.
 
 use cwtch_proto::group::control::MOVE_NOTICE_MAX_LEN;
-use cwtch_proto::group::moving::{READ_OLD_FOR, ServerHealth, own_notice_time};
+use cwtch_proto::group::moving::{AutoMoveEvent, READ_OLD_FOR, ServerHealth, own_notice_time};
 use cwtch_proto::group::{Group, GroupSecret, MessageKind, MoveNotice, ServerList};
 use cwtch_proto::{Instant, OnionAddress, UnixMicros};
 
@@ -30,7 +30,7 @@ use crate::profile_store::Table;
 
 /// The most servers a group remembers having moved away from (the oldest
 /// is forgotten first).
-pub const MAX_PREVIOUS_SERVERS: usize = 8;
+pub const MAX_PREVIOUS_SERVERS: usize = cwtch_proto::group::moving::MAX_PREVIOUS_SERVERS;
 
 /// Per server, the posts it acknowledged and then did not serve (its own
 /// evidence, `ClientEvent::Withheld`), counted over the last
@@ -42,7 +42,7 @@ pub(crate) struct WithheldLog {
 }
 
 /// How long withholding evidence counts: 7 days.
-pub const WITHHELD_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+pub const WITHHELD_WINDOW_MS: u64 = cwtch_proto::group::moving::WITHHELD_COUNTS_FOR.as_millis();
 
 impl WithheldLog {
     /// `count` posts withheld by `server`, seen at `now_ms`.
@@ -257,7 +257,8 @@ impl PeerNode {
             }
             for (gid, current) in decided {
                 let auto = st.auto_moves.entry(gid.clone()).or_default();
-                if let Some(to) = auto.handle_health(now, &current, &all) {
+                auto.handle_health(now, &current, &all);
+                if let Some(AutoMoveEvent::MoveTo(to)) = auto.poll_event() {
                     proposals.push((gid, to.to_string()));
                 }
             }

@@ -14,8 +14,8 @@ use cwtch_proto::peer::message::MAX_ENCODED_LEN;
 use cwtch_proto::peer::requests::request_text_allowed;
 use cwtch_proto::peer::session::{admit, keep_new_link};
 use cwtch_proto::peer::{
-    Action, Backoff, Incoming, PeerMessage, PeerSession, PendingRequests, Refusal, RequestOrigin,
-    SessionError, Standing,
+    Backoff, Incoming, PeerEvent, PeerMessage, PeerRefusal, PeerSession, PeerSessionError,
+    PendingRequests, RequestOrigin, Standing,
 };
 use cwtch_proto::{Identity, Instant, OnionAddress, PublicIdentity};
 use cwtch_transport_socks::{AnyTransport, IsolationKey, Listener, PEER_PORT, Stream, Transport};
@@ -127,9 +127,6 @@ struct LinkEntry {
     id: u64,
     tx: LinkSender,
     we_dialed: bool,
-    /// The peer said its name on this link (later `Hello`s are ignored:
-    /// each would cost a durable write).
-    named: bool,
     /// The link's rules: what we say, what we act upon.
     session: PeerSession,
 }
@@ -347,7 +344,7 @@ impl PeerNode {
         self.store
             .put(Table::Contacts, address.as_bytes(), &encode(&contact))?;
         if let Some(link) = st.links.get_mut(address) {
-            link.session.set_standing(standing(Some(state), true));
+            link.session.handle_standing(standing(Some(state), true));
             let out = self.link_actions(st, address);
             if let Some(link) = st.links.get(address) {
                 link::send_all(&link.tx, out);
@@ -364,16 +361,16 @@ impl PeerNode {
         while let Some(action) = st
             .links
             .get_mut(remote)
-            .and_then(|l| l.session.poll_action())
+            .and_then(|l| l.session.poll_event())
         {
             match action {
-                Action::Greet => {
+                PeerEvent::Greet => {
                     out.push(self.hello(&st.name));
                     out.extend(self.outbox_for(remote));
                     out.extend(self.directory_to_share(st));
                     out.extend(self.moves_to_share(st, remote));
                 }
-                Action::RecordRequest => {
+                PeerEvent::RecordRequest => {
                     // An unknown peer that authenticated: a contact request.
                     let contact = Contact {
                         address: remote.to_string(),
@@ -389,8 +386,8 @@ impl PeerNode {
                     }
                     st.contacts.insert(remote.to_string(), contact);
                 }
-                Action::Close(why) => {
-                    if why == Refusal::TooManyRequests {
+                PeerEvent::Close(why) => {
+                    if why == PeerRefusal::TooManyRequests {
                         crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
                     }
                     if let Some(link) = st.links.remove(remote) {
@@ -755,7 +752,6 @@ impl PeerNode {
                 id: link.id,
                 tx: link.tx.clone(),
                 we_dialed: link.we_dialed,
-                named: false,
                 session,
             },
         );
@@ -785,9 +781,9 @@ impl PeerNode {
         let mut st = self.state();
         // Only the link the session belongs to (not one closing after a
         // tie-break or a block).
-        let msg = match st.links.get(remote).filter(|l| l.id == link_id) {
+        let msg = match st.links.get_mut(remote).filter(|l| l.id == link_id) {
             Some(l) => l.session.handle_message(bytes),
-            None => Err(SessionError::Closed),
+            None => Err(PeerSessionError::Closed),
         };
         let msg = match msg {
             Ok(m) => m,
@@ -798,11 +794,8 @@ impl PeerNode {
         };
         match msg {
             Incoming::Hello { name } => {
+                // Once per link: the session refuses a second Hello.
                 let name = clean_name(name);
-                match st.links.get_mut(remote) {
-                    Some(l) if !l.named => l.named = true,
-                    _ => return Vec::new(),
-                }
                 if let Some(c) = st.contacts.get_mut(remote)
                     && c.name != name
                 {
@@ -1086,11 +1079,11 @@ impl LinkHandler for PeerLink {
         let standing = standing_of(&self.node.state(), &address);
         match admit(standing) {
             Ok(()) => true,
-            Err(Refusal::TooManyRequests) => {
+            Err(PeerRefusal::TooManyRequests) => {
                 crate::limits::log_drop(crate::limits::DropReason::TooManyContactRequests);
                 false
             }
-            Err(Refusal::Blocked) => false,
+            Err(PeerRefusal::Blocked) => false,
         }
     }
 
@@ -1161,7 +1154,6 @@ mod tests {
                     id: 1,
                     tx,
                     we_dialed: false,
-                    named: false,
                     session: PeerSession::new(Standing::Accepted),
                 },
             );

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use cwtch_proto::OnionAddress;
 use cwtch_proto::group::control::WANTED_MAX_LEN;
 use cwtch_proto::group::recovery::{
-    AnswerBudget, MAX_ANSWER_BLOBS, OpenRequests, Recovery, RecoveryConfig, RecoveryStep,
+    AnswerBudget, MAX_ANSWER_BLOBS, OpenRequests, Recovery, RecoveryConfig, RecoveryEvent,
 };
 use cwtch_proto::group::{MissingRange, ResendWanted, SEALED_BLOB_LEN};
 use cwtch_proto::peer::PeerMessage;
@@ -36,9 +36,9 @@ use crate::profile_store::Table;
 
 /// How long a member keeps the sealed blobs it received or sent, to answer
 /// other members' recovery requests: 30 days.
-pub const KEEP_FOR_MS: u64 = 30 * 24 * 3600 * 1000;
+pub const KEEP_FOR_MS: u64 = cwtch_proto::group::recovery::KEEP_FOR.as_millis();
 /// The most blobs a member keeps per group (about 8 MiB of profile).
-pub const KEEP_MAX_PER_GROUP: usize = 4096;
+pub const KEEP_MAX_PER_GROUP: usize = cwtch_proto::group::recovery::KEEP_MAX_PER_GROUP;
 
 /// A blob kept for recovery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ impl PeerNode {
                     .or_insert_with(|| Recovery::new(RecoveryConfig::default()));
                 recovery.handle_gaps(now, count);
                 recovery.handle_timeout(now);
-                if let Some(step) = recovery.poll_step() {
+                if let Some(step) = recovery.poll_event() {
                     steps.push((step, gid.clone(), g.tracker.missing().collect::<Vec<_>>()));
                 }
             }
@@ -123,8 +123,8 @@ impl PeerNode {
         };
         for (step, gid, missing) in steps {
             match step {
-                RecoveryStep::AskMembers => self.ask_members(&gid, &missing, now),
-                RecoveryStep::GiveUp => {
+                RecoveryEvent::AskMembers => self.ask_members(&gid, &missing, now),
+                RecoveryEvent::GiveUp => {
                     let count = missing
                         .iter()
                         .fold(0u64, |n, r| n.saturating_add(r.count()));

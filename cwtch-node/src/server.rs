@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use cwtch_proto::Identity;
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Connection, Event};
+use cwtch_proto::connection::{Connection, ConnectionEvent};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::{ADVERT_LEN, Requirements, Retention, ServerAdvert};
 use cwtch_proto::server::{
@@ -112,9 +112,9 @@ pub fn paste_string(identity: &Identity, policy: &ServerPolicyArgs) -> String {
 }
 
 /// How long a server's advert is valid (SPEC.md section 13).
-pub const ADVERT_LIFETIME_SECS: u64 = 7 * 86_400;
+pub const ADVERT_LIFETIME_SECS: u64 = cwtch_proto::server::advert::ADVERT_LIFETIME.as_secs();
 /// A running server signs a fresh advert when its current one is older.
-pub const ADVERT_REFRESH_SECS: u64 = 86_400;
+pub const ADVERT_REFRESH_SECS: u64 = cwtch_proto::server::advert::ADVERT_REFRESH.as_secs();
 
 /// The advert of a server with this policy, issued at `now` (Unix seconds).
 pub fn advert(identity: &Identity, policy: &ServerPolicyArgs, now: u64) -> ServerAdvert {
@@ -577,11 +577,11 @@ async fn serve_client_in_slot(
         let mut closed = false;
         while pending.is_none() {
             match conn.poll_event() {
-                Some(Event::IncomingPeer { .. }) => {
+                Some(ConnectionEvent::IncomingPeer { .. }) => {
                     // Every client is anonymous: accept any key.
                     let _ = conn.accept(now);
                 }
-                Some(Event::Established { .. }) => {
+                Some(ConnectionEvent::Established { .. }) => {
                     if let Some(slot) = slot {
                         slot.release();
                     }
@@ -595,8 +595,8 @@ async fn serve_client_in_slot(
                     let store = SessionStoreHandle(shared);
                     session = Some(ServerSession::new(shared.config, &store, &mut rng, now));
                 }
-                Some(Event::Message(m)) => pending = Some(m.to_vec()),
-                Some(Event::Closed(_)) => {
+                Some(ConnectionEvent::Message(m)) => pending = Some(m.to_vec()),
+                Some(ConnectionEvent::Closed(_)) => {
                     closed = true;
                     break;
                 }
@@ -619,7 +619,7 @@ async fn serve_client_in_slot(
                 if let Some(req) = &pending
                     && s.wants_request()
                 {
-                    if let Err(e) = s.handle_request(req, now, &mut store) {
+                    if let Err(e) = s.handle_message(req, now, &mut store) {
                         tracing::debug!("request not handled: {e}");
                     }
                     pending = None;

@@ -185,7 +185,7 @@ fn decrypt_then_verify(
 fn ingest_next(t: &mut GapTracker, seq: &mut u64, seen: &[SeenEntry]) -> bool {
     let s = *seq;
     let ok = t
-        .ingest_parts(
+        .handle_parts(
             MemberId([1; 16]),
             s,
             &MessageHash([s as u8; 32]),

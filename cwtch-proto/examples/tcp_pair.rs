@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Config, Connection, Event};
+use cwtch_proto::connection::{Config, Connection, ConnectionEvent};
 use cwtch_proto::{Identity, Instant};
 use getrandom::SysRng;
 use rand_core::UnwrapErr;
@@ -26,7 +26,7 @@ enum Step {
 fn drive(
     mut conn: Connection,
     mut stream: TcpStream,
-    mut script: impl FnMut(Event<'_>) -> Option<Step>,
+    mut script: impl FnMut(ConnectionEvent<'_>) -> Option<Step>,
 ) -> Result<(), String> {
     let start = StdInstant::now();
     let now = || Instant::from_micros(start.elapsed().as_micros() as u64);
@@ -39,11 +39,11 @@ fn drive(
         let mut close = false;
         let mut closed = None;
         while let Some(event) = conn.poll_event() {
-            if let Event::Closed(reason) = event {
+            if let ConnectionEvent::Closed(reason) = event {
                 closed = Some(reason);
                 break;
             }
-            if let Event::IncomingPeer { remote } = event {
+            if let ConnectionEvent::IncomingPeer { remote } = event {
                 println!("responder: {remote} is calling; accepting");
                 conn.accept(now()).map_err(|e| e.to_string())?;
                 continue;
@@ -120,7 +120,7 @@ fn main() -> Result<(), String> {
         let conn = Connection::responder(Config::default(), bob, &mut rng, Instant::ZERO);
         let mut got = Vec::new();
         drive(conn, stream, |event| match event {
-            Event::Message(m) => {
+            ConnectionEvent::Message(m) => {
                 got.push(m.to_vec());
                 let mut reply = b"bob heard: ".to_vec();
                 reply.extend_from_slice(&m[..m.len().min(32)]);
@@ -143,11 +143,11 @@ fn main() -> Result<(), String> {
     let mut to_send: Vec<Vec<u8>> = vec![b"hello bob".to_vec(), big.clone()];
     let mut replies = Vec::new();
     drive(conn, stream, |event| match event {
-        Event::Established { remote } => {
+        ConnectionEvent::Established { remote } => {
             println!("initiator: established with {remote}");
             Some(Step::Send(to_send.remove(0)))
         }
-        Event::Message(m) => {
+        ConnectionEvent::Message(m) => {
             println!("initiator got: {}", String::from_utf8_lossy(m));
             replies.push(m.to_vec());
             if to_send.is_empty() {

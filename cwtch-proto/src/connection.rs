@@ -8,14 +8,14 @@
 //! Lifecycle:
 //!
 //! - initiator: message 1 is ready to transmit from the start; message 2
-//!   arrives → [`Event::Established`]; the first frame it sends confirms
+//!   arrives → [`ConnectionEvent::Established`]; the first frame it sends confirms
 //!   the keys to the responder (a padding frame if it has no data).
-//! - responder: message 1 arrives → [`Event::IncomingPeer`] with the
+//! - responder: message 1 arrives → [`ConnectionEvent::IncomingPeer`] with the
 //!   authenticated caller; the application calls [`Connection::accept`]
 //!   (message 2 is then transmitted) or [`Connection::refuse`] (nothing is
 //!   sent; a blocked peer learns nothing). The first valid frame from the
-//!   initiator → [`Event::Established`].
-//! - either: [`Event::Message`] for each message; [`Event::Closed`] once,
+//!   initiator → [`ConnectionEvent::Established`].
+//! - either: [`ConnectionEvent::Message`] for each message; [`ConnectionEvent::Closed`] once,
 //!   at the end, with the reason.
 
 use core::fmt;
@@ -34,7 +34,7 @@ use crate::time::{Duration, Instant};
 /// Timers and limits of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// From creation until [`Event::Established`]; a slower peer is dropped.
+    /// From creation until [`ConnectionEvent::Established`]; a slower peer is dropped.
     pub handshake_timeout: Duration,
     /// Send a padding frame when we have sent nothing for this long.
     pub keepalive_interval: Duration,
@@ -132,12 +132,12 @@ pub enum CloseReason {
 
 /// What the application learns from a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event<'a> {
+pub enum ConnectionEvent<'a> {
     /// Responder only: an authenticated peer wants to talk; call
     /// [`Connection::accept`] or [`Connection::refuse`].
     IncomingPeer {
         /// Who is calling (their key is proven by message 1; the proof is
-        /// completed by [`Event::Established`]).
+        /// completed by [`ConnectionEvent::Established`]).
         remote: PublicIdentity,
     },
     /// Both sides hold the keys and the peer is authenticated.
@@ -308,7 +308,7 @@ impl Connection {
     /// Feeds bytes read from the stream. Returns how many were consumed:
     /// fewer than given when a message or a decision awaits the
     /// application (drain [`Connection::poll_event`], then call again with
-    /// the rest). An error ends the connection ([`Event::Closed`] follows).
+    /// the rest). An error ends the connection ([`ConnectionEvent::Closed`] follows).
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<usize, ConnectionError> {
         self.release_delivered_message();
         let mut consumed = 0;
@@ -403,7 +403,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Responder: accept the peer announced by [`Event::IncomingPeer`];
+    /// Responder: accept the peer announced by [`ConnectionEvent::IncomingPeer`];
     /// message 2 becomes ready to transmit.
     pub fn accept(&mut self, now: Instant) -> Result<(), ConnectionError> {
         let State::ResponderDecide(hs, remote) = &self.state else {
@@ -430,7 +430,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Responder: refuse the peer announced by [`Event::IncomingPeer`].
+    /// Responder: refuse the peer announced by [`ConnectionEvent::IncomingPeer`].
     /// Nothing is sent; drop the stream.
     pub fn refuse(&mut self) -> Result<(), ConnectionError> {
         if !matches!(self.state, State::ResponderDecide(..)) {
@@ -554,15 +554,15 @@ impl Connection {
         Ok(Some(FRAME_LEN))
     }
 
-    /// The next event, if any. A [`Event::Message`] borrows the connection
+    /// The next event, if any. A [`ConnectionEvent::Message`] borrows the connection
     /// until the next call.
     #[must_use = "events must be handled"]
-    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+    pub fn poll_event(&mut self) -> Option<ConnectionEvent<'_>> {
         self.release_delivered_message();
         if let Some(pending) = self.events.pop_front() {
             return Some(match pending {
-                Pending::IncomingPeer(remote) => Event::IncomingPeer { remote },
-                Pending::Established(remote) => Event::Established { remote },
+                Pending::IncomingPeer(remote) => ConnectionEvent::IncomingPeer { remote },
+                Pending::Established(remote) => ConnectionEvent::Established { remote },
             });
         }
         if self.msg_ready {
@@ -573,12 +573,12 @@ impl Connection {
                 _ => None,
             };
             if let Some(msg) = channel.and_then(Channel::message) {
-                return Some(Event::Message(msg));
+                return Some(ConnectionEvent::Message(msg));
             }
         }
         if let (Some(reason), false) = (self.closed, self.closed_reported) {
             self.closed_reported = true;
-            return Some(Event::Closed(reason));
+            return Some(ConnectionEvent::Closed(reason));
         }
         None
     }

@@ -14,8 +14,6 @@ use sha2::{Digest, Sha512};
 use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::onion::OnionAddress;
-
 /// Length of an identity seed.
 pub const SEED_LEN: usize = 32;
 /// Length of an ed25519 public key.
@@ -125,11 +123,6 @@ impl Identity {
         }
     }
 
-    /// The onion address of this identity.
-    pub fn address(&self) -> OnionAddress {
-        self.public().address()
-    }
-
     /// Signs `message` (deterministic ed25519).
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         #[cfg(feature = "fuzzing")]
@@ -187,11 +180,6 @@ impl PublicIdentity {
     /// The key's 32 bytes.
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
         &self.bytes
-    }
-
-    /// The onion address of this key.
-    pub fn address(&self) -> OnionAddress {
-        OnionAddress::from_identity(*self)
     }
 
     /// Verifies an ed25519 signature (strict verification: rejects

@@ -8,28 +8,64 @@
 //!
 //! ## The driving contract
 //!
-//! Every state machine in this crate is driven the same way:
+//! Every state machine of this crate is driven the same way, with the same
+//! verbs:
 //!
-//! - **inputs** go in with `handle_*` methods, each taking the current
-//!   [`time::Instant`] where time matters: bytes from the network
-//!   (`handle_input`), the expiry of a deadline (`handle_timeout`), a request
-//!   of the application (`send`, `accept`, ...);
-//! - **outputs** come out with `poll_*` methods, to be called after every
-//!   input until they return nothing: `poll_transmit` writes bytes to send
-//!   into a buffer the caller owns, `poll_event` hands over what the
-//!   application must learn, `poll_timeout` tells when `handle_timeout` must
-//!   be called next;
+//! - **inputs** go in through `handle_*` methods: bytes or a message from
+//!   the other side (`handle_input`, `handle_message`), the expiry of a
+//!   deadline (`handle_timeout(now)`), or a fact the application learned
+//!   (`handle_standing`, `handle_durable`, `handle_gaps`, `handle_health`).
+//!   Every input whose outcome depends on time takes `now`. A `handle_*`
+//!   returns only its verdict on the input it was given: `Ok`, a typed
+//!   error (and then nothing changed), or the decoded input itself where it
+//!   borrows from the caller's bytes (`PeerSession::handle_message` returns
+//!   the message; `GapTracker::handle_message` says whether it was new).
+//!   A spurious `handle_timeout` is a no-op.
+//! - **requests of the application** that are not inputs are plain verbs
+//!   (`send`, `accept`, `queue_post`, `sync`), never I/O.
+//! - **outputs** come out of `poll_*` methods, called after every input until
+//!   they return nothing: `poll_transmit` writes bytes or a message to send
+//!   into a buffer the caller owns and returns its length;
+//!   `poll_event() -> Option<XEvent>` hands over what the application must
+//!   learn or do, each machine with its own event type named after it
+//!   (`ConnectionEvent`, `PeerEvent`, `ServerEvent`, `ClientEvent`,
+//!   `GapEvent`, `RecoveryEvent`, `AutoMoveEvent`);
+//!   `poll_timeout() -> Option<Instant>` tells when `handle_timeout` is due
+//!   (a machine with no timers has none). No machine needs a periodic tick:
+//!   its deadlines are a table whose minimum `poll_timeout` returns, and a
+//!   deadline moves once it fired.
+//! - **long work** is done in bounded steps that the driver calls and can
+//!   interleave with everything else: `ServerClient::poll_work(now,
+//!   budget)` tries at most `POW_STEP_MAX` hashes of a proof of work; no
+//!   call of any machine does more than a bounded amount of work.
+//! - **time** comes in two kinds, kept apart by the compiler: monotonic
+//!   [`Instant`] for deadlines, and wall-clock [`UnixMicros`] (ours) versus
+//!   [`ClaimedTime`] (another party's), compared only through a function
+//!   that states the allowed skew ([`time`]).
 //! - **randomness** is an argument (`rand_core::CryptoRng`), so tests and
 //!   fuzzers are reproducible;
-//! - **errors** are typed values; no input can cause a panic.
+//! - **errors** are typed values; no input can cause a panic, and memory is
+//!   bounded by the types (`heapless` tables with stated capacities).
+//!
+//! The machines: [`connection::Connection`] (a link: handshake and
+//! channel), [`peer::PeerSession`] (the rules of a peer link),
+//! [`server::ServerSession`] and [`server::ServerClient`] (both sides of the
+//! server protocol), [`group::GapTracker`] (missing messages),
+//! [`group::recovery::Recovery`] (when to ask members for them),
+//! [`group::moving::AutoMove`] (when a group moves by itself). Tables with
+//! the same verbs: [`group::recovery::OpenRequests`] (answers we take),
+//! [`group::recovery::AnswerBudget`] (answers we give).
 //!
 //! A driver (the `cwtch-node` crate, or the example below) is a loop:
-//! read bytes → `handle_input`; drain `poll_transmit` → write; drain
-//! `poll_event` → act; sleep until `poll_timeout` or the next input.
+//! read bytes → `handle_input`; do bounded work while some is wanted; drain
+//! `poll_transmit` → write; drain `poll_event` → act; sleep until the
+//! earliest `poll_timeout` or the next input. `cwtch-proto/tests/world.rs`
+//! drives every machine at once, two peers and a server on a virtual clock,
+//! with no sockets.
 //!
 //! ```
 //! use cwtch_proto::channel::frame::FRAME_LEN;
-//! use cwtch_proto::connection::{Config, Connection, Event};
+//! use cwtch_proto::connection::{Config, Connection, ConnectionEvent};
 //! use cwtch_proto::{Identity, Instant};
 //! # use rand_core::SeedableRng;
 //! # let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]); // any CryptoRng
@@ -53,8 +89,8 @@
 //!         while let Some(event) = conn.poll_event() {
 //!             any = true;
 //!             match event {
-//!                 Event::IncomingPeer { .. } => conn.accept(now).expect("accept"),
-//!                 Event::Message(m) => got.push(m.to_vec()),
+//!                 ConnectionEvent::IncomingPeer { .. } => conn.accept(now).expect("accept"),
+//!                 ConnectionEvent::Message(m) => got.push(m.to_vec()),
 //!                 _ => {}
 //!             }
 //!         }

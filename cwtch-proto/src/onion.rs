@@ -10,7 +10,7 @@ use core::fmt;
 
 use sha3::{Digest, Sha3_256};
 
-use crate::identity::PublicIdentity;
+use crate::identity::{Identity, PublicIdentity};
 use crate::wire::base32::{self, Base32Error};
 
 /// Length of an onion address without the `.onion` suffix.
@@ -168,5 +168,21 @@ impl core::str::FromStr for OnionAddress {
     type Err = AddressError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         OnionAddress::parse(s)
+    }
+}
+
+// The addresses of keys live here, with the address type: `identity`
+// knows nothing of onion addresses (no import cycle).
+impl Identity {
+    /// The onion address of this identity.
+    pub fn address(&self) -> OnionAddress {
+        self.public().address()
+    }
+}
+
+impl PublicIdentity {
+    /// The onion address of this key.
+    pub fn address(&self) -> OnionAddress {
+        OnionAddress::from_identity(*self)
     }
 }

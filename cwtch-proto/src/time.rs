@@ -97,6 +97,10 @@ impl Duration {
     pub const fn as_millis(self) -> u64 {
         self.micros / 1_000
     }
+    /// The span in whole seconds.
+    pub const fn as_secs(self) -> u64 {
+        self.micros / 1_000_000
+    }
 }
 
 /// Our own wall clock: microseconds since the Unix epoch, as the driver

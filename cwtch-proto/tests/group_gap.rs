@@ -47,7 +47,7 @@ fn msg<const S: usize, const W: usize, const G: usize, const E: usize>(
     sender: u8,
     seq: u64,
 ) -> Ingested {
-    t.ingest_parts(
+    t.handle_parts(
         member(sender),
         seq,
         &h(sender, seq, 0),
@@ -124,11 +124,11 @@ fn a_silent_senders_gap_shows_through_others_summaries() {
         member: member(3),
         seq: 3,
     }];
-    t.ingest_parts(member(2), 0, &h(2, 0, 0), &prev(2, 0), &seen)
+    t.handle_parts(member(2), 0, &h(2, 0, 0), &prev(2, 0), &seen)
         .unwrap();
     assert_eq!(drain(&mut t), vec![missing(3, 0, 3)]);
     // The same news again reports nothing.
-    t.ingest_parts(member(2), 1, &h(2, 1, 0), &prev(2, 1), &seen)
+    t.handle_parts(member(2), 1, &h(2, 1, 0), &prev(2, 1), &seen)
         .unwrap();
     assert!(drain(&mut t).is_empty());
     // A summary about the sender itself is ignored (its own seq speaks).
@@ -136,7 +136,7 @@ fn a_silent_senders_gap_shows_through_others_summaries() {
         member: member(2),
         seq: 50,
     }];
-    t.ingest_parts(member(2), 2, &h(2, 2, 0), &prev(2, 2), &about_self)
+    t.handle_parts(member(2), 2, &h(2, 2, 0), &prev(2, 2), &about_self)
         .unwrap();
     assert!(drain(&mut t).is_empty());
 }
@@ -146,7 +146,7 @@ fn equivocation_is_reported() {
     let mut t: GapTracker = GapTracker::new();
     msg(&mut t, 1, 0);
     let other = t
-        .ingest_parts(member(1), 0, &h(1, 0, 9), &prev(1, 0), &[])
+        .handle_parts(member(1), 0, &h(1, 0, 9), &prev(1, 0), &[])
         .unwrap();
     assert_eq!(other, Ingested::Equivocation);
     let eq0 = GapEvent::Equivocation(MessageRef {
@@ -155,13 +155,13 @@ fn equivocation_is_reported() {
     });
     assert_eq!(drain(&mut t), vec![eq0]);
     // A chain link pointing at another version of message 0.
-    t.ingest_parts(member(1), 1, &h(1, 1, 0), &h(1, 0, 7), &[])
+    t.handle_parts(member(1), 1, &h(1, 1, 0), &h(1, 0, 7), &[])
         .unwrap();
     assert_eq!(drain(&mut t), vec![eq0]);
     // A late predecessor whose hash is not what its successor named.
     msg(&mut t, 1, 3);
     drain(&mut t);
-    t.ingest_parts(member(1), 2, &h(1, 2, 5), &prev(1, 2), &[])
+    t.handle_parts(member(1), 2, &h(1, 2, 5), &prev(1, 2), &[])
         .unwrap();
     let events = drain(&mut t);
     assert!(events.contains(&GapEvent::Equivocation(MessageRef {
@@ -181,7 +181,7 @@ fn absurd_jumps_are_one_range_in_constant_time() {
         member: member(2),
         seq: MAX_SEQ,
     }];
-    t.ingest_parts(member(1), 5, &h(1, 5, 0), &prev(1, 5), &seen)
+    t.handle_parts(member(1), 5, &h(1, 5, 0), &prev(1, 5), &seen)
         .unwrap();
     // A claim that another member sent 2^62 messages does not add up: it
     // is ignored, and its author named.
@@ -199,7 +199,7 @@ fn absurd_jumps_are_one_range_in_constant_time() {
     assert_eq!(t.known_end(member(2)), 0);
     assert!(start.elapsed() < core::time::Duration::from_millis(100));
     assert_eq!(
-        t.ingest_parts(member(1), u64::MAX, &h(1, 0, 0), &prev(1, 0), &[]),
+        t.handle_parts(member(1), u64::MAX, &h(1, 0, 0), &prev(1, 0), &[]),
         Err(GapError::SeqOutOfRange)
     );
     let bad = [SeenEntry {
@@ -207,7 +207,7 @@ fn absurd_jumps_are_one_range_in_constant_time() {
         seq: u64::MAX,
     }];
     assert_eq!(
-        t.ingest_parts(member(1), 6, &h(1, 6, 0), &prev(1, 6), &bad),
+        t.handle_parts(member(1), 6, &h(1, 6, 0), &prev(1, 6), &bad),
         Err(GapError::SeqOutOfRange)
     );
     assert_eq!(
@@ -290,7 +290,7 @@ fn a_full_event_queue_refuses_input_and_changes_nothing() {
     let mut t: GapTracker<4, 8, 64, 32> = GapTracker::new();
     let mut seq = 0;
     let err = loop {
-        match t.ingest_parts(member(1), seq, &h(1, seq, 0), &prev(1, seq), &[]) {
+        match t.handle_parts(member(1), seq, &h(1, seq, 0), &prev(1, seq), &[]) {
             Ok(_) => seq += 2,
             Err(e) => break e,
         }
@@ -299,7 +299,7 @@ fn a_full_event_queue_refuses_input_and_changes_nothing() {
     let end = t.known_end(member(1));
     assert_eq!(end, seq - 1);
     assert!(
-        t.ingest_parts(member(1), seq, &h(1, seq, 0), &prev(1, seq), &[])
+        t.handle_parts(member(1), seq, &h(1, seq, 0), &prev(1, seq), &[])
             .is_err()
     );
     assert_eq!(t.known_end(member(1)), end);
@@ -366,7 +366,7 @@ fn made_up_ids_in_summaries_cannot_evict_or_untrack_real_members() {
         let made_up: Vec<SeenEntry> = (0..8)
             .map(|i| claim(200 + (round * 8 + i) % 50, 3))
             .collect();
-        t.ingest_parts(
+        t.handle_parts(
             member(100),
             u64::from(round),
             &h(100, u64::from(round), 0),
@@ -394,7 +394,7 @@ fn made_up_ids_in_summaries_cannot_evict_or_untrack_real_members() {
     }
     // And more made-up claims now displace nobody who writes.
     let made_up: Vec<SeenEntry> = (0..8).map(|i| claim(150 + i, 5)).collect();
-    t.ingest_parts(member(100), 10, &h(100, 10, 0), &prev(100, 10), &made_up)
+    t.handle_parts(member(100), 10, &h(100, 10, 0), &prev(100, 10), &made_up)
         .unwrap();
     for m in 1..=15 {
         assert_eq!(t.known_end(member(m)), 3);
@@ -406,7 +406,7 @@ fn a_max_seq_claim_cannot_hide_a_members_messages() {
     let mut t: GapTracker = GapTracker::new();
     msg(&mut t, 1, 0);
     // The liar claims member 1 sent MAX_SEQ messages.
-    t.ingest_parts(member(9), 0, &h(9, 0, 0), &prev(9, 0), &[claim(1, MAX_SEQ)])
+    t.handle_parts(member(9), 0, &h(9, 0, 0), &prev(9, 0), &[claim(1, MAX_SEQ)])
         .unwrap();
     let events = drain(&mut t);
     assert_eq!(
@@ -423,24 +423,24 @@ fn a_max_seq_claim_cannot_hide_a_members_messages() {
     assert_eq!(msg(&mut t, 1, 1), Ingested::New);
     assert_eq!(msg(&mut t, 1, 1), Ingested::Duplicate);
     assert_eq!(
-        t.ingest_parts(member(1), 1, &h(1, 1, 7), &prev(1, 1), &[]),
+        t.handle_parts(member(1), 1, &h(1, 1, 7), &prev(1, 1), &[]),
         Ok(Ingested::Equivocation)
     );
     drain(&mut t);
     assert_eq!(t.missing_count(), 0);
     // Repeating the lie is reported once per liar, and changes nothing.
-    t.ingest_parts(member(9), 1, &h(9, 1, 0), &prev(9, 1), &[claim(1, MAX_SEQ)])
+    t.handle_parts(member(9), 1, &h(9, 1, 0), &prev(9, 1), &[claim(1, MAX_SEQ)])
         .unwrap();
     assert_eq!(drain(&mut t).len(), 0);
     // A plausible claim (a few messages ahead) still opens a gap.
-    t.ingest_parts(member(9), 2, &h(9, 2, 0), &prev(9, 2), &[claim(1, 4)])
+    t.handle_parts(member(9), 2, &h(9, 2, 0), &prev(9, 2), &[claim(1, 4)])
         .unwrap();
     assert_eq!(drain(&mut t), vec![missing(1, 2, 4)]);
     // Claims creep no further than MAX_CLAIM_AHEAD past what the member
     // itself has shown, however many messages repeat them.
     for i in 0..50u64 {
         let far = 2 + cwtch_proto::group::gap::MAX_CLAIM_AHEAD * (i + 1);
-        t.ingest_parts(
+        t.handle_parts(
             member(9),
             3 + i,
             &h(9, 3 + i, 0),
@@ -534,7 +534,7 @@ proptest! {
             if o.variant != 0 {
                 m.conflicting.insert((o.sender, o.seq));
             }
-            let got = t.ingest_parts(member(o.sender), o.seq, &h(o.sender, o.seq, o.variant), &prev(o.sender, o.seq), &seen).unwrap();
+            let got = t.handle_parts(member(o.sender), o.seq, &h(o.sender, o.seq, o.variant), &prev(o.sender, o.seq), &seen).unwrap();
 
             // Expected outcome and gap events from the model.
             let mut expect_missing = vec![];
@@ -653,7 +653,7 @@ fn four_members_over_a_lossy_server_see_every_gap_once() {
         let mut work = [0u8; SEALED_BLOB_LEN];
         let opened = g.keys().open(&srv, blob, &mut work).unwrap();
         let fresh = m.have.insert((opened.member, opened.seq));
-        let outcome = m.tracker.ingest(&opened).unwrap();
+        let outcome = m.tracker.handle_message(&opened).unwrap();
         if opened.member != m.mid {
             assert_eq!(
                 fresh,
@@ -691,7 +691,7 @@ fn four_members_over_a_lossy_server_see_every_gap_once() {
             .unwrap();
         // One's own message goes into one's own tracker right away.
         m.tracker
-            .ingest_parts(m.mid, seq, &sealed.hash, &prev, &seen)
+            .handle_parts(m.mid, seq, &sealed.hash, &prev, &seen)
             .unwrap();
         m.have.insert((m.mid, seq));
         m.events

@@ -6,7 +6,8 @@
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
 use cwtch_proto::peer::session::{admit, keep_new_link};
 use cwtch_proto::peer::{
-    Action, Incoming, PeerMessage, PeerMessageError, PeerSession, Refusal, SessionError, Standing,
+    Incoming, PeerEvent, PeerMessage, PeerMessageError, PeerRefusal, PeerSession, PeerSessionError,
+    Standing,
 };
 use cwtch_proto::{Identity, OnionAddress};
 use proptest::prelude::*;
@@ -40,8 +41,8 @@ fn every_kind() -> Vec<Vec<u8>> {
     ]
 }
 
-fn actions(s: &mut PeerSession) -> Vec<Action> {
-    std::iter::from_fn(|| s.poll_action()).collect()
+fn actions(s: &mut PeerSession) -> Vec<PeerEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
 }
 
 /// Which kinds a session acts upon.
@@ -49,7 +50,7 @@ fn acted_upon(s: &PeerSession) -> Vec<u8> {
     every_kind()
         .iter()
         .enumerate()
-        .filter(|(_, m)| s.handle_message(m).is_ok())
+        .filter(|(_, m)| s.clone().handle_message(m).is_ok())
         .map(|(k, _)| k as u8)
         .collect()
 }
@@ -57,8 +58,8 @@ fn acted_upon(s: &PeerSession) -> Vec<u8> {
 #[test]
 fn an_accepted_peer_is_greeted_once_and_may_send_everything() {
     let mut s = PeerSession::new(Standing::Accepted);
-    assert_eq!(actions(&mut s), vec![Action::Greet]);
-    s.set_standing(Standing::Accepted);
+    assert_eq!(actions(&mut s), vec![PeerEvent::Greet]);
+    s.handle_standing(Standing::Accepted);
     assert_eq!(actions(&mut s), vec![], "greeted once per link");
     assert_eq!(acted_upon(&s), (0..8).collect::<Vec<u8>>());
 }
@@ -71,14 +72,14 @@ fn a_pending_request_hears_nothing_and_may_only_say_hello_and_text() {
     let invite = &every_kind()[3];
     assert_eq!(
         s.handle_message(invite),
-        Err(SessionError::NotAllowed {
+        Err(PeerSessionError::NotAllowed {
             kind: 3,
             standing: Standing::Request
         })
     );
     // The user accepts while the link is up: greet now, and invites count.
-    s.set_standing(Standing::Accepted);
-    assert_eq!(actions(&mut s), vec![Action::Greet]);
+    s.handle_standing(Standing::Accepted);
+    assert_eq!(actions(&mut s), vec![PeerEvent::Greet]);
     assert!(matches!(
         s.handle_message(invite),
         Ok(Incoming::GroupInvite { id: 8, .. })
@@ -90,7 +91,7 @@ fn a_stranger_becomes_a_request_if_there_is_room_else_is_closed() {
     let mut s = PeerSession::new(Standing::Stranger {
         room_for_request: true,
     });
-    assert_eq!(actions(&mut s), vec![Action::RecordRequest]);
+    assert_eq!(actions(&mut s), vec![PeerEvent::RecordRequest]);
     assert_eq!(s.standing(), Standing::Request);
     assert_eq!(acted_upon(&s), vec![0, 1]);
 
@@ -99,35 +100,41 @@ fn a_stranger_becomes_a_request_if_there_is_room_else_is_closed() {
     });
     assert_eq!(
         actions(&mut s),
-        vec![Action::Close(Refusal::TooManyRequests)]
+        vec![PeerEvent::Close(PeerRefusal::TooManyRequests)]
     );
     assert!(s.is_closed());
     assert_eq!(acted_upon(&s), vec![]);
     assert_eq!(
         s.handle_message(&every_kind()[0]),
-        Err(SessionError::Closed)
+        Err(PeerSessionError::Closed)
     );
 }
 
 #[test]
 fn a_blocked_peer_is_closed_and_nothing_it_sends_is_acted_upon() {
     let mut s = PeerSession::new(Standing::Blocked);
-    assert_eq!(actions(&mut s), vec![Action::Close(Refusal::Blocked)]);
+    assert_eq!(
+        actions(&mut s),
+        vec![PeerEvent::Close(PeerRefusal::Blocked)]
+    );
     assert_eq!(acted_upon(&s), vec![]);
 
     // Blocked mid-link: a pending greet is dropped, the link closes, and
     // accepting later does not reopen it.
     let mut s = PeerSession::new(Standing::Accepted);
-    s.set_standing(Standing::Blocked);
-    assert_eq!(actions(&mut s), vec![Action::Close(Refusal::Blocked)]);
-    s.set_standing(Standing::Accepted);
+    s.handle_standing(Standing::Blocked);
+    assert_eq!(
+        actions(&mut s),
+        vec![PeerEvent::Close(PeerRefusal::Blocked)]
+    );
+    s.handle_standing(Standing::Accepted);
     assert_eq!(actions(&mut s), vec![]);
     assert_eq!(acted_upon(&s), vec![]);
 }
 
 #[test]
 fn the_ack_is_made_only_from_the_token_of_the_stored_message() {
-    let s = PeerSession::new(Standing::Accepted);
+    let mut s = PeerSession::new(Standing::Accepted);
     let text = enc(&PeerMessage::Text {
         id: 300,
         sent_at: 2,
@@ -157,7 +164,7 @@ fn malformed_messages_are_refused_typed_and_the_session_stays() {
         &[0x00, 0x00, 0x00][..],
     ] {
         assert!(
-            matches!(s.handle_message(bad), Err(SessionError::Malformed(_))),
+            matches!(s.handle_message(bad), Err(PeerSessionError::Malformed(_))),
             "{bad:?}"
         );
     }
@@ -166,7 +173,9 @@ fn malformed_messages_are_refused_typed_and_the_session_stays() {
     too_long.extend(std::iter::repeat_n(b'a', 65));
     assert!(matches!(
         s.handle_message(&too_long),
-        Err(SessionError::Malformed(PeerMessageError::TooLong { .. }))
+        Err(PeerSessionError::Malformed(
+            PeerMessageError::TooLong { .. }
+        ))
     ));
     assert!(s.handle_message(&long).is_ok(), "still serving");
     assert!(!s.is_closed());
@@ -176,7 +185,7 @@ fn malformed_messages_are_refused_typed_and_the_session_stays() {
 fn admission_at_the_handshake() {
     assert_eq!(admit(Standing::Accepted), Ok(()));
     assert_eq!(admit(Standing::Request), Ok(()));
-    assert_eq!(admit(Standing::Blocked), Err(Refusal::Blocked));
+    assert_eq!(admit(Standing::Blocked), Err(PeerRefusal::Blocked));
     assert_eq!(
         admit(Standing::Stranger {
             room_for_request: true
@@ -187,7 +196,7 @@ fn admission_at_the_handshake() {
         admit(Standing::Stranger {
             room_for_request: false
         }),
-        Err(Refusal::TooManyRequests)
+        Err(PeerRefusal::TooManyRequests)
     );
 }
 
@@ -252,17 +261,17 @@ proptest! {
         inputs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..12),
     ) {
         let mut s = PeerSession::new(first);
-        let mut greets = actions(&mut s).iter().filter(|a| **a == Action::Greet).count();
+        let mut greets = actions(&mut s).iter().filter(|a| **a == PeerEvent::Greet).count();
         let mut history = vec![first];
         let mut inputs = inputs.into_iter();
         for change in changes {
             history.push(change);
-            s.set_standing(change);
-            greets += actions(&mut s).iter().filter(|a| **a == Action::Greet).count();
+            s.handle_standing(change);
+            greets += actions(&mut s).iter().filter(|a| **a == PeerEvent::Greet).count();
             for bytes in inputs.by_ref().take(2).chain(every_kind()) {
                 let result = s.handle_message(&bytes);
                 if s.is_closed() {
-                    prop_assert_eq!(result, Err(SessionError::Closed));
+                    prop_assert_eq!(result, Err(PeerSessionError::Closed));
                     continue;
                 }
                 if let Ok(m) = result {
@@ -282,4 +291,26 @@ proptest! {
             prop_assert!(s.is_closed());
         }
     }
+}
+
+/// A name is taken once per link: a stranger renaming itself every frame
+/// would cost the application a durable write each time.
+#[test]
+fn a_second_hello_on_one_link_is_refused() {
+    let mut s = PeerSession::new(Standing::Stranger {
+        room_for_request: true,
+    });
+    let a = enc(&PeerMessage::Hello { name: "a" });
+    let b = enc(&PeerMessage::Hello { name: "b" });
+    assert!(matches!(
+        s.handle_message(&a),
+        Ok(cwtch_proto::peer::Incoming::Hello { name: "a" })
+    ));
+    assert_eq!(
+        s.handle_message(&b),
+        Err(cwtch_proto::peer::PeerSessionError::HelloAgain)
+    );
+    // A new link starts over.
+    let mut t = PeerSession::new(Standing::Accepted);
+    assert!(t.handle_message(&b).is_ok());
 }

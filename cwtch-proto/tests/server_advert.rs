@@ -11,7 +11,7 @@ use cwtch_proto::server::advert::{
 use cwtch_proto::server::client::{ClientConfig, ClientEvent, ServerClient};
 use cwtch_proto::server::wire::{ADVERT_REPLY_LEN, MAX_SERVER_MESSAGE_LEN, TAG_ADVERT};
 use cwtch_proto::server::{
-    Refusal, RefusalReason, Reply, Request, RequestKind, ServerConfig, ServerSession,
+    RefusalReason, Reply, Request, RequestKind, ServerConfig, ServerRefusal, ServerSession,
 };
 use cwtch_proto::{Instant, OnionAddress};
 use server_common::*;
@@ -260,7 +260,7 @@ fn session_and_client(store: &MemStore) -> (ServerSession, ServerClient) {
     let mut client = ServerClient::new(config, 0, &mut rng(2));
     let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
     let n = server.poll_transmit(store, &mut buf).unwrap().unwrap();
-    client.handle_reply(&buf[..n]).unwrap();
+    client.handle_message(&buf[..n], Instant::ZERO).unwrap();
     assert!(matches!(
         client.poll_event(),
         Some(ClientEvent::Connected(_))
@@ -271,11 +271,14 @@ fn session_and_client(store: &MemStore) -> (ServerSession, ServerClient) {
 fn exchange(server: &mut ServerSession, client: &mut ServerClient, store: &mut MemStore) {
     let now = Instant::from_secs(1);
     let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-    let n = client.poll_transmit(&mut buf).unwrap().expect("a request");
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut buf)
+        .unwrap()
+        .expect("a request");
     assert_eq!(&buf[..n], &[0x06]);
-    server.handle_request(&buf[..n], now, store).unwrap();
+    server.handle_message(&buf[..n], now, store).unwrap();
     let n = server.poll_transmit(store, &mut buf).unwrap().unwrap();
-    client.handle_reply(&buf[..n]).unwrap();
+    client.handle_message(&buf[..n], Instant::ZERO).unwrap();
 }
 
 #[test]
@@ -293,7 +296,7 @@ fn a_client_fetches_the_advert_from_the_session() {
     // An advert nobody asked for breaks the protocol.
     let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
     let n = Reply::Advert { advert: &bytes }.encode(&mut buf).unwrap();
-    assert!(client.handle_reply(&buf[..n]).is_err());
+    assert!(client.handle_message(&buf[..n], Instant::ZERO).is_err());
     // The session can be asked again.
     client.request_advert();
     exchange(&mut server, &mut client, &mut store);
@@ -308,7 +311,7 @@ fn a_server_without_an_advert_refuses_the_request() {
     exchange(&mut server, &mut client, &mut store);
     assert_eq!(
         client.poll_event(),
-        Some(ClientEvent::Refused(Refusal {
+        Some(ClientEvent::Refused(ServerRefusal {
             request: RequestKind::GetAdvert,
             seq: 0,
             reason: RefusalReason::Unavailable,
@@ -316,7 +319,7 @@ fn a_server_without_an_advert_refuses_the_request() {
     );
     // The refusal is coded as request kind 6.
     let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
-    let n = Reply::Refused(Refusal {
+    let n = Reply::Refused(ServerRefusal {
         request: RequestKind::GetAdvert,
         seq: 0,
         reason: RefusalReason::Unavailable,

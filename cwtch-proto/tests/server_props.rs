@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use cwtch_proto::server::session::{MAX_PENDING_POSTS, MAX_SERVER_EVENTS};
 use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::server::{
-    RefusalReason, Request, RequestKind, ServerConfig, ServerSession, SessionError,
+    RefusalReason, Request, RequestKind, ServerConfig, ServerSession, ServerSessionError,
 };
 use cwtch_proto::{Duration, Instant};
 use proptest::prelude::*;
@@ -106,7 +106,7 @@ impl Model {
                 Request::Subscribe { after } => {
                     if self.server_sub {
                         self.immediates
-                            .push_back(R::Refused(cwtch_proto::server::Refusal {
+                            .push_back(R::Refused(cwtch_proto::server::ServerRefusal {
                                 request: RequestKind::Subscribe,
                                 seq: 0,
                                 reason: RefusalReason::TooManySubscriptions,
@@ -123,14 +123,14 @@ impl Model {
                 // The model's store has no advert.
                 Request::GetAdvert => {
                     self.immediates
-                        .push_back(R::Refused(cwtch_proto::server::Refusal {
+                        .push_back(R::Refused(cwtch_proto::server::ServerRefusal {
                             request: RequestKind::GetAdvert,
                             seq: 0,
                             reason: RefusalReason::Unavailable,
                         }));
                 }
             }
-            s.handle_request(&m, now, store).unwrap();
+            s.handle_message(&m, now, store).unwrap();
         }
     }
 }
@@ -234,8 +234,8 @@ proptest! {
             if !s.wants_request() {
                 let before = store.entries.len();
                 prop_assert_eq!(
-                    s.handle_request(&encode(Request::Unsubscribe), now, &mut store),
-                    Err(SessionError::Busy)
+                    s.handle_message(&encode(Request::Unsubscribe), now, &mut store),
+                    Err(ServerSessionError::Busy)
                 );
                 prop_assert_eq!(store.entries.len(), before);
             }

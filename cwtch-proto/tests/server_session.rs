@@ -7,8 +7,8 @@ use cwtch_proto::server::admission::{pow_solve, pow_verify};
 use cwtch_proto::server::session::MAX_PENDING_POSTS;
 use cwtch_proto::server::wire::{ENTRY_LEN, MAX_SERVER_MESSAGE_LEN};
 use cwtch_proto::server::{
-    BufferTooSmall, CloseReason, Refusal, RefusalReason, Request, RequestKind, ServerConfig,
-    ServerEvent, ServerSession, SessionError,
+    BufferTooSmall, RefusalReason, Request, RequestKind, ServerCloseReason, ServerConfig,
+    ServerEvent, ServerRefusal, ServerSession, ServerSessionError,
 };
 use cwtch_proto::{Duration, Instant};
 use server_common::*;
@@ -38,7 +38,7 @@ fn req(r: Request<'_>) -> Vec<u8> {
 }
 
 fn post(s: &mut ServerSession, store: &mut MemStore, tag: u64) {
-    s.handle_request(
+    s.handle_message(
         &req(Request::Post {
             pow: None,
             blob: &blob(tag),
@@ -50,7 +50,7 @@ fn post(s: &mut ServerSession, store: &mut MemStore, tag: u64) {
 }
 
 fn refused(request: RequestKind, seq: u64, reason: RefusalReason) -> R {
-    R::Refused(Refusal {
+    R::Refused(ServerRefusal {
         request,
         seq,
         reason,
@@ -157,8 +157,8 @@ fn too_many_pending_posts_stop_the_session_pulling_requests() {
     });
     let before = store.entries.len();
     assert_eq!(
-        s.handle_request(&msg, T0, &mut store),
-        Err(SessionError::Busy)
+        s.handle_message(&msg, T0, &mut store),
+        Err(ServerSessionError::Busy)
     );
     assert_eq!(
         store.entries.len(),
@@ -168,7 +168,7 @@ fn too_many_pending_posts_stop_the_session_pulling_requests() {
     s.handle_durable(store.commit());
     assert_eq!(drain(&mut s, &store).len(), MAX_PENDING_POSTS);
     assert!(s.wants_request());
-    s.handle_request(&msg, T0, &mut store).unwrap();
+    s.handle_message(&msg, T0, &mut store).unwrap();
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn fetch_after_a_cursor_returns_later_entries_then_page_end() {
     let mut store = MemStore::new();
     fill(&mut store, 5);
     let mut s = open(&store, config(), 1);
-    s.handle_request(
+    s.handle_message(
         &req(Request::Fetch {
             after: 2,
             limit: 100,
@@ -200,11 +200,11 @@ fn fetch_after_a_cursor_returns_later_entries_then_page_end() {
     );
     assert!(s.wants_request());
     // At the head: an empty page.
-    s.handle_request(&req(Request::Fetch { after: 5, limit: 1 }), T0, &mut store)
+    s.handle_message(&req(Request::Fetch { after: 5, limit: 1 }), T0, &mut store)
         .unwrap();
     assert_eq!(drain(&mut s, &store), vec![R::PageEnd { next: 5, head: 5 }]);
     // Beyond the head (a client from a lost server): an empty page, cursor kept.
-    s.handle_request(
+    s.handle_message(
         &req(Request::Fetch {
             after: 50,
             limit: 1,
@@ -233,7 +233,7 @@ fn paging_across_several_pages_with_the_page_cap() {
     let mut pages = 0;
     loop {
         // The client asks for more than the cap: it gets at most 10.
-        s.handle_request(
+        s.handle_message(
             &req(Request::Fetch {
                 after: cursor,
                 limit: 500,
@@ -272,7 +272,7 @@ fn fetch_never_shows_entries_that_are_not_durable() {
     let mut s = open(&store, config(), 1);
     let mut other = open(&store, config(), 2);
     post(&mut other, &mut store, 3); // appended, not durable
-    s.handle_request(
+    s.handle_message(
         &req(Request::Fetch {
             after: 0,
             limit: 10,
@@ -297,7 +297,7 @@ fn pruned_entries_are_skipped() {
     fill(&mut store, 6);
     store.prune(3);
     let mut s = open(&store, config(), 1);
-    s.handle_request(
+    s.handle_message(
         &req(Request::Fetch {
             after: 1,
             limit: 10,
@@ -324,7 +324,7 @@ fn subscription_pushes_new_posts_from_other_sessions_then_unsubscribe_stops_them
     let mut reader = open(&store, config(), 1);
     let mut writer = open(&store, config(), 2);
     reader
-        .handle_request(&req(Request::Subscribe { after: 2 }), T0, &mut store)
+        .handle_message(&req(Request::Subscribe { after: 2 }), T0, &mut store)
         .unwrap();
     assert_eq!(reader.poll_event(), Some(ServerEvent::Subscribed));
     assert_eq!(drain(&mut reader, &store), vec![R::Subscribed { after: 2 }]);
@@ -355,7 +355,7 @@ fn subscription_pushes_new_posts_from_other_sessions_then_unsubscribe_stops_them
     assert_eq!(reader.subscription_cursor(), Some(4));
 
     reader
-        .handle_request(&req(Request::Unsubscribe), T0, &mut store)
+        .handle_message(&req(Request::Unsubscribe), T0, &mut store)
         .unwrap();
     assert_eq!(reader.poll_event(), Some(ServerEvent::Unsubscribed));
     post(&mut writer, &mut store, 50);
@@ -369,7 +369,7 @@ fn subscribe_from_an_old_cursor_pushes_the_backlog_lazily() {
     let mut store = MemStore::new();
     fill(&mut store, 4);
     let mut s = open(&store, config(), 1);
-    s.handle_request(&req(Request::Subscribe { after: 1 }), T0, &mut store)
+    s.handle_message(&req(Request::Subscribe { after: 1 }), T0, &mut store)
         .unwrap();
     assert_eq!(
         drain(&mut s, &store),
@@ -394,14 +394,14 @@ fn every_refusal() {
         &[0x03, 1, 2][..],
         &[0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
     ] {
-        s.handle_request(bad, T0, &mut store).unwrap();
+        s.handle_message(bad, T0, &mut store).unwrap();
         let R::Refused(r) = next(&mut s, &store).unwrap() else {
             panic!()
         };
         assert_eq!(r.reason, RefusalReason::Malformed, "{bad:?}");
         assert_eq!(r.seq, 0);
     }
-    s.handle_request(&[0x05, 0], T0, &mut store).unwrap();
+    s.handle_message(&[0x05, 0], T0, &mut store).unwrap();
     assert_eq!(
         drain(&mut s, &store),
         vec![refused(
@@ -414,7 +414,7 @@ fn every_refusal() {
     // Wrong blob size: a post tag with a short or long blob. Counts as a post.
     let mut short = vec![0x01];
     short.extend_from_slice(&[0u8; 100]);
-    s.handle_request(&short, T0, &mut store).unwrap();
+    s.handle_message(&short, T0, &mut store).unwrap();
     assert_eq!(
         drain(&mut s, &store),
         vec![refused(
@@ -425,7 +425,7 @@ fn every_refusal() {
     );
     let mut long = vec![0x02];
     long.extend_from_slice(&[0u8; 8 + SEALED_BLOB_LEN + 1]);
-    s.handle_request(&long, T0, &mut store).unwrap();
+    s.handle_message(&long, T0, &mut store).unwrap();
     assert_eq!(
         drain(&mut s, &store),
         vec![refused(
@@ -439,10 +439,10 @@ fn every_refusal() {
 
     // Too many subscriptions: a second subscribe on the connection, and a
     // server-wide cap set by the driver.
-    s.handle_request(&req(Request::Subscribe { after: 0 }), T0, &mut store)
+    s.handle_message(&req(Request::Subscribe { after: 0 }), T0, &mut store)
         .unwrap();
     assert_eq!(drain(&mut s, &store), vec![R::Subscribed { after: 0 }]);
-    s.handle_request(&req(Request::Subscribe { after: 0 }), T0, &mut store)
+    s.handle_message(&req(Request::Subscribe { after: 0 }), T0, &mut store)
         .unwrap();
     assert_eq!(
         drain(&mut s, &store),
@@ -455,7 +455,7 @@ fn every_refusal() {
     let mut capped = open(&store, config(), 2);
     capped.set_accepting_subscriptions(false);
     capped
-        .handle_request(&req(Request::Subscribe { after: 0 }), T0, &mut store)
+        .handle_message(&req(Request::Subscribe { after: 0 }), T0, &mut store)
         .unwrap();
     assert_eq!(
         drain(&mut capped, &store),
@@ -484,7 +484,7 @@ fn every_refusal() {
         vec![refused(RequestKind::Post, 3, RefusalReason::Unavailable)]
     );
     let mut f = open(&store, config(), 3);
-    f.handle_request(&req(Request::Fetch { after: 0, limit: 5 }), T0, &mut store)
+    f.handle_message(&req(Request::Fetch { after: 0, limit: 5 }), T0, &mut store)
         .unwrap();
     assert_eq!(
         drain(&mut f, &store),
@@ -520,7 +520,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     let b = blob(5);
 
     // Missing (seq 0).
-    s.handle_request(
+    s.handle_message(
         &req(Request::Post {
             pow: None,
             blob: &b,
@@ -537,7 +537,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     let bad = (0..)
         .find(|n| !pow_verify(&challenge, 1, &b, *n, 10))
         .unwrap();
-    s.handle_request(
+    s.handle_message(
         &req(Request::Post {
             pow: Some(bad),
             blob: &b,
@@ -552,7 +552,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     );
     // Right (seq 2).
     let good = pow_solve(&challenge, 2, &b, 10, 0, 1 << 24).unwrap();
-    s.handle_request(
+    s.handle_message(
         &req(Request::Post {
             pow: Some(good),
             blob: &b,
@@ -565,7 +565,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     assert_eq!(drain(&mut s, &store), vec![R::Posted { seq: 2, index: 1 }]);
     // Replay of the same (blob, nonce) as the next post (seq 3): refused
     // unless the nonce happens to work for seq 3 as well.
-    s.handle_request(
+    s.handle_message(
         &req(Request::Post {
             pow: Some(good),
             blob: &b,
@@ -587,7 +587,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     let foreign = pow_solve(&challenge, 0, &b, 10, 0, 1 << 24).unwrap();
     if !pow_verify(&other.policy().challenge, 0, &b, foreign, 10) {
         other
-            .handle_request(
+            .handle_message(
                 &req(Request::Post {
                     pow: Some(foreign),
                     blob: &b,
@@ -603,7 +603,7 @@ fn proof_of_work_required_accepted_and_rejected() {
     }
     // A server without PoW accepts a post with a nonce.
     let mut free = open(&store, config(), 3);
-    free.handle_request(
+    free.handle_message(
         &req(Request::Post {
             pow: Some(1),
             blob: &b,
@@ -633,9 +633,9 @@ fn rate_limit_is_a_token_bucket_on_the_virtual_clock() {
         blob: &blob(1),
     });
     for _ in 0..3 {
-        s.handle_request(&msg, T0, &mut store).unwrap();
+        s.handle_message(&msg, T0, &mut store).unwrap();
     }
-    s.handle_request(&msg, T0 + Duration::from_millis(400), &mut store)
+    s.handle_message(&msg, T0 + Duration::from_millis(400), &mut store)
         .unwrap();
     s.handle_durable(store.commit());
     assert_eq!(
@@ -654,9 +654,9 @@ fn rate_limit_is_a_token_bucket_on_the_virtual_clock() {
         ]
     );
     // One token a second.
-    s.handle_request(&msg, T0 + Duration::from_millis(1_000), &mut store)
+    s.handle_message(&msg, T0 + Duration::from_millis(1_000), &mut store)
         .unwrap();
-    s.handle_request(&msg, T0 + Duration::from_millis(1_001), &mut store)
+    s.handle_message(&msg, T0 + Duration::from_millis(1_001), &mut store)
         .unwrap();
     s.handle_durable(store.commit());
     assert_eq!(
@@ -673,7 +673,7 @@ fn rate_limit_is_a_token_bucket_on_the_virtual_clock() {
         ]
     );
     // Fetches are not rate limited (a fetch is paced by the reader).
-    s.handle_request(&req(Request::Fetch { after: 0, limit: 1 }), T0, &mut store)
+    s.handle_message(&req(Request::Fetch { after: 0, limit: 1 }), T0, &mut store)
         .unwrap();
     assert_eq!(drain(&mut s, &store).len(), 2);
 }
@@ -684,7 +684,7 @@ fn a_subscriber_that_never_reads_costs_constant_memory_while_10000_posts_arrive(
     let mut writer = open(&store, config(), 2);
     let mut idle_reader = open(&store, config(), 1);
     idle_reader
-        .handle_request(&req(Request::Subscribe { after: 0 }), T0, &mut store)
+        .handle_message(&req(Request::Subscribe { after: 0 }), T0, &mut store)
         .unwrap();
     assert_eq!(idle_reader.poll_event(), Some(ServerEvent::Subscribed));
     // The reader's client never reads: its driver never calls poll_transmit.
@@ -726,7 +726,7 @@ fn a_client_that_does_not_read_its_page_is_not_served_further_requests() {
     let mut store = MemStore::new();
     fill(&mut store, 100);
     let mut s = open(&store, config(), 1);
-    s.handle_request(
+    s.handle_message(
         &req(Request::Fetch {
             after: 0,
             limit: 64,
@@ -738,7 +738,7 @@ fn a_client_that_does_not_read_its_page_is_not_served_further_requests() {
     // The driver keeps requests in the channel: nothing is buffered.
     for _ in 0..10 {
         assert_eq!(
-            s.handle_request(
+            s.handle_message(
                 &req(Request::Fetch {
                     after: 0,
                     limit: 64
@@ -746,7 +746,7 @@ fn a_client_that_does_not_read_its_page_is_not_served_further_requests() {
                 T0,
                 &mut store
             ),
-            Err(SessionError::Busy)
+            Err(ServerSessionError::Busy)
         );
     }
     assert_eq!(s.queued_items(), 0);
@@ -761,18 +761,18 @@ fn too_small_output_buffer_is_an_error_that_changes_nothing() {
     let mut tiny = [0u8; 10];
     assert_eq!(
         s.poll_transmit(&store, &mut tiny),
-        Err(SessionError::BufferTooSmall(BufferTooSmall {
+        Err(ServerSessionError::BufferTooSmall(BufferTooSmall {
             required: 69
         }))
     );
     assert!(matches!(next(&mut s, &store), Some(R::Hello(_))));
-    s.handle_request(&req(Request::Fetch { after: 0, limit: 2 }), T0, &mut store)
+    s.handle_message(&req(Request::Fetch { after: 0, limit: 2 }), T0, &mut store)
         .unwrap();
     let mut almost = [0u8; ENTRY_LEN - 1];
     let reads = store.reads.get();
     assert_eq!(
         s.poll_transmit(&store, &mut almost),
-        Err(SessionError::BufferTooSmall(BufferTooSmall {
+        Err(ServerSessionError::BufferTooSmall(BufferTooSmall {
             required: ENTRY_LEN
         }))
     );
@@ -791,20 +791,20 @@ fn too_small_output_buffer_is_an_error_that_changes_nothing() {
 fn requests_after_close_are_refused_and_close_is_announced() {
     let mut store = MemStore::new();
     let mut s = open(&store, config(), 1);
-    s.handle_request(&req(Request::Subscribe { after: 0 }), T0, &mut store)
+    s.handle_message(&req(Request::Subscribe { after: 0 }), T0, &mut store)
         .unwrap();
     assert_eq!(s.poll_event(), Some(ServerEvent::Subscribed));
     s.close();
     assert_eq!(
-        s.handle_request(&req(Request::Unsubscribe), T0, &mut store),
-        Err(SessionError::Closed)
+        s.handle_message(&req(Request::Unsubscribe), T0, &mut store),
+        Err(ServerSessionError::Closed)
     );
     assert!(!s.is_closed());
     assert_eq!(
         drain(&mut s, &store),
         vec![
             R::Subscribed { after: 0 },
-            R::Closing(CloseReason::Shutdown)
+            R::Closing(ServerCloseReason::Shutdown)
         ]
     );
     assert!(s.is_closed());
@@ -812,12 +812,12 @@ fn requests_after_close_are_refused_and_close_is_announced() {
     assert_eq!(
         s.poll_event(),
         Some(ServerEvent::Closed {
-            reason: CloseReason::Shutdown
+            reason: ServerCloseReason::Shutdown
         })
     );
     assert_eq!(
-        s.handle_request(&req(Request::Unsubscribe), T0, &mut store),
-        Err(SessionError::Closed)
+        s.handle_message(&req(Request::Unsubscribe), T0, &mut store),
+        Err(ServerSessionError::Closed)
     );
     s.handle_durable(100);
     assert_eq!(drain(&mut s, &store), vec![]);
@@ -837,18 +837,21 @@ fn idle_sessions_time_out_and_the_deadline_moves_with_requests() {
     s.handle_timeout(T0 + Duration::from_secs(59)); // spurious: a no-op
     assert!(s.wants_request());
     let t1 = T0 + Duration::from_secs(30);
-    s.handle_request(&req(Request::Fetch { after: 0, limit: 1 }), t1, &mut store)
+    s.handle_message(&req(Request::Fetch { after: 0, limit: 1 }), t1, &mut store)
         .unwrap();
     assert_eq!(s.poll_timeout(), None, "not idle while a page is pending");
     let _ = drain(&mut s, &store);
     assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(60)));
     s.handle_timeout(t1 + Duration::from_secs(60));
     assert_eq!(s.poll_timeout(), None, "the deadline does not stay stuck");
-    assert_eq!(drain(&mut s, &store), vec![R::Closing(CloseReason::Idle)]);
+    assert_eq!(
+        drain(&mut s, &store),
+        vec![R::Closing(ServerCloseReason::Idle)]
+    );
     assert_eq!(
         s.poll_event(),
         Some(ServerEvent::Closed {
-            reason: CloseReason::Idle
+            reason: ServerCloseReason::Idle
         })
     );
 }
@@ -873,21 +876,21 @@ fn events_are_never_dropped_when_the_driver_does_not_drain_them() {
     let mut s = open(&store, config(), 1);
     let sub = req(Request::Subscribe { after: 0 });
     let unsub = req(Request::Unsubscribe);
-    s.handle_request(&sub, T0, &mut store).unwrap();
+    s.handle_message(&sub, T0, &mut store).unwrap();
     let _ = drain(&mut s, &store);
-    s.handle_request(&unsub, T0, &mut store).unwrap();
+    s.handle_message(&unsub, T0, &mut store).unwrap();
     let _ = drain(&mut s, &store);
-    s.handle_request(&sub, T0, &mut store).unwrap();
+    s.handle_message(&sub, T0, &mut store).unwrap();
     let _ = drain(&mut s, &store);
     assert!(!s.wants_request(), "the event queue is nearly full");
     assert_eq!(
-        s.handle_request(&unsub, T0, &mut store),
-        Err(SessionError::Busy)
+        s.handle_message(&unsub, T0, &mut store),
+        Err(ServerSessionError::Busy)
     );
     s.close();
     assert_eq!(
         drain(&mut s, &store),
-        vec![R::Closing(CloseReason::Shutdown)]
+        vec![R::Closing(ServerCloseReason::Shutdown)]
     );
     let events: Vec<_> = core::iter::from_fn(|| s.poll_event()).collect();
     assert_eq!(
@@ -898,7 +901,7 @@ fn events_are_never_dropped_when_the_driver_does_not_drain_them() {
             ServerEvent::Subscribed,
             ServerEvent::Unsubscribed,
             ServerEvent::Closed {
-                reason: CloseReason::Shutdown
+                reason: ServerCloseReason::Shutdown
             },
         ]
     );

@@ -5,9 +5,11 @@ mod server_common;
 
 use std::collections::VecDeque;
 
-use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::group::SEALED_BLOB_LEN;
+use cwtch_proto::server::client::MAX_QUEUED_POSTS;
+use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind, ServerRefusal};
 use cwtch_proto::server::{
-    ClientConfig, ClientError, ClientEvent, DecodeError, RefusalReason, Reply, Request,
+    ClientConfig, ClientError, ClientEvent, DecodeError, PostId, RefusalReason, Reply, Request,
     ServerClient, ServerConfig, ServerSession,
 };
 use cwtch_proto::{Duration, Instant};
@@ -16,6 +18,9 @@ use server_common::*;
 /// How many messages a channel holds in each direction before the writer
 /// must wait: a small window, so back-pressure is exercised.
 const WINDOW: usize = 4;
+
+/// The clock of tests that do not advance it.
+const NOW: Instant = Instant::from_secs(1_000);
 
 struct Link {
     client: ServerClient,
@@ -98,13 +103,13 @@ impl World {
                     break;
                 };
                 l.session
-                    .handle_request(&msg, self.now, &mut self.store)
+                    .handle_message(&msg, self.now, &mut self.store)
                     .unwrap();
                 moved = true;
             }
             // Client: one reply at a time, events drained after each.
             while let Some(msg) = l.to_client.pop_front() {
-                l.client.handle_reply(&msg).unwrap();
+                l.client.handle_message(&msg, self.now).unwrap();
                 moved = true;
                 while let Some(e) = l.client.poll_event() {
                     if let ClientEvent::Blob { index, blob, live } = &e {
@@ -114,8 +119,14 @@ impl World {
                     }
                 }
             }
+            l.client.handle_timeout(self.now);
+            // The proof of work, in bounded steps.
+            while l.client.wants_work(self.now) {
+                l.client.poll_work(self.now, 1 << 12);
+                moved = true;
+            }
             while l.to_server.len() < WINDOW {
-                match l.client.poll_transmit(&mut buf).unwrap() {
+                match l.client.poll_transmit(self.now, &mut buf).unwrap() {
                     Some(n) => {
                         l.to_server.push_back(buf[..n].to_vec());
                         moved = true;
@@ -142,12 +153,16 @@ impl World {
         panic!("the simulation did not settle");
     }
 
-    fn post(&mut self, link: usize, tag: u64) -> u64 {
-        let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
-        let l = &mut self.links[link];
-        let sent = l.client.post(&blob(tag), &mut buf).unwrap();
-        l.to_server.push_back(buf[..sent.len].to_vec());
-        sent.seq
+    /// Hands the client a post named `tag`; it goes out with the next step.
+    fn post(&mut self, link: usize, tag: u64) -> PostId {
+        let id = PostId(tag);
+        self.links[link].client.queue_post(id, &blob(tag)).unwrap();
+        id
+    }
+
+    /// Lets virtual time pass.
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
     }
 }
 
@@ -184,11 +199,11 @@ fn full_sync_then_live_pushes_between_two_clients() {
         .events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::Posted { seq, index } => Some((*seq, *index)),
+            ClientEvent::Posted { post, index } => Some((post.0, *index)),
             _ => None,
         })
         .collect();
-    assert_eq!(posted, (0..150).map(|s| (s, s + 1)).collect::<Vec<_>>());
+    assert_eq!(posted, (1..=150).map(|k| (k, k)).collect::<Vec<_>>());
 
     // A new reader syncs 150 entries in pages of at most 32, then subscribes.
     let a = w.connect(server(), client(), 0, 2);
@@ -230,11 +245,10 @@ fn full_sync_then_live_pushes_between_two_clients() {
         (0..5).map(|i| (151 + i, 1000 + i)).collect::<Vec<_>>()
     );
     assert_eq!(w.links[a].client.cursor(), 155);
-    assert!(
-        w.links[b]
-            .events
-            .contains(&ClientEvent::Posted { seq: 4, index: 155 })
-    );
+    assert!(w.links[b].events.contains(&ClientEvent::Posted {
+        post: PostId(1004),
+        index: 155
+    }));
     let b_live = w.links[b].blobs.iter().filter(|b| b.2).count();
     assert_eq!(b_live, 5, "a poster that subscribes sees its own posts too");
 
@@ -319,12 +333,124 @@ fn rate_limited_and_pow_refusals_reach_the_client_as_events() {
     }
     w.run();
     let l = &w.links[c];
-    assert!(l.events.contains(&ClientEvent::Posted { seq: 0, index: 1 }));
-    assert!(l.events.contains(&ClientEvent::Posted { seq: 1, index: 2 }));
-    assert!(l.events.iter().any(|e| matches!(
-        e,
-        ClientEvent::Refused(r) if r.seq == 2 && matches!(r.reason, RefusalReason::RateLimited { .. })
-    )));
+    let posted = |l: &Link, id: u64| {
+        l.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Posted { post, .. } if post.0 == id))
+    };
+    assert!(posted(l, 0) && posted(l, 1) && !posted(l, 2));
+    let retry_at = l
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::PostRefused {
+                post: PostId(2),
+                reason: RefusalReason::RateLimited { .. },
+                retry_at,
+            } => Some(*retry_at),
+            _ => None,
+        })
+        .expect("the third post is refused for now");
+    let retry_at = retry_at.expect("a rate-limited post is posted again");
+    // The client holds it and says when; nothing goes out before.
+    assert_eq!(l.client.poll_timeout(), Some(retry_at));
+    assert_eq!(l.client.queue_room(), MAX_QUEUED_POSTS - 1);
+    // When the time comes it is posted again, by the client alone, and
+    // stored; the deadline is gone.
+    w.advance(Duration::from_secs(61));
+    w.run();
+    let l = &w.links[c];
+    assert!(posted(l, 2), "{:?}", l.events);
+    assert_eq!(l.client.poll_timeout(), None);
+    assert_eq!(l.client.queue_room(), MAX_QUEUED_POSTS);
+}
+
+/// A refusal that waiting cannot cure drops the post, and says so.
+#[test]
+fn a_refusal_that_waiting_cannot_cure_drops_the_post() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let seq = send(&mut c, 9, &blob(9), &mut buf);
+    c.handle_message(
+        &encode(Reply::Refused(ServerRefusal {
+            request: RequestKind::Post,
+            seq,
+            reason: RefusalReason::Malformed,
+        })),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::PostRefused {
+            post: PostId(9),
+            reason: RefusalReason::Malformed,
+            retry_at: None
+        })
+    );
+    assert_eq!(c.queue_room(), MAX_QUEUED_POSTS);
+    // An answer to the same post again is a protocol break.
+    assert_eq!(
+        c.handle_message(&encode(Reply::Posted { seq, index: 1 }), NOW),
+        Err(ClientError::Unexpected)
+    );
+}
+
+/// The proof of work is done in bounded steps: no call tries more than
+/// POW_STEP_MAX hashes, and the post goes out only once it is found.
+#[test]
+fn proof_of_work_is_done_in_bounded_steps() {
+    let mut c = ready_client(12);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    c.queue_post(PostId(1), &blob(1)).unwrap();
+    assert!(c.wants_work(NOW));
+    assert_eq!(
+        c.poll_transmit(NOW, &mut buf),
+        Ok(None),
+        "not before the work"
+    );
+    let mut steps = 0;
+    while c.poll_work(NOW, 64) {
+        steps += 1;
+        assert!(steps < 100_000, "the work ends");
+    }
+    assert!(!c.wants_work(NOW));
+    let n = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    match Request::decode(&buf[..n]).unwrap() {
+        Request::Post {
+            pow: Some(nonce),
+            blob: b,
+        } => {
+            let challenge = c.policy().unwrap().challenge;
+            assert!(cwtch_proto::server::pow_verify(&challenge, 0, b, nonce, 12));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A budget above the step is capped: one call never does more.
+    let mut d = ready_client(30);
+    d.queue_post(PostId(2), &blob(2)).unwrap();
+    assert!(!d.wants_work(NOW), "30 bits is more than the client pays");
+    assert_eq!(d.poll_transmit(NOW, &mut buf), Ok(None));
+    assert_eq!(d.poll_event(), Some(ClientEvent::PowTooHard { bits: 30 }));
+    let mut e = ready_client(20);
+    e.queue_post(PostId(3), &blob(3)).unwrap();
+    let t = std::time::Instant::now();
+    e.poll_work(NOW, u64::MAX);
+    // 2^16 hashes of 2 KiB take well under a second even in a debug build;
+    // 2^20 (what an uncapped call could try) would take several.
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Queues `blob` as post `id` and sends it at once: its sequence number.
+fn send(c: &mut ServerClient, id: u64, blob: &[u8; SEALED_BLOB_LEN], buf: &mut [u8]) -> u64 {
+    let seq = c.next_post_seq();
+    c.queue_post(PostId(id), blob).unwrap();
+    let n = c.poll_transmit(NOW, buf).unwrap().unwrap();
+    assert!(matches!(
+        Request::decode(&buf[..n]),
+        Ok(Request::Post { .. })
+    ));
+    seq
 }
 
 fn ready_client(pow_bits: u8) -> ServerClient {
@@ -344,7 +470,7 @@ fn ready_client(pow_bits: u8) -> ServerClient {
     );
     let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
     let n = s.poll_transmit(&store, &mut buf).unwrap().unwrap();
-    c.handle_reply(&buf[..n]).unwrap();
+    c.handle_message(&buf[..n], NOW).unwrap();
     assert!(matches!(c.poll_event(), Some(ClientEvent::Connected(_))));
     c
 }
@@ -361,19 +487,24 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
     let mut c = ServerClient::new(client(), 0, &mut rng0);
     let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
     // Nothing before the hello.
-    assert_eq!(c.post(&blob(1), &mut buf), Err(ClientError::NotReady));
-    assert_eq!(c.poll_transmit(&mut buf), Ok(None));
+    c.queue_post(PostId(1), &blob(1)).unwrap();
     assert_eq!(
-        c.handle_reply(&encode(Reply::Unsubscribed)),
+        c.poll_transmit(NOW, &mut buf),
+        Ok(None),
+        "nothing before the hello"
+    );
+    assert_eq!(c.poll_transmit(NOW, &mut buf), Ok(None));
+    assert_eq!(
+        c.handle_message(&encode(Reply::Unsubscribed), NOW),
         Err(ClientError::Unexpected)
     );
     // Malformed replies.
     assert_eq!(
-        c.handle_reply(&[]),
+        c.handle_message(&[], NOW),
         Err(ClientError::Malformed(DecodeError::Empty))
     );
     assert!(matches!(
-        c.handle_reply(&[0x01]),
+        c.handle_message(&[0x01], NOW),
         Err(ClientError::Malformed(DecodeError::UnknownTag { tag: 1 }))
     ));
 
@@ -381,24 +512,24 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
     // Replies nobody asked for.
     let b = blob(1);
     assert_eq!(
-        c.handle_reply(&encode(Reply::Entry { index: 1, blob: &b })),
+        c.handle_message(&encode(Reply::Entry { index: 1, blob: &b }), NOW),
         Err(ClientError::Unexpected)
     );
     assert_eq!(
-        c.handle_reply(&encode(Reply::Push { index: 1, blob: &b })),
+        c.handle_message(&encode(Reply::Push { index: 1, blob: &b }), NOW),
         Err(ClientError::Unexpected)
     );
     assert_eq!(
-        c.handle_reply(&encode(Reply::Posted { seq: 0, index: 1 })),
+        c.handle_message(&encode(Reply::Posted { seq: 0, index: 1 }), NOW),
         Err(ClientError::Unexpected)
     );
     assert_eq!(
-        c.handle_reply(&encode(Reply::PageEnd { next: 1, head: 1 })),
+        c.handle_message(&encode(Reply::PageEnd { next: 1, head: 1 }), NOW),
         Err(ClientError::Unexpected)
     );
     // Indices going backwards inside a page.
     c.sync();
-    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    let n = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
     assert_eq!(
         Request::decode(&buf[..n]).unwrap(),
         Request::Fetch {
@@ -406,25 +537,25 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
             limit: 50
         }
     );
-    c.handle_reply(&encode(Reply::Entry { index: 5, blob: &b }))
+    c.handle_message(&encode(Reply::Entry { index: 5, blob: &b }), NOW)
         .unwrap();
     assert_eq!(
-        c.handle_reply(&encode(Reply::Entry { index: 5, blob: &b })),
+        c.handle_message(&encode(Reply::Entry { index: 5, blob: &b }), NOW),
         Err(ClientError::Unexpected)
     );
     assert_eq!(
-        c.handle_reply(&encode(Reply::PageEnd { next: 4, head: 9 })),
+        c.handle_message(&encode(Reply::PageEnd { next: 4, head: 9 }), NOW),
         Err(ClientError::Unexpected)
     );
     // A page that makes no progress yet claims more: refused.
     assert_eq!(
-        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 }))
+        c.handle_message(&encode(Reply::PageEnd { next: 5, head: 9 }), NOW)
             .map(|_| ()),
         Ok(()),
         "progress from 0 to 5 is fine"
     );
     while c.poll_event().is_some() {}
-    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    let n = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
     assert_eq!(
         Request::decode(&buf[..n]).unwrap(),
         Request::Fetch {
@@ -433,47 +564,52 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
         }
     );
     assert_eq!(
-        c.handle_reply(&encode(Reply::PageEnd { next: 5, head: 9 })),
+        c.handle_message(&encode(Reply::PageEnd { next: 5, head: 9 }), NOW),
         Err(ClientError::Unexpected)
     );
     // Events not drained: the client refuses more input instead of queueing.
     for index in 6..=8 {
-        c.handle_reply(&encode(Reply::Entry { index, blob: &b }))
+        c.handle_message(&encode(Reply::Entry { index, blob: &b }), NOW)
             .unwrap();
     }
-    c.handle_reply(&encode(Reply::Entry { index: 9, blob: &b }))
+    c.handle_message(&encode(Reply::Entry { index: 9, blob: &b }), NOW)
         .unwrap();
     assert_eq!(
-        c.handle_reply(&encode(Reply::Entry {
-            index: 10,
-            blob: &b
-        })),
+        c.handle_message(
+            &encode(Reply::Entry {
+                index: 10,
+                blob: &b
+            }),
+            NOW
+        ),
         Err(ClientError::Busy)
     );
     while c.poll_event().is_some() {}
-    c.handle_reply(&encode(Reply::Entry {
-        index: 10,
-        blob: &b,
-    }))
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 10,
+            blob: &b,
+        }),
+        NOW,
+    )
     .unwrap();
     assert_eq!(c.cursor(), 10);
 
     // Too small a buffer for a post changes nothing (the seq is not used up).
     let mut small = [0u8; 100];
+    c.queue_post(PostId(0), &b).unwrap();
     assert!(matches!(
-        c.post(&b, &mut small),
+        c.poll_transmit(NOW, &mut small),
         Err(ClientError::BufferTooSmall(e)) if e.required == 2049
     ));
     assert_eq!(c.next_post_seq(), 0);
-    assert_eq!(c.post(&b, &mut buf).unwrap().seq, 0);
+    assert!(c.poll_transmit(NOW, &mut buf).unwrap().is_some());
     assert_eq!(c.next_post_seq(), 1);
-
-    // A server demanding more work than the client will pay.
-    let mut hard = ready_client(30);
-    assert_eq!(
-        hard.post(&b, &mut buf),
-        Err(ClientError::PowTooHard { bits: 30 })
-    );
+    // The queue is bounded: past MAX_QUEUED_POSTS, a typed error.
+    for id in 1..MAX_QUEUED_POSTS as u64 {
+        c.queue_post(PostId(id), &b).unwrap();
+    }
+    assert_eq!(c.queue_post(PostId(99), &b), Err(ClientError::QueueFull));
 }
 
 fn withheld(c: &mut ServerClient) -> Vec<(u64, u32)> {
@@ -495,64 +631,84 @@ fn a_server_that_skips_an_acknowledged_post_is_caught_by_its_own_ack() {
     let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
     let (ours, other) = (blob(1), blob(2));
     // Acknowledged at 3, then a page that goes 2, 4: index 3 was skipped.
-    let seq = c.post(&ours, &mut buf).unwrap().seq;
-    c.handle_reply(&encode(Reply::Posted { seq, index: 3 }))
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &ours, &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 3 }), NOW)
         .unwrap();
     c.sync();
-    let _ = c.poll_transmit(&mut buf).unwrap().unwrap();
-    c.handle_reply(&encode(Reply::Entry {
-        index: 2,
-        blob: &other,
-    }))
+    let _ = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 2,
+            blob: &other,
+        }),
+        NOW,
+    )
     .unwrap();
     assert_eq!(withheld(&mut c), vec![]);
-    c.handle_reply(&encode(Reply::Entry {
-        index: 4,
-        blob: &other,
-    }))
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 4,
+            blob: &other,
+        }),
+        NOW,
+    )
     .unwrap();
     assert_eq!(withheld(&mut c), vec![(3, 1)]);
 
     // Acknowledged at 5 and served at 5: fine.
-    let seq = c.post(&blob(3), &mut buf).unwrap().seq;
-    c.handle_reply(&encode(Reply::Posted { seq, index: 5 }))
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(3), &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 5 }), NOW)
         .unwrap();
-    c.handle_reply(&encode(Reply::Entry {
-        index: 5,
-        blob: &blob(3),
-    }))
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 5,
+            blob: &blob(3),
+        }),
+        NOW,
+    )
     .unwrap();
     assert_eq!(withheld(&mut c), vec![]);
 
     // Served before its acknowledgement came: fine too.
-    let seq = c.post(&blob(4), &mut buf).unwrap().seq;
-    c.handle_reply(&encode(Reply::Entry {
-        index: 6,
-        blob: &blob(4),
-    }))
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(4), &mut buf);
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 6,
+            blob: &blob(4),
+        }),
+        NOW,
+    )
     .unwrap();
-    c.handle_reply(&encode(Reply::Posted { seq, index: 6 }))
+    c.handle_message(&encode(Reply::Posted { seq, index: 6 }), NOW)
         .unwrap();
     assert_eq!(withheld(&mut c), vec![]);
 
     // Acknowledged at 7, but another blob is served at 7.
-    let seq = c.post(&blob(5), &mut buf).unwrap().seq;
-    c.handle_reply(&encode(Reply::Posted { seq, index: 7 }))
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(5), &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 7 }), NOW)
         .unwrap();
-    c.handle_reply(&encode(Reply::Entry {
-        index: 7,
-        blob: &other,
-    }))
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 7,
+            blob: &other,
+        }),
+        NOW,
+    )
     .unwrap();
     assert_eq!(withheld(&mut c), vec![(7, 1)]);
 
     // Two acknowledged posts, then a page end past both: both withheld.
     for index in [8, 9] {
-        let seq = c.post(&blob(10 + index), &mut buf).unwrap().seq;
-        c.handle_reply(&encode(Reply::Posted { seq, index }))
+        let id = 100 + c.next_post_seq();
+        let seq = send(&mut c, id, &blob(10 + index), &mut buf);
+        c.handle_message(&encode(Reply::Posted { seq, index }), NOW)
             .unwrap();
     }
-    c.handle_reply(&encode(Reply::PageEnd { next: 12, head: 12 }))
+    c.handle_message(&encode(Reply::PageEnd { next: 12, head: 12 }), NOW)
         .unwrap();
     assert_eq!(withheld(&mut c), vec![(8, 2)]);
 }
@@ -599,7 +755,7 @@ fn a_head_behind_the_cursor_brings_the_cursor_back() {
     let mut c = ServerClient::new(client(), u64::MAX - 1, &mut rng(2));
     let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
     let n = s.poll_transmit(&store, &mut buf).unwrap().unwrap();
-    c.handle_reply(&buf[..n]).unwrap();
+    c.handle_message(&buf[..n], NOW).unwrap();
     assert!(matches!(c.poll_event(), Some(ClientEvent::Connected(_))));
     assert_eq!(
         c.poll_event(),
@@ -609,7 +765,7 @@ fn a_head_behind_the_cursor_brings_the_cursor_back() {
         })
     );
     assert_eq!(c.cursor(), 5);
-    let n = c.poll_transmit(&mut buf).unwrap().unwrap();
+    let n = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
     assert_eq!(
         Request::decode(&buf[..n]).unwrap(),
         Request::Fetch {

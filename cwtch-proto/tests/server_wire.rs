@@ -5,8 +5,8 @@ use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::admission::{pow_digest, pow_solve, pow_verify};
 use cwtch_proto::server::wire::{FULL_RETRY, MAX_SERVER_MESSAGE_LEN, MIN_RETRY};
 use cwtch_proto::server::{
-    BufferTooSmall, CloseReason, DecodeError, Policy, Refusal, RefusalReason, Reply, Request,
-    RequestKind,
+    BufferTooSmall, DecodeError, Policy, RefusalReason, Reply, Request, RequestKind,
+    ServerCloseReason, ServerRefusal,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -150,7 +150,7 @@ fn reply_vectors() {
     check_reply(Reply::Subscribed { after: 1000 }, "`86e803000000000000`");
     check_reply(Reply::Unsubscribed, "`87`");
     check_reply(
-        Reply::Refused(Refusal {
+        Reply::Refused(ServerRefusal {
             request: RequestKind::Post,
             seq: 5,
             reason: RefusalReason::RateLimited {
@@ -160,7 +160,7 @@ fn reply_vectors() {
         "`8801050000000000000002dc050000`",
     );
     check_reply(
-        Reply::Refused(Refusal {
+        Reply::Refused(ServerRefusal {
             request: RequestKind::Post,
             seq: 6,
             reason: RefusalReason::WrongBlobSize { found: 101 },
@@ -168,7 +168,7 @@ fn reply_vectors() {
         "`880106000000000000000765000000`",
     );
     check_reply(
-        Reply::Refused(Refusal {
+        Reply::Refused(ServerRefusal {
             request: RequestKind::Fetch,
             seq: 0,
             reason: RefusalReason::Malformed,
@@ -177,7 +177,7 @@ fn reply_vectors() {
     );
     check_reply(
         Reply::Closing {
-            reason: CloseReason::Idle,
+            reason: ServerCloseReason::Idle,
         },
         "`8901`",
     );
@@ -250,7 +250,7 @@ fn strict_decoding() {
     assert_eq!(Reply::decode(&[]), Err(DecodeError::Empty));
 }
 
-fn arb_refusal() -> impl Strategy<Value = Refusal> {
+fn arb_refusal() -> impl Strategy<Value = ServerRefusal> {
     let reason = prop_oneof![
         Just(RefusalReason::Full),
         any::<u32>().prop_map(|retry_after_ms| RefusalReason::RateLimited { retry_after_ms }),
@@ -268,7 +268,7 @@ fn arb_refusal() -> impl Strategy<Value = Refusal> {
         Just(RequestKind::Subscribe),
         Just(RequestKind::Unsubscribe),
     ];
-    (kind, any::<u64>(), reason).prop_map(|(request, seq, reason)| Refusal {
+    (kind, any::<u64>(), reason).prop_map(|(request, seq, reason)| ServerRefusal {
         request,
         seq: if request == RequestKind::Post { seq } else { 0 },
         reason,

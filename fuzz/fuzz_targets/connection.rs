@@ -9,7 +9,7 @@
 use arbitrary::Arbitrary;
 use chacha20::ChaCha20Rng;
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Config, Connection, Event};
+use cwtch_proto::connection::{Config, Connection, ConnectionEvent};
 use cwtch_proto::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use rand_core::SeedableRng;
@@ -82,12 +82,12 @@ impl Side {
                 any = true;
                 assert!(!self.closed, "an event after Closed");
                 match ev {
-                    Event::IncomingPeer { .. } => {
+                    ConnectionEvent::IncomingPeer { .. } => {
                         let _ = self.conn.accept(now);
                     }
-                    Event::Message(m) => self.got.push(m.to_vec()),
-                    Event::Closed(_) => self.closed = true,
-                    Event::Established { .. } => {}
+                    ConnectionEvent::Message(m) => self.got.push(m.to_vec()),
+                    ConnectionEvent::Closed(_) => self.closed = true,
+                    ConnectionEvent::Established { .. } => {}
                 }
             }
             if !any {

@@ -40,7 +40,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         seq: s,
                     })
                     .collect();
-                let _ = t.ingest_parts(
+                let _ = t.handle_parts(
                     MemberId([sender % 5; 16]),
                     seq,
                     &MessageHash([hash; 32]),

@@ -5,7 +5,7 @@
 #![no_main]
 
 use cwtch_proto::peer::message::MAX_ENCODED_LEN;
-use cwtch_proto::peer::{Incoming, PeerMessage, PeerSession, SessionError, Standing};
+use cwtch_proto::peer::{Incoming, PeerMessage, PeerSession, PeerSessionError, Standing};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,10 +26,12 @@ fuzz_target!(|data: &[u8]| {
             room_for_request: false,
         },
     ] {
-        let session = PeerSession::new(standing);
+        let mut session = PeerSession::new(standing);
         let result = session.handle_message(data);
         match (&result, &decoded) {
-            (Err(SessionError::Malformed(_)), Ok(_)) => panic!("a valid message called malformed"),
+            (Err(PeerSessionError::Malformed(_)), Ok(_)) => {
+                panic!("a valid message called malformed")
+            }
             (Ok(_), Err(_)) => panic!("an invalid message acted upon"),
             _ => {}
         }

@@ -9,7 +9,7 @@ use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::session::{MAX_PENDING_POSTS, MAX_SERVER_EVENTS};
 use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::server::{
-    BlobStore, Reply, Request, ServerConfig, ServerSession, SessionError, StoreError,
+    BlobStore, Reply, Request, ServerConfig, ServerSession, ServerSessionError, StoreError,
 };
 use cwtch_proto::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
@@ -179,7 +179,7 @@ fuzz_target!(|input: Input| {
                         Reply::decode(&buf[..n]).expect("valid reply");
                     }
                     Ok(None) => {}
-                    Err(SessionError::BufferTooSmall(e)) => assert!(e.required > len),
+                    Err(ServerSessionError::BufferTooSmall(e)) => assert!(e.required > len),
                     Err(e) => panic!("unexpected {e:?}"),
                 }
                 None
@@ -219,9 +219,9 @@ fuzz_target!(|input: Input| {
         if let Some(bytes) = bytes {
             let wanted = s.wants_request();
             let entries = store.entries.len();
-            match s.handle_request(&bytes, now, &mut store) {
+            match s.handle_message(&bytes, now, &mut store) {
                 Ok(()) => assert!(wanted),
-                Err(SessionError::Busy | SessionError::Closed) => {
+                Err(ServerSessionError::Busy | ServerSessionError::Closed) => {
                     assert!(!wanted);
                     assert_eq!(
                         store.entries.len(),

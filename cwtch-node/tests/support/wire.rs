@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Config, Connection, Event};
+use cwtch_proto::connection::{Config, Connection, ConnectionEvent};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::{Identity, Instant, OnionAddress, PublicIdentity};
 
@@ -142,7 +142,7 @@ impl RawLink {
             let mut got = None;
             while let Some(ev) = self.conn.poll_event() {
                 match ev {
-                    Event::IncomingPeer { remote } => {
+                    ConnectionEvent::IncomingPeer { remote } => {
                         self.remote = Some(remote);
                         if self.accept_all {
                             let _ = self.conn.accept(clock());
@@ -150,15 +150,15 @@ impl RawLink {
                             let _ = self.conn.refuse();
                         }
                     }
-                    Event::Established { remote } => {
+                    ConnectionEvent::Established { remote } => {
                         self.remote = Some(remote);
                         self.established = true;
                     }
-                    Event::Message(m) => {
+                    ConnectionEvent::Message(m) => {
                         got = Some(m.to_vec());
                         break;
                     }
-                    Event::Closed(r) => self.closed = Some(format!("{r:?}")),
+                    ConnectionEvent::Closed(r) => self.closed = Some(format!("{r:?}")),
                 }
             }
             self.flush()?;

@@ -70,7 +70,7 @@ pub enum SendError {
     },
     /// A message is still being sent; drain `poll_transmit` and try again.
     Busy,
-    /// The handshake has not finished yet: wait for `Event::Established`.
+    /// The handshake has not finished yet: wait for `ConnectionEvent::Established`.
     NotEstablished,
     /// The connection is closed or closing.
     Closed,

@@ -103,6 +103,12 @@ impl GroupAdverts {
     }
 }
 
+/// A member posts server adverts into a group at most this often: 10
+/// minutes between two posts of new servers.
+pub const NEW_ADVERTS_EVERY: crate::Duration = crate::Duration::from_secs(10 * 60);
+/// And refreshes the adverts it shared once a day.
+pub const REFRESH_ADVERTS_EVERY: crate::Duration = crate::Duration::from_secs(24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@
 //! range. Running out of room is an event ([`GapEvent::GaveUp`],
 //! [`GapEvent::SenderTableFull`]) or an error ([`GapError`]), never a panic.
 //!
-//! Driving: call [`GapTracker::ingest`] for every opened message (including
+//! Driving: call [`GapTracker::handle_message`] for every opened message (including
 //! one's own, when sealed), then drain [`GapTracker::poll_event`].
 
 use core::fmt;
@@ -426,7 +426,7 @@ const EVENTS_PER_SEEN: usize = 3;
 /// The gap tracker of one group. See the [module docs](self).
 ///
 /// `EVENTS` must be at least `8 + 3 * SEEN_MAX` (32) for
-/// [`GapTracker::ingest`] to accept a message with a full seen summary.
+/// [`GapTracker::handle_message`] to accept a message with a full seen summary.
 pub struct GapTracker<
     const SENDERS: usize = 16,
     const WINDOW: usize = 32,
@@ -479,13 +479,13 @@ impl<const SENDERS: usize, const WINDOW: usize, const GAPS: usize, const EVENTS:
 
     /// Ingests an opened message: its sender, sequence number, hash chain
     /// link and seen summary.
-    pub fn ingest(&mut self, msg: &OpenedMessage<'_>) -> Result<Ingested, GapError> {
-        self.ingest_parts(msg.member, msg.seq, &msg.hash, &msg.prev_hash, &msg.seen)
+    pub fn handle_message(&mut self, msg: &OpenedMessage<'_>) -> Result<Ingested, GapError> {
+        self.handle_parts(msg.member, msg.seq, &msg.hash, &msg.prev_hash, &msg.seen)
     }
 
-    /// [`GapTracker::ingest`] from the message's parts (for one's own
+    /// [`GapTracker::handle_message`] from the message's parts (for one's own
     /// messages, or storage replays).
-    pub fn ingest_parts(
+    pub fn handle_parts(
         &mut self,
         member: MemberId,
         seq: u64,

@@ -43,7 +43,7 @@
 //! let msg = bobs_group.keys().open_in_place(&server, &mut blob)?;
 //! assert_eq!(msg.text(), Some("hi Bob"));
 //! let mut tracker: GapTracker = GapTracker::new();
-//! tracker.ingest(&msg)?;
+//! tracker.handle_message(&msg)?;
 //! assert_eq!(tracker.poll_event(), None);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

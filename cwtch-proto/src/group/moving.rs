@@ -119,22 +119,52 @@ pub fn choose_move(
 /// The automatic move policy of one group: [`choose_move`], at most once
 /// per [`AUTO_MOVE_EVERY`], and never to the server it proposed last time
 /// while that one is still bad. Driven like every machine of the crate:
-/// [`AutoMove::handle_health`] with the servers' health and `now`;
-/// [`AutoMove::poll_timeout`] says when a proposal may come next.
+/// [`AutoMove::handle_health`] with the servers' health and `now`, then
+/// [`AutoMove::poll_event`]; [`AutoMove::poll_timeout`] says when a proposal
+/// may come next.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AutoMove {
     last: Option<(Instant, OnionAddress)>,
+    proposal: Option<OnionAddress>,
+}
+
+/// What [`AutoMove`] asks of the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoMoveEvent {
+    /// Move the group to this server now (post a move notice).
+    MoveTo(OnionAddress),
 }
 
 impl AutoMove {
     /// No move proposed yet.
     pub const fn new() -> Self {
-        AutoMove { last: None }
+        AutoMove {
+            last: None,
+            proposal: None,
+        }
     }
 
-    /// The server to move the group to now, if [`choose_move`] says so and
-    /// the rate limit allows. A proposal starts the next wait.
+    /// The health of the group's servers and of the others we know, now:
+    /// a move is proposed ([`AutoMove::poll_event`]) if [`choose_move`]
+    /// says so and the rate limit allows. A proposal starts the next wait.
     pub fn handle_health(
+        &mut self,
+        now: Instant,
+        current: &[ServerHealth],
+        candidates: &[ServerHealth],
+    ) {
+        if let Some(to) = self.propose(now, current, candidates) {
+            self.proposal = Some(to);
+        }
+    }
+
+    /// The move to make, once.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<AutoMoveEvent> {
+        self.proposal.take().map(AutoMoveEvent::MoveTo)
+    }
+
+    fn propose(
         &mut self,
         now: Instant,
         current: &[ServerHealth],
@@ -167,6 +197,17 @@ impl AutoMove {
 
 /// The most candidate servers [`AutoMove`] weighs at once.
 pub const MAX_AUTO_CANDIDATES: usize = 64;
+
+/// How long after a move members still tell member contacts about it over
+/// peer links (as long as members keep blobs for recovery): 30 days.
+pub const TELL_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most servers a group remembers having moved away from (the oldest is
+/// forgotten first): a member moving the group again and again, naming
+/// fresh servers, cannot make members read without end.
+pub const MAX_PREVIOUS_SERVERS: usize = 8;
+/// How long a server's own evidence of withholding (`ClientEvent::Withheld`)
+/// counts against it: 7 days.
+pub const WITHHELD_COUNTS_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -278,6 +319,16 @@ mod tests {
         assert_eq!(own_notice_time(now, repair_notice_time(pinned, now)), ours);
     }
 
+    fn step(
+        auto: &mut AutoMove,
+        now: Instant,
+        current: &[ServerHealth],
+        candidates: &[ServerHealth],
+    ) -> Option<OnionAddress> {
+        auto.handle_health(now, current, candidates);
+        auto.poll_event().map(|AutoMoveEvent::MoveTo(to)| to)
+    }
+
     #[test]
     fn automatic_moves_are_rate_limited_and_do_not_bounce() {
         let t0 = Instant::from_secs(1_000_000);
@@ -285,16 +336,16 @@ mod tests {
         let good = h(2, None, 0, true);
         let mut auto = AutoMove::new();
         assert_eq!(auto.poll_timeout(), None);
-        assert_eq!(auto.handle_health(t0, &[failing], &[good]), Some(addr(2)));
+        assert_eq!(step(&mut auto, t0, &[failing], &[good]), Some(addr(2)));
         assert_eq!(auto.poll_timeout(), Some(t0 + AUTO_MOVE_EVERY));
         // The move did not happen (say the notice could not be posted):
         // asked every 2 s, it proposes nothing until the wait is over.
         for s in 1..100 {
             let t = t0 + Duration::from_secs(2 * s);
-            assert_eq!(auto.handle_health(t, &[failing], &[good]), None);
+            assert_eq!(step(&mut auto, t, &[failing], &[good]), None);
         }
         let t1 = t0 + AUTO_MOVE_EVERY;
-        assert_eq!(auto.handle_health(t1, &[failing], &[good]), Some(addr(2)));
+        assert_eq!(step(&mut auto, t1, &[failing], &[good]), Some(addr(2)));
         // The server it went to failed in turn: not proposed again while
         // bad, and the other one is proposed only once it is healthy.
         let t2 = t1 + AUTO_MOVE_EVERY;
@@ -303,9 +354,9 @@ mod tests {
             ..good
         };
         let back = h(1, None, 0, true);
-        assert_eq!(auto.handle_health(t2, &[went_bad], &[went_bad]), None);
+        assert_eq!(step(&mut auto, t2, &[went_bad], &[went_bad]), None);
         assert_eq!(
-            auto.handle_health(t2, &[went_bad], &[went_bad, back]),
+            step(&mut auto, t2, &[went_bad], &[went_bad, back]),
             Some(addr(1))
         );
     }

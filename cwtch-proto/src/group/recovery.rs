@@ -11,8 +11,8 @@
 //! - A [`Recovery`] per group is told how many messages the group's
 //!   [`GapTracker`](super::GapTracker) misses ([`Recovery::handle_gaps`]);
 //!   after a grace for a sync in progress it asks the members
-//!   ([`RecoveryStep::AskMembers`]), again with a growing wait, and gives
-//!   up after [`RecoveryConfig::max_asks`] ([`RecoveryStep::GiveUp`]) until
+//!   ([`RecoveryEvent::AskMembers`]), again with a growing wait, and gives
+//!   up after [`RecoveryConfig::max_asks`] ([`RecoveryEvent::GiveUp`]) until
 //!   new gaps appear.
 //! - [`OpenRequests`] remembers what we asked whom: an answer is taken only
 //!   from the member asked, under a live request id, for a message that
@@ -21,7 +21,7 @@
 //!   blobs we look up for them.
 //!
 //! ```
-//! use cwtch_proto::group::recovery::{Recovery, RecoveryConfig, RecoveryStep};
+//! use cwtch_proto::group::recovery::{Recovery, RecoveryConfig, RecoveryEvent};
 //! use cwtch_proto::{Duration, Instant};
 //!
 //! let c = RecoveryConfig::default();
@@ -30,7 +30,7 @@
 //! r.handle_gaps(t0, 3); // three messages missing
 //! assert_eq!(r.poll_timeout(), Some(t0 + c.grace)); // a sync may fill them
 //! r.handle_timeout(t0 + c.grace);
-//! assert_eq!(r.poll_step(), Some(RecoveryStep::AskMembers));
+//! assert_eq!(r.poll_event(), Some(RecoveryEvent::AskMembers));
 //! r.handle_gaps(t0 + c.grace, 0); // all arrived: nothing more to do
 //! assert_eq!(r.poll_timeout(), None);
 //! ```
@@ -70,8 +70,8 @@ impl Default for RecoveryConfig {
 
 /// What to do now about a group's missing messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoveryStep {
-    /// Send a [`ResendWanted`](super::ResendWanted) to the members we are
+pub enum RecoveryEvent {
+    /// Send a [`ResendWanted`] to the members we are
     /// linked with.
     AskMembers,
     /// Members were asked [`RecoveryConfig::max_asks`] times and the gaps
@@ -89,7 +89,7 @@ pub struct Recovery {
     next: Option<Instant>,
     asks: u32,
     wait: Duration,
-    step: Option<RecoveryStep>,
+    step: Option<RecoveryEvent>,
 }
 
 impl Recovery {
@@ -127,19 +127,19 @@ impl Recovery {
             return;
         }
         if self.asks >= self.config.max_asks {
-            self.step = Some(RecoveryStep::GiveUp);
+            self.step = Some(RecoveryEvent::GiveUp);
             self.next = None;
             return;
         }
         self.asks += 1;
-        self.step = Some(RecoveryStep::AskMembers);
+        self.step = Some(RecoveryEvent::AskMembers);
         self.next = Some(now + self.wait);
         self.wait = (self.wait + self.wait).min(self.config.ask_every_max);
     }
 
     /// The step to take, once, after [`Recovery::handle_timeout`].
     #[must_use]
-    pub fn poll_step(&mut self) -> Option<RecoveryStep> {
+    pub fn poll_event(&mut self) -> Option<RecoveryEvent> {
         self.step.take()
     }
 
@@ -379,6 +379,12 @@ impl AnswerBudget {
     }
 }
 
+/// How long a member keeps the sealed blobs it received or sent, to answer
+/// other members' recovery requests: 30 days.
+pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most blobs a member keeps per group for recovery (about 8 MiB).
+pub const KEEP_MAX_PER_GROUP: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,16 +400,16 @@ mod tests {
         r.handle_gaps(t0, 2);
         assert!(r.is_active());
         r.handle_timeout(t0 + Duration::from_secs(1)); // spurious
-        assert_eq!(r.poll_step(), None);
+        assert_eq!(r.poll_event(), None);
         // 24 hours of ticks every 2 s ask at most max_asks times.
         let mut asks = 0;
         let mut gave_up = 0;
         let mut t = t0;
         while t < t0 + Duration::from_secs(24 * 3600) {
             r.handle_timeout(t);
-            match r.poll_step() {
-                Some(RecoveryStep::AskMembers) => asks += 1,
-                Some(RecoveryStep::GiveUp) => gave_up += 1,
+            match r.poll_event() {
+                Some(RecoveryEvent::AskMembers) => asks += 1,
+                Some(RecoveryEvent::GiveUp) => gave_up += 1,
                 None => {}
             }
             t = t + Duration::from_secs(2);
@@ -430,7 +436,7 @@ mod tests {
             let due = r.poll_timeout().unwrap();
             assert!(Some(due) > last);
             r.handle_timeout(due);
-            assert_eq!(r.poll_step(), Some(RecoveryStep::AskMembers));
+            assert_eq!(r.poll_event(), Some(RecoveryEvent::AskMembers));
             last = Some(due);
         }
     }
@@ -442,7 +448,7 @@ mod tests {
         let mut steps = 0;
         for t in [5000u64, 10, 6000, 0, 9000, 9000, 1, u64::MAX / 2_000_000] {
             r.handle_timeout(Instant::from_secs(t));
-            if r.poll_step().is_some() {
+            if r.poll_event().is_some() {
                 steps += 1;
             }
         }

@@ -169,3 +169,9 @@ pub struct Mailbox {
     /// The mailbox key.
     pub key: MailboxKey,
 }
+
+/// How long a mailbox replaced by rotation is still read, so that requests
+/// sent to the old identifier are found: 30 days (unless revoked).
+pub const RETIRED_READ_FOR: crate::Duration = crate::Duration::from_secs(30 * 24 * 3600);
+/// The most retired mailboxes read at once (the newest).
+pub const MAX_RETIRED: usize = 4;

@@ -14,4 +14,6 @@ pub mod session;
 pub use message::{PeerMessage, PeerMessageError};
 pub use requests::{PendingRequests, RequestOrigin};
 pub use retry::Backoff;
-pub use session::{AckToken, Action, Incoming, PeerSession, Refusal, SessionError, Standing};
+pub use session::{
+    AckToken, Incoming, PeerEvent, PeerRefusal, PeerSession, PeerSessionError, Standing,
+};

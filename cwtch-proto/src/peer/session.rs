@@ -7,7 +7,7 @@
 //! an established link. The application tells it how it stands with the
 //! peer ([`Standing`], from its contact list) when the link is established
 //! and whenever the user accepts or blocks the peer; it polls
-//! [`PeerSession::poll_action`] for what to do about that (greet, record a
+//! [`PeerSession::poll_event`] for what to do about that (greet, record a
 //! request, close), and passes every channel message through
 //! [`PeerSession::handle_message`], which decodes it and refuses what this
 //! peer may not send:
@@ -48,7 +48,7 @@ pub enum Standing {
 
 /// Why a peer is turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum PeerRefusal {
     /// The user blocked the peer.
     Blocked,
     /// A stranger, while the application holds its maximum of pending
@@ -56,23 +56,23 @@ pub enum Refusal {
     TooManyRequests,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for PeerRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Refusal::Blocked => "the peer is blocked",
-            Refusal::TooManyRequests => "too many pending contact requests",
+            PeerRefusal::Blocked => "the peer is blocked",
+            PeerRefusal::TooManyRequests => "too many pending contact requests",
         })
     }
 }
 
 /// Whether a peer that authenticated in the handshake may have a link at
 /// all (the responder asks before accepting, SPEC.md section 2).
-pub fn admit(standing: Standing) -> Result<(), Refusal> {
+pub fn admit(standing: Standing) -> Result<(), PeerRefusal> {
     match standing {
-        Standing::Blocked => Err(Refusal::Blocked),
+        Standing::Blocked => Err(PeerRefusal::Blocked),
         Standing::Stranger {
             room_for_request: false,
-        } => Err(Refusal::TooManyRequests),
+        } => Err(PeerRefusal::TooManyRequests),
         _ => Ok(()),
     }
 }
@@ -94,9 +94,9 @@ pub fn keep_new_link(
 }
 
 /// What the application must do about the link, from
-/// [`PeerSession::poll_action`].
+/// [`PeerSession::poll_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum PeerEvent {
     /// Say `Hello` (our display name), then re-send the outgoing queue for
     /// this peer in order, then what we share with contacts. Once per link,
     /// when the peer is (or becomes) accepted.
@@ -105,7 +105,7 @@ pub enum Action {
     /// not even our name, until the user accepts).
     RecordRequest,
     /// Close the link.
-    Close(Refusal),
+    Close(PeerRefusal),
 }
 
 /// The acknowledgement owed for a stored `Text` or handled `GroupInvite`.
@@ -197,7 +197,7 @@ pub enum Incoming<'a> {
 /// Why [`PeerSession::handle_message`] refused a message. The message is
 /// ignored (never acknowledged); the link stays up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionError {
+pub enum PeerSessionError {
     /// Not a valid peer message (SPEC.md section 4).
     Malformed(PeerMessageError),
     /// A kind this peer may not send at its standing (an invite from a
@@ -210,52 +210,58 @@ pub enum SessionError {
     },
     /// The session told the application to close the link.
     Closed,
+    /// A second `Hello` on this link: a name is taken once per link (each
+    /// rename would cost the application a durable write).
+    HelloAgain,
 }
 
-impl fmt::Display for SessionError {
+impl fmt::Display for PeerSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::Malformed(e) => write!(f, "malformed peer message: {e}"),
-            SessionError::NotAllowed { kind, standing } => {
+            PeerSessionError::Malformed(e) => write!(f, "malformed peer message: {e}"),
+            PeerSessionError::NotAllowed { kind, standing } => {
                 write!(f, "a {standing:?} peer may not send message kind {kind}")
             }
-            SessionError::Closed => f.write_str("the link is closing"),
+            PeerSessionError::Closed => f.write_str("the link is closing"),
+            PeerSessionError::HelloAgain => f.write_str("a second hello on one link"),
         }
     }
 }
 
-impl From<PeerMessageError> for SessionError {
+impl From<PeerMessageError> for PeerSessionError {
     fn from(e: PeerMessageError) -> Self {
-        SessionError::Malformed(e)
+        PeerSessionError::Malformed(e)
     }
 }
 
 /// The rules of one established peer link.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct PeerSession {
     standing: Standing,
     greeted: bool,
     closed: bool,
-    actions: Deque<Action, 2>,
+    named: bool,
+    actions: Deque<PeerEvent, 2>,
 }
 
 impl PeerSession {
     /// The link is established with a peer of this standing (as the contact
-    /// list says now). Poll [`PeerSession::poll_action`] next.
+    /// list says now). Poll [`PeerSession::poll_event`] next.
     pub fn new(standing: Standing) -> Self {
         let mut s = PeerSession {
             standing,
             greeted: false,
             closed: false,
+            named: false,
             actions: Deque::new(),
         };
         match standing {
             Standing::Stranger { room_for_request } => {
                 if room_for_request {
                     s.standing = Standing::Request;
-                    s.push(Action::RecordRequest);
+                    s.push(PeerEvent::RecordRequest);
                 } else {
-                    s.close(Refusal::TooManyRequests);
+                    s.close(PeerRefusal::TooManyRequests);
                 }
             }
             other => s.apply(other),
@@ -264,8 +270,8 @@ impl PeerSession {
     }
 
     /// The user changed the peer's standing while the link is up (accepted
-    /// or blocked it). Poll [`PeerSession::poll_action`] next.
-    pub fn set_standing(&mut self, standing: Standing) {
+    /// or blocked it). Poll [`PeerSession::poll_event`] next.
+    pub fn handle_standing(&mut self, standing: Standing) {
         if self.closed {
             return;
         }
@@ -281,27 +287,27 @@ impl PeerSession {
         match standing {
             Standing::Accepted if !self.greeted => {
                 self.greeted = true;
-                self.push(Action::Greet);
+                self.push(PeerEvent::Greet);
             }
-            Standing::Blocked => self.close(Refusal::Blocked),
+            Standing::Blocked => self.close(PeerRefusal::Blocked),
             _ => {}
         }
     }
 
-    fn close(&mut self, why: Refusal) {
+    fn close(&mut self, why: PeerRefusal) {
         self.closed = true;
         self.actions.clear();
-        self.push(Action::Close(why));
+        self.push(PeerEvent::Close(why));
     }
 
-    fn push(&mut self, action: Action) {
+    fn push(&mut self, action: PeerEvent) {
         // Capacity 2: at most a Greet and a Close are ever queued (a Close
         // clears the queue first), so this cannot fail.
         let _ = self.actions.push_back(action);
     }
 
     /// The next thing the application must do about the link.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
         self.actions.pop_front()
     }
 
@@ -317,9 +323,12 @@ impl PeerSession {
 
     /// One channel message from the peer: decoded strictly, and returned
     /// only if this peer may send it at its standing.
-    pub fn handle_message<'a>(&self, bytes: &'a [u8]) -> Result<Incoming<'a>, SessionError> {
+    pub fn handle_message<'a>(
+        &mut self,
+        bytes: &'a [u8],
+    ) -> Result<Incoming<'a>, PeerSessionError> {
         if self.closed {
-            return Err(SessionError::Closed);
+            return Err(PeerSessionError::Closed);
         }
         let msg = PeerMessage::decode(bytes)?;
         let kind = kind_index(&msg);
@@ -331,10 +340,16 @@ impl PeerSession {
             Standing::Blocked => false,
         };
         if !allowed {
-            return Err(SessionError::NotAllowed {
+            return Err(PeerSessionError::NotAllowed {
                 kind,
                 standing: self.standing,
             });
+        }
+        if matches!(msg, PeerMessage::Hello { .. }) {
+            if self.named {
+                return Err(PeerSessionError::HelloAgain);
+            }
+            self.named = true;
         }
         Ok(match msg {
             PeerMessage::Hello { name } => Incoming::Hello { name },

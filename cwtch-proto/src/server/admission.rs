@@ -23,11 +23,12 @@
 use sha2::{Digest, Sha256};
 
 use crate::group::SEALED_BLOB_LEN;
-use crate::server::wire::CHALLENGE_LEN;
 use crate::time::{Duration, Instant};
 
 /// Domain separation prefix of the proof-of-work hash.
 pub const POW_DOMAIN: &[u8] = b"cwtch-pow-v1";
+/// Length of a server's proof-of-work challenge (sent in its hello).
+pub const CHALLENGE_LEN: usize = 32;
 
 /// The highest difficulty a server may demand (and [`pow_solve`] attempts).
 pub const MAX_POW_BITS: u8 = 40;

@@ -256,6 +256,11 @@ impl ServerAdvert {
     }
 }
 
+/// How long a server's advert is valid: 7 days.
+pub const ADVERT_LIFETIME: crate::Duration = crate::Duration::from_secs(7 * 86_400);
+/// How often a server signs a fresh advert: daily.
+pub const ADVERT_REFRESH: crate::Duration = crate::Duration::from_secs(86_400);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,12 @@
 //! with [`ServerClient::cursor`] and passes it back to the next
 //! [`ServerClient::new`]), builds requests, checks and parses replies into
 //! [`ClientEvent`]s, drives a sync page by page and then subscribes, and
-//! computes the proof of work the server asks for.
+//! owns the posts in flight: a queue of at most [`MAX_QUEUED_POSTS`] posts
+//! that it sends in order within the server's pipelining limit, posts again
+//! when a refusal says waiting helps (`RefusalReason::retry_after`), and
+//! reports by the application's [`PostId`]. The proof of work a server asks
+//! for is computed in bounded steps ([`ServerClient::poll_work`]), never in
+//! one call.
 //!
 //! **Anonymity.** A client always reaches a server over a fresh anonymous
 //! channel: the handshake's anonymous initiator with a new ephemeral key per
@@ -18,13 +23,14 @@
 //!
 //! ```text
 //! let mut c = ServerClient::new(config, saved_cursor, &mut rng);
+//! c.queue_post(PostId(7), &blob)?;                 // whenever c.queue_room() > 0
 //! loop {
-//!     while let Some(n) = c.poll_transmit(&mut buf)? { channel.send(&buf[..n]) }
-//!     while let Some(e) = c.poll_event() { ... }   // Blob: try the group keys; persist c.cursor()
-//!     let msg = channel.recv();
-//!     c.handle_reply(&msg)?;
+//!     while c.wants_work(now) { c.poll_work(now, POW_STEP_MAX); yield_to_others() }
+//!     while let Some(n) = c.poll_transmit(now, &mut buf)? { channel.send(&buf[..n]) }
+//!     while let Some(e) = c.poll_event() { ... }   // Posted{post, index}: done with it
+//!     // sleep until c.poll_timeout() or the next message, then:
+//!     c.handle_message(&msg, now)?;  or  c.handle_timeout(now);
 //! }
-//! // to post: let sent = c.post(&blob, &mut buf)?; channel.send(&buf[..sent.len]);
 //! ```
 
 use core::fmt;
@@ -36,19 +42,37 @@ use crate::group::SEALED_BLOB_LEN;
 use crate::server::admission::pow_solve;
 use crate::server::advert::ADVERT_LEN;
 use crate::server::wire::{
-    BufferTooSmall, CloseReason, DecodeError, PROTOCOL_VERSION, Policy, Refusal, Reply, Request,
-    RequestKind,
+    BufferTooSmall, DecodeError, PROTOCOL_VERSION, Policy, RefusalReason, Reply, Request,
+    RequestKind, ServerCloseReason, ServerRefusal,
 };
+use crate::time::{Duration, Instant};
 
 /// The capacity of a client's event queue. One reply makes at most three
-/// events, so [`ServerClient::handle_reply`] wants three free slots.
+/// events, so [`ServerClient::handle_message`] wants three free slots.
 pub const MAX_CLIENT_EVENTS: usize = 6;
 /// Events one reply can make.
 const EVENTS_PER_REPLY: usize = 3;
-/// Posts a client remembers between sending and the server's answer, and
-/// acknowledged posts it remembers until the server serves them back: the
-/// evidence of [`ClientEvent::Withheld`]. Beyond, the oldest is forgotten.
+/// Acknowledged posts a client remembers until the server serves them
+/// back: the evidence of [`ClientEvent::Withheld`]. Beyond, the oldest is
+/// forgotten.
 pub const MAX_TRACKED_POSTS: usize = 256;
+/// Posts a client holds at once: queued, waiting for a retry, or sent and
+/// not answered. The application keeps the rest (its outgoing queue) and
+/// hands them over as room frees ([`ServerClient::queue_room`]).
+pub const MAX_QUEUED_POSTS: usize = 16;
+/// The most proof-of-work hashes one [`ServerClient::poll_work`] call
+/// tries (about 0.1 s on one core; the expected work at 20 bits is 16 such
+/// steps).
+pub const POW_STEP_MAX: u64 = 1 << 16;
+/// How many entries before the saved cursor a connection starts its sync,
+/// at most (uniformly chosen), so that the cursor does not link a client's
+/// connections (SPEC.md section 8.5). At most 128 KiB fetched again.
+pub const CURSOR_JITTER: u64 = 64;
+
+/// The application's name for a post: what [`ClientEvent::Posted`] and
+/// [`ClientEvent::PostRefused`] report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PostId(pub u64);
 /// Bytes of a blob kept to recognise it when it is served back (its random
 /// nonce and detection tag: unique per sealing).
 const BLOB_MARK_LEN: usize = 32;
@@ -56,7 +80,8 @@ const BLOB_MARK_LEN: usize = 32;
 /// How a client behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The highest proof-of-work difficulty this client will pay.
+    /// The highest proof-of-work difficulty this client will pay (20 bits by
+    /// default: about a million hashes, a second or two of one core).
     pub max_pow_bits: u8,
     /// Entries asked for per page (the server may send fewer). At least 1.
     pub page_len: u16,
@@ -65,18 +90,19 @@ pub struct ClientConfig {
     /// Subscribe as soon as a sync is complete.
     pub subscribe_after_sync: bool,
     /// Start each sync up to this many indices before the saved cursor,
-    /// chosen at random, so the cursor does not link connections.
+    /// chosen at random, so the cursor does not link connections
+    /// ([`CURSOR_JITTER`] by default).
     pub cursor_jitter: u64,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            max_pow_bits: 24,
+            max_pow_bits: 20,
             page_len: 64,
             auto_sync: true,
             subscribe_after_sync: true,
-            cursor_jitter: 0,
+            cursor_jitter: CURSOR_JITTER,
         }
     }
 }
@@ -91,12 +117,30 @@ impl Default for ClientConfig {
 pub enum ClientEvent {
     /// The server's hello arrived; posting is possible.
     Connected(Policy),
-    /// A post was stored durably at `index`.
+    /// A post was stored durably at `index`; the client is done with it.
     Posted {
-        /// The sequence number [`ServerClient::post`] returned.
-        seq: u64,
+        /// The application's name for it.
+        post: PostId,
         /// The server's index for it.
         index: u64,
+    },
+    /// The server refused a post. With `retry_at`, the client posts it again
+    /// then by itself (a rate limit, a full store); without, it dropped it
+    /// (posting it again would be refused again).
+    PostRefused {
+        /// The application's name for it.
+        post: PostId,
+        /// Why.
+        reason: RefusalReason,
+        /// When the client posts it again, if it does.
+        retry_at: Option<Instant>,
+    },
+    /// The server demands more proof of work than the client pays
+    /// ([`ClientConfig::max_pow_bits`]): no post goes out on this
+    /// connection. Reported once.
+    PowTooHard {
+        /// The difficulty demanded.
+        bits: u8,
     },
     /// A blob from a page (`live == false`) or a push (`live == true`). Its
     /// index is above every index delivered before on this connection.
@@ -124,10 +168,10 @@ pub enum ClientEvent {
     Subscribed,
     /// The subscription ended.
     Unsubscribed,
-    /// The server refused a request.
-    Refused(Refusal),
+    /// The server refused a request other than a post.
+    Refused(ServerRefusal),
     /// The server closes the connection.
-    Closing(CloseReason),
+    Closing(ServerCloseReason),
     /// The server's advert, as asked with [`ServerClient::request_advert`].
     /// Not verified here: check it with
     /// [`crate::server::advert::ServerAdvert::verify`] against the address
@@ -169,13 +213,8 @@ pub enum ClientError {
     UnsupportedVersion(u8),
     /// The hello has not arrived yet, or the connection is closing.
     NotReady,
-    /// The server demands more proof of work than the client will pay.
-    PowTooHard {
-        /// The difficulty the server demands.
-        bits: u8,
-    },
-    /// No nonce found within the search (only for absurd difficulties).
-    PowNotFound,
+    /// The post queue is full ([`MAX_QUEUED_POSTS`]): wait for room.
+    QueueFull,
     /// Undelivered events fill the queue: drain `poll_event` first.
     Busy,
     /// The output buffer is too small.
@@ -197,10 +236,7 @@ impl fmt::Display for ClientError {
                 write!(f, "server protocol version {v} is not supported")
             }
             ClientError::NotReady => f.write_str("the server connection is not ready"),
-            ClientError::PowTooHard { bits } => {
-                write!(f, "the server demands {bits} bits of proof of work")
-            }
-            ClientError::PowNotFound => f.write_str("no proof of work found"),
+            ClientError::QueueFull => f.write_str("the client's post queue is full"),
             ClientError::Busy => f.write_str("drain the client's events first"),
             ClientError::BufferTooSmall(e) => e.fmt(f),
         }
@@ -209,13 +245,19 @@ impl fmt::Display for ClientError {
 
 impl core::error::Error for ClientError {}
 
-/// A post written by [`ServerClient::post`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SentPost {
-    /// The post's sequence number; its ack or refusal carries it.
-    pub seq: u64,
-    /// The length of the request message written.
-    pub len: usize,
+/// One post the client holds.
+#[derive(Clone, Debug)]
+struct QueuedPost {
+    id: PostId,
+    blob: [u8; SEALED_BLOB_LEN],
+    /// Sent under this sequence number, awaiting the answer.
+    sent: Option<u64>,
+    /// Not to be sent before then (a refusal's wait).
+    not_before: Instant,
+    /// A proof of work found: (the sequence number it is for, nonce).
+    pow: Option<(u64, u64)>,
+    /// The search so far: (the sequence number, the next nonce to try).
+    search: (u64, u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,8 +295,12 @@ pub struct ServerClient {
     last_push: u64,
     /// An advert request to send; one sent and not answered yet.
     advert: (bool, bool),
-    /// Posts sent and not yet answered: (seq, mark).
-    sent: Deque<(u64, [u8; BLOB_MARK_LEN]), MAX_TRACKED_POSTS>,
+    /// The posts held, in the application's order.
+    posts: heapless::Vec<QueuedPost, MAX_QUEUED_POSTS>,
+    /// The latest time the driver gave.
+    now: Instant,
+    /// A too-hard proof of work was reported.
+    pow_reported: bool,
     /// Posts acknowledged and not yet served back: (index, mark).
     acked: Deque<(u64, [u8; BLOB_MARK_LEN]), MAX_TRACKED_POSTS>,
     /// The last blobs served, in case an ack comes after its blob.
@@ -280,19 +326,23 @@ fn push_bounded<T, const N: usize>(q: &mut Deque<T, N>, item: T) {
 impl ServerClient {
     /// A client for a new connection, resuming from `cursor` (0: from the
     /// start). `rng` is used only for the cursor jitter.
-    pub fn new<R: CryptoRng + ?Sized>(mut config: ClientConfig, cursor: u64, rng: &mut R) -> Self {
-        config.page_len = config.page_len.max(1);
+    pub fn new<R: CryptoRng + ?Sized>(config: ClientConfig, cursor: u64, rng: &mut R) -> Self {
         let jitter = if config.cursor_jitter == 0 {
             0
         } else {
             rng.next_u64() % config.cursor_jitter.saturating_add(1)
         };
+        Self::with_sync_from(config, cursor, cursor.saturating_sub(jitter))
+    }
+
+    fn with_sync_from(mut config: ClientConfig, cursor: u64, sync_from: u64) -> Self {
+        config.page_len = config.page_len.max(1);
         ServerClient {
             config,
             state: State::AwaitingHello,
             policy: None,
             cursor,
-            sync_from: cursor.saturating_sub(jitter),
+            sync_from,
             next_post_seq: 0,
             want_fetch: None,
             want_subscribe: false,
@@ -301,7 +351,9 @@ impl ServerClient {
             sub: Sub::None,
             last_push: 0,
             advert: (false, false),
-            sent: Deque::new(),
+            posts: heapless::Vec::new(),
+            now: Instant::ZERO,
+            pow_reported: false,
             acked: Deque::new(),
             recent: Deque::new(),
             events: Deque::new(),
@@ -312,26 +364,7 @@ impl ServerClient {
     #[cfg(feature = "fuzzing")]
     pub fn new_for_fuzzing(mut config: ClientConfig, cursor: u64) -> Self {
         config.cursor_jitter = 0;
-        config.page_len = config.page_len.max(1);
-        ServerClient {
-            config,
-            state: State::AwaitingHello,
-            policy: None,
-            cursor,
-            sync_from: cursor,
-            next_post_seq: 0,
-            want_fetch: None,
-            want_subscribe: false,
-            want_unsubscribe: false,
-            fetching: None,
-            sub: Sub::None,
-            last_push: 0,
-            advert: (false, false),
-            sent: Deque::new(),
-            acked: Deque::new(),
-            recent: Deque::new(),
-            events: Deque::new(),
-        }
+        Self::with_sync_from(config, cursor, cursor)
     }
 
     /// The highest index received; persist it per server.
@@ -392,53 +425,102 @@ impl ServerClient {
         }
     }
 
-    /// Writes a post of `blob` into `out`, with the proof of work the server
-    /// demands (computed here: about `2^pow_bits` hashes). Send the message
-    /// as is; the ack or refusal names the returned `seq`.
-    pub fn post(
+    /// Hands a post to the client, which sends it when it can (after the
+    /// hello, within the server's pipelining limit, with the proof of work
+    /// done) and reports it as `Posted` or `PostRefused` under `id`.
+    pub fn queue_post(
         &mut self,
+        id: PostId,
         blob: &[u8; SEALED_BLOB_LEN],
-        out: &mut [u8],
-    ) -> Result<SentPost, ClientError> {
-        let policy = self.ready_policy()?;
-        let seq = self.next_post_seq;
-        let pow = if policy.pow_bits == 0 {
-            None
-        } else if policy.pow_bits > self.config.max_pow_bits {
-            return Err(ClientError::PowTooHard {
-                bits: policy.pow_bits,
-            });
-        } else {
-            let request = Request::Post { pow: Some(0), blob };
-            if out.len() < request.encoded_len() {
-                return Err(BufferTooSmall {
-                    required: request.encoded_len(),
-                }
-                .into());
-            }
-            Some(
-                pow_solve(&policy.challenge, seq, blob, policy.pow_bits, 0, u64::MAX)
-                    .ok_or(ClientError::PowNotFound)?,
-            )
-        };
-        self.post_with_pow(blob, pow, out)
+    ) -> Result<(), ClientError> {
+        if self.state == State::Closed {
+            return Err(ClientError::NotReady);
+        }
+        self.posts
+            .push(QueuedPost {
+                id,
+                blob: *blob,
+                sent: None,
+                not_before: Instant::ZERO,
+                pow: None,
+                search: (u64::MAX, 0),
+            })
+            .map_err(|_| ClientError::QueueFull)
     }
 
-    /// Writes a post with a proof-of-work nonce found elsewhere (with
-    /// [`crate::server::admission::pow_solve`] for the challenge, the
-    /// sequence number [`ServerClient::next_post_seq`] and the blob).
-    pub fn post_with_pow(
-        &mut self,
-        blob: &[u8; SEALED_BLOB_LEN],
-        pow: Option<u64>,
-        out: &mut [u8],
-    ) -> Result<SentPost, ClientError> {
-        self.ready_policy()?;
-        let len = Request::Post { pow, blob }.encode(out)?;
+    /// How many more posts [`ServerClient::queue_post`] takes now.
+    pub fn queue_room(&self) -> usize {
+        MAX_QUEUED_POSTS - self.posts.len()
+    }
+
+    /// The posts the client holds (queued, waiting or in flight).
+    pub fn queued(&self) -> impl Iterator<Item = PostId> + '_ {
+        self.posts.iter().map(|p| p.id)
+    }
+
+    /// The post to send next, if one may go now: the first one not sent
+    /// whose wait is over, while the server takes more in flight.
+    fn next_post(&self, now: Instant) -> Option<usize> {
+        let policy = self.ready_policy().ok()?;
+        let in_flight = self.posts.iter().filter(|p| p.sent.is_some()).count();
+        if in_flight >= usize::from(policy.max_pending_posts.max(1)) {
+            return None;
+        }
+        self.posts
+            .iter()
+            .position(|p| p.sent.is_none() && p.not_before <= now)
+    }
+
+    /// Whether a proof of work must be found before the next post can go:
+    /// call [`ServerClient::poll_work`] (in steps, yielding in between).
+    pub fn wants_work(&self, now: Instant) -> bool {
+        let Ok(policy) = self.ready_policy() else {
+            return false;
+        };
+        if policy.pow_bits == 0 || policy.pow_bits > self.config.max_pow_bits {
+            return false;
+        }
         let seq = self.next_post_seq;
-        self.next_post_seq = seq.saturating_add(1);
-        push_bounded(&mut self.sent, (seq, mark(blob)));
-        Ok(SentPost { seq, len })
+        self.next_post(now)
+            .and_then(|i| self.posts.get(i))
+            .is_some_and(|p| p.pow.is_none_or(|(s, _)| s != seq))
+    }
+
+    /// Works on the proof of work of the next post for at most `budget`
+    /// hashes (and never more than [`POW_STEP_MAX`]). Returns whether more
+    /// work is wanted.
+    pub fn poll_work(&mut self, now: Instant, budget: u64) -> bool {
+        if !self.wants_work(now) {
+            return false;
+        }
+        let (Ok(policy), Some(i)) = (self.ready_policy(), self.next_post(now)) else {
+            return false;
+        };
+        let seq = self.next_post_seq;
+        let Some(post) = self.posts.get_mut(i) else {
+            return false;
+        };
+        if post.search.0 != seq {
+            post.search = (seq, 0);
+        }
+        let tries = budget.min(POW_STEP_MAX);
+        match pow_solve(
+            &policy.challenge,
+            seq,
+            &post.blob,
+            policy.pow_bits,
+            post.search.1,
+            tries,
+        ) {
+            Some(nonce) => {
+                post.pow = Some((seq, nonce));
+                false
+            }
+            None => {
+                post.search.1 = post.search.1.wrapping_add(tries);
+                true
+            }
+        }
     }
 
     fn ready_policy(&self) -> Result<Policy, ClientError> {
@@ -448,10 +530,33 @@ impl ServerClient {
         }
     }
 
-    /// Writes the next request the client wants to send (a fetch, a
-    /// subscribe, an unsubscribe) into `out`, or `None`.
+    /// Time passed: posts whose wait is over may go out
+    /// ([`ServerClient::poll_transmit`]). A spurious call does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// When a post waiting for a retry is due (`None`: none waits).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.posts
+            .iter()
+            .filter(|p| p.sent.is_none() && p.not_before > self.now)
+            .map(|p| p.not_before)
+            .min()
+    }
+
+    /// Writes the next request the client wants to send (an unsubscribe,
+    /// an advert request, a fetch, a subscribe, then a post whose turn has
+    /// come) into `out`, or `None`. A too-small `out` is an error and
+    /// changes nothing.
     #[must_use = "a request that is written must be sent"]
-    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, ClientError> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, ClientError> {
+        self.now = self.now.max(now);
         if self.state != State::Ready {
             return Ok(None);
         }
@@ -485,7 +590,45 @@ impl ServerClient {
             self.last_push = self.cursor;
             return Ok(Some(len));
         }
-        Ok(None)
+        self.transmit_post(now, out)
+    }
+
+    fn transmit_post(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, ClientError> {
+        let policy = self.ready_policy()?;
+        if policy.pow_bits > self.config.max_pow_bits {
+            if !self.pow_reported && !self.posts.is_empty() && self.events.len() < MAX_CLIENT_EVENTS
+            {
+                self.pow_reported = true;
+                self.emit(ClientEvent::PowTooHard {
+                    bits: policy.pow_bits,
+                });
+            }
+            return Ok(None);
+        }
+        let Some(i) = self.next_post(now) else {
+            return Ok(None);
+        };
+        let seq = self.next_post_seq;
+        let Some(post) = self.posts.get_mut(i) else {
+            return Ok(None);
+        };
+        let pow = match (policy.pow_bits, post.pow) {
+            (0, _) => None,
+            (_, Some((s, nonce))) if s == seq => Some(nonce),
+            _ => return Ok(None), // the work is not done yet: poll_work
+        };
+        let len = Request::Post {
+            pow,
+            blob: &post.blob,
+        }
+        .encode(out)?;
+        post.sent = Some(seq);
+        self.next_post_seq = seq.saturating_add(1);
+        Ok(Some(len))
     }
 
     /// The next event, if any.
@@ -500,7 +643,8 @@ impl ServerClient {
     }
 
     /// One reply message from the server. On `Err` nothing changed.
-    pub fn handle_reply(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+    pub fn handle_message(&mut self, msg: &[u8], now: Instant) -> Result<(), ClientError> {
+        self.now = self.now.max(now);
         if self.events.len() + EVENTS_PER_REPLY > MAX_CLIENT_EVENTS {
             return Err(ClientError::Busy);
         }
@@ -541,8 +685,15 @@ impl ServerClient {
                 if seq >= self.next_post_seq {
                     return Err(ClientError::Unexpected);
                 }
-                self.emit(ClientEvent::Posted { seq, index });
-                self.note_acked(seq, index);
+                let Some(i) = self.posts.iter().position(|p| p.sent == Some(seq)) else {
+                    return Err(ClientError::Unexpected); // answered twice
+                };
+                let post = self.posts.remove(i);
+                self.emit(ClientEvent::Posted {
+                    post: post.id,
+                    index,
+                });
+                self.note_acked(mark(&post.blob), index);
             }
             Reply::Entry { index, blob } => {
                 let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
@@ -603,10 +754,7 @@ impl ServerClient {
                     RequestKind::Fetch => self.fetching = None,
                     RequestKind::Subscribe => self.sub = Sub::None,
                     RequestKind::GetAdvert => self.advert.1 = false,
-                    RequestKind::Post if refusal.seq >= self.next_post_seq => {
-                        return Err(ClientError::Unexpected);
-                    }
-                    RequestKind::Post => self.sent.retain(|(s, _)| *s != refusal.seq),
+                    RequestKind::Post => return self.post_refused(refusal),
                     _ => {}
                 }
                 self.emit(ClientEvent::Refused(refusal));
@@ -641,17 +789,47 @@ impl ServerClient {
         // Otherwise a duplicate from the cursor jitter: dropped.
     }
 
-    /// The server acknowledged our post `seq` at `index`: remember it until
-    /// it is served back (or note at once that it was not, if the server
-    /// already served past it).
-    fn note_acked(&mut self, seq: u64, index: u64) {
-        let Some(pos) = self.sent.iter().position(|(s, _)| *s == seq) else {
-            return; // forgotten (too many in flight): no evidence either way
+    /// The server refused our post `seq`: wait and post it again when the
+    /// reason says waiting helps, else drop it.
+    fn post_refused(&mut self, refusal: ServerRefusal) -> Result<(), ClientError> {
+        if refusal.seq >= self.next_post_seq {
+            return Err(ClientError::Unexpected);
+        }
+        let Some(i) = self.posts.iter().position(|p| p.sent == Some(refusal.seq)) else {
+            return Err(ClientError::Unexpected); // answered twice
         };
-        let Some((_, m)) = self.sent.iter().nth(pos).copied() else {
-            return;
-        };
-        self.sent.retain(|(s, _)| *s != seq);
+        let now = self.now;
+        match refusal.reason.retry_after() {
+            Some(wait) => {
+                let at = now + wait.max(Duration::from_millis(1));
+                if let Some(post) = self.posts.get_mut(i) {
+                    post.sent = None;
+                    post.not_before = at;
+                    post.pow = None;
+                    let id = post.id;
+                    self.emit(ClientEvent::PostRefused {
+                        post: id,
+                        reason: refusal.reason,
+                        retry_at: Some(at),
+                    });
+                }
+            }
+            None => {
+                let post = self.posts.remove(i);
+                self.emit(ClientEvent::PostRefused {
+                    post: post.id,
+                    reason: refusal.reason,
+                    retry_at: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The server acknowledged our post (marked `m`) at `index`: remember it
+    /// until it is served back (or note at once that it was not, if the
+    /// server already served past it).
+    fn note_acked(&mut self, m: [u8; BLOB_MARK_LEN], index: u64) {
         if self.recent.iter().any(|&(i, r)| i == index && r == m) {
             return; // served before the ack came
         }

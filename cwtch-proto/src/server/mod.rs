@@ -59,28 +59,25 @@
 //! let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
 //! let mut received = Vec::new();
 //!
-//! for round in 0..20 {
-//!     if round == 5 {
-//!         let post = client.post(&[7; SEALED_BLOB_LEN], &mut buf).unwrap();
-//!         server.handle_request(&buf[..post.len], now, &mut store).unwrap();
-//!     }
+//! client.queue_post(PostId(7), &[7; SEALED_BLOB_LEN]).unwrap();
+//! for _ in 0..20 {
 //!     // Group commit, then tell every session.
 //!     store.durable = store.blobs.len() as u64;
 //!     server.handle_durable(store.durable);
 //!     while let Some(n) = server.poll_transmit(&store, &mut buf).unwrap() {
-//!         client.handle_reply(&buf[..n]).unwrap();
+//!         client.handle_message(&buf[..n], now).unwrap();
 //!         while let Some(event) = client.poll_event() {
 //!             received.push(event);
 //!         }
 //!     }
 //!     while server.wants_request() {
-//!         let Some(n) = client.poll_transmit(&mut buf).unwrap() else { break };
-//!         server.handle_request(&buf[..n], now, &mut store).unwrap();
+//!         let Some(n) = client.poll_transmit(now, &mut buf).unwrap() else { break };
+//!         server.handle_message(&buf[..n], now, &mut store).unwrap();
 //!     }
 //! }
 //! assert!(received.contains(&ClientEvent::Synced { cursor: 0 }));
 //! assert!(received.contains(&ClientEvent::Subscribed));
-//! assert!(received.contains(&ClientEvent::Posted { seq: 0, index: 1 }));
+//! assert!(received.contains(&ClientEvent::Posted { post: PostId(7), index: 1 }));
 //! assert!(matches!(received.last(), Some(ClientEvent::Blob { index: 1, live: true, .. })));
 //! assert_eq!(client.cursor(), 1);
 //! ```
@@ -94,10 +91,10 @@ pub mod wire;
 
 pub use admission::{TokenBucket, pow_solve, pow_verify};
 pub use advert::{AdvertError, Requirements, Retention, ServerAdvert};
-pub use client::{ClientConfig, ClientError, ClientEvent, SentPost, ServerClient};
-pub use session::{ServerConfig, ServerEvent, ServerSession, SessionError};
+pub use client::{ClientConfig, ClientError, ClientEvent, PostId, ServerClient};
+pub use session::{ServerConfig, ServerEvent, ServerSession, ServerSessionError};
 pub use store::{BlobStore, StoreError};
 pub use wire::{
-    BufferTooSmall, CloseReason, DecodeError, Policy, Refusal, RefusalReason, Reply, Request,
-    RequestKind,
+    BufferTooSmall, DecodeError, Policy, RefusalReason, Reply, Request, RequestKind,
+    ServerCloseReason, ServerRefusal,
 };

@@ -28,7 +28,7 @@
 //!     if s.is_closed() { break }
 //!     // 2. input, only when the session wants it (this is the back-pressure).
 //!     select! {
-//!         msg = channel.recv(), if s.wants_request() => s.handle_request(&msg, now, &mut store)?,
+//!         msg = channel.recv(), if s.wants_request() => s.handle_message(&msg, now, &mut store)?,
 //!         durable = store_watch.changed() => s.handle_durable(durable),  // after each group commit
 //!         _ = sleep_until(s.poll_timeout()) => s.handle_timeout(now),
 //!     }
@@ -48,8 +48,8 @@ use crate::group::SEALED_BLOB_LEN;
 use crate::server::admission::{MAX_POW_BITS, TokenBucket, pow_verify};
 use crate::server::store::{BlobStore, StoreError};
 use crate::server::wire::{
-    BufferTooSmall, CHALLENGE_LEN, CloseReason, DecodeError, ENTRY_LEN, PROTOCOL_VERSION, Policy,
-    Refusal, RefusalReason, Reply, Request, RequestKind, TAG_POST, TAG_POST_POW,
+    BufferTooSmall, CHALLENGE_LEN, DecodeError, ENTRY_LEN, PROTOCOL_VERSION, Policy, RefusalReason,
+    Reply, Request, RequestKind, ServerCloseReason, ServerRefusal, TAG_POST, TAG_POST_POW,
 };
 use crate::time::{Duration, Instant};
 
@@ -107,14 +107,14 @@ pub enum ServerEvent {
     /// The session sent its closing notice; close the channel.
     Closed {
         /// Why.
-        reason: CloseReason,
+        reason: ServerCloseReason,
     },
 }
 
 /// A misuse of the session by its driver; the session did not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum SessionError {
+pub enum ServerSessionError {
     /// The session does not want a request now (see
     /// [`ServerSession::wants_request`]); keep the message and retry later.
     Busy,
@@ -124,23 +124,23 @@ pub enum SessionError {
     BufferTooSmall(BufferTooSmall),
 }
 
-impl From<BufferTooSmall> for SessionError {
+impl From<BufferTooSmall> for ServerSessionError {
     fn from(e: BufferTooSmall) -> Self {
-        SessionError::BufferTooSmall(e)
+        ServerSessionError::BufferTooSmall(e)
     }
 }
 
-impl fmt::Display for SessionError {
+impl fmt::Display for ServerSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::Busy => f.write_str("the session is not ready for a request"),
-            SessionError::Closed => f.write_str("the session is closed"),
-            SessionError::BufferTooSmall(e) => e.fmt(f),
+            ServerSessionError::Busy => f.write_str("the session is not ready for a request"),
+            ServerSessionError::Closed => f.write_str("the session is closed"),
+            ServerSessionError::BufferTooSmall(e) => e.fmt(f),
         }
     }
 }
 
-impl core::error::Error for SessionError {}
+impl core::error::Error for ServerSessionError {}
 
 /// A reply waiting to be sent that carries no blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +150,7 @@ enum Immediate {
         after: u64,
     },
     Unsubscribed,
-    Refused(Refusal),
+    Refused(ServerRefusal),
     /// The server's advert, copied from the store when it is written.
     Advert,
 }
@@ -158,10 +158,10 @@ enum Immediate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Open,
-    Closing(CloseReason),
+    Closing(ServerCloseReason),
     /// The closing notice was sent; `reported` once the driver got the event.
     Closed {
-        reason: CloseReason,
+        reason: ServerCloseReason,
         reported: bool,
     },
 }
@@ -326,11 +326,11 @@ impl ServerSession {
     /// dropped; the client finds its posts on its next sync.
     pub fn close(&mut self) {
         if self.state == State::Open {
-            self.enter_closing(CloseReason::Shutdown);
+            self.enter_closing(ServerCloseReason::Shutdown);
         }
     }
 
-    fn enter_closing(&mut self, reason: CloseReason) {
+    fn enter_closing(&mut self, reason: ServerCloseReason) {
         self.state = State::Closing(reason);
         self.page = None;
         self.pending.clear();
@@ -352,17 +352,17 @@ impl ServerSession {
     /// Refusals are replies, not errors: a bad request is answered with a
     /// typed refusal. `Err` means the driver misused the session (`Busy`,
     /// `Closed`) and nothing changed.
-    pub fn handle_request<S: BlobStore + ?Sized>(
+    pub fn handle_message<S: BlobStore + ?Sized>(
         &mut self,
         msg: &[u8],
         now: Instant,
         store: &mut S,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), ServerSessionError> {
         if self.state != State::Open {
-            return Err(SessionError::Closed);
+            return Err(ServerSessionError::Closed);
         }
         if !self.wants_request() {
-            return Err(SessionError::Busy);
+            return Err(ServerSessionError::Busy);
         }
         self.last_request = now;
         let request = match Request::decode(msg) {
@@ -375,7 +375,7 @@ impl ServerSession {
                         ..
                     } => {
                         let seq = self.take_post_seq();
-                        Refusal {
+                        ServerRefusal {
                             request: RequestKind::Post,
                             seq,
                             reason: RefusalReason::WrongBlobSize {
@@ -383,7 +383,7 @@ impl ServerSession {
                             },
                         }
                     }
-                    _ => Refusal {
+                    _ => ServerRefusal {
                         request: msg
                             .first()
                             .map_or(RequestKind::Unknown, |t| RequestKind::from_tag(*t)),
@@ -436,7 +436,7 @@ impl ServerSession {
     }
 
     fn refuse(&mut self, request: RequestKind, seq: u64, reason: RefusalReason) {
-        self.immediate = Some(Immediate::Refused(Refusal {
+        self.immediate = Some(Immediate::Refused(ServerRefusal {
             request,
             seq,
             reason,
@@ -516,7 +516,7 @@ impl ServerSession {
         if let Some(deadline) = self.poll_timeout()
             && now >= deadline
         {
-            self.enter_closing(CloseReason::Idle);
+            self.enter_closing(ServerCloseReason::Idle);
         }
     }
 
@@ -552,7 +552,7 @@ impl ServerSession {
         &mut self,
         store: &S,
         out: &mut [u8],
-    ) -> Result<Option<usize>, SessionError> {
+    ) -> Result<Option<usize>, ServerSessionError> {
         if self.is_closed() {
             return Ok(None);
         }
@@ -601,7 +601,7 @@ impl ServerSession {
             Immediate::Unsubscribed => Reply::Unsubscribed,
             Immediate::Refused(r) => Reply::Refused(r),
             // A server without an advert (the store offers none).
-            Immediate::Advert => Reply::Refused(Refusal {
+            Immediate::Advert => Reply::Refused(ServerRefusal {
                 request: RequestKind::GetAdvert,
                 seq: 0,
                 reason: RefusalReason::Unavailable,
@@ -634,7 +634,7 @@ impl ServerSession {
         page: Page,
         store: &S,
         out: &mut [u8],
-    ) -> Result<usize, SessionError> {
+    ) -> Result<usize, ServerSessionError> {
         if page.remaining == 0 {
             let len = Reply::PageEnd {
                 next: page.cursor,
@@ -669,7 +669,7 @@ impl ServerSession {
             }
             Err(_) => {
                 self.page = None;
-                Ok(Reply::Refused(Refusal {
+                Ok(Reply::Refused(ServerRefusal {
                     request: RequestKind::Fetch,
                     seq: 0,
                     reason: RefusalReason::Unavailable,
@@ -684,7 +684,7 @@ impl ServerSession {
         cursor: u64,
         store: &S,
         out: &mut [u8],
-    ) -> Result<Option<usize>, SessionError> {
+    ) -> Result<Option<usize>, ServerSessionError> {
         if out.len() < ENTRY_LEN {
             return Err(BufferTooSmall {
                 required: ENTRY_LEN,
@@ -707,7 +707,7 @@ impl ServerSession {
                 self.subscription = None;
                 self.push_event(ServerEvent::Unsubscribed);
                 Ok(Some(
-                    Reply::Refused(Refusal {
+                    Reply::Refused(ServerRefusal {
                         request: RequestKind::Subscribe,
                         seq: 0,
                         reason: RefusalReason::Unavailable,

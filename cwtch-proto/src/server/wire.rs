@@ -18,8 +18,9 @@ use crate::server::advert::ADVERT_LEN;
 /// The server protocol version this module speaks (carried in the hello).
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Length of the per-connection proof-of-work challenge.
-pub const CHALLENGE_LEN: usize = 32;
+/// Length of the proof-of-work challenge in the hello (defined with the
+/// proof of work, `admission`).
+pub use crate::server::admission::CHALLENGE_LEN;
 
 /// Tag of a post without proof of work.
 pub const TAG_POST: u8 = 0x01;
@@ -324,7 +325,7 @@ impl RefusalReason {
 
 /// A typed refusal of one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub struct ServerRefusal {
     /// The kind of the refused request.
     pub request: RequestKind,
     /// For posts: the post's sequence number on this connection (every
@@ -337,24 +338,24 @@ pub struct Refusal {
 /// Why the server closes the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CloseReason {
+pub enum ServerCloseReason {
     /// No request for the idle timeout while not subscribed (code 1).
     Idle,
     /// The server is shutting down or dropping this connection (code 2).
     Shutdown,
 }
 
-impl CloseReason {
+impl ServerCloseReason {
     fn code(self) -> u8 {
         match self {
-            CloseReason::Idle => 1,
-            CloseReason::Shutdown => 2,
+            ServerCloseReason::Idle => 1,
+            ServerCloseReason::Shutdown => 2,
         }
     }
     fn from_code(code: u8) -> Option<Self> {
         match code {
-            1 => Some(CloseReason::Idle),
-            2 => Some(CloseReason::Shutdown),
+            1 => Some(ServerCloseReason::Idle),
+            2 => Some(ServerCloseReason::Shutdown),
             _ => None,
         }
     }
@@ -431,11 +432,11 @@ pub enum Reply<'a> {
     /// The subscription (if any) is gone; no more pushes follow.
     Unsubscribed,
     /// A request was refused.
-    Refused(Refusal),
+    Refused(ServerRefusal),
     /// The server closes the connection after this message.
     Closing {
         /// Why.
-        reason: CloseReason,
+        reason: ServerCloseReason,
     },
     /// The server's signed advert (verified by the client, not here).
     Advert {
@@ -719,7 +720,7 @@ impl<'a> Reply<'a> {
                 if request != RequestKind::Post && seq != 0 {
                     return Err(DecodeError::InvalidField);
                 }
-                Reply::Refused(Refusal {
+                Reply::Refused(ServerRefusal {
                     request,
                     seq,
                     reason,
@@ -729,7 +730,7 @@ impl<'a> Reply<'a> {
                 advert: r.take().ok_or(short)?,
             },
             _ => Reply::Closing {
-                reason: CloseReason::from_code(r.u8().ok_or(short)?)
+                reason: ServerCloseReason::from_code(r.u8().ok_or(short)?)
                     .ok_or(DecodeError::InvalidField)?,
             },
         };

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use chacha20::ChaCha20Rng;
 use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{CloseReason, Config, Connection, Event};
+use cwtch_proto::connection::{CloseReason, Config, Connection, ConnectionEvent};
 use cwtch_proto::{Duration, Identity, Instant, PublicIdentity};
 use rand_core::SeedableRng;
 
@@ -26,12 +26,12 @@ pub enum Ev {
     Closed(CloseReason),
 }
 
-pub fn own(event: Event<'_>) -> Ev {
+pub fn own(event: ConnectionEvent<'_>) -> Ev {
     match event {
-        Event::IncomingPeer { remote } => Ev::Incoming(remote),
-        Event::Established { remote } => Ev::Established(remote),
-        Event::Message(m) => Ev::Message(m.to_vec()),
-        Event::Closed(r) => Ev::Closed(r),
+        ConnectionEvent::IncomingPeer { remote } => Ev::Incoming(remote),
+        ConnectionEvent::Established { remote } => Ev::Established(remote),
+        ConnectionEvent::Message(m) => Ev::Message(m.to_vec()),
+        ConnectionEvent::Closed(r) => Ev::Closed(r),
     }
 }
 

@@ -7,7 +7,7 @@ use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::ADVERT_LEN;
 use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::server::{
-    BlobStore, CloseReason, Policy, Refusal, Reply, ServerSession, StoreError,
+    BlobStore, Policy, Reply, ServerCloseReason, ServerRefusal, ServerSession, StoreError,
 };
 use rand_core::SeedableRng;
 
@@ -103,8 +103,8 @@ pub enum R {
     Push { index: u64, tag: u64 },
     Subscribed { after: u64 },
     Unsubscribed,
-    Refused(Refusal),
-    Closing(CloseReason),
+    Refused(ServerRefusal),
+    Closing(ServerCloseReason),
     Advert(Vec<u8>),
 }
 
