@@ -22,7 +22,7 @@ enum Op {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let mut t: GapTracker<3, 4, 2, 24> = GapTracker::new();
+    let mut t: GapTracker<3, 4, 2, 32> = GapTracker::new();
     for op in ops {
         match op {
             Op::Message {
