@@ -53,3 +53,14 @@ pub fn random_u64() -> u64 {
     use rand_core::Rng;
     rng().next_u64()
 }
+
+/// A fast CSPRNG seeded from the OS, for a core that owns its randomness
+/// (the peer's [`crate::peer::Peer`]).
+pub fn seeded_rng() -> chacha20::ChaCha20Rng {
+    use rand_core::SeedableRng;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    // Without OS randomness nothing secure can be done.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(seed.as_mut()).expect("the OS has no randomness to give");
+    chacha20::ChaCha20Rng::from_seed(*seed)
+}

@@ -1,31 +1,38 @@
 //! # cwtch-node: the Cwtch peer and server daemons
 //!
 //! The binary people run, as a library so that tests can drive it. It glues
-//! `cwtch-proto` (the protocol) and `cwtch-transport-socks` (Tor) together
-//! with `smol`, and holds no protocol logic of its own: it feeds bytes, time
-//! and randomness into the core's state machines and carries out what they
-//! ask, and it owns what grows with a user's life (contacts, groups,
-//! history) and its storage.
+//! `cwtch-proto` (the protocol) and `cwtch-transport-socks` (Tor) together,
+//! in layers that each do one thing:
+//!
+//! - [`peer`]: the peer's logic, synchronous and without I/O: commands,
+//!   link events and timeouts in; effects (dial, send, close, notify) and
+//!   the next deadline out. Its feature rooms never import each other; the
+//!   router in `peer/mod.rs` passes each what it needs.
+//! - [`daemon`]: the only async code of the peer. It runs the core on a
+//!   thread of its own, carries out its effects, and drives every
+//!   connection with one generic driver ([`daemon::conn`]).
+//! - [`store`]: every record the profile keeps, and the typed layer over
+//!   the encrypted [`profile_store`]; [`blob_store`] is the server's.
+//! - [`control`]: the versioned control API (API.md) and its event stream.
+//! - [`cli`]: the command line, and the human forms of answers.
+//! - [`server`]: the server daemon.
 #![forbid(unsafe_code)]
 
 pub mod blob_store;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod control;
+pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod directory;
-pub mod format;
-pub mod group_adverts;
-pub mod groups;
 pub mod home;
-pub mod invites;
 pub mod limits;
-pub mod link;
-pub mod mailbox;
 pub mod model;
-pub mod move_relay;
-pub mod moving;
 pub mod peer;
 pub mod profile_store;
-pub mod recovery;
 pub mod server;
+pub mod store;
+
+/// The connection driver, where examples and tests have always found it.
+pub use daemon::conn as link;

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cwtch_proto::connection::Config;
 
@@ -150,17 +150,9 @@ pub fn log_drop(reason: DropReason) {
     }
 }
 
-static HANDSHAKE_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the handshake deadline of inbound connections (0: the protocol's
-/// default, 60 s).
-pub fn set_handshake_timeout_secs(secs: u64) {
-    HANDSHAKE_TIMEOUT_SECS.store(secs, Ordering::Relaxed);
-}
-
-/// The connection configuration of inbound connections (responders).
-pub fn responder_config() -> Config {
-    let secs = HANDSHAKE_TIMEOUT_SECS.load(Ordering::Relaxed);
+/// The connection configuration of inbound connections (responders), with
+/// a handshake deadline of `secs` (0: the protocol's default, 60 s).
+pub fn responder_config(secs: u64) -> Config {
     let mut config = Config::default();
     if secs > 0 {
         config.handshake_timeout = cwtch_proto::Duration::from_secs(secs);
@@ -181,25 +173,20 @@ struct Slots {
     waiting: VecDeque<(u64, smol::channel::Sender<()>)>,
 }
 
-/// The peer daemon's handshake slots.
-pub static PEER_HANDSHAKES: HandshakeSlots = HandshakeSlots::new(MAX_PEER_HANDSHAKES);
-/// The server daemon's handshake slots.
-pub static SERVER_HANDSHAKES: HandshakeSlots = HandshakeSlots::new(MAX_SERVER_HANDSHAKES);
-
 impl HandshakeSlots {
-    /// At most `max` at once.
-    pub const fn new(max: usize) -> Self {
-        HandshakeSlots {
+    /// At most `max` at once (each daemon has its own).
+    pub fn new(max: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(HandshakeSlots {
             max,
             inner: Mutex::new(Slots {
                 next_id: 0,
                 waiting: VecDeque::new(),
             }),
-        }
+        })
     }
 
     /// Takes a slot for a new connection, evicting the oldest if full.
-    pub fn admit(&'static self) -> Slot {
+    pub fn admit(self: &std::sync::Arc<Self>) -> Slot {
         let (tx, rx) = smol::channel::bounded(1);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         while inner.waiting.len() >= self.max.max(1) {
@@ -213,7 +200,7 @@ impl HandshakeSlots {
         inner.waiting.push_back((id, tx));
         Slot {
             id,
-            slots: self,
+            slots: self.clone(),
             evicted: rx,
             released: AtomicBool::new(false),
         }
@@ -238,7 +225,7 @@ impl HandshakeSlots {
 /// authenticated (or the connection ends).
 pub struct Slot {
     id: u64,
-    slots: &'static HandshakeSlots,
+    slots: std::sync::Arc<HandshakeSlots>,
     evicted: smol::channel::Receiver<()>,
     released: AtomicBool,
 }
@@ -280,8 +267,6 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    static SLOTS: HandshakeSlots = HandshakeSlots::new(2);
-
     #[test]
     fn a_throttle_passes_the_first_and_every_hundredth() {
         let t = Throttle::new();
@@ -322,31 +307,32 @@ mod tests {
 
     #[test]
     fn full_slots_evict_the_oldest_and_never_a_released_one() {
-        let a = SLOTS.admit();
-        let b = SLOTS.admit();
+        let slots = HandshakeSlots::new(2);
+        let a = slots.admit();
+        let b = slots.admit();
         b.release();
-        let c = SLOTS.admit();
-        assert_eq!(SLOTS.len(), 2);
+        let c = slots.admit();
+        assert_eq!(slots.len(), 2);
         assert!(!evicted_now(&a) && !evicted_now(&c));
-        let d = SLOTS.admit();
+        let d = slots.admit();
         assert!(evicted_now(&a), "the oldest waiting slot is evicted");
         assert!(!evicted_now(&b), "a released slot is never evicted");
         assert!(!evicted_now(&c) && !evicted_now(&d));
-        assert_eq!(SLOTS.len(), 2);
+        assert_eq!(slots.len(), 2);
         drop(c);
-        assert_eq!(SLOTS.len(), 1);
+        assert_eq!(slots.len(), 1);
         drop(d);
-        assert!(SLOTS.is_empty());
+        assert!(slots.is_empty());
     }
 
     #[test]
     fn an_eviction_that_crosses_the_end_of_the_handshake_is_void() {
-        static ONE: HandshakeSlots = HandshakeSlots::new(1);
-        let a = ONE.admit();
+        let one = HandshakeSlots::new(1);
+        let a = one.admit();
         let mut waiting = Box::pin(a.evicted());
         assert!(smol::block_on(smol::future::poll_once(&mut waiting)).is_none());
         // A newer connection evicts `a` while `a`'s handshake finishes.
-        let _b = ONE.admit();
+        let _b = one.admit();
         a.release();
         assert!(
             smol::block_on(smol::future::poll_once(&mut waiting)).is_none(),
@@ -358,14 +344,12 @@ mod tests {
     #[test]
     fn the_handshake_deadline_is_configurable() {
         assert_eq!(
-            responder_config().handshake_timeout,
+            responder_config(0).handshake_timeout,
             Config::default().handshake_timeout
         );
-        set_handshake_timeout_secs(5);
         assert_eq!(
-            responder_config().handshake_timeout,
+            responder_config(5).handshake_timeout,
             cwtch_proto::Duration::from_secs(5)
         );
-        set_handshake_timeout_secs(0);
     }
 }

@@ -244,6 +244,11 @@ pub struct Shared {
     connections: AtomicUsize,
     served: AtomicU64,
     faults: Faults,
+    /// Inbound connections in their handshake (bounded; the oldest is
+    /// evicted by a new one when full).
+    slots: Arc<crate::limits::HandshakeSlots>,
+    /// The handshake deadline of inbound connections, seconds (0: default).
+    handshake_secs: AtomicU64,
 }
 
 /// Misbehaviour on purpose, for tests of what members do about a server
@@ -393,6 +398,8 @@ pub fn open_shared_with(
         connections: AtomicUsize::new(0),
         served: AtomicU64::new(0),
         faults,
+        slots: crate::limits::HandshakeSlots::new(crate::limits::MAX_SERVER_HANDSHAKES),
+        handshake_secs: AtomicU64::new(0),
     }))
 }
 
@@ -425,14 +432,20 @@ impl Shared {
     }
 }
 
-/// Runs the server until the process ends.
-pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
-    run_with(home, transport, Faults::default()).await
+/// Runs the server until the process ends; inbound handshakes must finish
+/// within `handshake_secs` (0: the protocol's default).
+pub async fn run(home: &Path, transport: AnyTransport, handshake_secs: u64) -> Result<(), String> {
+    run_with(home, transport, handshake_secs, Faults::default()).await
 }
 
 /// [`run`], misbehaving as `faults` says: for tests of members facing a
 /// cheating server.
-pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> Result<(), String> {
+pub async fn run_with(
+    home: &Path,
+    transport: AnyTransport,
+    handshake_secs: u64,
+    faults: Faults,
+) -> Result<(), String> {
     let identity = load_identity(home)?;
     let policy = load_policy(home)?;
     let shared = open_shared_with(
@@ -443,6 +456,9 @@ pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> R
         policy,
         faults,
     )?;
+    shared
+        .handshake_secs
+        .store(handshake_secs, Ordering::Relaxed);
     let mut listener = transport
         .listen(&identity, PEER_PORT)
         .await
@@ -492,7 +508,7 @@ pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> R
             continue;
         }
         let shared = shared.clone();
-        let slot = crate::limits::SERVER_HANDSHAKES.admit();
+        let slot = shared.slots.admit();
         smol::spawn(async move {
             shared.served.fetch_add(1, Ordering::Relaxed);
             smol::future::or(serve_client_in_slot(&shared, stream, Some(&slot)), async {
@@ -557,7 +573,7 @@ async fn serve_client_in_slot(
     let now = clock::now();
     let mut rng = clock::rng();
     let mut conn = Connection::responder(
-        crate::limits::responder_config(),
+        crate::limits::responder_config(shared.handshake_secs.load(Ordering::Relaxed)),
         shared.identity.clone(),
         &mut rng,
         now,

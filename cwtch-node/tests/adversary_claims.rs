@@ -439,11 +439,11 @@ fn invites_wait_for_an_answer_and_are_capped() {
     let invites = wait_for("the invites to arrive", PATIENCE, || {
         let v = cli(&bob, &["group", "invites"]).ok()?;
         let list = v.as_array()?.clone();
-        (list.len() >= cwtch_node::invites::MAX_INVITES_PER_CONTACT).then_some(list)
+        (list.len() >= cwtch_node::peer::invites::MAX_INVITES_PER_CONTACT).then_some(list)
     });
     assert_eq!(
         invites.len(),
-        cwtch_node::invites::MAX_INVITES_PER_CONTACT,
+        cwtch_node::peer::invites::MAX_INVITES_PER_CONTACT,
         "{invites:?}"
     );
     assert_eq!(
@@ -462,7 +462,7 @@ fn invites_wait_for_an_answer_and_are_capped() {
     let left = cli(&bob, &["group", "invites"]).unwrap();
     assert_eq!(
         left.as_array().unwrap().len(),
-        cwtch_node::invites::MAX_INVITES_PER_CONTACT - 2
+        cwtch_node::peer::invites::MAX_INVITES_PER_CONTACT - 2
     );
     // Blocking the contact drops its invites.
     cli(&bob, &["contact", "block", &mallory.address().to_string()]).unwrap();

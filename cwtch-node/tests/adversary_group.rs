@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use cwtch_node::groups::GroupRecord;
-use cwtch_node::profile_store::Table;
+use cwtch_node::store::records::GroupRecord;
 use cwtch_proto::group::message::{MessageHash, MessageKind};
 use cwtch_proto::group::{Group, GroupSecret, SEALED_BLOB_LEN, SenderChain, ServerList};
 use cwtch_proto::{Identity, OnionAddress};
@@ -50,9 +49,8 @@ fn server_addr(s: &str) -> OnionAddress {
 
 /// A member's key and the (only) group of a stopped member's profile.
 fn steal(home: &Path) -> (Identity, GroupRecord, Group) {
-    let (store, identity, _) = cwtch_node::peer::open_profile(home, PASSWORD.as_bytes()).unwrap();
-    let (_, value) = store.scan(Table::Groups).unwrap().remove(0);
-    let record: GroupRecord = serde_json::from_slice(&value).unwrap();
+    let (store, identity, _) = cwtch_node::store::open_profile(home, PASSWORD.as_bytes()).unwrap();
+    let record: GroupRecord = cwtch_node::store::groups_of(&store).unwrap().remove(0);
     let mut servers = ServerList::new();
     for s in &record.servers {
         servers.push(server_addr(s)).unwrap();

@@ -11,8 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cwtch_node::groups::GroupRecord;
-use cwtch_node::profile_store::Table;
 use cwtch_proto::group::{Group, GroupSecret, Invite, ServerList};
 use support::{Daemon, PASSWORD, bin, cli, conversation, init, wait_for, wait_ready};
 
@@ -125,15 +123,14 @@ fn nothing_secret_in_logs_at_full_level() {
     }
     for home in [&a_home, &b_home] {
         let (store, identity, _) =
-            cwtch_node::peer::open_profile(home, PASSWORD.as_bytes()).unwrap();
+            cwtch_node::store::open_profile(home, PASSWORD.as_bytes()).unwrap();
         let seed = identity.seed();
         secrets.push(("identity seed (hex)".into(), hex(seed.as_ref())));
         secrets.push((
             "identity seed (HEX)".into(),
             hex(seed.as_ref()).to_uppercase(),
         ));
-        for (_, value) in store.scan(Table::Groups).unwrap() {
-            let g: GroupRecord = serde_json::from_slice(&value).unwrap();
+        for g in cwtch_node::store::groups_of(&store).unwrap() {
             secrets.push(("group secret (hex)".into(), g.secret.to_string()));
             let mut s = [0u8; 32];
             for (i, b) in s.iter_mut().enumerate() {

@@ -66,6 +66,7 @@ pub mod control;
 pub mod launch;
 pub mod process;
 pub mod socks;
+#[cfg(feature = "testnet")]
 pub mod testnet;
 pub mod transport;
 

@@ -1,19 +1,22 @@
-//! The connection driver: runs one core [`Connection`] over one stream.
+//! The connection driver: runs one core [`Connection`] over one stream,
+//! for every kind of connection (links to contacts, anonymous connections
+//! to servers, and the server's side of its clients).
 //!
 //! Like quinn's connection driver it does nothing but move data: bytes from
-//! the socket into `handle_input`, `poll_transmit` onto the socket,
+//! the stream into `handle_input`, `poll_transmit` onto the stream,
 //! `poll_event` to the owner, timers into `handle_timeout`. What a message
-//! means is the owner's business ([`LinkHandler`]).
+//! means is the owner's business ([`LinkHandler`]). The stream is any
+//! async byte stream: a TCP socket through Tor's SOCKS port, a loopback
+//! socket, or a stream of Tor built in.
 
 use std::collections::VecDeque;
 
 use cwtch_proto::PublicIdentity;
 use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{CloseReason, Connection, ConnectionEvent};
-use cwtch_transport_socks::Stream;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::clock;
 
@@ -60,12 +63,23 @@ pub fn send_all(tx: &LinkSender, msgs: Vec<Vec<u8>>) {
     }
 }
 
+/// Whether to let in a peer that authenticated (responder only).
+pub enum Admission {
+    /// Yes.
+    Accept,
+    /// No: the peer is refused (it cannot tell from a network failure).
+    Refuse,
+    /// Someone else decides (the peer's core, on its own thread): the
+    /// driver waits for the answer.
+    Ask(std::pin::Pin<Box<dyn Future<Output = bool> + Send>>),
+}
+
 /// What the driver reports to the link's owner.
 pub trait LinkHandler {
-    /// Responder only: an authenticated peer calls; return whether to accept.
-    fn incoming(&mut self, remote: PublicIdentity) -> bool {
+    /// Responder only: an authenticated peer calls; whether to accept.
+    fn incoming(&mut self, remote: PublicIdentity) -> Admission {
         let _ = remote;
-        true
+        Admission::Accept
     }
     /// The session is established; messages may be sent.
     fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>>;
@@ -102,8 +116,8 @@ enum Wake {
 /// Runs `conn` over `stream` until it closes. Commands arrive on
 /// `commands`; once that queue is closed (see [`close`]) and drained, the
 /// link is closed. The handler hears everything that happens.
-pub async fn drive(
-    mut stream: Stream,
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     mut conn: Connection,
     commands: Receiver<LinkCommand>,
     handler: &mut impl LinkHandler,
@@ -120,7 +134,12 @@ pub async fn drive(
         while let Some(event) = conn.poll_event() {
             match event {
                 ConnectionEvent::IncomingPeer { remote } => {
-                    let result = if handler.incoming(remote) {
+                    let admitted = match handler.incoming(remote) {
+                        Admission::Accept => true,
+                        Admission::Refuse => false,
+                        Admission::Ask(answer) => answer.await,
+                    };
+                    let result = if admitted {
                         conn.accept(clock::now())
                     } else {
                         conn.refuse()

@@ -1,6 +1,6 @@
-//! The server directory (SPEC.md section 13): every server we know of, with
-//! its latest verified advert, how we learned of it, and what we observed
-//! of it ourselves. `cwtch-node servers` lists it best first.
+//! The server directory (NODE.md, "The directory"): every server we know
+//! of, with its latest verified advert, how we learned of it, and what we
+//! observed of it ourselves. `cwtch-node servers` lists it best first.
 //!
 //! - We learn a server by using it (we fetch its advert each time we connect
 //!   and verify it against the address we dialed) or from an accepted
@@ -9,8 +9,8 @@
 //!   signature verified and while it is valid; nothing else a contact says
 //!   is taken in.
 //! - Observations are ours only: successful connections, failures, the last
-//!   time the server was reachable, and messages lost on groups using it
-//!   (reported by the gap tracker through [`PeerNode::note_lost`]).
+//!   time the server was reachable, and our posts it lost by its own
+//!   evidence (the core's `ClientEvent::Withheld`).
 //! - The directory is bounded ([`MAX_ENTRIES`]); a new server from a contact
 //!   evicts the worst-scored server we do not use, or is dropped.
 //! - It lives in the encrypted profile, table `Servers`, keys `dir:<address>`.
@@ -18,15 +18,11 @@
 use std::collections::BTreeMap;
 
 use cwtch_proto::OnionAddress;
-use cwtch_proto::peer::PeerMessage;
-use cwtch_proto::server::advert::ServerAdvert;
-use serde::{Deserialize, Serialize};
+use cwtch_proto::server::advert::{AdvertError, ServerAdvert};
 
-use crate::clock;
-use crate::link::LinkCommand;
-use crate::model::ContactState;
-use crate::peer::{PeerError, PeerNode, State, decode, encode, encode_peer, link_sender};
-use crate::profile_store::Table;
+use crate::codec::hex;
+use crate::model::{AdvertView, RequirementsView, RetentionView, ServerView};
+pub use crate::store::records::{DirectoryEntry as Entry, Observations, Source};
 
 /// The most servers the directory keeps.
 pub const MAX_ENTRIES: usize = 256;
@@ -40,58 +36,7 @@ pub const LOST_PENALTY: u64 = 50;
 /// The most a server loses for lost messages.
 pub const MAX_LOST_PENALTY: u64 = 500;
 
-const KEY_PREFIX: &str = "dir:";
-
-/// How we first learned of a server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// We used it (one of our groups is on it).
-    OwnUse,
-    /// An accepted contact sent us its advert.
-    Contact {
-        /// The contact's address.
-        address: String,
-    },
-    /// A member posted it in a group we are in (SPEC.md section 13.4).
-    Group {
-        /// The group id (hex).
-        group: String,
-        /// The member's address.
-        member: String,
-    },
-}
-
-/// What we observed of a server ourselves.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Observations {
-    /// Connections that reached the server's hello.
-    pub connections: u64,
-    /// Connection attempts that failed.
-    pub failures: u64,
-    /// When it was last reachable (Unix seconds).
-    pub last_reachable: Option<u64>,
-    /// When an attempt last failed (Unix seconds).
-    pub last_failure: Option<u64>,
-    /// Messages lost on groups using it (gaps the tracker reported).
-    pub lost: u64,
-}
-
-/// One server of the directory, as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Its onion address.
-    pub address: String,
-    /// Its latest verified advert (hex), if any.
-    pub advert: Option<String>,
-    /// How we first learned of it.
-    pub source: Source,
-    /// Whether we use it (it stays even if it was learned from a contact).
-    pub used: bool,
-    /// What we observed.
-    pub observed: Observations,
-}
-
+/// A server entry's methods (the record is `store::records::DirectoryEntry`).
 impl Entry {
     fn new(address: &str, source: Source) -> Self {
         Entry {
@@ -105,13 +50,13 @@ impl Entry {
 
     /// The decoded advert, if it is stored and its signature verifies.
     pub fn advert(&self) -> Option<ServerAdvert> {
-        let bytes = unhex(self.advert.as_deref()?)?;
+        let bytes = hex::decode(self.advert.as_deref()?)?;
         ServerAdvert::decode(&bytes).ok()
     }
 
     /// The advert bytes if the advert is valid at `now` (Unix seconds).
-    pub(crate) fn valid_advert(&self, now: u64) -> Option<Vec<u8>> {
-        let bytes = unhex(self.advert.as_deref()?)?;
+    pub fn valid_advert(&self, now: u64) -> Option<Vec<u8>> {
+        let bytes = hex::decode(self.advert.as_deref()?)?;
         let address = OnionAddress::parse(&self.address).ok()?;
         ServerAdvert::verify(&bytes, Some(&address.public_identity()), now).ok()?;
         Some(bytes)
@@ -149,20 +94,6 @@ impl Entry {
             .then(b.used.cmp(&a.used))
             .then(a.address.cmp(&b.address))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// What adding an advert did.
@@ -254,10 +185,9 @@ impl Directory {
         expected: Option<&OnionAddress>,
         source: Source,
         now: u64,
-    ) -> Result<(Learned, String, Option<String>), PeerError> {
+    ) -> Result<(Learned, String, Option<String>), AdvertError> {
         let expected_key = expected.map(|a| a.public_identity());
-        let advert = ServerAdvert::verify(bytes, expected_key.as_ref(), now)
-            .map_err(|e| PeerError::Invalid(e.to_string()))?;
+        let advert = ServerAdvert::verify(bytes, expected_key.as_ref(), now)?;
         let address = advert.server.address().to_string();
         if let Some(e) = self.entries.get_mut(&address) {
             if source == Source::OwnUse {
@@ -267,7 +197,7 @@ impl Directory {
                 .advert()
                 .is_none_or(|old| advert.issued_at > old.issued_at);
             if newer {
-                e.advert = Some(hex(bytes));
+                e.advert = Some(hex::encode(bytes));
                 return Ok((Learned::Updated, address, None));
             }
             return Ok((Learned::Nothing, address, None));
@@ -296,259 +226,71 @@ impl Directory {
             }
         }
         let mut e = Entry::new(&address, source);
-        e.advert = Some(hex(bytes));
+        e.advert = Some(hex::encode(bytes));
         self.entries.insert(address.clone(), e);
         Ok((Learned::New, address, evicted))
     }
 
-    /// The adverts to share: the best [`MAX_SHARED`] servers with an advert
-    /// valid at `now`, as peer messages.
+    /// The adverts to share: those of the best [`MAX_SHARED`] servers with
+    /// an advert valid at `now`.
     pub fn to_share(&self, now: u64) -> Vec<Vec<u8>> {
         self.ranked()
             .into_iter()
             .filter_map(|e| e.valid_advert(now))
             .take(MAX_SHARED)
-            .map(|bytes| encode_peer(&PeerMessage::ServerAdvert { advert: &bytes }))
             .collect()
     }
-}
 
-fn key(address: &str) -> Vec<u8> {
-    format!("{KEY_PREFIX}{address}").into_bytes()
-}
-
-fn unix_now() -> u64 {
-    clock::unix_millis() / 1000
-}
-
-impl PeerNode {
-    /// Loads the directory from the profile.
-    pub(crate) fn load_directory(&self) -> Result<(), PeerError> {
-        let mut dir = Directory::default();
-        for (k, value) in self.store.scan(Table::Servers)? {
-            if k.starts_with(KEY_PREFIX.as_bytes()) {
-                let e: Entry = decode(&value, "server directory entry")?;
-                dir.entries.insert(e.address.clone(), e);
-            }
-        }
-        self.state().directory = dir;
-        Ok(())
-    }
-
-    fn save_entry(&self, e: &Entry) {
-        if let Err(e) = self.store.put(Table::Servers, &key(&e.address), &encode(e)) {
-            tracing::warn!("cannot store the server directory: {e}");
+    /// The directory as loaded.
+    pub fn new(entries: Vec<Entry>) -> Self {
+        Directory {
+            entries: entries
+                .into_iter()
+                .map(|e| (e.address.clone(), e))
+                .collect(),
         }
     }
 
-    /// Hook: the connection to a server we use reached its hello.
-    pub(crate) fn directory_connected(&self, st: &mut State, server: &str) {
-        let e = st.directory.note_connected(server, unix_now()).clone();
-        self.save_entry(&e);
-    }
-
-    /// Hook: no group or mailbox uses `server` any more.
-    pub(crate) fn directory_unused(&self, st: &mut State, server: &str) {
-        if let Some(e) = st.directory.note_unused(server).cloned() {
-            self.save_entry(&e);
-        }
-    }
-
-    /// Hook: an attempt to reach a server we use failed.
-    pub(crate) fn directory_failed(&self, st: &mut State, server: &str) {
-        let e = st.directory.note_failed(server, unix_now()).clone();
-        self.save_entry(&e);
-    }
-
-    /// `n` of our posts were withheld by `server`, by its own evidence
-    /// (`ClientEvent::Withheld`: it acknowledged them, then served past
-    /// them). Lowers the server's score. Nothing a member or contact says
-    /// comes here.
-    pub fn note_lost(&self, server: &str, n: u64) {
-        let mut st = self.state();
-        self.note_lost_in(&mut st, server, n);
-    }
-
-    /// [`PeerNode::note_lost`] for a caller that holds the state.
-    pub(crate) fn note_lost_in(&self, st: &mut State, server: &str, n: u64) {
-        if n > 0 {
-            let e = st.directory.note_lost(server, n).clone();
-            self.save_entry(&e);
-        }
-    }
-
-    /// Hook: the advert a server we connected to sent. It must be that
-    /// server's (the address we dialed).
-    pub(crate) fn directory_own_advert(&self, st: &mut State, server: &str, bytes: &[u8]) {
-        let Ok(address) = OnionAddress::parse(server) else {
-            return;
-        };
-        self.take_advert(st, bytes, Some(&address), Source::OwnUse, None);
-    }
-
-    /// Hook: a contact sent an advert. Only accepted contacts are heard.
-    pub(crate) fn directory_from_contact(&self, st: &mut State, remote: &str, bytes: &[u8]) {
-        if st.contacts.get(remote).map(|c| c.state) != Some(ContactState::Accepted) {
-            return;
-        }
-        let source = Source::Contact {
-            address: remote.to_string(),
-        };
-        self.take_advert(st, bytes, None, source, Some(remote));
-    }
-
-    pub(crate) fn take_advert(
-        &self,
-        st: &mut State,
-        bytes: &[u8],
-        expected: Option<&OnionAddress>,
-        source: Source,
-        from: Option<&str>,
-    ) {
-        let now = unix_now();
-        let (learned, address, evicted) = match st.directory.learn(bytes, expected, source, now) {
-            Ok(r) => r,
-            Err(e) => {
-                crate::log_throttled!(kind = e; "ignoring a server advert: {e}");
-                return;
-            }
-        };
-        if let Some(gone) = evicted {
-            let _ = self.store.delete(Table::Servers, &key(&gone));
-        }
-        if learned == Learned::Nothing {
-            return;
-        }
-        if let Some(e) = st.directory.get(&address).cloned() {
-            self.save_entry(&e);
-        }
-        if learned == Learned::New {
-            // Pass a new server on to the other contacts online now.
-            let msg = encode_peer(&PeerMessage::ServerAdvert { advert: bytes });
-            for (addr, c) in &st.contacts {
-                if c.state == ContactState::Accepted
-                    && Some(addr.as_str()) != from
-                    && let Some(tx) = link_sender(st, addr)
-                {
-                    let _ = tx.try_send(LinkCommand::Send(msg.clone()));
-                }
-            }
-        }
-    }
-
-    /// Hook: the adverts to send to an accepted contact on a new link.
-    pub(crate) fn directory_to_share(&self, st: &State) -> Vec<Vec<u8>> {
-        st.directory.to_share(unix_now())
-    }
-
-    /// The directory, best first, for `cwtch-node servers`.
-    pub fn servers(&self) -> Vec<serde_json::Value> {
-        let st = self.state();
-        let now = unix_now();
-        st.directory
-            .ranked()
+    /// The servers we reached the last time we tried, with an advert valid
+    /// at `now`, best first: what we pass on in groups.
+    pub fn good(&self, now: u64) -> Vec<(String, Vec<u8>)> {
+        self.ranked()
             .into_iter()
-            .map(|e| {
-                let advert = e.advert().map(|a| {
-                    serde_json::json!({
-                        "valid": a.check_time(now).is_ok(),
-                        "issued_at": a.issued_at,
-                        "expires_at": a.expires_at,
-                        "requirements": {
-                            "pow_bits": a.requirements.pow_bits,
-                            "rate_burst": a.requirements.rate_burst,
-                            "rate_interval_ms": a.requirements.rate_interval_ms,
-                            "max_connections": a.requirements.max_connections,
-                        },
-                        "retention": {
-                            "max_entries": a.retention.max_entries,
-                            "max_bytes": a.retention.max_bytes,
-                            "max_age_secs": a.retention.max_age_secs,
-                        },
-                    })
-                });
-                serde_json::json!({
-                    "address": e.address,
-                    "score": e.score(),
-                    "reachable": e.reachable(),
-                    "source": e.source,
-                    "used": e.used,
-                    "observed": e.observed,
-                    "advert": advert,
-                })
+            .filter(|e| e.reachable() == Some(true))
+            .filter_map(|e| Some((e.address.clone(), e.valid_advert(now)?)))
+            .collect()
+    }
+
+    /// The directory as shown, best first.
+    pub fn view(&self, now: u64) -> Vec<ServerView> {
+        self.ranked()
+            .into_iter()
+            .map(|e| ServerView {
+                address: e.address.clone(),
+                score: e.score(),
+                reachable: e.reachable(),
+                source: e.source.clone(),
+                used: e.used,
+                observed: e.observed.clone(),
+                advert: e.advert().map(|a| AdvertView {
+                    valid: a.check_time(now).is_ok(),
+                    issued_at: a.issued_at,
+                    expires_at: a.expires_at,
+                    requirements: RequirementsView {
+                        pow_bits: a.requirements.pow_bits,
+                        rate_burst: a.requirements.rate_burst,
+                        rate_interval_ms: a.requirements.rate_interval_ms,
+                        max_connections: a.requirements.max_connections,
+                    },
+                    retention: RetentionView {
+                        max_entries: a.retention.max_entries,
+                        max_bytes: a.retention.max_bytes,
+                        max_age_secs: a.retention.max_age_secs,
+                    },
+                }),
             })
             .collect()
     }
-}
-
-/// The human form of `cwtch-node servers`: one line per server, best
-/// first, then what it demands and keeps.
-pub fn human(list: &serde_json::Value) -> String {
-    let mut out = String::new();
-    for s in list.as_array().into_iter().flatten() {
-        let reachable = match s["reachable"].as_bool() {
-            Some(true) => "reachable",
-            Some(false) => "unreachable",
-            None => "never tried",
-        };
-        let source = match (
-            s["source"]["contact"]["address"].as_str(),
-            s["source"]["group"]["member"].as_str(),
-        ) {
-            (Some(c), _) => format!("from contact {}", c.get(..12).unwrap_or(c)),
-            (None, Some(m)) => format!("from a group member {}", m.get(..12).unwrap_or(m)),
-            (None, None) => "own use".to_string(),
-        };
-        let o = &s["observed"];
-        out.push_str(&format!(
-            "{}  score {:>4}  {:<11}  {}{}  ({} ok, {} failed, {} lost)\n",
-            s["address"].as_str().unwrap_or_default(),
-            s["score"],
-            reachable,
-            source,
-            if s["used"].as_bool() == Some(true) && s["source"] != "own_use" {
-                ", used"
-            } else {
-                ""
-            },
-            o["connections"],
-            o["failures"],
-            o["lost"],
-        ));
-        let a = &s["advert"];
-        if a.is_null() {
-            out.push_str("    no advert yet\n");
-            continue;
-        }
-        let r = &a["requirements"];
-        let k = &a["retention"];
-        let limit = |v: &serde_json::Value, unit: &str| match v.as_u64() {
-            Some(0) | None => "no limit".to_string(),
-            Some(n) => format!("{n}{unit}"),
-        };
-        out.push_str(&format!(
-            "    {}proof of work {} bits, {} posts then 1 per {} ms, keeps {} blobs / {} / {}\n",
-            if a["valid"].as_bool() == Some(true) {
-                ""
-            } else {
-                "(advert expired) "
-            },
-            r["pow_bits"],
-            r["rate_burst"],
-            r["rate_interval_ms"],
-            limit(&k["max_entries"], ""),
-            limit(&k["max_bytes"], " bytes"),
-            match k["max_age_secs"].as_u64() {
-                Some(0) | None => "no age limit".to_string(),
-                Some(s) if s % 86_400 == 0 => format!("{} days", s / 86_400),
-                Some(s) => format!("{s} s"),
-            },
-        ));
-    }
-    if out.is_empty() {
-        out.push_str("no servers known yet (use one with `group create`, or add contacts who do)");
-    }
-    out.trim_end().to_string()
 }
 
 #[cfg(test)]

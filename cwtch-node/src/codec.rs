@@ -1,0 +1,76 @@
+//! The node's one encoding helper: hex, for ids and keys shown to people
+//! and kept in text fields.
+
+/// Lower-case hex.
+pub mod hex {
+    /// `bytes` as lower-case hex.
+    pub fn encode(bytes: &[u8]) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
+        out
+    }
+
+    /// Hex of any even length back to bytes; `None` if it is not hex.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect()
+    }
+
+    /// Exactly `N` bytes of hex.
+    pub fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+        decode(text)?.try_into().ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trip_and_refusals() {
+            assert_eq!(encode(&[0x00, 0xab, 0xff]), "00abff");
+            assert_eq!(decode("00abff"), Some(vec![0x00, 0xab, 0xff]));
+            assert_eq!(decode("00ABFF"), Some(vec![0x00, 0xab, 0xff]));
+            assert_eq!(decode("0"), None);
+            assert_eq!(decode("zz"), None);
+            assert_eq!(decode("é1"), None);
+            assert_eq!(decode_array::<2>("0102"), Some([1, 2]));
+            assert_eq!(decode_array::<2>("010203"), None);
+        }
+    }
+}
+
+/// A server as people write it: `cwtch-server:<address>` (the paste-able
+/// string, maybe with `?...` after it) or a bare address.
+pub fn parse_server(text: &str) -> Result<cwtch_proto::OnionAddress, String> {
+    let address = text.strip_prefix("cwtch-server:").unwrap_or(text);
+    let address = address.split('?').next().unwrap_or(address);
+    cwtch_proto::OnionAddress::parse(address).map_err(|e| format!("server {text}: {e}"))
+}
+
+/// A name another party chose, made safe to keep and show: control
+/// characters (which could forge lines or colours in a terminal) become
+/// U+FFFD.
+pub fn clean_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_from_others_lose_their_control_characters() {
+        assert_eq!(
+            super::clean_name("a\nb\u{1b}[31m"),
+            "a\u{fffd}b\u{fffd}[31m"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! Connections to servers: one anonymous connection to each server a group
+//! or the mailbox reads, each with the core's `ServerClient` (sync, posts in
+//! flight, retries, proof of work), the saved cursor, reconnects with
+//! backoff, and the status shown to the user.
+
+use std::collections::HashMap;
+
+use cwtch_proto::peer::Backoff;
+use cwtch_proto::server::client::{ClientConfig, ClientError, ClientEvent, PostId, ServerClient};
+use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
+use cwtch_proto::{Duration, Instant};
+use rand_core::CryptoRng;
+
+use super::effect::LinkId;
+use crate::model::{ConnState, ConnStatus};
+
+/// One server.
+pub struct ServerConn {
+    /// Its status.
+    pub status: ConnStatus,
+    /// The connection being dialed, or up.
+    link: Option<LinkId>,
+    /// The client, once the connection is up.
+    client: Option<ServerClient>,
+    next_try: Instant,
+    backoff: Backoff,
+    /// The saved cursor.
+    pub cursor: u64,
+    /// Since when every attempt failed (what the move policy looks at).
+    pub failing_since: Option<Instant>,
+    /// Read from this index on the next connection.
+    rewind: Option<u64>,
+    /// Posts handed to this connection's client: PostId → (owner, seq).
+    posts: HashMap<u64, (String, u64)>,
+    next_post: u64,
+}
+
+impl ServerConn {
+    fn new(cursor: u64) -> Self {
+        ServerConn {
+            status: ConnStatus::default(),
+            link: None,
+            client: None,
+            next_try: Instant::ZERO,
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
+            cursor,
+            failing_since: None,
+            rewind: None,
+            posts: HashMap::new(),
+            next_post: 0,
+        }
+    }
+
+    /// Whether a session is up now.
+    pub fn healthy_now(&self) -> bool {
+        matches!(
+            self.status.state,
+            ConnState::Authenticated | ConnState::Synced
+        )
+    }
+}
+
+/// The servers room.
+#[derive(Default)]
+pub struct Servers {
+    map: HashMap<String, ServerConn>,
+    by_link: HashMap<LinkId, String>,
+    /// The time of the last look for dials: a server due by then waits for
+    /// a dial slot (a link event), not for a timer.
+    looked: Instant,
+}
+
+/// The most server dials in flight at once, however many servers our groups
+/// name (a member can name many).
+pub const MAX_SERVER_DIALS: usize = 3;
+
+impl Servers {
+    /// Reads `server` (from `cursor` if it is new).
+    pub fn ensure(&mut self, server: &str, cursor: u64) {
+        self.map
+            .entry(server.to_string())
+            .or_insert_with(|| ServerConn::new(cursor));
+    }
+
+    /// A server's entry.
+    pub fn get(&self, server: &str) -> Option<&ServerConn> {
+        self.map.get(server)
+    }
+
+    /// Every server read.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.map.keys()
+    }
+
+    /// The server of a link.
+    pub fn server_of(&self, link: LinkId) -> Option<&str> {
+        self.by_link.get(&link).map(String::as_str)
+    }
+
+    /// Stops reading `server`: its link, if any, is to be closed.
+    pub fn remove(&mut self, server: &str) -> Option<LinkId> {
+        let c = self.map.remove(server)?;
+        let link = c.link?;
+        self.by_link.remove(&link);
+        Some(link)
+    }
+
+    /// The servers to dial now: without a connection, past their backoff,
+    /// within [`MAX_SERVER_DIALS`] in flight.
+    pub fn due_dials(&mut self, now: Instant) -> Vec<String> {
+        self.looked = self.looked.max(now);
+        let in_flight = self
+            .map
+            .values()
+            .filter(|c| c.link.is_some() && c.client.is_none())
+            .count();
+        let mut due: Vec<&String> = self
+            .map
+            .iter()
+            .filter(|(_, c)| c.link.is_none() && c.next_try <= now)
+            .map(|(s, _)| s)
+            .collect();
+        due.sort();
+        due.into_iter()
+            .take(MAX_SERVER_DIALS.saturating_sub(in_flight))
+            .cloned()
+            .collect()
+    }
+
+    /// A dial to `server` starts on `link`.
+    pub fn start_dial(&mut self, server: &str, link: LinkId) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.link = Some(link);
+            c.status.state = ConnState::Connecting;
+            self.by_link.insert(link, server.to_string());
+        }
+    }
+
+    /// The connection is up: its client starts, from the saved cursor (or
+    /// where a rewind asks), with the core's jitter, pipelining and retry
+    /// rules.
+    pub fn on_up<R: CryptoRng + ?Sized>(&mut self, link: LinkId, rng: &mut R) -> Option<String> {
+        let server = self.by_link.get(&link)?.clone();
+        let c = self.map.get_mut(&server)?;
+        if let Some(from) = c.rewind.take()
+            && from < c.cursor
+        {
+            c.cursor = from;
+        }
+        c.client = Some(ServerClient::new(ClientConfig::default(), c.cursor, rng));
+        c.status.state = ConnState::Connected;
+        c.posts.clear();
+        Some(server)
+    }
+
+    /// A reply on `link`: into its client. The caller drains the events
+    /// ([`Servers::events`]) and the requests ([`Servers::transmit`]).
+    pub fn handle_message(
+        &mut self,
+        link: LinkId,
+        msg: &[u8],
+        now: Instant,
+    ) -> Option<Result<(), ClientError>> {
+        let server = self.by_link.get(&link)?;
+        let client = self.map.get_mut(server)?.client.as_mut()?;
+        Some(client.handle_message(msg, now))
+    }
+
+    /// What `server`'s client has to say.
+    pub fn events(&mut self, server: &str) -> Vec<ClientEvent> {
+        let Some(client) = self.map.get_mut(server).and_then(|c| c.client.as_mut()) else {
+            return Vec::new();
+        };
+        std::iter::from_fn(|| client.poll_event()).collect()
+    }
+
+    /// The requests `server`'s client wants sent now, with its link.
+    pub fn transmit(&mut self, server: &str, now: Instant) -> Option<(LinkId, Vec<Vec<u8>>)> {
+        let c = self.map.get_mut(server)?;
+        let link = c.link?;
+        let client = c.client.as_mut()?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+        while let Ok(Some(n)) = client.poll_transmit(now, &mut buf) {
+            out.push(buf.get(..n).unwrap_or_default().to_vec());
+        }
+        Some((link, out))
+    }
+
+    /// Asks `server` for its signed advert.
+    pub fn request_advert(&mut self, server: &str) {
+        if let Some(client) = self.map.get_mut(server).and_then(|c| c.client.as_mut()) {
+            client.request_advert();
+        }
+    }
+
+    /// The connection is down (or its dial failed): back off, unless it
+    /// closed to read again from earlier. Returns the server.
+    pub fn on_down<R: CryptoRng + ?Sized>(
+        &mut self,
+        link: LinkId,
+        reason: &str,
+        failed: bool,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<String> {
+        let server = self.by_link.remove(&link)?;
+        let c = self.map.get_mut(&server)?;
+        if c.link != Some(link) {
+            return None;
+        }
+        c.link = None;
+        c.client = None;
+        c.posts.clear();
+        if failed {
+            c.status.state = ConnState::Failed;
+            c.status.last_error = Some(reason.to_string());
+            c.failing_since.get_or_insert(now);
+        } else {
+            c.status.state = ConnState::Disconnected;
+        }
+        c.next_try = if !failed && c.rewind.is_some() {
+            now // closed to read again from earlier
+        } else {
+            c.backoff.next_attempt(now, rng)
+        };
+        Some(server)
+    }
+
+    /// A session came up (the hello): the next reconnect starts from the
+    /// shortest delay again.
+    pub fn set_state(&mut self, server: &str, state: ConnState, error: Option<String>) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.status.state = state;
+            if matches!(state, ConnState::Authenticated | ConnState::Synced) {
+                c.failing_since = None;
+                c.backoff.reset();
+            }
+            if error.is_some() {
+                c.status.last_error = error;
+            }
+        }
+    }
+
+    /// Says why, keeping the state.
+    pub fn set_error(&mut self, server: &str, error: String) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.status.last_error = Some(error);
+        }
+    }
+
+    /// The cursor advanced (returns whether it did).
+    pub fn advance_cursor(&mut self, server: &str, index: u64) -> bool {
+        match self.map.get_mut(server) {
+            Some(c) if index > c.cursor => {
+                c.cursor = index;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The cursor is set back (a server's head below it).
+    pub fn set_cursor(&mut self, server: &str, cursor: u64) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.cursor = cursor;
+        }
+    }
+
+    /// Reads `server` again from `from` on its next connection; a live one
+    /// is to be closed (returned). Returns whether the cursor moved back.
+    pub fn rewind(&mut self, server: &str, from: u64, now: Instant) -> (bool, Option<LinkId>) {
+        let c = self
+            .map
+            .entry(server.to_string())
+            .or_insert_with(|| ServerConn::new(from));
+        let from = c.rewind.map_or(from, |r| r.min(from));
+        if c.link.is_none() && c.cursor <= from {
+            return (false, None); // the next connection starts there anyway
+        }
+        c.rewind = Some(from);
+        c.next_try = now;
+        (true, c.link.filter(|_| c.client.is_some()))
+    }
+
+    /// Hands a post to `server`'s client, if it is up and has room; else it
+    /// waits in the outgoing queue (handed over as room frees).
+    pub fn queue_post(&mut self, server: &str, owner: &str, seq: u64, blob: &[u8]) -> bool {
+        let Some(c) = self.map.get_mut(server) else {
+            return false;
+        };
+        let Some(client) = c.client.as_mut() else {
+            return false;
+        };
+        let Ok(blob) = <&[u8; cwtch_proto::group::SEALED_BLOB_LEN]>::try_from(blob) else {
+            return false;
+        };
+        if c.posts.values().any(|(o, s)| o == owner && *s == seq) {
+            return true; // handed over already
+        }
+        let id = c.next_post;
+        if client.queue_post(PostId(id), blob).is_err() {
+            return false;
+        }
+        c.next_post += 1;
+        c.posts.insert(id, (owner.to_string(), seq));
+        true
+    }
+
+    /// How many more posts `server`'s client takes now.
+    pub fn post_room(&self, server: &str) -> usize {
+        self.map
+            .get(server)
+            .and_then(|c| c.client.as_ref())
+            .map_or(0, ServerClient::queue_room)
+    }
+
+    /// Whether `(owner, seq)` is with `server`'s client.
+    pub fn post_handed(&self, server: &str, owner: &str, seq: u64) -> bool {
+        self.map
+            .get(server)
+            .is_some_and(|c| c.posts.values().any(|(o, s)| o == owner && *s == seq))
+    }
+
+    /// The post a client reported on, and done with it.
+    pub fn take_post(&mut self, server: &str, post: PostId) -> Option<(String, u64)> {
+        self.map.get_mut(server)?.posts.remove(&post.0)
+    }
+
+    /// Whether some client has proof of work to do.
+    pub fn wants_work(&self, now: Instant) -> bool {
+        self.map
+            .values()
+            .filter_map(|c| c.client.as_ref())
+            .any(|c| c.wants_work(now))
+    }
+
+    /// One bounded step of proof of work on the first client that wants
+    /// some; that server's name.
+    pub fn work(&mut self, now: Instant, budget: u64) -> Option<String> {
+        let (server, c) = self
+            .map
+            .iter_mut()
+            .find(|(_, c)| c.client.as_ref().is_some_and(|c| c.wants_work(now)))?;
+        c.client.as_mut()?.poll_work(now, budget);
+        Some(server.clone())
+    }
+
+    /// Time passed for the clients (posts waiting for a retry).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (s, c) in self.map.iter_mut() {
+            if let Some(client) = c.client.as_mut()
+                && client.poll_timeout().is_some_and(|at| at <= now)
+            {
+                client.handle_timeout(now);
+                due.push(s.clone());
+            }
+        }
+        due
+    }
+
+    /// The next deadline: a reconnect, or a client's retry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter_map(|c| match (&c.client, c.link) {
+                (Some(client), _) => client.poll_timeout(),
+                (None, None) if c.next_try > self.looked => Some(c.next_try),
+                (None, None) => None,    // due: waits for a dial slot
+                (None, Some(_)) => None, // dialing
+            })
+            .min()
+    }
+
+    /// A server's status (the default, "not connected", for one we do not
+    /// read).
+    pub fn status(&self, server: &str) -> ConnStatus {
+        self.map
+            .get(server)
+            .map(|c| c.status.clone())
+            .unwrap_or_default()
+    }
+}
