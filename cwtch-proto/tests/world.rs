@@ -34,8 +34,9 @@
 //! 4. a move: alice's notice dated within the skew is followed; an older
 //!    one and one dated near 2^64 are not.
 //! 5. a rate-limited server: refused posts go out again when the client's
-//!    deadline passes, all `Posted`; a server asking proof of work: posts
-//!    go out only after `poll_work` steps.
+//!    deadline passes, all `Posted` (and, a regression test, a new post
+//!    does not overtake one waiting for its retry); a server asking proof
+//!    of work: posts go out only after `poll_work` steps.
 //!
 //! Every link has a one-way delay of 50 ms (messages cross in flight,
 //! timers run while bytes travel) and rekeys every 7 frames. A last test
@@ -52,7 +53,7 @@ use cwtch_proto::group::{GapEvent, MessageKind, MessageRef, MissingRange};
 use cwtch_proto::peer::{PeerMessage, PeerSessionError, Standing};
 use cwtch_proto::server::{ClientEvent, RefusalReason, Reply, ServerConfig};
 use cwtch_proto::time::{MAX_CLOCK_SKEW, TooFarAhead};
-use cwtch_proto::{Duration, Identity, UnixMicros};
+use cwtch_proto::{Duration, Identity, Instant, UnixMicros};
 use world_common::*;
 
 fn decode(bytes: &[u8]) -> PeerMessage<'_> {
@@ -598,6 +599,46 @@ fn posts_to_a_server_asking_proof_of_work_go_out_only_after_work_steps() {
     for &(_, _, at) in &alice.posted {
         assert_eq!(at, t0 + LATENCY + LATENCY);
     }
+}
+
+/// Regression (the client let a new post overtake one waiting for its
+/// retry): a post written while an earlier one waits out the rate limit
+/// is stored after it, so readers see the sender's order and no gap.
+#[test]
+fn a_new_post_does_not_overtake_one_waiting_for_its_retry() {
+    let mut w = World::grouped(ServerConfig {
+        rate_burst: 1,
+        rate_interval: Duration::from_secs(1),
+        ..ServerConfig::default()
+    });
+    let (p0, _) = w.post(Alice, "p0");
+    let (p1, _) = w.post(Alice, "p1: refused for the rate");
+    w.run_until("p1 is refused", Duration::from_secs(10), |w| {
+        !w.peer(Alice).post_refused.is_empty()
+    });
+    let (post, _, retry_at, _) = w.peer(Alice).post_refused[0];
+    assert_eq!(post, p1);
+    let retry_at = retry_at.expect("worth waiting for");
+    // The next token is there one way before the retry: a post written
+    // then reaches the server just after it.
+    let token = Instant::from_micros(retry_at.as_micros() - LATENCY.as_micros());
+    w.run_for(token - w.now);
+    let (p2, _) = w.post(Alice, "p2");
+    w.run_until("all stored", Duration::from_secs(10), |w| {
+        w.peer(Alice).posted.len() == 3 && w.member(Bob).history.len() == 3
+    });
+    let mut stored = w.peer(Alice).posted.clone();
+    stored.sort_by_key(|&(_, index, _)| index);
+    assert_eq!(
+        stored.iter().map(|&(id, _, _)| id).collect::<Vec<_>>(),
+        vec![p0, p1, p2]
+    );
+    let bob = w.member(Bob);
+    assert_eq!(
+        bob.history.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(bob.gaps.is_empty(), "{:?}", bob.gaps);
 }
 
 #[test]
