@@ -458,17 +458,22 @@ impl ServerClient {
         self.posts.iter().map(|p| p.id)
     }
 
-    /// The post to send next, if one may go now: the first one not sent
-    /// whose wait is over, while the server takes more in flight.
+    /// The post to send next, if one may go now: the first one not sent, if
+    /// its wait is over, while the server takes more in flight. Posts go in
+    /// the application's order: a later post never overtakes one waiting
+    /// for its retry (SPEC.md section 8.4), or readers would see the
+    /// sender's messages out of order, as gaps.
     fn next_post(&self, now: Instant) -> Option<usize> {
         let policy = self.ready_policy().ok()?;
         let in_flight = self.posts.iter().filter(|p| p.sent.is_some()).count();
         if in_flight >= usize::from(policy.max_pending_posts.max(1)) {
             return None;
         }
+        let i = self.posts.iter().position(|p| p.sent.is_none())?;
         self.posts
-            .iter()
-            .position(|p| p.sent.is_none() && p.not_before <= now)
+            .get(i)
+            .is_some_and(|p| p.not_before <= now)
+            .then_some(i)
     }
 
     /// Whether a proof of work must be found before the next post can go:
@@ -536,14 +541,15 @@ impl ServerClient {
         self.now = self.now.max(now);
     }
 
-    /// When a post waiting for a retry is due (`None`: none waits).
+    /// When the next post, waiting for a retry, is due (`None`: it does
+    /// not wait).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.posts
             .iter()
-            .filter(|p| p.sent.is_none() && p.not_before > self.now)
+            .find(|p| p.sent.is_none())
             .map(|p| p.not_before)
-            .min()
+            .filter(|&at| at > self.now)
     }
 
     /// Writes the next request the client wants to send (an unsubscribe,
