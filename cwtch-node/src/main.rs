@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cwtch_node::cli::{
-    Cli, Command, ContactCommand, GroupCommand, MailboxCommand, ServerCommand, TransportArgs,
+    Cli, Command, ContactCommand, GroupCommand, MailboxCommand, ServerCommand, ServerRunArgs,
+    TransportArgs,
 };
 use cwtch_node::control::{self, Request};
 use cwtch_node::peer::{self, PeerNode};
@@ -30,17 +31,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG, else -v/-vv, else warn (a server's configuration may set
+    // its own level: cwtch_node::logging).
+    cwtch_node::logging::init(verbose);
 }
 
 fn default_home() -> PathBuf {
@@ -177,13 +170,40 @@ fn run(cli: Cli, home: &Path) -> Result<(), String> {
             cwtch_node::server::init(home, &policy, json)
         }
         Command::Server(ServerCommand::Info) => cwtch_node::server::info(home, json),
-        Command::Server(ServerCommand::Run(args)) => {
-            let _lock = take_home(home)?;
-            smol::block_on(async {
-                let (transport, _tor) = transport(home, &args).await?;
-                cwtch_node::server::run(home, transport).await
-            })
+        Command::Server(ServerCommand::Config) => cwtch_node::server::print_config(home, json),
+        Command::Server(ServerCommand::Stats) => cwtch_node::server::print_stats(home, json),
+        Command::Server(ServerCommand::Backup { file }) => {
+            // The backup holds the server's key: private from the start.
+            cwtch_node::home::private_umask();
+            let summary =
+                cwtch_node::server::backup::backup(home, &file).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::json!(summary));
+            } else {
+                println!(
+                    "backup of {}: {} blobs (last index {}) in {} (mode 0600; it holds the \
+                     server's key: keep it as safe as the server)",
+                    summary.address, summary.blobs, summary.head, summary.file
+                );
+            }
+            Ok(())
         }
+        Command::Server(ServerCommand::Restore { file }) => {
+            cwtch_node::home::private_umask();
+            let address =
+                cwtch_node::server::backup::restore(&file, home).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::json!({"address": address, "home": home}));
+            } else {
+                println!(
+                    "restored {address} into {}: start it with `cwtch-node --home {} server run`",
+                    home.display(),
+                    home.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Server(ServerCommand::Run(args)) => run_server(home, &args),
     }
 }
 
@@ -277,6 +297,47 @@ async fn warn_without_extended_errors(tor: &TorTransport) {
 fn take_home(home: &Path) -> Result<cwtch_node::home::HomeLock, String> {
     cwtch_node::home::private_umask();
     cwtch_node::home::HomeLock::acquire(home).map_err(|e| e.to_string())
+}
+
+/// `server run`: until SIGTERM or SIGINT, then a graceful stop (exit 0);
+/// SIGHUP reloads server.toml.
+fn run_server(home: &Path, args: &ServerRunArgs) -> Result<(), String> {
+    use cwtch_node::server::{RunOptions, config::MetricsAddr};
+    use smol::future::FutureExt;
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(MetricsAddr::parse)
+        .transpose()
+        .map_err(|e| format!("--metrics: {e}"))?;
+    let _lock = take_home(home)?;
+    smol::block_on(async {
+        let signals = cwtch_node::shutdown::Signals::install()
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
+        let stop = signals.shutdown.clone();
+        // A stop asked while tor starts ends the wait at once.
+        let started = async { Some(transport(home, &args.transport).await) }
+            .or(async {
+                stop.wait().await;
+                None
+            })
+            .await;
+        let Some(started) = started else {
+            return Ok(());
+        };
+        let (transport, _tor) = started?;
+        cwtch_node::server::run_until(
+            home,
+            transport,
+            RunOptions {
+                shutdown: signals.shutdown.clone(),
+                reload: signals.reload.clone(),
+                metrics,
+                ..RunOptions::default()
+            },
+        )
+        .await
+    })
 }
 
 fn run_peer(home: &Path, args: &TransportArgs) -> Result<(), String> {
