@@ -43,9 +43,13 @@ pub fn init(verbose: u8) {
         }
     };
     let (layer, handle) = reload::Layer::new(filter);
-    let subscriber = tracing_subscriber::registry()
-        .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colours only on a terminal: not in files or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = tracing_subscriber::registry().with(layer).with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr),
+    );
     if subscriber.try_init().is_ok() {
         let _ = STATE.set(State { handle, fixed });
     }

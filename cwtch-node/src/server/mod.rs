@@ -1043,6 +1043,32 @@ fn count_reply(counters: &Counters, reply: &[u8]) {
     }
 }
 
+/// Closes our side of a stream whose last bytes (the closing notice) are
+/// written, then reads and drops what the client still sends until it
+/// closes too (or [`LINGER`] passes). Dropping a socket with unread input
+/// makes the kernel reset the connection, and a reset can destroy the
+/// client's copy of the closing notice before it reads it.
+async fn linger(stream: &mut Stream) {
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    drain
+        .or(async {
+            smol::Timer::after(LINGER).await;
+        })
+        .await;
+}
+
+/// How long a stopping server waits for a client to close after its
+/// closing notice.
+const LINGER: StdDuration = StdDuration::from_secs(2);
+
 /// One anonymous client: the channel, then the server session over it.
 /// Reads from the socket only while the session wants a request (so a
 /// flooding client is slowed by TCP, not buffered), and pulls replies from
@@ -1131,6 +1157,9 @@ async fn serve_client_in_slot(
         if closed {
             if let Some(s) = session.as_mut() {
                 s.close();
+            }
+            if draining.is_some() {
+                linger(&mut stream).await;
             }
             return;
         }
