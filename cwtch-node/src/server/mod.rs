@@ -639,8 +639,8 @@ impl Shared {
         );
         let load = window.load();
         drop(window);
-        // Whole seconds, rounding up, so a short window is not a spike.
-        let secs = load.window_secs.ceil() as u64;
+        // Whole seconds (at least one, so a first sample is not a spike).
+        let secs = load.window_secs.round() as u64;
         let level = pow.level(load.posts, secs);
         let before = self.pow_now.swap(level, Ordering::Relaxed);
         if before != level {
@@ -713,7 +713,7 @@ impl Shared {
         if old.config.proof_of_work != pow {
             let load = self.window.lock().unwrap_or_else(|e| e.into_inner()).load();
             self.pow_now.store(
-                pow.level(load.posts, load.window_secs.ceil() as u64),
+                pow.level(load.posts, load.window_secs.round() as u64),
                 Ordering::Relaxed,
             );
             changes.push("proof of work".into());
