@@ -219,6 +219,46 @@ fn sigterm_under_load_keeps_every_acknowledged_post_tells_clients_and_exits_0() 
     );
 }
 
+/// The same stop over a private Tor network: the server published its
+/// onion service through a tor's control port, and on SIGTERM it deletes
+/// it there (`DEL_ONION`, answered by tor) before exiting 0.
+#[test]
+fn sigterm_over_tor_deletes_the_onion_service_and_exits_0() {
+    let net = cwtch_tests::testnet::TestNetwork::start(1)
+        .expect("private Tor network (is tor installed?)");
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("server");
+    let (address, _) = init(&home, &[]);
+    let c = &net.clients()[0];
+    let mut daemon = Daemon::start(
+        &home,
+        true,
+        &[
+            "--tor-socks".into(),
+            c.socks_addr.to_string(),
+            "--tor-control".into(),
+            c.control_addr.to_string(),
+        ],
+    );
+    wait_for("the onion service", Duration::from_secs(180), || {
+        daemon
+            .log_text()
+            .contains(&format!("{address}?pow=20"))
+            .then_some(())
+    });
+    let status = daemon
+        .terminate(Duration::from_secs(30))
+        .expect("the server stops within 30 s of SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let log = daemon.log_text();
+    assert!(
+        log.contains(
+            "stopped: every accepted post is on disk (last index 0); onion service removed"
+        ),
+        "{log}"
+    );
+}
+
 #[test]
 fn sighup_applies_a_new_configuration_and_a_bad_one_is_refused_with_its_line() {
     let tmp = tempfile::tempdir().unwrap();
