@@ -15,7 +15,7 @@
 //!   the encrypted [`profile_store`]; [`blob_store`] is the server's.
 //! - [`control`]: the versioned control API (API.md) and its event stream.
 //! - [`cli`]: the command line, and the human forms of answers.
-//! - [`server`]: the server daemon.
+//! - [`server`]: the server daemon; [`shutdown`] its signals.
 #![forbid(unsafe_code)]
 
 pub mod blob_store;
@@ -28,10 +28,12 @@ pub mod daemon;
 pub mod demo;
 pub mod home;
 pub mod limits;
+pub mod logging;
 pub mod model;
 pub mod peer;
 pub mod profile_store;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 
 /// The connection driver, where examples and tests have always found it.

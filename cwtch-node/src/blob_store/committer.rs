@@ -40,7 +40,8 @@ use smol::channel::{self, Receiver, Sender, TryRecvError};
 use smol::future;
 
 use super::{
-    Blob, BlobStore, Checkpointer, Error, PruneStats, Result, Stats, blob_from_slice, unix_now,
+    Blob, BlobStore, Checkpointer, Error, PruneStats, Result, RetentionPolicy, Stats,
+    blob_from_slice, unix_now,
 };
 
 /// Small commits rewrite the same last leaf page again and again, so the
@@ -89,10 +90,53 @@ impl Default for CommitterConfig {
 type Reply<T> = Sender<Result<T>>;
 
 enum Request {
-    Post { blob: Box<Blob>, reply: Reply<u64> },
+    Post {
+        blob: Box<Blob>,
+        reply: Reply<u64>,
+        queued_at: Instant,
+    },
     Stats(Reply<Stats>),
-    Prune { now: u64, reply: Reply<PruneStats> },
+    Prune {
+        now: u64,
+        reply: Reply<PruneStats>,
+    },
+    SetPolicy {
+        policy: RetentionPolicy,
+        reply: Reply<PruneStats>,
+    },
     IntegrityCheck(Reply<()>),
+}
+
+/// How long commits take, summed since the committer started (the maxima
+/// since the previous [`GroupCommitter::take_latency`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitLatency {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Time spent in their `COMMIT` (writing the WAL and syncing it).
+    pub sync_total: Duration,
+    /// The longest `COMMIT` since the previous take.
+    pub sync_max: Duration,
+    /// Posts committed.
+    pub posts: u64,
+    /// Time from each post entering the queue to its commit, summed.
+    pub post_total: Duration,
+    /// The longest such time since the previous take.
+    pub post_max: Duration,
+}
+
+/// [`CommitLatency`] as atomics (microseconds).
+#[derive(Debug, Default)]
+struct Latency {
+    sync_total: AtomicU64,
+    sync_max: AtomicU64,
+    posts: AtomicU64,
+    post_total: AtomicU64,
+    post_max: AtomicU64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// State shared between the writer thread and its handles.
@@ -105,6 +149,7 @@ struct Shared {
     wal_frames: AtomicI64,
     closed: AtomicBool,
     head_changed: Event,
+    latency: Latency,
 }
 
 impl Shared {
@@ -149,6 +194,7 @@ impl GroupCommitter {
             wal_frames: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             head_changed: Event::new(),
+            latency: Latency::default(),
         });
         // The checkpointer is woken through a queue of one: wake-ups while
         // it works merge into one.
@@ -195,9 +241,13 @@ impl GroupCommitter {
         let tx = self.tx.clone();
         async move {
             let (reply, ack) = channel::bounded(1);
-            tx.send(Request::Post { blob, reply })
-                .await
-                .map_err(|_| Error::Closed)?;
+            tx.send(Request::Post {
+                blob,
+                reply,
+                queued_at: Instant::now(),
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
             ack.recv().await.map_err(|_| Error::Closed)?
         }
     }
@@ -214,9 +264,13 @@ impl GroupCommitter {
         async move {
             let blob = checked?;
             let (reply, ack) = channel::bounded(1);
-            tx.send(Request::Post { blob, reply })
-                .await
-                .map_err(|_| Error::Closed)?;
+            tx.send(Request::Post {
+                blob,
+                reply,
+                queued_at: Instant::now(),
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
             ack.recv().await.map_err(|_| Error::Closed)?
         }
     }
@@ -233,7 +287,11 @@ impl GroupCommitter {
     ) -> Result<impl Future<Output = Result<u64>> + Send + 'static + use<>> {
         let (reply, ack) = channel::bounded(1);
         self.tx
-            .try_send(Request::Post { blob, reply })
+            .try_send(Request::Post {
+                blob,
+                reply,
+                queued_at: Instant::now(),
+            })
             .map_err(|e| {
                 if e.is_full() {
                     Error::QueueFull
@@ -258,6 +316,50 @@ impl GroupCommitter {
     /// Applies the retention policy now (on the writer thread).
     pub async fn prune(&self, now: u64) -> Result<PruneStats> {
         self.request(|reply| Request::Prune { now, reply }).await
+    }
+
+    /// Replaces the retention policy and applies it at once (on the writer
+    /// thread, after the posts queued before).
+    pub async fn set_retention(&self, policy: RetentionPolicy) -> Result<PruneStats> {
+        self.request(|reply| Request::SetPolicy { policy, reply })
+            .await
+    }
+
+    /// Resolves once every post queued before the call is committed (or
+    /// failed): what was acknowledged is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.stats().await.map(|_| ())
+    }
+
+    /// The commit latencies so far, with the maxima since the last
+    /// [`take_latency`](Self::take_latency).
+    pub fn latency(&self) -> CommitLatency {
+        let l = &self.shared.latency;
+        let d = |a: &AtomicU64| Duration::from_micros(a.load(Ordering::Acquire));
+        CommitLatency {
+            commits: self.commits(),
+            sync_total: d(&l.sync_total),
+            sync_max: d(&l.sync_max),
+            posts: l.posts.load(Ordering::Acquire),
+            post_total: d(&l.post_total),
+            post_max: d(&l.post_max),
+        }
+    }
+
+    /// The commit latencies so far; the maxima are since the previous call
+    /// (which resets them).
+    pub fn take_latency(&self) -> CommitLatency {
+        let l = &self.shared.latency;
+        let d = |a: &AtomicU64| Duration::from_micros(a.load(Ordering::Acquire));
+        let take = |a: &AtomicU64| Duration::from_micros(a.swap(0, Ordering::AcqRel));
+        CommitLatency {
+            commits: self.commits(),
+            sync_total: d(&l.sync_total),
+            sync_max: take(&l.sync_max),
+            posts: l.posts.load(Ordering::Acquire),
+            post_total: d(&l.post_total),
+            post_max: take(&l.post_max),
+        }
     }
 
     /// Runs [`BlobStore::integrity_check`] on the writer thread.
@@ -387,6 +489,7 @@ fn is_recoverable(err: &Error) -> bool {
 struct Post {
     blob: Box<Blob>,
     reply: Reply<u64>,
+    queued_at: Instant,
 }
 
 /// The writer thread: returns the store when the queue is closed and
@@ -453,8 +556,16 @@ fn writer(
         // control request arrives (which runs after the batch, in order).
         while let Some(req) = pending.take() {
             match req {
-                Request::Post { blob, reply } => {
-                    batch.push(Post { blob, reply });
+                Request::Post {
+                    blob,
+                    reply,
+                    queued_at,
+                } => {
+                    batch.push(Post {
+                        blob,
+                        reply,
+                        queued_at,
+                    });
                     if batch.len() < config.max_batch {
                         pending = rx.try_recv().ok();
                     }
@@ -527,6 +638,20 @@ fn commit(store: &mut BlobStore, batch: &mut Vec<Post>, shared: &Shared) -> bool
     match result {
         Ok(range) => {
             shared.head.store(store.head(), Ordering::Release);
+            let l = &shared.latency;
+            let sync = micros(store.last_commit_time());
+            l.sync_total.fetch_add(sync, Ordering::AcqRel);
+            l.sync_max.fetch_max(sync, Ordering::AcqRel);
+            let done = Instant::now();
+            let (mut total, mut max) = (0u64, 0u64);
+            for post in batch.iter() {
+                let waited = micros(done.saturating_duration_since(post.queued_at));
+                total = total.saturating_add(waited);
+                max = max.max(waited);
+            }
+            l.posts.fetch_add(batch.len() as u64, Ordering::AcqRel);
+            l.post_total.fetch_add(total, Ordering::AcqRel);
+            l.post_max.fetch_max(max, Ordering::AcqRel);
             shared.commits.fetch_add(1, Ordering::AcqRel);
             for (post, index) in batch.drain(..).zip(range) {
                 // The poster may have given up; the blob is stored anyway.
@@ -557,6 +682,10 @@ fn run_control(store: &mut BlobStore, req: Request) {
         Request::Prune { now, reply } => {
             let _ = reply.try_send(store.prune(now));
         }
+        Request::SetPolicy { policy, reply } => {
+            store.set_policy(policy);
+            let _ = reply.try_send(store.prune(unix_now()));
+        }
         Request::IntegrityCheck(reply) => {
             let _ = reply.try_send(store.integrity_check());
         }
@@ -568,6 +697,7 @@ fn reply_closed(req: Request) {
         Request::Post { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
         Request::Stats(reply) => drop(reply.try_send(Err(Error::Closed))),
         Request::Prune { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
+        Request::SetPolicy { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
         Request::IntegrityCheck(reply) => drop(reply.try_send(Err(Error::Closed))),
     }
 }

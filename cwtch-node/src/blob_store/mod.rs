@@ -74,7 +74,7 @@
 
 mod committer;
 
-pub use committer::{CommitterConfig, GroupCommitter, HeadWatch};
+pub use committer::{CommitLatency, CommitterConfig, GroupCommitter, HeadWatch};
 
 use std::ops::{ControlFlow, Range};
 use std::path::Path;
@@ -366,6 +366,7 @@ pub struct BlobStore {
     oldest: Option<u64>,
     commits: u64,
     appended: u64,
+    last_commit: Duration,
     path: std::path::PathBuf,
 }
 
@@ -430,6 +431,7 @@ impl BlobStore {
             oldest,
             commits: 0,
             appended: 0,
+            last_commit: Duration::ZERO,
             path: path.to_owned(),
         })
     }
@@ -504,12 +506,20 @@ impl BlobStore {
             drop(tx);
             return Ok(first..first);
         }
+        let started = std::time::Instant::now();
         tx.commit()?;
+        self.last_commit = started.elapsed();
         self.head = next - 1;
         self.oldest.get_or_insert(first);
         self.commits += 1;
         self.appended += next - first;
         Ok(first..next)
+    }
+
+    /// How long the last append's `COMMIT` took: writing its pages to the
+    /// WAL and syncing it (the fsync that makes the batch durable).
+    pub fn last_commit_time(&self) -> Duration {
+        self.last_commit
     }
 
     /// Up to `limit` (at most [`MAX_READ_LIMIT`]) blobs with index greater

@@ -318,59 +318,83 @@ pub enum GroupCommand {
 /// Server commands.
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Create a server identity and its policy in the home directory.
+    /// Create a server identity and its commented configuration file
+    /// (`server.toml`) in the home directory. The flags change the defaults
+    /// written there.
     Init(ServerPolicyArgs),
-    /// Run the server in the foreground.
-    Run(TransportArgs),
+    /// Run the server in the foreground. SIGTERM or SIGINT: stop gracefully
+    /// (acknowledged posts committed, clients told, onion service removed,
+    /// exit 0); SIGHUP: read server.toml again.
+    Run(ServerRunArgs),
     /// Print the string peers need to use this server.
     Info,
+    /// Print the configuration the server runs with (asks the running
+    /// server, else reads server.toml).
+    Config,
+    /// Statistics of the running server (over its admin socket): blobs,
+    /// bytes, oldest blob, connections, posts and fetches per second,
+    /// refusals by reason, fsync and commit latency.
+    Stats,
+    /// Write a consistent copy of the server (its key, configuration and
+    /// blobs) to FILE, mode 0600, also while the server runs.
+    Backup {
+        /// The backup file to create (must not exist).
+        file: PathBuf,
+    },
+    /// Make the home (`--home NEW`, new or empty) a server restored from a
+    /// backup: it keeps the server's address.
+    Restore {
+        /// A file written by `server backup`.
+        file: PathBuf,
+    },
 }
 
-/// A new server keeps blobs this many days by default: long enough for a
-/// member who was away a few weeks to catch up, short enough that a stranger
-/// cannot fill the disk for good (SECURITY.md, "The server").
-pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
-/// A new server keeps at most this many MiB of blobs by default (10 GiB:
-/// about five million posts).
-pub const DEFAULT_MAX_MIB: u64 = 10 * 1024;
+/// `server run`.
+#[derive(Clone, Debug, Args)]
+pub struct ServerRunArgs {
+    /// How to reach the network.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Serve Prometheus metrics (text format) on a loopback ADDRESS:PORT or
+    /// on a Unix socket (`unix:PATH`); overrides `metrics` in server.toml.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
 
-/// A server's policy, fixed at `server init` and announced to every client.
-#[derive(Clone, Copy, Debug, Args, serde::Serialize, serde::Deserialize)]
+/// What `server init` writes into server.toml where it differs from the
+/// defaults (see the file's comments and OPERATING.md).
+#[derive(Clone, Copy, Debug, Default, Args)]
 pub struct ServerPolicyArgs {
-    /// Proof of work demanded per post, in leading zero bits (0: none; at most 24).
-    #[arg(long, default_value_t = 0)]
-    pub pow_bits: u8,
-    /// Keep at most this many blobs (oldest pruned first; 0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub max_blobs: u64,
-    /// Keep at most this many MiB of blobs (0: no limit).
-    #[arg(long, default_value_t = DEFAULT_MAX_MIB)]
-    pub max_mib: u64,
-    /// Drop blobs older than this many days (0: keep forever).
-    #[arg(long, default_value_t = DEFAULT_MAX_AGE_DAYS)]
-    pub max_age_days: u64,
-    /// Posts a connection may make in a burst before the rate limit applies.
-    #[arg(long, default_value_t = 32)]
-    pub rate_burst: u16,
-    /// Then one post per this many milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub rate_interval_ms: u64,
-    /// The most clients served at once.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_connections: usize,
-}
-
-impl Default for ServerPolicyArgs {
-    /// The same defaults as the flags.
-    fn default() -> Self {
-        ServerPolicyArgs {
-            pow_bits: 0,
-            max_blobs: 0,
-            max_mib: DEFAULT_MAX_MIB,
-            max_age_days: DEFAULT_MAX_AGE_DAYS,
-            rate_burst: 32,
-            rate_interval_ms: 500,
-            max_connections: 10_000,
-        }
-    }
+    /// Proof of work demanded of every post, whatever the load, in leading
+    /// zero bits (0: none; at most 24). Without it, work is asked only
+    /// under load (see --pow-max-bits).
+    #[arg(long, conflicts_with = "pow_threshold")]
+    pub pow_bits: Option<u8>,
+    /// The most proof of work asked under load, in bits (default 20; 0: never).
+    #[arg(long)]
+    pub pow_max_bits: Option<u8>,
+    /// Posts per second below which no proof of work is asked (default 100;
+    /// 0: always the maximum).
+    #[arg(long, value_name = "POSTS_PER_SEC")]
+    pub pow_threshold: Option<u64>,
+    /// Keep at most this many blobs (oldest pruned first; 0: no limit)
+    /// [default: as many as fit in --max-mib].
+    #[arg(long)]
+    pub max_blobs: Option<u64>,
+    /// Keep at most this many MiB of blobs (0: no limit) [default: 10240].
+    #[arg(long)]
+    pub max_mib: Option<u64>,
+    /// Drop blobs older than this many days (0: keep forever) [default: 30].
+    #[arg(long)]
+    pub max_age_days: Option<u64>,
+    /// Posts a connection may make in a burst before the rate limit
+    /// applies [default: 32].
+    #[arg(long)]
+    pub rate_burst: Option<u16>,
+    /// Then one post per this many milliseconds (0: no rate limit) [default: 500].
+    #[arg(long)]
+    pub rate_interval_ms: Option<u64>,
+    /// The most clients served at once [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<u64>,
 }

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::format;
 use super::{
     Cli, Command, ContactCommand, ConversationCommand, GroupCommand, MailboxCommand, ServerCommand,
-    TransportArgs,
+    ServerRunArgs, TransportArgs,
 };
 use crate::control::api::{ErrorCode, Request};
 use crate::control::client::{Client, ClientError};
@@ -107,17 +107,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG, else -v/-vv, else warn (a server's configuration may set
+    // its own level: crate::logging).
+    crate::logging::init(verbose);
 }
 
 /// The home directory: `--home`, else `$CWTCH_HOME` when set and not
@@ -340,15 +332,42 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
         Command::Server(ServerCommand::Info) => {
             crate::server::info(home, json).map_err(Failure::input)
         }
-        Command::Server(ServerCommand::Run(args)) => {
-            let _lock = take_home(home)?;
-            smol::block_on(async {
-                let (transport, _tor) = transport(home, &args).await?;
-                crate::server::run(home, transport, args.handshake_timeout)
-                    .await
-                    .map_err(Failure::internal)
-            })
+        Command::Server(ServerCommand::Config) => {
+            crate::server::print_config(home, json).map_err(Failure::input)
         }
+        Command::Server(ServerCommand::Stats) => {
+            crate::server::print_stats(home, json).map_err(|e| Failure::new(EXIT_NOT_RUNNING, e))
+        }
+        Command::Server(ServerCommand::Backup { file }) => {
+            // The backup holds the server's key: private from the start.
+            crate::home::private_umask();
+            let summary = crate::server::backup::backup(home, &file)
+                .map_err(|e| Failure::input(e.to_string()))?;
+            if json {
+                emit(&serde_json::json!(summary).to_string())
+            } else {
+                emit(&format!(
+                    "backup of {}: {} blobs (last index {}) in {} (mode 0600; it holds the \
+                     server's key: keep it as safe as the server)",
+                    summary.address, summary.blobs, summary.head, summary.file
+                ))
+            }
+        }
+        Command::Server(ServerCommand::Restore { file }) => {
+            crate::home::private_umask();
+            let address = crate::server::backup::restore(&file, home)
+                .map_err(|e| Failure::input(e.to_string()))?;
+            if json {
+                emit(&serde_json::json!({"address": address, "home": home}).to_string())
+            } else {
+                emit(&format!(
+                    "restored {address} into {}: start it with `cwtch-node --home {} server run`",
+                    home.display(),
+                    home.display()
+                ))
+            }
+        }
+        Command::Server(ServerCommand::Run(args)) => run_server(home, &args),
     }
 }
 
@@ -519,6 +538,49 @@ async fn warn_without_extended_errors(tor: &TorTransport) {
 fn take_home(home: &Path) -> Result<crate::home::HomeLock, Failure> {
     crate::home::private_umask();
     crate::home::HomeLock::acquire(home).map_err(|e| Failure::new(EXIT_REFUSED, e.to_string()))
+}
+
+/// `server run`: until SIGTERM or SIGINT, then a graceful stop (exit 0);
+/// SIGHUP reloads server.toml.
+fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
+    use crate::server::{RunOptions, config::MetricsAddr};
+    use smol::future::FutureExt;
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(MetricsAddr::parse)
+        .transpose()
+        .map_err(|e| Failure::input(format!("--metrics: {e}")))?;
+    let _lock = take_home(home)?;
+    smol::block_on(async {
+        let signals = crate::shutdown::Signals::install()
+            .map_err(|e| Failure::internal(format!("cannot catch signals: {e}")))?;
+        let stop = signals.shutdown.clone();
+        // A stop asked while tor starts ends the wait at once.
+        let started = async { Some(transport(home, &args.transport).await) }
+            .or(async {
+                stop.wait().await;
+                None
+            })
+            .await;
+        let Some(started) = started else {
+            return Ok(());
+        };
+        let (transport, _tor) = started?;
+        crate::server::run_until(
+            home,
+            transport,
+            RunOptions {
+                shutdown: signals.shutdown.clone(),
+                reload: signals.reload.clone(),
+                metrics,
+                handshake_timeout: args.transport.handshake_timeout,
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .map_err(Failure::internal)
+    })
 }
 
 fn run_peer(home: &Path, args: &TransportArgs) -> Outcome {

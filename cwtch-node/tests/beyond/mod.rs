@@ -29,7 +29,7 @@ pub fn start_embedded_server(home: &Path, transport: AnyTransport, faults: Fault
     let id = v["server"].as_str().unwrap().to_string();
     let home = home.to_path_buf();
     std::thread::spawn(move || {
-        if let Err(e) = smol::block_on(cwtch_node::server::run_with(&home, transport, 0, faults)) {
+        if let Err(e) = smol::block_on(cwtch_node::server::run_with(&home, transport, faults)) {
             eprintln!("embedded server stopped: {e}");
         }
     });

@@ -59,6 +59,22 @@ impl Daemon {
         transport: &[String],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::spawn(home, server, transport, env, true)
+    }
+
+    /// [`Daemon::start`] at the daemon's default log level: no `-v`, no
+    /// `RUST_LOG`.
+    pub fn start_quiet(home: &Path, server: bool, transport: &[String]) -> Daemon {
+        Daemon::spawn(home, server, transport, &[], false)
+    }
+
+    fn spawn(
+        home: &Path,
+        server: bool,
+        transport: &[String],
+        env: &[(&str, &str)],
+        verbose: bool,
+    ) -> Daemon {
         use std::os::unix::process::CommandExt;
         let log = home.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -67,7 +83,12 @@ impl Daemon {
             .open(&log)
             .expect("log file");
         let mut cmd = Command::new(bin());
-        cmd.arg("--home").arg(home).arg("-v");
+        cmd.arg("--home").arg(home);
+        if verbose {
+            cmd.arg("-v");
+        } else {
+            cmd.env_remove("RUST_LOG");
+        }
         if server {
             cmd.arg("server");
         }
@@ -89,6 +110,26 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `rustix::process::Signal::TERM`) to the daemon.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a pid");
+        rustix::process::kill_process(pid, signal).expect("signal the daemon");
+    }
+
+    /// SIGTERM, then waits up to `limit` for the daemon to exit: its exit
+    /// status, or None if it is still running.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(rustix::process::Signal::TERM);
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL, as a crash would.

@@ -161,10 +161,13 @@ impl RawLink {
                     ConnectionEvent::Closed(r) => self.closed = Some(format!("{r:?}")),
                 }
             }
-            self.flush()?;
+            // A message that arrived is returned even when what we queued
+            // can no longer go out (the other side closed after sending it).
+            let flushed = self.flush();
             if got.is_some() {
                 return Ok(got);
             }
+            flushed?;
             if self.closed.is_some() {
                 continue;
             }
@@ -245,6 +248,19 @@ pub mod server_wire {
         m
     }
 
+    /// A post with a proof-of-work nonce (SPEC.md section 8.4).
+    pub fn post_pow(nonce: u64, blob: &[u8; SEALED_BLOB_LEN]) -> Vec<u8> {
+        let mut m = vec![0x02];
+        m.extend_from_slice(&nonce.to_le_bytes());
+        m.extend_from_slice(blob);
+        m
+    }
+
+    /// A request for the server's signed advert.
+    pub fn get_advert() -> Vec<u8> {
+        vec![0x06]
+    }
+
     pub fn fetch(after: u64, limit: u16) -> Vec<u8> {
         let mut m = vec![0x03];
         m.extend_from_slice(&after.to_le_bytes());
@@ -302,11 +318,18 @@ pub mod server_wire {
     }
 }
 
-/// An honest anonymous client of a real server: posts blobs and fetches.
+/// An honest anonymous client of a real server: posts blobs (with the
+/// proof of work its hello asks) and fetches.
 pub struct ServerUser {
     pub link: RawLink,
     pub next_seq: u64,
     pub head: u64,
+    /// The hello, as received.
+    pub hello: Vec<u8>,
+    /// The proof of work the hello asks, in bits.
+    pub pow_bits: u8,
+    /// The connection's proof-of-work challenge.
+    pub challenge: [u8; 32],
 }
 
 impl ServerUser {
@@ -315,12 +338,17 @@ impl ServerUser {
         let until = StdInstant::now() + limit;
         while StdInstant::now() < until {
             match link.next(Duration::from_millis(200)) {
-                Ok(Some(m)) if m.first() == Some(&0x81) => {
+                Ok(Some(m)) if m.first() == Some(&0x81) && m.len() >= 43 => {
                     let head = server_wire::u64_at(&m, 35);
+                    let mut challenge = [0u8; 32];
+                    challenge.copy_from_slice(&m[3..35]);
                     return Some(ServerUser {
                         link,
                         next_seq: 0,
                         head,
+                        pow_bits: m[2],
+                        challenge,
+                        hello: m,
                     });
                 }
                 Ok(_) => {}
@@ -330,11 +358,25 @@ impl ServerUser {
         None
     }
 
+    /// The post message for the next sequence number: with the proof of
+    /// work the hello asks, if any.
+    pub fn post_message(&mut self, blob: &[u8; SEALED_BLOB_LEN]) -> Vec<u8> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.pow_bits == 0 {
+            return server_wire::post(blob);
+        }
+        let nonce =
+            cwtch_proto::server::pow_solve(&self.challenge, seq, blob, self.pow_bits, 0, u64::MAX)
+                .expect("a proof of work within 2^64 tries");
+        server_wire::post_pow(nonce, blob)
+    }
+
     /// Posts and waits for the durable acknowledgement; the index.
     pub fn post(&mut self, blob: &[u8; SEALED_BLOB_LEN], limit: Duration) -> Option<u64> {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        self.link.send(&server_wire::post(blob));
+        let message = self.post_message(blob);
+        self.link.send(&message);
         let until = StdInstant::now() + limit;
         while StdInstant::now() < until {
             match self.link.next(Duration::from_millis(200)) {

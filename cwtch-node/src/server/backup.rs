@@ -1,0 +1,375 @@
+//! `server backup FILE` and `server restore FILE --home NEW`.
+//!
+//! A backup is one SQLite file: a copy of the blob store made with SQLite's
+//! online backup API, plus a table `cwtch_server_backup` holding the
+//! server's key and its `server.toml`. The copy is taken in one step, under
+//! one read transaction of the store: in WAL mode the running server keeps
+//! committing meanwhile, and the copy is the store as of one commit (every
+//! blob acknowledged before the backup started is in it). It is written
+//! with mode 0600: it holds the server's key, unencrypted, like the home.
+//!
+//! Restoring makes a new home with the same key (so the same onion address
+//! and advert signer), the same configuration and the blobs; the key's row
+//! is dropped from the restored store with `secure_delete` on. Members whose
+//! cursor is past the restored head are brought back to it by their client
+//! (SPEC.md section 8.5, "a server restored from a backup").
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{BLOBS_FILE, KEY_FILE, config, load_identity};
+use crate::blob_store::{BlobStore, RetentionPolicy};
+
+/// The table of a backup that holds what is not blobs.
+const TABLE: &str = "cwtch_server_backup";
+/// The backup format this code writes and reads.
+const FORMAT: i64 = 1;
+
+/// Why a backup or a restore failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The target exists: a backup never overwrites a file.
+    #[error("{0} already exists: choose a new file name")]
+    Exists(String),
+    /// The home to restore into is not new or empty.
+    #[error("{0} is not empty: restore into a new home")]
+    HomeNotEmpty(String),
+    /// The file is not a backup of ours.
+    #[error("{path} is not a cwtch server backup: {reason}")]
+    NotABackup {
+        /// The file.
+        path: String,
+        /// Why not.
+        reason: String,
+    },
+    /// Anything else, with what failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(what: &str) -> impl FnOnce(String) -> BackupError + '_ {
+    move |e| BackupError::Failed(format!("{what}: {e}"))
+}
+
+/// Creates `file` (mode 0600, never over an existing file) for SQLite to
+/// write into.
+fn create_private(file: &Path) -> Result<(), BackupError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(BackupError::Exists(file.display().to_string()))
+        }
+        Err(e) => Err(BackupError::Failed(format!("{}: {e}", file.display()))),
+    }
+}
+
+/// Copies the whole `from` database into `to` in one step: one read
+/// transaction, so one consistent state.
+fn copy(from: &Connection, to: &mut Connection) -> rusqlite::Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let backup = Backup::new(from, to)?;
+    loop {
+        match backup.step(-1)? {
+            StepResult::Done => return Ok(()),
+            // Another connection holds a lock for a moment: try again.
+            StepResult::More | StepResult::Busy | StepResult::Locked => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+/// What a backup holds, as `server backup` reports it.
+#[derive(Debug, serde::Serialize)]
+pub struct BackupSummary {
+    /// The server's address.
+    pub address: String,
+    /// Blobs in the backup.
+    pub blobs: u64,
+    /// The last index in the backup.
+    pub head: u64,
+    /// The backup file.
+    pub file: String,
+}
+
+/// Writes a backup of the server in `home` to `file` (new, mode 0600).
+/// Consistent while the server runs.
+pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
+    let identity = load_identity(home).map_err(BackupError::Failed)?;
+    let config_text = match std::fs::read_to_string(home.join(config::CONFIG_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A home not started since server.toml: its policy, converted.
+            let (c, _) = config::load(home).map_err(|e| BackupError::Failed(e.to_string()))?;
+            c.render(true)
+        }
+        Err(e) => return Err(BackupError::Failed(format!("{}: {e}", config::CONFIG_FILE))),
+    };
+    let blobs = home.join(BLOBS_FILE);
+    if !blobs.exists() {
+        // A server that never ran: an empty store.
+        BlobStore::open(&blobs, RetentionPolicy::UNLIMITED)
+            .map_err(|e| failed("cannot create the blob store")(e.to_string()))?;
+    }
+    create_private(file)?;
+    let result = (|| {
+        let source = Connection::open_with_flags(
+            &blobs,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| failed("cannot open the blob store")(e.to_string()))?;
+        source
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| failed("blob store")(e.to_string()))?;
+        let mut target =
+            Connection::open(file).map_err(|e| failed("cannot open the backup")(e.to_string()))?;
+        copy(&source, &mut target).map_err(|e| failed("copying the blobs")(e.to_string()))?;
+        drop(source);
+        // A backup is a plain file: no WAL beside it.
+        let _: String = target
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        let tx = target
+            .transaction()
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE {TABLE} (name TEXT PRIMARY KEY, value BLOB NOT NULL);"
+        ))
+        .map_err(|e| failed("backup")(e.to_string()))?;
+        let created = crate::blob_store::unix_now();
+        let created = i64::try_from(created).unwrap_or(i64::MAX);
+        let rows: [(&str, rusqlite::types::Value); 4] = [
+            ("format", FORMAT.into()),
+            ("created_at", created.into()),
+            ("key", identity.seed().as_ref().to_vec().into()),
+            ("config", config_text.clone().into_bytes().into()),
+        ];
+        for (name, value) in rows {
+            tx.execute(
+                &format!("INSERT INTO {TABLE} (name, value) VALUES (?1, ?2)"),
+                params![name, value],
+            )
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        }
+        tx.commit().map_err(|e| failed("backup")(e.to_string()))?;
+        let (head, oldest): (Option<i64>, Option<i64>) = target
+            .query_row("SELECT max(idx), min(idx) FROM blobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        let seq: Option<i64> = target
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'blobs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        drop(target);
+        std::fs::File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| failed("syncing the backup")(e.to_string()))?;
+        sync_dir(file);
+        let count = match (head, oldest) {
+            (Some(h), Some(o)) => u64::try_from(h - o + 1).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(BackupSummary {
+            address: identity.address().to_string(),
+            blobs: count,
+            head: u64::try_from(seq.unwrap_or(0).max(head.unwrap_or(0))).unwrap_or(0),
+            file: file.display().to_string(),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::remove_file(file.with_extension("journal"));
+    }
+    result
+}
+
+/// Makes `home` (new, or an empty directory) a server restored from the
+/// backup `file`. Returns the restored server's address.
+pub fn restore(file: &Path, home: &Path) -> Result<String, BackupError> {
+    let not_a_backup = |reason: String| BackupError::NotABackup {
+        path: file.display().to_string(),
+        reason,
+    };
+    let backup = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| not_a_backup(e.to_string()))?;
+    let read = |name: &str| -> Result<Vec<u8>, BackupError> {
+        backup
+            .query_row(
+                &format!("SELECT value FROM {TABLE} WHERE name = ?1"),
+                [name],
+                |r| {
+                    let v = r.get_ref(0)?;
+                    Ok(match v {
+                        rusqlite::types::ValueRef::Blob(b) => b.to_vec(),
+                        rusqlite::types::ValueRef::Integer(i) => i.to_string().into_bytes(),
+                        rusqlite::types::ValueRef::Text(t) => t.to_vec(),
+                        _ => Vec::new(),
+                    })
+                },
+            )
+            .map_err(|e| not_a_backup(format!("no {name} ({e})")))
+    };
+    let format = read("format")?;
+    if format != FORMAT.to_string().as_bytes() {
+        return Err(not_a_backup(format!(
+            "backup format {} (this build reads {FORMAT})",
+            String::from_utf8_lossy(&format)
+        )));
+    }
+    let seed: [u8; 32] = read("key")?
+        .as_slice()
+        .try_into()
+        .map_err(|_| not_a_backup("the key is damaged".into()))?;
+    let identity = cwtch_proto::Identity::from_seed(&seed);
+    let config_text = String::from_utf8(read("config")?)
+        .map_err(|_| not_a_backup("the configuration is not text".into()))?;
+    config::Config::parse(&config_text, "the backup's server.toml")
+        .map_err(|e| not_a_backup(e.to_string()))?;
+
+    // The new home: missing, or an empty directory.
+    if home.exists() {
+        let empty = std::fs::read_dir(home)
+            .map_err(|e| BackupError::Failed(format!("{}: {e}", home.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(BackupError::HomeNotEmpty(home.display().to_string()));
+        }
+    }
+    crate::home::create_private(home).map_err(|e| BackupError::Failed(e.to_string()))?;
+    let blobs = home.join(BLOBS_FILE);
+    create_private(&blobs)?;
+    {
+        let mut target = Connection::open(&blobs)
+            .map_err(|e| failed("cannot create the blob store")(e.to_string()))?;
+        copy(&backup, &mut target).map_err(|e| failed("copying the blobs")(e.to_string()))?;
+        // The key has no place in the store: gone, its pages zeroed.
+        target
+            .execute_batch(&format!("PRAGMA secure_delete = ON; DROP TABLE {TABLE};"))
+            .map_err(|e| failed("restoring")(e.to_string()))?;
+    }
+    drop(backup);
+    let store = BlobStore::open(&blobs, RetentionPolicy::UNLIMITED)
+        .map_err(|e| failed("the restored blob store")(e.to_string()))?;
+    store
+        .integrity_check()
+        .map_err(|e| failed("the restored blob store")(e.to_string()))?;
+    drop(store);
+    write_private(&home.join(KEY_FILE), identity.seed().as_ref())?;
+    write_private(&home.join(config::CONFIG_FILE), config_text.as_bytes())?;
+    sync_dir(&blobs);
+    Ok(identity.address().to_string())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BackupError::Failed(format!("{}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| BackupError::Failed(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ServerPolicyArgs;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_backup_restores_the_key_the_configuration_and_the_blobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("server");
+        super::super::init(
+            &home,
+            &ServerPolicyArgs {
+                max_age_days: Some(9),
+                ..ServerPolicyArgs::default()
+            },
+            true,
+        )
+        .unwrap();
+        let mut store = BlobStore::open(home.join(BLOBS_FILE), RetentionPolicy::UNLIMITED).unwrap();
+        let blobs: Vec<[u8; 2048]> = (0..5u8).map(|i| [i; 2048]).collect();
+        store.append_batch(&blobs).unwrap();
+        let file = tmp.path().join("b.backup");
+        let summary = backup(&home, &file).unwrap();
+        assert_eq!((summary.blobs, summary.head), (5, 5));
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(backup(&home, &file), Err(BackupError::Exists(_))));
+        // Posts after the backup are not in it.
+        store.append_batch(&[[9u8; 2048]]).unwrap();
+
+        let new = tmp.path().join("restored");
+        let address = restore(&file, &new).unwrap();
+        assert_eq!(address, load_identity(&home).unwrap().address().to_string());
+        assert_eq!(load_identity(&new).unwrap().address().to_string(), address);
+        let (config, _) = config::load(&new).unwrap();
+        assert_eq!(config.retention.max_age_days, config::Limit::At(9));
+        let restored = BlobStore::open(new.join(BLOBS_FILE), RetentionPolicy::UNLIMITED).unwrap();
+        assert_eq!(restored.head(), 5);
+        let got: Vec<u8> = restored
+            .read_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b[0])
+            .collect();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        // The key is not left in the restored store.
+        let db = std::fs::read(new.join(BLOBS_FILE)).unwrap();
+        let seed = load_identity(&home).unwrap().seed().as_ref().to_vec();
+        assert!(!db.windows(32).any(|w| w == seed.as_slice()));
+        for name in [BLOBS_FILE, KEY_FILE, config::CONFIG_FILE] {
+            let mode = std::fs::metadata(new.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is private");
+        }
+        // Never over a server.
+        assert!(matches!(
+            restore(&file, &new),
+            Err(BackupError::HomeNotEmpty(_))
+        ));
+        // A file that is not a backup.
+        let not = tmp.path().join("not");
+        std::fs::write(&not, b"hello").unwrap();
+        assert!(matches!(
+            restore(&not, &tmp.path().join("x")),
+            Err(BackupError::NotABackup { .. })
+        ));
+        assert!(!tmp.path().join("x").exists());
+    }
+}
