@@ -760,3 +760,41 @@ fn a_rotated_mailbox_is_read_for_a_while_and_a_revoked_one_never() {
         "a revoked mailbox is not read"
     );
 }
+
+#[test]
+fn a_post_refused_for_good_is_not_sent_again_on_that_connection() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let before = w.servers[s].posts;
+    // The store fails the next append: that post is refused for good.
+    w.servers[s].store.fail_next = 1;
+    for text in ["lost for now", "two", "three", "four"] {
+        post(&mut w, a, "friends", text);
+    }
+    w.run_until_true("the others stored", MINUTE, |w| {
+        w.texts(a, &gid)
+            .iter()
+            .filter(|(_, s)| s == "delivered")
+            .count()
+            == 3
+    });
+    w.run_for(MINUTE);
+    assert_eq!(
+        w.servers[s].posts - before,
+        4,
+        "each post sent once on this connection"
+    );
+    assert_eq!(
+        w.texts(a, &gid)[0],
+        ("lost for now".into(), "pending".into())
+    );
+    // The next connection tries it again, and it goes through.
+    w.set_server_online(s, false);
+    w.set_server_online(s, true);
+    w.run_until_true("the refused post stored", mins(10), |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 4);
+}

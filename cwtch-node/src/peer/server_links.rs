@@ -146,8 +146,9 @@ impl Peer {
                 );
                 if retry_at.is_none() {
                     // Dropped by the client: it stays in the outgoing queue
-                    // and goes out again on the next connection.
-                    self.servers.take_post(server, post);
+                    // and goes out again on the next connection, never
+                    // again on this one.
+                    self.servers.refuse_post(server, post);
                 }
             }
             ClientEvent::PowTooHard { bits } => self.servers.set_error(

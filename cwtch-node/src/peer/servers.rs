@@ -32,6 +32,9 @@ pub struct ServerConn {
     rewind: Option<u64>,
     /// Posts handed to this connection's client: PostId → (owner, seq).
     posts: HashMap<u64, (String, u64)>,
+    /// Posts this connection refused for good: not handed to it again (the
+    /// next connection tries them once more).
+    refused: std::collections::HashSet<(String, u64)>,
     next_post: u64,
 }
 
@@ -47,6 +50,7 @@ impl ServerConn {
             failing_since: None,
             rewind: None,
             posts: HashMap::new(),
+            refused: Default::default(),
             next_post: 0,
         }
     }
@@ -150,6 +154,7 @@ impl Servers {
         c.client = Some(ServerClient::new(ClientConfig::default(), c.cursor, rng));
         c.status.state = ConnState::Connected;
         c.posts.clear();
+        c.refused.clear();
         Some(server)
     }
 
@@ -212,6 +217,7 @@ impl Servers {
         c.link = None;
         c.client = None;
         c.posts.clear();
+        c.refused.clear();
         if failed {
             c.status.state = ConnState::Failed;
             c.status.last_error = Some(reason.to_string());
@@ -317,14 +323,25 @@ impl Servers {
 
     /// Whether `(owner, seq)` is with `server`'s client.
     pub fn post_handed(&self, server: &str, owner: &str, seq: u64) -> bool {
-        self.map
-            .get(server)
-            .is_some_and(|c| c.posts.values().any(|(o, s)| o == owner && *s == seq))
+        self.map.get(server).is_some_and(|c| {
+            c.posts.values().any(|(o, s)| o == owner && *s == seq)
+                || c.refused.contains(&(owner.to_string(), seq))
+        })
     }
 
     /// The post a client reported on, and done with it.
     pub fn take_post(&mut self, server: &str, post: PostId) -> Option<(String, u64)> {
         self.map.get_mut(server)?.posts.remove(&post.0)
+    }
+
+    /// The post a client dropped after a refusal for good: it stays in the
+    /// outgoing queue, and is not handed to this connection again.
+    pub fn refuse_post(&mut self, server: &str, post: PostId) {
+        if let Some(c) = self.map.get_mut(server)
+            && let Some(p) = c.posts.remove(&post.0)
+        {
+            c.refused.insert(p);
+        }
     }
 
     /// Whether some client has proof of work to do.
