@@ -798,3 +798,65 @@ fn a_post_refused_for_good_is_not_sent_again_on_that_connection() {
     });
     w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 4);
 }
+
+/// Issue 19: messages a server pruned under the retention it states show
+/// as expired, never count against the server, and never move the group.
+#[test]
+fn messages_pruned_under_the_stated_retention_show_as_expired_and_cost_the_server_nothing() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig {
+        retention_max_entries: 5,
+        ..ServerConfig::default()
+    });
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    post(&mut w, a, "friends", "seen by both");
+    w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 1);
+    w.stop(b);
+    for i in 0..10 {
+        post(&mut w, a, "friends", &format!("while bob was away {i}"));
+    }
+    w.run_until_true("all stored", MINUTE, |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    // The server keeps 5: the older ones go. Alice is away too, so no
+    // member can fill the gap.
+    let last = w.servers[s].store.last;
+    w.servers[s].store.prune(last - 5);
+    w.stop(a);
+    w.start(b);
+    w.run_until_true("bob reads what is left", mins(2), |w| {
+        w.texts(b, &gid)
+            .iter()
+            .any(|(t, _)| t == "while bob was away 9")
+    });
+    w.run_for(mins(30));
+    let listed = w.messages(b, &gid);
+    let missing: Vec<&Value> = listed.iter().filter(|m| m["status"] == "missing").collect();
+    assert!(
+        !missing.is_empty(),
+        "the pruned ones are known to be missing"
+    );
+    for m in &missing {
+        let note = m["note"].as_str().unwrap();
+        assert!(
+            note.starts_with("expired on the server, which keeps 5 messages"),
+            "{note}"
+        );
+    }
+    // Nothing held against the server: not lost, not failed, not moved.
+    let servers = w.ok(b, Request::Servers);
+    assert_eq!(servers[0]["observed"]["lost"], 0, "{servers}");
+    let g = group_view(&mut w, b);
+    assert!(
+        g["servers"][0]["server"]
+            .as_str()
+            .unwrap()
+            .contains(w.servers[s].address.as_str())
+    );
+    assert!(
+        g["previous_servers"].as_array().unwrap().is_empty(),
+        "no move"
+    );
+    assert_eq!(g["servers"][0]["connection"]["state"], "synced");
+}

@@ -433,17 +433,29 @@ impl Peer {
             .filter(|m| m.conversation == conversation)
             .collect();
         let mut list = if self.groups.contains(&conversation) {
-            let note = if self.recovery.gave_up(&conversation) {
+            let asking = if self.recovery.gave_up(&conversation) {
                 "none of the members we asked had it; asked again when new gaps appear"
             } else {
                 "asking the members we are linked with"
+            };
+            // A server that pruned its log (under its stated retention)
+            // explains the gap: said so, never held against it.
+            let expired = self.groups.get(&conversation).and_then(|g| {
+                g.record
+                    .servers
+                    .iter()
+                    .find_map(|s| self.servers.retention_note(s))
+            });
+            let note = match expired {
+                Some(why) => format!("{why}; {asking}"),
+                None => asking.to_string(),
             };
             self.groups.view(
                 &conversation,
                 list,
                 &self.identity,
                 |s| self.servers.status(s),
-                note,
+                &note,
             )
         } else {
             let mut list = list;

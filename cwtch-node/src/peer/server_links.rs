@@ -201,6 +201,18 @@ impl Peer {
                     ),
                 );
             }
+            ClientEvent::Expired { index, count } => {
+                // Pruned under the retention the server states: not held
+                // against it (no score, no move).
+                tracing::info!(
+                    index,
+                    count,
+                    "a server pruned our acknowledged post(s) under its stated retention"
+                );
+            }
+            ClientEvent::Skipped { after, before } => {
+                self.servers.note_skipped(server, after, before);
+            }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
                 self.servers

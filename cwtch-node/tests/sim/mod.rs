@@ -52,6 +52,13 @@ pub struct MemStore {
     pub fail_next: u32,
 }
 
+impl MemStore {
+    /// Retention: drops every entry at or below `upto`.
+    pub fn prune(&mut self, upto: u64) {
+        self.entries.retain(|(i, _)| *i > upto);
+    }
+}
+
 impl BlobStore for MemStore {
     fn append(&mut self, blob: &[u8; SEALED_BLOB_LEN]) -> Result<u64, StoreError> {
         if self.fail_next > 0 {
