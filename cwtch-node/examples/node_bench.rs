@@ -148,17 +148,16 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The bytes of a profile on disk: the database and its write-ahead log.
+/// The bytes of a stopped profile on disk: its database once the
+/// write-ahead log is checkpointed into it (the log's own size depends on
+/// when the last checkpoint ran, not on what is stored).
 fn profile_bytes(home: &Path) -> u64 {
-    std::fs::read_dir(home)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("profile.db"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    let db = home.join("profile.db");
+    let conn = rusqlite::Connection::open(&db).expect("open the profile database");
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    drop(conn);
+    std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0)
 }
 
 struct Figures {
@@ -197,8 +196,8 @@ fn round(bin: &Path, a: &Args) -> Figures {
         .expect("address")
         .to_string();
     let _s = daemon(bin, &s_home, true, &dev);
-    let pa = daemon(bin, &a_home, false, &dev);
-    let pb = daemon(bin, &b_home, false, &dev);
+    let mut pa = daemon(bin, &a_home, false, &dev);
+    let mut pb = daemon(bin, &b_home, false, &dev);
     ready(bin, &a_home);
     ready(bin, &b_home);
     // 100 contacts: bob, and 99 who never answer.
@@ -231,6 +230,7 @@ fn round(bin: &Path, a: &Args) -> Figures {
         }
     });
     let _follow = Proc(follow);
+    let _ = &_follow;
     std::thread::sleep(Duration::from_millis(500));
     let cpu0 = cpu_secs(pa.0.id()) + cpu_secs(pb.0.id());
     let mut latencies_ms = Vec::new();
@@ -270,7 +270,15 @@ fn round(bin: &Path, a: &Args) -> Figures {
         out.status.success().then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
+    drop(_follow);
+    // Measured stopped (killed, as a crash would: both builds alike).
+    drop(pa);
+    drop(pb);
     let (a0, b0) = (profile_bytes(&a_home), profile_bytes(&b_home));
+    pa = daemon(bin, &a_home, false, &dev);
+    pb = daemon(bin, &b_home, false, &dev);
+    ready(bin, &a_home);
+    ready(bin, &b_home);
     for i in 0..a.group_messages {
         cli(
             bin,
@@ -291,6 +299,8 @@ fn round(bin: &Path, a: &Args) -> Figures {
         },
     );
     std::thread::sleep(Duration::from_secs(1));
+    drop(pa);
+    drop(pb);
     let (a1, b1) = (profile_bytes(&a_home), profile_bytes(&b_home));
     let n = a.group_messages as f64;
     Figures {

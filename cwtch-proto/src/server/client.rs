@@ -321,6 +321,11 @@ pub struct ServerClient {
     now: Instant,
     /// A too-hard proof of work was reported.
     pow_reported: bool,
+    /// A post was refused for the rate (or a full store): one post in
+    /// flight at a time until the queue drains, so that retries neither
+    /// overtake each other nor go out as a herd that the server refuses
+    /// but one of.
+    throttled: bool,
     /// Posts acknowledged and not yet served back: (index, mark, when).
     acked: Deque<(u64, [u8; BLOB_MARK_LEN], Instant), MAX_TRACKED_POSTS>,
     /// The highest index the server told of (its head, an index served or
@@ -379,6 +384,7 @@ impl ServerClient {
             pow_reported: false,
             acked: Deque::new(),
             head: 0,
+            throttled: false,
             recent: Deque::new(),
             events: Deque::new(),
         }
@@ -490,7 +496,12 @@ impl ServerClient {
     fn next_post(&self, now: Instant) -> Option<usize> {
         let policy = self.ready_policy().ok()?;
         let in_flight = self.posts.iter().filter(|p| p.sent.is_some()).count();
-        if in_flight >= usize::from(policy.max_pending_posts.max(1)) {
+        let most = if self.throttled {
+            1
+        } else {
+            usize::from(policy.max_pending_posts.max(1))
+        };
+        if in_flight >= most {
             return None;
         }
         let i = self.posts.iter().position(|p| p.sent.is_none())?;
@@ -721,6 +732,23 @@ impl ServerClient {
                 };
                 let post = self.posts.remove(i);
                 self.head = self.head.max(index);
+                if self.posts.is_empty() {
+                    self.throttled = false;
+                } else if self.throttled
+                    && let Some(p) = self.policy
+                {
+                    // Throttled: the next post waits for the token the
+                    // server's stated rate gives, not for a refusal.
+                    let at = self.now + Duration::from_millis(u64::from(p.rate_interval_ms));
+                    // One already waiting for its refusal's retry time
+                    // keeps that time, the server's own word.
+                    let now = self.now;
+                    if let Some(next) = self.posts.iter_mut().find(|q| q.sent.is_none())
+                        && next.not_before <= now
+                    {
+                        next.not_before = at;
+                    }
+                }
                 self.emit(ClientEvent::Posted {
                     post: post.id,
                     index,
@@ -848,6 +876,7 @@ impl ServerClient {
         let now = self.now;
         match refusal.reason.retry_after() {
             Some(wait) => {
+                self.throttled = true;
                 let at = now + wait.max(Duration::from_millis(1));
                 if let Some(post) = self.posts.get_mut(i) {
                     post.sent = None;
