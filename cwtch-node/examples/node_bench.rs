@@ -19,7 +19,7 @@
 //! ```text
 //! cargo build --release -p cwtch-node            # and the other build
 //! cargo run --release -p cwtch-node --example node_bench -- \
-//!     --baseline OLD/cwtch-node --candidate target/release/cwtch-node [--rounds 2] [--messages 100]
+//!     --baseline OLD/cwtch-node --candidate target/release/cwtch-node [--rounds 3] [--messages 300]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -43,8 +43,8 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         builds: Vec::new(),
-        rounds: 2,
-        messages: 100,
+        rounds: 3,
+        messages: 300,
         group_messages: 1000,
     };
     let mut it = std::env::args().skip(1);
@@ -133,7 +133,9 @@ fn ready(bin: &Path, home: &Path) {
     });
 }
 
-/// User + system CPU time of a process, in seconds.
+/// User + system CPU time of a process, every thread (those that ended
+/// too), in seconds; `/proc/PID/stat` counts in 10 ms ticks, so a run
+/// needs a few hundred messages for a figure to within a few percent.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

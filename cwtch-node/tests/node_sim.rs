@@ -860,3 +860,50 @@ fn messages_pruned_under_the_stated_retention_show_as_expired_and_cost_the_serve
     );
     assert_eq!(g["servers"][0]["connection"]["state"], "synced");
 }
+
+/// Alice adds bob and invites him to a group at once; bob, who holds her
+/// only as a request, cannot take the invite yet. Once he accepts her, the
+/// invite reaches him on the link that is up, without waiting for a new
+/// one (which keepalives may put off for hours).
+#[test]
+fn an_invite_sent_before_acceptance_arrives_once_accepted() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let bob = w.peers[b].address.clone();
+    add(&mut w, a, b, Some("join us"));
+    let server = w.servers[s].id();
+    w.ok(
+        a,
+        Request::GroupCreate {
+            name: "friends".into(),
+            server,
+        },
+    );
+    w.ok(
+        a,
+        Request::GroupInvite {
+            group: "friends".into(),
+            contact: bob,
+        },
+    );
+    w.run_until_true("the request", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    w.run_for(MINUTE);
+    assert!(
+        w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
+            .is_empty()
+    );
+    w.ok(
+        b,
+        Request::ContactAccept {
+            contact: "alice".into(),
+        },
+    );
+    w.run_until_true("the invite after acceptance", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
+            .is_empty()
+    });
+}

@@ -292,6 +292,7 @@ impl Peer {
                 format!("no contact request from {address}"),
             )
         })?;
+        let was = c.state;
         c.state = state;
         if state != ContactState::Request {
             c.from_mailbox = false;
@@ -299,6 +300,17 @@ impl Peer {
         self.store_contact(c, now)?;
         if state == ContactState::Accepted {
             self.links.forget_backoff(address);
+            // What they sent while only a request and we could not take
+            // (a group invite) waits in their queue for a new link: start
+            // one now, after our greeting goes out, rather than when this
+            // link happens to end.
+            if was == ContactState::Request
+                && self.links.get(address).is_some_and(|l| l.refused_something)
+                && let Some(link) = self.links.drop_link(address)
+            {
+                self.close(link);
+                self.notify_connection("contact", address);
+            }
         }
         Ok(json(&self.contacts.get(address)))
     }
