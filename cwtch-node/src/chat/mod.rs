@@ -420,3 +420,6 @@ fn interactive(home: &Path, started: bool, daemon_lines: Receiver<String>) -> Re
     ratatui::restore();
     outcome
 }
+
+#[cfg(test)]
+mod tests;
