@@ -60,13 +60,20 @@ pub fn run(
     let (lines_tx, lines_rx) = mpsc::channel::<String>();
     let mut started = match Client::connect(home, "cwtch-node chat") {
         Ok(_) => None,
-        Err(ClientError::NotRunning(_)) => Some(start_daemon(
-            home,
-            transport,
-            password()?,
-            lines_tx,
-            &lines_rx,
-        )?),
+        Err(ClientError::NotRunning(_)) => {
+            println!(
+                "no daemon runs on {}: starting one (cwtch-node run {}); it stops when chat ends",
+                home.display(),
+                transport_flags(transport).join(" ")
+            );
+            Some(start_daemon(
+                home,
+                transport,
+                password()?,
+                lines_tx,
+                &lines_rx,
+            )?)
+        }
         Err(e) => return Err(e.to_string()),
     };
     let outcome = interactive(home, started.is_some(), lines_rx);
@@ -129,11 +136,6 @@ fn start_daemon(
 ) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let flags = transport_flags(transport);
-    println!(
-        "no daemon runs on {}: starting one (cwtch-node run {}); it stops when chat ends",
-        home.display(),
-        flags.join(" ")
-    );
     let mut child = Command::new(exe)
         .arg("--home")
         .arg(home)
@@ -249,7 +251,7 @@ fn worker(home: PathBuf, commands: Receiver<(Request, Purpose)>, out: Sender<Msg
         }) {
             return;
         }
-        'conn: loop {
+        let why: String = 'conn: loop {
             loop {
                 match commands.try_recv() {
                     Ok((request, purpose)) => match client.request(request) {
@@ -270,7 +272,7 @@ fn worker(home: PathBuf, commands: Receiver<(Request, Purpose)>, out: Sender<Msg
                                 purpose,
                                 result: Err(e.to_string()),
                             });
-                            break 'conn;
+                            break 'conn e.to_string();
                         }
                     },
                     Err(TryRecvError::Empty) => break,
@@ -286,14 +288,12 @@ fn worker(home: PathBuf, commands: Receiver<(Request, Purpose)>, out: Sender<Msg
                     }
                 }
                 Ok(None) => {}
-                Err(_) => break,
+                Err(e) => break e.to_string(),
             }
-        }
+        };
         // Lost: say so, and try again.
         told_down = true;
-        if !send(Input::Disconnected(
-            "the connection to the daemon closed".into(),
-        )) {
+        if !send(Input::Disconnected(why)) {
             return;
         }
         std::thread::sleep(Duration::from_millis(300));
