@@ -599,9 +599,12 @@ fn the_screen_fits_80x24_and_scrolls_back() {
         .collect();
     let mut app = loaded(Value::Array(list));
     app.size = (80, 24);
+    app.transport_note = Some("DEVELOPMENT TRANSPORT".into());
     let s = screen(&app, 80, 24);
     let rows: Vec<&str> = s.lines().collect();
     assert_eq!(rows.len(), 24);
+    // Our whole address, to give out, and the warning, on one line.
+    assert!(rows[0].contains(ALICE) && rows[0].contains("NO TOR"), "{s}");
     assert!(s.contains("message number 60"), "{s}");
     assert!(!s.contains("message number 40 "), "{s}");
     assert!(rows[23].contains("/help"), "the hints line: {s}");

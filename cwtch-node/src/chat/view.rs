@@ -51,16 +51,27 @@ pub fn render(app: &App, frame: &mut Frame) {
 }
 
 fn render_header(app: &App, frame: &mut Frame, area: Rect) {
-    let mut spans = vec![
-        Span::styled(" cwtch ", Style::default().add_modifier(Modifier::BOLD)),
-        Span::raw(format!("· {} · ", safe(&app.name))),
-        Span::styled(app.address.clone(), dim()),
-    ];
-    if app.transport_note.is_some() {
+    // Our address, whole, to give to someone (an 80-column screen has
+    // room for it and the name, not for the program's name too).
+    let mut spans = Vec::new();
+    if area.width >= 90 {
         spans.push(Span::styled(
-            " · NO TOR (dev transport)",
-            Style::default().fg(Color::Red),
+            " cwtch ·",
+            Style::default().add_modifier(Modifier::BOLD),
         ));
+    }
+    spans.push(Span::styled(
+        format!(" {} · ", safe(&app.name)),
+        Style::default().add_modifier(Modifier::BOLD),
+    ));
+    spans.push(Span::styled(app.address.clone(), dim()));
+    if app.transport_note.is_some() {
+        let note = if area.width >= 100 {
+            " · NO TOR (dev transport)"
+        } else {
+            " · NO TOR"
+        };
+        spans.push(Span::styled(note, Style::default().fg(Color::Red)));
     }
     if !app.connected {
         spans = vec![Span::styled(
