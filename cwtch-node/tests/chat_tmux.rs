@@ -266,6 +266,19 @@ fn daemon_pids(home: &Path) -> Vec<u32> {
     out
 }
 
+/// A one-shot command's human form.
+fn human(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cwtch-node");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -335,6 +348,10 @@ fn conversation(name: &str, net: Net, limit: Duration) {
             .any(|l| l.contains("bobby") && (l.contains("offline") || l.contains("unreachable")))
     });
     assert!(daemon_pids(&b_home).is_empty(), "bob's daemon stopped");
+    // `status` says it in plain words too.
+    let status = human(&a_home, &["status"]);
+    let debug = support::debug_forms(&status);
+    assert!(debug.is_empty(), "debug forms in status: {debug:?}\n{status}");
     // Alice writes anyway: pending, and why.
     tmux.line("alice", "are you there?");
     tmux.wait_for_text("alice", "me: are you there?  [pending", limit);
@@ -371,6 +388,9 @@ fn conversation(name: &str, net: Net, limit: Duration) {
     tmux.line("alice", "welcome, bob");
     tmux.wait_for_text("alice", "me: welcome, bob  [delivered]", limit);
     tmux.wait_for_text("bob2", "alice?: welcome, bob", limit);
+
+    let groups = human(&a_home, &["group", "list"]);
+    assert!(support::debug_forms(&groups).is_empty(), "{groups}");
 
     // A message in a conversation out of view: the bell, a count in the
     // title, never a name.
