@@ -245,7 +245,7 @@ pub fn debug_forms(text: &str) -> Vec<String> {
         let tuple = c == '(' && upper && (next.is_ascii_uppercase() || next == '"');
         // `Name { field: ` (a struct's debug form).
         let field: String = chars
-            .get(i + 2..)
+            .get(i + 3..)
             .unwrap_or_default()
             .iter()
             .take_while(|&&c| is_ident(c))
@@ -254,7 +254,8 @@ pub fn debug_forms(text: &str) -> Vec<String> {
             && next == '{'
             && upper
             && !field.is_empty()
-            && chars.get(i + 2 + field.len()) == Some(&':');
+            && chars.get(i + 2) == Some(&' ')
+            && chars.get(i + 3 + field.len()) == Some(&':');
         if tuple || structure {
             let end = (i + 24).min(chars.len());
             found.push(chars[start..end].iter().collect());
