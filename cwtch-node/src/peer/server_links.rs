@@ -146,8 +146,9 @@ impl Peer {
                 );
                 if retry_at.is_none() {
                     // Dropped by the client: it stays in the outgoing queue
-                    // and goes out again on the next connection.
-                    self.servers.take_post(server, post);
+                    // and goes out again on the next connection, never
+                    // again on this one.
+                    self.servers.refuse_post(server, post);
                 }
             }
             ClientEvent::PowTooHard { bits } => self.servers.set_error(
@@ -199,6 +200,18 @@ impl Peer {
                         "withheld {count} of our acknowledged post(s) (first at index {index})"
                     ),
                 );
+            }
+            ClientEvent::Expired { index, count } => {
+                // Pruned under the retention the server states: not held
+                // against it (no score, no move).
+                tracing::info!(
+                    index,
+                    count,
+                    "a server pruned our acknowledged post(s) under its stated retention"
+                );
+            }
+            ClientEvent::Skipped { after, before } => {
+                self.servers.note_skipped(server, after, before);
             }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
