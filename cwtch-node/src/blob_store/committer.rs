@@ -870,7 +870,7 @@ fn commit(store: &mut BlobStore, batch: &mut Vec<Post>, shared: &Shared) -> bool
                 // Into memory before the head moves: whoever sees the new
                 // head finds the blobs here.
                 let mut recent = shared.recent.write().unwrap_or_else(|e| e.into_inner());
-                recent.oldest = store.oldest();
+                recent.pruned(store.oldest());
                 if recent.first + recent.blobs.len() as u64 != range.start {
                     recent.blobs.clear();
                     recent.first = range.start;
