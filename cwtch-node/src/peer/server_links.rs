@@ -140,8 +140,11 @@ impl Peer {
                 self.servers.set_error(
                     server,
                     match retry_at {
-                        Some(_) => format!("refused a post for now ({reason:?}); posting it again"),
-                        None => format!("refused a post ({reason:?})"),
+                        Some(_) => format!(
+                            "refused a post for now ({}); posting it again",
+                            describe_refusal(reason)
+                        ),
+                        None => format!("refused a post ({})", describe_refusal(reason)),
                     },
                 );
                 if retry_at.is_none() {
@@ -216,7 +219,7 @@ impl Peer {
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
                 self.servers
-                    .set_error(server, format!("refused: {:?}", r.reason));
+                    .set_error(server, format!("refused: {}", describe_refusal(r.reason)));
             }
             _ => {}
         }
@@ -606,5 +609,24 @@ impl Peer {
                 .store
                 .put(Table::Servers, &records::adverts_key(gid), &s);
         }
+    }
+}
+
+/// Why a server refused, in plain words (never a debug form: this is shown
+/// in `status` and `group list`).
+pub fn describe_refusal(reason: cwtch_proto::server::RefusalReason) -> String {
+    use cwtch_proto::server::RefusalReason as R;
+    match reason {
+        R::Full => "the server is full".into(),
+        R::RateLimited { retry_after_ms } => {
+            format!("too many posts: the server asks to wait {retry_after_ms} ms")
+        }
+        R::Malformed => "the server did not understand a request".into(),
+        R::TooManySubscriptions => "the server takes no more readers".into(),
+        R::PowMissing => "the server asks for proof of work".into(),
+        R::PowWrong => "the proof of work was not enough".into(),
+        R::WrongBlobSize { found } => format!("a post of the wrong size ({found} bytes)"),
+        R::Unavailable => "the server's storage failed; it asks to try later".into(),
+        _ => "the server refused".into(),
     }
 }
