@@ -31,7 +31,7 @@ use crate::control::events::Hub;
 use crate::control::server::{Ask, Serving};
 use crate::limits::{HandshakeSlots, MAX_PEER_HANDSHAKES};
 use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
-use conn::{Admission, LinkCommand, LinkHandler};
+use conn::{Admission, LinkCommand, LinkHandler, Outbox};
 
 /// An input for the core's thread.
 enum Input {
@@ -380,7 +380,7 @@ impl LinkHandler for CoreLink {
         }))
     }
 
-    fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>> {
+    fn established(&mut self, remote: PublicIdentity, _out: &mut Outbox) {
         if let Some(slot) = &self.slot {
             slot.release();
         }
@@ -388,12 +388,10 @@ impl LinkHandler for CoreLink {
         self.report(LinkEvent::Up {
             remote: (!self.server).then(|| Box::new(remote)),
         });
-        Vec::new()
     }
 
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, msg: &[u8], _out: &mut Outbox) {
         self.report(LinkEvent::Message(msg.to_vec()));
-        Vec::new()
     }
 
     fn closed(&mut self, reason: CloseReason) {
