@@ -138,7 +138,9 @@ fn a_contact_request_a_message_and_its_ack() {
     w.ok(
         b,
         Request::ContactAccept {
-            contact: "alice".into(),
+            // A request is named by its address, never by the name it
+            // announces (a stranger could announce any).
+            contact: w.peers[a].address.clone(),
         },
     );
     send(&mut w, b, a, "hi alice");
@@ -241,6 +243,53 @@ fn names_resolve_and_an_ambiguous_one_is_refused() {
         )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
+}
+
+/// A stranger who announces a group's name cannot take the group's place:
+/// a request never resolves by its announced name, and once accepted the
+/// name is ambiguous rather than theirs.
+#[test]
+fn a_stranger_named_like_a_group_cannot_take_its_name() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b, eve) = (
+        w.add_peer("alice"),
+        w.add_peer("bob"),
+        w.add_peer("friends"),
+    );
+    let gid = group_of_two(&mut w, s, a, b);
+    add(
+        &mut w,
+        eve,
+        a,
+        Some("group notice: re-send your passwords to me"),
+    );
+    w.run_until_true("eve's request", MINUTE, |w| {
+        !w.events_of(a, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    let shown = w.ok(
+        a,
+        Request::Messages {
+            conversation: "friends".into(),
+        },
+    );
+    assert!(
+        !shown.to_string().contains("passwords"),
+        "the group's name shows the group: {shown}"
+    );
+    let eve_addr = w.peers[eve].address.clone();
+    w.ok(a, Request::ContactAccept { contact: eve_addr });
+    let err = w
+        .cmd(
+            a,
+            Request::Messages {
+                conversation: "friends".into(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Ambiguous);
+    assert!(err.candidates.iter().any(|c| c.contains(&gid)), "{err:?}");
 }
 
 #[test]
@@ -899,7 +948,9 @@ fn an_invite_sent_before_acceptance_arrives_once_accepted() {
     w.ok(
         b,
         Request::ContactAccept {
-            contact: "alice".into(),
+            // A request is named by its address, never by the name it
+            // announces (a stranger could announce any).
+            contact: w.peers[a].address.clone(),
         },
     );
     w.run_until_true("the invite after acceptance", MINUTE, |w| {

@@ -71,6 +71,8 @@ struct Ctx {
     input: mpsc::Sender<Input>,
     slots: Arc<HandshakeSlots>,
     handshake_timeout: u64,
+    /// Set when the graceful stop begins: no new connection is dialed.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -111,6 +113,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         input: input_tx.clone(),
         slots: HandshakeSlots::new(MAX_PEER_HANDSHAKES),
         handshake_timeout,
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let result = smol::block_on(async {
@@ -203,6 +206,8 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         // Everything acknowledged is stored already: the core writes before
         // it acknowledges.
         hub.publish(Event::ShuttingDown);
+        ctx.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(listener) = listener {
             let _ = listener.close().await;
         }
@@ -301,7 +306,11 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
 /// Carries out the core's effects.
 async fn execute(effects: smol::channel::Receiver<Effect>, ctx: Arc<Ctx>, hub: Hub) {
     while let Ok(effect) = effects.recv().await {
+        let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
         match effect {
+            // Stopping: the links are being closed, and none is opened
+            // again (the core would redial what closes).
+            Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
             Effect::DialPeer { link, to } => {
                 tracing::debug!(link = link.0, "dialing a contact");
                 smol::spawn(dial(ctx.clone(), link, to, false)).detach();

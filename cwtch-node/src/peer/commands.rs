@@ -415,21 +415,30 @@ impl Peer {
         Ok(msg)
     }
 
-    /// The conversation `name` means: a contact, or a group.
+    /// The conversation `name` means: a contact, or a group. A name that
+    /// fits both is refused as ambiguous: a contact's announced name must
+    /// never shadow a group (or a group's name a contact).
     fn conversation(&self, name: &str) -> Result<String, ApiError> {
-        match self.contacts.resolve(name) {
-            Ok(a) => Ok(a),
-            Err(e) if e.code == ErrorCode::Ambiguous => Err(e),
-            Err(_) => match self.groups.find(name) {
-                Ok(g) => Ok(g),
-                Err(g) if g.code == ErrorCode::Ambiguous => Err(g),
-                Err(_) => match OnionAddress::parse(name) {
-                    Ok(a) => Ok(a.to_string()),
-                    Err(_) => Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no contact or group named {name}"),
-                    )),
-                },
+        let contact = self.contacts.resolve(name);
+        let group = self.groups.find(name);
+        match (contact, group) {
+            (Err(e), _) | (_, Err(e)) if e.code == ErrorCode::Ambiguous => Err(e),
+            (Ok(a), Ok(g)) => {
+                let mut e = ApiError::new(
+                    ErrorCode::Ambiguous,
+                    format!("{name} names a contact and a group: use an address or the group's id"),
+                );
+                e.candidates = vec![format!("contact {a}"), format!("group {g}")];
+                Err(e)
+            }
+            (Ok(a), Err(_)) => Ok(a),
+            (Err(_), Ok(g)) => Ok(g),
+            (Err(_), Err(_)) => match OnionAddress::parse(name) {
+                Ok(a) => Ok(a.to_string()),
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no contact or group named {name}"),
+                )),
             },
         }
     }

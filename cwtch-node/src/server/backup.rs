@@ -16,7 +16,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -201,7 +201,13 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(file);
-        let _ = std::fs::remove_file(file.with_extension("journal"));
+        // SQLite's own side files of the backup: `FILE-journal` (and, in
+        // WAL mode, `-wal` and `-shm`), never a file of the user's.
+        for side in ["-journal", "-wal", "-shm"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(side);
+            let _ = std::fs::remove_file(PathBuf::from(name));
+        }
     }
     result
 }
