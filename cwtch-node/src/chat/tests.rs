@@ -661,3 +661,59 @@ fn a_daemon_restart_reloads_everything() {
     }));
     assert!(screen(&app, 80, 24).contains("the daemon restarted"));
 }
+
+#[test]
+fn editing_keys_are_safe_with_wide_and_multibyte_text() {
+    let mut app = loaded(json!([]));
+    // Ctrl+W after multi-byte spaces (U+3000, a no-break space).
+    for text in [
+        "hello a\u{3000}b",
+        "hello a\u{a0}b",
+        "日本語\u{3000}テキスト\u{3000}",
+    ] {
+        app.on_key(key(KeyCode::Esc));
+        typed(&mut app, text);
+        app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+        assert!(app.editor.text.is_char_boundary(app.editor.cursor));
+        let _ = screen(&app, 80, 24);
+    }
+    app.on_key(key(KeyCode::Esc));
+    typed(&mut app, "hello a\u{3000}b");
+    app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    assert_eq!(app.editor.text, "hello a\u{3000}");
+    app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    assert_eq!(app.editor.text, "hello ");
+    // Every key, anywhere in a text of wide and combining characters, on
+    // every screen width: no panic, the cursor on a boundary.
+    let keys = [
+        key(KeyCode::Left),
+        key(KeyCode::Right),
+        key(KeyCode::Home),
+        key(KeyCode::End),
+        key(KeyCode::Backspace),
+        key(KeyCode::Delete),
+        KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('e'), KeyModifiers::CONTROL),
+    ];
+    for (n, k) in keys.iter().enumerate() {
+        app.on_key(key(KeyCode::Esc));
+        app.on_paste("日本\u{3000}e\u{301}x\u{a0}😀😀 \n第二\u{2003}行 ok");
+        for _ in 0..(n % 7) {
+            app.on_key(key(KeyCode::Left));
+        }
+        for _ in 0..3 {
+            app.on_key(*k);
+            assert!(app.editor.text.is_char_boundary(app.editor.cursor));
+            let _ = screen(&app, 80, 24);
+            for w in [80, 30, 12] {
+                let _ = view::wrap(
+                    &[(app.editor.text.clone(), ratatui::style::Style::default())],
+                    w,
+                    6,
+                );
+            }
+        }
+    }
+}
