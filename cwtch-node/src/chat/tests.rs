@@ -717,3 +717,51 @@ fn editing_keys_are_safe_with_wide_and_multibyte_text() {
         }
     }
 }
+
+/// Loads `status` (the daemon's answer to `status`) into `app`.
+fn reload_with(app: &mut App, status: Value) -> Vec<Action> {
+    app.on_input(Input::Answer {
+        purpose: Purpose::Reload,
+        result: Ok(status),
+    })
+}
+
+#[test]
+fn a_long_announced_name_keeps_its_unverified_mark_when_cut() {
+    let mut app = loaded(json!([]));
+    let mut s = status();
+    let padded = format!("Bobby{}", " ".repeat(25));
+    s["contacts"] = json!([
+        entry(BOB, "bob", Some("Bobby"), "accepted", "authenticated"),
+        entry(CAROL, &padded, None, "accepted", "authenticated"),
+        entry(SERVER, &"x".repeat(60), None, "request", "disconnected"),
+    ]);
+    reload_with(&mut app, s);
+    for w in [80, 100, 120] {
+        let t = draw(&app, w, 24);
+        let buf = t.backend().buffer();
+        let rows: Vec<String> = (0..24)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect())
+            .collect();
+        let row_of = |needle: &str| {
+            rows.iter()
+                .find(|r| r.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} on screen:\n{}", rows.join("\n")))
+                .clone()
+        };
+        let stranger = rows
+            .iter()
+            .filter(|r| r.contains("│ Bobby") || r.contains("│>Bobby"))
+            .find(|r| !r.contains("│ Bobby ") || r.contains('?'))
+            .cloned();
+        let long = row_of("xxxx");
+        assert!(long.contains("?"), "the cut request keeps its ?:\n{long}");
+        // Both Bobbys: ours without a mark, theirs with one.
+        let bobbys: Vec<&String> = rows.iter().filter(|r| r.contains("Bobby")).collect();
+        assert!(
+            bobbys.iter().any(|r| r.contains('?')),
+            "the stranger's Bobby keeps its ?: {stranger:?}\n{}",
+            rows.join("\n")
+        );
+    }
+}

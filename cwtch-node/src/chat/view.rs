@@ -107,28 +107,31 @@ fn fit(s: &str, width: usize) -> String {
     out
 }
 
-/// One item of the left pane: its label, its unread count, and a word on
-/// the right with its colour.
-fn entry(app: &App, conv: &Conv) -> (String, u64, String, Color) {
+/// One item of the left pane: its label, a mark kept after it however it
+/// is cut (`?`: a name they announce, unverified), its unread count, and a
+/// word on the right with its colour.
+fn entry(app: &App, conv: &Conv) -> (String, &'static str, u64, String, Color) {
     match conv {
         Conv::Contact(a) => {
             let Some(c) = app.contact(a) else {
-                return (short(a), 0, String::new(), Color::Reset);
+                return (short(a), "", 0, String::new(), Color::Reset);
             };
             let (word, color) = match c.state.as_str() {
                 "request" => ("request".to_string(), Color::Yellow),
                 "blocked" => ("blocked".to_string(), Color::Red),
                 _ => (conn_word(&c.conn).to_string(), conn_color(&c.conn)),
             };
-            (c.label(), c.unread, word, color)
+            let (name, ours) = c.shown();
+            (name, if ours { "" } else { "?" }, c.unread, word, color)
         }
         Conv::Group(id) => {
             let Some(g) = app.group(id) else {
-                return (short(id), 0, String::new(), Color::Reset);
+                return (short(id), "", 0, String::new(), Color::Reset);
             };
             let state = g.conn();
             (
                 format!("#{}", safe(&g.name)),
+                "",
                 g.unread,
                 conn_word(state).to_string(),
                 conn_color(state),
@@ -136,7 +139,7 @@ fn entry(app: &App, conv: &Conv) -> (String, u64, String, Color) {
         }
         Conv::Invite(id) => {
             let name = app.invite(id).map(|i| safe(&i.name)).unwrap_or_default();
-            (format!("#{name}"), 0, "invite".into(), Color::Yellow)
+            (format!("#{name}"), "", 0, "invite".into(), Color::Yellow)
         }
     }
 }
@@ -162,7 +165,7 @@ fn render_list(app: &App, frame: &mut Frame, area: Rect) {
     let height = usize::from(inner.height);
     let first = selected_at.saturating_sub(height.saturating_sub(1));
     for conv in entries.iter().skip(first).take(height) {
-        let (label, unread, word, color) = entry(app, conv);
+        let (label, mark, unread, word, color) = entry(app, conv);
         let count = if unread > 0 {
             format!(" {unread}")
         } else {
@@ -170,7 +173,8 @@ fn render_list(app: &App, frame: &mut Frame, area: Rect) {
         };
         let right = format!("{count} {word}");
         let room = width.saturating_sub(right.width() + 1);
-        let label = fit(&label, room);
+        // The mark stays: the name is cut one column shorter for it.
+        let label = fit(&label, room.saturating_sub(mark.width())) + mark;
         let pad = width.saturating_sub(label.width() + right.width() + 1);
         let selected = app.selected.as_ref() == Some(conv);
         let base = if selected {
