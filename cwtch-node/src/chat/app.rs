@@ -396,6 +396,10 @@ pub struct App {
     max_seq: u64,
     /// Set when `/delete` waits for a confirmation.
     confirm_delete: Option<Conv>,
+    /// What was submitted and the purpose of the request it made: the
+    /// text stays in the input until the daemon accepts it (a refused
+    /// message or command is kept, to be corrected or sent again).
+    awaiting: Option<(String, Purpose)>,
     /// Whether the status was loaded once.
     loaded: bool,
 }
@@ -468,6 +472,7 @@ impl App {
             tz,
             max_seq: 0,
             confirm_delete: None,
+            awaiting: None,
             loaded: false,
         }
     }
@@ -694,6 +699,15 @@ impl App {
     }
 
     fn on_answer(&mut self, purpose: Purpose, result: Result<Value, String>) -> Vec<Action> {
+        if let Some((text, awaited)) = &self.awaiting
+            && *awaited == purpose
+        {
+            // Accepted: the input is cleared (unless it changed since).
+            if result.is_ok() && self.editor.text == *text {
+                self.editor.take();
+            }
+            self.awaiting = None;
+        }
         let value = match result {
             Ok(v) => v,
             Err(e) => {
@@ -1043,13 +1057,40 @@ impl App {
         if text.trim().is_empty() {
             return Vec::new();
         }
+        if self.awaiting.is_some() {
+            self.say(
+                "waiting for the daemon's answer to what you sent",
+                Level::Info,
+            );
+            return Vec::new();
+        }
         if let Some(command) = text.strip_prefix('/') {
             let out = self.command(command.trim());
-            // A refused command stays in the line, to be corrected.
-            if !matches!(self.status, Some((_, Level::Error))) {
+            // A refused command stays in the line, to be corrected; one
+            // the daemon must answer stays until it accepts it.
+            if let Some(purpose) = out.iter().find_map(|a| match a {
+                Action::Request { purpose, .. } => Some(purpose.clone()),
+                _ => None,
+            }) {
+                self.awaiting = Some((text, purpose));
+            } else if !matches!(self.status, Some((_, Level::Error))) {
                 self.editor.take();
             }
             return out;
+        }
+        let limit = match &self.selected {
+            Some(Conv::Group(_)) => cwtch_proto::group::message::MAX_BODY_LEN,
+            _ => cwtch_proto::peer::message::MAX_TEXT_LEN,
+        };
+        if text.len() > limit {
+            self.say(
+                format!(
+                    "too long to send: {} bytes, at most {limit} (shorten it)",
+                    text.len()
+                ),
+                Level::Error,
+            );
+            return Vec::new();
         }
         let Some(conv) = self.selected.clone() else {
             self.say(
@@ -1088,9 +1129,9 @@ impl App {
                 return Vec::new();
             }
         };
-        self.editor.take();
         self.scroll = 0;
         self.status = None;
+        self.awaiting = Some((self.editor.text.clone(), Purpose::Sent(conv.clone())));
         vec![req(request, Purpose::Sent(conv))]
     }
 

@@ -73,6 +73,21 @@ fn requests(actions: &[Action]) -> Vec<Request> {
         .collect()
 }
 
+/// Enter, with every request it makes accepted by the daemon (an empty
+/// answer): what was typed is cleared once accepted.
+fn enter(app: &mut App) -> Vec<Action> {
+    let actions = app.on_key(key(KeyCode::Enter));
+    for a in &actions {
+        if let Action::Request { purpose, .. } = a {
+            app.on_input(Input::Answer {
+                purpose: purpose.clone(),
+                result: Ok(json!({})),
+            });
+        }
+    }
+    actions
+}
+
 fn event(seq: u64, event: Event) -> Input {
     Input::Event(EventEnvelope { seq, event })
 }
@@ -249,11 +264,12 @@ fn a_pending_message_turns_delivered_in_place() {
             text: "hello".into()
         }]
     );
-    assert_eq!(app.editor.text, "");
+    assert_eq!(app.editor.text, "hello", "kept until the daemon accepts it");
     app.on_input(Input::Answer {
         purpose: Purpose::Sent(Conv::Contact(BOB.into())),
         result: Ok(message(5, BOB, ALICE, "hello", "pending")),
     });
+    assert_eq!(app.editor.text, "");
     assert!(screen(&app, 80, 24).contains("me: hello  [pending]"));
     app.on_input(event(
         7,
@@ -389,6 +405,13 @@ fn slash_commands_become_requests() {
         typed(&mut app, line);
         let actions = app.on_key(key(KeyCode::Enter));
         assert_eq!(requests(&actions), vec![expected], "{line}");
+        assert_eq!(app.editor.text, line, "{line}: kept until accepted");
+        if let Some(Action::Request { purpose, .. }) = actions.first() {
+            app.on_input(Input::Answer {
+                purpose: purpose.clone(),
+                result: Ok(json!({})),
+            });
+        }
         assert_eq!(app.editor.text, "", "{line}");
     }
     // Group commands act on the group in view.
@@ -426,7 +449,7 @@ fn slash_commands_become_requests() {
         ),
     ] {
         typed(&mut app, line);
-        let actions = app.on_key(key(KeyCode::Enter));
+        let actions = enter(&mut app);
         assert_eq!(requests(&actions), vec![expected], "{line}");
     }
     // Quit, help, and a mistake that stays in the line to be corrected.
@@ -500,11 +523,13 @@ fn requests_and_invites_wait_for_an_explicit_answer() {
     assert!(s.contains("bob? invites you to the group #party"), "{s}");
     typed(&mut app, "/accept");
     assert_eq!(
-        requests(&app.on_key(key(KeyCode::Enter))),
+        requests(&enter(&mut app)),
         vec![Request::GroupAccept {
             group: "77aa".into()
         }]
     );
+    // (Or refused.)
+    app.selected = Some(Conv::Invite("77aa".into()));
     typed(&mut app, "/refuse");
     assert_eq!(
         requests(&app.on_key(key(KeyCode::Enter))),
@@ -764,4 +789,55 @@ fn a_long_announced_name_keeps_its_unverified_mark_when_cut() {
             rows.join("\n")
         );
     }
+}
+
+#[test]
+fn a_refused_message_or_command_keeps_its_text() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "hello bob");
+    let actions = app.on_key(key(KeyCode::Enter));
+    assert_eq!(requests(&actions).len(), 1);
+    // Until the daemon answers, the text stays.
+    assert_eq!(app.editor.text, "hello bob");
+    app.on_input(Input::Answer {
+        purpose: Purpose::Sent(Conv::Contact(BOB.into())),
+        result: Err("the daemon is stopping".into()),
+    });
+    assert_eq!(app.editor.text, "hello bob", "a refused message is kept");
+    assert!(screen(&app, 80, 24).contains("the daemon is stopping"));
+    // Sent again, and accepted: the input is cleared.
+    let actions = app.on_key(key(KeyCode::Enter));
+    assert_eq!(requests(&actions).len(), 1);
+    app.on_input(Input::Answer {
+        purpose: Purpose::Sent(Conv::Contact(BOB.into())),
+        result: Ok(message(9, BOB, ALICE, "hello bob", "pending")),
+    });
+    assert_eq!(app.editor.text, "");
+    // Too long: refused here, before anything is cleared or sent.
+    app.on_paste(&"x".repeat(4097));
+    assert!(requests(&app.on_key(key(KeyCode::Enter))).is_empty());
+    assert_eq!(app.editor.text.len(), 4097);
+    assert!(screen(&app, 80, 24).contains("too long"));
+    app.on_key(key(KeyCode::Esc));
+    // A command the daemon refuses stays too.
+    typed(&mut app, "/block");
+    let actions = app.on_key(key(KeyCode::Enter));
+    let purpose = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Request { purpose, .. } => Some(purpose.clone()),
+            _ => None,
+        })
+        .unwrap();
+    app.on_input(Input::Answer {
+        purpose: purpose.clone(),
+        result: Err("no such contact".into()),
+    });
+    assert_eq!(app.editor.text, "/block");
+    app.on_key(key(KeyCode::Enter));
+    app.on_input(Input::Answer {
+        purpose,
+        result: Ok(json!({})),
+    });
+    assert_eq!(app.editor.text, "");
 }
