@@ -388,6 +388,8 @@ pub struct App {
     pub disconnected_why: Option<String>,
     /// Help or the server list, over the conversation.
     pub overlay: Option<Overlay>,
+    /// Lines of the overlay scrolled down from its top.
+    pub overlay_scroll: usize,
     /// The terminal's size (columns, rows).
     pub size: (u16, u16),
     /// The time zone of the times shown.
@@ -468,6 +470,7 @@ impl App {
             connected: false,
             disconnected_why: None,
             overlay: None,
+            overlay_scroll: 0,
             size: (80, 24),
             tz,
             max_seq: 0,
@@ -757,6 +760,7 @@ impl App {
             Purpose::Servers => {
                 let text = crate::cli::format::directory(&value);
                 self.overlay = Some(Overlay::Servers(text.lines().map(safe).collect()));
+                self.overlay_scroll = 0;
                 Vec::new()
             }
             Purpose::Done(what) => {
@@ -1026,8 +1030,20 @@ impl App {
             }
             KeyCode::Up | KeyCode::BackTab => self.move_selection(-1),
             KeyCode::Down | KeyCode::Tab => self.move_selection(1),
+            // Over an overlay, the overlay scrolls; each is capped where
+            // its end shows, so the other way answers at once.
+            KeyCode::PageUp if self.overlay.is_some() => {
+                self.overlay_scroll = self.overlay_scroll.saturating_sub(self.page());
+                Vec::new()
+            }
+            KeyCode::PageDown if self.overlay.is_some() => {
+                self.overlay_scroll =
+                    (self.overlay_scroll + self.page()).min(super::view::overlay_max_scroll(self));
+                Vec::new()
+            }
             KeyCode::PageUp => {
-                self.scroll += self.page();
+                self.scroll =
+                    (self.scroll + self.page()).min(super::view::conversation_max_scroll(self));
                 Vec::new()
             }
             KeyCode::PageDown => {
@@ -1173,6 +1189,7 @@ impl App {
         match name {
             "quit" | "q" | "exit" => vec![Action::Quit],
             "help" | "h" | "?" => {
+                self.overlay_scroll = 0;
                 self.overlay = match self.overlay {
                     Some(Overlay::Help) => None,
                     _ => Some(Overlay::Help),

@@ -841,3 +841,44 @@ fn a_refused_message_or_command_keeps_its_text() {
     });
     assert_eq!(app.editor.text, "");
 }
+
+#[test]
+fn help_scrolls_at_80x24_and_page_up_is_capped() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "/help");
+    enter(&mut app);
+    // Every line of the help can be brought into view.
+    let mut seen = String::new();
+    for _ in 0..10 {
+        seen.push_str(&screen(&app, 80, 24));
+        app.on_key(key(KeyCode::PageDown));
+    }
+    for needle in [
+        "Keys: Enter sends",
+        "/group leave",
+        "/help · /quit",
+        "recovered (filled in",
+    ] {
+        assert!(seen.contains(needle), "{needle} never shown:\n{seen}");
+    }
+    // Back at the top with one PgUp per PgDn that moved.
+    for _ in 0..3 {
+        app.on_key(key(KeyCode::PageUp));
+    }
+    assert!(screen(&app, 80, 24).contains("Keys: Enter sends"));
+    app.on_key(key(KeyCode::Esc));
+    // The conversation: PgUp far past the top, then one PgDn moves.
+    let many: Vec<Value> = (1..=40)
+        .map(|i| message(i, BOB, BOB, &format!("line {i}"), "received"))
+        .collect();
+    let mut app = loaded(json!(many));
+    for _ in 0..50 {
+        app.on_key(key(KeyCode::PageUp));
+    }
+    assert!(screen(&app, 80, 24).contains("line 1 "), "at the top");
+    let top = app.scroll;
+    app.on_key(key(KeyCode::PageDown));
+    assert!(app.scroll < top);
+    assert!(screen(&app, 80, 24).contains("more line(s) below"));
+    assert!(!screen(&app, 80, 24).contains("bob?: line 1 "));
+}

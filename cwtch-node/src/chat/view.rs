@@ -29,9 +29,8 @@ fn dim() -> Style {
     Style::default().fg(Color::DarkGray)
 }
 
-/// Draws the whole screen.
-pub fn render(app: &App, frame: &mut Frame) {
-    let area = frame.area();
+/// The screen's parts: header, list, conversation, input, status.
+fn areas(app: &App, area: Rect) -> [Rect; 5] {
     let input_lines = app.editor.text.split('\n').count().clamp(1, 5) as u16;
     let [header, body, input, status] = Layout::vertical([
         Constraint::Length(1),
@@ -43,6 +42,58 @@ pub fn render(app: &App, frame: &mut Frame) {
     let left_w = (area.width / 3).clamp(22, 34);
     let [left, right] =
         Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
+    [header, left, right, input, status]
+}
+
+/// The inside of the conversation pane on a screen of `app.size`.
+fn conversation_inner(app: &App) -> Rect {
+    let [_, _, right, _, _] = areas(app, Rect::new(0, 0, app.size.0, app.size.1));
+    Block::default().borders(Borders::ALL).inner(right)
+}
+
+/// The lines of an overlay (help, servers), wrapped to `width`.
+fn overlay_lines(overlay: &Overlay, width: usize) -> Vec<Line<'static>> {
+    let raw: Vec<String> = match overlay {
+        Overlay::Help => help_lines().map(str::to_string).collect(),
+        Overlay::Servers(list) => list.clone(),
+    };
+    raw.iter()
+        .flat_map(|l| wrap(&[(l.clone(), Style::default())], width, 0))
+        .collect()
+}
+
+/// Where an overlay's text goes inside the conversation pane (under its
+/// title line).
+fn overlay_area(inner: Rect) -> Rect {
+    Block::default().borders(Borders::TOP).inner(inner)
+}
+
+/// How far the overlay in view can scroll down (on a screen of `app.size`):
+/// its last line at the bottom.
+pub fn overlay_max_scroll(app: &App) -> usize {
+    let Some(overlay) = &app.overlay else {
+        return 0;
+    };
+    let area = overlay_area(conversation_inner(app));
+    let lines = overlay_lines(overlay, usize::from(area.width));
+    lines.len().saturating_sub(usize::from(area.height))
+}
+
+/// How far the conversation in view can scroll back (on a screen of
+/// `app.size`): its first line at the top.
+pub fn conversation_max_scroll(app: &App) -> usize {
+    let Some(conv) = &app.selected else {
+        return 0;
+    };
+    let inner = conversation_inner(app);
+    let (_, rest) = conversation_parts(app, conv, inner);
+    let lines = message_lines(app, conv, usize::from(inner.width));
+    lines.len().saturating_sub(usize::from(rest.height))
+}
+
+/// Draws the whole screen.
+pub fn render(app: &App, frame: &mut Frame) {
+    let [header, left, right, input, status] = areas(app, frame.area());
     render_header(app, frame, header);
     render_list(app, frame, left);
     render_conversation(app, frame, right);
@@ -468,21 +519,30 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if let Some(overlay) = &app.overlay {
-        let (title, lines): (&str, Vec<Line>) = match overlay {
-            Overlay::Help => (" help (Esc closes) ", help_lines().map(Line::raw).collect()),
-            Overlay::Servers(list) => (
-                " servers, best first (Esc closes) ",
-                list.iter().map(|l| Line::raw(l.clone())).collect(),
-            ),
+        let text_area = overlay_area(inner);
+        let lines = overlay_lines(overlay, usize::from(text_area.width));
+        let height = usize::from(text_area.height);
+        let max = lines.len().saturating_sub(height);
+        let scroll = app.overlay_scroll.min(max);
+        let what = match overlay {
+            Overlay::Help => "help",
+            Overlay::Servers(_) => "servers, best first",
         };
+        let more = if max > 0 { " · PgUp/PgDn scroll" } else { "" };
+        let title = format!(" {what} (Esc closes{more}) ");
         frame.render_widget(Clear, inner);
         let block = Block::default().borders(Borders::TOP).title(title);
-        let text_area = block.inner(inner);
         frame.render_widget(block, inner);
-        frame.render_widget(
-            Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
-            text_area,
-        );
+        let mut shown: Vec<Line> = lines.into_iter().skip(scroll).take(height).collect();
+        if scroll < max
+            && let Some(last) = shown.last_mut()
+        {
+            *last = Line::styled(
+                format!("▼ {} more line(s): PgDn", max - scroll),
+                Style::default().fg(Color::Cyan),
+            );
+        }
+        frame.render_widget(Paragraph::new(shown), text_area);
         return;
     }
     let Some(conv) = &app.selected else {
@@ -498,14 +558,11 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
         return;
     };
     let width = usize::from(inner.width);
-    let mut header = Vec::new();
-    for line in conversation_header(app, conv) {
-        header.extend(wrap_line(line, width));
-    }
-    header.truncate(usize::from(inner.height / 2));
-    let header_h = header.len() as u16;
-    let [top, rest] =
-        Layout::vertical([Constraint::Length(header_h), Constraint::Min(0)]).areas(inner);
+    let (header, rest) = conversation_parts(app, conv, inner);
+    let top = Rect {
+        height: header.len() as u16,
+        ..inner
+    };
     frame.render_widget(Paragraph::new(header), top);
     let lines = message_lines(app, conv, width);
     let height = usize::from(rest.height);
@@ -528,6 +585,21 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
     let pad = height.saturating_sub(shown.len()) as u16;
     let [_, bottom] = Layout::vertical([Constraint::Length(pad), Constraint::Min(0)]).areas(rest);
     frame.render_widget(Paragraph::new(shown), bottom);
+}
+
+/// The conversation's header lines (at most half of `inner`) and the
+/// area under them, for the messages.
+fn conversation_parts(app: &App, conv: &Conv, inner: Rect) -> (Vec<Line<'static>>, Rect) {
+    let width = usize::from(inner.width);
+    let mut header = Vec::new();
+    for line in conversation_header(app, conv) {
+        header.extend(wrap_line(line, width));
+    }
+    header.truncate(usize::from(inner.height / 2));
+    let header_h = header.len() as u16;
+    let [_, rest] =
+        Layout::vertical([Constraint::Length(header_h), Constraint::Min(0)]).areas(inner);
+    (header, rest)
 }
 
 fn wrap_line(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
