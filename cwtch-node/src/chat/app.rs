@@ -195,6 +195,14 @@ pub enum Purpose {
     Joined,
     /// The server directory, to show.
     Servers,
+    /// The server directory, to find the server of a group to create: the
+    /// one whose address starts with `server`, or the obvious one.
+    CreateGroup {
+        /// The group's name.
+        name: String,
+        /// The start of the server's address (none: choose).
+        server: Option<String>,
+    },
     /// Say this when it worked; reload the lists.
     Done(String),
     /// Nothing to show unless it failed.
@@ -414,6 +422,13 @@ pub fn short(address: &str) -> String {
     format!("{}…{}", &address[..8], &address[address.len() - 4..])
 }
 
+/// Whether `s` is a server's whole address (56 characters, perhaps with
+/// `cwtch-server:` before it and `?...` after it), not the start of one.
+fn whole_server_address(s: &str) -> bool {
+    let bare = s.strip_prefix("cwtch-server:").unwrap_or(s);
+    bare.split('?').next().unwrap_or(bare).len() >= 56
+}
+
 /// A connection state in plain words.
 pub fn conn_word(state: &str) -> &'static str {
     match state {
@@ -434,7 +449,8 @@ Tab: choose a conversation · PgUp/PgDn: scroll · Esc: clear · Ctrl+C: quit
 /accept · /refuse        answer the contact request or group invite in view
 /block · /unblock        block (refused at the handshake) or unblock
 /nick NAME               our own name for this contact (/nick alone: theirs)
-/group create NAME SERVER   a new group on a server (see /servers)
+/group create NAME [SERVER]  a new group; SERVER: the start of a known
+                         one's address (/servers), or a whole address
 /group invite CONTACT    invite a contact to the group in view
 /group move SERVER       move the group in view to another server
 /group leave             leave the group in view (forgets it)
@@ -702,14 +718,19 @@ impl App {
     }
 
     fn on_answer(&mut self, purpose: Purpose, result: Result<Value, String>) -> Vec<Action> {
+        let mut answered = None;
         if let Some((text, awaited)) = &self.awaiting
             && *awaited == purpose
         {
-            // Accepted: the input is cleared (unless it changed since).
-            if result.is_ok() && self.editor.text == *text {
+            // Accepted: the input is cleared (unless it changed since). A
+            // group to create waits for the creation itself.
+            if result.is_ok()
+                && self.editor.text == *text
+                && !matches!(purpose, Purpose::CreateGroup { .. })
+            {
                 self.editor.take();
             }
-            self.awaiting = None;
+            answered = self.awaiting.take().map(|(t, _)| t);
         }
         let value = match result {
             Ok(v) => v,
@@ -757,6 +778,15 @@ impl App {
                 self.selected = Some(Conv::Group(id));
                 vec![Self::reload()]
             }
+            Purpose::CreateGroup { name, server } => {
+                let Some(server) = self.choose_server(&value, server.as_deref()) else {
+                    return Vec::new();
+                };
+                if let Some(text) = answered {
+                    self.awaiting = Some((text, Purpose::Joined));
+                }
+                vec![req(Request::GroupCreate { name, server }, Purpose::Joined)]
+            }
             Purpose::Servers => {
                 let text = crate::cli::format::directory(&value);
                 self.overlay = Some(Overlay::Servers(text.lines().map(safe).collect()));
@@ -773,6 +803,84 @@ impl App {
                 vec![Self::reload()]
             }
             Purpose::Quiet => Vec::new(),
+        }
+    }
+
+    /// The server for a new group, from the directory the daemon keeps
+    /// (`list`, best first): the one whose address starts with `prefix`,
+    /// or, without one, the only server, or the only one known to be
+    /// reachable. Otherwise says why and which to choose from.
+    fn choose_server(&mut self, list: &Value, prefix: Option<&str>) -> Option<String> {
+        let known: Vec<(String, bool)> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let a = s["address"].as_str()?.to_string();
+                Some((a, s["reachable"].as_bool() == Some(true)))
+            })
+            .collect();
+        let listed = |c: &[&(String, bool)]| {
+            c.iter()
+                .take(6)
+                .map(|(a, _)| safe(a.get(..12).unwrap_or(a)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let candidates: Vec<&(String, bool)> = match prefix {
+            Some(p) => {
+                let p = p.strip_prefix("cwtch-server:").unwrap_or(p).to_lowercase();
+                known.iter().filter(|(a, _)| a.starts_with(&p)).collect()
+            }
+            None => {
+                let reachable: Vec<&(String, bool)> = known.iter().filter(|s| s.1).collect();
+                if known.len() == 1 {
+                    known.iter().collect()
+                } else if reachable.len() == 1 {
+                    reachable
+                } else if known.is_empty() {
+                    self.say(
+                        "no server known yet: /group create NAME SERVER, with a server's whole address",
+                        Level::Error,
+                    );
+                    return None;
+                } else {
+                    let all: Vec<&(String, bool)> = known.iter().collect();
+                    self.say(
+                        format!(
+                            "which server? /group create NAME SERVER, SERVER the start of one of: {} (/servers)",
+                            listed(&all)
+                        ),
+                        Level::Error,
+                    );
+                    return None;
+                }
+            }
+        };
+        match candidates.as_slice() {
+            [one] => Some(one.0.clone()),
+            [] => {
+                self.say(
+                    format!(
+                        "no known server starts with {}: give its whole address (/servers lists those known)",
+                        safe(prefix.unwrap_or_default())
+                    ),
+                    Level::Error,
+                );
+                None
+            }
+            many => {
+                self.say(
+                    format!(
+                        "{} servers start with {}: {} (type more of the address)",
+                        many.len(),
+                        safe(prefix.unwrap_or_default()),
+                        listed(many)
+                    ),
+                    Level::Error,
+                );
+                None
+            }
         }
     }
 
@@ -1333,12 +1441,23 @@ impl App {
         let sub = words.next().unwrap_or_default();
         let args: Vec<&str> = words.collect();
         match (sub, args.as_slice()) {
-            ("create", [name, server]) => vec![req(
-                Request::GroupCreate {
+            // A whole address goes as it is; the start of one, or none,
+            // is looked up among the servers the daemon knows.
+            ("create", [name, server]) if whole_server_address(server) => {
+                vec![req(
+                    Request::GroupCreate {
+                        name: name.to_string(),
+                        server: server.to_string(),
+                    },
+                    Purpose::Joined,
+                )]
+            }
+            ("create", [name, rest @ ..]) if rest.len() <= 1 => vec![req(
+                Request::Servers,
+                Purpose::CreateGroup {
                     name: name.to_string(),
-                    server: server.to_string(),
+                    server: rest.first().map(|s| s.to_string()),
                 },
-                Purpose::Joined,
             )],
             ("invite", [contact]) => {
                 let Some(group) = self.selected_group() else {
@@ -1382,7 +1501,7 @@ impl App {
             }
             _ => {
                 self.say(
-                    "usage: /group create NAME SERVER | invite CONTACT | move SERVER | leave",
+                    "usage: /group create NAME [SERVER] | invite CONTACT | move SERVER | leave",
                     Level::Error,
                 );
                 Vec::new()

@@ -392,10 +392,10 @@ fn slash_commands_become_requests() {
             },
         ),
         (
-            "/group create trip cwtch-server:uv2p",
+            "/group create trip cwtch-server:uv2pxmfuzxdbbgkdbedwclntvoqr4n2eiagxjwwnqrhqndwhwmfy2kid",
             Request::GroupCreate {
                 name: "trip".into(),
-                server: "cwtch-server:uv2p".into(),
+                server: format!("cwtch-server:{SERVER}"),
             },
         ),
         ("/servers", Request::Servers),
@@ -458,7 +458,7 @@ fn slash_commands_become_requests() {
     assert_eq!(app.on_key(key(KeyCode::Enter)), vec![Action::Quit]);
     typed(&mut app, "/help");
     app.on_key(key(KeyCode::Enter));
-    assert!(screen(&app, 80, 24).contains("/group create NAME SERVER"));
+    assert!(screen(&app, 80, 24).contains("/group create NAME"));
     app.on_key(key(KeyCode::Esc));
     typed(&mut app, "/frobnicate");
     assert!(app.on_key(key(KeyCode::Enter)).is_empty());
@@ -881,4 +881,70 @@ fn help_scrolls_at_80x24_and_page_up_is_capped() {
     assert!(app.scroll < top);
     assert!(screen(&app, 80, 24).contains("more line(s) below"));
     assert!(!screen(&app, 80, 24).contains("bob?: line 1 "));
+}
+
+#[test]
+fn a_group_is_created_on_a_known_server_from_the_start_of_its_address() {
+    const OTHER: &str = "uv2qaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let directory = |servers: &[(&str, bool)]| -> Value {
+        json!(
+            servers
+                .iter()
+                .map(|(a, r)| json!({"address": a, "reachable": r, "score": 1}))
+                .collect::<Vec<_>>()
+        )
+    };
+    // What chat asks, and the request it makes once the directory comes.
+    let create = |line: &str, dir: &Value| -> (App, Vec<Request>) {
+        let mut app = loaded(json!([]));
+        typed(&mut app, line);
+        let actions = app.on_key(key(KeyCode::Enter));
+        assert_eq!(requests(&actions), vec![Request::Servers], "{line}");
+        let Some(Action::Request { purpose, .. }) = actions.first() else {
+            panic!()
+        };
+        let out = app.on_input(Input::Answer {
+            purpose: purpose.clone(),
+            result: Ok(dir.clone()),
+        });
+        (app, requests(&out))
+    };
+    let two = directory(&[(SERVER, true), (OTHER, false)]);
+    let made = |server: &str| {
+        vec![Request::GroupCreate {
+            name: "trip".into(),
+            server: server.into(),
+        }]
+    };
+    // A unique start.
+    assert_eq!(create("/group create trip uv2px", &two).1, made(SERVER));
+    assert_eq!(create("/group create trip UV2Q", &two).1, made(OTHER));
+    // Ambiguous: refused, with the candidates; the line stays.
+    let (app, out) = create("/group create trip uv2", &two);
+    assert!(out.is_empty());
+    assert_eq!(app.editor.text, "/group create trip uv2");
+    let s = screen(&app, 120, 24);
+    assert!(s.contains("2 servers start with uv2"), "{s}");
+    assert!(
+        s.contains("uv2pxmfuzxdb") && s.contains("uv2qaaaaaaaa"),
+        "{s}"
+    );
+    // None: the only reachable one; several unknown: say which.
+    assert_eq!(create("/group create trip", &two).1, made(SERVER));
+    let both_unknown = directory(&[(SERVER, false), (OTHER, false)]);
+    let (app, out) = create("/group create trip", &both_unknown);
+    assert!(out.is_empty());
+    assert!(screen(&app, 120, 24).contains("which server?"));
+    let (app, out) = create("/group create trip zzz", &two);
+    assert!(out.is_empty());
+    assert!(screen(&app, 120, 24).contains("no known server starts with zzz"));
+    // Created: the line is cleared once the daemon made the group.
+    let (mut app, out) = create("/group create trip uv2px", &two);
+    assert_eq!(out, made(SERVER));
+    assert_eq!(app.editor.text, "/group create trip uv2px");
+    app.on_input(Input::Answer {
+        purpose: Purpose::Joined,
+        result: Ok(json!({"id": GROUP, "name": "trip"})),
+    });
+    assert_eq!(app.editor.text, "");
 }
