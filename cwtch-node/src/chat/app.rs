@@ -42,6 +42,9 @@ pub struct ContactView {
     pub unread: u64,
     /// Items waiting to be delivered to them.
     pub pending: u64,
+    /// The local number of the last message of theirs read (the most
+    /// recent conversation has the highest).
+    pub read_upto: u64,
 }
 
 impl ContactView {
@@ -64,6 +67,7 @@ impl ContactView {
                 .map(str::to_string),
             unread: entry["unread"].as_u64().unwrap_or(0),
             pending: entry["pending"].as_u64().unwrap_or(0),
+            read_upto: c["read_upto"].as_u64().unwrap_or(0),
         })
     }
 
@@ -412,6 +416,27 @@ pub struct App {
     awaiting: Option<(String, Purpose)>,
     /// Whether the status was loaded once.
     loaded: bool,
+    /// What to select when the item in view goes (after `/refuse`: its
+    /// neighbour).
+    next_selection: Option<Conv>,
+    /// The status shown, and since when (it goes after [`STATUS_FOR`]).
+    status_seen: (Option<(String, Level)>, Option<std::time::Instant>),
+}
+
+/// How long a line at the bottom stays.
+pub const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the daemon does not answer, said once and plainly (the client's
+/// errors already say "the daemon").
+pub fn plain_why(why: &str) -> String {
+    let w = why.strip_prefix("the daemon's answer: ").unwrap_or(why);
+    if w.starts_with("cannot reach the daemon") {
+        return "it is not running".into();
+    }
+    match w.strip_prefix("the daemon ") {
+        Some(rest) => format!("it {rest}"),
+        None => w.to_string(),
+    }
 }
 
 /// A short form of an address or id: its first 8 and last 4 characters.
@@ -493,6 +518,8 @@ impl App {
             confirm_delete: None,
             awaiting: None,
             loaded: false,
+            next_selection: None,
+            status_seen: (None, None),
         }
     }
 
@@ -702,7 +729,7 @@ impl App {
             }
             Input::Disconnected(why) => {
                 self.connected = false;
-                self.disconnected_why = Some(why);
+                self.disconnected_why = Some(plain_why(&why));
                 Vec::new()
             }
             Input::DaemonLine(line) => {
@@ -788,8 +815,21 @@ impl App {
                 vec![req(Request::GroupCreate { name, server }, Purpose::Joined)]
             }
             Purpose::Servers => {
-                let text = crate::cli::format::directory(&value);
-                self.overlay = Some(Overlay::Servers(text.lines().map(safe).collect()));
+                let lines = if value.as_array().is_none_or(Vec::is_empty) {
+                    vec![
+                        "No servers known yet.".to_string(),
+                        "Create a group on one with /group create NAME SERVER (its whole"
+                            .to_string(),
+                        "address), or add contacts who use some: their servers show here."
+                            .to_string(),
+                    ]
+                } else {
+                    crate::cli::format::directory(&value)
+                        .lines()
+                        .map(safe)
+                        .collect()
+                };
+                self.overlay = Some(Overlay::Servers(lines));
                 self.overlay_scroll = 0;
                 Vec::new()
             }
@@ -932,13 +972,74 @@ impl App {
                 }
                 Vec::new()
             }
-            _ => match entries.first() {
-                Some(first) => self.select(first.clone()),
-                None => {
-                    self.selected = None;
-                    Vec::new()
+            _ => {
+                let next = self
+                    .next_selection
+                    .take()
+                    .filter(|n| entries.contains(n))
+                    .or_else(|| self.default_selection(&entries));
+                match next {
+                    Some(conv) => self.select(conv),
+                    None => {
+                        self.selected = None;
+                        Vec::new()
+                    }
                 }
-            },
+            }
+        }
+    }
+
+    /// What to show when nothing is: the most recently read contact's
+    /// conversation, else the first contact or group, and a request or an
+    /// invite only when there is nothing else.
+    fn default_selection(&self, entries: &[Conv]) -> Option<Conv> {
+        let recent = self
+            .contacts
+            .iter()
+            .filter(|c| c.state == "accepted" && c.read_upto > 0)
+            .max_by_key(|c| c.read_upto)
+            .map(|c| Conv::Contact(c.address.clone()));
+        recent
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| match e {
+                        Conv::Contact(a) => self.contact(a).is_some_and(|c| c.state == "accepted"),
+                        Conv::Group(_) => true,
+                        Conv::Invite(_) => false,
+                    })
+                    .cloned()
+            })
+            .or_else(|| entries.first().cloned())
+    }
+
+    /// The entry next to the one in view (after it, else before it): what
+    /// to show once it is gone.
+    fn neighbour(&self) -> Option<Conv> {
+        let entries = self.entries();
+        let at = entries
+            .iter()
+            .position(|e| Some(e) == self.selected.as_ref())?;
+        entries
+            .get(at + 1)
+            .or_else(|| at.checked_sub(1).and_then(|i| entries.get(i)))
+            .cloned()
+    }
+
+    /// Lets the line at the bottom go once it was shown for
+    /// [`STATUS_FOR`]; true when the screen changed.
+    pub fn tick(&mut self, now: std::time::Instant) -> bool {
+        if self.status != self.status_seen.0 {
+            self.status_seen = (self.status.clone(), Some(now));
+            return false;
+        }
+        match self.status_seen.1 {
+            Some(since) if self.status.is_some() && now.duration_since(since) >= STATUS_FOR => {
+                self.status = None;
+                self.status_seen = (None, Some(now));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -1334,6 +1435,7 @@ impl App {
                         if accept {
                             vec![req(Request::GroupAccept { group: id }, Purpose::Joined)]
                         } else {
+                            self.next_selection = self.neighbour();
                             vec![req(
                                 Request::GroupRefuse { group: id },
                                 Purpose::Done(format!("refused the {n}")),
@@ -1351,6 +1453,9 @@ impl App {
                                 Purpose::Done(format!("{who} is now a contact")),
                             )]
                         } else {
+                            if self.selected.as_ref() == Some(&Conv::Contact(contact.clone())) {
+                                self.next_selection = self.neighbour();
+                            }
                             vec![req(
                                 Request::ContactRefuse { contact },
                                 Purpose::Done(format!("refused {who}: forgotten")),

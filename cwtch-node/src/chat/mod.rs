@@ -377,10 +377,13 @@ fn interactive(home: &Path, started: bool, daemon_lines: Receiver<String>) -> Re
             let _ = execute!(stdout, terminal::SetTitle(&now));
             title = now;
         }
-        let Ok(first) = rx.recv() else {
-            break Ok(());
+        // Wakes at least every second: old lines at the bottom go.
+        let mut batch = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => vec![first],
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
-        let mut batch = vec![first];
+        app.tick(Instant::now());
         // Whatever else waits, before drawing again.
         while let Ok(more) = rx.try_recv() {
             batch.push(more);

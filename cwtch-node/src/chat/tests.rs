@@ -948,3 +948,95 @@ fn a_group_is_created_on_a_known_server_from_the_start_of_its_address() {
     });
     assert_eq!(app.editor.text, "");
 }
+
+#[test]
+fn screen_texts_say_what_to_do_plainly() {
+    // The empty server list speaks chat's language.
+    let mut app = loaded(json!([]));
+    app.on_input(Input::Answer {
+        purpose: Purpose::Servers,
+        result: Ok(json!([])),
+    });
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("/group create NAME SERVER"), "{s}");
+    assert!(!s.contains('`'), "{s}");
+    // The daemon gone: said once.
+    app.on_input(Input::Disconnected(
+        "the daemon's answer: the daemon closed the connection".into(),
+    ));
+    let s = screen(&app, 100, 24);
+    let header = s.lines().next().unwrap();
+    assert!(
+        header.contains("the daemon does not answer (it closed the connection); retrying"),
+        "{header}"
+    );
+    assert_eq!(header.matches("daemon").count(), 1, "{header}");
+    // A request in view: the input says what Enter does there.
+    let mut app = loaded(json!([]));
+    let mut st = status();
+    st["contacts"][1] = entry(CAROL, "mallory", None, "request", "authenticated");
+    st["invites"] = json!([{"group": "77aa", "name": "party", "from": BOB,
+                            "servers": [SERVER], "received_at": 0}]);
+    reload_with(&mut app, st);
+    for conv in [Conv::Contact(CAROL.into()), Conv::Invite("77aa".into())] {
+        app.selected = Some(conv);
+        let s = screen(&app, 80, 24);
+        assert!(s.contains("/accept or /refuse"), "{s}");
+        assert!(!s.contains("Enter sends"), "{s}");
+    }
+}
+
+#[test]
+fn a_line_at_the_bottom_goes_after_ten_seconds() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "/frobnicate");
+    app.on_key(key(KeyCode::Enter));
+    let t0 = std::time::Instant::now();
+    assert!(!app.tick(t0));
+    assert!(!app.tick(t0 + std::time::Duration::from_secs(5)));
+    assert!(screen(&app, 80, 24).contains("unknown command"));
+    assert!(app.tick(t0 + std::time::Duration::from_secs(11)));
+    assert!(!screen(&app, 80, 24).contains("unknown command"));
+}
+
+#[test]
+fn the_selection_stays_on_a_real_conversation() {
+    // On start: the most recent conversation, not a stranger's request.
+    let mut app = App::new(jiff::tz::TimeZone::UTC);
+    app.on_input(Input::Connected {
+        address: ALICE.into(),
+        restarted: false,
+    });
+    let mut st = status();
+    st["contacts"] = json!([
+        entry(BOB, "bob", None, "accepted", "authenticated"),
+        entry(CAROL, "carol", None, "accepted", "authenticated"),
+        entry(SERVER, "stranger", None, "request", "authenticated"),
+        entry(GROUP, "stranger2", None, "request", "authenticated"),
+    ]);
+    st["contacts"][1]["contact"]["read_upto"] = json!(40);
+    st["contacts"][0]["contact"]["read_upto"] = json!(12);
+    reload_with(&mut app, st.clone());
+    assert_eq!(app.selected, Some(Conv::Contact(CAROL.into())));
+    // After /refuse: the neighbour.
+    app.selected = Some(Conv::Contact(SERVER.into()));
+    typed(&mut app, "/refuse");
+    let actions = app.on_key(key(KeyCode::Enter));
+    let next = app.entries()[1].clone();
+    let Some(Action::Request { purpose, .. }) = actions.first() else {
+        panic!()
+    };
+    app.on_input(Input::Answer {
+        purpose: purpose.clone(),
+        result: Ok(json!({})),
+    });
+    let contacts = st["contacts"].as_array().unwrap().clone();
+    st["contacts"] = json!(
+        contacts
+            .into_iter()
+            .filter(|c| c["contact"]["address"] != SERVER)
+            .collect::<Vec<_>>()
+    );
+    reload_with(&mut app, st);
+    assert_eq!(app.selected, Some(next));
+}

@@ -126,10 +126,13 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
     }
     if !app.connected {
         spans = vec![Span::styled(
-            format!(
-                " cwtch · the daemon does not answer ({}); retrying",
-                safe(app.disconnected_why.as_deref().unwrap_or("connecting"))
-            ),
+            match app.disconnected_why.as_deref() {
+                Some(why) => format!(
+                    " cwtch · the daemon does not answer ({}); retrying",
+                    safe(why)
+                ),
+                None => " cwtch · connecting to the daemon".to_string(),
+            },
             Style::default().fg(Color::Red),
         )];
     }
@@ -612,15 +615,24 @@ fn wrap_line(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
 }
 
 fn render_input(app: &App, frame: &mut Frame, area: Rect) {
-    let to = match &app.selected {
-        Some(conv @ (Conv::Contact(_) | Conv::Group(_))) => {
-            format!(" to {} ", app.title_of(conv))
-        }
-        _ => " command ".to_string(),
+    // What Enter does here.
+    let title = match &app.selected {
+        Some(Conv::Contact(a)) => match app.contact(a).map(|c| c.state.as_str()) {
+            Some("request") => " a contact request: /accept or /refuse ".to_string(),
+            Some("blocked") => " blocked: /unblock, or a command ".to_string(),
+            _ => format!(
+                " to {} · Enter sends · Alt+Enter: new line ",
+                app.title_of(&Conv::Contact(a.clone()))
+            ),
+        },
+        Some(conv @ Conv::Group(_)) => format!(
+            " to {} · Enter sends · Alt+Enter: new line ",
+            app.title_of(conv)
+        ),
+        Some(Conv::Invite(_)) => " a group invite: /accept or /refuse ".to_string(),
+        None => " a command (/help lists them) · Enter runs it ".to_string(),
     };
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .title(format!("{to}· Enter sends · Alt+Enter: new line "));
+    let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let (line, col) = app.editor.cursor_line_col();
