@@ -423,6 +423,10 @@ pub struct App {
     status_seen: (Option<(String, Level)>, Option<std::time::Instant>),
 }
 
+/// Gap and move notices kept per conversation while chat runs (the
+/// oldest go first; the daemon keeps its own gap reports).
+pub const MAX_NOTICES: usize = 100;
+
 /// How long a line at the bottom stays.
 pub const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -1152,10 +1156,12 @@ impl App {
             .get(&conv)
             .and_then(|l| l.last())
             .map_or(self.max_seq, |m| m.seq);
-        self.notices
-            .entry(conv)
-            .or_default()
-            .push(Notice { after_seq, text });
+        let list = self.notices.entry(conv).or_default();
+        list.push(Notice { after_seq, text });
+        if list.len() > MAX_NOTICES {
+            let extra = list.len() - MAX_NOTICES;
+            list.drain(..extra);
+        }
     }
 
     /// Handles a pasted text (kept as typed, new lines included).

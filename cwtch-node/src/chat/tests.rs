@@ -1040,3 +1040,21 @@ fn the_selection_stays_on_a_real_conversation() {
     reload_with(&mut app, st);
     assert_eq!(app.selected, Some(next));
 }
+
+#[test]
+fn gap_notices_are_bounded_per_conversation() {
+    let mut app = loaded(json!([]));
+    for i in 0..1000u64 {
+        app.on_input(event(
+            10 + i,
+            Event::Gap {
+                group: GROUP.into(),
+                text: format!("gap {i}"),
+                closed: false,
+            },
+        ));
+    }
+    let kept = &app.notices[&Conv::Group(GROUP.into())];
+    assert_eq!(kept.len(), super::app::MAX_NOTICES);
+    assert_eq!(kept.last().unwrap().text, "gap 999", "the newest are kept");
+}
