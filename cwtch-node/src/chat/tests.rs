@@ -1058,3 +1058,22 @@ fn gap_notices_are_bounded_per_conversation() {
     assert_eq!(kept.len(), super::app::MAX_NOTICES);
     assert_eq!(kept.last().unwrap().text, "gap 999", "the newest are kept");
 }
+
+#[test]
+fn the_cursor_follows_wide_characters_in_the_input() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, &"日".repeat(60));
+    typed(&mut app, "X");
+    let mut t = draw(&app, 80, 24);
+    let (x, y) = {
+        let p = t.get_cursor_position().unwrap();
+        (p.x, p.y)
+    };
+    let buf = t.backend().buffer();
+    assert_eq!(
+        buf[(x - 1, y)].symbol(),
+        "X",
+        "what was typed last is left of the cursor"
+    );
+    assert!(x < 79);
+}

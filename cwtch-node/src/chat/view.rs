@@ -635,11 +635,26 @@ fn render_input(app: &App, frame: &mut Frame, area: Rect) {
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let (line, col) = app.editor.cursor_line_col();
+    let (line, _) = app.editor.cursor_line_col();
     let rows = usize::from(inner.height).max(1);
     let first = line.saturating_sub(rows - 1);
     let width = usize::from(inner.width).max(1);
-    let skip = col.saturating_sub(width - 1);
+    // The characters of the cursor's line scrolled out on the left, so
+    // that what is before the cursor fits (in columns: wide characters
+    // take two).
+    let line_start = app.editor.text[..app.editor.cursor]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let widths: Vec<usize> = app.editor.text[line_start..app.editor.cursor]
+        .chars()
+        .map(|c| safe(c.encode_utf8(&mut [0u8; 4])).width())
+        .collect();
+    let mut before_w: usize = widths.iter().sum();
+    let mut skip = 0;
+    while before_w > width - 1 && skip < widths.len() {
+        before_w -= widths[skip];
+        skip += 1;
+    }
     let lines: Vec<Line> = app
         .editor
         .text
@@ -653,14 +668,7 @@ fn render_input(app: &App, frame: &mut Frame, area: Rect) {
         })
         .collect();
     frame.render_widget(Paragraph::new(lines), inner);
-    let before: String = app.editor.text[..app.editor.cursor]
-        .rsplit('\n')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .skip(skip)
-        .collect();
-    let x = inner.x + (safe(&before).width() as u16).min(inner.width.saturating_sub(1));
+    let x = inner.x + (before_w as u16).min(inner.width.saturating_sub(1));
     let y = inner.y + (line - first) as u16;
     frame.set_cursor_position((x, y));
 }
