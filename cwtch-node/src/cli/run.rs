@@ -658,6 +658,7 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
         peer,
         transport,
         handshake_timeout: args.handshake_timeout,
+        stop_on_stdin_eof: run.stop_on_stdin_eof,
     })
     .map_err(Failure::internal);
     drop(tor);

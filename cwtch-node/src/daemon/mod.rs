@@ -59,6 +59,9 @@ pub struct PeerDaemon {
     pub transport: AnyTransport,
     /// The handshake deadline of inbound connections, seconds (0: default).
     pub handshake_timeout: u64,
+    /// Stop gracefully when standard input ends (`run
+    /// --stop-on-stdin-eof`: the daemon `chat` started ends with it).
+    pub stop_on_stdin_eof: bool,
 }
 
 /// The links' command queues, by id.
@@ -95,6 +98,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         peer,
         transport,
         handshake_timeout,
+        stop_on_stdin_eof,
     } = daemon;
     let identity = peer.identity().clone();
     let address = peer.address().to_string();
@@ -160,6 +164,28 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
             }
         })
         .detach();
+        if stop_on_stdin_eof {
+            // The pipe from the `chat` that started us: when it ends (chat
+            // quit, panicked or was killed with its terminal), so do we.
+            let stop_on_eof = stop.clone();
+            std::thread::Builder::new()
+                .name("cwtch-stdin".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 256];
+                    let mut stdin = std::io::stdin();
+                    loop {
+                        match std::io::Read::read(&mut stdin, &mut buf) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                    tracing::info!("standard input ended: stopping");
+                    stop_on_eof.trigger();
+                })
+                .map_err(|e| format!("cannot watch standard input: {e}"))?;
+        }
         let publish = async {
             let mut listener = transport
                 .listen(&identity, PEER_PORT)
