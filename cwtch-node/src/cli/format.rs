@@ -257,9 +257,14 @@ fn contacts(list: &serde_json::Value) -> String {
             Some(n) if n > 0 => format!(" [{n} unread]"),
             _ => String::new(),
         };
+        // An announced name is a claim: marked `?`, as everywhere.
+        let announced = match text(c, "name") {
+            n if n.is_empty() => n,
+            n => format!("{n}?"),
+        };
         let name = match c["nickname"].as_str() {
-            Some(n) if !n.is_empty() => format!("{} ({})", safe(n), text(c, "name")),
-            _ => text(c, "name"),
+            Some(n) if !n.is_empty() => format!("{} ({announced})", safe(n)),
+            _ => announced,
         };
         out.push_str(&format!(
             "{} {:<10} {:<14} {}{}{}{}\n",
