@@ -958,3 +958,45 @@ fn an_invite_sent_before_acceptance_arrives_once_accepted() {
             .is_empty()
     });
 }
+
+/// The local order of messages goes on across restarts, also after the
+/// newest messages were deleted: a number is never given twice (read marks
+/// and unread counts rest on it). The counter is not written per message:
+/// it is recovered from the stored messages.
+#[test]
+fn the_local_order_never_repeats_across_restarts_and_deletions() {
+    let mut w = Sim::new();
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    w.befriend(a, b);
+    let bob = w.peers[b].address.clone();
+    let seqs = |w: &mut Sim| -> Vec<u64> {
+        w.messages(a, &bob)
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect()
+    };
+    for t in ["one", "two", "three"] {
+        send(&mut w, a, b, t);
+    }
+    let before = seqs(&mut w);
+    assert_eq!(before.len(), 3);
+    w.stop(a);
+    w.start(a);
+    send(&mut w, a, b, "four");
+    let after = seqs(&mut w);
+    assert!(after[3] > before[2], "{after:?}");
+    let highest = after[3];
+    // The newest are deleted, then a restart: the numbers go on.
+    w.ok(
+        a,
+        Request::ConversationDelete {
+            conversation: bob.clone(),
+        },
+    );
+    w.stop(a);
+    w.start(a);
+    send(&mut w, a, b, "five");
+    let now = seqs(&mut w);
+    assert_eq!(now.len(), 1);
+    assert!(now[0] > highest, "{now:?} after {highest}");
+}

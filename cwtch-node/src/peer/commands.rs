@@ -330,11 +330,14 @@ impl Peer {
             .filter(|(_, m)| m.conversation == address)
             .map(|(k, _)| k)
             .collect();
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for k in &keys {
                 tx.delete(Table::Messages, k)?;
             }
             tx.delete(Table::Contacts, address.as_bytes())?;
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         let c = self.contacts.remove(&address);
@@ -520,10 +523,13 @@ impl Peer {
             .map(|(k, _)| k)
             .collect();
         let deleted = keys.len();
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for k in &keys {
                 tx.delete(Table::Messages, k)?;
             }
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         self.unread.remove(&conversation);

@@ -151,10 +151,11 @@ impl Profile {
         Ok(self.store.transaction(|tx| f(&mut Tx(tx)))?)
     }
 
-    /// The next local sequence number (stored before it is used).
+    /// The next local sequence number. Every one is given to a message,
+    /// and stored with it: [`Profile::load`] takes the highest stored, so
+    /// the counter costs no write (and no fsync) of its own.
     pub fn next_seq(&self, seq: &mut u64) -> Result<u64, StoreFailure> {
         *seq += 1;
-        self.store.put(Table::Meta, b"seq", &seq.to_le_bytes())?;
         Ok(*seq)
     }
 
@@ -179,6 +180,9 @@ impl Profile {
             .collect();
         for (_, v) in self.store.scan(Table::Messages)? {
             let m: StoredMessage = decode(&v)?;
+            // The counter is the highest number given (a profile from
+            // before also kept it under Meta "seq", read above).
+            l.seq = l.seq.max(m.seq);
             if !m.outgoing {
                 if requests.contains(&m.conversation) {
                     *l.request_texts.entry(m.conversation.clone()).or_default() += 1;
