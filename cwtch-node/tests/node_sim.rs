@@ -1000,3 +1000,40 @@ fn the_local_order_never_repeats_across_restarts_and_deletions() {
     assert_eq!(now.len(), 1);
     assert!(now[0] > highest, "{now:?} after {highest}");
 }
+
+/// Leaving a group whose messages were the newest, then a restart: a
+/// message that arrives after counts as unread (its number is above every
+/// read mark).
+#[test]
+fn after_leaving_a_group_and_a_restart_new_messages_are_unread() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let bob = w.peers[b].address.clone();
+    send(&mut w, b, a, "before");
+    w.run_for(MINUTE);
+    for i in 0..5 {
+        post(&mut w, b, &gid, &format!("group {i}"));
+    }
+    w.run_until_true("the posts", MINUTE, |w| w.texts(a, &gid).len() >= 5);
+    w.ok(
+        a,
+        Request::ConversationRead {
+            conversation: bob.clone(),
+        },
+    );
+    w.ok(a, Request::GroupLeave { group: gid.clone() });
+    w.stop(a);
+    w.start(a);
+    send(&mut w, b, a, "after");
+    w.run_until_true("bob's second message", MINUTE, |w| {
+        w.texts(a, &bob).len() == 2
+    });
+    let list = w.ok(a, Request::ContactList);
+    assert_eq!(list[0]["unread"], 1, "{list}");
+    w.stop(a);
+    w.start(a);
+    let list = w.ok(a, Request::ContactList);
+    assert_eq!(list[0]["unread"], 1, "also after a restart: {list}");
+}

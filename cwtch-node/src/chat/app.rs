@@ -723,6 +723,8 @@ impl App {
                 self.disconnected_why = None;
                 self.address = address;
                 if restarted {
+                    // A new run numbers from what it stored.
+                    self.max_seq = 0;
                     self.say("the daemon restarted: everything reloaded", Level::Info);
                 }
                 let mut out = vec![Self::reload()];
@@ -781,7 +783,15 @@ impl App {
                     .flatten()
                     .filter_map(|m| serde_json::from_value(m.clone()).ok())
                     .collect();
-                if let Some(max) = list.iter().map(|m| m.seq).max() {
+                // Placeholders of missing group messages carry no number
+                // of their own (u64::MAX): they must not stop later
+                // messages from counting as new.
+                if let Some(max) = list
+                    .iter()
+                    .filter(|m| m.status != Delivery::Missing)
+                    .map(|m| m.seq)
+                    .max()
+                {
                     self.max_seq = self.max_seq.max(max);
                 }
                 self.messages.insert(conv, list);
@@ -1055,7 +1065,9 @@ impl App {
                 };
                 let conv = self.conv_of(&m);
                 let new = m.seq > self.max_seq;
-                self.max_seq = self.max_seq.max(m.seq);
+                if m.status != Delivery::Missing {
+                    self.max_seq = self.max_seq.max(m.seq);
+                }
                 let incoming = !m.outgoing && m.status == Delivery::Received;
                 let in_view = self.selected.as_ref() == Some(&conv);
                 let conversation = m.conversation.clone();

@@ -497,16 +497,24 @@ impl Peer {
     fn mark_read(&mut self, name: &str) -> Answer {
         let conversation = self.conversation(name)?;
         let upto = self.seq;
+        // The counter is stored with the mark: a restart never gives again
+        // a number at or below a read mark (those messages would count as
+        // read).
+        let counter = upto.to_le_bytes();
         if let Some(mut c) = self.contacts.get(&conversation).cloned() {
             c.read_upto = upto;
-            self.store
-                .put(Table::Contacts, conversation.as_bytes(), &c)?;
+            self.store.transaction(|tx| {
+                tx.put(Table::Contacts, conversation.as_bytes(), &c)?;
+                tx.put_raw(Table::Meta, b"seq", &counter)
+            })?;
             self.contacts.put(c);
         } else if let Some(g) = self.groups.get_mut(&conversation) {
             g.record.read_upto = upto;
             let record = g.record.clone();
-            self.store
-                .put(Table::Groups, record.id.as_bytes(), &record)?;
+            self.store.transaction(|tx| {
+                tx.put(Table::Groups, record.id.as_bytes(), &record)?;
+                tx.put_raw(Table::Meta, b"seq", &counter)
+            })?;
         }
         self.unread.remove(&conversation);
         Ok(serde_json::json!({"conversation": conversation, "unread": 0}))
@@ -738,11 +746,14 @@ impl Peer {
             keys.push((Table::Outbox, post_key(&server, &owner, seq)));
         }
         keys.push((Table::Servers, records::adverts_key(&gid)));
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for (t, k) in &keys {
                 tx.delete(*t, k)?;
             }
             tx.delete(Table::Groups, gid.as_bytes())?;
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         self.recovery.forget(&gid);

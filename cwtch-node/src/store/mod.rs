@@ -170,7 +170,11 @@ impl Profile {
             ..Loaded::default()
         };
         for (_, v) in self.store.scan(Table::Contacts)? {
-            l.contacts.push(decode(&v)?);
+            let c: crate::model::Contact = decode(&v)?;
+            // Never below a read mark (a profile from before the mark
+            // stored the counter with it).
+            l.seq = l.seq.max(c.read_upto);
+            l.contacts.push(c);
         }
         let requests: std::collections::HashSet<String> = l
             .contacts
@@ -201,7 +205,9 @@ impl Profile {
             if records::is_invite_key(&k) {
                 l.invites.push(decode(&v)?);
             } else {
-                l.groups.push(decode(&v)?);
+                let g: GroupRecord = decode(&v)?;
+                l.seq = l.seq.max(g.read_upto);
+                l.groups.push(g);
             }
         }
         for (k, v) in self.store.scan(Table::Blobs)? {
