@@ -574,7 +574,7 @@ impl Peer {
     /// retried like a text until acknowledged.
     fn group_invite(&mut self, which: &str, contact: &str, now: Now) -> Answer {
         let gid = self.groups.find(which)?;
-        let address = self.contacts.resolve(contact)?;
+        let address = self.contacts.resolve_verified(contact)?;
         if !self.contacts.is_accepted(&address) {
             return Err(invalid(format!("{address} is not an accepted contact")));
         }

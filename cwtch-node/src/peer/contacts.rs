@@ -181,6 +181,34 @@ impl Contacts {
     }
 }
 
+impl Contacts {
+    /// [`Contacts::resolve`] for what cannot be taken back (a group's
+    /// secret sent in an invite): an address, one of our nicknames, or a
+    /// unique address prefix; never the name a contact announces, which
+    /// another accepted contact could announce too, or take while the
+    /// right one has announced nothing yet.
+    pub fn resolve_verified(&self, name: &str) -> Result<String, ApiError> {
+        let address = self.resolve(name)?;
+        let by_announced_name = !name.eq_ignore_ascii_case(&address)
+            && OnionAddress::parse(name).is_err()
+            && self
+                .map
+                .get(&address)
+                .is_some_and(|c| c.nickname.as_deref() != Some(name))
+            && !(name.len() >= 8 && address.starts_with(name));
+        if by_announced_name {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{name} is only the name they announce, which anyone can announce: name them \
+                     by address, or give them a nickname first (contact rename)"
+                ),
+            ));
+        }
+        Ok(address)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +276,22 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Ambiguous);
         assert!(e.candidates.iter().any(|c| c.contains("address prefix")));
         assert!(e.candidates.iter().any(|c| c.contains("unverified")));
+    }
+
+    /// A group's secret never goes to a contact named only by the name
+    /// they announce.
+    #[test]
+    fn an_invite_needs_an_address_a_nickname_or_a_prefix() {
+        let mut alice = Contact::new(&addr(1), ContactState::Accepted);
+        alice.name = "alice".into();
+        let mut bob = Contact::new(&addr(2), ContactState::Accepted);
+        bob.nickname = Some("bobby".into());
+        let contacts = Contacts::new(vec![alice, bob], HashMap::new());
+        assert_eq!(contacts.resolve("alice").unwrap(), addr(1));
+        let e = contacts.resolve_verified("alice").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert_eq!(contacts.resolve_verified("bobby").unwrap(), addr(2));
+        assert_eq!(contacts.resolve_verified(&addr(1)).unwrap(), addr(1));
+        assert_eq!(contacts.resolve_verified(&addr(1)[..9]).unwrap(), addr(1));
     }
 }
