@@ -82,15 +82,32 @@ pub fn clean_name(name: &str) -> String {
     out
 }
 
-/// Unicode's invisible format characters that change how text around them
-/// reads: bidirectional controls, zero-width characters, the byte-order
-/// mark, and the other common members of category Cf.
+/// Unicode's invisible characters that change how text around them reads
+/// or look like nothing: bidirectional controls, zero-width characters, the
+/// byte-order mark, the other members of category Cf, and the default
+/// ignorable or blank-looking letters (Hangul fillers, variation
+/// selectors, the braille blank).
 pub fn is_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{08E2}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0100}'..='\u{E01EF}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'

@@ -53,7 +53,11 @@ pub fn message_in(m: &StoredMessage, tz: &jiff::tz::TimeZone) -> String {
 pub fn safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() || crate::codec::is_format(c) {
+        // Texts keep what emoji are made of (the zero-width joiner and the
+        // variation selectors); names lose those too (`codec::clean_name`).
+        let emoji_part =
+            matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}');
+        if c.is_control() || (crate::codec::is_format(c) && !emoji_part) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -462,8 +466,11 @@ mod tests {
         assert_eq!(safe("evil\u{202E}gnp.exe"), "evil\\u{202e}gnp.exe");
         assert_eq!(safe("b\u{200B}ob"), "b\\u{200b}ob");
         assert_eq!(safe("\u{FEFF}x\u{2066}"), "\\u{feff}x\\u{2066}");
-        // Letters, accents and emoji stay as they are.
-        assert_eq!(safe("Zoë 你好 🙂"), "Zoë 你好 🙂");
+        // Letters, accents and emoji stay as they are, joined ones too.
+        assert_eq!(
+            safe("Zoë 你好 🙂 ❤\u{FE0F} 👨\u{200D}👩"),
+            "Zoë 你好 🙂 ❤\u{FE0F} 👨\u{200D}👩"
+        );
     }
 
     #[test]
