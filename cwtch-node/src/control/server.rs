@@ -82,23 +82,14 @@ async fn read_line(
     skipping: &mut bool,
 ) -> std::io::Result<Result<Option<()>, ()>> {
     while *skipping {
-        line.clear();
-        let n = (&mut *reader)
-            .take(MAX_REQUEST_LEN as u64)
-            .read_line(line)
-            .await?;
-        if n == 0 {
+        if read_piece(reader, line).await? == 0 {
             return Ok(Ok(None));
         }
         if line.ends_with('\n') {
             *skipping = false;
         }
     }
-    line.clear();
-    let n = (&mut *reader)
-        .take(MAX_REQUEST_LEN as u64)
-        .read_line(line)
-        .await?;
+    let n = read_piece(reader, line).await?;
     if n == 0 {
         return Ok(Ok(None));
     }
@@ -108,6 +99,19 @@ async fn read_line(
         return Ok(Err(()));
     }
     Ok(Ok(Some(())))
+}
+
+/// Reads into `line` (cleared first) up to a newline or
+/// [`MAX_REQUEST_LEN`] bytes; the number of bytes read.
+async fn read_piece(
+    reader: &mut BufReader<UnixStream>,
+    line: &mut String,
+) -> std::io::Result<usize> {
+    line.clear();
+    (&mut *reader)
+        .take(MAX_REQUEST_LEN as u64)
+        .read_line(line)
+        .await
 }
 
 fn to_line(value: &impl Serialize) -> Vec<u8> {
