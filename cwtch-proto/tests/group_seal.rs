@@ -580,27 +580,8 @@ fn secrets_do_not_show_in_debug() {
 /// (SPEC.md section 6, "Vector").
 #[test]
 fn fixed_vector() {
-    let g = group(0x42, &[1]);
+    let (g, blob, sealed) = group_common::spec_vector();
     let srv = g.servers()[0];
-    let alice = identity(0x01);
-    let bob = identity(0x02);
-    let seen = [SeenEntry {
-        member: g.id().member_id(&bob.public()),
-        seq: 3,
-    }];
-    let msg = OutgoingMessage {
-        kind: MessageKind::TEXT,
-        body: b"hello cwtch",
-        seq: 5,
-        timestamp: cwtch_proto::UnixMicros::from_micros(1_764_000_000_000_000),
-        prev_hash: MessageHash([0x11; 32]),
-        seen: &seen,
-    };
-    let mut blob = [0u8; SEALED_BLOB_LEN];
-    let sealed = g
-        .keys()
-        .seal(&alice, &srv, &msg, &mut rng(0x07), &mut blob)
-        .unwrap();
     let digest = hex::encode(Sha256::digest(blob));
     println!("blob {}", hex::encode(blob));
     let first = hex::encode(&blob[..40]);
