@@ -904,7 +904,7 @@ impl Peer {
                 server: server.clone(),
                 index: None,
                 at: now.unix_ms(),
-                blob: blob.clone(),
+                blob: self.groups.keep(gid, blob),
             });
         let posts: Vec<GroupPost> = sealed
             .blobs

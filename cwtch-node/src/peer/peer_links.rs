@@ -363,8 +363,10 @@ impl Peer {
                     break 'ranges;
                 }
                 let key = records::keep_key(&gid, &r.member.0, seq);
-                if let Ok(Some(k)) = self.store.get::<KeptBlob>(Table::Blobs, &key) {
-                    out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &k.blob }));
+                if let Ok(Some(k)) = self.store.get::<KeptBlob>(Table::Blobs, &key)
+                    && let Some(blob) = self.groups.unkeep(&gid, &k.blob)
+                {
+                    out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
                 }
             }
         }

@@ -313,7 +313,10 @@ pub struct KeptBlob {
     pub index: Option<u64>,
     /// When we kept it, Unix ms.
     pub at: u64,
-    /// The blob.
+    /// Its kept form (SPEC.md section 14: shorter than a blob, sealed
+    /// again with the group's keys when asked for), or the whole blob
+    /// (exactly `SEALED_BLOB_LEN` bytes: profiles from before the kept
+    /// form, or a blob that would not keep).
     pub blob: Vec<u8>,
 }
 

@@ -347,6 +347,41 @@ impl Groups {
         )
     }
 
+    /// What to keep of one of group `gid`'s blobs to answer recovery
+    /// requests: its kept form (SPEC.md section 14, about 250 bytes for a
+    /// short text), or the whole blob should it not keep (it opened or we
+    /// sealed it, so it always does).
+    pub fn keep(&self, gid: &str, blob: &[u8]) -> Vec<u8> {
+        let mut out = zeroize::Zeroizing::new([0u8; cwtch_proto::group::KEPT_MAX_LEN]);
+        match self
+            .map
+            .get(gid)
+            .map(|g| g.group.keys().keep(blob, &mut out[..]))
+        {
+            Some(Ok(n)) => out.get(..n).unwrap_or_default().to_vec(),
+            _ => blob.to_vec(),
+        }
+    }
+
+    /// A kept blob of group `gid` as it was sealed: kept whole (what
+    /// profiles before the kept form hold: a blob's length), or sealed
+    /// again from its kept form. `None` if the group is gone or the record
+    /// does not seal.
+    pub fn unkeep(&self, gid: &str, kept: &[u8]) -> Option<Vec<u8>> {
+        if kept.len() == SEALED_BLOB_LEN {
+            return Some(kept.to_vec());
+        }
+        let g = self.map.get(gid)?;
+        let mut blob = vec![0u8; SEALED_BLOB_LEN];
+        match g.group.keys().unkeep(kept, &mut blob) {
+            Ok(()) => Some(blob),
+            Err(e) => {
+                crate::log_throttled!(kind = e; "a kept blob does not seal: {e}");
+                None
+            }
+        }
+    }
+
     /// Feeds an opened message to group `gid`'s gap tracker; the reports
     /// are kept (the newest [`MAX_GAP_REPORTS`]) and returned in plain
     /// words.
