@@ -104,7 +104,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
     let address = peer.address().to_string();
     let hub = Hub::new(clock::random_u64());
     let (input_tx, input_rx) = mpsc::channel::<Input>();
-    let (effect_tx, effect_rx) = smol::channel::unbounded::<Effect>();
+    let (effect_tx, effect_rx) = smol::channel::unbounded::<Vec<Effect>>();
     let core = std::thread::Builder::new()
         .name("cwtch-core".into())
         .stack_size(8 * 1024 * 1024)
@@ -267,41 +267,86 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
     result
 }
 
-/// The core's thread: inputs in, effects out, proof of work in steps, and
-/// sleeping until the next deadline.
-fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effect>) {
-    let flush = |peer: &mut Peer| {
+/// The most inputs the core takes in one go before it hands over what
+/// they caused: a burst (a fetch of many messages, many dials ending at
+/// once) crosses to the executor once, not once per input.
+const INPUT_BATCH: usize = 64;
+
+/// An answer the core owes, sent once the effects of its burst are out.
+enum Reply {
+    Command(Sender<Result<Value, ApiError>>, Result<Value, ApiError>),
+    Admit(Sender<Option<LinkId>>, Option<LinkId>),
+}
+
+/// The core's thread: inputs in, effects out (in batches), proof of work
+/// in steps, and sleeping until the next deadline.
+fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<Effect>>) {
+    let mut replies: Vec<Reply> = Vec::new();
+    // The effects of what was handled, then the answers: one hand-over to
+    // the executor, and a message is on its way before `send` returns.
+    let flush = |peer: &mut Peer, replies: &mut Vec<Reply>| {
+        let mut batch = Vec::new();
         while let Some(e) = peer.poll_effect() {
-            let _ = effects.send_blocking(e);
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            let _ = effects.send_blocking(batch);
+        }
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Command(tx, answer) => {
+                    let _ = tx.try_send(answer);
+                }
+                Reply::Admit(tx, link) => {
+                    let _ = tx.try_send(link);
+                }
+            }
         }
     };
-    let handle = |peer: &mut Peer, input: Input| -> bool {
+    let handle = |peer: &mut Peer, input: Input, replies: &mut Vec<Reply>| -> bool {
         match input {
             Input::Command(request, reply) => {
                 tracing::debug!(request = request_kind(&request), "control request");
                 let answer = peer.handle_command(request, now());
-                let _ = reply.try_send(answer);
+                replies.push(Reply::Command(reply, answer));
             }
             Input::Admit(remote, reply) => {
-                let _ = reply.try_send(peer.handle_admit(&remote));
+                replies.push(Reply::Admit(reply, peer.handle_admit(&remote)));
             }
             Input::Link(link, event) => peer.handle_link(link, event, now()),
             Input::Stop => return false,
         }
         true
     };
+    // Handles `first` and what else is waiting already (at most a batch).
+    let handle_burst = |peer: &mut Peer, first: Input, replies: &mut Vec<Reply>| -> bool {
+        if !handle(peer, first, replies) {
+            return false;
+        }
+        for _ in 1..INPUT_BATCH {
+            match inputs.try_recv() {
+                Ok(input) => {
+                    if !handle(peer, input, replies) {
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    };
     peer.handle_timeout(now());
     loop {
-        flush(&mut peer);
+        flush(&mut peer, &mut replies);
         // Proof of work in bounded steps, taking input in between.
         while peer.wants_work(now()) {
             peer.handle_work(now());
-            flush(&mut peer);
-            while let Ok(input) = inputs.try_recv() {
-                if !handle(&mut peer, input) {
+            flush(&mut peer, &mut replies);
+            if let Ok(input) = inputs.try_recv() {
+                if !handle_burst(&mut peer, input, &mut replies) {
                     return;
                 }
-                flush(&mut peer);
+                flush(&mut peer, &mut replies);
             }
         }
         let t = now();
@@ -319,7 +364,7 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
         };
         match next {
             Ok(input) => {
-                if !handle(&mut peer, input) {
+                if !handle_burst(&mut peer, input, &mut replies) {
                     return;
                 }
             }
@@ -329,39 +374,45 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
     }
 }
 
-/// Carries out the core's effects.
-async fn execute(effects: smol::channel::Receiver<Effect>, ctx: Arc<Ctx>, hub: Hub) {
-    while let Ok(effect) = effects.recv().await {
-        let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
-        match effect {
-            // Stopping: the links are being closed, and none is opened
-            // again (the core would redial what closes).
-            Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
-            Effect::DialPeer { link, to } => {
-                tracing::debug!(link = link.0, "dialing a contact");
-                smol::spawn(dial(ctx.clone(), link, to, false)).detach();
+/// Carries out the core's effects, a batch at a time.
+async fn execute(effects: smol::channel::Receiver<Vec<Effect>>, ctx: Arc<Ctx>, hub: Hub) {
+    while let Ok(batch) = effects.recv().await {
+        for effect in batch {
+            carry_out(effect, &ctx, &hub);
+        }
+    }
+}
+
+/// Carries out one effect.
+fn carry_out(effect: Effect, ctx: &Arc<Ctx>, hub: &Hub) {
+    let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
+    match effect {
+        // Stopping: the links are being closed, and none is opened
+        // again (the core would redial what closes).
+        Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
+        Effect::DialPeer { link, to } => {
+            tracing::debug!(link = link.0, "dialing a contact");
+            smol::spawn(dial(ctx.clone(), link, to, false)).detach();
+        }
+        Effect::DialServer { link, server } => {
+            tracing::debug!(link = link.0, "dialing a server");
+            smol::spawn(dial(ctx.clone(), link, server, true)).detach();
+        }
+        Effect::Send { link, msg } => {
+            // A full queue closes the link rather than skip a message:
+            // the next link starts over (the outbox is resent in order).
+            if let Some(tx) = ctx.queue_of(link) {
+                conn::send_all(&tx, vec![msg]);
             }
-            Effect::DialServer { link, server } => {
-                tracing::debug!(link = link.0, "dialing a server");
-                smol::spawn(dial(ctx.clone(), link, server, true)).detach();
+        }
+        Effect::Close { link } => {
+            tracing::debug!(link = link.0, "closing a link");
+            if let Some(tx) = ctx.queue_of(link) {
+                conn::close(&tx);
             }
-            Effect::Send { link, msg } => {
-                let tx = ctx.queue_of(link);
-                // A full queue closes the link rather than skip a message:
-                // the next link starts over (the outbox is resent in order).
-                if let Some(tx) = tx {
-                    conn::send_all(&tx, vec![msg]);
-                }
-            }
-            Effect::Close { link } => {
-                tracing::debug!(link = link.0, "closing a link");
-                if let Some(tx) = ctx.queue_of(link) {
-                    conn::close(&tx);
-                }
-            }
-            Effect::Notify(event) => {
-                hub.publish(event);
-            }
+        }
+        Effect::Notify(event) => {
+            hub.publish(event);
         }
     }
 }
