@@ -4,11 +4,10 @@
 
 mod group_common;
 
-use cwtch_proto::group::kept::KEPT_MIN_LEN;
 use cwtch_proto::group::message::Malformed;
 use cwtch_proto::group::{
-    GroupKeys, KEPT_MAX_LEN, MAX_BODY_LEN, MessageHash, MessageKind, OpenError, OutgoingMessage,
-    SEALED_BLOB_LEN, SEEN_MAX, SeenEntry, UnkeepError,
+    GroupKeys, KEPT_MAX_LEN, KEPT_MIN_LEN, MAX_BODY_LEN, MessageHash, MessageKind, OpenError,
+    OutgoingMessage, SEALED_BLOB_LEN, SEEN_MAX, SeenEntry, UnkeepError,
 };
 use group_common::{group, identity, rng};
 use proptest::prelude::*;
@@ -108,7 +107,6 @@ fn the_shortest_and_the_longest_kept_forms() {
 fn fixed_vector() {
     let (g, blob, _) = group_common::spec_vector();
     let kept = keep(g.keys(), &blob);
-    println!("kept {}", hex::encode(&kept));
     assert_eq!(kept.len(), 272);
     // The nonce, then the plaintext from its version byte.
     assert_eq!(hex::encode(&kept[..25]), KEPT_FIRST25);
@@ -141,8 +139,8 @@ fn keeping_what_is_not_a_good_blob_is_refused() {
     let mut small = [0u8; KEPT_MAX_LEN - 1];
     assert_eq!(
         keys.keep(&blob, &mut small),
-        Err(OpenError::WrongLength {
-            found: KEPT_MAX_LEN
+        Err(OpenError::BufferTooSmall {
+            required: KEPT_MAX_LEN
         })
     );
 }
@@ -207,21 +205,30 @@ fn a_damaged_kept_form_is_a_typed_error_never_a_panic() {
     );
 }
 
-/// Sealed again under another group's keys, a kept form gives a blob the
-/// right group does not even detect and the other refuses: the signature
-/// binds the group.
+/// A kept form is sealed only under its own group's keys, and only its
+/// own group's blobs are kept. Without the check, another group's keys
+/// would seal it into a blob that group detects and decrypts: the first
+/// group's plaintext, handed over (opening refuses it with `WrongGroup`,
+/// but only after decrypting).
 #[test]
-fn unkept_under_the_wrong_keys_opens_nowhere() {
+fn another_groups_message_is_neither_kept_nor_sealed() {
     let g = group(1, &[1]);
     let other = group(2, &[1]);
-    let srv = g.servers()[0];
-    let blob = sealed(g.keys(), MessageKind::TEXT, b"hello", &[], 1);
+    let blob = sealed(g.keys(), MessageKind::TEXT, b"secret of one group", &[], 1);
     let kept = keep(g.keys(), &blob);
-    let wrong = unkeep(other.keys(), &kept).unwrap();
-    assert!(!g.keys().detect(&wrong));
+    assert_eq!(unkeep(other.keys(), &kept), Err(UnkeepError::WrongGroup));
+    // The same message sealed under the other group's keys (as a member of
+    // both could): the other group detects it, and does not keep it.
+    let mut pt = [0u8; 1992];
+    let srv = g.servers()[0];
     let mut work = [0u8; SEALED_BLOB_LEN];
+    g.keys().open(&srv, &blob, &mut work).unwrap();
+    pt.copy_from_slice(&work[40..2032]);
+    let resealed = group_common::reseal(&[2; 32], &pt, [5; 24]);
+    assert!(other.keys().detect(&resealed));
+    let mut out = [0u8; KEPT_MAX_LEN];
     assert_eq!(
-        other.keys().open(&srv, &wrong, &mut work).err(),
-        Some(OpenError::WrongGroup)
+        other.keys().keep(&resealed, &mut out),
+        Err(OpenError::WrongGroup)
     );
 }

@@ -19,13 +19,18 @@
 //! entries, at most [`KEPT_MAX_LEN`] = 2016, always less than a blob, so a
 //! store can tell a kept form from a whole blob by its length.
 //! [`GroupKeys::keep`] makes it from a blob (decrypting it and checking its
-//! layout; the signature was checked when the blob was opened), and
-//! [`GroupKeys::unkeep`] seals it again into the very same blob.
+//! layout and group; the signature was checked when the blob was opened),
+//! and [`GroupKeys::unkeep`] seals it again into the very same blob.
+//!
+//! That the kept form determines the blob rests on
+//! [`message::parse`](super::message) refusing non-zero unused seen entries
+//! and padding: a looser parser would need this form to carry them.
 
 use core::fmt;
 
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use super::SEALED_BLOB_LEN;
@@ -61,6 +66,9 @@ pub enum UnkeepError {
     },
     /// What it holds is not a well-formed message.
     Malformed(Malformed),
+    /// What it holds is another group's message: sealing it under these
+    /// keys would hand that group's plaintext to this one.
+    WrongGroup,
 }
 
 impl fmt::Display for UnkeepError {
@@ -76,6 +84,7 @@ impl fmt::Display for UnkeepError {
                 )
             }
             UnkeepError::Malformed(m) => write!(f, "a kept blob holds a malformed message: {m}"),
+            UnkeepError::WrongGroup => f.write_str("a kept blob holds another group's message"),
         }
     }
 }
@@ -89,10 +98,11 @@ fn aead(keys: &GroupKeys) -> XChaCha20Poly1305 {
 impl GroupKeys {
     /// The kept form of `blob`, one of this group's blobs, written to the
     /// start of `out` (at least [`KEPT_MAX_LEN`] bytes, else
-    /// `WrongLength` naming the length needed); returns its length.
+    /// `BufferTooSmall`); returns its length.
     ///
-    /// Checks the length, the tag, the AEAD and the layout, as opening
-    /// does, but not the signature: keep only blobs that opened.
+    /// Checks the length, the tag, the AEAD, the layout and that the
+    /// message names this group, as opening does, but not the signature:
+    /// keep only blobs that opened.
     pub fn keep(&self, blob: &[u8], out: &mut [u8]) -> Result<usize, OpenError> {
         let found = blob.len();
         let blob: &[u8; SEALED_BLOB_LEN] = blob
@@ -102,8 +112,8 @@ impl GroupKeys {
             return Err(OpenError::NotForUs);
         }
         if out.len() < KEPT_MAX_LEN {
-            return Err(OpenError::WrongLength {
-                found: KEPT_MAX_LEN,
+            return Err(OpenError::BufferTooSmall {
+                required: KEPT_MAX_LEN,
             });
         }
         let (header, rest) = blob.split_at(HEADER_LEN);
@@ -133,6 +143,10 @@ impl GroupKeys {
                 return Err(OpenError::Malformed(e));
             }
         };
+        if !bool::from(parsed.group_id.ct_eq(self.id.as_bytes())) {
+            pt.zeroize();
+            return Err(OpenError::WrongGroup);
+        }
         let seen_end = OFF_SEEN + parsed.seen.len() * SEEN_ENTRY_LEN;
         let body_end = OFF_BODY + parsed.body_len;
         let parts: [&[u8]; 4] = [
@@ -156,7 +170,9 @@ impl GroupKeys {
 
     /// Seals a kept form (from [`keep`](Self::keep)) back into its blob,
     /// the same 2048 bytes, in the first [`SEALED_BLOB_LEN`] bytes of
-    /// `out`. Checks the layout, not the signature.
+    /// `out`. Checks the layout and that the message names this group (a
+    /// kept form of another group is never sealed under these keys), not
+    /// the signature.
     pub fn unkeep(&self, kept: &[u8], out: &mut [u8]) -> Result<(), UnkeepError> {
         let found = kept.len();
         let wrong = UnkeepError::WrongLength { found };
@@ -200,9 +216,16 @@ impl GroupKeys {
             pt.zeroize();
             return Err(wrong);
         }
-        if let Err(e) = message::parse(&pt) {
-            pt.zeroize();
-            return Err(UnkeepError::Malformed(e));
+        match message::parse(&pt) {
+            Err(e) => {
+                pt.zeroize();
+                return Err(UnkeepError::Malformed(e));
+            }
+            Ok(parsed) if !bool::from(parsed.group_id.ct_eq(self.id.as_bytes())) => {
+                pt.zeroize();
+                return Err(UnkeepError::WrongGroup);
+            }
+            Ok(_) => {}
         }
         let (header, rest) = blob.split_at_mut(HEADER_LEN);
         let (ct, aead_tag) = rest.split_at_mut(PLAINTEXT_LEN);

@@ -66,7 +66,7 @@ pub use control::{ControlError, MoveNotice, ResendWanted};
 pub use detect::{DetectionKey, Detector, DetectorFull};
 pub use gap::{GapError, GapEvent, GapTracker, Ingested, MessageRef, MissingRange};
 pub use invite::{Invite, InviteError, InviteTextError};
-pub use kept::{KEPT_MAX_LEN, UnkeepError};
+pub use kept::{KEPT_MAX_LEN, KEPT_MIN_LEN, UnkeepError};
 pub use message::{
     MAX_BODY_LEN, MessageHash, MessageKind, OpenedMessage, OutgoingMessage, SEEN_MAX, SeenEntry,
     SeenSummary,
