@@ -272,18 +272,17 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
 /// once) crosses to the executor once, not once per input.
 const INPUT_BATCH: usize = 64;
 
-/// An answer the core owes, sent once the effects of its burst are out.
-enum Reply {
-    Command(Sender<Result<Value, ApiError>>, Result<Value, ApiError>),
-    Admit(Sender<Option<LinkId>>, Option<LinkId>),
-}
+/// An answer to a control request, sent once the effects of its burst
+/// are handed to the executor.
+type Reply = (Sender<Result<Value, ApiError>>, Result<Value, ApiError>);
 
 /// The core's thread: inputs in, effects out (in batches), proof of work
 /// in steps, and sleeping until the next deadline.
 fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<Effect>>) {
     let mut replies: Vec<Reply> = Vec::new();
-    // The effects of what was handled, then the answers: one hand-over to
-    // the executor, and a message is on its way before `send` returns.
+    // The effects of what was handled go to the executor as one batch,
+    // and only then the answers: a message is handed over for sending
+    // before `send` is answered, and a burst crosses threads once.
     let flush = |peer: &mut Peer, replies: &mut Vec<Reply>| {
         let mut batch = Vec::new();
         while let Some(e) = peer.poll_effect() {
@@ -292,15 +291,8 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<
         if !batch.is_empty() {
             let _ = effects.send_blocking(batch);
         }
-        for reply in replies.drain(..) {
-            match reply {
-                Reply::Command(tx, answer) => {
-                    let _ = tx.try_send(answer);
-                }
-                Reply::Admit(tx, link) => {
-                    let _ = tx.try_send(link);
-                }
-            }
+        for (tx, answer) in replies.drain(..) {
+            let _ = tx.try_send(answer);
         }
     };
     let handle = |peer: &mut Peer, input: Input, replies: &mut Vec<Reply>| -> bool {
@@ -308,10 +300,12 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<
             Input::Command(request, reply) => {
                 tracing::debug!(request = request_kind(&request), "control request");
                 let answer = peer.handle_command(request, now());
-                replies.push(Reply::Command(reply, answer));
+                replies.push((reply, answer));
             }
+            // At once: the link joins the registry with the answer, before
+            // any effect of this burst may name it.
             Input::Admit(remote, reply) => {
-                replies.push(Reply::Admit(reply, peer.handle_admit(&remote)));
+                let _ = reply.try_send(peer.handle_admit(&remote));
             }
             Input::Link(link, event) => peer.handle_link(link, event, now()),
             Input::Stop => return false,
@@ -344,6 +338,8 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<
             flush(&mut peer, &mut replies);
             if let Ok(input) = inputs.try_recv() {
                 if !handle_burst(&mut peer, input, &mut replies) {
+                    // What ran before the stop is stored: answer it.
+                    flush(&mut peer, &mut replies);
                     return;
                 }
                 flush(&mut peer, &mut replies);
@@ -365,6 +361,7 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<
         match next {
             Ok(input) => {
                 if !handle_burst(&mut peer, input, &mut replies) {
+                    flush(&mut peer, &mut replies);
                     return;
                 }
             }

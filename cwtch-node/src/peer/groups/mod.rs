@@ -348,18 +348,30 @@ impl Groups {
     }
 
     /// What to keep of one of group `gid`'s blobs to answer recovery
-    /// requests: its kept form (SPEC.md section 14, about 250 bytes for a
-    /// short text), or the whole blob should it not keep (it opened or we
-    /// sealed it, so it always does).
+    /// requests: its kept form (SPEC.md section 14, 237 + 24 n + L bytes
+    /// for a body of L bytes and n seen entries), checked to seal back into
+    /// the same blob; else (never seen: it opened, or we sealed it) the
+    /// whole blob.
     pub fn keep(&self, gid: &str, blob: &[u8]) -> Vec<u8> {
+        let Some(keys) = self.map.get(gid).map(|g| g.group.keys()) else {
+            return blob.to_vec();
+        };
         let mut out = zeroize::Zeroizing::new([0u8; cwtch_proto::group::KEPT_MAX_LEN]);
-        match self
-            .map
-            .get(gid)
-            .map(|g| g.group.keys().keep(blob, &mut out[..]))
-        {
-            Some(Ok(n)) => out.get(..n).unwrap_or_default().to_vec(),
-            _ => blob.to_vec(),
+        let mut again = [0u8; SEALED_BLOB_LEN];
+        match keys.keep(blob, &mut out[..]) {
+            Ok(n) => {
+                let kept = out.get(..n).unwrap_or_default();
+                if keys.unkeep(kept, &mut again).is_ok() && again[..] == *blob {
+                    kept.to_vec()
+                } else {
+                    tracing::warn!("a blob's kept form does not seal back into it: kept whole");
+                    blob.to_vec()
+                }
+            }
+            Err(e) => {
+                crate::log_throttled!(kind = e; "a blob does not keep ({e}): kept whole");
+                blob.to_vec()
+            }
         }
     }
 
