@@ -1015,6 +1015,71 @@ fn an_invite_sent_before_acceptance_arrives_once_accepted() {
     });
 }
 
+/// Alice uses a server and knows its advert; she adds bob, who holds her
+/// only as a request when her link comes up and ignores her adverts then.
+/// Once he accepts her, he learns her server on the link that is up: the
+/// adverts follow his Hello, not hers.
+#[test]
+fn adverts_shared_before_acceptance_arrive_once_accepted() {
+    use cwtch_proto::server::advert::{Requirements, Retention, ServerAdvert};
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let now = w.now().unix_secs();
+    let advert = ServerAdvert {
+        server: w.servers[s].identity.public(),
+        issued_at: now,
+        expires_at: now + 86_400,
+        requirements: Requirements::default(),
+        retention: Retention::default(),
+    };
+    w.servers[s].store.advert = Some(advert.sign(&w.servers[s].identity).unwrap());
+    let (b, a) = (w.add_peer("bob"), w.add_peer("alice"));
+    let server = w.servers[s].id();
+    w.ok(
+        a,
+        Request::GroupCreate {
+            name: "mine".into(),
+            server,
+        },
+    );
+    let address = w.servers[s].address.to_string();
+    w.run_until_true("alice to know the advert", MINUTE, |w| {
+        let listed = w.ok(a, Request::Servers);
+        listed.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|e| e["address"] == address.as_str() && e["advert"]["valid"] == true)
+        })
+    });
+    add(&mut w, a, b, Some("hi"));
+    w.run_until_true("the request", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    w.run_for(MINUTE);
+    assert_eq!(w.ok(b, Request::Servers), serde_json::json!([]));
+    w.ok(
+        b,
+        Request::ContactAccept {
+            contact: w.peers[a].address.clone(),
+        },
+    );
+    // On the link that is up: a round trip, not a new link or a refresh.
+    w.run_until_true("bob to learn alice's server", Duration::from_secs(2), |w| {
+        let listed = w.ok(b, Request::Servers);
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["address"] == address.as_str()))
+    });
+    // The link that was up stayed up: no new link brought them.
+    let dropped = w
+        .events_of(
+            b,
+            |e| matches!(e, Event::Connection { state, .. } if state == "disconnected"),
+        )
+        .len();
+    assert_eq!(dropped, 0, "the link went down after the acceptance");
+}
+
 /// The local order of messages goes on across restarts, also after the
 /// newest messages were deleted: a number is never given twice (read marks
 /// and unread counts rest on it). The counter is not written per message:
