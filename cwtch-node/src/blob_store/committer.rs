@@ -4,10 +4,12 @@
 //! Posters queue their blob over a bounded queue (a full queue makes
 //! posters wait: back-pressure). Each post is given its index as it is
 //! queued: the queue is in index order. The writer thread takes everything
-//! queued (up to [`CommitterConfig::max_batch`]), appends it in one
-//! transaction, and only after the commit returned publishes the new head
-//! to [`HeadWatch`]ers: that one store and one wake-up acknowledge the
-//! whole commit. A poster that wants its own answer
+//! queued (up to [`CommitterConfig::max_batch`]), waits briefly for more
+//! while the batch holds fewer posts than the last commit suggests are
+//! coming (at most as long as that commit took, and 1 ms; never for a lone
+//! poster), appends it in one transaction, and only after the commit
+//! returned publishes the new head to [`HeadWatch`]ers: that one store and
+//! one wake-up acknowledge the whole commit. A poster that wants its own answer
 //! ([`GroupCommitter::submit`]) also gets a reply channel; the server does
 //! not ([`GroupCommitter::try_append`]): its sessions acknowledge what is at
 //! or below the durable head.
