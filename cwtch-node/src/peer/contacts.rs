@@ -17,6 +17,9 @@ pub struct Contacts {
     map: BTreeMap<String, Contact>,
     /// Per pending request: the texts stored from it.
     request_texts: HashMap<String, u32>,
+    /// Counts changes to the list, so that the router can tell whether the
+    /// contacts to dial may have changed without looking at all of them.
+    generation: u64,
 }
 
 impl Contacts {
@@ -26,7 +29,13 @@ impl Contacts {
         Contacts {
             map: list.into_iter().map(|c| (c.address.clone(), c)).collect(),
             request_texts,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever a contact is added, replaced, changed or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// A contact.
@@ -36,6 +45,7 @@ impl Contacts {
 
     /// A contact, to change (the caller stores it).
     pub fn get_mut(&mut self, address: &str) -> Option<&mut Contact> {
+        self.generation = self.generation.wrapping_add(1);
         self.map.get_mut(address)
     }
 
@@ -59,12 +69,14 @@ impl Contacts {
         if contact.state != ContactState::Request {
             self.request_texts.remove(&contact.address);
         }
+        self.generation = self.generation.wrapping_add(1);
         self.map.insert(contact.address.clone(), contact);
     }
 
     /// Forgets a contact.
     pub fn remove(&mut self, address: &str) -> Option<Contact> {
         self.request_texts.remove(address);
+        self.generation = self.generation.wrapping_add(1);
         self.map.remove(address)
     }
 

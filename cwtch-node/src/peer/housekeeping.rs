@@ -37,7 +37,15 @@ impl Peer {
         }
     }
 
+    /// Dials the contacts that are due. Looks at the whole list only when
+    /// the contacts or the links changed or a backoff ran out: not after
+    /// every message.
     fn dial_contacts(&mut self, now: Now) {
+        let generation = self.contacts.generation();
+        if !self.links.needs_dials(now.mono) && self.dialed_contacts_at == Some(generation) {
+            return;
+        }
+        self.dialed_contacts_at = Some(generation);
         let candidates: Vec<(String, bool)> = self
             .contacts
             .all()

@@ -60,6 +60,9 @@ pub struct Links {
     status: HashMap<String, ConnStatus>,
     /// When a dial held back by its backoff becomes due.
     wake: Option<Instant>,
+    /// Whether the last `due_dials` still holds: no link came up or went
+    /// down and no backoff was forgotten since. Starts false.
+    settled: bool,
 }
 
 impl Links {
@@ -90,7 +93,16 @@ impl Links {
         // event), not on a timer.
         let room = MAX_CONCURRENT_DIALS.saturating_sub(self.dialing.len());
         self.wake = wake;
+        self.settled = true;
         due.into_iter().take(room).map(|(_, a)| a).collect()
+    }
+
+    /// Whether `due_dials` may name a contact it did not name last time
+    /// (for the same candidates): a link came up or went down, a backoff
+    /// was forgotten or ran out. Dials it named and that started only
+    /// narrow the choice.
+    pub fn needs_dials(&self, now: Instant) -> bool {
+        !self.settled || self.wake.is_some_and(|at| at <= now)
     }
 
     /// A dial to `contact` starts on `link`.
@@ -139,6 +151,7 @@ impl Links {
         let Some(p) = self.pending.remove(&link) else {
             return Up::Unknown;
         };
+        self.settled = false;
         let remote = p.contact;
         // A dial counts against MAX_CONCURRENT_DIALS until its link is up.
         if p.we_dialed {
@@ -178,6 +191,7 @@ impl Links {
         now: Instant,
         rng: &mut R,
     ) -> Option<String> {
+        self.settled = false;
         if let Some(p) = self.pending.remove(&link) {
             if p.we_dialed {
                 self.dialing.remove(&p.contact);
@@ -241,12 +255,14 @@ impl Links {
     /// Forgets `contact`'s link (it is being closed).
     pub fn drop_link(&mut self, contact: &str) -> Option<LinkId> {
         let e = self.up.remove(contact)?;
+        self.settled = false;
         self.status.entry(contact.to_string()).or_default().state = ConnState::Disconnected;
         Some(e.id)
     }
 
     /// Dial again at once (a contact was just added).
     pub fn forget_backoff(&mut self, contact: &str) {
+        self.settled = false;
         self.backoff.remove(contact);
     }
 
@@ -323,5 +339,49 @@ mod tests {
             "the failed one waits for its backoff"
         );
         assert!(links.poll_timeout().is_some_and(|w| w > t0));
+    }
+
+    /// The router skips the scan of all contacts while nothing that could
+    /// change its answer happened: a link up or down, a forgotten backoff
+    /// or one that runs out each make it look again.
+    #[test]
+    fn the_scan_is_needed_only_after_a_change() {
+        let me = addr(1);
+        let mut links = Links::default();
+        let all: Vec<String> = (10..20).map(|s| addr(s).to_string()).collect();
+        let t0 = Instant::from_secs(100);
+        assert!(links.needs_dials(t0), "never scanned yet");
+        let due = links.due_dials(all.iter().map(|a| (a.clone(), false)), t0);
+        for (i, a) in due.iter().enumerate() {
+            links.start_dial(a, LinkId(i as u64));
+        }
+        assert!(
+            !links.needs_dials(t0),
+            "dials it named only narrow the choice"
+        );
+        // A dial fails: a slot is free.
+        links.on_down(LinkId(0), "offline", true, t0, &mut rng());
+        assert!(links.needs_dials(t0));
+        let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), t0);
+        assert!(!links.needs_dials(t0));
+        // Its backoff runs out.
+        let wake = links.poll_timeout().expect("a backoff deadline");
+        assert!(wake > t0 && !links.needs_dials(t0));
+        assert!(links.needs_dials(wake));
+        let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), wake);
+        // A link comes up, then goes down.
+        links.admit(&all[9], LinkId(50));
+        assert!(
+            !links.needs_dials(wake),
+            "an admitted handshake is not a link yet"
+        );
+        let _ = links.on_up(LinkId(50), &me, Standing::Accepted);
+        assert!(links.needs_dials(wake));
+        let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), wake);
+        let _ = links.drop_link(&all[9]);
+        assert!(links.needs_dials(wake));
+        let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), wake);
+        links.forget_backoff(&all[0]);
+        assert!(links.needs_dials(wake));
     }
 }

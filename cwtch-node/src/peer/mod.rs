@@ -90,6 +90,8 @@ pub struct Peer {
     /// Something the wall-clock work depends on changed (the directory, a
     /// group, a server's health): look again at the next input.
     wall_dirty: bool,
+    /// The contacts' generation when we last looked for contacts to dial.
+    dialed_contacts_at: Option<u64>,
     /// A note on the transport, shown in `status`.
     transport_note: Option<String>,
 }
@@ -183,6 +185,7 @@ impl Peer {
             effects: VecDeque::new(),
             wall_deadline: None,
             wall_dirty: true,
+            dialed_contacts_at: None,
             transport_note: None,
         };
         for server in peer.servers_to_read(now.unix_ms()) {
