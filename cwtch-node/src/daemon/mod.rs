@@ -104,7 +104,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
     let address = peer.address().to_string();
     let hub = Hub::new(clock::random_u64());
     let (input_tx, input_rx) = mpsc::channel::<Input>();
-    let (effect_tx, effect_rx) = smol::channel::unbounded::<Vec<Effect>>();
+    let (effect_tx, effect_rx) = smol::channel::unbounded::<Batch>();
     let core = std::thread::Builder::new()
         .name("cwtch-core".into())
         .stack_size(8 * 1024 * 1024)
@@ -273,26 +273,35 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
 const INPUT_BATCH: usize = 64;
 
 /// An answer to a control request, sent once the effects of its burst
-/// are handed to the executor.
+/// are carried out.
 type Reply = (Sender<Result<Value, ApiError>>, Result<Value, ApiError>);
+
+/// What a burst of inputs caused, for the executor: its effects, then
+/// the answers to the requests among the inputs.
+struct Batch {
+    effects: Vec<Effect>,
+    replies: Vec<Reply>,
+}
 
 /// The core's thread: inputs in, effects out (in batches), proof of work
 /// in steps, and sleeping until the next deadline.
-fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<Effect>>) {
+fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Batch>) {
     let mut replies: Vec<Reply> = Vec::new();
     // The effects of what was handled go to the executor as one batch,
-    // and only then the answers: a message is handed over for sending
-    // before `send` is answered, and a burst crosses threads once.
+    // and the answers with them, to be sent once the effects are carried
+    // out: a message is handed over for sending before `send` is
+    // answered, and a burst crosses threads once (one wake-up of the
+    // executor, not one for the effects and another for the answers).
     let flush = |peer: &mut Peer, replies: &mut Vec<Reply>| {
-        let mut batch = Vec::new();
+        let mut batch = Batch {
+            effects: Vec::new(),
+            replies: std::mem::take(replies),
+        };
         while let Some(e) = peer.poll_effect() {
-            batch.push(e);
+            batch.effects.push(e);
         }
-        if !batch.is_empty() {
+        if !batch.effects.is_empty() || !batch.replies.is_empty() {
             let _ = effects.send_blocking(batch);
-        }
-        for (tx, answer) in replies.drain(..) {
-            let _ = tx.try_send(answer);
         }
     };
     let handle = |peer: &mut Peer, input: Input, replies: &mut Vec<Reply>| -> bool {
@@ -371,11 +380,15 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<
     }
 }
 
-/// Carries out the core's effects, a batch at a time.
-async fn execute(effects: smol::channel::Receiver<Vec<Effect>>, ctx: Arc<Ctx>, hub: Hub) {
-    while let Ok(batch) = effects.recv().await {
-        for effect in batch {
+/// Carries out the core's effects, a batch at a time, and then sends the
+/// answers that came with them.
+async fn execute(batches: smol::channel::Receiver<Batch>, ctx: Arc<Ctx>, hub: Hub) {
+    while let Ok(batch) = batches.recv().await {
+        for effect in batch.effects {
             carry_out(effect, &ctx, &hub);
+        }
+        for (tx, answer) in batch.replies {
+            let _ = tx.try_send(answer);
         }
     }
 }
