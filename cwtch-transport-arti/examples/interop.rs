@@ -5,6 +5,7 @@
 //! NET=default cargo run --example interop   # the network the other tests use
 //! RELAYS=5 PARAMS=hsdir_interval=6 VOTING=15 cargo run --example interop
 //! RUST_LOG=tor_hsclient=debug,tor_hsservice=debug cargo run --example interop
+//! LIMIT=60 ...   # seconds of retries per direction (default 240)
 //! ```
 //! Prints one line per scenario: arti <-> arti, arti -> C tor, C tor ->
 //! arti, with the time each took or the last error.
@@ -21,7 +22,6 @@ use cwtch_transport_socks::testnet::{TestNetwork, TestNetworkOptions};
 use cwtch_transport_socks::{IsolationKey, Transport};
 
 const PORT: u16 = 9878;
-const LIMIT: Duration = Duration::from_secs(240);
 
 fn env<T: core::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -29,6 +29,7 @@ fn env<T: core::str::FromStr>(name: &str) -> Option<T> {
 
 fn main() {
     support::init_logging();
+    let limit = Duration::from_secs(env("LIMIT").unwrap_or(240));
     let mut options = match std::env::var("NET").as_deref() {
         Ok("default") => TestNetworkOptions::with_clients(2),
         _ => TestNetworkOptions::arti_compatible(2),
@@ -80,7 +81,7 @@ fn main() {
         let launched = Instant::now();
         let listener_b = b.listen(&id_b, PORT).expect("arti-b listen");
         let addr_b = *listener_b.address();
-        let dial = support::retry("arti-a -> arti-b", LIMIT, || a.dial(&addr_b, PORT)).await;
+        let dial = support::retry("arti-a -> arti-b", limit, || a.dial(&addr_b, PORT)).await;
         let t = launched.elapsed();
         eprintln!("arti-b service state: {}", listener_b.state());
         results.push(match dial {
@@ -103,13 +104,13 @@ fn main() {
         let ctor = net.clients()[0].transport();
         let launched = Instant::now();
         let mut c_listener = ctor.listen(&id_c, PORT).await.expect("ADD_ONION");
-        let up = c_listener.wait_published(LIMIT).await;
+        let up = c_listener.wait_published(limit).await;
         eprintln!(
             "C tor HS_DESC UPLOADED after {:.1} s: {up:?}",
             launched.elapsed().as_secs_f64()
         );
         let addr_c = *c_listener.address();
-        let dial = support::retry("arti-a -> C tor", LIMIT, || a.dial(&addr_c, PORT)).await;
+        let dial = support::retry("arti-a -> C tor", limit, || a.dial(&addr_c, PORT)).await;
         let t = launched.elapsed();
         results.push(match dial {
             Ok((mut s, n, _)) => {
@@ -133,7 +134,7 @@ fn main() {
         let addr_a = *listener_a.address();
         let client1 = net.clients()[1].transport();
         let key = IsolationKey::for_identity(&id_c.address());
-        let dial = support::retry("C tor -> arti-a", LIMIT, || {
+        let dial = support::retry("C tor -> arti-a", limit, || {
             client1.dial(&addr_a, PORT, &key)
         })
         .await;

@@ -94,8 +94,11 @@ impl ArtiDialError {
             | ErrorKind::OnionServiceProtocolViolation
             | ErrorKind::OnionServiceWrongClientAuth
             | ErrorKind::OnionServiceMissingClientAuth
-            | ErrorKind::RemoteNetworkFailed => DialFailure::Unreachable,
+            | ErrorKind::RemoteNetworkFailed
+            // The peer's backlog is full (END RESOURCELIMIT): try later.
+            | ErrorKind::RelayTooBusy => DialFailure::Unreachable,
             ErrorKind::RemoteConnectionRefused
+            | ErrorKind::ExitPolicyRejected
             | ErrorKind::RemoteStreamClosed
             | ErrorKind::RemoteStreamReset => DialFailure::Refused,
             ErrorKind::TorNetworkTimeout | ErrorKind::RemoteNetworkTimeout => DialFailure::Timeout,

@@ -281,8 +281,9 @@ impl ArtiTransport {
 }
 
 /// Completes every rendezvous and accepts every stream to `virt_port`,
-/// handing the streams to the listener; refuses streams to other ports,
-/// and any while the backlog is full. Ends when the service stops or the
+/// handing the streams to the listener; refuses streams to other ports
+/// (END `CONNECTREFUSED`, as for a closed TCP port) and any while the
+/// backlog is full (END `RESOURCELIMIT`). Ends when the service stops or the
 /// listener is dropped.
 async fn serve(
     requests: impl Stream<Item = RendRequest> + Send + 'static,
@@ -310,7 +311,7 @@ async fn accept_one(request: StreamRequest, virt_port: u16, tx: smol::channel::S
         let reason = if ours {
             EndReason::RESOURCELIMIT
         } else {
-            EndReason::EXITPOLICY
+            EndReason::CONNECTREFUSED
         };
         let _ = request.reject(End::new_with_reason(reason)).await;
         return;
