@@ -57,6 +57,8 @@ pub struct TestNetworkOptions {
     /// `BandwidthRate` and `BandwidthBurst` (bytes/s) of every relay and
     /// authority, or tor's default.
     pub relay_bandwidth: Option<u64>,
+    /// Extra torrc lines for the authorities only (how they vote).
+    pub authority_torrc: Vec<String>,
     /// Time allowed for every client to bootstrap.
     pub timeout: Duration,
 }
@@ -70,6 +72,7 @@ impl Default for TestNetworkOptions {
             initial_voting_interval: 6,
             consensus_params: Vec::new(),
             relay_bandwidth: None,
+            authority_torrc: Vec::new(),
             timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
         }
     }
@@ -90,13 +93,19 @@ impl TestNetworkOptions {
     /// be told about and accepts (5 minutes or more), and the
     /// authorities publish it as `hsdir_interval=6` (the name arti reads);
     /// `cbtdisabled=1` so arti keeps fixed circuit timeouts instead of
-    /// learning loopback build times of a few milliseconds.
+    /// learning loopback build times of a few milliseconds; every relay
+    /// voted `Stable` from the start (`AuthDirVoteStableGuaranteeMinUptime
+    /// 0`), because arti builds onion-service circuits through Stable
+    /// relays only and tor gives the flag to relays at or above the median
+    /// uptime, which on a network started within a second leaves some
+    /// relays out and arti short of a 4-relay introduction circuit.
     pub fn arti_compatible(clients: usize) -> Self {
         TestNetworkOptions {
             clients,
             voting_interval: 15,
             initial_voting_interval: 15,
             consensus_params: vec!["hsdir_interval=6".into(), "cbtdisabled=1".into()],
+            authority_torrc: vec!["AuthDirVoteStableGuaranteeMinUptime 0".into()],
             ..Self::default()
         }
     }
@@ -583,11 +592,15 @@ impl TestNetwork {
                 "SocksPort 0\nORPort 127.0.0.1:{or_port}\nAddress 127.0.0.1\nExitPolicy accept 127.0.0.0/8:*\nExitPolicyRejectPrivate 0\n{bandwidth}"
             )
         };
-        let consensus_params = if options.consensus_params.is_empty() {
+        let mut authority_extra = if options.consensus_params.is_empty() {
             String::new()
         } else {
             format!("ConsensusParams {}\n", options.consensus_params.join(" "))
         };
+        for line in &options.authority_torrc {
+            authority_extra.push_str(line);
+            authority_extra.push('\n');
+        }
 
         let mut network = TestNetwork {
             nodes: Vec::new(),
@@ -606,7 +619,7 @@ impl TestNetwork {
             let text = base(name, &d)
                 + &relay(*or_port)
                 + &format!(
-                    "DirPort 127.0.0.1:{dir_port}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo cwtch-tests\n{consensus_params}"
+                    "DirPort 127.0.0.1:{dir_port}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo cwtch-tests\n{authority_extra}"
                 );
             configs.push((name.clone(), d, text));
         }
@@ -961,6 +974,10 @@ mod tests {
         assert!(
             o.common_torrc()
                 .contains(&"V3AuthVotingInterval 15".to_owned())
+        );
+        assert!(
+            o.authority_torrc
+                .contains(&"AuthDirVoteStableGuaranteeMinUptime 0".to_owned())
         );
     }
 
