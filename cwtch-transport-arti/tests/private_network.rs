@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cwtch_proto::Identity;
-use cwtch_transport_arti::{ArtiConfig, ArtiTransport, DialFailure, Network};
+use cwtch_transport_arti::{ArtiConfig, ArtiTransport, DialFailure, Network, config};
 use cwtch_transport_socks::testnet::{TestNetwork, TestNetworkOptions};
 use cwtch_transport_socks::{IsolationKey, Transport};
 
@@ -88,6 +88,20 @@ fn arti_and_c_tor_reach_each_others_onion_services() {
     let home = tempfile::tempdir().expect("tempdir");
     let dir_a = home.path().join("a");
     let dir_b = home.path().join("b");
+
+    // Every address arti is given is on loopback: 3 authorities (upload,
+    // download, vote) and 3 fallbacks.
+    let built =
+        config::tor_client_config(&ArtiConfig::new(&dir_a, Network::Private(private.clone())))
+            .expect("arti config");
+    let addresses = config::configured_addresses(&built);
+    assert_eq!(addresses.len(), 12, "{addresses:?}");
+    assert!(
+        addresses
+            .iter()
+            .all(|a| a.ip() == core::net::Ipv4Addr::LOCALHOST),
+        "{addresses:?}"
+    );
 
     smol::block_on(async {
         // Bootstrap, with progress reported up to 100 %.
