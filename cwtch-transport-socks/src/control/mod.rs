@@ -19,12 +19,15 @@ use core::time::Duration;
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use self::auth::{COOKIE_LEN, NONCE_LEN, ProtocolInfo};
@@ -36,6 +39,105 @@ pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAdd
     core::net::Ipv4Addr::LOCALHOST,
     9051,
 ));
+/// Debian's control socket: the system tor service (`tor@default`) listens
+/// there (`ControlSocket /run/tor/control` in
+/// `/usr/share/tor/tor-service-defaults-torrc`), with cookie authentication
+/// through `/run/tor/control.authcookie`, readable by the `debian-tor`
+/// group. Its torrc opens no control port.
+pub const DEBIAN_CONTROL_SOCKET: &str = "/run/tor/control";
+
+/// Where tor's control port is: a TCP address (`ControlPort`) or a Unix
+/// socket (`ControlSocket`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ControlAddr {
+    /// `ControlPort`: a TCP address (loopback).
+    Tcp(SocketAddr),
+    /// `ControlSocket`: a Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlAddr::Tcp(a) => write!(f, "{a}"),
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for ControlAddr {
+    fn from(a: SocketAddr) -> Self {
+        ControlAddr::Tcp(a)
+    }
+}
+
+impl core::str::FromStr for ControlAddr {
+    type Err = String;
+
+    /// `HOST:PORT` (an IP address), `unix:PATH`, or an absolute path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ControlAddr::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(ControlAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse::<SocketAddr>().map(ControlAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither ADDRESS:PORT (e.g. 127.0.0.1:9051) nor unix:PATH")
+        })
+    }
+}
+
+/// The connection to the control port, over TCP or a Unix socket.
+#[derive(Debug)]
+enum ControlStream {
+    Tcp(Async<TcpStream>),
+    Unix(Async<UnixStream>),
+}
+
+impl AsyncRead for ControlStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ControlStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ControlStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ControlStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ControlStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_close(cx),
+            ControlStream::Unix(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
+
 /// Default time allowed for one command's answer.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,10 +172,11 @@ impl fmt::Debug for ControlAuth {
 #[non_exhaustive]
 pub enum ControlError {
     /// Nothing answers at the control address: tor is not running, or its
-    /// `ControlPort` is elsewhere.
+    /// `ControlPort` is elsewhere (or, for a Unix socket, we may not open
+    /// it).
     Unreachable {
         /// The address we tried.
-        addr: SocketAddr,
+        addr: ControlAddr,
         /// The connect error.
         source: io::Error,
     },
@@ -132,6 +235,16 @@ pub enum ControlError {
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ControlError::Unreachable {
+                addr: ControlAddr::Unix(path),
+                source,
+            } if source.kind() == io::ErrorKind::PermissionDenied => write!(
+                f,
+                "cannot open tor's control socket {} (permission denied): the user running cwtch \
+                 must be in its group (on Debian: `sudo adduser $USER debian-tor`, then log in \
+                 again)",
+                path.display()
+            ),
             ControlError::Unreachable { addr, source } => {
                 write!(
                     f,
@@ -159,6 +272,17 @@ impl fmt::Display for ControlError {
                     f,
                     "no usable control port authentication; tor offers {}",
                     offered.join(",")
+                )
+            }
+            ControlError::Cookie { path, source }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                write!(
+                    f,
+                    "cannot read tor's control cookie {} (permission denied): the user running \
+                     cwtch must be in its group (on Debian: `sudo adduser $USER debian-tor`, then \
+                     log in again)",
+                    path.display()
                 )
             }
             ControlError::Cookie { path, source } => {
@@ -221,7 +345,7 @@ pub(crate) async fn with_timeout<T, E>(
 /// An open, possibly authenticated, connection to tor's control port.
 #[derive(Debug)]
 pub struct ControlConnection {
-    stream: Async<TcpStream>,
+    stream: ControlStream,
     parser: ReplyParser,
     events: VecDeque<Reply>,
     timeout: Duration,
@@ -235,17 +359,28 @@ pub struct ControlConnection {
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 impl ControlConnection {
-    /// Connects (not yet authenticated).
-    pub async fn connect(addr: SocketAddr) -> Result<Self, ControlError> {
+    /// Connects (not yet authenticated) to a control port
+    /// (`SocketAddr`) or control socket ([`ControlAddr::Unix`]).
+    pub async fn connect(addr: impl Into<ControlAddr>) -> Result<Self, ControlError> {
+        let addr = addr.into();
         let stream = with_timeout(
             DEFAULT_COMMAND_TIMEOUT,
             ControlError::TimedOut {
                 waiting_for: "control port connection",
             },
             async {
-                Async::<TcpStream>::connect(addr)
-                    .await
-                    .map_err(|source| ControlError::Unreachable { addr, source })
+                let connected = match &addr {
+                    ControlAddr::Tcp(a) => Async::<TcpStream>::connect(*a)
+                        .await
+                        .map(ControlStream::Tcp),
+                    ControlAddr::Unix(p) => Async::<UnixStream>::connect(p)
+                        .await
+                        .map(ControlStream::Unix),
+                };
+                connected.map_err(|source| ControlError::Unreachable {
+                    addr: addr.clone(),
+                    source,
+                })
             },
         )
         .await?;
@@ -259,7 +394,10 @@ impl ControlConnection {
     }
 
     /// Connects and authenticates.
-    pub async fn open(addr: SocketAddr, auth: &ControlAuth) -> Result<Self, ControlError> {
+    pub async fn open(
+        addr: impl Into<ControlAddr>,
+        auth: &ControlAuth,
+    ) -> Result<Self, ControlError> {
         let mut c = Self::connect(addr).await?;
         c.authenticate(auth).await?;
         Ok(c)
@@ -584,11 +722,29 @@ impl ControlConnection {
         virt_port: u16,
         local: SocketAddr,
     ) -> Result<OnionAddress, ControlError> {
+        self.add_onion_with(identity, virt_port, local, false).await
+    }
+
+    /// [`Self::add_onion`], with tor's proof-of-work defences for the
+    /// service when `pow_defenses` (`PoWDefensesEnabled=1`, proposal 327,
+    /// tor 0.4.8 and later; a tor without it refuses the command).
+    pub async fn add_onion_with(
+        &mut self,
+        identity: &Identity,
+        virt_port: u16,
+        local: SocketAddr,
+        pow_defenses: bool,
+    ) -> Result<OnionAddress, ControlError> {
         let expected = identity.address();
         let key = identity.tor_expanded_key();
         let key_b64 = Zeroizing::new(data_encoding::BASE64.encode(key.as_bytes()));
+        let pow = if pow_defenses {
+            " PoWDefensesEnabled=1"
+        } else {
+            ""
+        };
         let line = Zeroizing::new(format!(
-            "ADD_ONION ED25519-V3:{} Flags=DiscardPK Port={virt_port},{local}",
+            "ADD_ONION ED25519-V3:{} Flags=DiscardPK{pow} Port={virt_port},{local}",
             key_b64.as_str()
         ));
         let r = self.command(&line).await?;
