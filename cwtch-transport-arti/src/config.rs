@@ -90,6 +90,122 @@ impl PrivateNetwork {
     }
 }
 
+impl PrivateNetwork {
+    /// Reads a network from its text form, one item per line (`#` starts
+    /// a comment; `cwtch_transport_socks::testnet` writes such files for
+    /// the node's `--tor-network`):
+    ///
+    /// ```text
+    /// authority v3ident=<40 hex digits> dir=<ip:port>
+    /// fallback rsa=<40 hex digits> ed25519=<base64> orport=<ip:port>
+    /// net_param <name>=<integer>
+    /// ```
+    ///
+    /// `authority` gives a directory authority (its v3 identity and
+    /// DirPort), `fallback` a relay to fetch the first consensus from (its
+    /// identities and ORPort), `net_param` a consensus parameter to
+    /// override. At least one authority and one fallback are needed.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut net = PrivateNetwork::new(Vec::new(), Vec::new());
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |what: &'static str| ParseError {
+                what,
+                input: line.to_owned(),
+            };
+            let mut words = line.split_whitespace();
+            let kind = words.next().unwrap_or_default();
+            let fields: Vec<(&str, &str)> = words
+                .map(|w| w.split_once('=').ok_or_else(|| bad("NAME=VALUE field")))
+                .collect::<Result<_, _>>()?;
+            let field = |name: &str, what: &'static str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| bad(what))
+            };
+            let addr = |name: &str, what: &'static str| -> Result<SocketAddr, ParseError> {
+                field(name, what)?.parse().map_err(|_| bad(what))
+            };
+            match kind {
+                "authority" => net.authorities.push(DirAuthority::from_hex(
+                    field(
+                        "v3ident",
+                        "authority line (authority v3ident=HEX dir=IP:PORT)",
+                    )?,
+                    addr("dir", "authority line (authority v3ident=HEX dir=IP:PORT)")?,
+                )?),
+                "fallback" => {
+                    let what = "fallback line (fallback rsa=HEX ed25519=BASE64 orport=IP:PORT)";
+                    net.fallbacks.push(FallbackDir::from_text(
+                        field("rsa", what)?,
+                        field("ed25519", what)?,
+                        addr("orport", what)?,
+                    )?)
+                }
+                "net_param" => {
+                    let what = "net_param line (net_param NAME=INTEGER)";
+                    let [(name, value)] = fields.as_slice() else {
+                        return Err(bad(what));
+                    };
+                    let value = value.parse().map_err(|_| bad(what))?;
+                    net.net_params.push(((*name).to_owned(), value));
+                }
+                _ => {
+                    return Err(bad(
+                        "private network line (authority, fallback or net_param)",
+                    ));
+                }
+            }
+        }
+        if net.authorities.is_empty() || net.fallbacks.is_empty() {
+            return Err(ParseError {
+                what: "private network (it needs an authority and a fallback line)",
+                input: text.chars().take(80).collect(),
+            });
+        }
+        Ok(net)
+    }
+
+    /// The text form [`PrivateNetwork::parse`] reads.
+    pub fn to_text(&self) -> String {
+        let mut out = String::from("# A private Tor network for the built-in Tor (arti).\n");
+        for a in &self.authorities {
+            out.push_str(&format!(
+                "authority v3ident={} dir={}\n",
+                data_encoding::HEXUPPER.encode(&a.v3ident),
+                a.dir_addr
+            ));
+        }
+        for f in &self.fallbacks {
+            out.push_str(&format!(
+                "fallback rsa={} ed25519={} orport={}\n",
+                data_encoding::HEXUPPER.encode(&f.rsa_identity),
+                data_encoding::BASE64_NOPAD.encode(&f.ed_identity),
+                f.or_addr
+            ));
+        }
+        for (name, value) in &self.net_params {
+            out.push_str(&format!("net_param {name}={value}\n"));
+        }
+        out
+    }
+
+    /// Every address this network names (authorities' DirPorts,
+    /// fallbacks' ORPorts).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.authorities
+            .iter()
+            .map(|a| a.dir_addr)
+            .chain(self.fallbacks.iter().map(|f| f.or_addr))
+            .collect()
+    }
+}
+
 /// A directory authority of a private network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirAuthority {
@@ -339,6 +455,41 @@ mod tests {
         let built = tor_client_config(&config).unwrap();
         let dir = built.dir_mgr_config().unwrap();
         assert_eq!(dir.override_net_params.get("hsdir_interval"), Some(&6));
+    }
+
+    #[test]
+    fn private_network_text_round_trip() {
+        let mut net = private();
+        net.net_params.push(("hsdir_interval".into(), 6));
+        let text = net.to_text();
+        assert_eq!(PrivateNetwork::parse(&text).unwrap(), net, "{text}");
+        assert_eq!(net.addresses().len(), 6);
+        // Comments, blank lines, any order.
+        let text = format!(
+            "\n# hi\n{}\n",
+            text.lines().rev().collect::<Vec<_>>().join("\n")
+        );
+        let back = PrivateNetwork::parse(&text).unwrap();
+        assert_eq!(back.authorities.len(), 3);
+        assert_eq!(back.fallbacks.len(), 3);
+        for bad in [
+            "",
+            "authority v3ident=00 dir=127.0.0.1:1",
+            "fallback rsa=00",
+            "bogus x=y",
+            "net_param a=b",
+            "authority v3ident=DC4CED069F1C1369790635892FB5943C5A62CA7E dir=nowhere",
+            "authority v3ident=DC4CED069F1C1369790635892FB5943C5A62CA7E",
+        ] {
+            assert!(PrivateNetwork::parse(bad).is_err(), "{bad:?}");
+        }
+        // Only authorities: no fallback to start from.
+        let only = "authority v3ident=DC4CED069F1C1369790635892FB5943C5A62CA7E dir=127.0.0.1:1";
+        let e = PrivateNetwork::parse(only).unwrap_err();
+        assert!(
+            e.to_string().contains("needs an authority and a fallback"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -130,17 +130,23 @@ impl ArtiDialError {
 
 impl fmt::Display for ArtiDialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The same words as cwtch-transport-socks's SOCKS replies, so that
+        // a status reads alike whichever Tor the node uses.
         let words = match self.kind {
             DialFailure::NotFound => {
-                "the peer's onion service is not published (offline, or a wrong address)"
+                "their onion service is not published: they are probably offline (or the address is wrong)"
             }
-            DialFailure::Unreachable => "the peer's onion service could not be reached",
-            DialFailure::Refused => "the peer's onion service refused the connection",
-            DialFailure::Timeout => "the Tor network did not answer in time",
-            DialFailure::NotBootstrapped => "not connected to the Tor network",
-            DialFailure::Other => "connecting through Tor failed",
+            DialFailure::Unreachable => {
+                "their onion service did not answer at its introduction points or the rendezvous: they probably went offline recently"
+            }
+            DialFailure::Refused => {
+                "their onion service refused the connection: it does not serve this port, or it just went offline"
+            }
+            DialFailure::Timeout => "the Tor network did not answer in time: the attempt timed out",
+            DialFailure::NotBootstrapped => "the built-in Tor is not connected to the Tor network",
+            DialFailure::Other => "the built-in Tor could not connect",
         };
-        write!(f, "{words} ({})", self.source)
+        write!(f, "{words} (arti: {})", self.source)
     }
 }
 

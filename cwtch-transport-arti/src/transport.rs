@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use arti_client::{DataStream, TorClient};
+use arti_client::isolation::IsolationHelper;
+use arti_client::{DataStream, StreamPrefs, TorClient};
 use cwtch_proto::{Identity, OnionAddress};
 use futures::channel::oneshot;
 use futures::io::{AsyncRead, AsyncWrite};
@@ -28,6 +29,29 @@ use tor_rtcompat::ToplevelBlockOn;
 
 use crate::config::{ArtiConfig, tor_client_config};
 use crate::error::{AcceptError, ArtiDialError, ArtiListenError, BootstrapError, ReachableError};
+
+/// Streams dialed with the same key may share circuits, others never: what
+/// tor does for SOCKS connections with the same username and password, the
+/// isolation `cwtch-transport-socks` asks for.
+#[derive(Clone)]
+struct KeyIsolation(Arc<str>);
+
+impl core::fmt::Debug for KeyIsolation {
+    // The key may name an identity: arti logs isolation in debug logs.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("KeyIsolation(..)")
+    }
+}
+
+impl IsolationHelper for KeyIsolation {
+    fn compatible_same_type(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+
+    fn join_same_type(&self, other: &Self) -> Option<Self> {
+        (self.0 == other.0).then(|| self.clone())
+    }
+}
 
 /// The runtime arti runs on: smol (see README.md, "Runtime").
 pub type Runtime = tor_rtcompat::smol::PreferredRuntime;
@@ -125,6 +149,16 @@ impl ArtiTransport {
         mut progress: impl FnMut(u8, &str) + Send,
     ) -> Result<Self, BootstrapError> {
         let started = Instant::now();
+        // Arti speaks TLS to relays through rustls, which needs a
+        // process-wide crypto provider: ring. An error means one is
+        // installed already (ours, or the application's): it stays.
+        // rustls 0.23.48 deprecates ring's provider for lacking
+        // post-quantum key exchange; the one that has it (aws-lc-rs) needs
+        // cmake and a much longer C build. On a Tor link TLS only wraps
+        // cells whose onion encryption is Tor's own (and C tor relays
+        // offer no post-quantum TLS groups to agree on either).
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let tor_config = tor_client_config(&config).map_err(BootstrapError::Config)?;
         make_private_dir(&config.state_dir).map_err(BootstrapError::Io)?;
         let runtime = Runtime::create().map_err(BootstrapError::Runtime)?;
@@ -207,10 +241,33 @@ impl ArtiTransport {
     /// A peer that has just come online is not found for a while: retry
     /// (see [`ArtiDialError::is_retryable`]).
     pub async fn dial(&self, peer: &OnionAddress, port: u16) -> Result<ArtiStream, ArtiDialError> {
+        self.dial_with(peer, port, &StreamPrefs::new()).await
+    }
+
+    /// [`ArtiTransport::dial`] on circuits shared only with other streams
+    /// dialed with the same `isolation` key (tor's SOCKS isolation by
+    /// username: `cwtch-transport-socks`'s `IsolationKey`).
+    pub async fn dial_isolated(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        isolation: &str,
+    ) -> Result<ArtiStream, ArtiDialError> {
+        let mut prefs = StreamPrefs::new();
+        prefs.set_isolation(KeyIsolation(Arc::from(isolation)));
+        self.dial_with(peer, port, &prefs).await
+    }
+
+    async fn dial_with(
+        &self,
+        peer: &OnionAddress,
+        port: u16,
+        prefs: &StreamPrefs,
+    ) -> Result<ArtiStream, ArtiDialError> {
         let host = format!("{}.onion", peer.as_str());
         let stream = self
             .client
-            .connect((host.as_str(), port))
+            .connect_with_prefs((host.as_str(), port), prefs)
             .await
             .map_err(ArtiDialError::new)?;
         Ok(ArtiStream {
@@ -373,20 +430,62 @@ impl ArtiListener {
     /// retry anyway; this is for showing the user a state.
     pub async fn wait_reachable(&self, limit: Duration) -> Result<Duration, ReachableError> {
         let deadline = self.launched + limit;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.wait_state(left, |state, _| {
+            matches!(state, State::Running | State::DegradedReachable)
+        })
+        .await
+        .map_err(|e| match e {
+            ReachableError::Timeout { last_state, .. } => {
+                ReachableError::Timeout { limit, last_state }
+            }
+            other => other,
+        })
+    }
+
+    /// Waits until arti has uploaded our descriptor for the current time
+    /// period at least (what C tor's `HS_DESC UPLOADED` tells): from then
+    /// on peers can usually reach us. Returns the time since
+    /// [`ArtiTransport::listen`].
+    ///
+    /// Arti reports no single upload; its service state says it. Once the
+    /// introduction points are up and the descriptor is out, the state
+    /// leaves `Bootstrapping`: `Running` or `DegradedReachable` when it
+    /// went out for both the current and the next period,
+    /// `DegradedUnreachable` when only for the current one (a young network
+    /// without a shared random value yet, see [`Self::wait_reachable`]) or
+    /// when uploads failed, which arti reports as a problem. So: published
+    /// is `Running`, `DegradedReachable`, or `DegradedUnreachable` without
+    /// a problem.
+    pub async fn wait_published(&self, limit: Duration) -> Result<Duration, ReachableError> {
+        self.wait_state(limit, |state, problem| match state {
+            State::Running | State::DegradedReachable => true,
+            State::DegradedUnreachable => !problem,
+            _ => false,
+        })
+        .await
+    }
+
+    async fn wait_state(
+        &self,
+        limit: Duration,
+        done: impl Fn(State, bool) -> bool,
+    ) -> Result<Duration, ReachableError> {
+        let deadline = Instant::now() + limit;
         let mut events = self.service.status_events();
         loop {
             let status = self.service.status();
-            match status.state() {
-                State::Running | State::DegradedReachable => return Ok(self.launched.elapsed()),
-                State::Broken => {
-                    return Err(ReachableError::Broken(
-                        status
-                            .current_problem()
-                            .map(|p| format!("{p:?}"))
-                            .unwrap_or_else(|| "no reason given".into()),
-                    ));
-                }
-                _ => {}
+            let problem = status.current_problem().is_some();
+            if done(status.state(), problem) {
+                return Ok(self.launched.elapsed());
+            }
+            if status.state() == State::Broken {
+                return Err(ReachableError::Broken(
+                    status
+                        .current_problem()
+                        .map(|p| format!("{p:?}"))
+                        .unwrap_or_else(|| "no reason given".into()),
+                ));
             }
             let now = Instant::now();
             if now >= deadline {

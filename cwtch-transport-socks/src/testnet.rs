@@ -784,6 +784,38 @@ impl TestNetwork {
             .collect()
     }
 
+    /// The network as the built-in Tor (arti, `cwtch-transport-arti`) needs
+    /// to know it, in the text form its `PrivateNetwork::parse` reads and
+    /// `cwtch-node run --tor-network FILE` takes: each authority's v3
+    /// identity and DirPort, and the same tors as the relays to fetch the
+    /// first consensus from (RSA and ed25519 identities, ORPort). Every
+    /// address is on 127.0.0.1.
+    pub fn arti_network_text(&self) -> io::Result<String> {
+        let mut out = String::from(
+            "# The private Tor network of cwtch_transport_socks::testnet, for the built-in Tor.\n",
+        );
+        for a in &self.authorities {
+            out.push_str(&format!(
+                "authority v3ident={} dir={}\n",
+                a.v3ident, a.dir_addr
+            ));
+        }
+        for a in &self.authorities {
+            out.push_str(&format!(
+                "fallback rsa={} ed25519={} orport={}\n",
+                a.fingerprint,
+                a.ed25519_identity()?,
+                a.or_addr
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Writes [`TestNetwork::arti_network_text`] to `path`.
+    pub fn write_arti_network(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, self.arti_network_text()?)
+    }
+
     /// Pids of every tor the network started.
     pub fn pids(&self) -> Vec<u32> {
         self.nodes
@@ -884,9 +916,21 @@ impl LoneTor {
         let deadline = Instant::now() + Duration::from_secs(30);
         let control_addr = loop {
             if !process.is_running() {
+                // A listener tor cannot open (a control socket in a
+                // directory others may read, say) passes --verify-config:
+                // its log says why.
+                let log = std::fs::read_to_string(d.join("notice.log")).unwrap_or_default();
+                let warnings: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("[warn]") || l.contains("[err]"))
+                    .collect();
                 return Err(TestNetError::Died {
                     node: "lone tor".into(),
-                    diagnosis: verify_config(Path::new("tor"), &empty, &torrc),
+                    diagnosis: format!(
+                        "{}\n{}",
+                        verify_config(Path::new("tor"), &empty, &torrc),
+                        warnings.join("\n")
+                    ),
                 });
             }
             let text = std::fs::read_to_string(&port_file).unwrap_or_default();

@@ -6,29 +6,16 @@ use core::time::Duration;
 use std::path::Path;
 use std::time::Instant;
 
-use cwtch_transport_arti::{DirAuthority, FallbackDir, PrivateNetwork};
+use cwtch_transport_arti::PrivateNetwork;
 use cwtch_transport_socks::testnet::TestNetwork;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Arti's view of the network: its authorities (v3 identity, DirPort) and
-/// the same tors as fallback caches (RSA and ed25519 identities, ORPort).
+/// the same tors as fallback caches (RSA and ed25519 identities, ORPort),
+/// through the text form the node's `--tor-network` file has.
 pub fn private_network(net: &TestNetwork) -> PrivateNetwork {
-    let authorities = net
-        .authorities()
-        .iter()
-        .map(|a| DirAuthority::from_hex(&a.v3ident, a.dir_addr).expect("v3ident"))
-        .collect();
-    let fallbacks = net
-        .authorities()
-        .iter()
-        .map(|a| {
-            let ed = a
-                .ed25519_identity()
-                .expect("authority's fingerprint-ed25519");
-            FallbackDir::from_text(&a.fingerprint, &ed, a.or_addr).expect("fallback")
-        })
-        .collect();
-    PrivateNetwork::new(authorities, fallbacks)
+    let text = net.arti_network_text().expect("authorities' identities");
+    PrivateNetwork::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Logs of arti to stderr when `RUST_LOG` is set (e.g.
