@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cwtch_transport_socks::testnet::{DEFAULT_BOOTSTRAP_TIMEOUT, TestNetwork};
+use cwtch_transport_socks::testnet::{TestNetwork, TestNetworkOptions};
 use serde_json::Value;
 
 /// The password of the demo's throw-away profiles.
@@ -34,6 +34,8 @@ const BLOB_SIZE: i64 = 2048;
 pub struct Options {
     /// Plain TCP on loopback instead of Tor (NOT anonymous).
     pub dev_tcp: bool,
+    /// Carol uses the built-in Tor (arti) instead of a client tor.
+    pub arti: bool,
     /// Keep the temporary directory at the end.
     pub keep: bool,
 }
@@ -265,6 +267,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 impl Demo {
     fn new(opts: Options, dir: &Path) -> Result<Demo, String> {
+        if opts.arti && !cfg!(feature = "arti") {
+            return Err(
+                "demo --arti needs a cwtch-node built with the built-in Tor (--features arti)"
+                    .into(),
+            );
+        }
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))?;
         let started = Instant::now();
@@ -280,7 +288,18 @@ impl Demo {
             println!(
                 "[1] starting a private Tor network: 3 directory authorities, 2 relays, 4 client tors"
             );
-            let net = TestNetwork::start_in(Some(dir), 4, DEFAULT_BOOTSTRAP_TIMEOUT)
+            // The built-in Tor needs the network shaped so that it and C tor
+            // agree on onion-service time periods (15 s voting: see
+            // cwtch-transport-arti/README.md).
+            let options = if opts.arti {
+                println!(
+                    "    carol will use the built-in Tor (arti, inside her cwtch-node), the others a client tor"
+                );
+                TestNetworkOptions::arti_compatible(4)
+            } else {
+                TestNetworkOptions::with_clients(4)
+            };
+            let net = TestNetwork::start_with_options_in(Some(dir), &options)
                 .map_err(|e| format!("the private Tor network did not start: {e}"))?;
             cleanup_state().tors.extend(net.pids());
             println!(
@@ -290,8 +309,19 @@ impl Demo {
             timings.push(("Tor network bootstrap".into(), secs(net.startup_time())));
             Some(net)
         };
+        let arti_network = dir.join("tor-network");
+        if let (Some(net), true) = (&net, opts.arti) {
+            net.write_arti_network(&arti_network)
+                .map_err(|e| format!("cannot describe the network for arti: {e}"))?;
+        }
         let transport = |i: usize| -> Vec<String> {
             match &net {
+                Some(_) if opts.arti && i == CAROL => vec![
+                    "--tor".into(),
+                    "arti".into(),
+                    "--tor-network".into(),
+                    arti_network.display().to_string(),
+                ],
                 Some(net) => {
                     let c = &net.clients()[i];
                     vec![

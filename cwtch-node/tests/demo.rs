@@ -58,3 +58,12 @@ fn demo_over_a_private_tor_network() {
     assert!(out.contains("private Tor network"));
     assert!(out.contains("Tor network bootstrap"));
 }
+
+/// `demo --arti`: carol runs on the built-in Tor (arti in her cwtch-node),
+/// alice, bob and the server on client tors; the same script and checks.
+#[cfg(feature = "arti")]
+#[test]
+fn demo_arti_carol_on_the_built_in_tor() {
+    let out = demo(&["--arti"]);
+    assert!(out.contains("carol will use the built-in Tor"));
+}

@@ -7,19 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use cwtch_transport_socks::control::DEBIAN_CONTROL_SOCKET;
 use cwtch_transport_socks::{
-    AnyTransport, ControlAuth, DevTransport, TorConfig, TorProcess, TorTransport,
+    AnyTransport, ControlAddr, ControlAuth, DevTransport, TorConfig, TorProcess, TorTransport,
 };
 use zeroize::Zeroizing;
 
 use super::format;
 use super::{
     Cli, Command, ContactCommand, ConversationCommand, GroupCommand, MailboxCommand, ServerCommand,
-    ServerRunArgs, TransportArgs,
+    ServerRunArgs, TorChoice, TransportArgs,
 };
 use crate::control::api::{ErrorCode, Request};
 use crate::control::client::{Client, ClientError};
 use crate::store::{self, PROFILE_FILE};
+use crate::transport::NodeTransport;
 
 /// Exit status: the input is wrong (a bad argument, no such contact or
 /// group, an ambiguous name).
@@ -323,9 +325,16 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             Ok(())
         }
         #[cfg(feature = "demo")]
-        Command::Demo { dev_tcp, keep } => {
-            crate::demo::run(crate::demo::Options { dev_tcp, keep }).map_err(Failure::internal)
-        }
+        Command::Demo {
+            dev_tcp,
+            arti,
+            keep,
+        } => crate::demo::run(crate::demo::Options {
+            dev_tcp,
+            arti,
+            keep,
+        })
+        .map_err(Failure::internal),
         Command::Server(ServerCommand::Init(policy)) => {
             crate::server::init(home, &policy, json).map_err(Failure::input)
         }
@@ -482,35 +491,330 @@ fn events(home: &Path, follow: bool, since: Option<u64>, json: bool) -> Outcome 
     Ok(())
 }
 
-/// Builds the transport the flags ask for. Returns the tor we launched, if
-/// any: it stops when dropped.
-async fn transport(
-    home: &Path,
-    args: &TransportArgs,
-) -> Result<(AnyTransport, Option<TorProcess>), Failure> {
-    if let Some(dir) = &args.dev_tcp {
-        let (dev, warning) = DevTransport::new(dir);
-        println!("{warning}");
-        return Ok((AnyTransport::Dev(dev), None));
+/// The Tor a daemon runs on, once chosen, and what keeps it alive: the tor
+/// we launched stops when dropped.
+struct Chosen {
+    transport: NodeTransport,
+    _tor: Option<TorProcess>,
+}
+
+/// What `--tor` resolves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolved {
+    Dev,
+    Arti,
+    System,
+    Launch,
+}
+
+/// Which Tor the flags ask for, and why (printed). `auto` is the built-in
+/// Tor for a peer and a tor process for a server (why: the transport's
+/// README, "Why a server should keep C tor as its default"), unless a flag
+/// names one.
+fn choose_tor(args: &TransportArgs, server: bool) -> Result<(Resolved, String), Failure> {
+    if args.dev_tcp.is_some() {
+        return Ok((Resolved::Dev, "--dev-tcp".into()));
     }
-    if args.launch_tor {
-        let mut config = TorConfig::new(home.join("tor"));
-        if let Some(extra) = &args.torrc_extra {
-            let text = std::fs::read_to_string(extra)
-                .map_err(|e| Failure::input(format!("cannot read {}: {e}", extra.display())))?;
-            config.extra_torrc = text.lines().map(str::to_string).collect();
+    let asked = match (args.launch_tor, args.tor) {
+        (true, TorChoice::Auto | TorChoice::Launch) => TorChoice::Launch,
+        (true, other) => {
+            return Err(Failure::input(format!(
+                "--launch-tor means --tor launch; it cannot go with --tor {}",
+                tor_choice_name(other)
+            )));
         }
-        eprintln!("launching tor in {}", config.data_dir.display());
-        let tor = TorProcess::launch(&config, |s| {
-            eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
-        })
-        .await
-        .map_err(|e| Failure::internal(format!("cannot launch tor: {e}")))?;
-        return Ok((AnyTransport::Tor(tor.transport()), Some(tor)));
+        (false, choice) => choice,
+    };
+    let system_flags = args.tor_socks.is_some()
+        || args.tor_control.is_some()
+        || args.tor_control_password_file.is_some();
+    let flag_misfit = |flag: &str, needs: &str| {
+        Failure::input(format!(
+            "{flag} is for --tor {needs}; it does nothing with --tor {}",
+            tor_choice_name(asked)
+        ))
+    };
+    match asked {
+        TorChoice::Arti | TorChoice::Launch if system_flags => {
+            return Err(flag_misfit(
+                "--tor-socks, --tor-control or --tor-control-password-file",
+                "system",
+            ));
+        }
+        TorChoice::Arti | TorChoice::System if args.torrc_extra.is_some() => {
+            return Err(flag_misfit("--torrc-extra", "launch"));
+        }
+        TorChoice::System | TorChoice::Launch if args.tor_network.is_some() => {
+            return Err(flag_misfit("--tor-network", "arti"));
+        }
+        TorChoice::Auto
+            if [
+                system_flags,
+                args.torrc_extra.is_some(),
+                args.tor_network.is_some(),
+            ]
+            .iter()
+            .filter(|named| **named)
+            .count()
+                > 1 =>
+        {
+            return Err(Failure::input(
+                "these flags name different Tors (--tor-socks/--tor-control: a running tor, \
+                 --torrc-extra: a tor we launch, --tor-network: the built-in Tor): say which with \
+                 --tor",
+            ));
+        }
+        _ => {}
     }
-    let tor = TorTransport::new(args.tor_socks, args.tor_control, ControlAuth::Auto);
-    warn_without_extended_errors(&tor).await;
-    Ok((AnyTransport::Tor(tor), None))
+    let arti_built = cfg!(feature = "arti");
+    Ok(match asked {
+        TorChoice::Arti if !arti_built => {
+            return Err(Failure::input(
+                "this cwtch-node was built without the built-in Tor (feature `arti`): use --tor \
+                 system or --tor launch",
+            ));
+        }
+        TorChoice::Arti => (Resolved::Arti, "--tor arti".into()),
+        TorChoice::System => (Resolved::System, "--tor system".into()),
+        TorChoice::Launch if args.launch_tor => (Resolved::Launch, "--launch-tor".into()),
+        TorChoice::Launch => (Resolved::Launch, "--tor launch".into()),
+        TorChoice::Auto if system_flags => (
+            Resolved::System,
+            "--tor auto: --tor-socks/--tor-control name a running tor".into(),
+        ),
+        TorChoice::Auto if args.torrc_extra.is_some() => (
+            Resolved::Launch,
+            "--tor auto: --torrc-extra is for a tor we launch".into(),
+        ),
+        TorChoice::Auto if !server && arti_built => (
+            Resolved::Arti,
+            "--tor auto: a peer uses the built-in Tor, nothing to install or configure; --tor \
+             system or --tor launch to use a tor process"
+                .into(),
+        ),
+        TorChoice::Auto if args.tor_network.is_some() && arti_built => (
+            Resolved::Arti,
+            "--tor auto: --tor-network is for the built-in Tor".into(),
+        ),
+        TorChoice::Auto if server => {
+            const WHY: &str = "a server uses a tor process by default, for C tor's onion-service \
+                               defences against floods (proof of work); --tor arti to use the \
+                               built-in Tor";
+            if let Some(found) = running_system_tor() {
+                (
+                    Resolved::System,
+                    format!("--tor auto: {WHY}; a tor answers at {found}"),
+                )
+            } else if tor_in_path() {
+                (
+                    Resolved::Launch,
+                    format!(
+                        "--tor auto: {WHY}; no tor answers at 127.0.0.1:9051 or {DEBIAN_CONTROL_SOCKET}, \
+                         so launching tor from PATH"
+                    ),
+                )
+            } else {
+                return Err(Failure::input(format!(
+                    "no tor for the server: none answers at 127.0.0.1:9051 or \
+                     {DEBIAN_CONTROL_SOCKET}, and tor is not in PATH. Install tor (apt-get install \
+                     tor), or give --tor-control; or run the server on the built-in Tor with --tor \
+                     arti (weaker defences against floods: see OPERATING.md)"
+                )));
+            }
+        }
+        TorChoice::Auto if tor_in_path() => (
+            Resolved::Launch,
+            "--tor auto: this build has no built-in Tor; launching tor from PATH".into(),
+        ),
+        TorChoice::Auto => (
+            Resolved::System,
+            "--tor auto: this build has no built-in Tor and tor is not in PATH".into(),
+        ),
+    })
+}
+
+fn tor_choice_name(choice: TorChoice) -> &'static str {
+    match choice {
+        TorChoice::Auto => "auto",
+        TorChoice::Arti => "arti",
+        TorChoice::System => "system",
+        TorChoice::Launch => "launch",
+    }
+}
+
+/// Whether an executable `tor` is in PATH.
+fn tor_in_path() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join("tor"))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// A system tor's control port or socket that accepts a connection:
+/// 127.0.0.1:9051, else Debian's /run/tor/control.
+fn running_system_tor() -> Option<ControlAddr> {
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], 9051));
+    if std::net::TcpStream::connect_timeout(&tcp, std::time::Duration::from_secs(1)).is_ok() {
+        return Some(ControlAddr::Tcp(tcp));
+    }
+    let socket = Path::new(DEBIAN_CONTROL_SOCKET);
+    std::os::unix::net::UnixStream::connect(socket)
+        .is_ok()
+        .then(|| ControlAddr::Unix(socket.to_path_buf()))
+}
+
+/// The control address for --tor system: --tor-control, else
+/// 127.0.0.1:9051 if it answers, else Debian's socket if it exists, else
+/// 127.0.0.1:9051 (whose error then says that nothing answers).
+fn system_control(args: &TransportArgs) -> ControlAddr {
+    if let Some(addr) = &args.tor_control {
+        return addr.clone();
+    }
+    let tcp = ControlAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 9051)));
+    match running_system_tor() {
+        Some(found) => found,
+        None if Path::new(DEBIAN_CONTROL_SOCKET).exists() => {
+            ControlAddr::Unix(DEBIAN_CONTROL_SOCKET.into())
+        }
+        None => tcp,
+    }
+}
+
+/// The control port password from --tor-control-password-file: its first
+/// line (a trailing newline is not part of it).
+fn control_auth(args: &TransportArgs) -> Result<ControlAuth, Failure> {
+    let Some(file) = &args.tor_control_password_file else {
+        return Ok(ControlAuth::Auto);
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
+        Failure::input(format!(
+            "cannot read --tor-control-password-file {}: {e}",
+            file.display()
+        ))
+    })?);
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(Failure::input(format!(
+            "--tor-control-password-file {} is empty",
+            file.display()
+        )));
+    }
+    Ok(ControlAuth::Password(password.to_string()))
+}
+
+/// Builds the transport the flags ask for (see [`choose_tor`]), telling
+/// which and why on standard error, with the bootstrap progress of a tor
+/// we start.
+async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Chosen, Failure> {
+    let (resolved, why) = choose_tor(args, server)?;
+    let chosen = |transport: NodeTransport| Chosen {
+        transport,
+        _tor: None,
+    };
+    match resolved {
+        Resolved::Dev => {
+            let dir = args.dev_tcp.clone().unwrap_or_default();
+            let (dev, warning) = DevTransport::new(dir);
+            println!("{warning}");
+            Ok(chosen(AnyTransport::Dev(dev).into()))
+        }
+        Resolved::Launch => {
+            let mut config = TorConfig::new(home.join("tor"));
+            if let Some(extra) = &args.torrc_extra {
+                let text = std::fs::read_to_string(extra)
+                    .map_err(|e| Failure::input(format!("cannot read {}: {e}", extra.display())))?;
+                config.extra_torrc = text.lines().map(str::to_string).collect();
+            }
+            eprintln!(
+                "tor: launching tor from PATH in {} ({why})",
+                config.data_dir.display()
+            );
+            let tor = TorProcess::launch(&config, |s| {
+                eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
+            })
+            .await
+            .map_err(|e| Failure::internal(format!("cannot launch tor: {e}")))?;
+            let mut transport = tor.transport();
+            transport.onion_pow = server;
+            Ok(Chosen {
+                transport: AnyTransport::Tor(transport).into(),
+                _tor: Some(tor),
+            })
+        }
+        Resolved::System => {
+            let socks = args
+                .tor_socks
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9050)));
+            let control = system_control(args);
+            let auth = control_auth(args)?;
+            let how = match &auth {
+                ControlAuth::Password(_) => "password authentication",
+                _ => "cookie or safecookie authentication, as tor offers",
+            };
+            eprintln!("tor: a running tor, SOCKS {socks}, control {control}, {how} ({why})");
+            let mut tor = TorTransport::new(socks, control, auth);
+            // A server's onion service is public: tor's proof-of-work
+            // defences against introduction floods (a peer's is not).
+            tor.onion_pow = server;
+            warn_without_extended_errors(&tor).await;
+            Ok(chosen(AnyTransport::Tor(tor).into()))
+        }
+        Resolved::Arti => arti(home, args, &why).await.map(chosen),
+    }
+}
+
+/// The built-in Tor: its state and cache in `<home>/arti`, keys in memory;
+/// the public network, or the private one of --tor-network.
+#[cfg(feature = "arti")]
+async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransport, Failure> {
+    use cwtch_transport_arti::{ArtiConfig, ArtiTransport, Network, PrivateNetwork};
+    let network = match &args.tor_network {
+        None => Network::Public,
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Failure::input(format!("cannot read --tor-network {}: {e}", file.display()))
+            })?;
+            let net = PrivateNetwork::parse(&text)
+                .map_err(|e| Failure::input(format!("--tor-network {}: {e}", file.display())))?;
+            Network::Private(net)
+        }
+    };
+    let which = match &network {
+        Network::Private(net) => format!(
+            "the private Tor network of {} ({} authorities)",
+            args.tor_network
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            net.authorities.len()
+        ),
+        _ => "the Tor network".to_string(),
+    };
+    let state = home.join("arti");
+    eprintln!(
+        "tor: the built-in Tor (arti) on {which}, its state in {} ({why})",
+        state.display()
+    );
+    let tor = ArtiTransport::bootstrap(ArtiConfig::new(state, network), |percent, summary| {
+        eprintln!("tor bootstrap: {percent:>3}% {summary}");
+    })
+    .await
+    .map_err(|e| Failure::internal(format!("cannot start the built-in Tor: {e}")))?;
+    eprintln!(
+        "tor: the built-in Tor is connected ({:.1} s)",
+        tor.bootstrap_time().as_secs_f64()
+    );
+    Ok(tor.into())
+}
+
+#[cfg(not(feature = "arti"))]
+async fn arti(_: &Path, _: &TransportArgs, _: &str) -> Result<NodeTransport, Failure> {
+    Err(Failure::input(
+        "this cwtch-node was built without the built-in Tor",
+    ))
 }
 
 /// A system tor whose SocksPort lacks `ExtendedErrors` sends only the basic
@@ -557,7 +861,7 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
             .map_err(|e| Failure::internal(format!("cannot catch signals: {e}")))?;
         let stop = signals.shutdown.clone();
         // A stop asked while tor starts ends the wait at once.
-        let started = async { Some(transport(home, &args.transport).await) }
+        let started = async { Some(transport(home, &args.transport, true).await) }
             .or(async {
                 stop.wait().await;
                 None
@@ -566,10 +870,10 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
         let Some(started) = started else {
             return Ok(());
         };
-        let (transport, _tor) = started?;
+        let chosen = started?;
         crate::server::run_until(
             home,
-            transport,
+            chosen.transport.clone(),
             RunOptions {
                 shutdown: signals.shutdown.clone(),
                 reload: signals.reload.clone(),
@@ -594,8 +898,10 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Outcome {
     let password = password(false)?;
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
-    let (transport, tor) = smol::block_on(transport(home, args))?;
-    let note = matches!(transport, AnyTransport::Dev(_))
+    let chosen = smol::block_on(transport(home, args, false))?;
+    let note = chosen
+        .transport
+        .is_dev()
         .then(|| "DEVELOPMENT TRANSPORT: plain TCP on loopback, no Tor, no anonymity".to_string());
     let mut peer = crate::peer::Peer::new(
         store::Profile::new(raw),
@@ -608,10 +914,127 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Outcome {
     let outcome = crate::daemon::run(crate::daemon::PeerDaemon {
         home: home.to_path_buf(),
         peer,
-        transport,
+        transport: chosen.transport.clone(),
         handshake_timeout: args.handshake_timeout,
     })
     .map_err(Failure::internal);
-    drop(tor);
+    drop(chosen);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_args(flags: &[&str]) -> TransportArgs {
+        let argv = ["cwtch-node", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn server_args(flags: &[&str]) -> TransportArgs {
+        let argv = ["cwtch-node", "server", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Server(ServerCommand::Run(args)) => args.transport,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_peer_picks_the_built_in_tor_by_default_and_says_why() {
+        let (resolved, why) = choose_tor(&peer_args(&[]), false).unwrap();
+        if cfg!(feature = "arti") {
+            assert_eq!(resolved, Resolved::Arti);
+            assert!(why.contains("a peer uses the built-in Tor"), "{why}");
+        } else {
+            assert_ne!(resolved, Resolved::Arti);
+        }
+        // The private network of the tests changes nothing in the choice.
+        let args = peer_args(&["--tor-network", "net.txt"]);
+        assert_eq!(choose_tor(&args, false).unwrap(), (resolved, why));
+    }
+
+    #[test]
+    fn flags_that_name_a_tor_choose_it() {
+        for (flags, want) in [
+            (&["--tor-socks", "127.0.0.1:1"][..], Resolved::System),
+            (&["--tor-control", "127.0.0.1:2"], Resolved::System),
+            (
+                &["--tor-control", "unix:/run/tor/control"],
+                Resolved::System,
+            ),
+            (&["--tor-control-password-file", "pw"], Resolved::System),
+            (&["--torrc-extra", "extra"], Resolved::Launch),
+            (&["--launch-tor"], Resolved::Launch),
+            (&["--launch-tor", "--torrc-extra", "x"], Resolved::Launch),
+            (&["--tor", "launch"], Resolved::Launch),
+            (&["--tor", "system"], Resolved::System),
+            (&["--dev-tcp", "dir"], Resolved::Dev),
+        ] {
+            for server in [false, true] {
+                let (resolved, why) = choose_tor(&peer_or_server(flags, server), server)
+                    .unwrap_or_else(|e| panic!("{flags:?}: {}", e.message));
+                assert_eq!(resolved, want, "{flags:?} server={server}: {why}");
+            }
+        }
+        if cfg!(feature = "arti") {
+            for server in [false, true] {
+                let args = peer_or_server(&["--tor", "arti"], server);
+                assert_eq!(choose_tor(&args, server).unwrap().0, Resolved::Arti);
+                let args = peer_or_server(&["--tor-network", "n"], server);
+                assert_eq!(choose_tor(&args, server).unwrap().0, Resolved::Arti);
+            }
+        }
+    }
+
+    fn peer_or_server(flags: &[&str], server: bool) -> TransportArgs {
+        if server {
+            server_args(flags)
+        } else {
+            peer_args(flags)
+        }
+    }
+
+    #[test]
+    fn flags_for_another_tor_are_refused() {
+        for flags in [
+            &["--tor", "arti", "--tor-socks", "127.0.0.1:1"][..],
+            &["--tor", "launch", "--tor-control", "127.0.0.1:1"],
+            &["--tor", "system", "--torrc-extra", "x"],
+            &["--tor", "arti", "--torrc-extra", "x"],
+            &["--tor", "system", "--tor-network", "n"],
+            &["--tor", "launch", "--tor-network", "n"],
+            &["--launch-tor", "--tor", "arti"],
+            &["--launch-tor", "--tor", "system"],
+            &["--tor-socks", "127.0.0.1:1", "--torrc-extra", "x"],
+            &["--tor-control", "127.0.0.1:1", "--tor-network", "n"],
+            &["--torrc-extra", "x", "--tor-network", "n"],
+        ] {
+            let e = choose_tor(&peer_args(flags), false).unwrap_err();
+            assert_eq!(e.code, EXIT_BAD_INPUT, "{flags:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["cwtch-node", "run", "--tor-control", "nowhere"]).is_err(),
+            "a control address is ADDRESS:PORT or unix:PATH"
+        );
+    }
+
+    #[test]
+    fn the_control_password_is_the_files_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let args = peer_args(&["--tor-control-password-file", file.to_str().unwrap()]);
+        assert_eq!(
+            control_auth(&args).unwrap(),
+            ControlAuth::Password("s3cret".into())
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(control_auth(&args).unwrap_err().code, EXIT_BAD_INPUT);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(control_auth(&args).unwrap_err().code, EXIT_BAD_INPUT);
+        assert_eq!(control_auth(&peer_args(&[])).unwrap(), ControlAuth::Auto);
+    }
 }

@@ -170,7 +170,12 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
             break;
         }
-        if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
+        // Flushed: a stream of the built-in Tor (arti's `DataStream`) holds
+        // written bytes until a flush or a full cell; a TCP socket's flush
+        // does nothing.
+        if !wire.is_empty()
+            && (stream.write_all(&wire).await.is_err() || stream.flush().await.is_err())
+        {
             conn.handle_eof();
             continue;
         }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration as StdDuration;
 
+use crate::transport::{Listener, NodeTransport, PEER_PORT, Stream};
 use cwtch_proto::Identity;
 use cwtch_proto::channel::frame::FRAME_LEN;
 use cwtch_proto::connection::{Connection, ConnectionEvent};
@@ -35,7 +36,6 @@ use cwtch_proto::server::wire::{TAG_FETCH, TAG_POST, TAG_POST_POW, TAG_REFUSED};
 use cwtch_proto::server::{
     BlobStore as SessionStore, Reply, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
-use cwtch_transport_socks::{AnyTransport, PEER_PORT, Stream, Transport};
 use event_listener::Event;
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -774,13 +774,17 @@ pub struct RunOptions {
 }
 
 /// Runs the server until the process ends.
-pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
+pub async fn run(home: &Path, transport: impl Into<NodeTransport>) -> Result<(), String> {
     run_with(home, transport, Faults::default()).await
 }
 
 /// [`run`], misbehaving as `faults` says: for tests of members facing a
 /// cheating server.
-pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> Result<(), String> {
+pub async fn run_with(
+    home: &Path,
+    transport: impl Into<NodeTransport>,
+    faults: Faults,
+) -> Result<(), String> {
     run_until(
         home,
         transport,
@@ -807,9 +811,10 @@ impl Drop for TaskGuard {
 /// gracefully and returns `Ok`.
 pub async fn run_until(
     home: &Path,
-    transport: AnyTransport,
+    transport: impl Into<NodeTransport>,
     options: RunOptions,
 ) -> Result<(), String> {
+    let transport = transport.into();
     let identity = load_identity(home)?;
     let (config, note) = config::load_or_migrate(home).map_err(|e| e.to_string())?;
     if let Some(note) = note {
@@ -895,7 +900,7 @@ pub async fn run_until(
             .await;
         let stream = match accepted {
             None => break,
-            Some(Ok((stream, _))) => stream,
+            Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 // Out of file descriptors under a flood, for instance: keep
                 // serving the connections we have.
@@ -942,7 +947,7 @@ pub async fn run_until(
 async fn stop(
     shared: &Arc<Shared>,
     home: &Path,
-    listener: cwtch_transport_socks::Listener,
+    listener: Listener,
     background: Vec<smol::Task<()>>,
 ) -> Result<(), String> {
     let clients = shared.tasks.load(Ordering::Acquire);
@@ -1063,7 +1068,7 @@ fn count_reply(counters: &Counters, reply: &[u8]) {
 /// makes the kernel reset the connection, and a reset can destroy the
 /// client's copy of the closing notice before it reads it.
 async fn linger(stream: &mut Stream) {
-    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    stream.shutdown_write().await;
     let mut sink = [0u8; 4096];
     let drain = async {
         while let Ok(n) = stream.read(&mut sink).await {
@@ -1089,8 +1094,8 @@ const LINGER: StdDuration = StdDuration::from_secs(2);
 /// the session only while the channel can take them. Once authenticated,
 /// the client counts against `--max-connections` (closed at once when the
 /// server already serves that many), like the daemon's own clients.
-pub async fn serve_client(shared: &Shared, stream: Stream) {
-    serve_client_in_slot(shared, stream, None).await
+pub async fn serve_client(shared: &Shared, stream: impl Into<Stream>) {
+    serve_client_in_slot(shared, stream.into(), None).await
 }
 
 /// [`serve_client`], releasing a handshake slot once the client is
@@ -1234,7 +1239,11 @@ async fn serve_client_in_slot(
         while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
             wire.extend_from_slice(&frame[..n]);
         }
-        if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
+        // Flushed: a stream of the built-in Tor holds written bytes until
+        // a flush (a TCP socket's flush does nothing).
+        if !wire.is_empty()
+            && (stream.write_all(&wire).await.is_err() || stream.flush().await.is_err())
+        {
             conn.handle_eof();
             wire.clear();
             continue;
