@@ -27,7 +27,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cwtch_node::link::{self, LinkCommand, LinkHandler};
+use cwtch_node::link::{self, LinkCommand, LinkHandler, Outbox};
 use cwtch_node::server;
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::group::SEALED_BLOB_LEN;
@@ -88,13 +88,13 @@ impl Subscriber {
 }
 
 impl LinkHandler for Subscriber {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
+    fn established(&mut self, _remote: PublicIdentity, out: &mut Outbox) {
         ESTABLISHED.fetch_add(1, Ordering::Relaxed);
-        self.drain()
+        out.extend(self.drain());
     }
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, msg: &[u8], out: &mut Outbox) {
         let _ = self.0.handle_message(msg, cwtch_proto::Instant::ZERO);
-        self.drain()
+        out.extend(self.drain());
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }
@@ -252,16 +252,16 @@ impl Poster {
 }
 
 impl LinkHandler for Poster {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
-        self.drain()
+    fn established(&mut self, _remote: PublicIdentity, out: &mut Outbox) {
+        out.extend(self.drain());
     }
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, msg: &[u8], out: &mut Outbox) {
         let _ = self
             .client
             .lock()
             .unwrap()
             .handle_message(msg, cwtch_proto::Instant::ZERO);
-        self.drain()
+        out.extend(self.drain());
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cwtch_node::link::{self, LinkHandler};
+use cwtch_node::link::{self, LinkHandler, Outbox};
 use cwtch_node::server;
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::server::ServerConfig;
@@ -66,14 +66,14 @@ impl Subscriber {
 }
 
 impl LinkHandler for Subscriber {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
+    fn established(&mut self, _remote: PublicIdentity, out: &mut Outbox) {
         ESTABLISHED.fetch_add(1, Ordering::Relaxed);
         self.0.subscribe();
-        self.drain()
+        out.extend(self.drain());
     }
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, msg: &[u8], out: &mut Outbox) {
         let _ = self.0.handle_message(msg, cwtch_proto::Instant::ZERO);
-        self.drain()
+        out.extend(self.drain());
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cwtch_node::blob_store::{BlobStore, RetentionPolicy};
-use cwtch_node::link::{self, LinkHandler};
+use cwtch_node::link::{self, LinkHandler, Outbox};
 use cwtch_node::server;
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::group::SEALED_BLOB_LEN;
@@ -37,7 +37,7 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-use support::{blob, process_cpu};
+use support::{blob, process_cpu, thread_cpu};
 
 // ---- the child: P posting clients ---------------------------------------
 
@@ -96,12 +96,9 @@ impl Poster {
 }
 
 impl LinkHandler for Poster {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn established(&mut self, _remote: PublicIdentity, _out: &mut Outbox) {}
+    fn message(&mut self, msg: &[u8], out: &mut Outbox) {
         let _ = self.client.handle_message(msg, cwtch_proto::Instant::ZERO);
-        let mut out = Vec::new();
         while let Some(e) = self.client.poll_event() {
             match e {
                 ClientEvent::Connected(_) => {
@@ -119,7 +116,6 @@ impl LinkHandler for Poster {
                 _ => {}
             }
         }
-        out
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }
@@ -224,6 +220,8 @@ struct Outcome {
     p99_ms: f64,
     cpu_us: f64,
     refused: u64,
+    /// Posts per commit (ours only).
+    batch: Option<f64>,
 }
 
 fn run(mode: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs: f64) -> Outcome {
@@ -245,10 +243,12 @@ fn run(mode: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs: f64) -> Out
     let _ = out.read_line(&mut line);
     assert_eq!(line.trim(), "ready", "the clients did not come up");
     let cpu0 = process_cpu();
+    let threads0 = thread_cpu();
     line.clear();
     let _ = out.read_line(&mut line);
     // The window ended half a second before the line.
     let cpu = process_cpu() - cpu0;
+    let threads = thread_cpu();
     let _ = child.wait();
     let f: Vec<u64> = line
         .split_whitespace()
@@ -256,12 +256,27 @@ fn run(mode: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs: f64) -> Out
         .map(|x| x.parse().expect("a figure"))
         .collect();
     assert_eq!(f.len(), 4, "unexpected output: {line}");
+    if std::env::var_os("INGEST_THREADS").is_some() {
+        // Where the server's CPU went, per post and thread.
+        let per_post = |d: Duration| d.as_secs_f64() * 1e6 / f[0].max(1) as f64;
+        let split: Vec<String> = threads
+            .iter()
+            .map(|(name, t)| (name, *t - threads0.get(name).copied().unwrap_or_default()))
+            .filter(|(_, d)| !d.is_zero())
+            .map(|(name, d)| format!("{name} {:.1}", per_post(d)))
+            .collect();
+        eprintln!(
+            "{mode} P={p}: CPU µs per post by thread: {}",
+            split.join(", ")
+        );
+    }
     Outcome {
         rate: f[0] as f64 / secs,
         p50_ms: f[1] as f64 / 1e3,
         p99_ms: f[2] as f64 / 1e3,
         cpu_us: cpu.as_secs_f64() * 1e6 / f[0].max(1) as f64,
         refused: f[3],
+        batch: None,
     }
 }
 
@@ -277,8 +292,8 @@ fn unhex(s: &str) -> [u8; 32] {
     out
 }
 
-/// Our server on a fresh store; returns its address and key.
-fn start_ours() -> (SocketAddr, [u8; 32], tempfile::TempDir) {
+/// Our server on a fresh store; returns its address, key and state.
+fn start_ours() -> (SocketAddr, [u8; 32], Arc<server::Shared>, tempfile::TempDir) {
     let identity = Identity::generate(&mut cwtch_node::clock::rng());
     let key = *identity.public().as_bytes();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -290,14 +305,15 @@ fn start_ours() -> (SocketAddr, [u8; 32], tempfile::TempDir) {
         server::open_shared(dir.path(), identity, config, Default::default()).expect("server");
     let listener = Async::new(TcpListener::bind("127.0.0.1:0").expect("bind")).unwrap();
     let addr = listener.get_ref().local_addr().unwrap();
+    let accepting = shared.clone();
     smol::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let shared = shared.clone();
+            let shared = accepting.clone();
             smol::spawn(async move { server::serve_client(&shared, stream).await }).detach();
         }
     })
     .detach();
-    (addr, key, dir)
+    (addr, key, shared, dir)
 }
 
 /// The baseline on a fresh store: one SQLite transaction per blob, on one
@@ -362,20 +378,27 @@ fn main() {
         std::env::temp_dir().display()
     );
     println!(
-        "{:<10} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8}",
-        "server", "P", "posts/s", "p50 ms", "p99 ms", "CPU µs/post", "refused"
+        "{:<10} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8} {:>12}",
+        "server", "P", "posts/s", "p50 ms", "p99 ms", "CPU µs/post", "refused", "posts/commit"
     );
     let mut rows = Vec::new();
     for &p in &levels {
         // A fresh store for each run.
         let (base_addr, _base_dir) = start_base();
         let b = run("base", base_addr, &[0; 32], p, secs);
-        let (addr, key, _dir) = start_ours();
-        let o = run("ours", addr, &key, p, secs);
+        let (addr, key, shared, _dir) = start_ours();
+        let mut o = run("ours", addr, &key, p, secs);
+        let report = smol::block_on(shared.report());
+        o.batch = Some(report.stored_total as f64 / report.commits_total.max(1) as f64);
         for (name, x) in [("baseline", &b), ("ours", &o)] {
             println!(
-                "{name:<10} {p:>5} {:>10.0} {:>9.2} {:>9.2} {:>12.1} {:>8}",
-                x.rate, x.p50_ms, x.p99_ms, x.cpu_us, x.refused
+                "{name:<10} {p:>5} {:>10.0} {:>9.2} {:>9.2} {:>12.1} {:>8} {:>12}",
+                x.rate,
+                x.p50_ms,
+                x.p99_ms,
+                x.cpu_us,
+                x.refused,
+                x.batch.map_or("1".into(), |b| format!("{b:.1}"))
             );
         }
         let _ = std::io::stdout().flush();

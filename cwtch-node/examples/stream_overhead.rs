@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cwtch_node::link::{self, LinkCommand, LinkHandler};
+use cwtch_node::link::{self, LinkCommand, LinkHandler, Outbox};
 use cwtch_node::transport::Stream;
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::{Identity, PublicIdentity};
@@ -26,11 +26,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 struct Echo;
 
 impl LinkHandler for Echo {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
-        vec![msg.to_vec()]
+    fn established(&mut self, _remote: PublicIdentity, _out: &mut Outbox) {}
+    fn message(&mut self, msg: &[u8], out: &mut Outbox) {
+        out.send(msg.to_vec());
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }
@@ -38,13 +36,11 @@ impl LinkHandler for Echo {
 struct Report(mpsc::Sender<()>);
 
 impl LinkHandler for Report {
-    fn established(&mut self, _remote: PublicIdentity) -> Vec<Vec<u8>> {
+    fn established(&mut self, _remote: PublicIdentity, _out: &mut Outbox) {
         let _ = self.0.send(());
-        Vec::new()
     }
-    fn message(&mut self, _msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, _msg: &[u8], _out: &mut Outbox) {
         let _ = self.0.send(());
-        Vec::new()
     }
     fn closed(&mut self, _reason: CloseReason) {}
 }

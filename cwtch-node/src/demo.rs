@@ -858,7 +858,16 @@ impl Demo {
         let server = self.server_view(&group_id, &texts)?;
         println!("    the server's view (all processes stopped, files read raw):");
         println!("      blobs stored: {}", server.count);
-        println!("      blob sizes: {:?} bytes", server.sizes);
+        let sizes: Vec<String> = server.sizes.iter().map(i64::to_string).collect();
+        println!(
+            "      blob sizes: {} bytes{}",
+            sizes.join(", "),
+            if server.sizes.len() == 1 {
+                " (all the same)"
+            } else {
+                ""
+            }
+        );
         println!(
             "      searched its {} files and its log ({} bytes) for the group id, {} addresses (text and key bytes) and {} message texts: {}",
             server.files - 1,

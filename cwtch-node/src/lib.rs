@@ -15,13 +15,15 @@
 //! - [`store`]: every record the profile keeps, and the typed layer over
 //!   the encrypted [`profile_store`]; [`blob_store`] is the server's.
 //! - [`control`]: the versioned control API (API.md) and its event stream.
-//! - [`cli`]: the command line, and the human forms of answers.
+//! - [`cli`]: the command line, and the human forms of answers; [`chat`]
+//!   the interactive terminal client.
 //! - [`server`]: the server daemon; [`shutdown`] its signals.
 //! - [`transport`]: the Tor the daemons use, a tor process or the built-in
 //!   Tor (`cwtch-transport-arti`), behind one stream and listener type.
 #![forbid(unsafe_code)]
 
 pub mod blob_store;
+pub mod chat;
 pub mod cli;
 pub mod clock;
 pub mod codec;

@@ -127,11 +127,11 @@ pub enum Delivery {
     /// Theirs, received.
     Received,
     /// Theirs, known to exist (a later message or a member's summary says
-    /// so) and not received yet: being asked for again from the server,
-    /// then from other members. Shown as a placeholder.
+    /// so) and not received yet: asked for from the members we are
+    /// linked with (never from the server again). Shown as a placeholder.
     Missing,
-    /// Theirs, received after it had been reported missing (from the
-    /// server again, or from another member).
+    /// Theirs, received after it had been reported missing (from another
+    /// member).
     Recovered,
 }
 

@@ -50,6 +50,32 @@ impl Shutdown {
         self.0.set.load(Ordering::SeqCst)
     }
 
+    /// [`wait`](Self::wait) as a poll, for a driver that polls its sources
+    /// itself; `listener` is kept between calls.
+    pub fn poll_wait(
+        &self,
+        listener: &mut Option<event_listener::EventListener>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::future::Future;
+        loop {
+            if self.is_triggered() {
+                *listener = None;
+                return std::task::Poll::Ready(());
+            }
+            match listener.as_mut() {
+                // Listen, then look again.
+                None => *listener = Some(self.0.event.listen()),
+                Some(l) => {
+                    if std::pin::Pin::new(l).poll(cx).is_pending() {
+                        return std::task::Poll::Pending;
+                    }
+                    *listener = None;
+                }
+            }
+        }
+    }
+
     /// Resolves once a stop is asked (at once if it already was).
     pub async fn wait(&self) {
         loop {

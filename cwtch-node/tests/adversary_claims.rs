@@ -810,6 +810,12 @@ fn one_daemon_per_private_home_and_bounded_control_requests() {
     {
         use std::io::{BufRead, Write};
         let mut sock = std::os::unix::net::UnixStream::connect(alice.join("control.sock")).unwrap();
+        // A daemon that waited for the rest of the line would hang this
+        // test: bound the wait so that it fails instead.
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        sock.set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let long = vec![b'x'; cwtch_node::control::MAX_REQUEST_LEN * 3];
         let _ = sock.write_all(&long);
         let mut answer = String::new();

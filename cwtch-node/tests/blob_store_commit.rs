@@ -308,3 +308,80 @@ fn handles_can_be_shared_between_threads() {
     send::<BlobStore>();
     send::<BlobReader>();
 }
+
+/// Waits until the committer's head reaches `index`.
+fn wait_head(committer: &GroupCommitter, index: u64) {
+    let mut watch = committer.watch_head();
+    smol::block_on(async {
+        while committer.head() < index {
+            watch.changed().await.expect("the writer runs");
+        }
+    });
+}
+
+#[test]
+fn try_append_gives_indices_at_once_and_the_head_acknowledges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let committer = GroupCommitter::start(store(&dir, RetentionPolicy::UNLIMITED)).unwrap();
+    let indices: Vec<u64> = (0..10u64)
+        .map(|tag| committer.try_append(&blob(tag)).expect("queued"))
+        .collect();
+    assert_eq!(indices, (1..=10).collect::<Vec<_>>(), "in call order");
+    wait_head(&committer, 10);
+    assert!(!committer.failed());
+    let reader = BlobReader::open(dir.path().join("blobs.sqlite")).unwrap();
+    for (tag, index) in indices.iter().enumerate() {
+        let got = reader.read_after(index - 1, 1).unwrap();
+        assert_eq!((got[0].0, *got[0].1), (*index, blob(tag as u64)));
+    }
+    // A submit after them takes the next index.
+    assert_eq!(
+        smol::block_on(committer.submit(Box::new(blob(99)))).unwrap(),
+        11
+    );
+    let store = committer.shutdown().unwrap();
+    assert_eq!(store.head(), 11);
+}
+
+#[test]
+fn read_recent_answers_from_memory_and_sends_older_reads_to_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CommitterConfig {
+        recent_blobs: 4,
+        prune_interval: None,
+        ..CommitterConfig::default()
+    };
+    let committer =
+        GroupCommitter::with_config(store(&dir, RetentionPolicy::UNLIMITED), config).unwrap();
+    let mut out = [0u8; SEALED_BLOB_LEN];
+    assert_eq!(committer.read_recent(0, &mut out), None, "nothing yet: ask");
+    for tag in 1..=10u64 {
+        assert_eq!(committer.try_append(&blob(tag)).unwrap(), tag);
+    }
+    wait_head(&committer, 10);
+    // Blobs 7..=10 are in memory.
+    assert_eq!(committer.read_recent(7, &mut out), Some(Some(8)));
+    assert_eq!(out, blob(8));
+    assert_eq!(committer.read_recent(6, &mut out), Some(Some(7)));
+    assert_eq!(out, blob(7));
+    assert_eq!(
+        committer.read_recent(10, &mut out),
+        Some(None),
+        "none after"
+    );
+    assert_eq!(
+        committer.read_recent(5, &mut out),
+        None,
+        "6 is on disk only"
+    );
+    assert_eq!(committer.read_recent(0, &mut out), None);
+    // Retention removes 1..=8: what memory holds is all there is.
+    let policy = RetentionPolicy {
+        max_blobs: Some(2),
+        ..RetentionPolicy::UNLIMITED
+    };
+    smol::block_on(committer.set_retention(policy)).unwrap();
+    assert_eq!(committer.read_recent(0, &mut out), Some(Some(9)));
+    assert_eq!(out, blob(9));
+    assert_eq!(committer.read_recent(9, &mut out), Some(Some(10)));
+}

@@ -224,3 +224,63 @@ fn wait_event(
     }
     panic!("the event did not come");
 }
+
+/// SIGTERM while messages flow: subscribers are told, the daemon exits 0,
+/// and every message the sender saw acknowledged is in the profile after a
+/// restart.
+#[test]
+fn sigterm_stops_a_peer_gracefully_and_keeps_what_it_acknowledged() {
+    use support::{cli, conversation};
+    let tmp = tempfile::tempdir().unwrap();
+    let devdir = tmp.path().join("dev");
+    let (a_home, b_home) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice = init(&a_home, "alice");
+    let bob = init(&b_home, "bob");
+    let _a = Daemon::start(&a_home, false, &dev(&devdir));
+    let mut b = Daemon::start(&b_home, false, &dev(&devdir));
+    wait_ready(&a_home);
+    wait_ready(&b_home);
+    cli(&b_home, &["contact", "add", &alice]).unwrap();
+    cli(&a_home, &["contact", "add", &bob]).unwrap();
+    let mut live = Client::connect(&b_home, "live").unwrap();
+    live.subscribe(None).unwrap();
+    for i in 0..40 {
+        cli(&a_home, &["send", &bob, &format!("m{i:02}")]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = b.terminate(Duration::from_secs(10)).expect("bob stops");
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    wait_event(&mut live, |e| matches!(e, Event::ShuttingDown));
+    assert!(!socket_path(&b_home).exists());
+    let delivered: Vec<String> = conversation(&a_home, &bob)
+        .into_iter()
+        .filter(|m| m.2 == "delivered")
+        .map(|m| m.1)
+        .collect();
+    assert!(
+        !delivered.is_empty(),
+        "some were acknowledged before the stop"
+    );
+    let _b = Daemon::start(&b_home, false, &dev(&devdir));
+    wait_ready(&b_home);
+    let stored: Vec<String> = conversation(&b_home, &alice)
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    for text in &delivered {
+        assert!(
+            stored.contains(text),
+            "{text} was acknowledged, so it is stored"
+        );
+    }
+    // And the rest still arrive, in order, once.
+    wait_for("all forty", Duration::from_secs(60), || {
+        (conversation(&b_home, &alice).len() == 40).then_some(())
+    });
+    let texts: Vec<String> = conversation(&b_home, &alice)
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(texts, expected);
+}

@@ -3,6 +3,8 @@
 //! fails, never skips, when tor is not installed) and over the development
 //! transport.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -39,6 +41,10 @@ fn demo(args: &[&str]) -> String {
             "missing {expected:?} in the output"
         );
     }
+    // Plain words only: no value's debug form (a connection state once
+    // read "failed (Error(Truncated))").
+    let debug = support::debug_forms(&stdout);
+    assert!(debug.is_empty(), "debug forms in the output: {debug:?}");
     // How long it took is reported, not asserted: speed is for the
     // benchmarks (a loaded CI machine made a 60 s budget fail at 77 s). The
     // demo's own waits bound a hang.
@@ -66,4 +72,24 @@ fn demo_over_a_private_tor_network() {
 fn demo_arti_carol_on_the_built_in_tor() {
     let out = demo(&["--arti"]);
     assert!(out.contains("carol will use the built-in Tor"));
+}
+
+#[test]
+fn debug_forms_are_found_and_plain_words_are_not() {
+    assert_eq!(
+        support::debug_forms("alice → bob: authenticated → failed (Error(Truncated))"),
+        vec!["Error(Truncated))".to_string()]
+    );
+    assert_eq!(
+        support::debug_forms("refused: RateLimited { retry_after_ms: 3 }").len(),
+        1
+    );
+    assert_eq!(support::debug_forms("last_error: Some(\"x\")").len(), 1);
+    assert!(
+        support::debug_forms(
+            "failed (they refused the connection); server killed with SIGKILL (no clean \
+             shutdown); DEVELOPMENT (no Tor) {\"a\": 1}"
+        )
+        .is_empty()
+    );
 }

@@ -343,7 +343,7 @@ fn posts_refused_by_the_rate_limit_are_posted_again() {
     assert!(
         server["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("RateLimited")),
+            .is_some_and(|e| e.contains("too many posts")),
         "{server}"
     );
 }

@@ -760,3 +760,150 @@ fn a_rotated_mailbox_is_read_for_a_while_and_a_revoked_one_never() {
         "a revoked mailbox is not read"
     );
 }
+
+#[test]
+fn a_post_refused_for_good_is_not_sent_again_on_that_connection() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let before = w.servers[s].posts;
+    // The store fails the next append: that post is refused for good.
+    w.servers[s].store.fail_next = 1;
+    for text in ["lost for now", "two", "three", "four"] {
+        post(&mut w, a, "friends", text);
+    }
+    w.run_until_true("the others stored", MINUTE, |w| {
+        w.texts(a, &gid)
+            .iter()
+            .filter(|(_, s)| s == "delivered")
+            .count()
+            == 3
+    });
+    w.run_for(MINUTE);
+    assert_eq!(
+        w.servers[s].posts - before,
+        4,
+        "each post sent once on this connection"
+    );
+    assert_eq!(
+        w.texts(a, &gid)[0],
+        ("lost for now".into(), "pending".into())
+    );
+    // The next connection tries it again, and it goes through.
+    w.set_server_online(s, false);
+    w.set_server_online(s, true);
+    w.run_until_true("the refused post stored", mins(10), |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 4);
+}
+
+/// Issue 19: messages a server pruned under the retention it states show
+/// as expired, never count against the server, and never move the group.
+#[test]
+fn messages_pruned_under_the_stated_retention_show_as_expired_and_cost_the_server_nothing() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig {
+        retention_max_entries: 5,
+        ..ServerConfig::default()
+    });
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    post(&mut w, a, "friends", "seen by both");
+    w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 1);
+    w.stop(b);
+    for i in 0..10 {
+        post(&mut w, a, "friends", &format!("while bob was away {i}"));
+    }
+    w.run_until_true("all stored", MINUTE, |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    // The server keeps 5: the older ones go. Alice is away too, so no
+    // member can fill the gap.
+    let last = w.servers[s].store.last;
+    w.servers[s].store.prune(last - 5);
+    w.stop(a);
+    w.start(b);
+    w.run_until_true("bob reads what is left", mins(2), |w| {
+        w.texts(b, &gid)
+            .iter()
+            .any(|(t, _)| t == "while bob was away 9")
+    });
+    w.run_for(mins(30));
+    let listed = w.messages(b, &gid);
+    let missing: Vec<&Value> = listed.iter().filter(|m| m["status"] == "missing").collect();
+    assert!(
+        !missing.is_empty(),
+        "the pruned ones are known to be missing"
+    );
+    for m in &missing {
+        let note = m["note"].as_str().unwrap();
+        assert!(
+            note.starts_with("expired on the server, which keeps 5 messages"),
+            "{note}"
+        );
+    }
+    // Nothing held against the server: not lost, not failed, not moved.
+    let servers = w.ok(b, Request::Servers);
+    assert_eq!(servers[0]["observed"]["lost"], 0, "{servers}");
+    let g = group_view(&mut w, b);
+    assert!(
+        g["servers"][0]["server"]
+            .as_str()
+            .unwrap()
+            .contains(w.servers[s].address.as_str())
+    );
+    assert!(
+        g["previous_servers"].as_array().unwrap().is_empty(),
+        "no move"
+    );
+    assert_eq!(g["servers"][0]["connection"]["state"], "synced");
+}
+
+/// Alice adds bob and invites him to a group at once; bob, who holds her
+/// only as a request, cannot take the invite yet. Once he accepts her, the
+/// invite reaches him on the link that is up, without waiting for a new
+/// one (which keepalives may put off for hours).
+#[test]
+fn an_invite_sent_before_acceptance_arrives_once_accepted() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let bob = w.peers[b].address.clone();
+    add(&mut w, a, b, Some("join us"));
+    let server = w.servers[s].id();
+    w.ok(
+        a,
+        Request::GroupCreate {
+            name: "friends".into(),
+            server,
+        },
+    );
+    w.ok(
+        a,
+        Request::GroupInvite {
+            group: "friends".into(),
+            contact: bob,
+        },
+    );
+    w.run_until_true("the request", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    w.run_for(MINUTE);
+    assert!(
+        w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
+            .is_empty()
+    );
+    w.ok(
+        b,
+        Request::ContactAccept {
+            contact: "alice".into(),
+        },
+    );
+    w.run_until_true("the invite after acceptance", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
+            .is_empty()
+    });
+}

@@ -365,6 +365,61 @@ fn subscription_pushes_new_posts_from_other_sessions_then_unsubscribe_stops_them
 }
 
 #[test]
+fn a_store_that_would_block_delays_entries_and_pushes_without_changing_the_session() {
+    let mut store = MemStore::new();
+    fill(&mut store, 3);
+    let mut s = open(&store, config(), 1);
+    s.handle_message(
+        &req(Request::Fetch {
+            after: 1,
+            limit: 100,
+        }),
+        T0,
+        &mut store,
+    )
+    .unwrap();
+    store.block_reads.set(true);
+    assert_eq!(drain(&mut s, &store), vec![], "nothing while not at hand");
+    assert!(!s.wants_request(), "the page is still in progress");
+    store.block_reads.set(false);
+    assert_eq!(
+        drain(&mut s, &store),
+        vec![
+            R::Entry { index: 2, tag: 2 },
+            R::Entry { index: 3, tag: 3 },
+            R::PageEnd { next: 3, head: 3 },
+        ]
+    );
+    assert!(s.wants_request());
+
+    s.handle_message(&req(Request::Subscribe { after: 1 }), T0, &mut store)
+        .unwrap();
+    assert_eq!(s.poll_event(), Some(ServerEvent::Subscribed));
+    store.block_reads.set(true);
+    assert_eq!(drain(&mut s, &store), vec![R::Subscribed { after: 1 }]);
+    assert_eq!(s.subscription_cursor(), Some(1), "the cursor did not move");
+    assert!(s.is_subscribed());
+    assert_eq!(
+        s.poll_event(),
+        None,
+        "no Unsubscribed: the store did not fail"
+    );
+    // An acknowledgement does not wait for the store.
+    post(&mut s, &mut store, 40);
+    s.handle_durable(store.commit());
+    assert_eq!(drain(&mut s, &store), vec![R::Posted { seq: 0, index: 4 }]);
+    store.block_reads.set(false);
+    assert_eq!(
+        drain(&mut s, &store),
+        vec![
+            R::Push { index: 2, tag: 2 },
+            R::Push { index: 3, tag: 3 },
+            R::Push { index: 4, tag: 40 },
+        ]
+    );
+}
+
+#[test]
 fn subscribe_from_an_old_cursor_pushes_the_backlog_lazily() {
     let mut store = MemStore::new();
     fill(&mut store, 4);

@@ -454,11 +454,14 @@ fn send(c: &mut ServerClient, id: u64, blob: &[u8; SEALED_BLOB_LEN], buf: &mut [
 }
 
 fn ready_client(pow_bits: u8) -> ServerClient {
-    let store = MemStore::new();
-    let cfg = ServerConfig {
+    ready_client_with(ServerConfig {
         pow_bits,
         ..server()
-    };
+    })
+}
+
+fn ready_client_with(cfg: ServerConfig) -> ServerClient {
+    let store = MemStore::new();
     let mut s = ServerSession::new(cfg, &store, &mut rng(1), Instant::ZERO);
     let mut c = ServerClient::new(
         ClientConfig {
@@ -568,16 +571,14 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
         Err(ClientError::Unexpected)
     );
     // Events not drained: the client refuses more input instead of queueing.
-    for index in 6..=8 {
+    for index in 6..=11 {
         c.handle_message(&encode(Reply::Entry { index, blob: &b }), NOW)
             .unwrap();
     }
-    c.handle_message(&encode(Reply::Entry { index: 9, blob: &b }), NOW)
-        .unwrap();
     assert_eq!(
         c.handle_message(
             &encode(Reply::Entry {
-                index: 10,
+                index: 12,
                 blob: &b
             }),
             NOW
@@ -587,13 +588,13 @@ fn client_misuse_and_server_misbehaviour_are_typed_errors() {
     while c.poll_event().is_some() {}
     c.handle_message(
         &encode(Reply::Entry {
-            index: 10,
+            index: 12,
             blob: &b,
         }),
         NOW,
     )
     .unwrap();
-    assert_eq!(c.cursor(), 10);
+    assert_eq!(c.cursor(), 12);
 
     // Too small a buffer for a post changes nothing (the seq is not used up).
     let mut small = [0u8; 100];
@@ -711,6 +712,107 @@ fn a_server_that_skips_an_acknowledged_post_is_caught_by_its_own_ack() {
     c.handle_message(&encode(Reply::PageEnd { next: 12, head: 12 }), NOW)
         .unwrap();
     assert_eq!(withheld(&mut c), vec![(8, 2)]);
+}
+
+/// `Skipped` (after, before), `Expired` and `Withheld` (index, count).
+type Judged = (Vec<(u64, u64)>, Vec<(u64, u32)>, Vec<(u64, u32)>);
+
+fn skipped_and_expired(c: &mut ServerClient) -> Judged {
+    let (mut skipped, mut expired, mut withheld) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(e) = c.poll_event() {
+        match e {
+            ClientEvent::Skipped { after, before } => skipped.push((after, before)),
+            ClientEvent::Expired { index, count } => expired.push((index, count)),
+            ClientEvent::Withheld { index, count } => withheld.push((index, count)),
+            _ => {}
+        }
+    }
+    (skipped, expired, withheld)
+}
+
+/// A post of ours pruned under the retention the server states is expired,
+/// not withheld: more entries than its count limit came after it, or it is
+/// older than its age limit. Entries missing from the log are told as
+/// skipped either way (SPEC.md section 13.5).
+#[test]
+fn a_post_pruned_within_the_stated_retention_is_expired_not_withheld() {
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    // By count: the server keeps 10; ours at 3, then the log is at 20.
+    let mut c = ready_client_with(ServerConfig {
+        retention_max_entries: 10,
+        pow_bits: 0,
+        ..server()
+    });
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(1), &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 3 }), NOW)
+        .unwrap();
+    c.sync();
+    let _ = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 20,
+            blob: &blob(9),
+        }),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(
+        skipped_and_expired(&mut c),
+        (vec![(0, 20)], vec![(3, 1)], vec![])
+    );
+    // Within the count limit, the same gap is withheld.
+    let mut c = ready_client_with(ServerConfig {
+        retention_max_entries: 100,
+        pow_bits: 0,
+        ..server()
+    });
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(1), &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 3 }), NOW)
+        .unwrap();
+    c.sync();
+    let _ = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 20,
+            blob: &blob(9),
+        }),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(
+        skipped_and_expired(&mut c),
+        (vec![(0, 20)], vec![], vec![(3, 1)])
+    );
+
+    // By age: the server keeps an hour; a page end past ours an hour later.
+    let mut c = ready_client_with(ServerConfig {
+        retention_max_age_secs: 3600,
+        pow_bits: 0,
+        ..server()
+    });
+    let id = 100 + c.next_post_seq();
+    let seq = send(&mut c, id, &blob(1), &mut buf);
+    c.handle_message(&encode(Reply::Posted { seq, index: 5 }), NOW)
+        .unwrap();
+    c.sync();
+    let _ = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    let later = NOW + Duration::from_secs(3600);
+    c.handle_message(
+        &encode(Reply::Entry {
+            index: 1,
+            blob: &blob(7),
+        }),
+        later,
+    )
+    .unwrap();
+    c.handle_message(&encode(Reply::PageEnd { next: 8, head: 8 }), later)
+        .unwrap();
+    assert_eq!(
+        skipped_and_expired(&mut c),
+        (vec![(1, 9)], vec![(5, 1)], vec![])
+    );
 }
 
 /// An honest server never looks withholding, however the posts, pages and

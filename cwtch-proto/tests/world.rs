@@ -542,6 +542,43 @@ fn rate_limited_posts_go_out_again_when_the_clients_deadline_passes() {
     assert_eq!(posts, 6 + alice.post_refused.len());
 }
 
+/// Once the rate limit refuses a post, the client sends one post at a time
+/// until its queue drains: the retries do not go out as a herd that the
+/// server refuses but one of (which grew with the square of the queue), and
+/// they stay in order.
+#[test]
+fn rate_limited_retries_go_one_at_a_time_not_as_a_herd() {
+    let interval = Duration::from_millis(500);
+    let mut w = World::new(ServerConfig {
+        rate_burst: 2,
+        rate_interval: interval,
+        ..ServerConfig::default()
+    });
+    w.found_group(Alice);
+    w.connect_server(Alice, 0);
+    w.run_until("alice subscribes", Duration::from_secs(10), |w| {
+        w.srv(Alice).client.is_subscribed()
+    });
+    let ids: Vec<_> = (0..20)
+        .map(|i| w.post(Alice, &format!("post {i}")).0)
+        .collect();
+    w.run_until("every post is stored", Duration::from_secs(60), |w| {
+        w.peer(Alice).posted.len() == 20
+    });
+    let alice = w.peer(Alice);
+    // Only the first burst, already in flight, can be refused: after that
+    // the client waits for the token the server's stated rate gives.
+    let refused = alice.post_refused.len();
+    assert!(
+        refused <= cwtch_proto::server::client::MAX_QUEUED_POSTS,
+        "{refused} refusals for 20 posts"
+    );
+    let order: Vec<_> = alice.posted.iter().map(|&(id, _, _)| id).collect();
+    assert_eq!(order, ids, "stored in the order they were written");
+    let indices: Vec<u64> = alice.posted.iter().map(|&(_, index, _)| index).collect();
+    assert_eq!(indices, (1..=20).collect::<Vec<_>>());
+}
+
 #[test]
 fn posts_to_a_server_asking_proof_of_work_go_out_only_after_work_steps() {
     let mut w = World::new(ServerConfig {

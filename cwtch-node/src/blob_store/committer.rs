@@ -1,12 +1,20 @@
 //! Group commit: many async posters, one writer thread, one `fsync` per
 //! batch.
 //!
-//! Posters send their blob with a one-shot reply channel over a bounded
-//! queue (a full queue makes posters wait: back-pressure). The writer
-//! thread takes everything queued (up to [`CommitterConfig::max_batch`]),
-//! appends it in one transaction, and only after the commit returned
-//! completes each poster's future with its index. Then it publishes the
-//! new head to [`HeadWatch`]ers, so the server can push to subscribers.
+//! Posters queue their blob over a bounded queue (a full queue makes
+//! posters wait: back-pressure). Each post is given its index as it is
+//! queued: the queue is in index order. The writer thread takes everything
+//! queued (up to [`CommitterConfig::max_batch`]), appends it in one
+//! transaction, and only after the commit returned publishes the new head
+//! to [`HeadWatch`]ers: that one store and one wake-up acknowledge the
+//! whole commit. A poster that wants its own answer
+//! ([`GroupCommitter::submit`]) also gets a reply channel; the server does
+//! not ([`GroupCommitter::try_append`]): its sessions acknowledge what is at
+//! or below the durable head.
+//!
+//! The writer keeps the last [`CommitterConfig::recent_blobs`] committed
+//! blobs in memory ([`GroupCommitter::read_recent`]), so that the server
+//! pushes a new blob to its subscribers without reading it back from disk.
 //!
 //! Checkpoints (copying the WAL into the database file, which costs as
 //! much disk bandwidth as the commits themselves) run on a second thread
@@ -28,16 +36,22 @@
 //! free space). Any other failed commit (an I/O error, notably a failed
 //! `fsync`, after which the page cache cannot be trusted) stops the writer:
 //! that batch's posters get [`Error::CommitFailed`], everything else
-//! [`Error::Closed`], and the store must be reopened.
+//! [`Error::Closed`], and the store must be reopened. A failed commit of a
+//! post queued by [`GroupCommitter::try_append`] stops the writer too:
+//! its index was promised, and so were the indices after it.
+//! [`GroupCommitter::failed`] tells a stop after a failure from a clean
+//! one.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
-use smol::channel::{self, Receiver, Sender, TryRecvError};
-use smol::future;
+use event_listener::{Event, EventListener};
+use smol::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 
 use super::{
     Blob, BlobStore, Checkpointer, Error, PruneStats, Result, RetentionPolicy, Stats,
@@ -73,6 +87,9 @@ pub struct CommitterConfig {
     /// against 17-29k posts/s with 1024 posters, compared with
     /// checkpoints every 4096 blobs and a 128 MiB WAL).
     pub wal_restart_pages: u64,
+    /// How many of the last committed blobs stay in memory for
+    /// [`GroupCommitter::read_recent`] (default 1024: 2 MiB). 0: none.
+    pub recent_blobs: usize,
 }
 
 impl Default for CommitterConfig {
@@ -83,6 +100,7 @@ impl Default for CommitterConfig {
             prune_interval: Some(Duration::from_secs(60)),
             checkpoint_every: Some(1024),
             wal_restart_pages: 64,
+            recent_blobs: 1024,
         }
     }
 }
@@ -90,11 +108,7 @@ impl Default for CommitterConfig {
 type Reply<T> = Sender<Result<T>>;
 
 enum Request {
-    Post {
-        blob: Box<Blob>,
-        reply: Reply<u64>,
-        queued_at: Instant,
-    },
+    Post(Post),
     Stats(Reply<Stats>),
     Prune {
         now: u64,
@@ -139,6 +153,46 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// The last committed blobs, in index order: `first..first + blobs.len()`.
+#[derive(Debug, Default)]
+struct Recent {
+    first: u64,
+    blobs: VecDeque<Box<Blob>>,
+    /// The oldest blob stored at all (in memory or not).
+    oldest: Option<u64>,
+}
+
+impl Recent {
+    /// The first stored blob after `after` (`Some(None)`: none was
+    /// committed), if memory can tell.
+    fn find(&self, after: u64) -> Option<Option<(u64, &Blob)>> {
+        if self.blobs.is_empty() {
+            return None;
+        }
+        let want = if after.saturating_add(1) >= self.first {
+            after.saturating_add(1)
+        } else if self.oldest == Some(self.first) {
+            // Nothing older is stored: the first in memory is the answer.
+            self.first
+        } else {
+            return None;
+        };
+        // Past the last one in memory: nothing, since the last committed
+        // blob is always here (it comes here before the head moves).
+        let offset = usize::try_from(want - self.first).unwrap_or(usize::MAX);
+        Some(self.blobs.get(offset).map(|b| (want, &**b)))
+    }
+
+    /// Forgets what retention removed from the store.
+    fn pruned(&mut self, oldest: Option<u64>) {
+        self.oldest = oldest;
+        let keep_from = oldest.unwrap_or(u64::MAX);
+        while self.first < keep_from && self.blobs.pop_front().is_some() {
+            self.first += 1;
+        }
+    }
+}
+
 /// State shared between the writer thread and its handles.
 #[derive(Debug)]
 struct Shared {
@@ -148,7 +202,19 @@ struct Shared {
     /// WAL size in frames at the last background checkpoint.
     wal_frames: AtomicI64,
     closed: AtomicBool,
+    /// The writer stopped after a failure (not on shutdown).
+    failed: AtomicBool,
     head_changed: Event,
+    /// Notified once, when the writer stops.
+    stopped: Event,
+    /// Notified when the writer took posts off the queue.
+    space: Event,
+    /// The index the next post queued gets; queueing holds this lock, so
+    /// that the queue is in index order.
+    next: Mutex<u64>,
+    recent: RwLock<Recent>,
+    /// How many blobs `recent` keeps.
+    recent_cap: usize,
     latency: Latency,
 }
 
@@ -156,6 +222,36 @@ impl Shared {
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.head_changed.notify(usize::MAX);
+        self.stopped.notify(usize::MAX);
+        self.space.notify(usize::MAX);
+    }
+
+    /// Queues one post with the next index; gives the blob back if the
+    /// queue is full.
+    fn enqueue(
+        &self,
+        tx: &Sender<Request>,
+        blob: Box<Blob>,
+        reply: Option<Reply<u64>>,
+        promised: bool,
+    ) -> std::result::Result<u64, (Error, Option<Box<Blob>>)> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let index = *next;
+        let post = Post {
+            blob: Some(blob),
+            reply,
+            queued_at: Instant::now(),
+            index,
+            promised,
+        };
+        match tx.try_send(Request::Post(post)) {
+            Ok(()) => {
+                *next += 1;
+                Ok(index)
+            }
+            Err(TrySendError::Full(Request::Post(post))) => Err((Error::QueueFull, post.blob)),
+            Err(_) => Err((Error::Closed, None)),
+        }
     }
 }
 
@@ -193,7 +289,17 @@ impl GroupCommitter {
             checkpoints: AtomicU64::new(0),
             wal_frames: AtomicI64::new(0),
             closed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             head_changed: Event::new(),
+            stopped: Event::new(),
+            space: Event::new(),
+            next: Mutex::new(store.head() + 1),
+            recent: RwLock::new(Recent {
+                first: store.head() + 1,
+                blobs: VecDeque::new(),
+                oldest: store.oldest(),
+            }),
+            recent_cap: config.recent_blobs,
             latency: Latency::default(),
         });
         // The checkpointer is woken through a queue of one: wake-ups while
@@ -238,18 +344,8 @@ impl GroupCommitter {
         &self,
         blob: Box<Blob>,
     ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
-        let tx = self.tx.clone();
-        async move {
-            let (reply, ack) = channel::bounded(1);
-            tx.send(Request::Post {
-                blob,
-                reply,
-                queued_at: Instant::now(),
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-            ack.recv().await.map_err(|_| Error::Closed)?
-        }
+        let (tx, shared) = (self.tx.clone(), Arc::clone(&self.shared));
+        async move { submit_waiting(&tx, &shared, blob).await }
     }
 
     /// [`submit`](Self::submit) for a blob given as a slice: resolves to
@@ -260,25 +356,13 @@ impl GroupCommitter {
         blob: &[u8],
     ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
         let checked = blob_from_slice(blob).map(|b| Box::new(*b));
-        let tx = self.tx.clone();
-        async move {
-            let blob = checked?;
-            let (reply, ack) = channel::bounded(1);
-            tx.send(Request::Post {
-                blob,
-                reply,
-                queued_at: Instant::now(),
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-            ack.recv().await.map_err(|_| Error::Closed)?
-        }
+        let (tx, shared) = (self.tx.clone(), Arc::clone(&self.shared));
+        async move { submit_waiting(&tx, &shared, checked?).await }
     }
 
     /// Queues one blob *now*, without waiting: blobs queued by successive
     /// calls are committed in call order, so their indices follow that
-    /// order (the server relies on this to hand out indices before the
-    /// commit). Fails with [`Error::Closed`] if the writer stopped, or
+    /// order. Fails with [`Error::Closed`] if the writer stopped, or
     /// [`Error::QueueFull`] if the queue is full (nothing was queued).
     /// The returned future resolves with the index once durable.
     pub fn try_submit(
@@ -286,20 +370,40 @@ impl GroupCommitter {
         blob: Box<Blob>,
     ) -> Result<impl Future<Output = Result<u64>> + Send + 'static + use<>> {
         let (reply, ack) = channel::bounded(1);
-        self.tx
-            .try_send(Request::Post {
-                blob,
-                reply,
-                queued_at: Instant::now(),
-            })
-            .map_err(|e| {
-                if e.is_full() {
-                    Error::QueueFull
-                } else {
-                    Error::Closed
-                }
-            })?;
+        self.shared
+            .enqueue(&self.tx, blob, Some(reply), false)
+            .map_err(|(e, _)| e)?;
         Ok(async move { ack.recv().await.map_err(|_| Error::Closed)? })
+    }
+
+    /// Queues one blob now and returns the index it will have, without a
+    /// reply of its own: it is durable once the head
+    /// ([`head`](Self::head), [`HeadWatch`]) reaches that index. One
+    /// publication of the head acknowledges a whole commit, which is how
+    /// the server acknowledges its clients' posts. Fails like
+    /// [`try_submit`](Self::try_submit).
+    ///
+    /// The index is a promise: if the commit holding it fails, the writer
+    /// stops ([`failed`](Self::failed) says so) rather than give the index
+    /// to another blob.
+    pub fn try_append(&self, blob: &Blob) -> Result<u64> {
+        self.shared
+            .enqueue(&self.tx, Box::new(*blob), None, true)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Copies the first stored blob after `after` into `out` and returns
+    /// its index, if the blobs kept in memory can tell: `Some(None)` when
+    /// no blob was committed after `after`; `None`: ask the disk. Holds a
+    /// lock only for the copy.
+    pub fn read_recent(&self, after: u64, out: &mut Blob) -> Option<Option<u64>> {
+        let recent = self.shared.recent.read().unwrap_or_else(|e| e.into_inner());
+        recent.find(after).map(|found| {
+            found.map(|(index, blob)| {
+                out.copy_from_slice(blob);
+                index
+            })
+        })
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
@@ -392,11 +496,37 @@ impl GroupCommitter {
         self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the writer stopped because something failed (a commit, a
+    /// promised index), rather than on shutdown.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the writer has stopped, with whether it failed (see
+    /// [`failed`](Self::failed)). Holds no reference to the committer.
+    pub fn stopped(&self) -> impl Future<Output = bool> + Send + 'static + use<> {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            loop {
+                if shared.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                let listener = shared.stopped.listen();
+                if shared.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                listener.await;
+            }
+            shared.failed.load(Ordering::Acquire)
+        }
+    }
+
     /// A watcher of the head, starting from the current one.
     pub fn watch_head(&self) -> HeadWatch {
         HeadWatch {
             shared: Arc::clone(&self.shared),
             seen: self.head(),
+            listener: None,
         }
     }
 
@@ -431,10 +561,22 @@ impl Drop for GroupCommitter {
 /// Follows the head of a [`GroupCommitter`]: wakes when new blobs are
 /// committed. It only ever reports the latest head (updates in between
 /// are merged), which is all a subscriber needs to read what is new.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HeadWatch {
     shared: Arc<Shared>,
     seen: u64,
+    /// Kept between polls of [`poll_changed`](Self::poll_changed).
+    listener: Option<EventListener>,
+}
+
+impl Clone for HeadWatch {
+    fn clone(&self) -> Self {
+        HeadWatch {
+            shared: Arc::clone(&self.shared),
+            seen: self.seen,
+            listener: None,
+        }
+    }
 }
 
 impl HeadWatch {
@@ -464,6 +606,35 @@ impl HeadWatch {
         }
     }
 
+    /// [`changed`](Self::changed) as a poll, for a driver that polls its
+    /// sources itself: the listener is kept between calls, so a poll that
+    /// finds nothing new allocates nothing.
+    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64>> {
+        loop {
+            match self.poll_head() {
+                Ok(Some(head)) => {
+                    self.listener = None;
+                    return Poll::Ready(Ok(head));
+                }
+                Err(e) => {
+                    self.listener = None;
+                    return Poll::Ready(Err(e));
+                }
+                Ok(None) => {}
+            }
+            match self.listener.as_mut() {
+                // Listen, then look again: the head may have moved before.
+                None => self.listener = Some(self.shared.head_changed.listen()),
+                Some(listener) => {
+                    if Pin::new(listener).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.listener = None;
+                }
+            }
+        }
+    }
+
     fn poll_head(&mut self) -> Result<Option<u64>> {
         let head = self.head();
         if head > self.seen {
@@ -487,9 +658,37 @@ fn is_recoverable(err: &Error) -> bool {
 }
 
 struct Post {
-    blob: Box<Blob>,
-    reply: Reply<u64>,
+    /// Taken into memory once committed.
+    blob: Option<Box<Blob>>,
+    /// None: the poster follows the head instead.
+    reply: Option<Reply<u64>>,
     queued_at: Instant,
+    /// The index it was given when queued.
+    index: u64,
+    /// Whether the poster relies on that index (see `try_append`).
+    promised: bool,
+}
+
+/// [`GroupCommitter::submit`]: queues `blob`, waiting while the queue is
+/// full, then waits for its commit.
+async fn submit_waiting(tx: &Sender<Request>, shared: &Shared, blob: Box<Blob>) -> Result<u64> {
+    let (reply, ack) = channel::bounded(1);
+    let mut blob = blob;
+    loop {
+        match shared.enqueue(tx, blob, Some(reply.clone()), false) {
+            Ok(_) => break,
+            Err((Error::QueueFull, Some(back))) => {
+                blob = back;
+                let listener = shared.space.listen();
+                if tx.is_full() && !tx.is_closed() {
+                    listener.await;
+                }
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+    drop(reply);
+    ack.recv().await.map_err(|_| Error::Closed)?
 }
 
 /// The writer thread: returns the store when the queue is closed and
@@ -506,6 +705,10 @@ fn writer(
     let restart_pages = i64::try_from(config.wal_restart_pages).unwrap_or(i64::MAX);
     let mut commit_batch = |store: &mut BlobStore, batch: &mut Vec<Post>| {
         let n = batch.len() as u64;
+        if n > 0 {
+            // Room in the queue again, for posters that wait.
+            shared.space.notify(usize::MAX);
+        }
         let ok = commit(store, batch, &shared);
         if let Some(every) = config.checkpoint_every
             && n > 0
@@ -536,6 +739,7 @@ fn writer(
         {
             // A failed prune is not fatal to posting; it is retried later.
             let _ = store.prune(unix_now());
+            forget_pruned(&store, &shared);
             next_prune = config.prune_interval.map(|every| Instant::now() + every);
         }
         // Wait for the first request (or the next prune).
@@ -556,16 +760,8 @@ fn writer(
         // control request arrives (which runs after the batch, in order).
         while let Some(req) = pending.take() {
             match req {
-                Request::Post {
-                    blob,
-                    reply,
-                    queued_at,
-                } => {
-                    batch.push(Post {
-                        blob,
-                        reply,
-                        queued_at,
-                    });
+                Request::Post(post) => {
+                    batch.push(post);
                     if batch.len() < config.max_batch {
                         pending = rx.try_recv().ok();
                     }
@@ -576,7 +772,7 @@ fn writer(
                         reply_closed(control);
                         break 'outer;
                     }
-                    run_control(&mut store, control);
+                    run_control(&mut store, control, &shared);
                     pending = rx.try_recv().ok();
                 }
             }
@@ -589,6 +785,9 @@ fn writer(
     // Stop taking posts; refuse whatever is still queued after a fatal
     // error (after a clean close the queue is already drained).
     rx.close();
+    if fatal {
+        shared.failed.store(true, Ordering::Release);
+    }
     shared.close();
     if fatal {
         while let Ok(req) = rx.try_recv() {
@@ -610,21 +809,40 @@ fn checkpointer(conn: &Checkpointer, kicked: &Receiver<()>, shared: &Shared) {
     }
 }
 
+/// Wakes a thread parked in [`recv_timeout`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 /// Waits for a request for at most `wait` (`None`: forever). `Ok(None)`
-/// on timeout, `Err` when the queue is closed and empty.
+/// on timeout, `Err` when the queue is closed and empty. Parks the thread
+/// (no async timer: arming one would wake the executor's reactor).
 fn recv_timeout(
     rx: &Receiver<Request>,
     wait: Option<Duration>,
 ) -> std::result::Result<Option<Request>, ()> {
-    match wait {
-        None => rx.recv_blocking().map(Some).map_err(|_| ()),
-        Some(wait) => future::block_on(future::or(
-            async { rx.recv().await.map(Some).map_err(|_| ()) },
-            async {
-                smol::Timer::after(wait).await;
-                Ok(None)
-            },
-        )),
+    let Some(deadline) = wait.and_then(|w| Instant::now().checked_add(w)) else {
+        return rx.recv_blocking().map(Some).map_err(|_| ());
+    };
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut recv = std::pin::pin!(rx.recv());
+    loop {
+        if let Poll::Ready(got) = recv.as_mut().poll(&mut cx) {
+            return got.map(Some).map_err(|_| ());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::park_timeout(deadline - now);
     }
 }
 
@@ -634,9 +852,40 @@ fn commit(store: &mut BlobStore, batch: &mut Vec<Post>, shared: &Shared) -> bool
     if batch.is_empty() {
         return true;
     }
-    let result = store.append_iter(batch.iter().map(|p| &*p.blob), unix_now());
+    let first = store.head() + 1;
+    let promised = batch.iter().any(|p| p.promised);
+    // Indices were handed out as the posts were queued; a promised one
+    // that would land elsewhere (after a failed commit) stops the writer.
+    let in_order = (first..)
+        .zip(batch.iter())
+        .all(|(i, p)| !p.promised || p.index == i);
+    let result = if in_order {
+        store.append_iter(batch.iter().filter_map(|p| p.blob.as_deref()), unix_now())
+    } else {
+        Err(Error::IndexMismatch)
+    };
     match result {
         Ok(range) => {
+            {
+                // Into memory before the head moves: whoever sees the new
+                // head finds the blobs here.
+                let mut recent = shared.recent.write().unwrap_or_else(|e| e.into_inner());
+                recent.pruned(store.oldest());
+                if recent.first + recent.blobs.len() as u64 != range.start {
+                    recent.blobs.clear();
+                    recent.first = range.start;
+                }
+                let cap = shared.recent_cap;
+                if cap > 0 {
+                    recent
+                        .blobs
+                        .extend(batch.iter_mut().filter_map(|p| p.blob.take()));
+                }
+                while recent.blobs.len() > cap {
+                    recent.blobs.pop_front();
+                    recent.first += 1;
+                }
+            }
             shared.head.store(store.head(), Ordering::Release);
             let l = &shared.latency;
             let sync = micros(store.last_commit_time());
@@ -655,36 +904,57 @@ fn commit(store: &mut BlobStore, batch: &mut Vec<Post>, shared: &Shared) -> bool
             shared.commits.fetch_add(1, Ordering::AcqRel);
             for (post, index) in batch.drain(..).zip(range) {
                 // The poster may have given up; the blob is stored anyway.
-                let _ = post.reply.try_send(Ok(index));
+                if let Some(reply) = post.reply {
+                    let _ = reply.try_send(Ok(index));
+                }
             }
             shared.head_changed.notify(usize::MAX);
             true
         }
         Err(err) => {
-            let recoverable = is_recoverable(&err);
+            let recoverable = is_recoverable(&err) && !promised;
             let err = Arc::new(err);
+            let failed = batch.len() as u64;
             for post in batch.drain(..) {
-                let _ = post
-                    .reply
-                    .try_send(Err(Error::CommitFailed(Arc::clone(&err))));
+                if let Some(reply) = post.reply {
+                    let _ = reply.try_send(Err(Error::CommitFailed(Arc::clone(&err))));
+                }
+            }
+            if recoverable {
+                // The failed posts got no index: the next ones take theirs.
+                let mut next = shared.next.lock().unwrap_or_else(|e| e.into_inner());
+                *next -= failed;
             }
             recoverable
         }
     }
 }
 
-fn run_control(store: &mut BlobStore, req: Request) {
+/// Drops from memory what retention removed from the store.
+fn forget_pruned(store: &BlobStore, shared: &Shared) {
+    shared
+        .recent
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .pruned(store.oldest());
+}
+
+fn run_control(store: &mut BlobStore, req: Request, shared: &Shared) {
     match req {
-        Request::Post { .. } => {}
+        Request::Post(_) => {}
         Request::Stats(reply) => {
             let _ = reply.try_send(store.stats());
         }
         Request::Prune { now, reply } => {
-            let _ = reply.try_send(store.prune(now));
+            let pruned = store.prune(now);
+            forget_pruned(store, shared);
+            let _ = reply.try_send(pruned);
         }
         Request::SetPolicy { policy, reply } => {
             store.set_policy(policy);
-            let _ = reply.try_send(store.prune(unix_now()));
+            let pruned = store.prune(unix_now());
+            forget_pruned(store, shared);
+            let _ = reply.try_send(pruned);
         }
         Request::IntegrityCheck(reply) => {
             let _ = reply.try_send(store.integrity_check());
@@ -694,7 +964,11 @@ fn run_control(store: &mut BlobStore, req: Request) {
 
 fn reply_closed(req: Request) {
     match req {
-        Request::Post { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
+        Request::Post(post) => {
+            if let Some(reply) = post.reply {
+                drop(reply.try_send(Err(Error::Closed)));
+            }
+        }
         Request::Stats(reply) => drop(reply.try_send(Err(Error::Closed))),
         Request::Prune { reply, .. } => drop(reply.try_send(Err(Error::Closed))),
         Request::SetPolicy { reply, .. } => drop(reply.try_send(Err(Error::Closed))),

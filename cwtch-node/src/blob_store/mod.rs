@@ -40,6 +40,9 @@
 //! # Reading
 //! [`BlobReader`] is a second, read-only connection: WAL lets it read while
 //! the writer commits. All reads are bounded by [`MAX_READ_LIMIT`] blobs.
+//! [`ReadThread`] runs one on a thread of its own, for async code that must
+//! not wait for the disk; [`GroupCommitter::read_recent`] answers from the
+//! last blobs committed, kept in memory.
 //! A reader pages with `read_after(cursor, limit)`; when blobs after the
 //! cursor were pruned, the first index returned is more than `cursor + 1`,
 //! so a client can tell what it missed.
@@ -73,8 +76,10 @@
 //! ```
 
 mod committer;
+mod reads;
 
 pub use committer::{CommitLatency, CommitterConfig, GroupCommitter, HeadWatch};
+pub use reads::{ReadThread, Run};
 
 use std::ops::{ControlFlow, Range};
 use std::path::Path;
@@ -163,6 +168,10 @@ pub enum Error {
     /// The committer's queue is full; try again later.
     #[error("the group committer's queue is full")]
     QueueFull,
+    /// A post would not get the index it was promised when queued (after
+    /// a failed commit): the committer stops rather than break the promise.
+    #[error("a promised index would go to another blob")]
+    IndexMismatch,
     /// The batch this post was part of failed to commit; it is not stored.
     #[error("commit failed: {0}")]
     CommitFailed(Arc<Error>),
@@ -543,6 +552,11 @@ impl BlobStore {
     /// first index is 1.
     pub fn head(&self) -> u64 {
         self.head
+    }
+
+    /// The index of the oldest blob stored, if any.
+    pub fn oldest(&self) -> Option<u64> {
+        self.oldest
     }
 
     /// Removes the oldest blobs until the retention policy holds at `now`

@@ -95,6 +95,19 @@ pub struct TransportArgs {
     pub handshake_timeout: u64,
 }
 
+/// `run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// How to reach the network.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Read the password from the first line of standard input (a pipe)
+    /// instead of CWTCH_PASSWORD or the terminal: how `chat` hands it to
+    /// the daemon it starts, never through arguments or the environment.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
 /// Contact names, messages: what `send`, `messages` and friends take.
 pub const NAME_HELP: &str = "an address, or a contact's nickname or announced name";
 
@@ -110,7 +123,11 @@ pub enum Command {
     /// Print the profile's address.
     Address,
     /// Run the peer daemon in the foreground.
-    Run(TransportArgs),
+    Run(RunArgs),
+    /// The interactive terminal client: contacts, groups and conversations
+    /// on one screen. Attaches to the running daemon, or starts one with
+    /// these transport flags (and stops it on leaving).
+    Chat(TransportArgs),
     /// Show our address, contacts and connection states.
     Status,
     /// Manage contacts.

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use super::format;
 use super::{
-    Cli, Command, ContactCommand, ConversationCommand, GroupCommand, MailboxCommand, ServerCommand,
-    ServerRunArgs, TorChoice, TransportArgs,
+    Cli, Command, ContactCommand, ConversationCommand, GroupCommand, MailboxCommand, RunArgs,
+    ServerCommand, ServerRunArgs, TorChoice, TransportArgs,
 };
 use crate::control::api::{ErrorCode, Request};
 use crate::control::client::{Client, ClientError};
@@ -170,6 +170,18 @@ fn password(confirm: bool) -> Result<Zeroizing<Vec<u8>>, Failure> {
     Ok(first)
 }
 
+/// The password from the first line of standard input (`run
+/// --password-stdin`: a pipe from `chat`).
+fn password_from_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line).map_err(|e| {
+        Failure::input(format!("cannot read the password from standard input: {e}"))
+    })?;
+    let p = line.strip_suffix('\n').unwrap_or(&line);
+    let p = p.strip_suffix('\r').unwrap_or(p);
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
+}
+
 /// A message text: the argument, or standard input when it is `-` or
 /// missing (so that it never appears in `ps` or the shell's history).
 fn text_arg(text: Option<String>) -> Result<String, Failure> {
@@ -251,6 +263,16 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             Ok(())
         }
         Command::Run(args) => run_peer(home, &args),
+        Command::Chat(args) => {
+            if !home.join(PROFILE_FILE).exists() {
+                return Err(Failure::input(format!(
+                    "no profile in {} (run `cwtch-node init --name NAME` first)",
+                    home.display()
+                )));
+            }
+            crate::chat::run(home, &args, || password(false).map_err(|f| f.message))
+                .map_err(Failure::internal)
+        }
         Command::Status => one_shot(home, Request::Status, json),
         Command::Contact(c) => {
             let request = match c {
@@ -887,7 +909,8 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
     })
 }
 
-fn run_peer(home: &Path, args: &TransportArgs) -> Outcome {
+fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
+    let args = &run.transport;
     if !home.join(PROFILE_FILE).exists() {
         return Err(Failure::input(format!(
             "no profile in {} (run `cwtch-node init --name NAME` first)",
@@ -895,7 +918,11 @@ fn run_peer(home: &Path, args: &TransportArgs) -> Outcome {
         )));
     }
     let _lock = take_home(home)?;
-    let password = password(false)?;
+    let password = if run.password_stdin {
+        password_from_stdin()?
+    } else {
+        password(false)?
+    };
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
     let chosen = smol::block_on(transport(home, args, false))?;
@@ -929,7 +956,7 @@ mod tests {
     fn peer_args(flags: &[&str]) -> TransportArgs {
         let argv = ["cwtch-node", "run"].iter().chain(flags);
         match Cli::try_parse_from(argv).expect("flags parse").command {
-            Command::Run(args) => args,
+            Command::Run(args) => args.transport,
             other => panic!("{other:?}"),
         }
     }

@@ -47,6 +47,9 @@ pub struct Client {
     next_id: u64,
     /// Events read while waiting for an answer.
     events: VecDeque<EventEnvelope>,
+    /// The start of a line whose end has not arrived yet (a read timed
+    /// out in the middle of it).
+    partial: Vec<u8>,
     welcome: Welcome,
 }
 
@@ -69,6 +72,7 @@ impl Client {
             writer,
             next_id: 1,
             events: VecDeque::new(),
+            partial: Vec::new(),
             welcome: Welcome {
                 api: 0,
                 daemon: String::new(),
@@ -107,22 +111,31 @@ impl Client {
             .map_err(|e| ClientError::Io(e.to_string()))
     }
 
+    /// Reads one line. A read that times out keeps what it read of a
+    /// line for the next call: nothing of the stream is lost.
     fn read_line(&mut self) -> Result<String, ClientError> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err(ClientError::Io(
-                "the daemon closed the connection without answering".into(),
-            )),
-            Ok(_) => Ok(line),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(ClientError::Io("timed out".into()))
+        loop {
+            match self.reader.read_until(b'\n', &mut self.partial) {
+                Ok(_) if self.partial.ends_with(b"\n") => {
+                    let line = std::mem::take(&mut self.partial);
+                    return String::from_utf8(line).map_err(|e| ClientError::Io(e.to_string()));
+                }
+                Ok(_) => {
+                    return Err(ClientError::Io(
+                        "the daemon closed the connection without answering".into(),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Io("timed out".into()));
+                }
+                Err(e) => return Err(ClientError::Io(e.to_string())),
             }
-            Err(e) => Err(ClientError::Io(e.to_string())),
         }
     }
 
@@ -190,4 +203,42 @@ impl Client {
 /// Sends one request to the daemon of `home` and returns its answer.
 pub fn request(home: &Path, request: Request) -> Result<Value, ClientError> {
     Client::connect(home, "cwtch-node")?.request(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// An event line that arrives in two pieces, the first read timing out
+    /// between them, is read whole (it used to be cut and the rest misread).
+    #[test]
+    fn a_line_split_across_a_timeout_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(socket_path(dir.path())).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hello = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut hello)
+                .unwrap();
+            s.write_all(b"{\"api\":1,\"daemon\":\"d\",\"address\":\"a\",\"run\":1}\n")
+                .unwrap();
+            s.write_all(b"{\"seq\":1,\"event\":{\"type\":\"lag")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(b"ged\",\"dropped\":2}}\n").unwrap();
+        });
+        let mut c = Client::connect(dir.path(), "test").unwrap();
+        let first = c.next_event(Some(Duration::from_millis(50))).unwrap();
+        assert!(first.is_none(), "nothing whole yet");
+        let ev = loop {
+            if let Some(ev) = c.next_event(Some(Duration::from_millis(50))).unwrap() {
+                break ev;
+            }
+        };
+        assert_eq!(ev.seq, 1);
+        assert_eq!(ev.event, super::super::api::Event::Lagged { dropped: 2 });
+        daemon.join().unwrap();
+    }
 }

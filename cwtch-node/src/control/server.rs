@@ -62,11 +62,29 @@ pub async fn serve(serving: Serving) -> std::io::Result<()> {
 }
 
 /// Reads one line of at most [`MAX_REQUEST_LEN`] bytes: `Ok(None)` at the
-/// end, `Err(())` for a line too long.
+/// end, `Err(())` for a line too long. A line too long is reported as soon
+/// as the limit is reached, so that the client hears why at once (it may
+/// still be writing and never send the newline); `skipping` is then set,
+/// and the next call first drops the rest of that line, a bounded piece at
+/// a time, so that the next request starts clean.
 async fn read_line(
     reader: &mut BufReader<UnixStream>,
     line: &mut String,
+    skipping: &mut bool,
 ) -> std::io::Result<Result<Option<()>, ()>> {
+    while *skipping {
+        line.clear();
+        let n = (&mut *reader)
+            .take(MAX_REQUEST_LEN as u64)
+            .read_line(line)
+            .await?;
+        if n == 0 {
+            return Ok(Ok(None));
+        }
+        if line.ends_with('\n') {
+            *skipping = false;
+        }
+    }
     line.clear();
     let n = (&mut *reader)
         .take(MAX_REQUEST_LEN as u64)
@@ -76,19 +94,8 @@ async fn read_line(
         return Ok(Ok(None));
     }
     if !line.ends_with('\n') && n >= MAX_REQUEST_LEN {
-        // Skip the rest of the line, a bounded piece at a time, so that
-        // the next request starts clean.
-        loop {
-            line.clear();
-            let n = (&mut *reader)
-                .take(MAX_REQUEST_LEN as u64)
-                .read_line(line)
-                .await?;
-            if n == 0 || line.ends_with('\n') {
-                break;
-            }
-        }
         line.clear();
+        *skipping = true;
         return Ok(Err(()));
     }
     Ok(Ok(Some(())))
@@ -121,8 +128,10 @@ async fn client(serving: Serving, stream: UnixStream) -> std::io::Result<()> {
     let (lines, lines_rx) = smol::channel::bounded::<Vec<u8>>(64);
     let write = smol::spawn(writer(stream, lines_rx));
     let mut line = String::new();
-    // The hello: the version first.
-    match read_line(&mut reader, &mut line).await? {
+    let mut skipping = false;
+    // The hello: the version first. A hello too long is answered and the
+    // connection closed without reading the rest.
+    match read_line(&mut reader, &mut line, &mut skipping).await? {
         Ok(None) => return Ok(()),
         Err(()) => {
             let _ = lines
@@ -179,7 +188,7 @@ async fn client(serving: Serving, stream: UnixStream) -> std::io::Result<()> {
     }
     let mut subscribed = false;
     loop {
-        let out = match read_line(&mut reader, &mut line).await? {
+        let out = match read_line(&mut reader, &mut line, &mut skipping).await? {
             Ok(None) => break,
             Err(()) => error_line(
                 0,

@@ -32,7 +32,7 @@ use crate::control::server::{Ask, Serving};
 use crate::limits::{HandshakeSlots, MAX_PEER_HANDSHAKES};
 use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
 use crate::transport::{Listener, NodeTransport, PEER_PORT};
-use conn::{Admission, LinkCommand, LinkHandler};
+use conn::{Admission, LinkCommand, LinkHandler, Outbox};
 
 /// An input for the core's thread.
 enum Input {
@@ -146,36 +146,87 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
             stop: stop_tx,
         }));
         smol::spawn(execute(effect_rx, ctx.clone(), hub.clone())).detach();
-        let mut listener = transport
-            .listen(&identity, PEER_PORT)
-            .await
-            .map_err(|e| format!("cannot publish our onion service: {e}"))?;
-        if listener
-            .wait_published(StdDuration::from_secs(120))
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "warning: tor has not confirmed our onion service yet; peers may not reach us for a while"
-            );
-        }
-        println!("cwtch peer {address} is online");
-        let stopped = async {
-            let _ = stop_rx.recv().await;
-            Ok::<(), String>(())
-        };
-        let control = async {
-            control
+        // SIGTERM, SIGINT and the control socket's `shutdown` all stop the
+        // daemon gracefully.
+        let signals = crate::shutdown::Signals::install()
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
+        let stop = signals.shutdown.clone();
+        let stop_on_request = stop.clone();
+        smol::spawn(async move {
+            if stop_rx.recv().await.is_ok() {
+                stop_on_request.trigger();
+            }
+        })
+        .detach();
+        let publish = async {
+            let mut listener = transport
+                .listen(&identity, PEER_PORT)
                 .await
-                .map_err(|e| format!("control socket failed: {e}"))
+                .map_err(|e| format!("cannot publish our onion service: {e}"))?;
+            if listener
+                .wait_published(StdDuration::from_secs(120))
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "warning: tor has not confirmed our onion service yet; peers may not reach us for a while"
+                );
+            }
+            Ok::<_, String>(Some(listener))
         };
-        let accepting = async {
-            accept(&listener, ctx.clone()).await;
-            Ok::<(), String>(())
+        let stopped_early = async {
+            stop.wait().await;
+            Ok(None)
         };
-        let outcome = smol::future::or(stopped, smol::future::or(control, accepting)).await;
+        let listener = smol::future::or(publish, stopped_early).await?;
+        let outcome = match &listener {
+            None => Ok(()),
+            Some(listener) => {
+                println!("cwtch peer {address} is online");
+                let stopped = async {
+                    stop.wait().await;
+                    Ok::<(), String>(())
+                };
+                let control = async {
+                    control
+                        .await
+                        .map_err(|e| format!("control socket failed: {e}"))
+                };
+                let accepting = async {
+                    accept(listener, ctx.clone()).await;
+                    Ok::<(), String>(())
+                };
+                smol::future::or(stopped, smol::future::or(control, accepting)).await
+            }
+        };
+        // The graceful stop: subscribers are told, our onion service is
+        // removed, every link is closed (what is queued goes out first).
+        // Everything acknowledged is stored already: the core writes before
+        // it acknowledges.
         hub.publish(Event::ShuttingDown);
-        let _ = listener.close().await;
+        if let Some(listener) = listener {
+            let _ = listener.close().await;
+        }
+        let links: Vec<Sender<LinkCommand>> = ctx
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for tx in &links {
+            conn::close(tx);
+        }
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(2);
+        while std::time::Instant::now() < deadline
+            && !ctx
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            smol::Timer::after(StdDuration::from_millis(20)).await;
+        }
         // Subscribers get the notice before the process ends.
         smol::Timer::after(StdDuration::from_millis(200)).await;
         outcome
@@ -330,7 +381,7 @@ impl LinkHandler for CoreLink {
         }))
     }
 
-    fn established(&mut self, remote: PublicIdentity) -> Vec<Vec<u8>> {
+    fn established(&mut self, remote: PublicIdentity, _out: &mut Outbox) {
         if let Some(slot) = &self.slot {
             slot.release();
         }
@@ -338,12 +389,10 @@ impl LinkHandler for CoreLink {
         self.report(LinkEvent::Up {
             remote: (!self.server).then(|| Box::new(remote)),
         });
-        Vec::new()
     }
 
-    fn message(&mut self, msg: &[u8]) -> Vec<Vec<u8>> {
+    fn message(&mut self, msg: &[u8], _out: &mut Outbox) {
         self.report(LinkEvent::Message(msg.to_vec()));
-        Vec::new()
     }
 
     fn closed(&mut self, reason: CloseReason) {

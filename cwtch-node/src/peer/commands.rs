@@ -292,6 +292,7 @@ impl Peer {
                 format!("no contact request from {address}"),
             )
         })?;
+        let was = c.state;
         c.state = state;
         if state != ContactState::Request {
             c.from_mailbox = false;
@@ -299,6 +300,17 @@ impl Peer {
         self.store_contact(c, now)?;
         if state == ContactState::Accepted {
             self.links.forget_backoff(address);
+            // What they sent while only a request and we could not take
+            // (a group invite) waits in their queue for a new link: start
+            // one now, after our greeting goes out, rather than when this
+            // link happens to end.
+            if was == ContactState::Request
+                && self.links.get(address).is_some_and(|l| l.refused_something)
+                && let Some(link) = self.links.drop_link(address)
+            {
+                self.close(link);
+                self.notify_connection("contact", address);
+            }
         }
         Ok(json(&self.contacts.get(address)))
     }
@@ -433,17 +445,29 @@ impl Peer {
             .filter(|m| m.conversation == conversation)
             .collect();
         let mut list = if self.groups.contains(&conversation) {
-            let note = if self.recovery.gave_up(&conversation) {
+            let asking = if self.recovery.gave_up(&conversation) {
                 "none of the members we asked had it; asked again when new gaps appear"
             } else {
                 "asking the members we are linked with"
+            };
+            // A server that pruned its log (under its stated retention)
+            // explains the gap: said so, never held against it.
+            let expired = self.groups.get(&conversation).and_then(|g| {
+                g.record
+                    .servers
+                    .iter()
+                    .find_map(|s| self.servers.retention_note(s))
+            });
+            let note = match expired {
+                Some(why) => format!("{why}; {asking}"),
+                None => asking.to_string(),
             };
             self.groups.view(
                 &conversation,
                 list,
                 &self.identity,
                 |s| self.servers.status(s),
-                note,
+                &note,
             )
         } else {
             let mut list = list;

@@ -24,6 +24,9 @@ pub struct LinkEntry {
     pub we_dialed: bool,
     /// The link's rules.
     pub session: PeerSession,
+    /// The peer sent something its standing did not allow (a group invite
+    /// while only a request): it waits in their queue for a new link.
+    pub refused_something: bool,
 }
 
 /// A link not established yet: a dial, or an inbound handshake admitted.
@@ -156,6 +159,7 @@ impl Links {
                 id: link,
                 we_dialed: p.we_dialed,
                 session: PeerSession::new(standing),
+                refused_something: false,
             },
         );
         self.backoff.remove(&remote);

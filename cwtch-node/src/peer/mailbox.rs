@@ -246,3 +246,75 @@ pub fn seal_first_contact<R: CryptoRng + ?Sized>(
         .map_err(|e| e.to_string()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::{Stored, decode};
+    use cwtch_proto::Identity;
+
+    fn server(seed: u8) -> String {
+        Identity::from_seed(&[seed; 32]).address().to_string()
+    }
+
+    fn retired(until: u64) -> RetiredRecord {
+        RetiredRecord {
+            server: server(0x90),
+            key: SecretHex("cd".repeat(32)),
+            until,
+        }
+    }
+
+    #[test]
+    fn retired_mailboxes_expire_at_their_deadline_and_are_bounded() {
+        let live = live_retired((1..=10).map(retired).collect(), 3);
+        let untils: Vec<u64> = live.iter().map(|r| r.until).collect();
+        assert_eq!(untils, vec![10, 9, 8, 7], "the newest {MAX_RETIRED}");
+        assert!(
+            live_retired(vec![retired(5)], 5).is_empty(),
+            "expired at its deadline"
+        );
+        assert_eq!(live_retired(vec![retired(6)], 5).len(), 1);
+    }
+
+    #[test]
+    fn a_retired_mailbox_that_does_not_parse_is_skipped_but_the_current_one_must_parse() {
+        let record = MailboxRecord {
+            server: server(0x81),
+            key: SecretHex("ab".repeat(32)),
+            retired: vec![
+                RetiredRecord {
+                    server: "not a server".into(),
+                    key: SecretHex("ab".repeat(32)),
+                    until: u64::MAX,
+                },
+                retired(u64::MAX),
+            ],
+        };
+        let state = MailboxState::from_record(&record, 0).unwrap();
+        assert_eq!(state.retired.len(), 1);
+        assert_eq!(state.servers_to_read(0).len(), 2);
+        let bad = MailboxRecord {
+            key: SecretHex("zz".into()),
+            ..record
+        };
+        assert!(MailboxState::from_record(&bad, 0).is_err());
+    }
+
+    #[test]
+    fn a_record_from_before_rotation_existed_still_loads() {
+        // Written by an earlier version: JSON, no `retired` field.
+        let old = format!(
+            r#"{{"server":"{}","key":"{}"}}"#,
+            server(0x81),
+            "ab".repeat(32)
+        );
+        let record: MailboxRecord = decode(old.as_bytes()).unwrap();
+        assert!(record.retired.is_empty());
+        let state = MailboxState::from_record(&record, 0).unwrap();
+        assert_eq!(state.server(), server(0x81));
+        // And the current form round-trips.
+        let back: MailboxRecord = decode(&record.to_record()).unwrap();
+        assert_eq!(back.server, record.server);
+    }
+}

@@ -4,7 +4,7 @@
 use cwtch_proto::group::control::WANTED_MAX_LEN;
 use cwtch_proto::group::{MessageKind, MissingRange, ResendWanted, SEALED_BLOB_LEN};
 use cwtch_proto::peer::session::admit;
-use cwtch_proto::peer::{Incoming, PeerEvent, PeerMessage, PeerRefusal};
+use cwtch_proto::peer::{Incoming, PeerEvent, PeerMessage, PeerRefusal, PeerSessionError};
 use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{ClaimedTime, OnionAddress, PublicIdentity};
 
@@ -148,15 +148,17 @@ impl Peer {
         // Only the link the session belongs to (not one closing after a
         // tie-break or a block).
         let msg = match self.links.established(remote, link) {
-            Some(l) => l.session.handle_message(bytes),
+            Some(l) => match l.session.handle_message(bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    if matches!(e, PeerSessionError::NotAllowed { .. }) {
+                        l.refused_something = true;
+                    }
+                    crate::log_throttled!(kind = e; "ignoring a message from a peer: {e}");
+                    return;
+                }
+            },
             None => return,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                crate::log_throttled!(kind = e; "ignoring a message from a peer: {e}");
-                return;
-            }
         };
         match msg {
             Incoming::Hello { name } => {

@@ -140,14 +140,18 @@ impl Peer {
                 self.servers.set_error(
                     server,
                     match retry_at {
-                        Some(_) => format!("refused a post for now ({reason:?}); posting it again"),
-                        None => format!("refused a post ({reason:?})"),
+                        Some(_) => format!(
+                            "refused a post for now ({}); posting it again",
+                            describe_refusal(reason)
+                        ),
+                        None => format!("refused a post ({})", describe_refusal(reason)),
                     },
                 );
                 if retry_at.is_none() {
                     // Dropped by the client: it stays in the outgoing queue
-                    // and goes out again on the next connection.
-                    self.servers.take_post(server, post);
+                    // and goes out again on the next connection, never
+                    // again on this one.
+                    self.servers.refuse_post(server, post);
                 }
             }
             ClientEvent::PowTooHard { bits } => self.servers.set_error(
@@ -200,10 +204,22 @@ impl Peer {
                     ),
                 );
             }
+            ClientEvent::Expired { index, count } => {
+                // Pruned under the retention the server states: not held
+                // against it (no score, no move).
+                tracing::info!(
+                    index,
+                    count,
+                    "a server pruned our acknowledged post(s) under its stated retention"
+                );
+            }
+            ClientEvent::Skipped { after, before } => {
+                self.servers.note_skipped(server, after, before);
+            }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");
                 self.servers
-                    .set_error(server, format!("refused: {:?}", r.reason));
+                    .set_error(server, format!("refused: {}", describe_refusal(r.reason)));
             }
             _ => {}
         }
@@ -593,5 +609,24 @@ impl Peer {
                 .store
                 .put(Table::Servers, &records::adverts_key(gid), &s);
         }
+    }
+}
+
+/// Why a server refused, in plain words (never a debug form: this is shown
+/// in `status` and `group list`).
+pub fn describe_refusal(reason: cwtch_proto::server::RefusalReason) -> String {
+    use cwtch_proto::server::RefusalReason as R;
+    match reason {
+        R::Full => "the server is full".into(),
+        R::RateLimited { retry_after_ms } => {
+            format!("too many posts: the server asks to wait {retry_after_ms} ms")
+        }
+        R::Malformed => "the server did not understand a request".into(),
+        R::TooManySubscriptions => "the server takes no more readers".into(),
+        R::PowMissing => "the server asks for proof of work".into(),
+        R::PowWrong => "the proof of work was not enough".into(),
+        R::WrongBlobSize { found } => format!("a post of the wrong size ({found} bytes)"),
+        R::Unavailable => "the server's storage failed; it asks to try later".into(),
+        _ => "the server refused".into(),
     }
 }

@@ -32,6 +32,12 @@ pub struct ServerConn {
     rewind: Option<u64>,
     /// Posts handed to this connection's client: PostId → (owner, seq).
     posts: HashMap<u64, (String, u64)>,
+    /// Entries of its log this run found gone (pruned under its retention,
+    /// or withheld): what missing messages are explained by.
+    pub pruned: u64,
+    /// Posts this connection refused for good: not handed to it again (the
+    /// next connection tries them once more).
+    refused: std::collections::HashSet<(String, u64)>,
     next_post: u64,
 }
 
@@ -47,6 +53,8 @@ impl ServerConn {
             failing_since: None,
             rewind: None,
             posts: HashMap::new(),
+            refused: Default::default(),
+            pruned: 0,
             next_post: 0,
         }
     }
@@ -150,6 +158,7 @@ impl Servers {
         c.client = Some(ServerClient::new(ClientConfig::default(), c.cursor, rng));
         c.status.state = ConnState::Connected;
         c.posts.clear();
+        c.refused.clear();
         Some(server)
     }
 
@@ -212,6 +221,7 @@ impl Servers {
         c.link = None;
         c.client = None;
         c.posts.clear();
+        c.refused.clear();
         if failed {
             c.status.state = ConnState::Failed;
             c.status.last_error = Some(reason.to_string());
@@ -317,14 +327,25 @@ impl Servers {
 
     /// Whether `(owner, seq)` is with `server`'s client.
     pub fn post_handed(&self, server: &str, owner: &str, seq: u64) -> bool {
-        self.map
-            .get(server)
-            .is_some_and(|c| c.posts.values().any(|(o, s)| o == owner && *s == seq))
+        self.map.get(server).is_some_and(|c| {
+            c.posts.values().any(|(o, s)| o == owner && *s == seq)
+                || c.refused.contains(&(owner.to_string(), seq))
+        })
     }
 
     /// The post a client reported on, and done with it.
     pub fn take_post(&mut self, server: &str, post: PostId) -> Option<(String, u64)> {
         self.map.get_mut(server)?.posts.remove(&post.0)
+    }
+
+    /// The post a client dropped after a refusal for good: it stays in the
+    /// outgoing queue, and is not handed to this connection again.
+    pub fn refuse_post(&mut self, server: &str, post: PostId) {
+        if let Some(c) = self.map.get_mut(server)
+            && let Some(p) = c.posts.remove(&post.0)
+        {
+            c.refused.insert(p);
+        }
     }
 
     /// Whether some client has proof of work to do.
@@ -375,6 +396,45 @@ impl Servers {
 
     /// A server's status (the default, "not connected", for one we do not
     /// read).
+    /// Entries between `after` and `before` are gone from `server`'s log.
+    pub fn note_skipped(&mut self, server: &str, after: u64, before: u64) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.pruned = c
+                .pruned
+                .saturating_add(before.saturating_sub(after).saturating_sub(1));
+        }
+    }
+
+    /// Why messages may be missing from `server`, in plain words, when its
+    /// log was found shorter than what was written: its stated retention.
+    pub fn retention_note(&self, server: &str) -> Option<String> {
+        let c = self.map.get(server)?;
+        if c.pruned == 0 {
+            return None;
+        }
+        let p = c.client.as_ref()?.policy()?;
+        let mut keeps = Vec::new();
+        if p.retention_max_age_secs > 0 {
+            let days = p.retention_max_age_secs / 86_400;
+            keeps.push(if days > 0 {
+                format!("{days} days")
+            } else {
+                format!("{} s", p.retention_max_age_secs)
+            });
+        }
+        if p.retention_max_entries > 0 {
+            keeps.push(format!("{} messages", p.retention_max_entries));
+        }
+        Some(if keeps.is_empty() {
+            "the server no longer serves it, though it says it keeps everything".to_string()
+        } else {
+            format!(
+                "expired on the server, which keeps {}",
+                keeps.join(" and at most ")
+            )
+        })
+    }
+
     pub fn status(&self, server: &str) -> ConnStatus {
         self.map
             .get(server)

@@ -346,7 +346,7 @@ pub struct RetentionConfig {
 
 /// A new server keeps blobs this many days: long enough for a member who
 /// was away a few weeks to catch up, short enough that a stranger cannot
-/// fill the disk for good (SECURITY.md, "The server").
+/// fill the disk for good (SECURITY.md section 3, "The server"; OPERATING.md).
 pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
 /// A new server keeps at most this many MiB of blobs (10 GiB).
 pub const DEFAULT_MAX_MIB: u64 = 10 * 1024;

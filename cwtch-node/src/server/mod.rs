@@ -20,30 +20,36 @@ pub mod backup;
 pub mod config;
 pub mod stats;
 
-use std::ops::ControlFlow;
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration as StdDuration;
 
-use crate::transport::{Listener, NodeTransport, PEER_PORT, Stream};
-use cwtch_proto::Identity;
-use cwtch_proto::channel::frame::FRAME_LEN;
-use cwtch_proto::connection::{Connection, ConnectionEvent};
+use cwtch_proto::connection::{CloseReason, Connection};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::{ADVERT_LEN, Requirements, Retention, ServerAdvert};
-use cwtch_proto::server::wire::{TAG_FETCH, TAG_POST, TAG_POST_POW, TAG_REFUSED};
+use cwtch_proto::server::wire::{
+    MAX_SERVER_MESSAGE_LEN, TAG_FETCH, TAG_POST, TAG_POST_POW, TAG_REFUSED,
+};
 use cwtch_proto::server::{
     BlobStore as SessionStore, Reply, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
-use event_listener::Event;
+use cwtch_proto::{Identity, PublicIdentity};
+use event_listener::{Event, EventListener};
 use smol::future::FutureExt;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::blob_store::{BlobReader, BlobStore, GroupCommitter, HeadWatch, RetentionPolicy};
+use crate::blob_store::{
+    BlobReader, BlobStore, GroupCommitter, HeadWatch, ReadThread, RetentionPolicy, Run,
+};
 use crate::cli::ServerPolicyArgs;
 use crate::clock;
+use crate::daemon::conn::{self, Commands, Ending, LinkHandler, Outbox};
 use crate::shutdown::{Reload, Shutdown};
+use crate::transport::{Listener, NodeTransport, PEER_PORT, Stream};
 use config::{Config, Limit, MetricsAddr, PowConfig, Ranged};
 use stats::{Counters, Report, Window};
 
@@ -369,10 +375,9 @@ impl Settings {
 /// What every connection of a server shares.
 pub struct Shared {
     committer: GroupCommitter,
-    reader: Mutex<BlobReader>,
-    /// The index the next append gets; appends are serialized by this lock
-    /// so that indices follow the commit order.
-    next_index: Mutex<u64>,
+    /// Reads of older blobs, off the executor (recent ones come from the
+    /// committer's memory).
+    reads: ReadThread,
     settings: RwLock<Settings>,
     identity: Identity,
     /// The current signed advert and when it was issued (Unix seconds).
@@ -407,41 +412,40 @@ pub struct Faults {
     pub withhold: Option<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
 }
 
-/// The session's view of the store: appends go to the group committer (the
-/// session acknowledges only once they are durable), reads to a read-only
-/// connection.
-struct SessionStoreHandle<'a>(&'a Shared);
+/// The session's view of the store. Appends go to the group committer,
+/// which gives each its index at once (the session acknowledges it once
+/// the durable head reaches it). Reads never wait on the executor: the
+/// last blobs committed are in the committer's memory, older ones are read
+/// ahead on the read thread ([`ReadAhead`]); a blob in neither is
+/// answered [`StoreError::WouldBlock`] and fetched meanwhile.
+struct SessionStoreHandle<'a> {
+    shared: &'a Shared,
+    ahead: &'a ReadAhead,
+    /// The session's durable head.
+    durable: u64,
+}
+
+impl SessionStoreHandle<'_> {
+    /// The first stored blob after `after`, whatever the faults.
+    fn find(&self, after: u64, out: &mut [u8; SEALED_BLOB_LEN]) -> Result<Option<u64>, StoreError> {
+        if let Some(found) = self.shared.committer.read_recent(after, out) {
+            return Ok(found);
+        }
+        self.ahead.find(after, self.durable, out)
+    }
+}
 
 impl SessionStore for SessionStoreHandle<'_> {
     fn append(&mut self, blob: &[u8; SEALED_BLOB_LEN]) -> Result<u64, StoreError> {
-        let mut next = self.0.next_index.lock().unwrap_or_else(|e| e.into_inner());
-        let index = *next;
-        let ack = self
-            .0
+        let index = self
+            .shared
             .committer
-            .try_submit(Box::new(*blob))
+            .try_append(blob)
             .map_err(|e| match e {
                 crate::blob_store::Error::QueueFull => StoreError::Full,
                 _ => StoreError::Unavailable,
             })?;
-        *next += 1;
-        self.0.counters.stored.fetch_add(1, Ordering::Relaxed);
-        smol::spawn(async move {
-            match ack.await {
-                Ok(committed) if committed == index => {}
-                Ok(committed) => {
-                    // Indices handed out would no longer match the store:
-                    // stop rather than acknowledge the wrong thing.
-                    eprintln!("cwtch server: index mismatch ({committed} != {index}); stopping");
-                    std::process::exit(70);
-                }
-                Err(e) => {
-                    eprintln!("cwtch server: the blob store failed: {e}; stopping");
-                    std::process::exit(74);
-                }
-            }
-        })
-        .detach();
+        self.shared.counters.stored.fetch_add(1, Ordering::Relaxed);
         Ok(index)
     }
 
@@ -450,37 +454,131 @@ impl SessionStore for SessionStoreHandle<'_> {
         after: u64,
         out: &mut [u8; SEALED_BLOB_LEN],
     ) -> Result<Option<u64>, StoreError> {
-        let reader = self.0.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
-        let withhold = self.0.faults.withhold.as_deref();
+        let withhold = self.shared.faults.withhold.as_deref();
         let mut after = after;
         loop {
-            let mut skipped = None;
-            reader
-                .visit_after(after, 1, |index, blob| {
-                    if withhold.is_some_and(|w| w(index)) {
-                        skipped = Some(index);
-                    } else {
-                        out.copy_from_slice(blob);
-                        found = Some(index);
-                    }
-                    ControlFlow::Break(())
-                })
-                .map_err(|_| StoreError::Unavailable)?;
-            match skipped {
-                Some(index) => after = index,
-                None => break,
+            match self.find(after, out)? {
+                Some(index) if withhold.is_some_and(|w| w(index)) => after = index,
+                found => return Ok(found),
             }
         }
-        Ok(found)
     }
 
     fn durable_head(&self) -> u64 {
-        self.0.committer.head()
+        self.shared.committer.head()
     }
 
     fn advert(&self) -> Option<[u8; ADVERT_LEN]> {
-        self.0.current_advert()
+        self.shared.current_advert()
+    }
+}
+
+/// How many blobs one read on the read thread brings.
+const READ_RUN: usize = 16;
+
+/// Blobs one connection read ahead on the read thread: every blob stored
+/// after `after`, up to [`READ_RUN`] of them, when they were read.
+#[derive(Default)]
+struct ReadAhead {
+    after: u64,
+    run: VecDeque<(u64, Box<[u8; SEALED_BLOB_LEN]>)>,
+    /// The committer's head when the run was asked for: a run shorter than
+    /// [`READ_RUN`] holds every blob up to it.
+    head: u64,
+    /// The read failed: the next read answers `Unavailable`.
+    failed: bool,
+    /// Whether `run` holds a finished read (not let go since).
+    at_hand: bool,
+    /// The cursor of the read the session is waiting for.
+    wanted: Cell<Option<u64>>,
+    /// The read in flight, and its cursor and head.
+    pending: Option<(RunRead, u64, u64)>,
+}
+
+/// A read of a run on the read thread.
+type RunRead = Pin<Box<dyn Future<Output = crate::blob_store::Result<Run>> + Send>>;
+
+impl ReadAhead {
+    /// The first stored blob after `after` from the run, if the run can
+    /// tell (a session whose durable head is `durable`); else the read is
+    /// wanted.
+    fn find(
+        &self,
+        after: u64,
+        durable: u64,
+        out: &mut [u8; SEALED_BLOB_LEN],
+    ) -> Result<Option<u64>, StoreError> {
+        if self.failed {
+            return Err(StoreError::Unavailable);
+        }
+        if self.at_hand && after >= self.after && self.pending.is_none() {
+            let at = self.run.partition_point(|(index, _)| *index <= after);
+            if let Some((index, blob)) = self.run.get(at) {
+                out.copy_from_slice(&blob[..]);
+                return Ok(Some(*index));
+            }
+            // Nothing after it in a short run: nothing up to the head it was
+            // read at, which is all the session may see.
+            if self.run.len() < READ_RUN && durable <= self.head {
+                return Ok(None);
+            }
+        }
+        self.wanted.set(Some(after));
+        Err(StoreError::WouldBlock)
+    }
+
+    /// Starts the read the session wants, if any and none is in flight;
+    /// returns whether one is (or was already) in flight.
+    fn start(&mut self, shared: &Shared) -> bool {
+        if self.pending.is_some() {
+            return true;
+        }
+        match self.wanted.take() {
+            Some(after) => {
+                let head = shared.committer.head();
+                let read = Box::pin(shared.reads.read_after(after, READ_RUN));
+                self.pending = Some((read, after, head));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Polls the read in flight; `Ready` once its blobs are at hand.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((read, after, head)) = self.pending.as_mut() else {
+            return Poll::Pending;
+        };
+        let Poll::Ready(result) = read.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let (after, head) = (*after, *head);
+        self.pending = None;
+        match result {
+            Ok(run) => {
+                self.run = run.into();
+                self.after = after;
+                self.head = head;
+                self.failed = false;
+                self.at_hand = true;
+            }
+            Err(_) => {
+                self.run.clear();
+                self.at_hand = false;
+                self.failed = true;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// The session has nothing to read now: the run is let go (it is read
+    /// again if needed), so that an idle connection holds no blob.
+    fn release(&mut self) {
+        if self.pending.is_none() {
+            self.run = VecDeque::new();
+            self.at_hand = false;
+            self.failed = false;
+        }
     }
 }
 
@@ -557,14 +655,23 @@ fn open(
     let path = home.join(BLOBS_FILE);
     let store = BlobStore::open(&path, retention)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let head = store.head();
     let committer = GroupCommitter::start(store).map_err(|e| e.to_string())?;
-    let reader = BlobReader::open(&path).map_err(|e| e.to_string())?;
+    let reads = ReadThread::start(&path).map_err(|e| e.to_string())?;
+    // Posts are acknowledged by the durable head alone: if the store
+    // fails, stop rather than leave clients waiting (a supervisor restarts
+    // the server, which recovers from its write-ahead log).
+    let stopped = committer.stopped();
+    smol::spawn(async move {
+        if stopped.await {
+            eprintln!("cwtch server: the blob store failed; stopping");
+            std::process::exit(74);
+        }
+    })
+    .detach();
     let pow_now = settings.config.proof_of_work.level(0, 0);
     Ok(Arc::new(Shared {
         committer,
-        reader: Mutex::new(reader),
-        next_index: Mutex::new(head + 1),
+        reads,
         settings: RwLock::new(settings),
         identity,
         advert: Mutex::new((now, advert)),
@@ -1033,13 +1140,6 @@ impl Drop for ClientPermit<'_> {
     }
 }
 
-enum Wake {
-    Read(std::io::Result<usize>),
-    Durable,
-    Timer,
-    Shutdown,
-}
-
 /// Counts what a client asks.
 fn count_request(counters: &Counters, request: &[u8]) {
     match request.first() {
@@ -1062,31 +1162,12 @@ fn count_reply(counters: &Counters, reply: &[u8]) {
     }
 }
 
-/// Closes our side of a stream whose last bytes (the closing notice) are
-/// written, then reads and drops what the client still sends until it
-/// closes too (or [`LINGER`] passes). Dropping a socket with unread input
-/// makes the kernel reset the connection, and a reset can destroy the
-/// client's copy of the closing notice before it reads it.
-async fn linger(stream: &mut Stream) {
-    stream.shutdown_write().await;
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    drain
-        .or(async {
-            smol::Timer::after(LINGER).await;
-        })
-        .await;
-}
-
 /// How long a stopping server waits for a client to close after its
 /// closing notice.
 const LINGER: StdDuration = StdDuration::from_secs(2);
+/// How long a stopping server waits for a client's posts to become
+/// durable and be acknowledged before it says goodbye.
+const DRAIN: cwtch_proto::Duration = cwtch_proto::Duration::from_secs(5);
 
 /// One anonymous client: the channel, then the server session over it.
 /// Reads from the socket only while the session wants a request (so a
@@ -1101,234 +1182,247 @@ pub async fn serve_client(shared: &Shared, stream: impl Into<Stream>) {
 /// [`serve_client`], releasing a handshake slot once the client is
 /// authenticated.
 ///
-/// When the server stops, the connection stops reading requests, sends
+/// When the server stops, the connection stops taking requests, sends
 /// the acknowledgements of the posts it took as they become durable, then
 /// `Closing(shutdown)`, and closes the channel (bounded by
 /// [`SHUTDOWN_GRACE`]).
-async fn serve_client_in_slot(
-    shared: &Shared,
-    mut stream: Stream,
-    slot: Option<&crate::limits::Slot>,
-) {
-    let now = clock::now();
-    let mut rng = clock::rng();
-    let mut conn = Connection::responder(
+async fn serve_client_in_slot(shared: &Shared, stream: Stream, slot: Option<&crate::limits::Slot>) {
+    let conn = Connection::responder(
         crate::limits::responder_config(shared.handshake_secs.load(Ordering::Relaxed)),
         shared.identity.clone(),
-        &mut rng,
-        now,
+        &mut clock::rng(),
+        clock::now(),
     );
-    let mut session: Option<ServerSession> = None;
-    // Held while the client is served; counts it against --max-connections.
-    let mut _permit: Option<ClientPermit> = None;
-    let mut watch: HeadWatch = shared.committer.watch_head();
-    let mut pending: Option<Vec<u8>> = None;
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut readbuf = vec![0u8; 4096];
-    let mut frame = [0u8; FRAME_LEN];
-    let mut msg = vec![0u8; cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN];
-    let mut wire = Vec::new();
-    // Set once the server stops: when the acknowledgements are out (or
-    // this deadline passes) the session is closed.
-    let mut draining: Option<cwtch_proto::Instant> = None;
-    let mut closing = false;
-    loop {
-        let now = clock::now();
-        let mut closed = false;
-        while pending.is_none() {
-            match conn.poll_event() {
-                Some(ConnectionEvent::IncomingPeer { .. }) => {
-                    // Every client is anonymous: accept any key.
-                    let _ = conn.accept(now);
-                }
-                Some(ConnectionEvent::Established { .. }) => {
-                    if let Some(slot) = slot {
-                        slot.release();
-                    }
-                    match ClientPermit::take(shared) {
-                        Some(p) => _permit = Some(p),
-                        None => {
-                            crate::limits::log_drop(crate::limits::DropReason::TooManyConnections);
-                            shared.counters.refused(stats::TOO_MANY_CONNECTIONS);
-                            return;
-                        }
-                    }
-                    let store = SessionStoreHandle(shared);
-                    session = Some(ServerSession::new(
-                        shared.session_config_now(),
-                        &store,
-                        &mut rng,
-                        now,
-                    ));
-                }
-                Some(ConnectionEvent::Message(m)) => {
-                    if draining.is_none() {
-                        pending = Some(m.to_vec());
-                    }
-                }
-                Some(ConnectionEvent::Closed(_)) => {
-                    closed = true;
-                    break;
-                }
-                None => break,
-            }
+    let mut client = Client::new(shared, slot);
+    conn::drive(stream, conn, Commands::none(), &mut client).await;
+}
+
+/// The server's side of one client, on the connection driver
+/// ([`conn::drive`]): the session, its permit, and what it waits for (the
+/// durable head, the stop, its reads).
+struct Client<'a> {
+    shared: &'a Shared,
+    /// Released once the client is authenticated.
+    slot: Option<&'a crate::limits::Slot>,
+    session: Option<ServerSession>,
+    /// Held while the client is served; counts it against --max-connections.
+    _permit: Option<ClientPermit<'a>>,
+    /// The reply being sent.
+    msg: Vec<u8>,
+    watch: HeadWatch,
+    /// The committer stopped: the head will not move again.
+    watch_done: bool,
+    stop: Option<EventListener>,
+    ahead: ReadAhead,
+    /// Set once the server stops: when the acknowledgements are out (or
+    /// this deadline passes) the session is closed.
+    draining: Option<cwtch_proto::Instant>,
+    /// The session was asked to close.
+    closing: bool,
+    /// The session sent its closing notice: close the channel.
+    close: bool,
+    /// Drop the connection without a word (the server is full).
+    abort: bool,
+}
+
+impl<'a> Client<'a> {
+    fn new(shared: &'a Shared, slot: Option<&'a crate::limits::Slot>) -> Self {
+        Client {
+            shared,
+            slot,
+            session: None,
+            _permit: None,
+            msg: Vec::new(),
+            watch: shared.committer.watch_head(),
+            watch_done: false,
+            stop: None,
+            ahead: ReadAhead::default(),
+            draining: None,
+            closing: false,
+            close: false,
+            abort: false,
         }
-        if closed {
-            if let Some(s) = session.as_mut() {
-                s.close();
-            }
-            if draining.is_some() {
-                linger(&mut stream).await;
-            }
-            return;
-        }
-        if let Some(s) = session.as_mut() {
-            let mut store = SessionStoreHandle(shared);
-            s.handle_durable(store.durable_head());
-            // Feed the waiting request and pull replies until neither moves:
-            // a finished page makes the session want the next request.
-            loop {
-                let mut progress = false;
-                if let Some(req) = &pending
-                    && s.wants_request()
-                {
-                    count_request(&shared.counters, req);
-                    if let Err(e) = s.handle_message(req, now, &mut store) {
-                        tracing::debug!("request not handled: {e}");
-                    }
-                    pending = None;
-                    progress = true;
-                }
-                while conn.can_send() {
-                    match s.poll_transmit(&store, &mut msg) {
-                        Ok(Some(n)) => {
-                            count_reply(&shared.counters, &msg[..n]);
-                            let _ = conn.send(&msg[..n]);
-                            progress = true;
-                        }
-                        _ => break,
-                    }
-                    // Frames must leave before the next message fits.
-                    while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
-                        wire.extend_from_slice(&frame[..n]);
-                    }
-                }
-                while let Some(event) = s.poll_event() {
-                    if let ServerEvent::Closed { .. } = event {
-                        conn.close();
-                    }
-                }
-                if !progress {
-                    break;
-                }
-            }
-            // Stopping: once every post this client handed us is
-            // acknowledged (or the grace is over), say goodbye.
-            if let Some(deadline) = draining
-                && !closing
-                && (s.queued_items() == 0 || now >= deadline)
-            {
-                closing = true;
-                s.close();
-                continue;
-            }
-        } else if draining.is_some() {
-            // Still in its handshake: nothing to tell it.
-            return;
-        }
-        while let Ok(Some(n)) = conn.poll_transmit(now, &mut frame) {
-            wire.extend_from_slice(&frame[..n]);
-        }
-        // Flushed: a stream of the built-in Tor holds written bytes until
-        // a flush (a TCP socket's flush does nothing).
-        if !wire.is_empty()
-            && (stream.write_all(&wire).await.is_err() || stream.flush().await.is_err())
+    }
+
+    /// Stopping: once every post this client handed us is acknowledged
+    /// (or the grace is over), say goodbye.
+    fn drain(&mut self, now: cwtch_proto::Instant) {
+        if let (Some(deadline), Some(s)) = (self.draining, self.session.as_mut())
+            && !self.closing
+            && (s.queued_items() == 0 || now >= deadline)
         {
-            conn.handle_eof();
-            wire.clear();
-            continue;
+            self.closing = true;
+            s.close();
         }
-        wire.clear();
-        // Leftover input first, unless a request waits for the session.
-        if pending.is_none() && draining.is_none() && !inbuf.is_empty() {
-            match conn.handle_input(&inbuf, now) {
-                Ok(consumed) if consumed > 0 => {
-                    inbuf.drain(..consumed);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    inbuf.clear();
-                    continue;
-                }
+    }
+}
+
+impl LinkHandler for Client<'_> {
+    /// A client's requests are small: a post is 2,057 bytes.
+    const READ_BUFFER: usize = 4096;
+
+    fn established(&mut self, _remote: PublicIdentity, _out: &mut Outbox) {
+        // Every client is anonymous: any key was accepted.
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
+        let Some(permit) = ClientPermit::take(self.shared) else {
+            crate::limits::log_drop(crate::limits::DropReason::TooManyConnections);
+            self.shared.counters.refused(stats::TOO_MANY_CONNECTIONS);
+            self.abort = true;
+            return;
+        };
+        self._permit = Some(permit);
+        let store = SessionStoreHandle {
+            shared: self.shared,
+            ahead: &self.ahead,
+            durable: 0,
+        };
+        self.session = Some(ServerSession::new(
+            self.shared.session_config_now(),
+            &store,
+            &mut clock::rng(),
+            clock::now(),
+        ));
+        self.msg = vec![0u8; MAX_SERVER_MESSAGE_LEN];
+    }
+
+    fn message(&mut self, msg: &[u8], _out: &mut Outbox) {
+        // A stopping server takes no new request.
+        if self.draining.is_some() {
+            return;
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        count_request(&self.shared.counters, msg);
+        let mut store = SessionStoreHandle {
+            shared: self.shared,
+            ahead: &self.ahead,
+            durable: s.durable_head(),
+        };
+        if let Err(e) = s.handle_message(msg, clock::now(), &mut store) {
+            tracing::debug!("request not handled: {e}");
+        }
+    }
+
+    fn closed(&mut self, _reason: CloseReason) {
+        if let Some(s) = self.session.as_mut() {
+            s.close();
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        // While stopping, input is still read (the channel's close needs
+        // it) but no request is taken.
+        match &self.session {
+            None => true,
+            Some(s) => self.draining.is_some() || s.wants_request(),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: cwtch_proto::Instant) -> Option<&[u8]> {
+        self.drain(now);
+        let s = self.session.as_mut()?;
+        s.handle_durable(self.shared.committer.head());
+        let store = SessionStoreHandle {
+            shared: self.shared,
+            ahead: &self.ahead,
+            durable: s.durable_head(),
+        };
+        let sent = match s.poll_transmit(&store, &mut self.msg) {
+            Ok(sent) => sent,
+            Err(e) => {
+                tracing::debug!("no reply: {e}");
+                None
+            }
+        };
+        while let Some(event) = s.poll_event() {
+            if let ServerEvent::Closed { .. } = event {
+                self.close = true;
             }
         }
-        let deadline = [
-            conn.poll_timeout(),
-            session.as_ref().and_then(|s| s.poll_timeout()),
-            draining,
+        match sent {
+            Some(n) => {
+                let reply = &self.msg[..n];
+                count_reply(&self.shared.counters, reply);
+                Some(reply)
+            }
+            None => {
+                // Waiting for a read, or nothing to send: then the blobs
+                // read ahead are let go.
+                if !self.ahead.start(self.shared) {
+                    self.ahead.release();
+                }
+                None
+            }
+        }
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        if self.abort || (self.draining.is_some() && self.session.is_none()) {
+            // Full, or stopping while still in its handshake: nothing to
+            // tell it.
+            Some(Ending::Abort)
+        } else if self.close {
+            Some(Ending::Close)
+        } else {
+            None
+        }
+    }
+
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut woke = false;
+        // The durable head matters to a session with posts to acknowledge
+        // or a subscription to push: an idle one is not woken by commits.
+        let follows_head = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.is_subscribed() || s.queued_items() > 0);
+        if follows_head && !self.watch_done {
+            match self.watch.poll_changed(cx) {
+                Poll::Ready(Ok(_)) => woke = true,
+                Poll::Ready(Err(_)) => self.watch_done = true,
+                Poll::Pending => {}
+            }
+        }
+        if self.draining.is_none()
+            && self
+                .shared
+                .shutdown
+                .poll_wait(&mut self.stop, cx)
+                .is_ready()
+        {
+            let now = clock::now();
+            self.draining = Some(now + DRAIN);
+            self.drain(now);
+            woke = true;
+        }
+        if self.ahead.poll(cx).is_ready() {
+            woke = true;
+        }
+        if woke { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    fn poll_timeout(&self) -> Option<cwtch_proto::Instant> {
+        [
+            self.session.as_ref().and_then(|s| s.poll_timeout()),
+            self.draining.filter(|_| !self.closing),
         ]
         .into_iter()
         .flatten()
-        .min();
-        // While stopping, input is still read (the channel's close and
-        // acknowledgements need it) but no new request is taken.
-        let can_read = pending.is_none() && inbuf.len() < 64 * 1024;
-        let read = async {
-            if can_read {
-                Wake::Read(stream.read(&mut readbuf).await)
-            } else {
-                std::future::pending().await
-            }
-        };
-        let durable = async {
-            match watch.changed().await {
-                Ok(_) => Wake::Durable,
-                Err(_) => std::future::pending().await,
-            }
-        };
-        let timer = async {
-            match deadline {
-                Some(at) => {
-                    smol::Timer::at(clock::to_std(at)).await;
-                    Wake::Timer
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let stop = async {
-            if draining.is_none() {
-                shared.shutdown.wait().await;
-                Wake::Shutdown
-            } else {
-                std::future::pending().await
-            }
-        };
-        match read.or(durable).or(timer).or(stop).await {
-            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => conn.handle_eof(),
-            Wake::Read(Ok(n)) => {
-                inbuf.extend_from_slice(&readbuf[..n]);
-                if draining.is_some() {
-                    // Only the channel's own frames matter now.
-                    if let Ok(consumed) = conn.handle_input(&inbuf, clock::now()) {
-                        inbuf.drain(..consumed);
-                    } else {
-                        inbuf.clear();
-                    }
-                }
-            }
-            Wake::Durable => {}
-            Wake::Timer => {
-                let now = clock::now();
-                conn.handle_timeout(now);
-                if let Some(s) = session.as_mut() {
-                    s.handle_timeout(now);
-                }
-            }
-            Wake::Shutdown => {
-                draining = Some(clock::now() + cwtch_proto::Duration::from_secs(5));
-                pending = None;
-            }
+        .min()
+    }
+
+    fn handle_timeout(&mut self, now: cwtch_proto::Instant, _out: &mut Outbox) {
+        if let Some(s) = self.session.as_mut() {
+            s.handle_timeout(now);
         }
+        self.drain(now);
+    }
+
+    fn linger(&self) -> Option<StdDuration> {
+        // After the closing notice of a stop, let the client read it.
+        self.draining.map(|_| LINGER)
     }
 }

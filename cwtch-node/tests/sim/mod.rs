@@ -48,10 +48,23 @@ pub struct MemStore {
     pub last: u64,
     pub durable: u64,
     pub advert: Option<[u8; ADVERT_LEN]>,
+    /// The next this many appends fail (the store is unavailable).
+    pub fail_next: u32,
+}
+
+impl MemStore {
+    /// Retention: drops every entry at or below `upto`.
+    pub fn prune(&mut self, upto: u64) {
+        self.entries.retain(|(i, _)| *i > upto);
+    }
 }
 
 impl BlobStore for MemStore {
     fn append(&mut self, blob: &[u8; SEALED_BLOB_LEN]) -> Result<u64, StoreError> {
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return Err(StoreError::Unavailable);
+        }
         self.last += 1;
         self.entries.push((self.last, Box::new(*blob)));
         Ok(self.last)
@@ -100,6 +113,8 @@ pub struct SimServer {
     pub withhold: Option<Withhold>,
     /// Requests the sessions took.
     pub requests: u64,
+    /// Of which posts.
+    pub posts: u64,
     /// Whether it answers dials.
     pub online: bool,
 }
@@ -219,6 +234,7 @@ impl Sim {
             sessions: BTreeMap::new(),
             withhold: None,
             requests: 0,
+            posts: 0,
             online: true,
         });
         self.servers.len() - 1
@@ -536,6 +552,12 @@ impl Sim {
                         break;
                     };
                     srv.requests += 1;
+                    if matches!(
+                        cwtch_proto::server::wire::Request::decode(&req),
+                        Ok(cwtch_proto::server::wire::Request::Post { .. })
+                    ) {
+                        srv.posts += 1;
+                    }
                     if sess
                         .session
                         .handle_message(&req, now, &mut srv.store)

@@ -226,3 +226,40 @@ pub fn accept_invite(home: &Path, group: &str, limit: Duration) {
         cli(home, &["group", "accept", group]).ok().map(|_| ())
     });
 }
+
+/// The debug forms of values (`Error(Truncated)`, `Some("x")`,
+/// `RateLimited { retry_after_ms: 9 }`) found in `text`: what people read
+/// must never show one.
+pub fn debug_forms(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let start = chars[..i]
+            .iter()
+            .rposition(|&p| !is_ident(p))
+            .map_or(0, |p| p + 1);
+        let ident: String = chars[start..i].iter().collect();
+        let upper = ident.starts_with(|c: char| c.is_ascii_uppercase()) && ident.len() >= 2;
+        let next = chars.get(i + 1).copied().unwrap_or(' ');
+        let tuple = c == '(' && upper && (next.is_ascii_uppercase() || next == '"');
+        // `Name { field: ` (a struct's debug form).
+        let field: String = chars
+            .get(i + 3..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&c| is_ident(c))
+            .collect();
+        let structure = c == ' '
+            && next == '{'
+            && upper
+            && !field.is_empty()
+            && chars.get(i + 2) == Some(&' ')
+            && chars.get(i + 3 + field.len()) == Some(&':');
+        if tuple || structure {
+            let end = (i + 24).min(chars.len());
+            found.push(chars[start..end].iter().collect());
+        }
+    }
+    found
+}

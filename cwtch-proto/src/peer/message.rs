@@ -68,7 +68,7 @@ pub enum PeerMessage<'a> {
         /// The sealed blob, verified by the receiver like one from a server.
         blob: &'a [u8],
     },
-    /// A server the sender knows of: its signed advert (SPEC.md section 8).
+    /// A server the sender knows of: its signed advert (SPEC.md section 13).
     ServerAdvert {
         /// The encoded, signed advert.
         advert: &'a [u8],

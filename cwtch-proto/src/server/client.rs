@@ -47,11 +47,12 @@ use crate::server::wire::{
 };
 use crate::time::{Duration, Instant};
 
-/// The capacity of a client's event queue. One reply makes at most three
-/// events, so [`ServerClient::handle_message`] wants three free slots.
-pub const MAX_CLIENT_EVENTS: usize = 6;
-/// Events one reply can make.
-const EVENTS_PER_REPLY: usize = 3;
+/// The capacity of a client's event queue. One reply makes at most five
+/// events, so [`ServerClient::handle_message`] wants five free slots.
+pub const MAX_CLIENT_EVENTS: usize = 10;
+/// Events one reply can make (a page end: `Skipped`, `Withheld`,
+/// `Expired`, `PageEnd`, `Synced`).
+const EVENTS_PER_REPLY: usize = 5;
 /// Acknowledged posts a client remembers until the server serves them
 /// back: the evidence of [`ClientEvent::Withheld`]. Beyond, the oldest is
 /// forgotten.
@@ -198,6 +199,25 @@ pub enum ClientEvent {
         /// How many of our acknowledged posts it skipped here.
         count: u32,
     },
+    /// Like `Withheld`, but the server's stated retention explains it: the
+    /// post is older than its age limit, or more entries than its count
+    /// limit came after it. Not evidence against the server.
+    Expired {
+        /// The first such index.
+        index: u64,
+        /// How many of our acknowledged posts.
+        count: u32,
+    },
+    /// The server's log has no entries strictly between `after` (our cursor)
+    /// and `before` (the next index it served, or one past a page's end):
+    /// pruned under its retention, or withheld. Group messages that were
+    /// there show as missing; the application may say why.
+    Skipped {
+        /// Our cursor before.
+        after: u64,
+        /// The next index served.
+        before: u64,
+    },
 }
 
 /// Why the client could not do what was asked; the client did not change.
@@ -301,8 +321,16 @@ pub struct ServerClient {
     now: Instant,
     /// A too-hard proof of work was reported.
     pow_reported: bool,
-    /// Posts acknowledged and not yet served back: (index, mark).
-    acked: Deque<(u64, [u8; BLOB_MARK_LEN]), MAX_TRACKED_POSTS>,
+    /// A post was refused for the rate (or a full store): one post in
+    /// flight at a time until the queue drains, so that retries neither
+    /// overtake each other nor go out as a herd that the server refuses
+    /// but one of.
+    throttled: bool,
+    /// Posts acknowledged and not yet served back: (index, mark, when).
+    acked: Deque<(u64, [u8; BLOB_MARK_LEN], Instant), MAX_TRACKED_POSTS>,
+    /// The highest index the server told of (its head, an index served or
+    /// acknowledged).
+    head: u64,
     /// The last blobs served, in case an ack comes after its blob.
     recent: Deque<(u64, [u8; BLOB_MARK_LEN]), 16>,
     events: Deque<ClientEvent, MAX_CLIENT_EVENTS>,
@@ -355,6 +383,8 @@ impl ServerClient {
             now: Instant::ZERO,
             pow_reported: false,
             acked: Deque::new(),
+            head: 0,
+            throttled: false,
             recent: Deque::new(),
             events: Deque::new(),
         }
@@ -466,7 +496,12 @@ impl ServerClient {
     fn next_post(&self, now: Instant) -> Option<usize> {
         let policy = self.ready_policy().ok()?;
         let in_flight = self.posts.iter().filter(|p| p.sent.is_some()).count();
-        if in_flight >= usize::from(policy.max_pending_posts.max(1)) {
+        let most = if self.throttled {
+            1
+        } else {
+            usize::from(policy.max_pending_posts.max(1))
+        };
+        if in_flight >= most {
             return None;
         }
         let i = self.posts.iter().position(|p| p.sent.is_none())?;
@@ -662,6 +697,7 @@ impl ServerClient {
                     return Err(ClientError::UnsupportedVersion(policy.version));
                 }
                 self.policy = Some(policy);
+                self.head = self.head.max(policy.head);
                 self.state = State::Ready;
                 self.emit(ClientEvent::Connected(policy));
                 if policy.head < self.cursor {
@@ -695,6 +731,24 @@ impl ServerClient {
                     return Err(ClientError::Unexpected); // answered twice
                 };
                 let post = self.posts.remove(i);
+                self.head = self.head.max(index);
+                if self.posts.is_empty() {
+                    self.throttled = false;
+                } else if self.throttled
+                    && let Some(p) = self.policy
+                {
+                    // Throttled: the next post waits for the token the
+                    // server's stated rate gives, not for a refusal.
+                    let at = self.now + Duration::from_millis(u64::from(p.rate_interval_ms));
+                    // One already waiting for its refusal's retry time
+                    // keeps that time, the server's own word.
+                    let now = self.now;
+                    if let Some(next) = self.posts.iter_mut().find(|q| q.sent.is_none())
+                        && next.not_before <= now
+                    {
+                        next.not_before = at;
+                    }
+                }
                 self.emit(ClientEvent::Posted {
                     post: post.id,
                     index,
@@ -717,6 +771,14 @@ impl ServerClient {
                     return Err(ClientError::Unexpected);
                 }
                 self.fetching = None;
+                self.head = self.head.max(head);
+                if next > self.cursor {
+                    // Indices up to `next` passed without an entry.
+                    self.emit(ClientEvent::Skipped {
+                        after: self.cursor,
+                        before: next.saturating_add(1),
+                    });
+                }
                 self.cursor = self.cursor.max(next);
                 self.emit(ClientEvent::PageEnd { next, head });
                 // Everything up to `next` was served: our posts there too.
@@ -782,7 +844,14 @@ impl ServerClient {
 
     fn deliver(&mut self, index: u64, blob: &[u8; SEALED_BLOB_LEN], live: bool) {
         let m = mark(blob);
+        self.head = self.head.max(index);
         push_bounded(&mut self.recent, (index, m));
+        if index > self.cursor.saturating_add(1) {
+            self.emit(ClientEvent::Skipped {
+                after: self.cursor,
+                before: index,
+            });
+        }
         self.check_withheld(index, Some(m));
         if index > self.cursor {
             self.cursor = index;
@@ -807,6 +876,7 @@ impl ServerClient {
         let now = self.now;
         match refusal.reason.retry_after() {
             Some(wait) => {
+                self.throttled = true;
                 let at = now + wait.max(Duration::from_millis(1));
                 if let Some(post) = self.posts.get_mut(i) {
                     post.sent = None;
@@ -839,21 +909,36 @@ impl ServerClient {
         if self.recent.iter().any(|&(i, r)| i == index && r == m) {
             return; // served before the ack came
         }
-        push_bounded(&mut self.acked, (index, m));
+        push_bounded(&mut self.acked, (index, m, self.now));
         if index <= self.cursor {
             // Served past it already, and it was not among the last blobs.
             self.check_withheld(self.cursor, None);
         }
     }
 
+    /// Whether the server's stated retention explains that our post at
+    /// `index`, acknowledged at `at`, is gone: older than its age limit, or
+    /// more entries than its count limit came after it.
+    fn retention_explains(&self, index: u64, at: Instant) -> bool {
+        let Some(p) = self.policy else {
+            return false;
+        };
+        let by_count = p.retention_max_entries > 0
+            && self.head.saturating_sub(index) >= p.retention_max_entries;
+        let by_age = p.retention_max_age_secs > 0
+            && self.now.saturating_duration_since(at)
+                >= Duration::from_secs(p.retention_max_age_secs);
+        by_count || by_age
+    }
+
     /// The server served index `upto` (with a blob marked `served`, or the
     /// end of a page): our acknowledged posts below it that were not
-    /// served, or a different blob at the index of one, were withheld.
+    /// served, or a different blob at the index of one, were withheld, or
+    /// expired when the server's retention explains it.
     fn check_withheld(&mut self, upto: u64, served: Option<[u8; BLOB_MARK_LEN]>) {
-        let mut first = None;
-        let mut count = 0u32;
+        let mut missing: heapless::Vec<(u64, Instant), MAX_TRACKED_POSTS> = heapless::Vec::new();
         let recent = &self.recent;
-        self.acked.retain(|&(index, m)| {
+        self.acked.retain(|&(index, m, at)| {
             if index > upto {
                 return true;
             }
@@ -862,13 +947,26 @@ impl ServerClient {
                 _ => recent.iter().any(|&(i, r)| i == index && r == m),
             };
             if !ok {
-                first = Some(first.map_or(index, |f: u64| f.min(index)));
-                count = count.saturating_add(1);
+                let _ = missing.push((index, at));
             }
             false
         });
-        if let Some(index) = first {
+        let mut withheld: (Option<u64>, u32) = (None, 0);
+        let mut expired: (Option<u64>, u32) = (None, 0);
+        for (index, at) in missing {
+            let slot = if self.retention_explains(index, at) {
+                &mut expired
+            } else {
+                &mut withheld
+            };
+            slot.0 = Some(slot.0.map_or(index, |f: u64| f.min(index)));
+            slot.1 = slot.1.saturating_add(1);
+        }
+        if let (Some(index), count) = withheld {
             self.emit(ClientEvent::Withheld { index, count });
+        }
+        if let (Some(index), count) = expired {
+            self.emit(ClientEvent::Expired { index, count });
         }
     }
 }

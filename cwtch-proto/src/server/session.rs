@@ -544,6 +544,9 @@ impl ServerSession {
     /// `None` if there is nothing to send now. Page entries and pushes are
     /// read from `store` only here, one per call: call it only when the
     /// channel can take a message, and a slow client slows the session.
+    /// When the store answers [`StoreError::WouldBlock`] for the entry the
+    /// page or the subscription needs next, this returns `None` and the
+    /// session is unchanged: call again once the store has the entry.
     ///
     /// Every reply fits in [`crate::server::wire::MAX_SERVER_MESSAGE_LEN`]
     /// bytes. A too-small `out` is an error and changes nothing.
@@ -584,7 +587,7 @@ impl ServerSession {
             return Ok(Some(len));
         }
         if let Some(page) = self.page {
-            return self.transmit_page(page, store, out).map(Some);
+            return self.transmit_page(page, store, out);
         }
         if let Some(cursor) = self.subscription
             && cursor < self.durable
@@ -634,7 +637,7 @@ impl ServerSession {
         page: Page,
         store: &S,
         out: &mut [u8],
-    ) -> Result<usize, ServerSessionError> {
+    ) -> Result<Option<usize>, ServerSessionError> {
         if page.remaining == 0 {
             let len = Reply::PageEnd {
                 next: page.cursor,
@@ -642,7 +645,7 @@ impl ServerSession {
             }
             .encode(out)?;
             self.page = None;
-            return Ok(len);
+            return Ok(Some(len));
         }
         if out.len() < ENTRY_LEN {
             return Err(BufferTooSmall {
@@ -657,24 +660,30 @@ impl ServerSession {
                     cursor: index,
                     remaining: page.remaining - 1,
                 });
-                Ok(ENTRY_LEN)
+                Ok(Some(ENTRY_LEN))
             }
             Ok(None) => {
                 self.page = None;
-                Ok(Reply::PageEnd {
-                    next: page.cursor.max(self.durable),
-                    head: self.durable,
-                }
-                .encode(out)?)
+                Ok(Some(
+                    Reply::PageEnd {
+                        next: page.cursor.max(self.durable),
+                        head: self.durable,
+                    }
+                    .encode(out)?,
+                ))
             }
+            // Not at hand yet: nothing now, asked again later.
+            Err(StoreError::WouldBlock) => Ok(None),
             Err(_) => {
                 self.page = None;
-                Ok(Reply::Refused(ServerRefusal {
-                    request: RequestKind::Fetch,
-                    seq: 0,
-                    reason: RefusalReason::Unavailable,
-                })
-                .encode(out)?)
+                Ok(Some(
+                    Reply::Refused(ServerRefusal {
+                        request: RequestKind::Fetch,
+                        seq: 0,
+                        reason: RefusalReason::Unavailable,
+                    })
+                    .encode(out)?,
+                ))
             }
         }
     }
@@ -703,6 +712,7 @@ impl ServerSession {
                 self.subscription = Some(self.durable);
                 Ok(None)
             }
+            Err(StoreError::WouldBlock) => Ok(None),
             Err(_) => {
                 self.subscription = None;
                 self.push_event(ServerEvent::Unsubscribed);

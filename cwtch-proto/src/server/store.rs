@@ -28,6 +28,11 @@ pub enum StoreError {
     Full,
     /// The store failed for another reason (refused as `Unavailable`).
     Unavailable,
+    /// [`BlobStore::read_after`] only: the entry is not at hand yet (a
+    /// driver that reads its disk off the event loop is fetching it). The
+    /// session sends nothing for now and changes nothing; the driver calls
+    /// `poll_transmit` again once the entry is at hand.
+    WouldBlock,
 }
 
 impl fmt::Display for StoreError {
@@ -35,6 +40,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Full => f.write_str("the blob store is full"),
             StoreError::Unavailable => f.write_str("the blob store is unavailable"),
+            StoreError::WouldBlock => f.write_str("the entry is not at hand yet"),
         }
     }
 }
@@ -51,6 +57,10 @@ pub trait BlobStore {
     /// Copies the entry with the smallest index greater than `after` into
     /// `out` and returns its index, or `None` if there is none. Entries that
     /// are not durable yet may be returned; the session ignores them.
+    ///
+    /// A store that must not block may answer [`StoreError::WouldBlock`]
+    /// and fetch the entry meanwhile: `ServerSession::poll_transmit` then
+    /// returns `None` with the session unchanged, to be called again.
     fn read_after(
         &self,
         after: u64,

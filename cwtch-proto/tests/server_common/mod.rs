@@ -43,6 +43,8 @@ pub struct MemStore {
     /// Fail every operation.
     pub broken: bool,
     pub reads: core::cell::Cell<u64>,
+    /// Answer reads `WouldBlock` (a store fetching its disk off the loop).
+    pub block_reads: core::cell::Cell<bool>,
     /// The advert the sessions send when asked (none: refused).
     pub advert: Option<[u8; ADVERT_LEN]>,
 }
@@ -77,6 +79,9 @@ impl BlobStore for MemStore {
     fn read_after(&self, after: u64, out: &mut Blob) -> Result<Option<u64>, StoreError> {
         if self.broken {
             return Err(StoreError::Unavailable);
+        }
+        if self.block_reads.get() {
+            return Err(StoreError::WouldBlock);
         }
         self.reads.set(self.reads.get() + 1);
         let pos = self.entries.partition_point(|(i, _)| *i <= after);
