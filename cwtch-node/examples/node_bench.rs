@@ -4,8 +4,10 @@
 //! For each build, over the development transport (loopback TCP, no Tor),
 //! with a sender that has 100 contacts (one online, 99 that never answer):
 //!
-//! - **send → delivered**: the time from `cwtch-node send` returning to the
-//!   sender's `messages --follow` showing the message delivered;
+//! - **send → delivered**: the time from `cwtch-node send` starting to the
+//!   sender's `messages --follow` showing the message delivered (from its
+//!   start, not its return: a build that does more before returning must
+//!   not look faster);
 //! - **CPU per message**: the sender's and the receiver's daemons' CPU
 //!   time (user + system, from /proc) over those messages, divided by their
 //!   number;
@@ -238,8 +240,10 @@ fn round(bin: &Path, a: &Args) -> Figures {
     let mut latencies_ms = Vec::new();
     for i in 0..a.messages {
         let text = format!("bench {i:05}");
-        cli(bin, &a_home, &["send", &bob, &text]);
+        // From the command's start: what the user waits for, whatever part
+        // of the work a build does before `send` returns.
         let sent = Instant::now();
+        cli(bin, &a_home, &["send", &bob, &text]);
         let delivered = loop {
             let (at, v) = rx
                 .recv_timeout(Duration::from_secs(60))

@@ -55,22 +55,79 @@ pub fn parse_server(text: &str) -> Result<cwtch_proto::OnionAddress, String> {
     cwtch_proto::OnionAddress::parse(address).map_err(|e| format!("server {text}: {e}"))
 }
 
-/// A name another party chose, made safe to keep and show: control
-/// characters (which could forge lines or colours in a terminal) become
-/// U+FFFD.
+/// A name another party chose, made safe to keep and show: control and
+/// invisible format characters (which could forge lines or colours in a
+/// terminal, or reorder or hide letters) become U+FFFD; white space is
+/// trimmed and collapsed.
 pub fn clean_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+    // Runs of white space become one space and the ends are trimmed, so
+    // that padding cannot push a mark (chat's "?") out of view.
+    let mut out = String::with_capacity(name.len());
+    let mut space = false;
+    for c in name.chars() {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(if c.is_control() || is_format(c) {
+            '\u{fffd}'
+        } else {
+            c
+        });
+    }
+    out
+}
+
+/// Unicode's invisible characters that change how text around them reads
+/// or look like nothing: bidirectional controls, zero-width characters, the
+/// byte-order mark, the other members of category Cf, and the default
+/// ignorable or blank-looking letters (Hangul fillers, variation
+/// selectors, the braille blank).
+pub fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{08E2}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0100}'..='\u{E01EF}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn names_from_others_lose_their_control_characters() {
+        assert_eq!(super::clean_name("a\nb\u{1b}[31m"), "a b\u{fffd}[31m");
+        assert_eq!(super::clean_name("  Bobby \t\t   x   "), "Bobby x");
         assert_eq!(
-            super::clean_name("a\nb\u{1b}[31m"),
-            "a\u{fffd}b\u{fffd}[31m"
+            super::clean_name("b\u{200B}ob\u{202E}"),
+            "b\u{fffd}ob\u{fffd}"
         );
     }
 }

@@ -174,11 +174,16 @@ impl Signals {
                         hup.request();
                     }
                     Ok(signal) => {
+                        let signal = if signal == Signal::Int {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
                         if stop.is_triggered() {
-                            eprintln!("{signal:?} again: stopping now, without waiting");
+                            eprintln!("{signal} again: stopping now, without waiting");
                             std::process::exit(130);
                         }
-                        eprintln!("{signal:?}: stopping gracefully (again to stop at once)");
+                        eprintln!("{signal}: stopping gracefully (again to stop at once)");
                         stop.trigger();
                     }
                     Err(e) => tracing::warn!("reading signals failed: {e}"),

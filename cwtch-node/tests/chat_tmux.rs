@@ -559,3 +559,30 @@ fn nothing_typed_in_chat_reaches_arguments_logs_or_files() {
         "chat wrote into $HOME"
     );
 }
+
+/// A daemon that chat started does not outlive chat, however chat ends:
+/// here its terminal goes away (`kill-session`: chat gets SIGHUP and dies
+/// without `/quit`). The daemon reads the end of its standard input, the
+/// pipe from chat, and stops gracefully.
+#[test]
+fn a_daemon_chat_started_stops_when_its_terminal_is_killed() {
+    let tmux = Tmux::new("hup");
+    let tmp = tempfile::tempdir().unwrap();
+    let fake_home = tmp.path().join("home");
+    std::fs::create_dir(&fake_home).unwrap();
+    let net = Net::Dev(tmp.path().join("dev"));
+    let b_home = tmp.path().join("bob");
+    init(&b_home, "bob");
+    start_bob(&tmux, "bob", &b_home, &net, &fake_home);
+    let pids = daemon_pids(&b_home);
+    assert_eq!(pids.len(), 1, "chat started one daemon");
+    tmux.cmd(&["kill-session", "-t", "bob"]);
+    let until = Instant::now() + Duration::from_secs(20);
+    while !daemon_pids(&b_home).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "the daemon chat started still runs 20 s after chat's terminal went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -138,7 +138,9 @@ fn a_contact_request_a_message_and_its_ack() {
     w.ok(
         b,
         Request::ContactAccept {
-            contact: "alice".into(),
+            // A request is named by its address, never by the name it
+            // announces (a stranger could announce any).
+            contact: w.peers[a].address.clone(),
         },
     );
     send(&mut w, b, a, "hi alice");
@@ -241,6 +243,53 @@ fn names_resolve_and_an_ambiguous_one_is_refused() {
         )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
+}
+
+/// A stranger who announces a group's name cannot take the group's place:
+/// a request never resolves by its announced name, and once accepted the
+/// name is ambiguous rather than theirs.
+#[test]
+fn a_stranger_named_like_a_group_cannot_take_its_name() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b, eve) = (
+        w.add_peer("alice"),
+        w.add_peer("bob"),
+        w.add_peer("friends"),
+    );
+    let gid = group_of_two(&mut w, s, a, b);
+    add(
+        &mut w,
+        eve,
+        a,
+        Some("group notice: re-send your passwords to me"),
+    );
+    w.run_until_true("eve's request", MINUTE, |w| {
+        !w.events_of(a, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    let shown = w.ok(
+        a,
+        Request::Messages {
+            conversation: "friends".into(),
+        },
+    );
+    assert!(
+        !shown.to_string().contains("passwords"),
+        "the group's name shows the group: {shown}"
+    );
+    let eve_addr = w.peers[eve].address.clone();
+    w.ok(a, Request::ContactAccept { contact: eve_addr });
+    let err = w
+        .cmd(
+            a,
+            Request::Messages {
+                conversation: "friends".into(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Ambiguous);
+    assert!(err.candidates.iter().any(|c| c.contains(&gid)), "{err:?}");
 }
 
 #[test]
@@ -899,11 +948,92 @@ fn an_invite_sent_before_acceptance_arrives_once_accepted() {
     w.ok(
         b,
         Request::ContactAccept {
-            contact: "alice".into(),
+            // A request is named by its address, never by the name it
+            // announces (a stranger could announce any).
+            contact: w.peers[a].address.clone(),
         },
     );
     w.run_until_true("the invite after acceptance", MINUTE, |w| {
         !w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
             .is_empty()
     });
+}
+
+/// The local order of messages goes on across restarts, also after the
+/// newest messages were deleted: a number is never given twice (read marks
+/// and unread counts rest on it). The counter is not written per message:
+/// it is recovered from the stored messages.
+#[test]
+fn the_local_order_never_repeats_across_restarts_and_deletions() {
+    let mut w = Sim::new();
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    w.befriend(a, b);
+    let bob = w.peers[b].address.clone();
+    let seqs = |w: &mut Sim| -> Vec<u64> {
+        w.messages(a, &bob)
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect()
+    };
+    for t in ["one", "two", "three"] {
+        send(&mut w, a, b, t);
+    }
+    let before = seqs(&mut w);
+    assert_eq!(before.len(), 3);
+    w.stop(a);
+    w.start(a);
+    send(&mut w, a, b, "four");
+    let after = seqs(&mut w);
+    assert!(after[3] > before[2], "{after:?}");
+    let highest = after[3];
+    // The newest are deleted, then a restart: the numbers go on.
+    w.ok(
+        a,
+        Request::ConversationDelete {
+            conversation: bob.clone(),
+        },
+    );
+    w.stop(a);
+    w.start(a);
+    send(&mut w, a, b, "five");
+    let now = seqs(&mut w);
+    assert_eq!(now.len(), 1);
+    assert!(now[0] > highest, "{now:?} after {highest}");
+}
+
+/// Leaving a group whose messages were the newest, then a restart: a
+/// message that arrives after counts as unread (its number is above every
+/// read mark).
+#[test]
+fn after_leaving_a_group_and_a_restart_new_messages_are_unread() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let bob = w.peers[b].address.clone();
+    send(&mut w, b, a, "before");
+    w.run_for(MINUTE);
+    for i in 0..5 {
+        post(&mut w, b, &gid, &format!("group {i}"));
+    }
+    w.run_until_true("the posts", MINUTE, |w| w.texts(a, &gid).len() >= 5);
+    w.ok(
+        a,
+        Request::ConversationRead {
+            conversation: bob.clone(),
+        },
+    );
+    w.ok(a, Request::GroupLeave { group: gid.clone() });
+    w.stop(a);
+    w.start(a);
+    send(&mut w, b, a, "after");
+    w.run_until_true("bob's second message", MINUTE, |w| {
+        w.texts(a, &bob).len() == 2
+    });
+    let list = w.ok(a, Request::ContactList);
+    assert_eq!(list[0]["unread"], 1, "{list}");
+    w.stop(a);
+    w.start(a);
+    let list = w.ok(a, Request::ContactList);
+    assert_eq!(list[0]["unread"], 1, "also after a restart: {list}");
 }

@@ -26,6 +26,10 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One dial's limit: well above what any answer here takes.
 const LIMIT: Duration = Duration::from_secs(60);
+/// Rounds of dialing a reachable onion before its failure counts: on the
+/// private network a stream right after publication has stalled now and
+/// then (tor neither answers nor fails); each round is bounded by LIMIT.
+const ROUNDS: u32 = 4;
 
 const RETRY: RetryPolicy = RetryPolicy {
     attempts: 30,
@@ -82,8 +86,9 @@ impl Observed {
     /// Dials `to` through `via` with retry while `accept` takes the
     /// stream on the service's side; checks bytes flow both ways. A stream
     /// that breaks after tor said connected (seen once in many runs: tor
-    /// closed it before the answer came back) is dialed again, at most
-    /// twice, and shows in the table.
+    /// closed it before the answer came back), or a round that stalls (no
+    /// answer from tor within LIMIT, seen right after publication), is
+    /// dialed again, up to ROUNDS rounds, and shows in the table.
     async fn success<F>(
         &mut self,
         label: &str,
@@ -96,22 +101,26 @@ impl Observed {
     {
         let t = Instant::now();
         let mut failed = Vec::new();
-        for round in 1..=3 {
-            let (dialed, accepted) = smol::future::zip(
-                dial_with_retry(
-                    RETRY,
-                    || via.dial(to, PEER_PORT, key),
-                    |n, e| {
-                        failed.push(format!("{:#04X}", e.reply().map_or(0, |r| r.code())));
-                        eprintln!("{label}: try {n} failed: {e}");
-                    },
-                ),
-                accept(),
-            )
-            .await;
-            let mut dialed = dialed.unwrap_or_else(|e| panic!("{label}: {e} ({e:?})"));
-            let (mut accepted, _) = accepted.unwrap();
-            let talk = async {
+        for round in 1..=ROUNDS {
+            // Bounded: a dial that fails for good leaves `accept` waiting
+            // for ever, and a stream can stall after tor said connected. A
+            // round that takes longer than LIMIT is dialed again, like a
+            // stream that broke.
+            let attempt = async {
+                let (dialed, accepted) = smol::future::zip(
+                    dial_with_retry(
+                        RETRY,
+                        || via.dial(to, PEER_PORT, key),
+                        |n, e| {
+                            failed.push(format!("{:#04X}", e.reply().map_or(0, |r| r.code())));
+                            eprintln!("{label}: try {n} failed: {e}");
+                        },
+                    ),
+                    accept(),
+                )
+                .await;
+                let mut dialed = dialed.unwrap_or_else(|e| panic!("{label}: {e} ({e:?})"));
+                let (mut accepted, _) = accepted.unwrap();
                 let mut buf = [0u8; 4];
                 dialed.write_all(b"ping").await?;
                 accepted.read_exact(&mut buf).await?;
@@ -121,13 +130,25 @@ impl Observed {
                 assert_eq!(&buf, b"pong");
                 io::Result::Ok(())
             };
-            match talk.await {
-                Ok(()) => break,
-                Err(e) if round < 3 => {
+            let bounded = smol::future::or(async { Some(attempt.await) }, async {
+                smol::Timer::after(LIMIT).await;
+                None
+            })
+            .await;
+            match bounded {
+                Some(Ok(())) => break,
+                Some(Err(e)) if round < ROUNDS => {
                     eprintln!("{label}: stream broke after connecting ({e}); dialing again");
                     failed.push(format!("broken stream ({e})"));
                 }
-                Err(e) => panic!("{label}: stream broke after connecting, three times: {e}"),
+                Some(Err(e)) => {
+                    panic!("{label}: stream broke after connecting, {ROUNDS} times: {e}")
+                }
+                None if round < ROUNDS => {
+                    eprintln!("{label}: no stream within {LIMIT:?}; dialing again");
+                    failed.push("stalled".into());
+                }
+                None => panic!("{label}: no working stream within {LIMIT:?}, {ROUNDS} times"),
             }
         }
         let before = if failed.is_empty() {

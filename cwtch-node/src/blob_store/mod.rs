@@ -655,13 +655,21 @@ impl BlobStore {
     }
 
     /// `PRAGMA wal_checkpoint(RESTART)`: finishes copying the WAL into the
-    /// database file (waiting for readers of old snapshots) so that the next
-    /// commit starts the WAL over. Returns whether it completed.
+    /// database file so that the next commit starts the WAL over. Returns
+    /// whether it completed.
+    ///
+    /// It never waits for readers: a reader of an old snapshot (a long
+    /// fetch, `server backup`'s one read transaction) would hold every
+    /// commit behind it for the busy timeout, again after every batch. With
+    /// no busy handler the restart gives up at once and is tried again
+    /// later; the WAL grows meanwhile, and everything stays durable.
     pub(crate) fn checkpoint_restart(&self) -> Result<bool> {
-        let busy: i64 = self
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let busy = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
-        Ok(busy == 0)
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(busy? == 0)
     }
 
     /// Writes the WAL back into the database file and truncates it.

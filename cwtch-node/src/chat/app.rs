@@ -42,6 +42,9 @@ pub struct ContactView {
     pub unread: u64,
     /// Items waiting to be delivered to them.
     pub pending: u64,
+    /// The local number of the last message of theirs read (the most
+    /// recent conversation has the highest).
+    pub read_upto: u64,
 }
 
 impl ContactView {
@@ -64,6 +67,7 @@ impl ContactView {
                 .map(str::to_string),
             unread: entry["unread"].as_u64().unwrap_or(0),
             pending: entry["pending"].as_u64().unwrap_or(0),
+            read_upto: c["read_upto"].as_u64().unwrap_or(0),
         })
     }
 
@@ -195,6 +199,14 @@ pub enum Purpose {
     Joined,
     /// The server directory, to show.
     Servers,
+    /// The server directory, to find the server of a group to create: the
+    /// one whose address starts with `server`, or the obvious one.
+    CreateGroup {
+        /// The group's name.
+        name: String,
+        /// The start of the server's address (none: choose).
+        server: Option<String>,
+    },
     /// Say this when it worked; reload the lists.
     Done(String),
     /// Nothing to show unless it failed.
@@ -312,10 +324,13 @@ impl Editor {
     fn delete_word(&mut self) {
         let before = &self.text[..self.cursor];
         let trimmed = before.trim_end();
+        // After the last space of what is left (a space may be more than
+        // one byte: U+3000, a no-break space).
         let start = trimmed
-            .rfind(char::is_whitespace)
-            .map(|i| i + 1)
-            .unwrap_or(0);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         self.text.replace_range(start..self.cursor, "");
         self.cursor = start;
     }
@@ -385,6 +400,8 @@ pub struct App {
     pub disconnected_why: Option<String>,
     /// Help or the server list, over the conversation.
     pub overlay: Option<Overlay>,
+    /// Lines of the overlay scrolled down from its top.
+    pub overlay_scroll: usize,
     /// The terminal's size (columns, rows).
     pub size: (u16, u16),
     /// The time zone of the times shown.
@@ -393,8 +410,37 @@ pub struct App {
     max_seq: u64,
     /// Set when `/delete` waits for a confirmation.
     confirm_delete: Option<Conv>,
+    /// What was submitted and the purpose of the request it made: the
+    /// text stays in the input until the daemon accepts it (a refused
+    /// message or command is kept, to be corrected or sent again).
+    awaiting: Option<(String, Purpose)>,
     /// Whether the status was loaded once.
     loaded: bool,
+    /// What to select when the item in view goes (after `/refuse`: its
+    /// neighbour).
+    next_selection: Option<Conv>,
+    /// The status shown, and since when (it goes after [`STATUS_FOR`]).
+    status_seen: (Option<(String, Level)>, Option<std::time::Instant>),
+}
+
+/// Gap and move notices kept per conversation while chat runs (the
+/// oldest go first; the daemon keeps its own gap reports).
+pub const MAX_NOTICES: usize = 100;
+
+/// How long a line at the bottom stays.
+pub const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the daemon does not answer, said once and plainly (the client's
+/// errors already say "the daemon").
+pub fn plain_why(why: &str) -> String {
+    let w = why.strip_prefix("the daemon's answer: ").unwrap_or(why);
+    if w.starts_with("cannot reach the daemon") {
+        return "it is not running".into();
+    }
+    match w.strip_prefix("the daemon ") {
+        Some(rest) => format!("it {rest}"),
+        None => w.to_string(),
+    }
 }
 
 /// A short form of an address or id: its first 8 and last 4 characters.
@@ -403,6 +449,13 @@ pub fn short(address: &str) -> String {
         return safe(address);
     }
     format!("{}…{}", &address[..8], &address[address.len() - 4..])
+}
+
+/// Whether `s` is a server's whole address (56 characters, perhaps with
+/// `cwtch-server:` before it and `?...` after it), not the start of one.
+fn whole_server_address(s: &str) -> bool {
+    let bare = s.strip_prefix("cwtch-server:").unwrap_or(s);
+    bare.split('?').next().unwrap_or(bare).len() >= 56
 }
 
 /// A connection state in plain words.
@@ -425,7 +478,8 @@ Tab: choose a conversation · PgUp/PgDn: scroll · Esc: clear · Ctrl+C: quit
 /accept · /refuse        answer the contact request or group invite in view
 /block · /unblock        block (refused at the handshake) or unblock
 /nick NAME               our own name for this contact (/nick alone: theirs)
-/group create NAME SERVER   a new group on a server (see /servers)
+/group create NAME [SERVER]  a new group; SERVER: the start of a known
+                         one's address (/servers), or a whole address
 /group invite CONTACT    invite a contact to the group in view
 /group move SERVER       move the group in view to another server
 /group leave             leave the group in view (forgets it)
@@ -461,11 +515,15 @@ impl App {
             connected: false,
             disconnected_why: None,
             overlay: None,
+            overlay_scroll: 0,
             size: (80, 24),
             tz,
             max_seq: 0,
             confirm_delete: None,
+            awaiting: None,
             loaded: false,
+            next_selection: None,
+            status_seen: (None, None),
         }
     }
 
@@ -665,6 +723,8 @@ impl App {
                 self.disconnected_why = None;
                 self.address = address;
                 if restarted {
+                    // A new run numbers from what it stored.
+                    self.max_seq = 0;
                     self.say("the daemon restarted: everything reloaded", Level::Info);
                 }
                 let mut out = vec![Self::reload()];
@@ -675,7 +735,7 @@ impl App {
             }
             Input::Disconnected(why) => {
                 self.connected = false;
-                self.disconnected_why = Some(why);
+                self.disconnected_why = Some(plain_why(&why));
                 Vec::new()
             }
             Input::DaemonLine(line) => {
@@ -691,6 +751,20 @@ impl App {
     }
 
     fn on_answer(&mut self, purpose: Purpose, result: Result<Value, String>) -> Vec<Action> {
+        let mut answered = None;
+        if let Some((text, awaited)) = &self.awaiting
+            && *awaited == purpose
+        {
+            // Accepted: the input is cleared (unless it changed since). A
+            // group to create waits for the creation itself.
+            if result.is_ok()
+                && self.editor.text == *text
+                && !matches!(purpose, Purpose::CreateGroup { .. })
+            {
+                self.editor.take();
+            }
+            answered = self.awaiting.take().map(|(t, _)| t);
+        }
         let value = match result {
             Ok(v) => v,
             Err(e) => {
@@ -709,7 +783,15 @@ impl App {
                     .flatten()
                     .filter_map(|m| serde_json::from_value(m.clone()).ok())
                     .collect();
-                if let Some(max) = list.iter().map(|m| m.seq).max() {
+                // Placeholders of missing group messages carry no number
+                // of their own (u64::MAX): they must not stop later
+                // messages from counting as new.
+                if let Some(max) = list
+                    .iter()
+                    .filter(|m| m.status != Delivery::Missing)
+                    .map(|m| m.seq)
+                    .max()
+                {
                     self.max_seq = self.max_seq.max(max);
                 }
                 self.messages.insert(conv, list);
@@ -737,9 +819,32 @@ impl App {
                 self.selected = Some(Conv::Group(id));
                 vec![Self::reload()]
             }
+            Purpose::CreateGroup { name, server } => {
+                let Some(server) = self.choose_server(&value, server.as_deref()) else {
+                    return Vec::new();
+                };
+                if let Some(text) = answered {
+                    self.awaiting = Some((text, Purpose::Joined));
+                }
+                vec![req(Request::GroupCreate { name, server }, Purpose::Joined)]
+            }
             Purpose::Servers => {
-                let text = crate::cli::format::directory(&value);
-                self.overlay = Some(Overlay::Servers(text.lines().map(safe).collect()));
+                let lines = if value.as_array().is_none_or(Vec::is_empty) {
+                    vec![
+                        "No servers known yet.".to_string(),
+                        "Create a group on one with /group create NAME SERVER (its whole"
+                            .to_string(),
+                        "address), or add contacts who use some: their servers show here."
+                            .to_string(),
+                    ]
+                } else {
+                    crate::cli::format::directory(&value)
+                        .lines()
+                        .map(safe)
+                        .collect()
+                };
+                self.overlay = Some(Overlay::Servers(lines));
+                self.overlay_scroll = 0;
                 Vec::new()
             }
             Purpose::Done(what) => {
@@ -752,6 +857,84 @@ impl App {
                 vec![Self::reload()]
             }
             Purpose::Quiet => Vec::new(),
+        }
+    }
+
+    /// The server for a new group, from the directory the daemon keeps
+    /// (`list`, best first): the one whose address starts with `prefix`,
+    /// or, without one, the only server, or the only one known to be
+    /// reachable. Otherwise says why and which to choose from.
+    fn choose_server(&mut self, list: &Value, prefix: Option<&str>) -> Option<String> {
+        let known: Vec<(String, bool)> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let a = s["address"].as_str()?.to_string();
+                Some((a, s["reachable"].as_bool() == Some(true)))
+            })
+            .collect();
+        let listed = |c: &[&(String, bool)]| {
+            c.iter()
+                .take(6)
+                .map(|(a, _)| safe(a.get(..12).unwrap_or(a)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let candidates: Vec<&(String, bool)> = match prefix {
+            Some(p) => {
+                let p = p.strip_prefix("cwtch-server:").unwrap_or(p).to_lowercase();
+                known.iter().filter(|(a, _)| a.starts_with(&p)).collect()
+            }
+            None => {
+                let reachable: Vec<&(String, bool)> = known.iter().filter(|s| s.1).collect();
+                if known.len() == 1 {
+                    known.iter().collect()
+                } else if reachable.len() == 1 {
+                    reachable
+                } else if known.is_empty() {
+                    self.say(
+                        "no server known yet: /group create NAME SERVER, with a server's whole address",
+                        Level::Error,
+                    );
+                    return None;
+                } else {
+                    let all: Vec<&(String, bool)> = known.iter().collect();
+                    self.say(
+                        format!(
+                            "which server? /group create NAME SERVER, SERVER the start of one of: {} (/servers)",
+                            listed(&all)
+                        ),
+                        Level::Error,
+                    );
+                    return None;
+                }
+            }
+        };
+        match candidates.as_slice() {
+            [one] => Some(one.0.clone()),
+            [] => {
+                self.say(
+                    format!(
+                        "no known server starts with {}: give its whole address (/servers lists those known)",
+                        safe(prefix.unwrap_or_default())
+                    ),
+                    Level::Error,
+                );
+                None
+            }
+            many => {
+                self.say(
+                    format!(
+                        "{} servers start with {}: {} (type more of the address)",
+                        many.len(),
+                        safe(prefix.unwrap_or_default()),
+                        listed(many)
+                    ),
+                    Level::Error,
+                );
+                None
+            }
         }
     }
 
@@ -803,13 +986,74 @@ impl App {
                 }
                 Vec::new()
             }
-            _ => match entries.first() {
-                Some(first) => self.select(first.clone()),
-                None => {
-                    self.selected = None;
-                    Vec::new()
+            _ => {
+                let next = self
+                    .next_selection
+                    .take()
+                    .filter(|n| entries.contains(n))
+                    .or_else(|| self.default_selection(&entries));
+                match next {
+                    Some(conv) => self.select(conv),
+                    None => {
+                        self.selected = None;
+                        Vec::new()
+                    }
                 }
-            },
+            }
+        }
+    }
+
+    /// What to show when nothing is: the most recently read contact's
+    /// conversation, else the first contact or group, and a request or an
+    /// invite only when there is nothing else.
+    fn default_selection(&self, entries: &[Conv]) -> Option<Conv> {
+        let recent = self
+            .contacts
+            .iter()
+            .filter(|c| c.state == "accepted" && c.read_upto > 0)
+            .max_by_key(|c| c.read_upto)
+            .map(|c| Conv::Contact(c.address.clone()));
+        recent
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| match e {
+                        Conv::Contact(a) => self.contact(a).is_some_and(|c| c.state == "accepted"),
+                        Conv::Group(_) => true,
+                        Conv::Invite(_) => false,
+                    })
+                    .cloned()
+            })
+            .or_else(|| entries.first().cloned())
+    }
+
+    /// The entry next to the one in view (after it, else before it): what
+    /// to show once it is gone.
+    fn neighbour(&self) -> Option<Conv> {
+        let entries = self.entries();
+        let at = entries
+            .iter()
+            .position(|e| Some(e) == self.selected.as_ref())?;
+        entries
+            .get(at + 1)
+            .or_else(|| at.checked_sub(1).and_then(|i| entries.get(i)))
+            .cloned()
+    }
+
+    /// Lets the line at the bottom go once it was shown for
+    /// [`STATUS_FOR`]; true when the screen changed.
+    pub fn tick(&mut self, now: std::time::Instant) -> bool {
+        if self.status != self.status_seen.0 {
+            self.status_seen = (self.status.clone(), Some(now));
+            return false;
+        }
+        match self.status_seen.1 {
+            Some(since) if self.status.is_some() && now.duration_since(since) >= STATUS_FOR => {
+                self.status = None;
+                self.status_seen = (None, Some(now));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -821,7 +1065,9 @@ impl App {
                 };
                 let conv = self.conv_of(&m);
                 let new = m.seq > self.max_seq;
-                self.max_seq = self.max_seq.max(m.seq);
+                if m.status != Delivery::Missing {
+                    self.max_seq = self.max_seq.max(m.seq);
+                }
                 let incoming = !m.outgoing && m.status == Delivery::Received;
                 let in_view = self.selected.as_ref() == Some(&conv);
                 let conversation = m.conversation.clone();
@@ -922,10 +1168,12 @@ impl App {
             .get(&conv)
             .and_then(|l| l.last())
             .map_or(self.max_seq, |m| m.seq);
-        self.notices
-            .entry(conv)
-            .or_default()
-            .push(Notice { after_seq, text });
+        let list = self.notices.entry(conv).or_default();
+        list.push(Notice { after_seq, text });
+        if list.len() > MAX_NOTICES {
+            let extra = list.len() - MAX_NOTICES;
+            list.drain(..extra);
+        }
     }
 
     /// Handles a pasted text (kept as typed, new lines included).
@@ -1009,8 +1257,20 @@ impl App {
             }
             KeyCode::Up | KeyCode::BackTab => self.move_selection(-1),
             KeyCode::Down | KeyCode::Tab => self.move_selection(1),
+            // Over an overlay, the overlay scrolls; each is capped where
+            // its end shows, so the other way answers at once.
+            KeyCode::PageUp if self.overlay.is_some() => {
+                self.overlay_scroll = self.overlay_scroll.saturating_sub(self.page());
+                Vec::new()
+            }
+            KeyCode::PageDown if self.overlay.is_some() => {
+                self.overlay_scroll =
+                    (self.overlay_scroll + self.page()).min(super::view::overlay_max_scroll(self));
+                Vec::new()
+            }
             KeyCode::PageUp => {
-                self.scroll += self.page();
+                self.scroll =
+                    (self.scroll + self.page()).min(super::view::conversation_max_scroll(self));
                 Vec::new()
             }
             KeyCode::PageDown => {
@@ -1040,13 +1300,40 @@ impl App {
         if text.trim().is_empty() {
             return Vec::new();
         }
+        if self.awaiting.is_some() {
+            self.say(
+                "waiting for the daemon's answer to what you sent",
+                Level::Info,
+            );
+            return Vec::new();
+        }
         if let Some(command) = text.strip_prefix('/') {
             let out = self.command(command.trim());
-            // A refused command stays in the line, to be corrected.
-            if !matches!(self.status, Some((_, Level::Error))) {
+            // A refused command stays in the line, to be corrected; one
+            // the daemon must answer stays until it accepts it.
+            if let Some(purpose) = out.iter().find_map(|a| match a {
+                Action::Request { purpose, .. } => Some(purpose.clone()),
+                _ => None,
+            }) {
+                self.awaiting = Some((text, purpose));
+            } else if !matches!(self.status, Some((_, Level::Error))) {
                 self.editor.take();
             }
             return out;
+        }
+        let limit = match &self.selected {
+            Some(Conv::Group(_)) => cwtch_proto::group::message::MAX_BODY_LEN,
+            _ => cwtch_proto::peer::message::MAX_TEXT_LEN,
+        };
+        if text.len() > limit {
+            self.say(
+                format!(
+                    "too long to send: {} bytes, at most {limit} (shorten it)",
+                    text.len()
+                ),
+                Level::Error,
+            );
+            return Vec::new();
         }
         let Some(conv) = self.selected.clone() else {
             self.say(
@@ -1085,9 +1372,9 @@ impl App {
                 return Vec::new();
             }
         };
-        self.editor.take();
         self.scroll = 0;
         self.status = None;
+        self.awaiting = Some((self.editor.text.clone(), Purpose::Sent(conv.clone())));
         vec![req(request, Purpose::Sent(conv))]
     }
 
@@ -1129,6 +1416,7 @@ impl App {
         match name {
             "quit" | "q" | "exit" => vec![Action::Quit],
             "help" | "h" | "?" => {
+                self.overlay_scroll = 0;
                 self.overlay = match self.overlay {
                     Some(Overlay::Help) => None,
                     _ => Some(Overlay::Help),
@@ -1165,6 +1453,7 @@ impl App {
                         if accept {
                             vec![req(Request::GroupAccept { group: id }, Purpose::Joined)]
                         } else {
+                            self.next_selection = self.neighbour();
                             vec![req(
                                 Request::GroupRefuse { group: id },
                                 Purpose::Done(format!("refused the {n}")),
@@ -1182,6 +1471,9 @@ impl App {
                                 Purpose::Done(format!("{who} is now a contact")),
                             )]
                         } else {
+                            if self.selected.as_ref() == Some(&Conv::Contact(contact.clone())) {
+                                self.next_selection = self.neighbour();
+                            }
                             vec![req(
                                 Request::ContactRefuse { contact },
                                 Purpose::Done(format!("refused {who}: forgotten")),
@@ -1272,12 +1564,23 @@ impl App {
         let sub = words.next().unwrap_or_default();
         let args: Vec<&str> = words.collect();
         match (sub, args.as_slice()) {
-            ("create", [name, server]) => vec![req(
-                Request::GroupCreate {
+            // A whole address goes as it is; the start of one, or none,
+            // is looked up among the servers the daemon knows.
+            ("create", [name, server]) if whole_server_address(server) => {
+                vec![req(
+                    Request::GroupCreate {
+                        name: name.to_string(),
+                        server: server.to_string(),
+                    },
+                    Purpose::Joined,
+                )]
+            }
+            ("create", [name, rest @ ..]) if rest.len() <= 1 => vec![req(
+                Request::Servers,
+                Purpose::CreateGroup {
                     name: name.to_string(),
-                    server: server.to_string(),
+                    server: rest.first().map(|s| s.to_string()),
                 },
-                Purpose::Joined,
             )],
             ("invite", [contact]) => {
                 let Some(group) = self.selected_group() else {
@@ -1321,7 +1624,7 @@ impl App {
             }
             _ => {
                 self.say(
-                    "usage: /group create NAME SERVER | invite CONTACT | move SERVER | leave",
+                    "usage: /group create NAME [SERVER] | invite CONTACT | move SERVER | leave",
                     Level::Error,
                 );
                 Vec::new()

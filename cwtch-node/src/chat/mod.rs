@@ -164,6 +164,7 @@ fn start_daemon(
         .arg("run")
         .args(&flags)
         .arg("--password-stdin")
+        .arg("--stop-on-stdin-eof")
         .env_remove("CWTCH_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -171,11 +172,15 @@ fn start_daemon(
         .spawn()
         .map_err(|e| format!("cannot start the daemon: {e}"))?;
     {
-        let mut stdin = child.stdin.take().ok_or("no pipe to the daemon")?;
+        // The pipe stays open after the password: the daemon stops when it
+        // closes, so it cannot outlive chat however chat ends (a panic, its
+        // terminal closed).
+        let stdin = child.stdin.as_mut().ok_or("no pipe to the daemon")?;
         let mut line = Zeroizing::new(password.to_vec());
         line.push(b'\n');
         stdin
             .write_all(&line)
+            .and_then(|()| stdin.flush())
             .map_err(|e| format!("cannot give the daemon its password: {e}"))?;
     }
     if let Some(out) = child.stdout.take() {
@@ -354,6 +359,7 @@ fn interactive(home: &Path, started: bool, daemon_lines: Receiver<String>) -> Re
             )
         )
         .is_ok();
+    restore_on_panic(enhanced);
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -393,10 +399,13 @@ fn interactive(home: &Path, started: bool, daemon_lines: Receiver<String>) -> Re
             let _ = execute!(stdout, terminal::SetTitle(&now));
             title = now;
         }
-        let Ok(first) = rx.recv() else {
-            break Ok(());
+        // Wakes at least every second: old lines at the bottom go.
+        let mut batch = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => vec![first],
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
-        let mut batch = vec![first];
+        app.tick(Instant::now());
         // Whatever else waits, before drawing again.
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -435,12 +444,29 @@ fn interactive(home: &Path, started: bool, daemon_lines: Receiver<String>) -> Re
             }
         }
     };
+    restore_terminal(enhanced);
+    outcome
+}
+
+/// Gives the terminal back as chat found it: keyboard flags popped,
+/// bracketed paste off, the title reset, raw mode off, the main screen.
+fn restore_terminal(enhanced: bool) {
+    let mut stdout = std::io::stdout();
     if enhanced {
         let _ = execute!(stdout, term::PopKeyboardEnhancementFlags);
     }
     let _ = execute!(stdout, term::DisableBracketedPaste, terminal::SetTitle(""));
     ratatui::restore();
-    outcome
+}
+
+/// A panic restores the terminal before its message prints (on the main
+/// screen, readable, in a terminal that echoes again).
+fn restore_on_panic(enhanced: bool) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal(enhanced);
+        previous(info);
+    }));
 }
 
 #[cfg(test)]

@@ -73,6 +73,21 @@ fn requests(actions: &[Action]) -> Vec<Request> {
         .collect()
 }
 
+/// Enter, with every request it makes accepted by the daemon (an empty
+/// answer): what was typed is cleared once accepted.
+fn enter(app: &mut App) -> Vec<Action> {
+    let actions = app.on_key(key(KeyCode::Enter));
+    for a in &actions {
+        if let Action::Request { purpose, .. } = a {
+            app.on_input(Input::Answer {
+                purpose: purpose.clone(),
+                result: Ok(json!({})),
+            });
+        }
+    }
+    actions
+}
+
 fn event(seq: u64, event: Event) -> Input {
     Input::Event(EventEnvelope { seq, event })
 }
@@ -249,11 +264,12 @@ fn a_pending_message_turns_delivered_in_place() {
             text: "hello".into()
         }]
     );
-    assert_eq!(app.editor.text, "");
+    assert_eq!(app.editor.text, "hello", "kept until the daemon accepts it");
     app.on_input(Input::Answer {
         purpose: Purpose::Sent(Conv::Contact(BOB.into())),
         result: Ok(message(5, BOB, ALICE, "hello", "pending")),
     });
+    assert_eq!(app.editor.text, "");
     assert!(screen(&app, 80, 24).contains("me: hello  [pending]"));
     app.on_input(event(
         7,
@@ -376,10 +392,10 @@ fn slash_commands_become_requests() {
             },
         ),
         (
-            "/group create trip cwtch-server:uv2p",
+            "/group create trip cwtch-server:uv2pxmfuzxdbbgkdbedwclntvoqr4n2eiagxjwwnqrhqndwhwmfy2kid",
             Request::GroupCreate {
                 name: "trip".into(),
-                server: "cwtch-server:uv2p".into(),
+                server: format!("cwtch-server:{SERVER}"),
             },
         ),
         ("/servers", Request::Servers),
@@ -389,6 +405,13 @@ fn slash_commands_become_requests() {
         typed(&mut app, line);
         let actions = app.on_key(key(KeyCode::Enter));
         assert_eq!(requests(&actions), vec![expected], "{line}");
+        assert_eq!(app.editor.text, line, "{line}: kept until accepted");
+        if let Some(Action::Request { purpose, .. }) = actions.first() {
+            app.on_input(Input::Answer {
+                purpose: purpose.clone(),
+                result: Ok(json!({})),
+            });
+        }
         assert_eq!(app.editor.text, "", "{line}");
     }
     // Group commands act on the group in view.
@@ -426,7 +449,7 @@ fn slash_commands_become_requests() {
         ),
     ] {
         typed(&mut app, line);
-        let actions = app.on_key(key(KeyCode::Enter));
+        let actions = enter(&mut app);
         assert_eq!(requests(&actions), vec![expected], "{line}");
     }
     // Quit, help, and a mistake that stays in the line to be corrected.
@@ -435,7 +458,7 @@ fn slash_commands_become_requests() {
     assert_eq!(app.on_key(key(KeyCode::Enter)), vec![Action::Quit]);
     typed(&mut app, "/help");
     app.on_key(key(KeyCode::Enter));
-    assert!(screen(&app, 80, 24).contains("/group create NAME SERVER"));
+    assert!(screen(&app, 80, 24).contains("/group create NAME"));
     app.on_key(key(KeyCode::Esc));
     typed(&mut app, "/frobnicate");
     assert!(app.on_key(key(KeyCode::Enter)).is_empty());
@@ -500,11 +523,13 @@ fn requests_and_invites_wait_for_an_explicit_answer() {
     assert!(s.contains("bob? invites you to the group #party"), "{s}");
     typed(&mut app, "/accept");
     assert_eq!(
-        requests(&app.on_key(key(KeyCode::Enter))),
+        requests(&enter(&mut app)),
         vec![Request::GroupAccept {
             group: "77aa".into()
         }]
     );
+    // (Or refused.)
+    app.selected = Some(Conv::Invite("77aa".into()));
     typed(&mut app, "/refuse");
     assert_eq!(
         requests(&app.on_key(key(KeyCode::Enter))),
@@ -660,4 +685,395 @@ fn a_daemon_restart_reloads_everything() {
         conversation: BOB.into()
     }));
     assert!(screen(&app, 80, 24).contains("the daemon restarted"));
+}
+
+#[test]
+fn editing_keys_are_safe_with_wide_and_multibyte_text() {
+    let mut app = loaded(json!([]));
+    // Ctrl+W after multi-byte spaces (U+3000, a no-break space).
+    for text in [
+        "hello a\u{3000}b",
+        "hello a\u{a0}b",
+        "日本語\u{3000}テキスト\u{3000}",
+    ] {
+        app.on_key(key(KeyCode::Esc));
+        typed(&mut app, text);
+        app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+        assert!(app.editor.text.is_char_boundary(app.editor.cursor));
+        let _ = screen(&app, 80, 24);
+    }
+    app.on_key(key(KeyCode::Esc));
+    typed(&mut app, "hello a\u{3000}b");
+    app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    assert_eq!(app.editor.text, "hello a\u{3000}");
+    app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    assert_eq!(app.editor.text, "hello ");
+    // Every key, anywhere in a text of wide and combining characters, on
+    // every screen width: no panic, the cursor on a boundary.
+    let keys = [
+        key(KeyCode::Left),
+        key(KeyCode::Right),
+        key(KeyCode::Home),
+        key(KeyCode::End),
+        key(KeyCode::Backspace),
+        key(KeyCode::Delete),
+        KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL),
+        KeyEvent::new(KeyCode::Char('e'), KeyModifiers::CONTROL),
+    ];
+    for (n, k) in keys.iter().enumerate() {
+        app.on_key(key(KeyCode::Esc));
+        app.on_paste("日本\u{3000}e\u{301}x\u{a0}😀😀 \n第二\u{2003}行 ok");
+        for _ in 0..(n % 7) {
+            app.on_key(key(KeyCode::Left));
+        }
+        for _ in 0..3 {
+            app.on_key(*k);
+            assert!(app.editor.text.is_char_boundary(app.editor.cursor));
+            let _ = screen(&app, 80, 24);
+            for w in [80, 30, 12] {
+                let _ = view::wrap(
+                    &[(app.editor.text.clone(), ratatui::style::Style::default())],
+                    w,
+                    6,
+                );
+            }
+        }
+    }
+}
+
+/// Loads `status` (the daemon's answer to `status`) into `app`.
+fn reload_with(app: &mut App, status: Value) -> Vec<Action> {
+    app.on_input(Input::Answer {
+        purpose: Purpose::Reload,
+        result: Ok(status),
+    })
+}
+
+#[test]
+fn a_long_announced_name_keeps_its_unverified_mark_when_cut() {
+    let mut app = loaded(json!([]));
+    let mut s = status();
+    let padded = format!("Bobby{}", " ".repeat(25));
+    s["contacts"] = json!([
+        entry(BOB, "bob", Some("Bobby"), "accepted", "authenticated"),
+        entry(CAROL, &padded, None, "accepted", "authenticated"),
+        entry(SERVER, &"x".repeat(60), None, "request", "disconnected"),
+    ]);
+    reload_with(&mut app, s);
+    for w in [80, 100, 120] {
+        let t = draw(&app, w, 24);
+        let buf = t.backend().buffer();
+        let rows: Vec<String> = (0..24)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect())
+            .collect();
+        let row_of = |needle: &str| {
+            rows.iter()
+                .find(|r| r.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} on screen:\n{}", rows.join("\n")))
+                .clone()
+        };
+        let stranger = rows
+            .iter()
+            .filter(|r| r.contains("│ Bobby") || r.contains("│>Bobby"))
+            .find(|r| !r.contains("│ Bobby ") || r.contains('?'))
+            .cloned();
+        let long = row_of("xxxx");
+        assert!(long.contains("?"), "the cut request keeps its ?:\n{long}");
+        // Both Bobbys: ours without a mark, theirs with one.
+        let bobbys: Vec<&String> = rows.iter().filter(|r| r.contains("Bobby")).collect();
+        assert!(
+            bobbys.iter().any(|r| r.contains('?')),
+            "the stranger's Bobby keeps its ?: {stranger:?}\n{}",
+            rows.join("\n")
+        );
+    }
+}
+
+#[test]
+fn a_refused_message_or_command_keeps_its_text() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "hello bob");
+    let actions = app.on_key(key(KeyCode::Enter));
+    assert_eq!(requests(&actions).len(), 1);
+    // Until the daemon answers, the text stays.
+    assert_eq!(app.editor.text, "hello bob");
+    app.on_input(Input::Answer {
+        purpose: Purpose::Sent(Conv::Contact(BOB.into())),
+        result: Err("the daemon is stopping".into()),
+    });
+    assert_eq!(app.editor.text, "hello bob", "a refused message is kept");
+    assert!(screen(&app, 80, 24).contains("the daemon is stopping"));
+    // Sent again, and accepted: the input is cleared.
+    let actions = app.on_key(key(KeyCode::Enter));
+    assert_eq!(requests(&actions).len(), 1);
+    app.on_input(Input::Answer {
+        purpose: Purpose::Sent(Conv::Contact(BOB.into())),
+        result: Ok(message(9, BOB, ALICE, "hello bob", "pending")),
+    });
+    assert_eq!(app.editor.text, "");
+    // Too long: refused here, before anything is cleared or sent.
+    app.on_paste(&"x".repeat(4097));
+    assert!(requests(&app.on_key(key(KeyCode::Enter))).is_empty());
+    assert_eq!(app.editor.text.len(), 4097);
+    assert!(screen(&app, 80, 24).contains("too long"));
+    app.on_key(key(KeyCode::Esc));
+    // A command the daemon refuses stays too.
+    typed(&mut app, "/block");
+    let actions = app.on_key(key(KeyCode::Enter));
+    let purpose = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Request { purpose, .. } => Some(purpose.clone()),
+            _ => None,
+        })
+        .unwrap();
+    app.on_input(Input::Answer {
+        purpose: purpose.clone(),
+        result: Err("no such contact".into()),
+    });
+    assert_eq!(app.editor.text, "/block");
+    app.on_key(key(KeyCode::Enter));
+    app.on_input(Input::Answer {
+        purpose,
+        result: Ok(json!({})),
+    });
+    assert_eq!(app.editor.text, "");
+}
+
+#[test]
+fn help_scrolls_at_80x24_and_page_up_is_capped() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "/help");
+    enter(&mut app);
+    // Every line of the help can be brought into view.
+    let mut seen = String::new();
+    for _ in 0..10 {
+        seen.push_str(&screen(&app, 80, 24));
+        app.on_key(key(KeyCode::PageDown));
+    }
+    for needle in [
+        "Keys: Enter sends",
+        "/group leave",
+        "/help · /quit",
+        "recovered (filled in",
+    ] {
+        assert!(seen.contains(needle), "{needle} never shown:\n{seen}");
+    }
+    // Back at the top with one PgUp per PgDn that moved.
+    for _ in 0..3 {
+        app.on_key(key(KeyCode::PageUp));
+    }
+    assert!(screen(&app, 80, 24).contains("Keys: Enter sends"));
+    app.on_key(key(KeyCode::Esc));
+    // The conversation: PgUp far past the top, then one PgDn moves.
+    let many: Vec<Value> = (1..=40)
+        .map(|i| message(i, BOB, BOB, &format!("line {i}"), "received"))
+        .collect();
+    let mut app = loaded(json!(many));
+    for _ in 0..50 {
+        app.on_key(key(KeyCode::PageUp));
+    }
+    assert!(screen(&app, 80, 24).contains("line 1 "), "at the top");
+    let top = app.scroll;
+    app.on_key(key(KeyCode::PageDown));
+    assert!(app.scroll < top);
+    assert!(screen(&app, 80, 24).contains("more line(s) below"));
+    assert!(!screen(&app, 80, 24).contains("bob?: line 1 "));
+}
+
+#[test]
+fn a_group_is_created_on_a_known_server_from_the_start_of_its_address() {
+    const OTHER: &str = "uv2qaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let directory = |servers: &[(&str, bool)]| -> Value {
+        json!(
+            servers
+                .iter()
+                .map(|(a, r)| json!({"address": a, "reachable": r, "score": 1}))
+                .collect::<Vec<_>>()
+        )
+    };
+    // What chat asks, and the request it makes once the directory comes.
+    let create = |line: &str, dir: &Value| -> (App, Vec<Request>) {
+        let mut app = loaded(json!([]));
+        typed(&mut app, line);
+        let actions = app.on_key(key(KeyCode::Enter));
+        assert_eq!(requests(&actions), vec![Request::Servers], "{line}");
+        let Some(Action::Request { purpose, .. }) = actions.first() else {
+            panic!()
+        };
+        let out = app.on_input(Input::Answer {
+            purpose: purpose.clone(),
+            result: Ok(dir.clone()),
+        });
+        (app, requests(&out))
+    };
+    let two = directory(&[(SERVER, true), (OTHER, false)]);
+    let made = |server: &str| {
+        vec![Request::GroupCreate {
+            name: "trip".into(),
+            server: server.into(),
+        }]
+    };
+    // A unique start.
+    assert_eq!(create("/group create trip uv2px", &two).1, made(SERVER));
+    assert_eq!(create("/group create trip UV2Q", &two).1, made(OTHER));
+    // Ambiguous: refused, with the candidates; the line stays.
+    let (app, out) = create("/group create trip uv2", &two);
+    assert!(out.is_empty());
+    assert_eq!(app.editor.text, "/group create trip uv2");
+    let s = screen(&app, 120, 24);
+    assert!(s.contains("2 servers start with uv2"), "{s}");
+    assert!(
+        s.contains("uv2pxmfuzxdb") && s.contains("uv2qaaaaaaaa"),
+        "{s}"
+    );
+    // None: the only reachable one; several unknown: say which.
+    assert_eq!(create("/group create trip", &two).1, made(SERVER));
+    let both_unknown = directory(&[(SERVER, false), (OTHER, false)]);
+    let (app, out) = create("/group create trip", &both_unknown);
+    assert!(out.is_empty());
+    assert!(screen(&app, 120, 24).contains("which server?"));
+    let (app, out) = create("/group create trip zzz", &two);
+    assert!(out.is_empty());
+    assert!(screen(&app, 120, 24).contains("no known server starts with zzz"));
+    // Created: the line is cleared once the daemon made the group.
+    let (mut app, out) = create("/group create trip uv2px", &two);
+    assert_eq!(out, made(SERVER));
+    assert_eq!(app.editor.text, "/group create trip uv2px");
+    app.on_input(Input::Answer {
+        purpose: Purpose::Joined,
+        result: Ok(json!({"id": GROUP, "name": "trip"})),
+    });
+    assert_eq!(app.editor.text, "");
+}
+
+#[test]
+fn screen_texts_say_what_to_do_plainly() {
+    // The empty server list speaks chat's language.
+    let mut app = loaded(json!([]));
+    app.on_input(Input::Answer {
+        purpose: Purpose::Servers,
+        result: Ok(json!([])),
+    });
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("/group create NAME SERVER"), "{s}");
+    assert!(!s.contains('`'), "{s}");
+    // The daemon gone: said once.
+    app.on_input(Input::Disconnected(
+        "the daemon's answer: the daemon closed the connection".into(),
+    ));
+    let s = screen(&app, 100, 24);
+    let header = s.lines().next().unwrap();
+    assert!(
+        header.contains("the daemon does not answer (it closed the connection); retrying"),
+        "{header}"
+    );
+    assert_eq!(header.matches("daemon").count(), 1, "{header}");
+    // A request in view: the input says what Enter does there.
+    let mut app = loaded(json!([]));
+    let mut st = status();
+    st["contacts"][1] = entry(CAROL, "mallory", None, "request", "authenticated");
+    st["invites"] = json!([{"group": "77aa", "name": "party", "from": BOB,
+                            "servers": [SERVER], "received_at": 0}]);
+    reload_with(&mut app, st);
+    for conv in [Conv::Contact(CAROL.into()), Conv::Invite("77aa".into())] {
+        app.selected = Some(conv);
+        let s = screen(&app, 80, 24);
+        assert!(s.contains("/accept or /refuse"), "{s}");
+        assert!(!s.contains("Enter sends"), "{s}");
+    }
+}
+
+#[test]
+fn a_line_at_the_bottom_goes_after_ten_seconds() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, "/frobnicate");
+    app.on_key(key(KeyCode::Enter));
+    let t0 = std::time::Instant::now();
+    assert!(!app.tick(t0));
+    assert!(!app.tick(t0 + std::time::Duration::from_secs(5)));
+    assert!(screen(&app, 80, 24).contains("unknown command"));
+    assert!(app.tick(t0 + std::time::Duration::from_secs(11)));
+    assert!(!screen(&app, 80, 24).contains("unknown command"));
+}
+
+#[test]
+fn the_selection_stays_on_a_real_conversation() {
+    // On start: the most recent conversation, not a stranger's request.
+    let mut app = App::new(jiff::tz::TimeZone::UTC);
+    app.on_input(Input::Connected {
+        address: ALICE.into(),
+        restarted: false,
+    });
+    let mut st = status();
+    st["contacts"] = json!([
+        entry(BOB, "bob", None, "accepted", "authenticated"),
+        entry(CAROL, "carol", None, "accepted", "authenticated"),
+        entry(SERVER, "stranger", None, "request", "authenticated"),
+        entry(GROUP, "stranger2", None, "request", "authenticated"),
+    ]);
+    st["contacts"][1]["contact"]["read_upto"] = json!(40);
+    st["contacts"][0]["contact"]["read_upto"] = json!(12);
+    reload_with(&mut app, st.clone());
+    assert_eq!(app.selected, Some(Conv::Contact(CAROL.into())));
+    // After /refuse: the neighbour.
+    app.selected = Some(Conv::Contact(SERVER.into()));
+    typed(&mut app, "/refuse");
+    let actions = app.on_key(key(KeyCode::Enter));
+    let next = app.entries()[1].clone();
+    let Some(Action::Request { purpose, .. }) = actions.first() else {
+        panic!()
+    };
+    app.on_input(Input::Answer {
+        purpose: purpose.clone(),
+        result: Ok(json!({})),
+    });
+    let contacts = st["contacts"].as_array().unwrap().clone();
+    st["contacts"] = json!(
+        contacts
+            .into_iter()
+            .filter(|c| c["contact"]["address"] != SERVER)
+            .collect::<Vec<_>>()
+    );
+    reload_with(&mut app, st);
+    assert_eq!(app.selected, Some(next));
+}
+
+#[test]
+fn gap_notices_are_bounded_per_conversation() {
+    let mut app = loaded(json!([]));
+    for i in 0..1000u64 {
+        app.on_input(event(
+            10 + i,
+            Event::Gap {
+                group: GROUP.into(),
+                text: format!("gap {i}"),
+                closed: false,
+            },
+        ));
+    }
+    let kept = &app.notices[&Conv::Group(GROUP.into())];
+    assert_eq!(kept.len(), super::app::MAX_NOTICES);
+    assert_eq!(kept.last().unwrap().text, "gap 999", "the newest are kept");
+}
+
+#[test]
+fn the_cursor_follows_wide_characters_in_the_input() {
+    let mut app = loaded(json!([]));
+    typed(&mut app, &"日".repeat(60));
+    typed(&mut app, "X");
+    let mut t = draw(&app, 80, 24);
+    let (x, y) = {
+        let p = t.get_cursor_position().unwrap();
+        (p.x, p.y)
+    };
+    let buf = t.backend().buffer();
+    assert_eq!(
+        buf[(x - 1, y)].symbol(),
+        "X",
+        "what was typed last is left of the cursor"
+    );
+    assert!(x < 79);
 }

@@ -29,9 +29,8 @@ fn dim() -> Style {
     Style::default().fg(Color::DarkGray)
 }
 
-/// Draws the whole screen.
-pub fn render(app: &App, frame: &mut Frame) {
-    let area = frame.area();
+/// The screen's parts: header, list, conversation, input, status.
+fn areas(app: &App, area: Rect) -> [Rect; 5] {
     let input_lines = app.editor.text.split('\n').count().clamp(1, 5) as u16;
     let [header, body, input, status] = Layout::vertical([
         Constraint::Length(1),
@@ -43,6 +42,58 @@ pub fn render(app: &App, frame: &mut Frame) {
     let left_w = (area.width / 3).clamp(22, 34);
     let [left, right] =
         Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
+    [header, left, right, input, status]
+}
+
+/// The inside of the conversation pane on a screen of `app.size`.
+fn conversation_inner(app: &App) -> Rect {
+    let [_, _, right, _, _] = areas(app, Rect::new(0, 0, app.size.0, app.size.1));
+    Block::default().borders(Borders::ALL).inner(right)
+}
+
+/// The lines of an overlay (help, servers), wrapped to `width`.
+fn overlay_lines(overlay: &Overlay, width: usize) -> Vec<Line<'static>> {
+    let raw: Vec<String> = match overlay {
+        Overlay::Help => help_lines().map(str::to_string).collect(),
+        Overlay::Servers(list) => list.clone(),
+    };
+    raw.iter()
+        .flat_map(|l| wrap(&[(l.clone(), Style::default())], width, 0))
+        .collect()
+}
+
+/// Where an overlay's text goes inside the conversation pane (under its
+/// title line).
+fn overlay_area(inner: Rect) -> Rect {
+    Block::default().borders(Borders::TOP).inner(inner)
+}
+
+/// How far the overlay in view can scroll down (on a screen of `app.size`):
+/// its last line at the bottom.
+pub fn overlay_max_scroll(app: &App) -> usize {
+    let Some(overlay) = &app.overlay else {
+        return 0;
+    };
+    let area = overlay_area(conversation_inner(app));
+    let lines = overlay_lines(overlay, usize::from(area.width));
+    lines.len().saturating_sub(usize::from(area.height))
+}
+
+/// How far the conversation in view can scroll back (on a screen of
+/// `app.size`): its first line at the top.
+pub fn conversation_max_scroll(app: &App) -> usize {
+    let Some(conv) = &app.selected else {
+        return 0;
+    };
+    let inner = conversation_inner(app);
+    let (_, rest) = conversation_parts(app, conv, inner);
+    let lines = message_lines(app, conv, usize::from(inner.width));
+    lines.len().saturating_sub(usize::from(rest.height))
+}
+
+/// Draws the whole screen.
+pub fn render(app: &App, frame: &mut Frame) {
+    let [header, left, right, input, status] = areas(app, frame.area());
     render_header(app, frame, header);
     render_list(app, frame, left);
     render_conversation(app, frame, right);
@@ -75,10 +126,13 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
     }
     if !app.connected {
         spans = vec![Span::styled(
-            format!(
-                " cwtch · the daemon does not answer ({}); retrying",
-                safe(app.disconnected_why.as_deref().unwrap_or("connecting"))
-            ),
+            match app.disconnected_why.as_deref() {
+                Some(why) => format!(
+                    " cwtch · the daemon does not answer ({}); retrying",
+                    safe(why)
+                ),
+                None => " cwtch · connecting to the daemon".to_string(),
+            },
             Style::default().fg(Color::Red),
         )];
     }
@@ -107,28 +161,31 @@ fn fit(s: &str, width: usize) -> String {
     out
 }
 
-/// One item of the left pane: its label, its unread count, and a word on
-/// the right with its colour.
-fn entry(app: &App, conv: &Conv) -> (String, u64, String, Color) {
+/// One item of the left pane: its label, a mark kept after it however it
+/// is cut (`?`: a name they announce, unverified), its unread count, and a
+/// word on the right with its colour.
+fn entry(app: &App, conv: &Conv) -> (String, &'static str, u64, String, Color) {
     match conv {
         Conv::Contact(a) => {
             let Some(c) = app.contact(a) else {
-                return (short(a), 0, String::new(), Color::Reset);
+                return (short(a), "", 0, String::new(), Color::Reset);
             };
             let (word, color) = match c.state.as_str() {
                 "request" => ("request".to_string(), Color::Yellow),
                 "blocked" => ("blocked".to_string(), Color::Red),
                 _ => (conn_word(&c.conn).to_string(), conn_color(&c.conn)),
             };
-            (c.label(), c.unread, word, color)
+            let (name, ours) = c.shown();
+            (name, if ours { "" } else { "?" }, c.unread, word, color)
         }
         Conv::Group(id) => {
             let Some(g) = app.group(id) else {
-                return (short(id), 0, String::new(), Color::Reset);
+                return (short(id), "", 0, String::new(), Color::Reset);
             };
             let state = g.conn();
             (
                 format!("#{}", safe(&g.name)),
+                "",
                 g.unread,
                 conn_word(state).to_string(),
                 conn_color(state),
@@ -136,7 +193,7 @@ fn entry(app: &App, conv: &Conv) -> (String, u64, String, Color) {
         }
         Conv::Invite(id) => {
             let name = app.invite(id).map(|i| safe(&i.name)).unwrap_or_default();
-            (format!("#{name}"), 0, "invite".into(), Color::Yellow)
+            (format!("#{name}"), "", 0, "invite".into(), Color::Yellow)
         }
     }
 }
@@ -162,7 +219,7 @@ fn render_list(app: &App, frame: &mut Frame, area: Rect) {
     let height = usize::from(inner.height);
     let first = selected_at.saturating_sub(height.saturating_sub(1));
     for conv in entries.iter().skip(first).take(height) {
-        let (label, unread, word, color) = entry(app, conv);
+        let (label, mark, unread, word, color) = entry(app, conv);
         let count = if unread > 0 {
             format!(" {unread}")
         } else {
@@ -170,7 +227,8 @@ fn render_list(app: &App, frame: &mut Frame, area: Rect) {
         };
         let right = format!("{count} {word}");
         let room = width.saturating_sub(right.width() + 1);
-        let label = fit(&label, room);
+        // The mark stays: the name is cut one column shorter for it.
+        let label = fit(&label, room.saturating_sub(mark.width())) + mark;
         let pad = width.saturating_sub(label.width() + right.width() + 1);
         let selected = app.selected.as_ref() == Some(conv);
         let base = if selected {
@@ -464,21 +522,30 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if let Some(overlay) = &app.overlay {
-        let (title, lines): (&str, Vec<Line>) = match overlay {
-            Overlay::Help => (" help (Esc closes) ", help_lines().map(Line::raw).collect()),
-            Overlay::Servers(list) => (
-                " servers, best first (Esc closes) ",
-                list.iter().map(|l| Line::raw(l.clone())).collect(),
-            ),
+        let text_area = overlay_area(inner);
+        let lines = overlay_lines(overlay, usize::from(text_area.width));
+        let height = usize::from(text_area.height);
+        let max = lines.len().saturating_sub(height);
+        let scroll = app.overlay_scroll.min(max);
+        let what = match overlay {
+            Overlay::Help => "help",
+            Overlay::Servers(_) => "servers, best first",
         };
+        let more = if max > 0 { " · PgUp/PgDn scroll" } else { "" };
+        let title = format!(" {what} (Esc closes{more}) ");
         frame.render_widget(Clear, inner);
         let block = Block::default().borders(Borders::TOP).title(title);
-        let text_area = block.inner(inner);
         frame.render_widget(block, inner);
-        frame.render_widget(
-            Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
-            text_area,
-        );
+        let mut shown: Vec<Line> = lines.into_iter().skip(scroll).take(height).collect();
+        if scroll < max
+            && let Some(last) = shown.last_mut()
+        {
+            *last = Line::styled(
+                format!("▼ {} more line(s): PgDn", max - scroll),
+                Style::default().fg(Color::Cyan),
+            );
+        }
+        frame.render_widget(Paragraph::new(shown), text_area);
         return;
     }
     let Some(conv) = &app.selected else {
@@ -494,14 +561,11 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
         return;
     };
     let width = usize::from(inner.width);
-    let mut header = Vec::new();
-    for line in conversation_header(app, conv) {
-        header.extend(wrap_line(line, width));
-    }
-    header.truncate(usize::from(inner.height / 2));
-    let header_h = header.len() as u16;
-    let [top, rest] =
-        Layout::vertical([Constraint::Length(header_h), Constraint::Min(0)]).areas(inner);
+    let (header, rest) = conversation_parts(app, conv, inner);
+    let top = Rect {
+        height: header.len() as u16,
+        ..inner
+    };
     frame.render_widget(Paragraph::new(header), top);
     let lines = message_lines(app, conv, width);
     let height = usize::from(rest.height);
@@ -526,6 +590,21 @@ fn render_conversation(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(shown), bottom);
 }
 
+/// The conversation's header lines (at most half of `inner`) and the
+/// area under them, for the messages.
+fn conversation_parts(app: &App, conv: &Conv, inner: Rect) -> (Vec<Line<'static>>, Rect) {
+    let width = usize::from(inner.width);
+    let mut header = Vec::new();
+    for line in conversation_header(app, conv) {
+        header.extend(wrap_line(line, width));
+    }
+    header.truncate(usize::from(inner.height / 2));
+    let header_h = header.len() as u16;
+    let [_, rest] =
+        Layout::vertical([Constraint::Length(header_h), Constraint::Min(0)]).areas(inner);
+    (header, rest)
+}
+
 fn wrap_line(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
     let pieces: Vec<(String, Style)> = line
         .spans
@@ -536,22 +615,46 @@ fn wrap_line(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
 }
 
 fn render_input(app: &App, frame: &mut Frame, area: Rect) {
-    let to = match &app.selected {
-        Some(conv @ (Conv::Contact(_) | Conv::Group(_))) => {
-            format!(" to {} ", app.title_of(conv))
-        }
-        _ => " command ".to_string(),
+    // What Enter does here.
+    let title = match &app.selected {
+        Some(Conv::Contact(a)) => match app.contact(a).map(|c| c.state.as_str()) {
+            Some("request") => " a contact request: /accept or /refuse ".to_string(),
+            Some("blocked") => " blocked: /unblock, or a command ".to_string(),
+            _ => format!(
+                " to {} · Enter sends · Alt+Enter: new line ",
+                app.title_of(&Conv::Contact(a.clone()))
+            ),
+        },
+        Some(conv @ Conv::Group(_)) => format!(
+            " to {} · Enter sends · Alt+Enter: new line ",
+            app.title_of(conv)
+        ),
+        Some(Conv::Invite(_)) => " a group invite: /accept or /refuse ".to_string(),
+        None => " a command (/help lists them) · Enter runs it ".to_string(),
     };
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .title(format!("{to}· Enter sends · Alt+Enter: new line "));
+    let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let (line, col) = app.editor.cursor_line_col();
+    let (line, _) = app.editor.cursor_line_col();
     let rows = usize::from(inner.height).max(1);
     let first = line.saturating_sub(rows - 1);
     let width = usize::from(inner.width).max(1);
-    let skip = col.saturating_sub(width - 1);
+    // The characters of the cursor's line scrolled out on the left, so
+    // that what is before the cursor fits (in columns: wide characters
+    // take two).
+    let line_start = app.editor.text[..app.editor.cursor]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let widths: Vec<usize> = app.editor.text[line_start..app.editor.cursor]
+        .chars()
+        .map(|c| safe(c.encode_utf8(&mut [0u8; 4])).width())
+        .collect();
+    let mut before_w: usize = widths.iter().sum();
+    let mut skip = 0;
+    while before_w > width - 1 && skip < widths.len() {
+        before_w -= widths[skip];
+        skip += 1;
+    }
     let lines: Vec<Line> = app
         .editor
         .text
@@ -565,14 +668,7 @@ fn render_input(app: &App, frame: &mut Frame, area: Rect) {
         })
         .collect();
     frame.render_widget(Paragraph::new(lines), inner);
-    let before: String = app.editor.text[..app.editor.cursor]
-        .rsplit('\n')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .skip(skip)
-        .collect();
-    let x = inner.x + (safe(&before).width() as u16).min(inner.width.saturating_sub(1));
+    let x = inner.x + (before_w as u16).min(inner.width.saturating_sub(1));
     let y = inner.y + (line - first) as u16;
     frame.set_cursor_position((x, y));
 }

@@ -5,8 +5,25 @@
 use crate::control::api::{Event, Request};
 use crate::model::{Delivery, StoredMessage};
 
-/// One message as a line: `[delivered] alice: text`.
+/// One message as a line: `2026-12-05 14:03 [delivered] alice: text`, the
+/// time in the local time zone (the author's clock: a claim, bounded by the
+/// daemon).
 pub fn message(m: &StoredMessage) -> String {
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    message_in(m, &tz)
+}
+
+/// [`message`] in the time zone `tz`.
+pub fn message_in(m: &StoredMessage, tz: &jiff::tz::TimeZone) -> String {
+    let when = i64::try_from(m.sent_at)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| {
+            t.to_zoned_datetime(tz.clone())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|| "????-??-?? ??:??".into());
     let status = match m.status {
         Delivery::Pending => "pending  ",
         Delivery::Delivered => "delivered",
@@ -23,18 +40,24 @@ pub fn message(m: &StoredMessage) -> String {
         }
     };
     match &m.note {
-        Some(note) => format!("[{status}] {who}: {} ({note})", safe(&m.text)),
-        None => format!("[{status}] {who}: {}", safe(&m.text)),
+        Some(note) => format!("{when} [{status}] {who}: {} ({note})", safe(&m.text)),
+        None => format!("{when} [{status}] {who}: {}", safe(&m.text)),
     }
 }
 
 /// Text another party wrote, safe to print on a terminal: control
-/// characters (a newline that would forge a line, an escape sequence) are
+/// characters (a newline that would forge a line, an escape sequence) and
+/// invisible format characters (a right-to-left override that reorders
+/// what follows, zero-width characters that make two names look alike) are
 /// shown escaped, never obeyed.
 pub fn safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        // Texts keep what emoji are made of (the zero-width joiner and the
+        // variation selectors); names lose those too (`codec::clean_name`).
+        let emoji_part =
+            matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}');
+        if c.is_control() || (crate::codec::is_format(c) && !emoji_part) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -51,8 +74,18 @@ fn text(value: &serde_json::Value, key: &str) -> String {
     safe(value[key].as_str().unwrap_or_default())
 }
 
+/// The contact in `value`: a contact, or a contact as listed (an entry
+/// that holds it under `contact`, as events carry it).
+fn the_contact(value: &serde_json::Value) -> &serde_json::Value {
+    value
+        .get("contact")
+        .filter(|c| c.is_object())
+        .unwrap_or(value)
+}
+
 fn contact_changed(value: &serde_json::Value) -> String {
-    format!("{} is now {}", text(value, "address"), text(value, "state"))
+    let c = the_contact(value);
+    format!("{} is now {}", text(c, "address"), text(c, "state"))
 }
 
 /// The human form of a daemon answer.
@@ -163,12 +196,15 @@ pub fn event(seq: u64, event: &Event) -> String {
             Ok(m) => format!("message in {}: {}", short(&m.conversation), message(&m)),
             Err(_) => "message".into(),
         },
-        Event::ContactRequest { contact } => format!(
-            "contact request from {} ({}): `cwtch-node contact accept {}` or `contact refuse`",
-            text(contact, "address"),
-            text(contact, "name"),
-            text(contact, "address")
-        ),
+        Event::ContactRequest { contact } => {
+            let c = the_contact(contact);
+            format!(
+                "contact request from {} ({}?): `cwtch-node contact accept {}` or `contact refuse`",
+                text(c, "address"),
+                text(c, "name"),
+                text(c, "address")
+            )
+        }
         Event::ContactChanged { contact, address } => {
             if contact.is_null() {
                 format!("{} was forgotten", safe(address))
@@ -225,9 +261,14 @@ fn contacts(list: &serde_json::Value) -> String {
             Some(n) if n > 0 => format!(" [{n} unread]"),
             _ => String::new(),
         };
+        // An announced name is a claim: marked `?`, as everywhere.
+        let announced = match text(c, "name") {
+            n if n.is_empty() => n,
+            n => format!("{n}?"),
+        };
         let name = match c["nickname"].as_str() {
-            Some(n) if !n.is_empty() => format!("{} ({})", safe(n), text(c, "name")),
-            _ => text(c, "name"),
+            Some(n) if !n.is_empty() => format!("{} ({announced})", safe(n)),
+            _ => announced,
         };
         out.push_str(&format!(
             "{} {:<10} {:<14} {}{}{}{}\n",
@@ -393,5 +434,67 @@ mod tests {
         };
         let line = message(&m);
         assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+    }
+
+    #[test]
+    fn contact_events_name_the_contact_inside_the_entry() {
+        let entry = serde_json::json!({
+            "contact": {"address": "abc", "name": "eve", "state": "request"},
+            "connection": {"state": "connected"}, "pending": 0, "unread": 1
+        });
+        let line = event(
+            1,
+            &Event::ContactRequest {
+                contact: entry.clone(),
+            },
+        );
+        assert!(line.contains("from abc (eve?)"), "{line}");
+        let line = event(
+            2,
+            &Event::ContactChanged {
+                contact: entry,
+                address: "abc".into(),
+            },
+        );
+        assert!(line.ends_with("abc is now request"), "{line}");
+    }
+
+    #[test]
+    fn invisible_format_characters_are_escaped() {
+        // A right-to-left override would reorder the rest of the line; a
+        // zero-width space makes "bob" and "b\u{200B}ob" look the same.
+        assert_eq!(safe("evil\u{202E}gnp.exe"), "evil\\u{202e}gnp.exe");
+        assert_eq!(safe("b\u{200B}ob"), "b\\u{200b}ob");
+        assert_eq!(safe("\u{FEFF}x\u{2066}"), "\\u{feff}x\\u{2066}");
+        // Letters, accents and emoji stay as they are, joined ones too.
+        assert_eq!(
+            safe("Zoë 你好 🙂 ❤\u{FE0F} 👨\u{200D}👩"),
+            "Zoë 你好 🙂 ❤\u{FE0F} 👨\u{200D}👩"
+        );
+    }
+
+    #[test]
+    fn a_message_line_has_its_time_and_status() {
+        let m = StoredMessage {
+            seq: 1,
+            conversation: "c".into(),
+            id: 1,
+            outgoing: false,
+            author: "abcdefghijklmnop".into(),
+            author_name: Some("bob?".into()),
+            text: "hi".into(),
+            sent_at: 1_796_459_878_509,
+            status: Delivery::Received,
+            note: None,
+        };
+        assert_eq!(
+            message_in(&m, &jiff::tz::TimeZone::UTC),
+            "2026-12-05 08:37 [received ] bob?: hi"
+        );
+        let lie = StoredMessage {
+            sent_at: u64::MAX,
+            ..m
+        };
+        assert!(message_in(&lie, &jiff::tz::TimeZone::UTC).starts_with("????"));
     }
 }

@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// the daemon it starts, never through arguments or the environment.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Stop gracefully when standard input ends (its writer closed the
+    /// pipe or died): how a daemon that `chat` started ends with chat, even
+    /// when chat ends abnormally.
+    #[arg(long, hide = true)]
+    pub stop_on_stdin_eof: bool,
 }
 
 /// Contact names, messages: what `send`, `messages` and friends take.

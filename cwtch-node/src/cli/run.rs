@@ -173,6 +173,14 @@ fn password(confirm: bool) -> Result<Zeroizing<Vec<u8>>, Failure> {
 /// The password from the first line of standard input (`run
 /// --password-stdin`: a pipe from `chat`).
 fn password_from_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        // At a terminal the password would be echoed as typed.
+        return Err(Failure::input(
+            "--password-stdin reads a pipe, not a terminal: leave the flag out to be asked \
+             without echo",
+        ));
+    }
     let mut line = Zeroizing::new(String::new());
     std::io::stdin().read_line(&mut line).map_err(|e| {
         Failure::input(format!("cannot read the password from standard input: {e}"))
@@ -182,12 +190,29 @@ fn password_from_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
     Ok(Zeroizing::new(p.as_bytes().to_vec()))
 }
 
+/// Says there is no profile before a password is asked for nothing.
+fn no_profile_is_said_first(home: &Path) -> Result<(), Failure> {
+    if home.join(PROFILE_FILE).exists() {
+        Ok(())
+    } else {
+        Err(Failure::input(format!(
+            "no profile in {} (run `cwtch-node init --name NAME` first)",
+            home.display()
+        )))
+    }
+}
+
 /// A message text: the argument, or standard input when it is `-` or
 /// missing (so that it never appears in `ps` or the shell's history).
 fn text_arg(text: Option<String>) -> Result<String, Failure> {
     match text {
+        Some(t) if t.is_empty() => Err(Failure::input("the text is empty")),
         Some(t) if t != "-" => Ok(t),
         _ => {
+            use std::io::IsTerminal;
+            if std::io::stdin().is_terminal() {
+                eprintln!("type the text, then Ctrl+D on a line of its own");
+            }
             let mut t = String::new();
             std::io::stdin().read_to_string(&mut t).map_err(|e| {
                 Failure::input(format!("cannot read the text from standard input: {e}"))
@@ -219,6 +244,7 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             let address = match crate::control::client::request(home, Request::Address) {
                 Ok(v) => v["address"].as_str().unwrap_or_default().to_string(),
                 Err(ClientError::NotRunning(_)) => {
+                    no_profile_is_said_first(home)?;
                     let (_, identity, _) = store::open_profile(home, &password(false)?)?;
                     identity.address().to_string()
                 }
@@ -235,6 +261,7 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             let value = match crate::control::client::request(home, Request::Identifier) {
                 Ok(v) => v,
                 Err(ClientError::NotRunning(_)) => {
+                    no_profile_is_said_first(home)?;
                     let (raw, identity, _) = store::open_profile(home, &password(false)?)?;
                     let mailbox = store::mailbox_of(&raw)?;
                     let now_ms = crate::clock::unix_now().as_millis();
@@ -264,12 +291,7 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
         }
         Command::Run(args) => run_peer(home, &args),
         Command::Chat(args) => {
-            if !home.join(PROFILE_FILE).exists() {
-                return Err(Failure::input(format!(
-                    "no profile in {} (run `cwtch-node init --name NAME` first)",
-                    home.display()
-                )));
-            }
+            no_profile_is_said_first(home)?;
             crate::chat::run(home, &args, || password(false).map_err(|f| f.message))
                 .map_err(Failure::internal)
         }
@@ -338,13 +360,17 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
         Command::Events { follow, since } => events(home, follow, since, json),
         Command::Stop => one_shot(home, Request::Shutdown, json),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "cwtch-node",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            // Into a buffer first: clap_complete panics on a write error,
+            // and `completions bash | head` closes the pipe early.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cwtch-node", &mut script);
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Failure::input(format!("cannot write the completions: {e}")))
+                }
+                _ => Ok(()),
+            }
         }
         #[cfg(feature = "demo")]
         Command::Demo {
@@ -911,12 +937,7 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
 
 fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     let args = &run.transport;
-    if !home.join(PROFILE_FILE).exists() {
-        return Err(Failure::input(format!(
-            "no profile in {} (run `cwtch-node init --name NAME` first)",
-            home.display()
-        )));
-    }
+    no_profile_is_said_first(home)?;
     let _lock = take_home(home)?;
     let password = if run.password_stdin {
         password_from_stdin()?
@@ -943,6 +964,7 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
         peer,
         transport: chosen.transport.clone(),
         handshake_timeout: args.handshake_timeout,
+        stop_on_stdin_eof: run.stop_on_stdin_eof,
     })
     .map_err(Failure::internal);
     drop(chosen);

@@ -50,7 +50,16 @@ pub async fn serve(serving: Serving) -> std::io::Result<()> {
     // Private already (umask 077, private home); said once more.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        // Out of file descriptors (a client that leaks connections) must
+        // not stop the daemon: wait a moment and accept again.
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("control socket: cannot accept a client: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         let serving = serving.clone();
         smol::spawn(async move {
             if let Err(e) = client(serving, stream).await {
@@ -73,23 +82,14 @@ async fn read_line(
     skipping: &mut bool,
 ) -> std::io::Result<Result<Option<()>, ()>> {
     while *skipping {
-        line.clear();
-        let n = (&mut *reader)
-            .take(MAX_REQUEST_LEN as u64)
-            .read_line(line)
-            .await?;
-        if n == 0 {
+        if read_piece(reader, line).await? == 0 {
             return Ok(Ok(None));
         }
         if line.ends_with('\n') {
             *skipping = false;
         }
     }
-    line.clear();
-    let n = (&mut *reader)
-        .take(MAX_REQUEST_LEN as u64)
-        .read_line(line)
-        .await?;
+    let n = read_piece(reader, line).await?;
     if n == 0 {
         return Ok(Ok(None));
     }
@@ -99,6 +99,19 @@ async fn read_line(
         return Ok(Err(()));
     }
     Ok(Ok(Some(())))
+}
+
+/// Reads into `line` (cleared first) up to a newline or
+/// [`MAX_REQUEST_LEN`] bytes; the number of bytes read.
+async fn read_piece(
+    reader: &mut BufReader<UnixStream>,
+    line: &mut String,
+) -> std::io::Result<usize> {
+    line.clear();
+    (&mut *reader)
+        .take(MAX_REQUEST_LEN as u64)
+        .read_line(line)
+        .await
 }
 
 fn to_line(value: &impl Serialize) -> Vec<u8> {
@@ -162,6 +175,11 @@ async fn client(serving: Serving, stream: UnixStream) -> std::io::Result<()> {
             return Ok(());
         }
     };
+    tracing::debug!(
+        "control client: {} (API {})",
+        crate::codec::clean_name(&hello.client.chars().take(80).collect::<String>()),
+        hello.api
+    );
     if hello.api != API_VERSION {
         let _ = lines
             .send(error_line(
@@ -196,7 +214,15 @@ async fn client(serving: Serving, stream: UnixStream) -> std::io::Result<()> {
                 format!("bad request: longer than {MAX_REQUEST_LEN} bytes"),
             ),
             Ok(Some(())) => match serde_json::from_str::<RequestEnvelope>(&line) {
-                Err(e) => error_line(0, ErrorCode::BadRequest, format!("bad request: {e}")),
+                Err(e) => {
+                    // Its id, if that much can be read, so that a client
+                    // with several requests out knows which one failed.
+                    let id = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+                        .unwrap_or(0);
+                    error_line(id, ErrorCode::BadRequest, format!("bad request: {e}"))
+                }
                 Ok(RequestEnvelope {
                     id,
                     request: Request::Subscribe { since },
@@ -263,8 +289,8 @@ async fn client(serving: Serving, stream: UnixStream) -> std::io::Result<()> {
         }
     }
     drop(lines);
-    if !subscribed {
-        write.await;
-    }
+    // A subscriber that closed only its sending side (`printf ... | nc -U`)
+    // still reads: its answers and events keep flowing until a write fails.
+    write.await;
     Ok(())
 }

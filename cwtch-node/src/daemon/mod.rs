@@ -60,6 +60,9 @@ pub struct PeerDaemon {
     pub transport: NodeTransport,
     /// The handshake deadline of inbound connections, seconds (0: default).
     pub handshake_timeout: u64,
+    /// Stop gracefully when standard input ends (`run
+    /// --stop-on-stdin-eof`: the daemon `chat` started ends with it).
+    pub stop_on_stdin_eof: bool,
 }
 
 /// The links' command queues, by id.
@@ -72,6 +75,8 @@ struct Ctx {
     input: mpsc::Sender<Input>,
     slots: Arc<HandshakeSlots>,
     handshake_timeout: u64,
+    /// Set when the graceful stop begins: no new connection is dialed.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -94,6 +99,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         peer,
         transport,
         handshake_timeout,
+        stop_on_stdin_eof,
     } = daemon;
     let identity = peer.identity().clone();
     let address = peer.address().to_string();
@@ -112,6 +118,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         input: input_tx.clone(),
         slots: HandshakeSlots::new(MAX_PEER_HANDSHAKES),
         handshake_timeout,
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let result = smol::block_on(async {
@@ -158,6 +165,28 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
             }
         })
         .detach();
+        if stop_on_stdin_eof {
+            // The pipe from the `chat` that started us: when it ends (chat
+            // quit, panicked or was killed with its terminal), so do we.
+            let stop_on_eof = stop.clone();
+            std::thread::Builder::new()
+                .name("cwtch-stdin".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 256];
+                    let mut stdin = std::io::stdin();
+                    loop {
+                        match std::io::Read::read(&mut stdin, &mut buf) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                    tracing::info!("standard input ended: stopping");
+                    stop_on_eof.trigger();
+                })
+                .map_err(|e| format!("cannot watch standard input: {e}"))?;
+        }
         let publish = async {
             let mut listener = transport
                 .listen(&identity, PEER_PORT)
@@ -204,6 +233,8 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         // Everything acknowledged is stored already: the core writes before
         // it acknowledges.
         hub.publish(Event::ShuttingDown);
+        ctx.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(listener) = listener {
             let _ = listener.close().await;
         }
@@ -302,7 +333,11 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
 /// Carries out the core's effects.
 async fn execute(effects: smol::channel::Receiver<Effect>, ctx: Arc<Ctx>, hub: Hub) {
     while let Ok(effect) = effects.recv().await {
+        let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
         match effect {
+            // Stopping: the links are being closed, and none is opened
+            // again (the core would redial what closes).
+            Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
             Effect::DialPeer { link, to } => {
                 tracing::debug!(link = link.0, "dialing a contact");
                 smol::spawn(dial(ctx.clone(), link, to, false)).detach();

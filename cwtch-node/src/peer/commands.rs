@@ -330,11 +330,14 @@ impl Peer {
             .filter(|(_, m)| m.conversation == address)
             .map(|(k, _)| k)
             .collect();
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for k in &keys {
                 tx.delete(Table::Messages, k)?;
             }
             tx.delete(Table::Contacts, address.as_bytes())?;
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         let c = self.contacts.remove(&address);
@@ -415,21 +418,30 @@ impl Peer {
         Ok(msg)
     }
 
-    /// The conversation `name` means: a contact, or a group.
+    /// The conversation `name` means: a contact, or a group. A name that
+    /// fits both is refused as ambiguous: a contact's announced name must
+    /// never shadow a group (or a group's name a contact).
     fn conversation(&self, name: &str) -> Result<String, ApiError> {
-        match self.contacts.resolve(name) {
-            Ok(a) => Ok(a),
-            Err(e) if e.code == ErrorCode::Ambiguous => Err(e),
-            Err(_) => match self.groups.find(name) {
-                Ok(g) => Ok(g),
-                Err(g) if g.code == ErrorCode::Ambiguous => Err(g),
-                Err(_) => match OnionAddress::parse(name) {
-                    Ok(a) => Ok(a.to_string()),
-                    Err(_) => Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no contact or group named {name}"),
-                    )),
-                },
+        let contact = self.contacts.resolve(name);
+        let group = self.groups.find(name);
+        match (contact, group) {
+            (Err(e), _) | (_, Err(e)) if e.code == ErrorCode::Ambiguous => Err(e),
+            (Ok(a), Ok(g)) => {
+                let mut e = ApiError::new(
+                    ErrorCode::Ambiguous,
+                    format!("{name} names a contact and a group: use an address or the group's id"),
+                );
+                e.candidates = vec![format!("contact {a}"), format!("group {g}")];
+                Err(e)
+            }
+            (Ok(a), Err(_)) => Ok(a),
+            (Err(_), Ok(g)) => Ok(g),
+            (Err(_), Err(_)) => match OnionAddress::parse(name) {
+                Ok(a) => Ok(a.to_string()),
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no contact or group named {name}"),
+                )),
             },
         }
     }
@@ -485,16 +497,24 @@ impl Peer {
     fn mark_read(&mut self, name: &str) -> Answer {
         let conversation = self.conversation(name)?;
         let upto = self.seq;
+        // The counter is stored with the mark: a restart never gives again
+        // a number at or below a read mark (those messages would count as
+        // read).
+        let counter = upto.to_le_bytes();
         if let Some(mut c) = self.contacts.get(&conversation).cloned() {
             c.read_upto = upto;
-            self.store
-                .put(Table::Contacts, conversation.as_bytes(), &c)?;
+            self.store.transaction(|tx| {
+                tx.put(Table::Contacts, conversation.as_bytes(), &c)?;
+                tx.put_raw(Table::Meta, b"seq", &counter)
+            })?;
             self.contacts.put(c);
         } else if let Some(g) = self.groups.get_mut(&conversation) {
             g.record.read_upto = upto;
             let record = g.record.clone();
-            self.store
-                .put(Table::Groups, record.id.as_bytes(), &record)?;
+            self.store.transaction(|tx| {
+                tx.put(Table::Groups, record.id.as_bytes(), &record)?;
+                tx.put_raw(Table::Meta, b"seq", &counter)
+            })?;
         }
         self.unread.remove(&conversation);
         Ok(serde_json::json!({"conversation": conversation, "unread": 0}))
@@ -511,10 +531,13 @@ impl Peer {
             .map(|(k, _)| k)
             .collect();
         let deleted = keys.len();
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for k in &keys {
                 tx.delete(Table::Messages, k)?;
             }
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         self.unread.remove(&conversation);
@@ -551,7 +574,7 @@ impl Peer {
     /// retried like a text until acknowledged.
     fn group_invite(&mut self, which: &str, contact: &str, now: Now) -> Answer {
         let gid = self.groups.find(which)?;
-        let address = self.contacts.resolve(contact)?;
+        let address = self.contacts.resolve_verified(contact)?;
         if !self.contacts.is_accepted(&address) {
             return Err(invalid(format!("{address} is not an accepted contact")));
         }
@@ -723,11 +746,14 @@ impl Peer {
             keys.push((Table::Outbox, post_key(&server, &owner, seq)));
         }
         keys.push((Table::Servers, records::adverts_key(&gid)));
+        let seq = self.seq;
         self.store.transaction(|tx| {
             for (t, k) in &keys {
                 tx.delete(*t, k)?;
             }
             tx.delete(Table::Groups, gid.as_bytes())?;
+            // The numbers of the deleted messages are never given again.
+            tx.put_raw(Table::Meta, b"seq", &seq.to_le_bytes())?;
             Ok(())
         })?;
         self.recovery.forget(&gid);

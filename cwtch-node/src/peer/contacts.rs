@@ -114,30 +114,54 @@ impl Contacts {
         }
     }
 
-    /// The contact `name` means: an address (or extended identifier's
-    /// owner), else a nickname or announced name that fits exactly one
-    /// contact. Several fitting is refused with the candidates.
+    /// The contact `name` means, in this order:
+    /// - an address (or an extended identifier's owner);
+    /// - else one of *our* nicknames: ours outrank any name another party
+    ///   announces, so a stranger cannot take or shadow them;
+    /// - else an announced name of an *accepted* contact without a
+    ///   nickname, or a unique address prefix (8 characters or more),
+    ///   counted together: a stranger announcing the prefix that chat
+    ///   shows of a contact's address makes the name ambiguous rather
+    ///   than theirs.
+    ///
+    /// Requests and blocked contacts never resolve by announced name (only
+    /// by address, prefix or our nickname). Several fitting is refused,
+    /// with the candidates labelled by why they fit.
     pub fn resolve(&self, name: &str) -> Result<String, ApiError> {
         if let Ok(a) = OnionAddress::parse(name) {
             return Ok(a.to_string());
         }
-        let fits = |c: &&Contact| {
-            c.nickname.as_deref() == Some(name)
-                || (c.nickname.is_none() && !c.name.is_empty() && c.name == name)
-        };
-        let mut found: Vec<&Contact> = self.map.values().filter(fits).collect();
-        if found.is_empty() {
-            // A unique address prefix also works (at least 8 characters).
+        let ours: Vec<(&Contact, &str)> = self
+            .map
+            .values()
+            .filter(|c| c.nickname.as_deref() == Some(name))
+            .map(|c| (c, "your nickname"))
+            .collect();
+        let found = if ours.is_empty() {
+            let mut found: Vec<(&Contact, &str)> = self
+                .map
+                .values()
+                .filter(|c| {
+                    c.state == ContactState::Accepted
+                        && c.nickname.is_none()
+                        && !c.name.is_empty()
+                        && c.name == name
+                })
+                .map(|c| (c, "the name they announce, unverified"))
+                .collect();
             if name.len() >= 8 {
-                found = self
-                    .map
-                    .values()
-                    .filter(|c| c.address.starts_with(name))
-                    .collect();
+                for c in self.map.values().filter(|c| c.address.starts_with(name)) {
+                    if !found.iter().any(|(f, _)| f.address == c.address) {
+                        found.push((c, "address prefix"));
+                    }
+                }
             }
-        }
+            found
+        } else {
+            ours
+        };
         match found.as_slice() {
-            [one] => Ok(one.address.clone()),
+            [(one, _)] => Ok(one.address.clone()),
             [] => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no contact named {name}"),
@@ -145,15 +169,43 @@ impl Contacts {
             many => {
                 let mut e = ApiError::new(
                     ErrorCode::Ambiguous,
-                    format!("{name} names several contacts: use an address or a nickname"),
+                    format!("{name} names several contacts: use an address or set a nickname"),
                 );
                 e.candidates = many
                     .iter()
-                    .map(|c| format!("{} ({})", c.shown_name(), c.address))
+                    .map(|(c, why)| format!("{} ({why}): {}", c.shown_name(), c.address))
                     .collect();
                 Err(e)
             }
         }
+    }
+}
+
+impl Contacts {
+    /// [`Contacts::resolve`] for what cannot be taken back (a group's
+    /// secret sent in an invite): an address, one of our nicknames, or a
+    /// unique address prefix; never the name a contact announces, which
+    /// another accepted contact could announce too, or take while the
+    /// right one has announced nothing yet.
+    pub fn resolve_verified(&self, name: &str) -> Result<String, ApiError> {
+        let address = self.resolve(name)?;
+        let by_announced_name = !name.eq_ignore_ascii_case(&address)
+            && OnionAddress::parse(name).is_err()
+            && self
+                .map
+                .get(&address)
+                .is_some_and(|c| c.nickname.as_deref() != Some(name))
+            && !(name.len() >= 8 && address.starts_with(name));
+        if by_announced_name {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{name} is only the name they announce, which anyone can announce: name them \
+                     by address, or give them a nickname first (contact rename)"
+                ),
+            ));
+        }
+        Ok(address)
     }
 }
 
@@ -186,5 +238,60 @@ mod tests {
             ErrorCode::NotFound
         );
         assert_eq!(contacts.resolve(&addr(3)[..10]).unwrap(), addr(3));
+    }
+
+    /// What a stranger announces cannot take, shadow or split our names.
+    #[test]
+    fn a_strangers_announced_name_never_wins_over_ours_or_an_address() {
+        let mut bob = Contact::new(&addr(1), ContactState::Accepted);
+        bob.nickname = Some("Bobby".into());
+        bob.name = "bob".into();
+        // A request announcing our nickname for bob, one announcing the
+        // prefix of bob's address that chat shows, one announcing "carol".
+        let mut liar = Contact::new(&addr(2), ContactState::Request);
+        liar.name = "Bobby".into();
+        let mut prefix = Contact::new(&addr(3), ContactState::Request);
+        prefix.name = addr(1)[..8].to_string();
+        let mut carol = Contact::new(&addr(4), ContactState::Accepted);
+        carol.name = "carol".into();
+        let mut fake_carol = Contact::new(&addr(5), ContactState::Request);
+        fake_carol.name = "carol".into();
+        let contacts = Contacts::new(vec![bob, liar, prefix, carol, fake_carol], HashMap::new());
+        assert_eq!(contacts.resolve("Bobby").unwrap(), addr(1), "ours wins");
+        assert_eq!(contacts.resolve(&addr(1)[..8]).unwrap(), addr(1));
+        assert_eq!(
+            contacts.resolve("carol").unwrap(),
+            addr(4),
+            "requests do not resolve by announced name"
+        );
+        // Once accepted, a name that fits a contact's prefix is ambiguous,
+        // and the candidates say why each fits.
+        let mut prefix = Contact::new(&addr(3), ContactState::Accepted);
+        prefix.name = addr(1)[..8].to_string();
+        let contacts = Contacts::new(
+            vec![Contact::new(&addr(1), ContactState::Accepted), prefix],
+            HashMap::new(),
+        );
+        let e = contacts.resolve(&addr(1)[..8]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Ambiguous);
+        assert!(e.candidates.iter().any(|c| c.contains("address prefix")));
+        assert!(e.candidates.iter().any(|c| c.contains("unverified")));
+    }
+
+    /// A group's secret never goes to a contact named only by the name
+    /// they announce.
+    #[test]
+    fn an_invite_needs_an_address_a_nickname_or_a_prefix() {
+        let mut alice = Contact::new(&addr(1), ContactState::Accepted);
+        alice.name = "alice".into();
+        let mut bob = Contact::new(&addr(2), ContactState::Accepted);
+        bob.nickname = Some("bobby".into());
+        let contacts = Contacts::new(vec![alice, bob], HashMap::new());
+        assert_eq!(contacts.resolve("alice").unwrap(), addr(1));
+        let e = contacts.resolve_verified("alice").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert_eq!(contacts.resolve_verified("bobby").unwrap(), addr(2));
+        assert_eq!(contacts.resolve_verified(&addr(1)).unwrap(), addr(1));
+        assert_eq!(contacts.resolve_verified(&addr(1)[..9]).unwrap(), addr(1));
     }
 }

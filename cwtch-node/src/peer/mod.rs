@@ -323,6 +323,10 @@ impl Peer {
             self.name.clone()
         } else {
             match self.contacts.get(&m.author) {
+                // A name they announce is a claim: marked, as chat marks it.
+                Some(c) if c.nickname.is_none() && !c.name.is_empty() => {
+                    format!("{}?", c.name)
+                }
                 Some(c) => c.shown_name(),
                 None => m.author.get(..12).unwrap_or(&m.author).to_string(),
             }

@@ -226,8 +226,33 @@ pub async fn bind_metrics(addr: &MetricsAddr) -> std::io::Result<MetricsListener
     }
 }
 
+/// The most metrics requests served at once.
+pub const MAX_METRICS_CLIENTS: usize = 8;
+
+/// One of the [`MAX_METRICS_CLIENTS`] places, released on drop.
+struct MetricsPermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl MetricsPermit {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<MetricsPermit> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_METRICS_CLIENTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| MetricsPermit(count.clone()))
+    }
+}
+
+impl Drop for MetricsPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Serves the metrics until the task is dropped.
 pub async fn serve_metrics(listener: MetricsListener, shared: Arc<Shared>) {
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted: std::io::Result<Box<dyn Client>> = match &listener {
             MetricsListener::Tcp(l) => l
@@ -243,8 +268,15 @@ pub async fn serve_metrics(listener: MetricsListener, shared: Arc<Shared>) {
             smol::Timer::after(Duration::from_millis(100)).await;
             continue;
         };
+        // A few scrapes at once at most: a local user opening connections
+        // without end costs the server nothing but this refusal.
+        let Some(permit) = MetricsPermit::take(&in_flight) else {
+            drop(client);
+            continue;
+        };
         let shared = shared.clone();
         smol::spawn(async move {
+            let _permit = permit;
             let served = http_answer(&shared, client)
                 .or(async {
                     smol::Timer::after(REQUEST_TIMEOUT).await;

@@ -16,7 +16,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -129,6 +129,18 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
         BlobStore::open(&blobs, RetentionPolicy::UNLIMITED)
             .map_err(|e| failed("cannot create the blob store")(e.to_string()))?;
     }
+    // SQLite's side files of the backup that exist already are the user's:
+    // a failure removes only those it made.
+    let side = |suffix: &str| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let new_sides: Vec<PathBuf> = ["-journal", "-wal", "-shm"]
+        .into_iter()
+        .map(side)
+        .filter(|p| !p.exists())
+        .collect();
     create_private(file)?;
     let result = (|| {
         let source = Connection::open_with_flags(
@@ -201,7 +213,11 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(file);
-        let _ = std::fs::remove_file(file.with_extension("journal"));
+        // SQLite's own side files of the backup (`FILE-journal`, and in WAL
+        // mode `-wal` and `-shm`) that this backup made.
+        for p in &new_sides {
+            let _ = std::fs::remove_file(p);
+        }
     }
     result
 }

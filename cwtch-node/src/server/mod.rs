@@ -32,9 +32,7 @@ use std::time::Duration as StdDuration;
 use cwtch_proto::connection::{CloseReason, Connection};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::{ADVERT_LEN, Requirements, Retention, ServerAdvert};
-use cwtch_proto::server::wire::{
-    MAX_SERVER_MESSAGE_LEN, TAG_FETCH, TAG_POST, TAG_POST_POW, TAG_REFUSED,
-};
+use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, TAG_FETCH, TAG_REFUSED};
 use cwtch_proto::server::{
     BlobStore as SessionStore, Reply, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
@@ -126,6 +124,15 @@ pub fn init(home: &Path, flags: &ServerPolicyArgs, json: bool) -> Result<(), Str
             "{} already exists: there is a server in {} already",
             home.join(config::CONFIG_FILE).display(),
             home.display()
+        ));
+    }
+    if home.join(KEY_FILE).exists() {
+        return Err(format!(
+            "{} exists but {} does not: a server was set up here without its configuration \
+             (an older version, or a restore): `server run` runs it with the bounded defaults \
+             (`server config` shows them); to start a new server instead, move the key away",
+            home.join(KEY_FILE).display(),
+            home.join(config::CONFIG_FILE).display()
         ));
     }
     let identity = Identity::generate(&mut clock::rng());
@@ -241,9 +248,24 @@ fn advert_json(identity: &Identity, config: &Config) -> serde_json::Value {
     }
 }
 
+/// `println!` for what a command prints: a reader that went away
+/// (`server info | head -2`) ends the program quietly, with success,
+/// instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 fn print_info(identity: &Identity, config: &Config, json: bool) {
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "address": identity.address().to_string(),
@@ -252,7 +274,7 @@ fn print_info(identity: &Identity, config: &Config, json: bool) {
             })
         );
     } else {
-        println!("{}", paste_string(identity, config));
+        say!("{}", paste_string(identity, config));
     }
 }
 
@@ -276,7 +298,7 @@ pub fn info(home: &Path, json: bool) -> Result<(), String> {
     };
     let bytes = blobs * SEALED_BLOB_LEN as u64;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "address": identity.address().to_string(),
@@ -287,10 +309,10 @@ pub fn info(home: &Path, json: bool) -> Result<(), String> {
             })
         );
     } else {
-        println!("{}", paste_string(&identity, &config));
-        println!("stored: {blobs} blobs, {bytes} bytes, last index {head}");
+        say!("{}", paste_string(&identity, &config));
+        say!("stored: {blobs} blobs, {bytes} bytes, last index {head}");
         let advert = advert_json(&identity, &config);
-        println!(
+        say!(
             "advert (signed, valid 7 days, served to clients that ask): {}",
             advert["hex"].as_str().unwrap_or("unavailable")
         );
@@ -321,13 +343,13 @@ pub fn print_config(home: &Path, json: bool) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_value(&config).map_err(|e| e.to_string())?
         );
     } else {
-        println!("# The effective configuration, from {from}.");
-        print!("{}", config.render(false));
+        say!("# The effective configuration, from {from}.");
+        say!("{}", config.render(false).trim_end());
     }
     Ok(())
 }
@@ -336,17 +358,17 @@ pub fn print_config(home: &Path, json: bool) -> Result<(), String> {
 pub fn print_stats(home: &Path, json: bool) -> Result<(), String> {
     let value = admin::request(home, admin::Command::Stats).map_err(|e| e.to_string())?;
     if json {
-        println!("{value}");
+        say!("{value}");
         return Ok(());
     }
     let report: stats::Report = match serde_json::from_value(value.clone()) {
         Ok(r) => r,
         Err(_) => {
-            println!("{value}");
+            say!("{value}");
             return Ok(());
         }
     };
-    println!("{}", report.human());
+    say!("{}", report.human());
     Ok(())
 }
 
@@ -446,6 +468,10 @@ impl SessionStore for SessionStoreHandle<'_> {
                 _ => StoreError::Unavailable,
             })?;
         self.shared.counters.stored.fetch_add(1, Ordering::Relaxed);
+        // The load that raises proof of work: posts taken, never requests
+        // refused (a malformed or rate-limited post costs the sender
+        // nothing, and must not raise the price for everyone else).
+        self.shared.counters.posts.fetch_add(1, Ordering::Relaxed);
         Ok(index)
     }
 
@@ -1142,14 +1168,9 @@ impl Drop for ClientPermit<'_> {
 
 /// Counts what a client asks.
 fn count_request(counters: &Counters, request: &[u8]) {
-    match request.first() {
-        Some(&(TAG_POST | TAG_POST_POW)) => {
-            counters.posts.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(&TAG_FETCH) => {
-            counters.fetches.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {}
+    // Posts are counted once taken (`SessionStore::append`).
+    if request.first() == Some(&TAG_FETCH) {
+        counters.fetches.fetch_add(1, Ordering::Relaxed);
     }
 }
 

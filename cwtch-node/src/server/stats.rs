@@ -54,7 +54,8 @@ pub fn refusal_index(reason: RefusalReason) -> usize {
 /// Counters since the server started.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Post requests received (accepted or refused).
+    /// Posts taken (stored): the load proof of work follows. Refused post
+    /// requests are counted under refusals only.
     pub posts: AtomicU64,
     /// Posts stored (handed to the store).
     pub stored: AtomicU64,

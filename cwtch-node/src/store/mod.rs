@@ -151,10 +151,11 @@ impl Profile {
         Ok(self.store.transaction(|tx| f(&mut Tx(tx)))?)
     }
 
-    /// The next local sequence number (stored before it is used).
+    /// The next local sequence number. Every one is given to a message,
+    /// and stored with it: [`Profile::load`] takes the highest stored, so
+    /// the counter costs no write (and no fsync) of its own.
     pub fn next_seq(&self, seq: &mut u64) -> Result<u64, StoreFailure> {
         *seq += 1;
-        self.store.put(Table::Meta, b"seq", &seq.to_le_bytes())?;
         Ok(*seq)
     }
 
@@ -169,7 +170,11 @@ impl Profile {
             ..Loaded::default()
         };
         for (_, v) in self.store.scan(Table::Contacts)? {
-            l.contacts.push(decode(&v)?);
+            let c: crate::model::Contact = decode(&v)?;
+            // Never below a read mark (a profile from before the mark
+            // stored the counter with it).
+            l.seq = l.seq.max(c.read_upto);
+            l.contacts.push(c);
         }
         let requests: std::collections::HashSet<String> = l
             .contacts
@@ -179,6 +184,9 @@ impl Profile {
             .collect();
         for (_, v) in self.store.scan(Table::Messages)? {
             let m: StoredMessage = decode(&v)?;
+            // The counter is the highest number given (a profile from
+            // before also kept it under Meta "seq", read above).
+            l.seq = l.seq.max(m.seq);
             if !m.outgoing {
                 if requests.contains(&m.conversation) {
                     *l.request_texts.entry(m.conversation.clone()).or_default() += 1;
@@ -197,7 +205,9 @@ impl Profile {
             if records::is_invite_key(&k) {
                 l.invites.push(decode(&v)?);
             } else {
-                l.groups.push(decode(&v)?);
+                let g: GroupRecord = decode(&v)?;
+                l.seq = l.seq.max(g.read_upto);
+                l.groups.push(g);
             }
         }
         for (k, v) in self.store.scan(Table::Blobs)? {
