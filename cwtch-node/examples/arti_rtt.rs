@@ -422,6 +422,12 @@ fn node_start(net: &TestNetwork, network_file: &Path, samples: usize) {
     for s in 0..samples {
         for (w, (name, flags)) in ways.iter().enumerate() {
             let home = tempfile::tempdir().expect("temp dir");
+            // A Cwtch home must be private.
+            std::fs::set_permissions(
+                home.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .expect("chmod 700 the home");
             let status = Command::new(&node)
                 .args(["--home"])
                 .arg(home.path())

@@ -493,7 +493,13 @@ pub async fn dial_host(
 /// reply); an open stream stays open. A dial that took such a stream for
 /// a failure dropped it, and the service had accepted it: its first read
 /// got the END tor sends for a closed client stream.
-pub const STALE_CODE_GRACE: Duration = Duration::from_secs(2);
+///
+/// One second: tor closes within the same turn of its event loop that wrote
+/// the reply (milliseconds on loopback, even on a loaded machine), and the
+/// wait delays only such a connected stream, often a peer's first contact
+/// after it comes online (an HSDir without its new descriptor yet). Judged
+/// wrong the other way, a failure taken for a stream reads its end at once.
+pub const STALE_CODE_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether tor closed (or reset) `stream` within `grace`, after a failure
 /// reply. Bytes from the peer, or silence, mean the stream is open. Peeks:
