@@ -225,6 +225,8 @@ struct Msg {
 struct Demo {
     exe: PathBuf,
     dev: bool,
+    /// Carol on the built-in Tor (`--arti`).
+    arti: bool,
     net: Option<TestNetwork>,
     server: Daemon,
     peers: Vec<Daemon>,
@@ -352,6 +354,7 @@ impl Demo {
         Ok(Demo {
             exe,
             dev: opts.dev_tcp,
+            arti: opts.arti,
             net,
             server,
             peers,
@@ -583,6 +586,15 @@ impl Demo {
                 format!("{} start → reachable onion", self.peers[i].name),
                 secs(t),
             ));
+        }
+        if self.arti {
+            // What carol's daemon says it runs on: the built-in Tor.
+            let log = std::fs::read_to_string(&self.peers[CAROL].log).unwrap_or_default();
+            let tor = log
+                .lines()
+                .find(|l| l.starts_with("tor: "))
+                .ok_or("carol's daemon did not say which Tor it uses")?;
+            println!("    carol's {}", crate::cli::format::safe(tor));
         }
         let (alice, bob, carol) = (
             self.addresses[ALICE].clone(),

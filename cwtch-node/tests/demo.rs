@@ -72,6 +72,12 @@ fn demo_over_a_private_tor_network() {
 fn demo_arti_carol_on_the_built_in_tor() {
     let out = demo(&["--arti"]);
     assert!(out.contains("carol will use the built-in Tor"));
+    // Her daemon said so itself (from its log), and reached the others:
+    // the checks above passed with her in every exchange.
+    assert!(
+        out.contains("carol's tor: the built-in Tor (arti)"),
+        "carol's daemon is not on the built-in Tor"
+    );
 }
 
 #[test]
