@@ -11,6 +11,11 @@
 //! - **CPU per message**: the sender's and the receiver's daemons' CPU
 //!   time (user + system, from /proc) over those messages, divided by their
 //!   number;
+//! - **idle CPU**: the same daemons' CPU time per second over 5 s with no
+//!   message moving (what redialing the 99 silent contacts and the timers
+//!   cost), measured before the messages, 20 s after the contacts were
+//!   added; and the CPU per message less that idle rate over the time the
+//!   messages took;
 //! - **profile per 1,000 group messages**: the growth of the sender's and
 //!   the receiver's profile files (database and write-ahead log) while
 //!   1,000 group messages are posted and read.
@@ -167,6 +172,8 @@ fn profile_bytes(home: &Path) -> u64 {
 struct Figures {
     latencies_ms: Vec<f64>,
     cpu_ms_per_message: f64,
+    net_cpu_ms_per_message: f64,
+    idle_cpu_ms_per_second: f64,
     sender_bytes_per_group_message: f64,
     receiver_bytes_per_group_message: f64,
 }
@@ -211,7 +218,10 @@ fn round(bin: &Path, a: &Args) -> Figures {
         cli(bin, &a_home, &["contact", "add", other.as_str()]);
     }
     cli(bin, &b_home, &["contact", "add", &alice]);
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the first rounds of dialing the 99 silent contacts pass (each
+    // build dials them on its own schedule, fastest right after they are
+    // added), so that what follows is the node at rest, not at set-up.
+    std::thread::sleep(Duration::from_secs(20));
 
     // send -> delivered, watched through `messages --follow`.
     let mut follow = Command::new(bin)
@@ -236,8 +246,16 @@ fn round(bin: &Path, a: &Args) -> Figures {
     let _follow = Proc(follow);
     let _ = &_follow;
     std::thread::sleep(Duration::from_millis(500));
+    // Idle: what the two daemons spend with no message moving (redialing
+    // the 99 contacts that never answer, timers), per second.
+    let idle = Duration::from_secs(5);
+    let idle0 = cpu_secs(pa.0.id()) + cpu_secs(pb.0.id());
+    std::thread::sleep(idle);
+    let idle1 = cpu_secs(pa.0.id()) + cpu_secs(pb.0.id());
+    let idle_cpu_ms_per_second = (idle1 - idle0) * 1000.0 / idle.as_secs_f64();
     let cpu0 = cpu_secs(pa.0.id()) + cpu_secs(pb.0.id());
     let mut latencies_ms = Vec::new();
+    let started = Instant::now();
     for i in 0..a.messages {
         let text = format!("bench {i:05}");
         // From the command's start: what the user waits for, whatever part
@@ -256,6 +274,9 @@ fn round(bin: &Path, a: &Args) -> Figures {
     }
     let cpu1 = cpu_secs(pa.0.id()) + cpu_secs(pb.0.id());
     let cpu_ms_per_message = (cpu1 - cpu0) * 1000.0 / a.messages as f64;
+    let busy_secs = started.elapsed().as_secs_f64();
+    let net_cpu_ms_per_message =
+        ((cpu1 - cpu0) * 1000.0 - idle_cpu_ms_per_second * busy_secs) / a.messages as f64;
 
     // Profile growth per group message.
     cli(
@@ -312,6 +333,8 @@ fn round(bin: &Path, a: &Args) -> Figures {
     Figures {
         latencies_ms,
         cpu_ms_per_message,
+        net_cpu_ms_per_message,
+        idle_cpu_ms_per_second,
         sender_bytes_per_group_message: (a1.saturating_sub(a0)) as f64 / n,
         receiver_bytes_per_group_message: (b1.saturating_sub(b0)) as f64 / n,
     }
@@ -346,11 +369,13 @@ fn main() {
         a.builds[0].0, a.builds[1].0
     );
     println!("|---|---|---|---|");
-    let summary: Vec<[f64; 5]> = results
+    let summary: Vec<[f64; 7]> = results
         .iter()
         .map(|rs| {
             let mut lat: Vec<f64> = rs.iter().flat_map(|f| f.latencies_ms.clone()).collect();
             let mut cpu: Vec<f64> = rs.iter().map(|f| f.cpu_ms_per_message).collect();
+            let mut idle: Vec<f64> = rs.iter().map(|f| f.idle_cpu_ms_per_second).collect();
+            let mut net: Vec<f64> = rs.iter().map(|f| f.net_cpu_ms_per_message).collect();
             let mut sa: Vec<f64> = rs
                 .iter()
                 .map(|f| f.sender_bytes_per_group_message)
@@ -363,6 +388,8 @@ fn main() {
                 median(&mut lat.clone()),
                 pct(&mut lat, 0.9),
                 median(&mut cpu),
+                median(&mut net),
+                median(&mut idle),
                 median(&mut sa),
                 median(&mut sb),
             ]
@@ -372,11 +399,29 @@ fn main() {
         "send → delivered, median (ms)",
         "send → delivered, p90 (ms)",
         "CPU per message, both daemons (ms)",
+        "same, less the idle CPU over that time (ms)",
+        "idle CPU, both daemons (ms per second)",
         "sender's profile per group message (bytes)",
         "receiver's profile per group message (bytes)",
     ];
     for (k, name) in names.iter().enumerate() {
         let (b, c) = (summary[0][k], summary[1][k]);
         println!("| {name} | {b:.2} | {c:.2} | {:.3} |", c / b);
+    }
+    // Each round's figures, to show the spread behind the medians.
+    println!();
+    println!("| round | build | median (ms) | CPU per message (ms) | idle (ms/s) |");
+    println!("|---|---|---|---|---|");
+    for r in 0..a.rounds {
+        for ((name, _), rs) in a.builds.iter().zip(&results) {
+            let f = &rs[r];
+            println!(
+                "| {} | {name} | {:.2} | {:.2} | {:.1} |",
+                r + 1,
+                median(&mut f.latencies_ms.clone()),
+                f.cpu_ms_per_message,
+                f.idle_cpu_ms_per_second
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use cwtch_node::transport::Stream;
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::{Identity, PublicIdentity};
 use smol::Async;
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Echo;
 
@@ -58,7 +58,7 @@ fn pair() -> (Async<TcpStream>, Async<TcpStream>) {
 /// stream made by `wrap`; returns the time per round trip.
 fn round_trips<S>(rounds: usize, wrap: impl Fn(Async<TcpStream>) -> S) -> Duration
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: link::LinkStream + Send + 'static,
 {
     let (a, b) = pair();
     let (a, b) = (wrap(a), wrap(b));
@@ -107,7 +107,7 @@ where
 /// end); returns MiB/s.
 fn bulk<S>(wrap: impl Fn(Async<TcpStream>) -> S) -> f64
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: link::LinkStream + Send + 'static,
 {
     const TOTAL: usize = 256 << 20;
     let (a, b) = pair();

@@ -539,6 +539,12 @@ fn nothing_typed_in_chat_reaches_arguments_logs_or_files() {
         }
     }
     tmux.keys("alice", &["Escape"]);
+    // The input is empty before the next key: an Escape followed at once
+    // by "/" reaches the terminal as one Alt+/ (the escape sequence), and
+    // the half-typed text would stay and go out with "/quit" after it.
+    tmux.wait("alice", "the half-typed text cleared", limit, |s| {
+        !s.contains(&format!("{canary} unsent"))
+    });
     tmux.line("alice", "/quit");
     tmux.wait_for_text("alice", "the daemon keeps running", limit);
     drop((a, b));

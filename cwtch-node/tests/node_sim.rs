@@ -374,27 +374,32 @@ fn an_invite_a_post_and_a_sync() {
     );
 }
 
+/// `a` posts "one" and "two" to the group; the server gives bob (`b`)
+/// the first and withholds the second, as a cheating server would.
+fn withhold_the_second_post(w: &mut Sim, s: usize, a: usize, b: usize, gid: &str) {
+    post(w, a, "friends", "one");
+    w.run_until_true("one delivered", MINUTE, |w| {
+        w.texts(a, gid)[0].1 == "delivered"
+    });
+    let withheld = w.servers[s].store.last + 1;
+    w.servers[s].withhold = Some(Box::new(move |peer, index| peer == b && index == withheld));
+    post(w, a, "friends", "two");
+    w.run_until_true("two delivered", MINUTE, |w| {
+        w.texts(a, gid)[1].1 == "delivered"
+    });
+    assert_eq!(
+        w.servers[s].store.last, withheld,
+        "nothing else was posted between"
+    );
+}
+
 #[test]
 fn a_gap_is_found_and_recovered_from_a_member() {
     let mut w = Sim::new();
     let s = w.add_server(ServerConfig::default());
     let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
     let gid = group_of_two(&mut w, s, a, b);
-    post(&mut w, a, "friends", "one");
-    w.run_until_true("one delivered", MINUTE, |w| {
-        w.texts(a, &gid)[0].1 == "delivered"
-    });
-    // The server withholds alice's next post from bob.
-    let withheld = w.servers[s].store.last + 1;
-    w.servers[s].withhold = Some(Box::new(move |peer, index| peer == b && index == withheld));
-    post(&mut w, a, "friends", "two");
-    w.run_until_true("two delivered", MINUTE, |w| {
-        w.texts(a, &gid)[1].1 == "delivered"
-    });
-    assert_eq!(
-        w.servers[s].store.last, withheld,
-        "nothing else was posted between"
-    );
+    withhold_the_second_post(&mut w, s, a, b, &gid);
     post(&mut w, a, "friends", "three");
     w.run_until_true("bob to find the gap", MINUTE, |w| {
         !w.events_of(b, |e| matches!(e, Event::Gap { closed: false, .. }))
@@ -413,6 +418,57 @@ fn a_gap_is_found_and_recovered_from_a_member() {
         !w.events_of(b, |e| matches!(e, Event::Gap { closed: true, .. }))
             .is_empty()
     );
+}
+
+/// A member keeps its blobs in their kept form, a tenth of a blob, and
+/// still answers recovery with the very blob; a blob an older profile kept
+/// whole is given as it is.
+#[test]
+fn kept_blobs_are_short_and_whole_ones_from_older_profiles_still_answer() {
+    use cwtch_node::profile_store::Table;
+    use cwtch_node::store::records::KeptBlob;
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    withhold_the_second_post(&mut w, s, a, b, &gid);
+    w.stop(a);
+    let profile = w.open_profile(a);
+    let kept = profile
+        .scan::<KeptBlob>(Table::Blobs, b"keep:")
+        .expect("kept blobs");
+    assert_eq!(kept.len(), 2, "one per message");
+    for (key, k) in &kept {
+        // "one" and "two": the nonce, the header, no seen entry or one, 3
+        // bytes of text, the server key and signature.
+        assert!(
+            (240..=264).contains(&k.blob.len()),
+            "{} bytes kept",
+            k.blob.len()
+        );
+        // As an older profile would have it: the whole blob, found on the
+        // server by its nonce.
+        let whole = w.servers[s]
+            .store
+            .entries
+            .iter()
+            .find(|(_, blob)| blob[..24] == k.blob[..24])
+            .map(|(_, blob)| blob.to_vec())
+            .expect("the blob on the server");
+        let mut legacy = k.clone();
+        legacy.blob = whole;
+        profile.put(Table::Blobs, key, &legacy).expect("put");
+    }
+    drop(profile);
+    w.start(a);
+    post(&mut w, a, "friends", "three");
+    w.run_until_true("the gap to close", mins(3), |w| {
+        w.texts(b, &gid)
+            .iter()
+            .any(|(t, s)| t == "two" && s == "recovered")
+    });
+    let texts: Vec<String> = w.texts(b, &gid).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
 }
 
 #[test]
@@ -957,6 +1013,71 @@ fn an_invite_sent_before_acceptance_arrives_once_accepted() {
         !w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
             .is_empty()
     });
+}
+
+/// Alice uses a server and knows its advert; she adds bob, who holds her
+/// only as a request when her link comes up and ignores her adverts then.
+/// Once he accepts her, he learns her server on the link that is up: the
+/// adverts follow his Hello, not hers.
+#[test]
+fn adverts_shared_before_acceptance_arrive_once_accepted() {
+    use cwtch_proto::server::advert::{Requirements, Retention, ServerAdvert};
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let now = w.now().unix_secs();
+    let advert = ServerAdvert {
+        server: w.servers[s].identity.public(),
+        issued_at: now,
+        expires_at: now + 86_400,
+        requirements: Requirements::default(),
+        retention: Retention::default(),
+    };
+    w.servers[s].store.advert = Some(advert.sign(&w.servers[s].identity).unwrap());
+    let (b, a) = (w.add_peer("bob"), w.add_peer("alice"));
+    let server = w.servers[s].id();
+    w.ok(
+        a,
+        Request::GroupCreate {
+            name: "mine".into(),
+            server,
+        },
+    );
+    let address = w.servers[s].address.to_string();
+    w.run_until_true("alice to know the advert", MINUTE, |w| {
+        let listed = w.ok(a, Request::Servers);
+        listed.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|e| e["address"] == address.as_str() && e["advert"]["valid"] == true)
+        })
+    });
+    add(&mut w, a, b, Some("hi"));
+    w.run_until_true("the request", MINUTE, |w| {
+        !w.events_of(b, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    w.run_for(MINUTE);
+    assert_eq!(w.ok(b, Request::Servers), serde_json::json!([]));
+    w.ok(
+        b,
+        Request::ContactAccept {
+            contact: w.peers[a].address.clone(),
+        },
+    );
+    // On the link that is up: a round trip, not a new link or a refresh.
+    w.run_until_true("bob to learn alice's server", Duration::from_secs(2), |w| {
+        let listed = w.ok(b, Request::Servers);
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["address"] == address.as_str()))
+    });
+    // The link that was up stayed up: no new link brought them.
+    let dropped = w
+        .events_of(
+            b,
+            |e| matches!(e, Event::Connection { state, .. } if state == "disconnected"),
+        )
+        .len();
+    assert_eq!(dropped, 0, "the link went down after the acceptance");
 }
 
 /// The local order of messages goes on across restarts, also after the

@@ -4,13 +4,13 @@
 mod group_common;
 
 use cwtch_proto::group::message::{LABEL_MESSAGE_HASH, PLAINTEXT_LEN};
-use cwtch_proto::group::secret::{KDF_SALT, LABEL_DETECT, LABEL_SEAL};
+use cwtch_proto::group::secret::KDF_SALT;
 use cwtch_proto::group::{
     Detector, GroupKeys, MAX_BODY_LEN, MessageHash, MessageKind, OpenError, OutgoingMessage,
     SEALED_BLOB_LEN, SEEN_MAX, SealError, SeenEntry, SenderChain,
 };
 use cwtch_proto::{Identity, OnionAddress};
-use group_common::{group, identity, rng};
+use group_common::{group, identity, reseal, rng, spec_keys};
 use proptest::prelude::*;
 use rand_core::Rng;
 use sha2::{Digest, Sha256};
@@ -432,36 +432,6 @@ fn replay_onto_another_server_is_rejected() {
     assert!(!work.windows(12).any(|w| w == b"posted to s1"));
 }
 
-/// The keys of a group recomputed from the spec (HKDF-SHA256 labels), so
-/// the test can play a member of two groups who re-seals a message.
-fn spec_keys(secret: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), secret);
-    let mut seal = [0u8; 32];
-    let mut detect = [0u8; 32];
-    hk.expand(LABEL_SEAL, &mut seal).unwrap();
-    hk.expand(LABEL_DETECT, &mut detect).unwrap();
-    (seal, detect)
-}
-
-fn reseal(secret: &[u8; 32], plaintext: &[u8], nonce: [u8; 24]) -> [u8; SEALED_BLOB_LEN] {
-    use chacha20poly1305::aead::inout::InOutBuf;
-    use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
-    let (seal_key, detect_key) = spec_keys(secret);
-    let input: [u8; 16] = nonce[..16].try_into().unwrap();
-    let tag = chacha20::hchacha::<chacha20::R20>(&detect_key.into(), &input.into());
-    let mut blob = [0u8; SEALED_BLOB_LEN];
-    blob[..24].copy_from_slice(&nonce);
-    blob[24..40].copy_from_slice(&tag[..16]);
-    blob[40..40 + PLAINTEXT_LEN].copy_from_slice(plaintext);
-    let (header, rest) = blob.split_at_mut(40);
-    let (body, aead_tag) = rest.split_at_mut(PLAINTEXT_LEN);
-    let t = XChaCha20Poly1305::new(&seal_key.into())
-        .encrypt_inout_detached(&nonce.into(), header, InOutBuf::from(body))
-        .unwrap();
-    aead_tag.copy_from_slice(&t);
-    blob
-}
-
 fn decrypt(secret: &[u8; 32], blob: &[u8; SEALED_BLOB_LEN]) -> Vec<u8> {
     use chacha20poly1305::aead::inout::InOutBuf;
     use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
@@ -580,27 +550,8 @@ fn secrets_do_not_show_in_debug() {
 /// (SPEC.md section 6, "Vector").
 #[test]
 fn fixed_vector() {
-    let g = group(0x42, &[1]);
+    let (g, blob, sealed) = group_common::spec_vector();
     let srv = g.servers()[0];
-    let alice = identity(0x01);
-    let bob = identity(0x02);
-    let seen = [SeenEntry {
-        member: g.id().member_id(&bob.public()),
-        seq: 3,
-    }];
-    let msg = OutgoingMessage {
-        kind: MessageKind::TEXT,
-        body: b"hello cwtch",
-        seq: 5,
-        timestamp: cwtch_proto::UnixMicros::from_micros(1_764_000_000_000_000),
-        prev_hash: MessageHash([0x11; 32]),
-        seen: &seen,
-    };
-    let mut blob = [0u8; SEALED_BLOB_LEN];
-    let sealed = g
-        .keys()
-        .seal(&alice, &srv, &msg, &mut rng(0x07), &mut blob)
-        .unwrap();
     let digest = hex::encode(Sha256::digest(blob));
     println!("blob {}", hex::encode(blob));
     let first = hex::encode(&blob[..40]);

@@ -6,15 +6,11 @@
 
 use cwtch_proto::group::message::PLAINTEXT_LEN;
 use cwtch_proto::group::seal::seal_raw_for_fuzzing;
-use cwtch_proto::group::{Group, GroupSecret, SEALED_BLOB_LEN};
+use cwtch_proto::group::SEALED_BLOB_LEN;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let server = cwtch_fuzz::identity(0x80).address();
-    let group = Group::from_secret(
-        GroupSecret::from_bytes(&[7; 32]),
-        [server].into_iter().collect(),
-    );
+    let (group, server) = cwtch_fuzz::group(7);
     let keys = group.keys();
 
     // Raw bytes as a blob: almost always not for us, never a panic.

@@ -3,7 +3,8 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use cwtch_proto::Identity;
+use cwtch_proto::group::{Group, GroupSecret};
+use cwtch_proto::{Identity, OnionAddress};
 
 /// The identity with seed `[seed; 32]`, made once per process: key
 /// generation (a base-point multiplication, instrumented for coverage) would
@@ -17,4 +18,15 @@ pub fn identity(seed: u8) -> Identity {
     let id = Identity::from_seed(&[seed; 32]);
     cache.push((seed, id.clone()));
     id
+}
+
+/// A group of secret `[secret; 32]` on one server (the address of
+/// [`identity`]`(0x80)`), and that server.
+pub fn group(secret: u8) -> (Group, OnionAddress) {
+    let server = identity(0x80).address();
+    let group = Group::from_secret(
+        GroupSecret::from_bytes(&[secret; 32]),
+        [server].into_iter().collect(),
+    );
+    (group, server)
 }

@@ -39,7 +39,13 @@
 //!   timer is re-armed then. Arming a timer wakes the reactor, so the old
 //!   way (a new timer per wake-up) cost several system calls per message;
 //! - frames are sealed straight into one write buffer, and everything
-//!   ready is written in one `write`.
+//!   ready is written in one `write`;
+//! - a read that did not fill the buffer emptied the socket: the driver
+//!   then asks the stream for readiness ([`LinkStream::poll_read_ready`])
+//!   instead of reading again. A read of an empty socket costs a system
+//!   call that answers `EAGAIN`, and async-io's one-shot readiness made it
+//!   two per message (the second after the stale readiness of the read
+//!   that had data).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -57,6 +63,47 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::stream::StreamExt;
 
 use crate::clock;
+
+/// A stream the driver runs a link over: a byte stream that may also
+/// tell whether it has input without a read.
+pub trait LinkStream: AsyncRead + AsyncWrite + Unpin {
+    /// Registers `cx`'s waker to be woken when the stream may have input,
+    /// without reading: `Pending` once registered, `Ready` if the stream
+    /// may have input now (also an event already consumed by an earlier
+    /// read: the driver asks again). The default, for a stream that cannot
+    /// tell, is `Ready`: the driver then reads (and a read that finds
+    /// nothing registers the waker).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A socket of the reactor: readiness without a read.
+impl LinkStream for smol::Async<std::net::TcpStream> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_readable(cx)
+    }
+}
+
+/// A TCP socket asks the reactor; a stream of the built-in Tor cannot
+/// tell, and is read (the default).
+impl LinkStream for crate::transport::Stream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            crate::transport::Stream::Tcp(s) => s.poll_readable(cx),
+            #[allow(unreachable_patterns)]
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A socket of the reactor: readiness without a read.
+impl LinkStream for smol::Async<std::os::unix::net::UnixStream> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_readable(cx)
+    }
+}
 
 /// What the owner can ask of a running link.
 #[derive(Debug)]
@@ -323,7 +370,7 @@ pub async fn drive<S, H>(
     handler: &mut H,
 ) -> CloseReason
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: LinkStream,
     H: LinkHandler,
 {
     // Boxed: the receiver must not move while it is polled.
@@ -343,6 +390,9 @@ where
     // `DataStream`) holds them until a flush or a full cell; a TCP
     // socket's flush is done at once.
     let mut unflushed = false;
+    // Whether the last read left the socket empty (it did not fill the
+    // buffer): the stream is then asked for readiness before a read.
+    let mut drained = false;
     let mut timer = smol::Timer::never();
     let mut armed: Option<cwtch_proto::Instant> = None;
     let mut close_asked = false;
@@ -475,6 +525,7 @@ where
             stream_wake.register(cx.waker());
             if stream_wake.take() {
                 (read_armed, write_armed) = (true, true);
+                drained = false;
             }
             let mut scx = Context::from_waker(&stream_waker);
             if written < wire.len() && write_armed {
@@ -499,9 +550,27 @@ where
                     Poll::Pending => write_armed = false,
                 }
             }
+            if can_read && read_armed && drained {
+                // The first answer may be the readiness the last read
+                // consumed; the second registers (or there is input).
+                for _ in 0..2 {
+                    match stream.poll_read_ready(&mut scx) {
+                        Poll::Pending => {
+                            read_armed = false;
+                            break;
+                        }
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => break,
+                    }
+                }
+                drained = false;
+            }
             if can_read && read_armed {
                 match Pin::new(&mut stream).poll_read(&mut scx, &mut readbuf) {
-                    Poll::Ready(r) => woken.read = Some(r),
+                    Poll::Ready(r) => {
+                        drained = matches!(r, Ok(n) if n > 0 && n < readbuf.len());
+                        woken.read = Some(r);
+                    }
                     Poll::Pending => read_armed = false,
                 }
             }

@@ -105,7 +105,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
     let address = peer.address().to_string();
     let hub = Hub::new(clock::random_u64());
     let (input_tx, input_rx) = mpsc::channel::<Input>();
-    let (effect_tx, effect_rx) = smol::channel::unbounded::<Effect>();
+    let (effect_tx, effect_rx) = smol::channel::unbounded::<Vec<Effect>>();
     let core = std::thread::Builder::new()
         .name("cwtch-core".into())
         .stack_size(8 * 1024 * 1024)
@@ -268,21 +268,43 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
     result
 }
 
-/// The core's thread: inputs in, effects out, proof of work in steps, and
-/// sleeping until the next deadline.
-fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effect>) {
-    let flush = |peer: &mut Peer| {
+/// The most inputs the core takes in one go before it hands over what
+/// they caused: a burst (a fetch of many messages, many dials ending at
+/// once) crosses to the executor once, not once per input.
+const INPUT_BATCH: usize = 64;
+
+/// An answer to a control request, sent once the effects of its burst
+/// are handed to the executor.
+type Reply = (Sender<Result<Value, ApiError>>, Result<Value, ApiError>);
+
+/// The core's thread: inputs in, effects out (in batches), proof of work
+/// in steps, and sleeping until the next deadline.
+fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Vec<Effect>>) {
+    let mut replies: Vec<Reply> = Vec::new();
+    // The effects of what was handled go to the executor as one batch,
+    // and only then the answers: a message is handed over for sending
+    // before `send` is answered, and a burst crosses threads once.
+    let flush = |peer: &mut Peer, replies: &mut Vec<Reply>| {
+        let mut batch = Vec::new();
         while let Some(e) = peer.poll_effect() {
-            let _ = effects.send_blocking(e);
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            let _ = effects.send_blocking(batch);
+        }
+        for (tx, answer) in replies.drain(..) {
+            let _ = tx.try_send(answer);
         }
     };
-    let handle = |peer: &mut Peer, input: Input| -> bool {
+    let handle = |peer: &mut Peer, input: Input, replies: &mut Vec<Reply>| -> bool {
         match input {
             Input::Command(request, reply) => {
                 tracing::debug!(request = request_kind(&request), "control request");
                 let answer = peer.handle_command(request, now());
-                let _ = reply.try_send(answer);
+                replies.push((reply, answer));
             }
+            // At once: the link joins the registry with the answer, before
+            // any effect of this burst may name it.
             Input::Admit(remote, reply) => {
                 let _ = reply.try_send(peer.handle_admit(&remote));
             }
@@ -291,18 +313,37 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
         }
         true
     };
+    // Handles `first` and what else is waiting already (at most a batch).
+    let handle_burst = |peer: &mut Peer, first: Input, replies: &mut Vec<Reply>| -> bool {
+        if !handle(peer, first, replies) {
+            return false;
+        }
+        for _ in 1..INPUT_BATCH {
+            match inputs.try_recv() {
+                Ok(input) => {
+                    if !handle(peer, input, replies) {
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    };
     peer.handle_timeout(now());
     loop {
-        flush(&mut peer);
+        flush(&mut peer, &mut replies);
         // Proof of work in bounded steps, taking input in between.
         while peer.wants_work(now()) {
             peer.handle_work(now());
-            flush(&mut peer);
-            while let Ok(input) = inputs.try_recv() {
-                if !handle(&mut peer, input) {
+            flush(&mut peer, &mut replies);
+            if let Ok(input) = inputs.try_recv() {
+                if !handle_burst(&mut peer, input, &mut replies) {
+                    // What ran before the stop is stored: answer it.
+                    flush(&mut peer, &mut replies);
                     return;
                 }
-                flush(&mut peer);
+                flush(&mut peer, &mut replies);
             }
         }
         let t = now();
@@ -320,7 +361,8 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
         };
         match next {
             Ok(input) => {
-                if !handle(&mut peer, input) {
+                if !handle_burst(&mut peer, input, &mut replies) {
+                    flush(&mut peer, &mut replies);
                     return;
                 }
             }
@@ -330,39 +372,45 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Effe
     }
 }
 
-/// Carries out the core's effects.
-async fn execute(effects: smol::channel::Receiver<Effect>, ctx: Arc<Ctx>, hub: Hub) {
-    while let Ok(effect) = effects.recv().await {
-        let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
-        match effect {
-            // Stopping: the links are being closed, and none is opened
-            // again (the core would redial what closes).
-            Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
-            Effect::DialPeer { link, to } => {
-                tracing::debug!(link = link.0, "dialing a contact");
-                smol::spawn(dial(ctx.clone(), link, to, false)).detach();
+/// Carries out the core's effects, a batch at a time.
+async fn execute(effects: smol::channel::Receiver<Vec<Effect>>, ctx: Arc<Ctx>, hub: Hub) {
+    while let Ok(batch) = effects.recv().await {
+        for effect in batch {
+            carry_out(effect, &ctx, &hub);
+        }
+    }
+}
+
+/// Carries out one effect.
+fn carry_out(effect: Effect, ctx: &Arc<Ctx>, hub: &Hub) {
+    let stopping = ctx.stopping.load(std::sync::atomic::Ordering::Acquire);
+    match effect {
+        // Stopping: the links are being closed, and none is opened
+        // again (the core would redial what closes).
+        Effect::DialPeer { .. } | Effect::DialServer { .. } if stopping => {}
+        Effect::DialPeer { link, to } => {
+            tracing::debug!(link = link.0, "dialing a contact");
+            smol::spawn(dial(ctx.clone(), link, to, false)).detach();
+        }
+        Effect::DialServer { link, server } => {
+            tracing::debug!(link = link.0, "dialing a server");
+            smol::spawn(dial(ctx.clone(), link, server, true)).detach();
+        }
+        Effect::Send { link, msg } => {
+            // A full queue closes the link rather than skip a message:
+            // the next link starts over (the outbox is resent in order).
+            if let Some(tx) = ctx.queue_of(link) {
+                conn::send_all(&tx, vec![msg]);
             }
-            Effect::DialServer { link, server } => {
-                tracing::debug!(link = link.0, "dialing a server");
-                smol::spawn(dial(ctx.clone(), link, server, true)).detach();
+        }
+        Effect::Close { link } => {
+            tracing::debug!(link = link.0, "closing a link");
+            if let Some(tx) = ctx.queue_of(link) {
+                conn::close(&tx);
             }
-            Effect::Send { link, msg } => {
-                let tx = ctx.queue_of(link);
-                // A full queue closes the link rather than skip a message:
-                // the next link starts over (the outbox is resent in order).
-                if let Some(tx) = tx {
-                    conn::send_all(&tx, vec![msg]);
-                }
-            }
-            Effect::Close { link } => {
-                tracing::debug!(link = link.0, "closing a link");
-                if let Some(tx) = ctx.queue_of(link) {
-                    conn::close(&tx);
-                }
-            }
-            Effect::Notify(event) => {
-                hub.publish(event);
-            }
+        }
+        Effect::Notify(event) => {
+            hub.publish(event);
         }
     }
 }

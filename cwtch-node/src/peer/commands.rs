@@ -43,7 +43,7 @@ impl Peer {
             } => self.contact_add(&address, message.as_deref(), nickname, now),
             Request::ContactAccept { contact } => {
                 let address = self.resolve_request(&contact)?;
-                self.set_state(&address, ContactState::Accepted, now)
+                self.set_state(&address, ContactState::Accepted)
             }
             Request::ContactRefuse { contact } => self.contact_refuse(&contact),
             Request::ContactBlock { contact } => {
@@ -56,14 +56,14 @@ impl Peer {
                     self.contacts
                         .put(Contact::new(&address, ContactState::Request));
                 }
-                self.set_state(&address, ContactState::Blocked, now)
+                self.set_state(&address, ContactState::Blocked)
             }
             Request::ContactUnblock { contact } => {
                 let address = self.contacts.resolve(&contact)?;
                 if self.contacts.state(&address) != Some(ContactState::Blocked) {
                     return Err(invalid(format!("{contact} is not blocked")));
                 }
-                self.set_state(&address, ContactState::Accepted, now)
+                self.set_state(&address, ContactState::Accepted)
             }
             Request::ContactRename { contact, nickname } => self.rename(&contact, nickname),
             Request::ContactList => Ok(json(&self.contact_list())),
@@ -209,7 +209,7 @@ impl Peer {
         if nickname.is_some() {
             contact.nickname = nickname;
         }
-        self.store_contact(contact, now)?;
+        self.store_contact(contact)?;
         self.links.forget_backoff(&address);
         let first = match message {
             Some(text) => Some(self.send_text(&address, text, now)?),
@@ -262,7 +262,7 @@ impl Peer {
 
     /// Stores a contact, and tells its open link's session (which may greet
     /// or close) and the subscribers.
-    pub(super) fn store_contact(&mut self, contact: Contact, now: Now) -> Result<(), ApiError> {
+    pub(super) fn store_contact(&mut self, contact: Contact) -> Result<(), ApiError> {
         let address = contact.address.clone();
         let state = contact.state;
         self.store
@@ -279,13 +279,13 @@ impl Peer {
         if let Some(link) = self.links.get_mut(&address) {
             link.session.handle_standing(standing);
             let id = link.id;
-            self.link_actions(&address, id, now);
+            self.link_actions(&address, id);
         }
         self.notify_contact(&address);
         Ok(())
     }
 
-    fn set_state(&mut self, address: &str, state: ContactState, now: Now) -> Answer {
+    fn set_state(&mut self, address: &str, state: ContactState) -> Answer {
         let mut c = self.contacts.get(address).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,
@@ -297,7 +297,7 @@ impl Peer {
         if state != ContactState::Request {
             c.from_mailbox = false;
         }
-        self.store_contact(c, now)?;
+        self.store_contact(c)?;
         if state == ContactState::Accepted {
             self.links.forget_backoff(address);
             // What they sent while only a request and we could not take
@@ -904,7 +904,7 @@ impl Peer {
                 server: server.clone(),
                 index: None,
                 at: now.unix_ms(),
-                blob: blob.clone(),
+                blob: self.groups.keep(gid, blob),
             });
         let posts: Vec<GroupPost> = sealed
             .blobs

@@ -75,7 +75,7 @@ impl Peer {
                             self.close(old);
                         }
                         self.notify_connection("contact", &contact);
-                        self.link_actions(&contact, link, now);
+                        self.link_actions(&contact, link);
                     }
                     Up::Dropped | Up::Unknown => self.close(link),
                 }
@@ -100,7 +100,7 @@ impl Peer {
     /// Carries out what the session of `contact`'s link asks: greets (our
     /// name, the outgoing queue in order, adverts, moves), records a
     /// request, or closes the link.
-    pub(super) fn link_actions(&mut self, contact: &str, link: LinkId, now: Now) {
+    pub(super) fn link_actions(&mut self, contact: &str, link: LinkId) {
         while let Some(action) = self
             .links
             .established(contact, link)
@@ -108,12 +108,10 @@ impl Peer {
         {
             match action {
                 PeerEvent::Greet => {
+                    // Adverts and move notices wait for the contact's own
+                    // Hello: until it has accepted us it ignores them.
                     let mut out = vec![encode_peer(&PeerMessage::Hello { name: &self.name })];
                     out.extend(self.outbox.for_contact(contact).into_iter().map(encode_out));
-                    for advert in self.directory.to_share(now.unix_secs()) {
-                        out.push(encode_peer(&PeerMessage::ServerAdvert { advert: &advert }));
-                    }
-                    out.extend(self.moves_to_share(contact, now));
                     for msg in out {
                         self.send(link, msg);
                     }
@@ -162,6 +160,19 @@ impl Peer {
         };
         match msg {
             Incoming::Hello { name } => {
+                // An accepted contact greets us once it has accepted us too
+                // (at once, or when its user accepts our request while the
+                // link is up): now it acts on adverts and move notices.
+                if self.contacts.is_accepted(remote) {
+                    let mut out = Vec::new();
+                    for advert in self.directory.to_share(now.unix_secs()) {
+                        out.push(encode_peer(&PeerMessage::ServerAdvert { advert: &advert }));
+                    }
+                    out.extend(self.moves_to_share(remote, now));
+                    for msg in out {
+                        self.send(link, msg);
+                    }
+                }
                 let name = clean_name(name);
                 if let Some(mut c) = self.contacts.get(remote).cloned()
                     && c.name != name
@@ -363,8 +374,10 @@ impl Peer {
                     break 'ranges;
                 }
                 let key = records::keep_key(&gid, &r.member.0, seq);
-                if let Ok(Some(k)) = self.store.get::<KeptBlob>(Table::Blobs, &key) {
-                    out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &k.blob }));
+                if let Ok(Some(k)) = self.store.get::<KeptBlob>(Table::Blobs, &key)
+                    && let Some(blob) = self.groups.unkeep(&gid, &k.blob)
+                {
+                    out.push(encode_peer(&PeerMessage::ResendBlob { id, blob: &blob }));
                 }
             }
         }

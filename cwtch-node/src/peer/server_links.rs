@@ -383,7 +383,7 @@ impl Peer {
             server: server.to_string(),
             index,
             at: now_ms,
-            blob: blob.to_vec(),
+            blob: self.groups.keep(gid, blob),
         };
         let chain = opened.chain();
         let keep_key = records::keep_key(gid, &opened.member.0, opened.seq);

@@ -303,8 +303,10 @@ impl Stored for ChainRecord {
     const WHAT: &'static str = "chain";
 }
 
-/// A sealed blob kept for recovery, as bytes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A sealed blob kept for recovery, as bytes. Its kept form holds the
+/// message in the clear (the profile encrypts it at rest): wiped when
+/// dropped, and never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct KeptBlob {
     /// The server it was sealed for.
     pub server: String,
@@ -313,8 +315,28 @@ pub struct KeptBlob {
     pub index: Option<u64>,
     /// When we kept it, Unix ms.
     pub at: u64,
-    /// The blob.
+    /// Its kept form (SPEC.md section 14: shorter than a blob, sealed
+    /// again with the group's keys when asked for), or the whole blob
+    /// (exactly `SEALED_BLOB_LEN` bytes: profiles from before the kept
+    /// form, or a blob that would not keep).
     pub blob: Vec<u8>,
+}
+
+impl Drop for KeptBlob {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.blob);
+    }
+}
+
+impl std::fmt::Debug for KeptBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptBlob")
+            .field("server", &self.server)
+            .field("index", &self.index)
+            .field("at", &self.at)
+            .field("blob", &format_args!("<{} bytes>", self.blob.len()))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]

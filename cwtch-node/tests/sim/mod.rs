@@ -294,6 +294,14 @@ impl Sim {
         self.peers[i].home.clone()
     }
 
+    /// Peer `i`'s profile, opened as the daemon would (the peer must be
+    /// stopped: one writer at a time).
+    pub fn open_profile(&self, i: usize) -> Profile {
+        assert!(self.peers[i].core.is_none(), "stop the peer first");
+        let (raw, _, _) = store::open_profile(&self.peers[i].home, PASSWORD).expect("open");
+        Profile::new(raw)
+    }
+
     /// The core of peer `i`.
     pub fn core(&mut self, i: usize) -> &mut Peer {
         self.peers[i].core.as_mut().expect("the peer runs")

@@ -9,6 +9,7 @@
 //! - [`invite`]: what a new member needs, in binary and text forms;
 //! - [`message`]: the plaintext inside a blob;
 //! - [`seal`]: sealing into and opening [`SEALED_BLOB_LEN`]-byte blobs;
+//! - [`kept`]: a blob kept to answer recovery, in its short form;
 //! - [`detect`]: cheap detection tags and the multi-group [`Detector`];
 //! - [`gap`]: the per-group [`GapTracker`];
 //! - [`control`]: the move notice and the recovery request;
@@ -53,6 +54,7 @@ pub mod control;
 pub mod detect;
 pub mod gap;
 pub mod invite;
+pub mod kept;
 pub mod message;
 pub mod moving;
 pub mod recovery;
@@ -64,6 +66,7 @@ pub use control::{ControlError, MoveNotice, ResendWanted};
 pub use detect::{DetectionKey, Detector, DetectorFull};
 pub use gap::{GapError, GapEvent, GapTracker, Ingested, MessageRef, MissingRange};
 pub use invite::{Invite, InviteError, InviteTextError};
+pub use kept::{KEPT_MAX_LEN, KEPT_MIN_LEN, UnkeepError};
 pub use message::{
     MAX_BODY_LEN, MessageHash, MessageKind, OpenedMessage, OutgoingMessage, SEEN_MAX, SeenEntry,
     SeenSummary,

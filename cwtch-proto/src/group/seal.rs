@@ -110,6 +110,11 @@ pub enum OpenError {
     WrongGroup,
     /// A validly signed message posted to another server, replayed here.
     WrongServer,
+    /// The output buffer is too short ([`GroupKeys::keep`]).
+    BufferTooSmall {
+        /// The length needed.
+        required: usize,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -124,6 +129,9 @@ impl fmt::Display for OpenError {
             OpenError::BadSignature => f.write_str("bad sender signature"),
             OpenError::WrongGroup => f.write_str("message was signed for another group"),
             OpenError::WrongServer => f.write_str("message was signed for another server"),
+            OpenError::BufferTooSmall { required } => {
+                write!(f, "the output buffer needs {required} bytes")
+            }
         }
     }
 }

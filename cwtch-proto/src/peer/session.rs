@@ -98,8 +98,10 @@ pub fn keep_new_link(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
     /// Say `Hello` (our display name), then re-send the outgoing queue for
-    /// this peer in order, then what we share with contacts. Once per link,
-    /// when the peer is (or becomes) accepted.
+    /// this peer in order. Once per link, when the peer is (or becomes)
+    /// accepted. What we share with contacts (adverts, move notices) waits
+    /// for the peer's own `Hello`: until it has accepted us, it ignores
+    /// them.
     Greet,
     /// Record the peer as a new contact request (nothing is sent to it,
     /// not even our name, until the user accepts).

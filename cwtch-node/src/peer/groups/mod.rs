@@ -347,6 +347,53 @@ impl Groups {
         )
     }
 
+    /// What to keep of one of group `gid`'s blobs to answer recovery
+    /// requests: its kept form (SPEC.md section 14, 237 + 24 n + L bytes
+    /// for a body of L bytes and n seen entries), checked to seal back into
+    /// the same blob; else (never seen: it opened, or we sealed it) the
+    /// whole blob.
+    pub fn keep(&self, gid: &str, blob: &[u8]) -> Vec<u8> {
+        let Some(keys) = self.map.get(gid).map(|g| g.group.keys()) else {
+            return blob.to_vec();
+        };
+        let mut out = zeroize::Zeroizing::new([0u8; cwtch_proto::group::KEPT_MAX_LEN]);
+        let mut again = [0u8; SEALED_BLOB_LEN];
+        match keys.keep(blob, &mut out[..]) {
+            Ok(n) => {
+                let kept = out.get(..n).unwrap_or_default();
+                if keys.unkeep(kept, &mut again).is_ok() && again[..] == *blob {
+                    kept.to_vec()
+                } else {
+                    tracing::warn!("a blob's kept form does not seal back into it: kept whole");
+                    blob.to_vec()
+                }
+            }
+            Err(e) => {
+                crate::log_throttled!(kind = e; "a blob does not keep ({e}): kept whole");
+                blob.to_vec()
+            }
+        }
+    }
+
+    /// A kept blob of group `gid` as it was sealed: kept whole (what
+    /// profiles before the kept form hold: a blob's length), or sealed
+    /// again from its kept form. `None` if the group is gone or the record
+    /// does not seal.
+    pub fn unkeep(&self, gid: &str, kept: &[u8]) -> Option<Vec<u8>> {
+        if kept.len() == SEALED_BLOB_LEN {
+            return Some(kept.to_vec());
+        }
+        let g = self.map.get(gid)?;
+        let mut blob = vec![0u8; SEALED_BLOB_LEN];
+        match g.group.keys().unkeep(kept, &mut blob) {
+            Ok(()) => Some(blob),
+            Err(e) => {
+                crate::log_throttled!(kind = e; "a kept blob does not seal: {e}");
+                None
+            }
+        }
+    }
+
     /// Feeds an opened message to group `gid`'s gap tracker; the reports
     /// are kept (the newest [`MAX_GAP_REPORTS`]) and returned in plain
     /// words.
