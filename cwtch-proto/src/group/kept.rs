@@ -28,8 +28,8 @@
 
 use core::fmt;
 
+use chacha20poly1305::AeadInOut;
 use chacha20poly1305::aead::inout::InOutBuf;
-use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -39,7 +39,7 @@ use super::message::{
     self, AEAD_TAG_LEN, CONTENT_LEN, MAX_BODY_LEN, Malformed, OFF_BODY, OFF_BODY_LEN, OFF_SEEN,
     OFF_SEEN_COUNT, OFF_SERVER, PLAINTEXT_LEN, SEEN_ENTRY_LEN, SEEN_MAX,
 };
-use super::seal::{HEADER_LEN, OpenError};
+use super::seal::{HEADER_LEN, OpenError, aead};
 use super::secret::GroupKeys;
 
 /// The server key and the signature at the end of the plaintext.
@@ -90,10 +90,6 @@ impl fmt::Display for UnkeepError {
 }
 
 impl core::error::Error for UnkeepError {}
-
-fn aead(keys: &GroupKeys) -> XChaCha20Poly1305 {
-    XChaCha20Poly1305::new(&keys.seal.0.into())
-}
 
 impl GroupKeys {
     /// The kept form of `blob`, one of this group's blobs, written to the

@@ -148,7 +148,8 @@ pub struct Sealed {
     pub hash: MessageHash,
 }
 
-fn aead(keys: &GroupKeys) -> XChaCha20Poly1305 {
+/// The group's sealing AEAD (also [`super::kept`]'s).
+pub(super) fn aead(keys: &GroupKeys) -> XChaCha20Poly1305 {
     XChaCha20Poly1305::new(&keys.seal.0.into())
 }
 
