@@ -192,9 +192,15 @@ impl TorTransport {
     }
 
     /// A system tor: SOCKS 127.0.0.1:9050, control 127.0.0.1:9051,
-    /// authentication as `PROTOCOLINFO` offers.
+    /// authentication as `PROTOCOLINFO` offers, with the checks of a
+    /// control port nobody named ([`ControlAuth::AutoProbed`]): another
+    /// local user may be the one listening there.
     pub fn system() -> Self {
-        Self::new(DEFAULT_SOCKS_ADDR, DEFAULT_CONTROL_ADDR, ControlAuth::Auto)
+        Self::new(
+            DEFAULT_SOCKS_ADDR,
+            DEFAULT_CONTROL_ADDR,
+            ControlAuth::AutoProbed,
+        )
     }
 
     /// Whether this tor's SOCKS port tells why an onion dial failed: its

@@ -64,8 +64,9 @@ pub struct TransportArgs {
     #[arg(long, value_name = "ADDR")]
     pub tor_socks: Option<SocketAddr>,
     /// A running tor's control port, ADDRESS:PORT, or its control socket,
-    /// unix:PATH (--tor system) [default: 127.0.0.1:9051, else
-    /// unix:/run/tor/control].
+    /// unix:PATH (--tor system) [default: unix:/run/tor/control, else
+    /// 127.0.0.1:9051, checked: no NULL authentication, a cookie only from
+    /// the tor account; name it here to use it as it is].
     #[arg(long, value_name = "ADDR")]
     pub tor_control: Option<ControlAddr>,
     /// A file whose first line is the control port's password (tor's

@@ -701,41 +701,60 @@ fn tor_in_path() -> bool {
     })
 }
 
-/// A system tor's control port or socket that accepts a connection:
-/// 127.0.0.1:9051, else Debian's /run/tor/control.
+/// A system tor's control socket or port that accepts a connection:
+/// Debian's /run/tor/control (root's /run/tor: only the tor account can
+/// have made it), else 127.0.0.1:9051 (which any local user can listen
+/// on: what answers there gets [`ControlAuth::AutoProbed`]'s checks).
 fn running_system_tor() -> Option<ControlAddr> {
-    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], 9051));
-    if std::net::TcpStream::connect_timeout(&tcp, std::time::Duration::from_secs(1)).is_ok() {
-        return Some(ControlAddr::Tcp(tcp));
-    }
     let socket = Path::new(DEBIAN_CONTROL_SOCKET);
-    std::os::unix::net::UnixStream::connect(socket)
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Some(ControlAddr::Unix(socket.to_path_buf()));
+    }
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], 9051));
+    std::net::TcpStream::connect_timeout(&tcp, std::time::Duration::from_secs(1))
         .is_ok()
-        .then(|| ControlAddr::Unix(socket.to_path_buf()))
+        .then_some(ControlAddr::Tcp(tcp))
 }
 
-/// The control address for --tor system: --tor-control, else
-/// 127.0.0.1:9051 if it answers, else Debian's socket if it exists, else
-/// 127.0.0.1:9051 (whose error then says that nothing answers).
-fn system_control(args: &TransportArgs) -> ControlAddr {
+/// Where the control address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ControlOrigin {
+    /// --tor-control: the user named it; trusted as named.
+    Named,
+    /// Probed: whoever answers there is checked before getting any key
+    /// ([`ControlAuth::AutoProbed`]).
+    Probed,
+}
+
+/// The control address for --tor system: --tor-control, else Debian's
+/// socket if it answers, else 127.0.0.1:9051 if it answers, else Debian's
+/// socket if it exists, else 127.0.0.1:9051 (whose error then says that
+/// nothing answers).
+fn system_control(args: &TransportArgs) -> (ControlAddr, ControlOrigin) {
     if let Some(addr) = &args.tor_control {
-        return addr.clone();
+        return (addr.clone(), ControlOrigin::Named);
     }
     let tcp = ControlAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 9051)));
-    match running_system_tor() {
+    let addr = match running_system_tor() {
         Some(found) => found,
         None if Path::new(DEBIAN_CONTROL_SOCKET).exists() => {
             ControlAddr::Unix(DEBIAN_CONTROL_SOCKET.into())
         }
         None => tcp,
-    }
+    };
+    (addr, ControlOrigin::Probed)
 }
 
-/// The control port password from --tor-control-password-file: its first
-/// line (a trailing newline is not part of it).
-fn control_auth(args: &TransportArgs) -> Result<ControlAuth, Failure> {
+/// How to authenticate to the control port: the password from
+/// --tor-control-password-file (its first line; a trailing newline is not
+/// part of it), else what tor offers, with the checks of a probed port
+/// when the address was not named.
+fn control_auth(args: &TransportArgs, origin: ControlOrigin) -> Result<ControlAuth, Failure> {
     let Some(file) = &args.tor_control_password_file else {
-        return Ok(ControlAuth::Auto);
+        return Ok(match origin {
+            ControlOrigin::Named => ControlAuth::Auto,
+            ControlOrigin::Probed => ControlAuth::AutoProbed,
+        });
     };
     let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
         Failure::input(format!(
@@ -796,8 +815,8 @@ async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Ch
             let socks = args
                 .tor_socks
                 .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9050)));
-            let control = system_control(args);
-            let auth = control_auth(args)?;
+            let (control, origin) = system_control(args);
+            let auth = control_auth(args, origin)?;
             let how = match &auth {
                 ControlAuth::Password(_) => "password authentication",
                 _ => "cookie or safecookie authentication, as tor offers",
@@ -1076,14 +1095,32 @@ mod tests {
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
         let args = peer_args(&["--tor-control-password-file", file.to_str().unwrap()]);
-        assert_eq!(
-            control_auth(&args).unwrap(),
-            ControlAuth::Password("s3cret".into())
-        );
+        for origin in [ControlOrigin::Named, ControlOrigin::Probed] {
+            assert_eq!(
+                control_auth(&args, origin).unwrap(),
+                ControlAuth::Password("s3cret".into())
+            );
+        }
         std::fs::write(&file, "\n").unwrap();
-        assert_eq!(control_auth(&args).unwrap_err().code, EXIT_BAD_INPUT);
+        let named = ControlOrigin::Named;
+        assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
         std::fs::remove_file(&file).unwrap();
-        assert_eq!(control_auth(&args).unwrap_err().code, EXIT_BAD_INPUT);
-        assert_eq!(control_auth(&peer_args(&[])).unwrap(), ControlAuth::Auto);
+        assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
+    }
+
+    #[test]
+    fn a_probed_control_port_is_checked_and_a_named_one_is_not() {
+        let args = peer_args(&["--tor-control", "127.0.0.1:9051"]);
+        let (addr, origin) = system_control(&args);
+        assert_eq!(addr.to_string(), "127.0.0.1:9051");
+        assert_eq!(origin, ControlOrigin::Named);
+        assert_eq!(control_auth(&args, origin).unwrap(), ControlAuth::Auto);
+        let args = peer_args(&["--tor", "system"]);
+        let (_, origin) = system_control(&args);
+        assert_eq!(origin, ControlOrigin::Probed);
+        assert_eq!(
+            control_auth(&args, origin).unwrap(),
+            ControlAuth::AutoProbed
+        );
     }
 }
