@@ -561,6 +561,23 @@ enum Resolved {
 /// names one.
 fn choose_tor(args: &TransportArgs, server: bool) -> Result<(Resolved, String), Failure> {
     if args.dev_tcp.is_some() {
+        // Plain TCP must never quietly replace a Tor the user asked for.
+        let tor_flags = [
+            (args.tor != TorChoice::Auto, "--tor"),
+            (args.tor_socks.is_some(), "--tor-socks"),
+            (args.tor_control.is_some(), "--tor-control"),
+            (
+                args.tor_control_password_file.is_some(),
+                "--tor-control-password-file",
+            ),
+            (args.torrc_extra.is_some(), "--torrc-extra"),
+            (args.tor_network.is_some(), "--tor-network"),
+        ];
+        if let Some((_, flag)) = tor_flags.iter().find(|(given, _)| *given) {
+            return Err(Failure::input(format!(
+                "--dev-tcp is plain TCP without Tor; it cannot go with {flag}, which asks for Tor"
+            )));
+        }
         return Ok((Resolved::Dev, "--dev-tcp".into()));
     }
     let asked = match (args.launch_tor, args.tor) {
@@ -1040,6 +1057,7 @@ mod tests {
             (&["--tor", "launch"], Resolved::Launch),
             (&["--tor", "system"], Resolved::System),
             (&["--dev-tcp", "dir"], Resolved::Dev),
+            (&["--dev-tcp", "dir", "--tor", "auto"], Resolved::Dev),
         ] {
             for server in [false, true] {
                 let (resolved, why) = choose_tor(&peer_or_server(flags, server), server)
@@ -1079,6 +1097,12 @@ mod tests {
             &["--tor-socks", "127.0.0.1:1", "--torrc-extra", "x"],
             &["--tor-control", "127.0.0.1:1", "--tor-network", "n"],
             &["--torrc-extra", "x", "--tor-network", "n"],
+            &["--dev-tcp", "d", "--tor", "arti"],
+            &["--dev-tcp", "d", "--tor", "system"],
+            &["--dev-tcp", "d", "--tor", "launch"],
+            &["--tor", "system", "--dev-tcp", "d"],
+            &["--dev-tcp", "d", "--tor-control", "127.0.0.1:1"],
+            &["--dev-tcp", "d", "--tor-network", "n"],
         ] {
             let e = choose_tor(&peer_args(flags), false).unwrap_err();
             assert_eq!(e.code, EXIT_BAD_INPUT, "{flags:?}");
