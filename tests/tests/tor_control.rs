@@ -45,7 +45,7 @@ fn control_port_with_lone_tor() {
         for auth in [
             ControlAuth::Auto,
             ControlAuth::Cookie(tor.cookie_path().to_owned()),
-            ControlAuth::Password("pw".into()),
+            ControlAuth::password("pw"),
         ] {
             let mut c = ControlConnection::open(addr, &auth)
                 .await
@@ -53,7 +53,7 @@ fn control_port_with_lone_tor() {
             let s = c.bootstrap_status().await.unwrap();
             assert!(s.progress <= 100);
         }
-        let wrong = ControlConnection::open(addr, &ControlAuth::Password("nope".into())).await;
+        let wrong = ControlConnection::open(addr, &ControlAuth::password("nope")).await;
         assert!(
             matches!(wrong, Err(ControlError::Rejected { code: 515, .. })),
             "{wrong:?}"
@@ -212,14 +212,13 @@ fn control_socket_with_lone_tor() {
         "unix:PATH parses back"
     );
     smol::block_on(async {
-        for auth in [ControlAuth::Auto, ControlAuth::Password("pw".into())] {
+        for auth in [ControlAuth::Auto, ControlAuth::password("pw")] {
             let mut c = ControlConnection::open(addr.clone(), &auth)
                 .await
                 .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
             assert!(c.bootstrap_status().await.unwrap().progress <= 100);
         }
-        let wrong =
-            ControlConnection::open(addr.clone(), &ControlAuth::Password("nope".into())).await;
+        let wrong = ControlConnection::open(addr.clone(), &ControlAuth::password("nope")).await;
         assert!(
             matches!(wrong, Err(ControlError::Rejected { code: 515, .. })),
             "{wrong:?}"
@@ -227,7 +226,7 @@ fn control_socket_with_lone_tor() {
         let transport = TorTransport::new(
             "127.0.0.1:9".parse().unwrap(),
             addr.clone(),
-            ControlAuth::Password("pw".into()),
+            ControlAuth::password("pw"),
         );
         let id = Identity::from_seed(&[0x43; 32]);
         let listener = transport.listen(&id, PEER_PORT).await.unwrap();

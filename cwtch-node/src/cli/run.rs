@@ -773,12 +773,24 @@ fn control_auth(args: &TransportArgs, origin: ControlOrigin) -> Result<ControlAu
             ControlOrigin::Probed => ControlAuth::AutoProbed,
         });
     };
-    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
+    let cannot_read = |e: std::io::Error| {
         Failure::input(format!(
             "cannot read --tor-control-password-file {}: {e}",
             file.display()
         ))
-    })?);
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(file).map_err(cannot_read)?.permissions(),
+    );
+    if password_file_too_open(mode) {
+        eprintln!(
+            "warning: --tor-control-password-file {} can be read or written by others (mode \
+             {:03o}): chmod 600 it",
+            file.display(),
+            mode & 0o777
+        );
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(cannot_read)?);
     let password = text.lines().next().unwrap_or_default();
     if password.is_empty() {
         return Err(Failure::input(format!(
@@ -786,7 +798,13 @@ fn control_auth(args: &TransportArgs, origin: ControlOrigin) -> Result<ControlAu
             file.display()
         )));
     }
-    Ok(ControlAuth::Password(password.to_string()))
+    Ok(ControlAuth::password(password))
+}
+
+/// Whether a password file's mode lets its group or others at it (any of
+/// 0o077): a warning, not a refusal.
+fn password_file_too_open(mode: u32) -> bool {
+    mode & 0o077 != 0
 }
 
 /// Builds the transport the flags ask for (see [`choose_tor`]), telling
@@ -1122,7 +1140,7 @@ mod tests {
         for origin in [ControlOrigin::Named, ControlOrigin::Probed] {
             assert_eq!(
                 control_auth(&args, origin).unwrap(),
-                ControlAuth::Password("s3cret".into())
+                ControlAuth::password("s3cret")
             );
         }
         std::fs::write(&file, "\n").unwrap();
@@ -1130,6 +1148,18 @@ mod tests {
         assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
         std::fs::remove_file(&file).unwrap();
         assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_warned_about() {
+        assert!(!password_file_too_open(0o100600));
+        assert!(!password_file_too_open(0o100400));
+        assert!(!password_file_too_open(0o100700));
+        for mode in [
+            0o100640, 0o100604, 0o100620, 0o100602, 0o100610, 0o100601, 0o100666,
+        ] {
+            assert!(password_file_too_open(mode), "{mode:o}");
+        }
     }
 
     #[test]

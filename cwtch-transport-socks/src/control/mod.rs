@@ -163,10 +163,18 @@ pub enum ControlAuth {
     AutoProbed,
     /// The cookie in this file (SAFECOOKIE if offered, else COOKIE).
     Cookie(PathBuf),
-    /// `HashedControlPassword`'s password.
-    Password(String),
+    /// `HashedControlPassword`'s password, wiped when dropped (build it
+    /// with [`ControlAuth::password`]).
+    Password(Zeroizing<String>),
     /// No authentication (`CookieAuthentication 0`, no password).
     None,
+}
+
+impl ControlAuth {
+    /// [`ControlAuth::Password`] with this password.
+    pub fn password(password: impl Into<String>) -> Self {
+        ControlAuth::Password(Zeroizing::new(password.into()))
+    }
 }
 
 impl fmt::Debug for ControlAuth {
@@ -599,9 +607,9 @@ impl ControlConnection {
                 if !info.offers("HASHEDPASSWORD") {
                     return Err(no_auth());
                 }
-                self.command(&format!("AUTHENTICATE {}", auth::quote(pw)))
-                    .await
-                    .map(drop)
+                let quoted = Zeroizing::new(auth::quote(pw));
+                let line = Zeroizing::new(format!("AUTHENTICATE {}", quoted.as_str()));
+                self.command(&line).await.map(drop)
             }
             ControlAuth::Cookie(path) => self.cookie_auth(&info, path, None).await,
             ControlAuth::AutoProbed => self.probed_auth(&info).await,
