@@ -20,9 +20,11 @@ use futures::stream::{Stream, StreamExt};
 use futures::task::SpawnExt;
 use tor_cell::relaycell::msg::{Connected, End, EndReason};
 use tor_hscrypto::pk::HsIdKeypair;
-use tor_hsservice::config::OnionServiceConfigBuilder;
+use tor_hsservice::config::{OnionServiceConfigBuilder, TokenBucketConfig};
 use tor_hsservice::status::State;
-use tor_hsservice::{HsNickname, RendRequest, RunningOnionService, StreamRequest};
+use tor_hsservice::{
+    HsNickname, OnionServiceConfig, RendRequest, RunningOnionService, StreamRequest,
+};
 use tor_llcrypto::pk::ed25519::ExpandedKeypair;
 use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::ToplevelBlockOn;
@@ -59,6 +61,41 @@ pub type Runtime = tor_rtcompat::smol::PreferredRuntime;
 /// Peer streams accepted by Tor but not yet by [`ArtiListener::accept`]:
 /// more are refused (as a full TCP backlog would).
 pub const ACCEPT_BACKLOG: usize = 32;
+
+/// Most streams one rendezvous circuit may have open at once; a client
+/// that opens more has its circuit torn down (C tor's
+/// `HiddenServiceMaxStreams` with `HiddenServiceMaxStreamsCloseCircuit`).
+/// A peer needs one or two; arti's default, 65535, lets one circuit tie up
+/// the service.
+pub const MAX_STREAMS_PER_CIRCUIT: u32 = 16;
+
+/// Introductions per second (and burst) our introduction points are asked
+/// to let through (the `DOS_PARAMS` extension of `ESTABLISH_INTRO`); more
+/// are dropped there, before they cost us a rendezvous circuit. C tor's
+/// defaults for `HiddenServiceEnableIntroDoSDefense`.
+pub const INTRO_RATE_PER_SEC: u32 = 25;
+/// See [`INTRO_RATE_PER_SEC`].
+pub const INTRO_BURST: u32 = 200;
+
+/// Rendezvous circuits being built at once for one service: further
+/// introductions wait in arti's queue. Established circuits are not
+/// counted (their streams are served however many there are).
+pub const MAX_PENDING_RENDEZVOUS: usize = 8;
+
+/// The configuration of the onion service [`ArtiTransport::listen`]
+/// launches: arti's defaults, with the limits above.
+fn service_config(nickname: HsNickname) -> Result<OnionServiceConfig, ArtiListenError> {
+    let mut builder = OnionServiceConfigBuilder::default();
+    builder.nickname(nickname);
+    builder.max_concurrent_streams_per_circuit(MAX_STREAMS_PER_CIRCUIT);
+    builder.rate_limit_at_intro(Some(TokenBucketConfig::new(
+        INTRO_RATE_PER_SEC,
+        INTRO_BURST,
+    )));
+    builder
+        .build()
+        .map_err(|e| ArtiListenError::Config(e.to_string()))
+}
 
 /// The thread that drives arti's executor. tor-rtcompat's smol runtime
 /// owns a `smol::Executor` of its own: arti's background tasks (channel
@@ -291,11 +328,7 @@ impl ArtiTransport {
         let n = self.next_service.fetch_add(1, Ordering::Relaxed);
         let nickname = HsNickname::new(format!("cwtch{n}"))
             .map_err(|e| ArtiListenError::Config(e.to_string()))?;
-        let mut builder = OnionServiceConfigBuilder::default();
-        builder.nickname(nickname);
-        let svc_config = builder
-            .build()
-            .map_err(|e| ArtiListenError::Config(e.to_string()))?;
+        let svc_config = service_config(nickname)?;
 
         let expanded = identity.tor_expanded_key();
         let keypair = ExpandedKeypair::from_secret_key_bytes(*expanded.as_bytes())
@@ -348,7 +381,16 @@ async fn serve(
     tx: smol::channel::Sender<DataStream>,
     spawner: Runtime,
 ) {
-    let mut streams = Box::pin(tor_hsservice::handle_rend_requests(requests));
+    // tor_hsservice::handle_rend_requests, with at most
+    // MAX_PENDING_RENDEZVOUS circuits being built at once (it has no
+    // bound): a flood of introductions cannot start unbounded work.
+    let mut streams = Box::pin(
+        requests
+            .map(RendRequest::accept)
+            .buffer_unordered(MAX_PENDING_RENDEZVOUS)
+            .filter_map(|accepted| async move { accepted.ok() })
+            .flatten_unordered(None),
+    );
     while let Some(request) = streams.next().await {
         if tx.is_closed() {
             break;
@@ -560,5 +602,24 @@ impl AsyncWrite for ArtiStream {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_onion_service_has_limits() {
+        let config = service_config(HsNickname::new("cwtch0".into()).unwrap()).unwrap();
+        assert_eq!(
+            *config.max_concurrent_streams_per_circuit(),
+            MAX_STREAMS_PER_CIRCUIT
+        );
+        assert_eq!(MAX_STREAMS_PER_CIRCUIT, 16);
+        assert_eq!(
+            config.rate_limit_at_intro(),
+            &Some(TokenBucketConfig::new(INTRO_RATE_PER_SEC, INTRO_BURST))
+        );
     }
 }
