@@ -53,29 +53,92 @@ fn snapshot(dirs: &[PathBuf]) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
         .collect()
 }
 
-fn assert_no_secret_on_disk(dir: &Path, identity: &Identity) {
+/// The forms an identity secret could take in a file: the raw bytes,
+/// their base64 (standard, with and without padding; and of the longest
+/// prefix of whole 3-byte groups, standard and URL-safe, which is how they
+/// read inside a longer base64 blob starting with them) and their hex.
+fn encodings(secret: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    use data_encoding::{BASE64, BASE64_NOPAD, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
+    let whole_groups = secret.get(..secret.len() / 3 * 3).unwrap_or_default();
+    vec![
+        ("raw", secret.to_vec()),
+        ("base64", BASE64.encode(secret).into_bytes()),
+        (
+            "base64 (no padding)",
+            BASE64_NOPAD.encode(secret).into_bytes(),
+        ),
+        (
+            "base64 (inside a blob)",
+            BASE64_NOPAD.encode(whole_groups).into_bytes(),
+        ),
+        (
+            "base64url (inside a blob)",
+            BASE64URL_NOPAD.encode(whole_groups).into_bytes(),
+        ),
+        ("lowercase hex", HEXLOWER.encode(secret).into_bytes()),
+        ("uppercase hex", HEXUPPER.encode(secret).into_bytes()),
+    ]
+}
+
+/// Which of the identity's secrets, in which form, `bytes` contain.
+fn secret_in(bytes: &[u8], identity: &Identity) -> Option<String> {
     let seed = identity.seed();
     let expanded = identity.tor_expanded_key();
-    let secrets: [(&str, &[u8]); 3] = [
+    let secrets: [(&str, &[u8]); 4] = [
         ("seed", seed.as_ref()),
+        ("expanded key", &expanded.as_bytes()[..]),
         ("expanded scalar", &expanded.as_bytes()[..32]),
         ("expanded hash prefix", &expanded.as_bytes()[32..]),
     ];
+    for (what, secret) in secrets {
+        for (form, needle) in encodings(secret) {
+            if support::contains(bytes, &needle) {
+                return Some(format!("{what} ({form})"));
+            }
+        }
+    }
+    None
+}
+
+fn assert_no_secret_on_disk(dir: &Path, identity: &Identity) {
     let files = support::files_under(dir);
     assert!(!files.is_empty(), "arti wrote nothing under {dir:?}?");
     for file in files {
         let bytes = std::fs::read(&file).unwrap_or_default();
-        for (what, secret) in secrets {
-            assert!(
-                !support::contains(&bytes, secret),
-                "the identity's {what} is in {file:?}"
-            );
+        if let Some(found) = secret_in(&bytes, identity) {
+            panic!("the identity's {found} is in {file:?}");
         }
     }
     assert!(
         !dir.join("state/keystore").exists(),
         "an on-disk keystore was created"
     );
+}
+
+/// The search itself, without a network: each form of each secret is found
+/// inside other text, and a file without them passes.
+#[test]
+fn the_secret_search_finds_encoded_keys() {
+    let id = Identity::from_seed(&[0x3C; 32]);
+    let expanded = id.tor_expanded_key();
+    let seed = id.seed();
+    let wrap = |inner: Vec<u8>| [b"-----BEGIN KEY-----\n".to_vec(), inner, b"\n".to_vec()].concat();
+    for secret in [
+        seed.as_ref(),
+        &expanded.as_bytes()[..],
+        &expanded.as_bytes()[32..],
+    ] {
+        for (form, needle) in encodings(secret) {
+            assert!(secret_in(&wrap(needle), &id).is_some(), "{form}");
+        }
+    }
+    // A longer base64 blob that starts with the expanded key.
+    let blob = [&expanded.as_bytes()[..], b"more bytes after it"].concat();
+    let blob = data_encoding::BASE64.encode(&blob).into_bytes();
+    assert!(secret_in(&wrap(blob), &id).is_some());
+    let other = Identity::from_seed(&[0x3D; 32]);
+    let theirs = data_encoding::BASE64.encode(&other.tor_expanded_key().as_bytes()[..]);
+    assert_eq!(secret_in(&wrap(theirs.into_bytes()), &id), None);
 }
 
 #[test]
