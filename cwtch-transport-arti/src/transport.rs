@@ -28,6 +28,7 @@ use tor_hsservice::{
 use tor_llcrypto::pk::ed25519::ExpandedKeypair;
 use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::ToplevelBlockOn;
+use zeroize::Zeroizing;
 
 use crate::config::{ArtiConfig, tor_client_config};
 use crate::error::{AcceptError, ArtiDialError, ArtiListenError, BootstrapError, ReachableError};
@@ -331,7 +332,11 @@ impl ArtiTransport {
         let svc_config = service_config(nickname)?;
 
         let expanded = identity.tor_expanded_key();
-        let keypair = ExpandedKeypair::from_secret_key_bytes(*expanded.as_bytes())
+        // Our copy of the secret bytes is wiped when dropped. The array
+        // arti's constructor takes by value is out of our reach; the
+        // keypair it builds (dalek's ExpandedSecretKey) is wiped on drop.
+        let secret = Zeroizing::new(*expanded.as_bytes());
+        let keypair = ExpandedKeypair::from_secret_key_bytes(*secret)
             .ok_or_else(|| ArtiListenError::Config("arti refused the identity key".into()))?;
         let expected = identity.address();
         if keypair.public().as_bytes() != expected.public_identity().as_bytes() {
