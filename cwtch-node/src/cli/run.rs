@@ -811,7 +811,17 @@ fn password_file_too_open(mode: u32) -> bool {
 /// which and why on standard error, with the bootstrap progress of a tor
 /// we start.
 async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Chosen, Failure> {
-    let (resolved, why) = choose_tor(args, server)?;
+    let choice = choose_tor(args, server)?;
+    start_tor(home, args, server, choice).await
+}
+
+/// [`transport`] once [`choose_tor`] has chosen.
+async fn start_tor(
+    home: &Path,
+    args: &TransportArgs,
+    server: bool,
+    (resolved, why): (Resolved, String),
+) -> Result<Chosen, Failure> {
     let chosen = |transport: NodeTransport| Chosen {
         transport,
         _tor: None,
@@ -990,8 +1000,12 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
 }
 
 fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
+    use smol::future::FutureExt;
     let args = &run.transport;
     no_profile_is_said_first(home)?;
+    // Flags that cannot work are refused before a password is asked for
+    // nothing.
+    let choice = choose_tor(args, false)?;
     let _lock = take_home(home)?;
     let password = if run.password_stdin {
         password_from_stdin()?
@@ -1000,7 +1014,26 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     };
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
-    let chosen = smol::block_on(transport(home, args, false))?;
+    // Connecting to Tor can take minutes: SIGTERM or SIGINT meanwhile stops
+    // at once (a tor we launched stops with it), as `server run` does. The
+    // daemon catches them itself once it runs.
+    let started = smol::block_on(async {
+        let signals = crate::shutdown::Signals::install()
+            .map_err(|e| Failure::internal(format!("cannot catch signals: {e}")))?;
+        let stop = signals.shutdown.clone();
+        Ok::<_, Failure>(
+            async { Some(start_tor(home, args, false, choice).await) }
+                .or(async {
+                    stop.wait().await;
+                    None
+                })
+                .await,
+        )
+    })?;
+    let Some(started) = started else {
+        return Ok(());
+    };
+    let chosen = started?;
     let note = chosen
         .transport
         .is_dev()
