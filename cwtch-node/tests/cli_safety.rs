@@ -166,3 +166,54 @@ fn tor_flags_are_checked_before_the_password_is_asked() {
     assert!(err.contains("--dev-tcp"), "{err}");
     assert!(!err.contains("password"), "{err}");
 }
+
+/// While `run` connects to Tor (no control socket yet), `status` says the
+/// daemon is starting (refused, 4), and `stop` stops it with SIGTERM.
+#[test]
+fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("alice");
+    support::init(&home, "alice");
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let pidfile = tmp.path().join("tor.pid");
+    let path = slow_fake_tor(&bin_dir, &pidfile);
+    let mut daemon = support::Daemon::start_with_env(
+        &home,
+        false,
+        &["--tor".into(), "launch".into()],
+        &[("PATH", &path)],
+    );
+    support::wait_for("the fake tor", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let cmd = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = cmd(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("the daemon (pid {}) is starting", daemon.pid())),
+        "{err}"
+    );
+    let out = cmd(&["stop"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("SIGTERM"), "{said}");
+    let status = support::wait_for("the daemon to stop", Duration::from_secs(10), || {
+        daemon.try_wait()
+    });
+    assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+    let out = cmd(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

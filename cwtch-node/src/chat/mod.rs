@@ -74,6 +74,10 @@ pub fn run(
                 &lines_rx,
             )?)
         }
+        Err(ClientError::Starting(pid)) => {
+            wait_for_starting(home, pid)?;
+            None
+        }
         Err(e) => return Err(e.to_string()),
     };
     let outcome = interactive(home, started.is_some(), lines_rx);
@@ -100,6 +104,42 @@ pub fn run(
         ),
     }
     outcome
+}
+
+/// How long chat waits for a daemon someone else is starting: the longest
+/// Tor connect (a launched tor's 30 s to start and 300 s to bootstrap).
+const STARTING_LIMIT: Duration = Duration::from_secs(330);
+
+/// Waits for the daemon `pid`, which holds the home but has no control
+/// socket yet (it is connecting to Tor), to answer.
+fn wait_for_starting(home: &Path, pid: u32) -> Result<(), String> {
+    println!(
+        "the daemon (pid {pid}) on {} is starting: it is connecting to Tor; waiting for it (up to \
+         {} s)",
+        home.display(),
+        STARTING_LIMIT.as_secs()
+    );
+    let until = Instant::now() + STARTING_LIMIT;
+    loop {
+        match Client::connect(home, "cwtch-node chat") {
+            Ok(_) => return Ok(()),
+            Err(ClientError::Starting(_)) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(ClientError::Starting(_)) => {
+                return Err(format!(
+                    "the daemon (pid {pid}) did not finish starting in {} s",
+                    STARTING_LIMIT.as_secs()
+                ));
+            }
+            Err(ClientError::NotRunning(_)) => {
+                return Err(format!(
+                    "the daemon (pid {pid}) stopped while starting; its own output says why"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// The arguments of `run` that give it the same transport as chat's.

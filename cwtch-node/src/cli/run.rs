@@ -28,8 +28,9 @@ use crate::transport::NodeTransport;
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status: no daemon runs on the home.
 pub const EXIT_NOT_RUNNING: u8 = 3;
-/// Exit status: refused (the daemon is stopping, another API version, a
-/// profile that will not open with this password).
+/// Exit status: refused (the daemon is stopping, or still starting, another
+/// API version, a profile that will not open with this password, a home
+/// another daemon holds).
 pub const EXIT_REFUSED: u8 = 4;
 /// Exit status: something failed inside (storage, a broken connection).
 pub const EXIT_INTERNAL: u8 = 5;
@@ -64,6 +65,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
+            ClientError::Starting(_) => EXIT_REFUSED,
             ClientError::Api(api) => match api.code {
                 ErrorCode::BadRequest
                 | ErrorCode::NotFound
@@ -358,7 +360,7 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             one_shot(home, Request::ConversationRead { conversation }, json)
         }
         Command::Events { follow, since } => events(home, follow, since, json),
-        Command::Stop => one_shot(home, Request::Shutdown, json),
+        Command::Stop => stop(home, json),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a write error,
             // and `completions bash | head` closes the pipe early.
@@ -453,6 +455,38 @@ fn one_shot(home: &Path, request: Request, json: bool) -> Outcome {
     let value = crate::control::client::request(home, request.clone())?;
     print_answer(&request, &value, json)?;
     Ok(())
+}
+
+/// `stop`: the control socket's `shutdown`; a daemon still starting (no
+/// socket yet, connecting to Tor) gets SIGTERM instead, which stops it as
+/// gracefully.
+fn stop(home: &Path, json: bool) -> Outcome {
+    let pid = match crate::control::client::request(home, Request::Shutdown) {
+        Err(ClientError::Starting(pid)) => pid,
+        Ok(value) => return print_answer(&Request::Shutdown, &value, json),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(target) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Err(Failure::internal(format!(
+            "the home's lock names pid {pid}"
+        )));
+    };
+    // Only to the lock's live holder: lock_holder found the lock held.
+    rustix::process::kill_process(target, rustix::process::Signal::TERM).map_err(|e| {
+        Failure::internal(format!(
+            "cannot signal the starting daemon (pid {pid}): {e}"
+        ))
+    })?;
+    if json {
+        emit(&serde_json::json!({ "signalled": pid }).to_string())
+    } else {
+        emit(&format!(
+            "the daemon (pid {pid}) was still starting (connecting to Tor): sent it SIGTERM; it stops"
+        ))
+    }
 }
 
 /// A conversation's messages; with `follow`, then every new message or
