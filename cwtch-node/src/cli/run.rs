@@ -30,7 +30,7 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 pub const EXIT_NOT_RUNNING: u8 = 3;
 /// Exit status: refused (the daemon is stopping, or still starting, another
 /// API version, a profile that will not open with this password, a home
-/// another daemon holds).
+/// another daemon holds, a Tor that does not connect).
 pub const EXIT_REFUSED: u8 = 4;
 /// Exit status: something failed inside (storage, a broken connection).
 pub const EXIT_INTERNAL: u8 = 5;
@@ -878,11 +878,16 @@ async fn start_tor(
                 "tor: launching tor from PATH in {} ({why})",
                 config.data_dir.display()
             );
-            let tor = TorProcess::launch(&config, |s| {
+            let mut last = None;
+            let launched = TorProcess::launch(&config, |s| {
                 eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
+                last = Some((s.progress, s.summary.clone()));
             })
-            .await
-            .map_err(|e| Failure::internal(format!("cannot launch tor: {e}")))?;
+            .await;
+            let log = config
+                .data_dir
+                .join(cwtch_transport_socks::launch::LOG_FILE);
+            let tor = launched.map_err(|e| launch_failure(&e, last, &log))?;
             let mut transport = tor.transport();
             transport.onion_pow = server;
             Ok(Chosen {
@@ -909,6 +914,35 @@ async fn start_tor(
             Ok(chosen(AnyTransport::Tor(tor).into()))
         }
         Resolved::Arti => arti(home, args, &why).await.map(chosen),
+    }
+}
+
+/// Why a tor we launched did not connect, with where it got to and where
+/// its log is: not an internal error (no network, tor missing or failing).
+fn launch_failure(e: &dyn std::fmt::Display, last: Option<(u8, String)>, log: &Path) -> Failure {
+    let reached = last
+        .map(|(percent, summary)| format!("; the last bootstrap status: {percent}% {summary}"))
+        .unwrap_or_default();
+    Failure::new(
+        EXIT_REFUSED,
+        format!(
+            "cannot launch tor: {e}{reached}; tor's log: {}. Check the network, or use --tor \
+             system / --tor arti",
+            log.display()
+        ),
+    )
+}
+
+/// Arti's bootstrap summary without the percent it starts with ("8%:
+/// handshaking with Tor relays"): the progress line prints the percent once.
+fn without_percent(summary: &str) -> &str {
+    let Some((head, rest)) = summary.split_once('%') else {
+        return summary;
+    };
+    if head.trim().parse::<u8>().is_ok() {
+        rest.trim_start_matches(':').trim_start()
+    } else {
+        summary
     }
 }
 
@@ -945,10 +979,19 @@ async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransp
         state.display()
     );
     let tor = ArtiTransport::bootstrap(ArtiConfig::new(state, network), |percent, summary| {
-        eprintln!("tor bootstrap: {percent:>3}% {summary}");
+        eprintln!("tor bootstrap: {percent:>3}% {}", without_percent(summary));
     })
     .await
-    .map_err(|e| Failure::internal(format!("cannot start the built-in Tor: {e}")))?;
+    .map_err(|e| {
+        // No network, or Tor blocked here: not an internal error.
+        Failure::new(
+            EXIT_REFUSED,
+            format!(
+                "cannot start the built-in Tor: {e}. Check the network, or use --tor system / \
+                 --tor launch"
+            ),
+        )
+    })?;
     eprintln!(
         "tor: the built-in Tor is connected ({:.1} s)",
         tor.bootstrap_time().as_secs_f64()
@@ -1110,6 +1153,39 @@ mod tests {
             Command::Server(ServerCommand::Run(args)) => args.transport,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn arti_s_percent_is_printed_once() {
+        assert_eq!(
+            without_percent("8%: handshaking with Tor relays"),
+            "handshaking with Tor relays"
+        );
+        assert_eq!(without_percent("100%: connected"), "connected");
+        assert_eq!(
+            without_percent("connected to the Tor network"),
+            "connected to the Tor network"
+        );
+        assert_eq!(without_percent("about 5% done"), "about 5% done");
+    }
+
+    #[test]
+    fn a_launch_failure_says_where_tor_got_to_and_where_its_log_is() {
+        let f = launch_failure(
+            &"timed out waiting for tor bootstrap",
+            Some((45, "Asking for relay descriptors".into())),
+            Path::new("/h/tor/notice.log"),
+        );
+        assert_eq!(f.code, EXIT_REFUSED);
+        assert!(f.message.contains("timed out"), "{}", f.message);
+        assert!(
+            f.message.contains("45% Asking for relay descriptors"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("/h/tor/notice.log"), "{}", f.message);
+        let f = launch_failure(&"x", None, Path::new("/h/tor/notice.log"));
+        assert!(!f.message.contains("last bootstrap"), "{}", f.message);
     }
 
     #[test]
