@@ -45,9 +45,10 @@ pub enum TorChoice {
     Auto,
     /// The built-in Tor (arti) in this process: nothing to install.
     Arti,
-    /// A running tor: --tor-socks and --tor-control, by default
-    /// 127.0.0.1:9050 and 127.0.0.1:9051, else Debian's control socket
-    /// /run/tor/control; cookie, safecookie or password authentication.
+    /// A running tor: --tor-socks and --tor-control, by default SOCKS
+    /// 127.0.0.1:9050 and control Debian's socket /run/tor/control if it
+    /// answers, else 127.0.0.1:9051; cookie, safecookie or password
+    /// authentication.
     System,
     /// Our own tor, launched from PATH, its data in <home>/tor.
     Launch,
@@ -64,8 +65,8 @@ pub struct TransportArgs {
     #[arg(long, value_name = "ADDR")]
     pub tor_socks: Option<SocketAddr>,
     /// A running tor's control port, ADDRESS:PORT, or its control socket,
-    /// unix:PATH (--tor system) [default: unix:/run/tor/control, else
-    /// 127.0.0.1:9051, checked: no NULL authentication, a cookie only from
+    /// unix:PATH (--tor system) [default: unix:/run/tor/control if it
+    /// answers, else 127.0.0.1:9051, checked: no NULL authentication, a cookie only from
     /// the tor account; name it here to use it as it is].
     #[arg(long, value_name = "ADDR")]
     pub tor_control: Option<ControlAddr>,
