@@ -295,7 +295,7 @@ impl Demo {
             // cwtch-transport-arti/README.md).
             let options = if opts.arti {
                 println!(
-                    "    carol will use the built-in Tor (arti, inside her cwtch-node), the others a client tor"
+                    "    carol will use the built-in Tor (arti, inside her cwtch-node) and leave her client tor unused"
                 );
                 TestNetworkOptions::arti_compatible(4)
             } else {
@@ -524,13 +524,34 @@ impl Demo {
         Ok(())
     }
 
-    /// Waits until the peer answers (it does once its onion service is
-    /// published); the time since its process started.
+    /// Waits until the peer answers on its control socket (before its
+    /// onion service is published); the time since its process started.
     fn wait_peer_ready(&mut self, who: usize) -> Result<Duration, String> {
         let home = self.peers[who].home.clone();
         let what = format!("{} to publish its onion service", self.peers[who].name);
         self.wait(&what, |d| d.cli(&home, &["status"]).ok().map(|_| ()))?;
         Ok(self.peers[who].started_at.elapsed())
+    }
+
+    /// Waits until the server and every peer say they are online (their
+    /// onion service is published); the time each took from its start.
+    /// All are watched at once, so that none is timed late for waiting
+    /// behind another.
+    fn wait_all_online(&mut self) -> Result<Vec<Duration>, String> {
+        let parties: Vec<(PathBuf, Instant)> = std::iter::once(&self.server)
+            .chain(self.peers.iter())
+            .map(|d| (d.log.clone(), d.started_at))
+            .collect();
+        let mut seen: Vec<Option<Duration>> = vec![None; parties.len()];
+        self.wait("every daemon to publish its onion service", |_| {
+            for ((log, started), seen) in parties.iter().zip(seen.iter_mut()) {
+                if seen.is_none() && std::fs::read(log).is_ok_and(|t| contains(&t, b"is online")) {
+                    *seen = Some(started.elapsed());
+                }
+            }
+            seen.iter().all(Option::is_some).then_some(())
+        })?;
+        Ok(seen.into_iter().flatten().collect())
     }
 
     fn wait_server_ready(&mut self, since_len: u64) -> Result<Duration, String> {
@@ -575,17 +596,13 @@ impl Demo {
         for p in &mut self.peers {
             p.start(&exe)?;
         }
-        let t = self.wait_server_ready(0)?;
-        println!("    server reachable after {}", secs(t));
-        self.timings
-            .push(("server start → reachable onion".into(), secs(t)));
-        for i in 0..3 {
-            let t = self.wait_peer_ready(i)?;
-            println!("    {} reachable after {}", self.peers[i].name, secs(t));
-            self.timings.push((
-                format!("{} start → reachable onion", self.peers[i].name),
-                secs(t),
-            ));
+        let times = self.wait_all_online()?;
+        let names =
+            std::iter::once("server".to_string()).chain(self.peers.iter().map(|p| p.name.clone()));
+        for (name, t) in names.zip(times) {
+            println!("    {name} reachable after {}", secs(t));
+            self.timings
+                .push((format!("{name} start → reachable onion"), secs(t)));
         }
         if self.arti {
             // What carol's daemon says it runs on: the built-in Tor.

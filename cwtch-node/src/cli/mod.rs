@@ -244,7 +244,7 @@ built-in Tor (arti, inside her cwtch-node process) and talks with the others'
 client tors; the network then votes every 15 s so that both agree on onion
 services. With --dev-tcp the same script runs over plain TCP on loopback: NOT
 anonymous, it shows the protocol only.
-Takes about 2 to 3 minutes over Tor.";
+Takes about a minute over Tor (after the first build).";
 
 /// Contact commands.
 #[derive(Debug, Subcommand)]
