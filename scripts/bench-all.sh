@@ -41,8 +41,9 @@ note "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 note "started $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "::: building (release)"
-nice -n 10 cargo build --release -p cwtch-node --bins \
-    --example idle_memory --example fanout --example tor_rtt --example ingest_tcp || exit 1
+nice -n 10 cargo build --release -p cwtch-node --features arti --bins \
+    --example idle_memory --example fanout --example tor_rtt --example ingest_tcp \
+    --example arti_rtt --example stream_overhead || exit 1
 EX=target/release/examples
 
 # 1. Core (cwtch-proto): handshake, channel, detection, sync.
@@ -82,11 +83,17 @@ fi
 # 5. Over Tor: round trip vs raw TCP on the same circuit; time to reachable.
 if [ "$QUICK" = 1 ]; then run tor "$EX/tor_rtt" 30 2; else run tor "$EX/tor_rtt" 200 3; fi
 
+# 6. The built-in Tor (arti) against C tor on one private network: round
+#    trips on four paths, publish to reachable, `server run` start to first
+#    handshake; and what the node's stream enum costs the SOCKS path.
+if [ "$QUICK" = 1 ]; then run arti "$EX/arti_rtt" 30 1; else run arti "$EX/arti_rtt" 200 3; fi
+if [ "$QUICK" = 1 ]; then run stream "$EX/stream_overhead" 2000 3; else run stream "$EX/stream_overhead" 20000 5; fi
+
 note ""
 note "== results"
 grep -hE "ratio|goal|KiB/conn|^ +[0-9]+ +[0-9.]+ +[0-9.]+|p50 ms|^ours|^baseline|^raw|^group|median|up in|^scenario|^server" \
     "$OUT"/proto.log "$OUT"/ingest.log "$OUT"/ingest_tcp.log "$OUT"/fanout.log \
-    "$OUT"/idle_memory.log "$OUT"/tor.log 2>/dev/null | grep -v "^Benchmarking" | tee -a "$SUMMARY"
+    "$OUT"/idle_memory.log "$OUT"/tor.log "$OUT"/arti.log "$OUT"/stream.log 2>/dev/null | grep -v "^Benchmarking" | tee -a "$SUMMARY"
 note "finished $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     note "FAILED: ${FAILED[*]}"

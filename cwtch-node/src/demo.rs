@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cwtch_transport_socks::testnet::{DEFAULT_BOOTSTRAP_TIMEOUT, TestNetwork};
+use cwtch_transport_socks::testnet::{TestNetwork, TestNetworkOptions};
 use serde_json::Value;
 
 /// The password of the demo's throw-away profiles.
@@ -34,6 +34,8 @@ const BLOB_SIZE: i64 = 2048;
 pub struct Options {
     /// Plain TCP on loopback instead of Tor (NOT anonymous).
     pub dev_tcp: bool,
+    /// Carol uses the built-in Tor (arti) instead of a client tor.
+    pub arti: bool,
     /// Keep the temporary directory at the end.
     pub keep: bool,
 }
@@ -223,6 +225,8 @@ struct Msg {
 struct Demo {
     exe: PathBuf,
     dev: bool,
+    /// Carol on the built-in Tor (`--arti`).
+    arti: bool,
     net: Option<TestNetwork>,
     server: Daemon,
     peers: Vec<Daemon>,
@@ -265,6 +269,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 impl Demo {
     fn new(opts: Options, dir: &Path) -> Result<Demo, String> {
+        if opts.arti && !cfg!(feature = "arti") {
+            return Err(
+                "demo --arti needs a cwtch-node built with the built-in Tor (--features arti)"
+                    .into(),
+            );
+        }
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))?;
         let started = Instant::now();
@@ -280,7 +290,18 @@ impl Demo {
             println!(
                 "[1] starting a private Tor network: 3 directory authorities, 2 relays, 4 client tors"
             );
-            let net = TestNetwork::start_in(Some(dir), 4, DEFAULT_BOOTSTRAP_TIMEOUT)
+            // The built-in Tor needs the network shaped so that it and C tor
+            // agree on onion-service time periods (15 s voting: see
+            // cwtch-transport-arti/README.md).
+            let options = if opts.arti {
+                println!(
+                    "    carol will use the built-in Tor (arti, inside her cwtch-node) and leave her client tor unused"
+                );
+                TestNetworkOptions::arti_compatible(4)
+            } else {
+                TestNetworkOptions::with_clients(4)
+            };
+            let net = TestNetwork::start_with_options_in(Some(dir), &options)
                 .map_err(|e| format!("the private Tor network did not start: {e}"))?;
             cleanup_state().tors.extend(net.pids());
             println!(
@@ -290,8 +311,19 @@ impl Demo {
             timings.push(("Tor network bootstrap".into(), secs(net.startup_time())));
             Some(net)
         };
+        let arti_network = dir.join("tor-network");
+        if let (Some(net), true) = (&net, opts.arti) {
+            net.write_arti_network(&arti_network)
+                .map_err(|e| format!("cannot describe the network for arti: {e}"))?;
+        }
         let transport = |i: usize| -> Vec<String> {
             match &net {
+                Some(_) if opts.arti && i == CAROL => vec![
+                    "--tor".into(),
+                    "arti".into(),
+                    "--tor-network".into(),
+                    arti_network.display().to_string(),
+                ],
                 Some(net) => {
                     let c = &net.clients()[i];
                     vec![
@@ -322,6 +354,7 @@ impl Demo {
         Ok(Demo {
             exe,
             dev: opts.dev_tcp,
+            arti: opts.arti,
             net,
             server,
             peers,
@@ -491,13 +524,34 @@ impl Demo {
         Ok(())
     }
 
-    /// Waits until the peer answers (it does once its onion service is
-    /// published); the time since its process started.
+    /// Waits until the peer answers on its control socket (before its
+    /// onion service is published); the time since its process started.
     fn wait_peer_ready(&mut self, who: usize) -> Result<Duration, String> {
         let home = self.peers[who].home.clone();
         let what = format!("{} to publish its onion service", self.peers[who].name);
         self.wait(&what, |d| d.cli(&home, &["status"]).ok().map(|_| ()))?;
         Ok(self.peers[who].started_at.elapsed())
+    }
+
+    /// Waits until the server and every peer say they are online (their
+    /// onion service is published); the time each took from its start.
+    /// All are watched at once, so that none is timed late for waiting
+    /// behind another.
+    fn wait_all_online(&mut self) -> Result<Vec<Duration>, String> {
+        let parties: Vec<(PathBuf, Instant)> = std::iter::once(&self.server)
+            .chain(self.peers.iter())
+            .map(|d| (d.log.clone(), d.started_at))
+            .collect();
+        let mut seen: Vec<Option<Duration>> = vec![None; parties.len()];
+        self.wait("every daemon to publish its onion service", |_| {
+            for ((log, started), seen) in parties.iter().zip(seen.iter_mut()) {
+                if seen.is_none() && std::fs::read(log).is_ok_and(|t| contains(&t, b"is online")) {
+                    *seen = Some(started.elapsed());
+                }
+            }
+            seen.iter().all(Option::is_some).then_some(())
+        })?;
+        Ok(seen.into_iter().flatten().collect())
     }
 
     fn wait_server_ready(&mut self, since_len: u64) -> Result<Duration, String> {
@@ -542,17 +596,22 @@ impl Demo {
         for p in &mut self.peers {
             p.start(&exe)?;
         }
-        let t = self.wait_server_ready(0)?;
-        println!("    server reachable after {}", secs(t));
-        self.timings
-            .push(("server start → reachable onion".into(), secs(t)));
-        for i in 0..3 {
-            let t = self.wait_peer_ready(i)?;
-            println!("    {} reachable after {}", self.peers[i].name, secs(t));
-            self.timings.push((
-                format!("{} start → reachable onion", self.peers[i].name),
-                secs(t),
-            ));
+        let times = self.wait_all_online()?;
+        let names =
+            std::iter::once("server".to_string()).chain(self.peers.iter().map(|p| p.name.clone()));
+        for (name, t) in names.zip(times) {
+            println!("    {name} reachable after {}", secs(t));
+            self.timings
+                .push((format!("{name} start → reachable onion"), secs(t)));
+        }
+        if self.arti {
+            // What carol's daemon says it runs on: the built-in Tor.
+            let log = std::fs::read_to_string(&self.peers[CAROL].log).unwrap_or_default();
+            let tor = log
+                .lines()
+                .find(|l| l.starts_with("tor: "))
+                .ok_or("carol's daemon did not say which Tor it uses")?;
+            println!("    carol's {}", crate::cli::format::safe(tor));
         }
         let (alice, bob, carol) = (
             self.addresses[ALICE].clone(),

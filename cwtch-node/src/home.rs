@@ -124,13 +124,22 @@ impl HomeLock {
             .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
-        match file.try_lock() {
+        // A client's lock_holder check holds a shared lock for an instant:
+        // a few tries tell it from a daemon.
+        let mut tries = 0;
+        let locked = loop {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+                let pid = read_pid(&path)
                     .map(|p| format!(" (pid {p})"))
                     .unwrap_or_default();
                 return Err(HomeError::Locked {
@@ -144,6 +153,25 @@ impl HomeLock {
         write!(file, "{}", std::process::id()).map_err(io(&path))?;
         Ok(HomeLock { _file: file })
     }
+}
+
+/// The pid of the daemon holding `home`'s lock, if one holds it (a daemon
+/// still starting, before its control socket exists, or stopping). None if
+/// the lock is free or cannot be read. The check takes a shared lock for an
+/// instant: a daemon starting in that instant would find the home held
+/// ([`HomeLock::acquire`] retries briefly for that).
+pub fn lock_holder(home: &Path) -> Option<u32> {
+    let path = home.join(LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => read_pid(&path),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// From now on, every file and socket this process creates is readable and
@@ -192,7 +220,12 @@ mod tests {
             err.to_string()
                 .contains(&format!("pid {}", std::process::id()))
         );
+        assert_eq!(lock_holder(&home), Some(std::process::id()));
         drop(first);
-        HomeLock::acquire(&home).unwrap();
+        assert_eq!(lock_holder(&home), None);
+        let _second = HomeLock::acquire(&home).unwrap();
+        // The check itself never keeps a daemon from starting.
+        let _ = lock_holder(&home);
+        assert_eq!(lock_holder(&tmp.path().join("nowhere")), None);
     }
 }

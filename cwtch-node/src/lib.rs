@@ -1,7 +1,8 @@
 //! # cwtch-node: the Cwtch peer and server daemons
 //!
 //! The binary people run, as a library so that tests can drive it. It glues
-//! `cwtch-proto` (the protocol) and `cwtch-transport-socks` (Tor) together,
+//! `cwtch-proto` (the protocol), `cwtch-transport-socks` (a tor process) and
+//! `cwtch-transport-arti` (the built-in Tor) together,
 //! in layers that each do one thing:
 //!
 //! - [`peer`]: the peer's logic, synchronous and without I/O: commands,
@@ -17,6 +18,8 @@
 //! - [`cli`]: the command line, and the human forms of answers; [`chat`]
 //!   the interactive terminal client.
 //! - [`server`]: the server daemon; [`shutdown`] its signals.
+//! - [`transport`]: the Tor the daemons use, a tor process or the built-in
+//!   Tor (`cwtch-transport-arti`), behind one stream and listener type.
 #![forbid(unsafe_code)]
 
 pub mod blob_store;
@@ -37,6 +40,7 @@ pub mod profile_store;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod transport;
 
 /// The connection driver, where examples and tests have always found it.
 pub use daemon::conn as link;

@@ -24,8 +24,32 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 
+/// The built-in Tor's (arti's) crates. Without a network they warn about
+/// every failed circuit, guard and channel, hundreds of lines while
+/// bootstrapping; what matters reaches the user as the bootstrap's own
+/// progress and failure. At the default level they say only errors.
+const ARTI_TARGETS: &[&str] = &[
+    "arti_client",
+    "tor_chanmgr",
+    "tor_circmgr",
+    "tor_dirclient",
+    "tor_dirmgr",
+    "tor_guardmgr",
+    "tor_hsclient",
+    "tor_hsservice",
+    "tor_netdir",
+    "tor_proto",
+];
+
 fn filter_for(level: &str) -> EnvFilter {
-    EnvFilter::new(format!("{level},{STATS_TARGET}=info"))
+    let mut directives = format!("{level},{STATS_TARGET}=info");
+    // -v (info, debug) or a configured info/debug shows arti's lines too.
+    if matches!(level, "warn" | "error") {
+        for target in ARTI_TARGETS {
+            directives.push_str(&format!(",{target}=error"));
+        }
+    }
+    EnvFilter::new(directives)
 }
 
 /// Starts logging to stderr: `RUST_LOG`, else `verbose` (0: warn, 1: info,
@@ -61,5 +85,23 @@ pub fn set_configured_level(level: &str) -> bool {
     match STATE.get() {
         Some(state) if !state.fixed => state.handle.reload(filter_for(level)).is_ok(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arti_says_only_errors_at_the_default_level() {
+        let quiet = filter_for("warn").to_string();
+        for target in ["tor_circmgr", "tor_guardmgr", "tor_chanmgr", "arti_client"] {
+            assert!(quiet.contains(&format!("{target}=error")), "{quiet}");
+        }
+        assert!(quiet.contains(&format!("{STATS_TARGET}=info")));
+        for level in ["info", "debug"] {
+            let loud = filter_for(level).to_string();
+            assert!(!loud.contains("tor_circmgr"), "{loud}");
+        }
     }
 }

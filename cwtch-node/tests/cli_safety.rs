@@ -79,3 +79,141 @@ fn an_empty_text_is_refused_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+/// A fake `tor` in a directory of its own, for PATH: it writes its pid to
+/// `pidfile` and sleeps, never opening a control port (a tor that takes
+/// its time to connect).
+fn slow_fake_tor(dir: &std::path::Path, pidfile: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let tor = dir.join("tor");
+    std::fs::write(
+        &tor,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:/usr/bin:/bin", dir.display())
+}
+
+fn alive(pid: i32) -> bool {
+    // Not a zombie either: a reaped or exited process is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// SIGTERM while `run` still connects to Tor (here a tor it launched that
+/// never gets there) stops it at once, saying so, with exit 0; the tor it
+/// launched stops with it.
+#[test]
+fn a_peer_stops_on_sigterm_while_connecting_to_tor() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("alice");
+    support::init(&home, "alice");
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let pidfile = tmp.path().join("tor.pid");
+    let path = slow_fake_tor(&bin_dir, &pidfile);
+    let mut daemon = support::Daemon::start_with_env(
+        &home,
+        false,
+        &["--tor".into(), "launch".into()],
+        &[("PATH", &path)],
+    );
+    let tor_pid: i32 = support::wait_for("the fake tor", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    assert!(alive(tor_pid));
+    let status = daemon
+        .terminate(Duration::from_secs(10))
+        .expect("stopped promptly");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("SIGTERM: stopping"),
+        "{}",
+        daemon.log_text()
+    );
+    support::wait_for("the launched tor to stop", Duration::from_secs(5), || {
+        (!alive(tor_pid)).then_some(())
+    });
+}
+
+/// Tor flags that cannot work are refused before a password is asked for.
+#[test]
+fn tor_flags_are_checked_before_the_password_is_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("alice");
+    support::init(&home, "alice");
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(&home)
+        .args(["run", "--tor", "arti", "--dev-tcp"])
+        .arg(tmp.path().join("dev"))
+        .env_remove("CWTCH_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--dev-tcp"), "{err}");
+    assert!(!err.contains("password"), "{err}");
+}
+
+/// While `run` connects to Tor (no control socket yet), `status` says the
+/// daemon is starting (refused, 4), and `stop` stops it with SIGTERM.
+#[test]
+fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("alice");
+    support::init(&home, "alice");
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let pidfile = tmp.path().join("tor.pid");
+    let path = slow_fake_tor(&bin_dir, &pidfile);
+    let mut daemon = support::Daemon::start_with_env(
+        &home,
+        false,
+        &["--tor".into(), "launch".into()],
+        &[("PATH", &path)],
+    );
+    support::wait_for("the fake tor", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let cmd = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = cmd(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("the daemon (pid {}) is starting", daemon.pid())),
+        "{err}"
+    );
+    let out = cmd(&["stop"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("SIGTERM"), "{said}");
+    let status = support::wait_for("the daemon to stop", Duration::from_secs(10), || {
+        daemon.try_wait()
+    });
+    assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+    let out = cmd(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

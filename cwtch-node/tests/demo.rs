@@ -65,6 +65,21 @@ fn demo_over_a_private_tor_network() {
     assert!(out.contains("Tor network bootstrap"));
 }
 
+/// `demo --arti`: carol runs on the built-in Tor (arti in her cwtch-node),
+/// alice, bob and the server on client tors; the same script and checks.
+#[cfg(feature = "arti")]
+#[test]
+fn demo_arti_carol_on_the_built_in_tor() {
+    let out = demo(&["--arti"]);
+    assert!(out.contains("carol will use the built-in Tor"));
+    // Her daemon said so itself (from its log), and reached the others:
+    // the checks above passed with her in every exchange.
+    assert!(
+        out.contains("carol's tor: the built-in Tor (arti)"),
+        "carol's daemon is not on the built-in Tor"
+    );
+}
+
 #[test]
 fn debug_forms_are_found_and_plain_words_are_not() {
     assert_eq!(

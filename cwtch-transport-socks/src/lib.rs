@@ -70,7 +70,7 @@ pub mod socks;
 pub mod testnet;
 pub mod transport;
 
-pub use control::{ControlAuth, ControlConnection, ControlError};
+pub use control::{ControlAddr, ControlAuth, ControlConnection, ControlError};
 pub use launch::{LaunchError, TorConfig, TorProcess};
 pub use socks::{DialError, IsolationKey, RetryPolicy, SocksReply, dial_with_retry};
 pub use transport::{

@@ -437,7 +437,10 @@ pub async fn dial_onion(
 
 /// Like [`dial_onion`] for any host name (1 to 255 bytes, sent unresolved
 /// to tor). Runs [`codec::Handshake`] over the connection: no thread, and
-/// `timeout` bounds the TCP connect and the whole SOCKS exchange.
+/// `timeout` bounds the TCP connect and the whole SOCKS exchange. After an
+/// onion-service code (0xF0-0xF7) it waits up to [`STALE_CODE_GRACE`] more
+/// for tor to close the connection: a stream tor keeps open connected,
+/// whatever the code said.
 pub async fn dial_host(
     proxy: SocketAddr,
     host: &str,
@@ -456,10 +459,64 @@ pub async fn dial_host(
         let mut stream = Async::<TcpStream>::connect(proxy)
             .await
             .map_err(|source| DialError::TorUnreachable { proxy, source })?;
-        run_handshake(&mut stream, handshake).await?;
-        Ok(stream)
+        let outcome = run_handshake(&mut stream, handshake).await;
+        Ok((stream, outcome))
     };
-    with_timeout(timeout, DialError::TimedOut { reply: None }, connect).await
+    let (stream, outcome) =
+        with_timeout(timeout, DialError::TimedOut { reply: None }, connect).await?;
+    match outcome {
+        Ok(()) => Ok(stream),
+        Err(e) if e.reply().is_some_and(SocksReply::is_extended) => {
+            if tor_closed_after_reply(&stream, STALE_CODE_GRACE).await {
+                Err(e)
+            } else {
+                Ok(stream)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long [`dial_host`] waits, after an onion-service reply code, for
+/// tor to close the connection as it does after every real failure.
+///
+/// C tor can send one of its codes 0xF0-0xF7 on a stream that *connected*:
+/// it stores the code of a failure it then recovered from and answers with
+/// it whenever one is stored (`connection_ap_handshake_socks_reply()` in
+/// tor's `src/core/or/connection_edge.c` checks
+/// `socks_extended_error_code != 0`, not the outcome). Seen with tor
+/// 0.4.9.11: one HSDir answered 404 (`client_dir_fetch_404()` in
+/// `src/feature/hs/hs_client.c` stores 0xF0 on the waiting stream), the
+/// next had the descriptor, tor connected to the service, and answered
+/// 0xF0 on an open stream. A failure is followed by tor closing the
+/// connection at once (it marks the stream for close after writing the
+/// reply); an open stream stays open. A dial that took such a stream for
+/// a failure dropped it, and the service had accepted it: its first read
+/// got the END tor sends for a closed client stream.
+///
+/// One second: tor closes within the same turn of its event loop that wrote
+/// the reply (milliseconds on loopback, even on a loaded machine), and the
+/// wait delays only such a connected stream, often a peer's first contact
+/// after it comes online (an HSDir without its new descriptor yet). Judged
+/// wrong the other way, a failure taken for a stream reads its end at once.
+pub const STALE_CODE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether tor closed (or reset) `stream` within `grace`, after a failure
+/// reply. Bytes from the peer, or silence, mean the stream is open. Peeks:
+/// the peer's bytes stay for the caller.
+async fn tor_closed_after_reply(stream: &Async<TcpStream>, grace: Duration) -> bool {
+    let mut probe = [0u8; 1];
+    let peek = async {
+        match stream.peek(&mut probe).await {
+            Ok(0) | Err(_) => Some(true),
+            Ok(_) => Some(false),
+        }
+    };
+    let silence = async {
+        smol::Timer::after(grace).await;
+        None
+    };
+    smol::future::or(peek, silence).await.unwrap_or(false)
 }
 
 /// Drives `handshake` over `stream`: sends what it writes, receives no more
@@ -881,6 +938,98 @@ mod tests {
             assert!(check(&e), "{script:?}: {e:?}");
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    /// Like [`fake_socks`], but the connection stays open after the script
+    /// (until the client closes it), as tor keeps a stream that connected.
+    fn fake_socks_kept_open(
+        script: Vec<(usize, Vec<u8>)>,
+        then: Vec<u8>,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            for (n, answer) in script {
+                let mut buf = vec![0u8; n];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&answer).unwrap();
+            }
+            s.write_all(&then).unwrap();
+            // Open until the client is done.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        (addr, server)
+    }
+
+    /// C tor answers an onion code it stored earlier on a stream that
+    /// connected (see [`STALE_CODE_GRACE`]): the stream stays open, and the
+    /// dial succeeds with it, the peer's bytes intact, whether the peer
+    /// speaks first or not.
+    #[test]
+    fn driver_keeps_a_stream_tor_left_open_after_an_onion_code() {
+        let script = || {
+            vec![
+                (3, vec![5, 2]),
+                (AUTH_LEN, vec![1, 0]),
+                (CONNECT_LEN, vec![5, 0xF0, 0, 1, 0, 0, 0, 0, 0, 0]),
+            ]
+        };
+        let key = IsolationKey::new("k").unwrap();
+        // The peer speaks first: no wait.
+        let (proxy, server) = fake_socks_kept_open(script(), b"peer data".to_vec());
+        let started = Instant::now();
+        let mut stream =
+            smol::block_on(dial_host(proxy, HOST, 9878, &key, Duration::from_secs(10)))
+                .expect("an open stream after 0xF0 is connected");
+        let mut buf = [0u8; 9];
+        smol::block_on(stream.read_exact(&mut buf)).unwrap();
+        assert_eq!(&buf, b"peer data");
+        assert!(
+            started.elapsed() < STALE_CODE_GRACE,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stream);
+        server.join().unwrap();
+        // The peer waits for us: connected after the grace.
+        let (proxy, server) = fake_socks_kept_open(script(), Vec::new());
+        let started = Instant::now();
+        let mut stream =
+            smol::block_on(dial_host(proxy, HOST, 9878, &key, Duration::from_secs(10)))
+                .expect("an open stream after 0xF0 is connected");
+        assert!(started.elapsed() >= STALE_CODE_GRACE);
+        smol::block_on(stream.write_all(b"ping")).unwrap();
+        drop(stream);
+        server.join().unwrap();
+    }
+
+    /// The same code followed by tor closing the connection is the failure
+    /// it says, and is known without waiting for the grace.
+    #[test]
+    fn driver_reports_an_onion_code_tor_closed_after_at_once() {
+        let started = Instant::now();
+        let e = dial_fake_err(vec![
+            (3, vec![5, 2]),
+            (AUTH_LEN, vec![1, 0]),
+            (CONNECT_LEN, vec![5, 0xF2, 0, 1, 0, 0, 0, 0, 0, 0]),
+        ]);
+        assert!(
+            matches!(
+                e,
+                DialError::PeerOffline {
+                    reply: Some(SocksReply::OnionIntroFailed)
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            started.elapsed() < STALE_CODE_GRACE,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -35,6 +35,138 @@ pub const RELAYS: usize = 2;
 /// Default time allowed for every client to bootstrap.
 pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How to shape the network: [`TestNetworkOptions::default`] is what
+/// [`TestNetwork::start`] uses; [`TestNetworkOptions::arti_compatible`] is
+/// a network on which arti and C tor can reach each other's onion
+/// services (see `cwtch-transport-arti/README.md` for why each setting).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TestNetworkOptions {
+    /// Client tors to start (each with a SOCKS and a control port).
+    pub clients: usize,
+    /// Plain relays besides the [`AUTHORITIES`] (which are relays too).
+    pub relays: usize,
+    /// `V3AuthVotingInterval`, seconds: one consensus per interval. It also
+    /// sets C tor's onion-service time period on a test network (24
+    /// intervals) and the rotation offset (12 intervals).
+    pub voting_interval: u32,
+    /// `TestingV3AuthInitialVotingInterval`, seconds: the interval until
+    /// the authorities have their first consensus.
+    pub initial_voting_interval: u32,
+    /// `ConsensusParams` the authorities vote for, e.g. `hsdir_interval=6`.
+    pub consensus_params: Vec<String>,
+    /// `BandwidthRate` and `BandwidthBurst` (bytes/s) of every relay and
+    /// authority, or tor's default.
+    pub relay_bandwidth: Option<u64>,
+    /// Extra torrc lines for the authorities only (how they vote).
+    pub authority_torrc: Vec<String>,
+    /// Time allowed for every client to bootstrap.
+    pub timeout: Duration,
+}
+
+impl Default for TestNetworkOptions {
+    fn default() -> Self {
+        TestNetworkOptions {
+            clients: 0,
+            relays: RELAYS,
+            voting_interval: 10,
+            initial_voting_interval: 6,
+            consensus_params: Vec::new(),
+            relay_bandwidth: None,
+            authority_torrc: Vec::new(),
+            timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
+        }
+    }
+}
+
+impl TestNetworkOptions {
+    /// The default network with `clients` client tors.
+    pub fn with_clients(clients: usize) -> Self {
+        TestNetworkOptions {
+            clients,
+            ..Self::default()
+        }
+    }
+
+    /// A network where arti (`cwtch-transport-arti`) and C tor agree on
+    /// onion services: a 15 s voting interval from the start, so C tor's
+    /// test-network time period (24 intervals = 6 minutes) is one arti can
+    /// be told about and accepts (5 minutes or more), and the
+    /// authorities publish it as `hsdir_interval=6` (the name arti reads);
+    /// `cbtdisabled=1` so arti keeps fixed circuit timeouts instead of
+    /// learning loopback build times of a few milliseconds; every relay
+    /// voted `Stable` from the start (`AuthDirVoteStableGuaranteeMinUptime
+    /// 0`), because arti builds onion-service circuits through Stable
+    /// relays only and tor gives the flag to relays at or above the median
+    /// uptime, which on a network started within a second leaves some
+    /// relays out and arti short of a 4-relay introduction circuit.
+    pub fn arti_compatible(clients: usize) -> Self {
+        TestNetworkOptions {
+            clients,
+            voting_interval: 15,
+            initial_voting_interval: 15,
+            consensus_params: vec!["hsdir_interval=6".into(), "cbtdisabled=1".into()],
+            authority_torrc: vec!["AuthDirVoteStableGuaranteeMinUptime 0".into()],
+            ..Self::default()
+        }
+    }
+
+    /// The onion-service time period C tor uses on this network, in
+    /// minutes (24 voting intervals, rounded down as tor does).
+    pub fn hs_time_period_minutes(&self) -> u32 {
+        24 * self.voting_interval / 60
+    }
+
+    /// The torrc lines every node carries (besides `DirAuthority`).
+    fn common_torrc(&self) -> Vec<String> {
+        let mut lines: Vec<String> = COMMON_TORRC
+            .iter()
+            .map(|l| (*l).to_owned())
+            .filter(|l| {
+                !l.starts_with("TestingV3AuthInitialVotingInterval ")
+                    && !l.starts_with("V3AuthVotingInterval ")
+            })
+            .collect();
+        lines.push(format!(
+            "TestingV3AuthInitialVotingInterval {}",
+            self.initial_voting_interval
+        ));
+        lines.push(format!("V3AuthVotingInterval {}", self.voting_interval));
+        lines
+    }
+}
+
+/// One directory authority of the network, as a client outside tor (such
+/// as arti) needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorityInfo {
+    /// Nickname, e.g. `auth0`.
+    pub name: String,
+    /// Its ORPort (it is a relay too).
+    pub or_addr: SocketAddr,
+    /// Its DirPort.
+    pub dir_addr: SocketAddr,
+    /// v3 identity: the `fingerprint` line of its authority certificate
+    /// (40 hex digits).
+    pub v3ident: String,
+    /// Its relay's RSA identity fingerprint (40 hex digits).
+    pub fingerprint: String,
+    /// The tor's data directory (where `fingerprint-ed25519` appears).
+    pub data_dir: PathBuf,
+}
+
+impl AuthorityInfo {
+    /// Its relay's ed25519 identity, base64 without padding as in tor's
+    /// `fingerprint-ed25519` file, which tor writes once it runs.
+    pub fn ed25519_identity(&self) -> io::Result<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("fingerprint-ed25519"))?;
+        text.split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| io::Error::other("fingerprint-ed25519 has no key"))
+    }
+}
+
 /// torrc lines every node of the network carries (besides the
 /// `DirAuthority` lines); also what an extra tor needs to join.
 pub const COMMON_TORRC: &[&str] = &[
@@ -161,7 +293,10 @@ pub struct TestNetwork {
     // Declared before `dir` so processes stop before the files go.
     nodes: Vec<Node>,
     clients: Vec<TorClient>,
+    authorities: Vec<AuthorityInfo>,
     dir_authorities: Vec<String>,
+    common_torrc: Vec<String>,
+    options: TestNetworkOptions,
     startup: Duration,
     dir: Option<tempfile::TempDir>,
     empty: PathBuf,
@@ -210,15 +345,15 @@ fn check_tools() -> Result<(), TestNetError> {
     Ok(())
 }
 
-/// Creates an authority's v3 keys and relay identity; returns the
-/// `DirAuthority` line for it.
+/// Creates an authority's v3 keys and relay identity; returns what a
+/// client needs to know of it.
 fn authority_keys(
     name: &str,
     dir: &Path,
     empty: &Path,
     or_port: u16,
     dir_port: u16,
-) -> Result<String, TestNetError> {
+) -> Result<AuthorityInfo, TestNetError> {
     let keys = dir.join("keys");
     make_dir(&keys)?;
     let mut gencert = Command::new("tor-gencert")
@@ -270,9 +405,28 @@ fn authority_keys(
     })?;
     let fingerprint = parse_fingerprint(&fp_file)
         .ok_or_else(|| TestNetError::KeyGen(format!("{name}: bad fingerprint file {fp_file:?}")))?;
-    Ok(format!(
-        "DirAuthority {name} orport={or_port} no-v2 v3ident={v3ident} 127.0.0.1:{dir_port} {fingerprint}"
-    ))
+    Ok(AuthorityInfo {
+        name: name.to_owned(),
+        or_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, or_port)),
+        dir_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, dir_port)),
+        v3ident,
+        fingerprint,
+        data_dir: dir.to_owned(),
+    })
+}
+
+impl AuthorityInfo {
+    /// The `DirAuthority` torrc line for it.
+    pub fn dir_authority_line(&self) -> String {
+        format!(
+            "DirAuthority {} orport={} no-v2 v3ident={} {} {}",
+            self.name,
+            self.or_addr.port(),
+            self.v3ident,
+            self.dir_addr,
+            self.fingerprint
+        )
+    }
 }
 
 /// Parses tor's `fingerprint` file (`nickname HEX` or `nickname HEX HEX ...`).
@@ -325,12 +479,32 @@ impl TestNetwork {
         clients: usize,
         timeout: Duration,
     ) -> Result<Self, TestNetError> {
-        match Self::start_once(parent, clients, timeout) {
+        let options = TestNetworkOptions {
+            timeout,
+            ..TestNetworkOptions::with_clients(clients)
+        };
+        Self::start_with_options_in(parent, &options)
+    }
+
+    /// A network shaped by `options` (more relays, another voting
+    /// interval, consensus parameters), started as [`TestNetwork::start`]
+    /// does.
+    pub fn start_with_options(options: &TestNetworkOptions) -> Result<Self, TestNetError> {
+        Self::start_with_options_in(None, options)
+    }
+
+    /// [`TestNetwork::start_with_options`] inside `parent` (see
+    /// [`TestNetwork::start_in`]).
+    pub fn start_with_options_in(
+        parent: Option<&Path>,
+        options: &TestNetworkOptions,
+    ) -> Result<Self, TestNetError> {
+        match Self::start_once(parent, options) {
             Err(TestNetError::Died { node, diagnosis }) => {
                 eprintln!(
                     "testnet: {node} died at start ({diagnosis}); starting again on new ports"
                 );
-                Self::start_once(parent, clients, timeout)
+                Self::start_once(parent, options)
             }
             other => other,
         }
@@ -338,9 +512,10 @@ impl TestNetwork {
 
     fn start_once(
         parent: Option<&Path>,
-        clients: usize,
-        timeout: Duration,
+        options: &TestNetworkOptions,
     ) -> Result<Self, TestNetError> {
+        let clients = options.clients;
+        let timeout = options.timeout;
         let started = Instant::now();
         check_tools()?;
         let mut builder = tempfile::Builder::new();
@@ -353,7 +528,7 @@ impl TestNetwork {
         let empty = root.join("empty-torrc");
         std::fs::write(&empty, "")?;
 
-        let ports = free_ports(AUTHORITIES * 2 + RELAYS + clients * 2)?;
+        let ports = free_ports(AUTHORITIES * 2 + options.relays + clients * 2)?;
         let mut ports = ports.into_iter();
         let mut next_port = || {
             ports
@@ -366,7 +541,7 @@ impl TestNetwork {
         for i in 0..AUTHORITIES {
             auth_ports.push((format!("auth{i}"), next_port()?, next_port()?));
         }
-        let dir_authorities: Vec<String> = std::thread::scope(|s| {
+        let authorities: Vec<AuthorityInfo> = std::thread::scope(|s| {
             let handles: Vec<_> = auth_ports
                 .iter()
                 .map(|(name, or_port, dir_port)| {
@@ -386,11 +561,16 @@ impl TestNetwork {
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        let dir_authorities: Vec<String> = authorities
+            .iter()
+            .map(AuthorityInfo::dir_authority_line)
+            .collect();
+        let common_torrc = options.common_torrc();
 
         let owner = std::process::id();
         let base = |name: &str, dir: &Path| -> String {
             let mut t = String::new();
-            for line in COMMON_TORRC {
+            for line in &common_torrc {
                 t.push_str(line);
                 t.push('\n');
             }
@@ -404,16 +584,32 @@ impl TestNetwork {
             ));
             t
         };
+        let bandwidth = options
+            .relay_bandwidth
+            .map(|b| format!("BandwidthRate {b}\nBandwidthBurst {b}\n"))
+            .unwrap_or_default();
         let relay = |or_port: u16| {
             format!(
-                "SocksPort 0\nORPort 127.0.0.1:{or_port}\nAddress 127.0.0.1\nExitPolicy accept 127.0.0.0/8:*\nExitPolicyRejectPrivate 0\n"
+                "SocksPort 0\nORPort 127.0.0.1:{or_port}\nAddress 127.0.0.1\nExitPolicy accept 127.0.0.0/8:*\nExitPolicyRejectPrivate 0\n{bandwidth}"
             )
         };
+        let mut authority_extra = if options.consensus_params.is_empty() {
+            String::new()
+        } else {
+            format!("ConsensusParams {}\n", options.consensus_params.join(" "))
+        };
+        for line in &options.authority_torrc {
+            authority_extra.push_str(line);
+            authority_extra.push('\n');
+        }
 
         let mut network = TestNetwork {
             nodes: Vec::new(),
             clients: Vec::new(),
+            authorities: authorities.clone(),
             dir_authorities: dir_authorities.clone(),
+            common_torrc: common_torrc.clone(),
+            options: options.clone(),
             startup: Duration::ZERO,
             dir: Some(dir),
             empty: empty.clone(),
@@ -424,11 +620,11 @@ impl TestNetwork {
             let text = base(name, &d)
                 + &relay(*or_port)
                 + &format!(
-                    "DirPort 127.0.0.1:{dir_port}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo cwtch-tests\n"
+                    "DirPort 127.0.0.1:{dir_port}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo cwtch-tests\n{authority_extra}"
                 );
             configs.push((name.clone(), d, text));
         }
-        for i in 0..RELAYS {
+        for i in 0..options.relays {
             let name = format!("relay{i}");
             let d = root.join(&name);
             let text = base(&name, &d) + &relay(next_port()?);
@@ -489,7 +685,7 @@ impl TestNetwork {
         eprintln!(
             "testnet: {} authorities, {} relays, {} clients bootstrapped in {:.1} s",
             AUTHORITIES,
-            RELAYS,
+            options.relays,
             clients,
             network.startup.as_secs_f64()
         );
@@ -566,16 +762,58 @@ impl TestNetwork {
         &self.dir_authorities
     }
 
+    /// The directory authorities, for clients that are not tor (arti).
+    pub fn authorities(&self) -> &[AuthorityInfo] {
+        &self.authorities
+    }
+
+    /// The options the network was started with.
+    pub fn options(&self) -> &TestNetworkOptions {
+        &self.options
+    }
+
     /// Every torrc line an extra tor needs to join this network as a
     /// client: [`COMMON_TORRC`] and the `DirAuthority` lines (pass them as
     /// `TorConfig::extra_torrc`).
     pub fn attach_torrc_lines(&self) -> Vec<String> {
-        COMMON_TORRC
+        self.common_torrc
             .iter()
             .filter(|l| !l.starts_with("RunAsDaemon"))
-            .map(|l| (*l).to_owned())
+            .cloned()
             .chain(self.dir_authorities.iter().cloned())
             .collect()
+    }
+
+    /// The network as the built-in Tor (arti, `cwtch-transport-arti`) needs
+    /// to know it, in the text form its `PrivateNetwork::parse` reads and
+    /// `cwtch-node run --tor-network FILE` takes: each authority's v3
+    /// identity and DirPort, and the same tors as the relays to fetch the
+    /// first consensus from (RSA and ed25519 identities, ORPort). Every
+    /// address is on 127.0.0.1.
+    pub fn arti_network_text(&self) -> io::Result<String> {
+        let mut out = String::from(
+            "# The private Tor network of cwtch_transport_socks::testnet, for the built-in Tor.\n",
+        );
+        for a in &self.authorities {
+            out.push_str(&format!(
+                "authority v3ident={} dir={}\n",
+                a.v3ident, a.dir_addr
+            ));
+        }
+        for a in &self.authorities {
+            out.push_str(&format!(
+                "fallback rsa={} ed25519={} orport={}\n",
+                a.fingerprint,
+                a.ed25519_identity()?,
+                a.or_addr
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Writes [`TestNetwork::arti_network_text`] to `path`.
+    pub fn write_arti_network(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, self.arti_network_text()?)
     }
 
     /// Pids of every tor the network started.
@@ -678,9 +916,21 @@ impl LoneTor {
         let deadline = Instant::now() + Duration::from_secs(30);
         let control_addr = loop {
             if !process.is_running() {
+                // A listener tor cannot open (a control socket in a
+                // directory others may read, say) passes --verify-config:
+                // its log says why.
+                let log = std::fs::read_to_string(d.join("notice.log")).unwrap_or_default();
+                let warnings: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("[warn]") || l.contains("[err]"))
+                    .collect();
                 return Err(TestNetError::Died {
                     node: "lone tor".into(),
-                    diagnosis: verify_config(Path::new("tor"), &empty, &torrc),
+                    diagnosis: format!(
+                        "{}\n{}",
+                        verify_config(Path::new("tor"), &empty, &torrc),
+                        warnings.join("\n")
+                    ),
                 });
             }
             let text = std::fs::read_to_string(&port_file).unwrap_or_default();
@@ -745,6 +995,35 @@ mod tests {
     fn our_pid_is_alive_and_a_free_pid_is_not() {
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn default_options_keep_the_default_torrc() {
+        let common = TestNetworkOptions::default().common_torrc();
+        let mut expected: Vec<String> = COMMON_TORRC.iter().map(|l| (*l).to_owned()).collect();
+        let mut got = common.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected);
+        assert_eq!(TestNetworkOptions::default().relays, RELAYS);
+    }
+
+    #[test]
+    fn arti_options_align_the_time_period() {
+        let o = TestNetworkOptions::arti_compatible(1);
+        // C tor's period on a test network is 24 voting intervals; arti
+        // accepts 5 minutes or more and reads it as `hsdir_interval`.
+        assert_eq!(o.hs_time_period_minutes(), 6);
+        assert!(o.consensus_params.contains(&"hsdir_interval=6".to_owned()));
+        assert_eq!(o.voting_interval, o.initial_voting_interval);
+        assert!(
+            o.common_torrc()
+                .contains(&"V3AuthVotingInterval 15".to_owned())
+        );
+        assert!(
+            o.authority_torrc
+                .contains(&"AuthDirVoteStableGuaranteeMinUptime 0".to_owned())
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
 
-use crate::control::{ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR};
+use crate::control::{
+    ControlAddr, ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR,
+};
 use crate::socks::{DEFAULT_DIAL_TIMEOUT, DEFAULT_SOCKS_ADDR, DialError, IsolationKey, dial_onion};
 
 /// The virtual port peers listen on and dial.
@@ -92,6 +94,7 @@ pub struct Listener {
     address: OnionAddress,
     virt_port: u16,
     published: Published,
+    pow_defenses: bool,
 }
 
 impl Listener {
@@ -108,6 +111,12 @@ impl Listener {
     /// The virtual port peers dial.
     pub fn virt_port(&self) -> u16 {
         self.virt_port
+    }
+
+    /// Whether tor runs its proof-of-work defences for this service
+    /// (asked with [`TorTransport::onion_pow`] and accepted by tor).
+    pub fn pow_defenses(&self) -> bool {
+        self.pow_defenses
     }
 
     /// The loopback socket tor forwards to.
@@ -155,29 +164,43 @@ fn bind_loopback() -> io::Result<Async<TcpListener>> {
 pub struct TorTransport {
     /// Tor's SOCKS5 address.
     pub socks: SocketAddr,
-    /// Tor's control port address.
-    pub control: SocketAddr,
+    /// Tor's control port address, or its control socket.
+    pub control: ControlAddr,
     /// How to authenticate to the control port.
     pub auth: ControlAuth,
     /// Time allowed for one dial.
     pub dial_timeout: Duration,
+    /// Ask tor for its proof-of-work defences on the onion services we
+    /// publish (`ADD_ONION ... PoWDefensesEnabled=1`, proposal 327): under
+    /// a flood of introductions, tor serves first the clients that paid
+    /// more work. For a public service (a server). A tor that refuses it
+    /// publishes without ([`Listener::pow_defenses`] says which).
+    pub onion_pow: bool,
 }
 
 impl TorTransport {
-    /// A transport over the given ports.
-    pub fn new(socks: SocketAddr, control: SocketAddr, auth: ControlAuth) -> Self {
+    /// A transport over the given SOCKS port and control port (a
+    /// `SocketAddr`) or control socket ([`ControlAddr::Unix`]).
+    pub fn new(socks: SocketAddr, control: impl Into<ControlAddr>, auth: ControlAuth) -> Self {
         TorTransport {
             socks,
-            control,
+            control: control.into(),
             auth,
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            onion_pow: false,
         }
     }
 
     /// A system tor: SOCKS 127.0.0.1:9050, control 127.0.0.1:9051,
-    /// authentication as `PROTOCOLINFO` offers.
+    /// authentication as `PROTOCOLINFO` offers, with the checks of a
+    /// control port nobody named ([`ControlAuth::AutoProbed`]): another
+    /// local user may be the one listening there.
     pub fn system() -> Self {
-        Self::new(DEFAULT_SOCKS_ADDR, DEFAULT_CONTROL_ADDR, ControlAuth::Auto)
+        Self::new(
+            DEFAULT_SOCKS_ADDR,
+            DEFAULT_CONTROL_ADDR,
+            ControlAuth::AutoProbed,
+        )
     }
 
     /// Whether this tor's SOCKS port tells why an onion dial failed: its
@@ -198,7 +221,7 @@ impl TorTransport {
     /// Every tor this crate starts ([`crate::TorProcess`], the test
     /// network's clients) has the flag.
     pub async fn extended_errors(&self) -> Option<bool> {
-        let mut control = ControlConnection::open(self.control, &self.auth)
+        let mut control = ControlConnection::open(self.control.clone(), &self.auth)
             .await
             .ok()?;
         control
@@ -222,15 +245,31 @@ impl Transport for TorTransport {
     async fn listen(&self, identity: &Identity, virt_port: u16) -> Result<Listener, ListenError> {
         let tcp = bind_loopback().map_err(ListenError::Io)?;
         let local = tcp.get_ref().local_addr().map_err(ListenError::Io)?;
-        let mut control = ControlConnection::open(self.control, &self.auth).await?;
+        let mut control = ControlConnection::open(self.control.clone(), &self.auth).await?;
         // Subscribe first so the upload event cannot be missed.
         control.set_events(&["HS_DESC"]).await?;
-        let address = control.add_onion(identity, virt_port, local).await?;
+        let mut pow_defenses = self.onion_pow;
+        let address = match control
+            .add_onion_with(identity, virt_port, local, pow_defenses)
+            .await
+        {
+            // A tor without proof of work (before 0.4.8, or built without
+            // it) refuses the keyword as a syntax error or an unknown
+            // argument (51x, 552): publish without.
+            Err(ControlError::Rejected { code, .. })
+                if pow_defenses && matches!(code, 510..=513 | 552) =>
+            {
+                pow_defenses = false;
+                control.add_onion(identity, virt_port, local).await?
+            }
+            other => other?,
+        };
         Ok(Listener {
             tcp,
             address,
             virt_port,
             published: Published::Onion(control),
+            pow_defenses,
         })
     }
 }
@@ -328,6 +367,7 @@ impl Transport for DevTransport {
             address,
             virt_port,
             published: Published::Dev(path),
+            pow_defenses: false,
         })
     }
 }

@@ -178,3 +178,197 @@ fn nothing_listening_is_unreachable() {
     let r = smol::block_on(ControlConnection::connect(port));
     assert!(matches!(r, Err(ControlError::Unreachable { .. })), "{r:?}");
 }
+
+/// Serves one connection like [`fake_tor`], with a closure, and hands back
+/// every line received once the client has closed the connection.
+fn recording_fake_tor(
+    script: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let line = line.trim_end().to_owned();
+            let reply = script(&line).unwrap_or_default();
+            received.push(line);
+            if writer.write_all(&reply).is_err() {
+                break;
+            }
+        }
+        received
+    });
+    (addr, handle)
+}
+
+fn protocol_info(methods: &str, cookie: Option<&std::path::Path>) -> Vec<u8> {
+    let cookie = cookie
+        .map(|p| format!(" COOKIEFILE=\"{}\"", p.display()))
+        .unwrap_or_default();
+    format!("250-PROTOCOLINFO 1\r\n250-AUTH METHODS={methods}{cookie}\r\n250 OK\r\n").into_bytes()
+}
+
+/// Answers everything a real tor would, so that only our refusal stops the
+/// client: authentication, events and `ADD_ONION` succeed.
+fn obliging(
+    methods: &'static str,
+    cookie: Option<std::path::PathBuf>,
+) -> impl Fn(&str) -> Option<Vec<u8>> {
+    move |line: &str| {
+        if line == "PROTOCOLINFO 1" {
+            Some(protocol_info(methods, cookie.as_deref()))
+        } else if line.starts_with("ADD_ONION ") {
+            Some(format!("250-ServiceID={}\r\n250 OK\r\n", alice().address().as_str()).into_bytes())
+        } else {
+            Some(b"250 OK\r\n".to_vec())
+        }
+    }
+}
+
+#[test]
+fn a_probed_port_without_authentication_never_gets_the_key() {
+    let (addr, fake) = recording_fake_tor(obliging("NULL", None));
+    let transport = cwtch_transport_socks::TorTransport::new(
+        "127.0.0.1:9".parse().unwrap(),
+        addr,
+        ControlAuth::AutoProbed,
+    );
+    let r = smol::block_on(cwtch_transport_socks::Transport::listen(
+        &transport,
+        &alice(),
+        9878,
+    ));
+    let Err(err) = r else {
+        panic!("a probed NULL control port is refused")
+    };
+    assert!(err.to_string().contains("not trusted"), "{err}");
+    let received = fake.join().unwrap();
+    assert_eq!(received, vec!["PROTOCOLINFO 1".to_string()], "only asked");
+
+    let (addr, fake) = recording_fake_tor(obliging("NULL", None));
+    let r = smol::block_on(ControlConnection::open(addr, &ControlAuth::AutoProbed));
+    match r {
+        Err(ControlError::Untrusted { why, .. }) => {
+            assert_eq!(
+                why,
+                cwtch_transport_socks::control::trust::Distrust::NullAuth
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !fake
+            .join()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("ADD_ONION"))
+    );
+
+    // A control port the user named keeps working as before.
+    let (addr, fake) = recording_fake_tor(obliging("NULL", None));
+    smol::block_on(async {
+        let mut c = ControlConnection::open(addr, &ControlAuth::Auto)
+            .await
+            .unwrap();
+        c.add_onion(&alice(), 9878, "127.0.0.1:1".parse().unwrap())
+            .await
+            .unwrap();
+    });
+    assert!(
+        fake.join()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("ADD_ONION"))
+    );
+}
+
+fn cookie_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("cookie-{mode:o}"));
+    std::fs::write(&path, [0x5A; 32]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn a_probed_port_needs_a_cookie_nobody_else_could_write() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o666, 0o620, 0o602] {
+        let path = cookie_file(dir.path(), mode);
+        let (addr, fake) = recording_fake_tor(obliging("COOKIE,SAFECOOKIE", Some(path.clone())));
+        let r = smol::block_on(ControlConnection::open(addr, &ControlAuth::AutoProbed));
+        match r {
+            Err(ControlError::Untrusted { why, .. }) => assert_eq!(
+                why,
+                cwtch_transport_socks::control::trust::Distrust::CookieWritable(
+                    path.clone(),
+                    0o100000 | mode
+                )
+            ),
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+        assert_eq!(fake.join().unwrap(), vec!["PROTOCOLINFO 1".to_string()]);
+    }
+    // A cookie only its owner (we, who also own the listening socket) can
+    // write is used.
+    let path = cookie_file(dir.path(), 0o640);
+    let (addr, fake) = recording_fake_tor(obliging("COOKIE", Some(path)));
+    smol::block_on(ControlConnection::open(addr, &ControlAuth::AutoProbed)).unwrap();
+    let received = fake.join().unwrap();
+    assert_eq!(
+        received.last().unwrap(),
+        &format!("AUTHENTICATE {}", "5A".repeat(32))
+    );
+    // A named control port takes the cookie as before.
+    let path = cookie_file(dir.path(), 0o666);
+    let (addr, fake) = recording_fake_tor(obliging("COOKIE", Some(path)));
+    smol::block_on(ControlConnection::open(addr, &ControlAuth::Auto)).unwrap();
+    drop(fake.join().unwrap());
+}
+
+#[test]
+fn a_cookie_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let mut paths = vec![std::path::PathBuf::from("/dev/zero")];
+    if made.is_ok_and(|s| s.success()) {
+        paths.push(fifo);
+    }
+    for path in paths {
+        for methods in ["COOKIE", "SAFECOOKIE"] {
+            let (addr, fake) = recording_fake_tor(obliging(methods, Some(path.clone())));
+            let start = std::time::Instant::now();
+            let r = smol::block_on(ControlConnection::open(addr, &ControlAuth::Auto));
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{path:?}: {:?}",
+                start.elapsed()
+            );
+            match r {
+                Err(ControlError::Cookie { path: p, .. }) => assert_eq!(p, path),
+                other => panic!("{path:?}: {other:?}"),
+            }
+            assert_eq!(fake.join().unwrap(), vec!["PROTOCOLINFO 1".to_string()]);
+        }
+    }
+}
+
+#[test]
+fn a_cookie_of_the_wrong_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for len in [0, 31, 33, 1 << 20] {
+        let path = dir.path().join(format!("cookie-{len}"));
+        std::fs::write(&path, vec![1u8; len]).unwrap();
+        let (addr, fake) = recording_fake_tor(obliging("COOKIE", Some(path)));
+        let r = smol::block_on(ControlConnection::open(addr, &ControlAuth::Auto));
+        assert!(
+            matches!(r, Err(ControlError::Cookie { .. })),
+            "{len}: {r:?}"
+        );
+        drop(fake.join().unwrap());
+    }
+}

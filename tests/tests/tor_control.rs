@@ -45,7 +45,7 @@ fn control_port_with_lone_tor() {
         for auth in [
             ControlAuth::Auto,
             ControlAuth::Cookie(tor.cookie_path().to_owned()),
-            ControlAuth::Password("pw".into()),
+            ControlAuth::password("pw"),
         ] {
             let mut c = ControlConnection::open(addr, &auth)
                 .await
@@ -53,7 +53,7 @@ fn control_port_with_lone_tor() {
             let s = c.bootstrap_status().await.unwrap();
             assert!(s.progress <= 100);
         }
-        let wrong = ControlConnection::open(addr, &ControlAuth::Password("nope".into())).await;
+        let wrong = ControlConnection::open(addr, &ControlAuth::password("nope")).await;
         assert!(
             matches!(wrong, Err(ControlError::Rejected { code: 515, .. })),
             "{wrong:?}"
@@ -181,5 +181,74 @@ fn launch_reports_why_tor_refused_its_config() {
             assert!(diagnosis.contains("NoSuchTorOption"), "{diagnosis}");
         }
         other => panic!("expected Exited, got {other:?}"),
+    }
+}
+
+/// A tor whose control port is a Unix socket (`ControlSocket`, as Debian's
+/// system tor has at /run/tor/control): cookie and password
+/// authentication over it, and the transport publishing through it.
+#[test]
+fn control_socket_with_lone_tor() {
+    use cwtch_transport_socks::control::ControlAddr;
+    let dir = tempfile::Builder::new()
+        .prefix("cwtch-ctlsock-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .unwrap();
+    // Tor creates a control socket only in a directory of its user's alone.
+    let socket = dir.path().join("control");
+    let line = format!("ControlSocket {}", socket.display());
+    let mut tor = LoneTor::start(&[HASHED_PW, &line]).expect("start lone tor");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < until, "tor made no control socket");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let addr = ControlAddr::Unix(socket.clone());
+    assert_eq!(addr.to_string(), format!("unix:{}", socket.display()));
+    assert_eq!(
+        addr.to_string().parse::<ControlAddr>().unwrap(),
+        addr,
+        "unix:PATH parses back"
+    );
+    smol::block_on(async {
+        for auth in [ControlAuth::Auto, ControlAuth::password("pw")] {
+            let mut c = ControlConnection::open(addr.clone(), &auth)
+                .await
+                .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
+            assert!(c.bootstrap_status().await.unwrap().progress <= 100);
+        }
+        let wrong = ControlConnection::open(addr.clone(), &ControlAuth::password("nope")).await;
+        assert!(
+            matches!(wrong, Err(ControlError::Rejected { code: 515, .. })),
+            "{wrong:?}"
+        );
+        let transport = TorTransport::new(
+            "127.0.0.1:9".parse().unwrap(),
+            addr.clone(),
+            ControlAuth::password("pw"),
+        );
+        let id = Identity::from_seed(&[0x43; 32]);
+        let listener = transport.listen(&id, PEER_PORT).await.unwrap();
+        assert_eq!(listener.address(), &id.address());
+        assert!(!listener.pow_defenses());
+        listener.close().await.unwrap();
+        // A server's onion: tor's proof-of-work defences (tor 0.4.9 has them).
+        let mut with_pow = transport.clone();
+        with_pow.onion_pow = true;
+        let listener = with_pow.listen(&id, PEER_PORT).await.unwrap();
+        assert_eq!(listener.address(), &id.address());
+        assert!(listener.pow_defenses());
+        listener.close().await.unwrap();
+    });
+    tor.stop();
+    let gone = smol::block_on(ControlConnection::connect(ControlAddr::Unix(
+        dir.path().join("nothing-here"),
+    )));
+    match gone {
+        Err(e @ ControlError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("nothing-here"), "{e}")
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
     }
 }

@@ -74,6 +74,10 @@ pub fn run(
                 &lines_rx,
             )?)
         }
+        Err(ClientError::Starting(pid)) => {
+            wait_for_starting(home, pid)?;
+            None
+        }
         Err(e) => return Err(e.to_string()),
     };
     let outcome = interactive(home, started.is_some(), lines_rx);
@@ -102,23 +106,81 @@ pub fn run(
     outcome
 }
 
+/// How long chat waits for a daemon someone else is starting: the longest
+/// Tor connect (a launched tor's 30 s to start and 300 s to bootstrap).
+const STARTING_LIMIT: Duration = Duration::from_secs(330);
+
+/// Waits for the daemon `pid`, which holds the home but has no control
+/// socket yet (it is connecting to Tor), to answer.
+fn wait_for_starting(home: &Path, pid: u32) -> Result<(), String> {
+    println!(
+        "the daemon (pid {pid}) on {} is starting: it is connecting to Tor; waiting for it (up to \
+         {} s)",
+        home.display(),
+        STARTING_LIMIT.as_secs()
+    );
+    let until = Instant::now() + STARTING_LIMIT;
+    loop {
+        match Client::connect(home, "cwtch-node chat") {
+            Ok(_) => return Ok(()),
+            Err(ClientError::Starting(_)) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(ClientError::Starting(_)) => {
+                return Err(format!(
+                    "the daemon (pid {pid}) did not finish starting in {} s",
+                    STARTING_LIMIT.as_secs()
+                ));
+            }
+            Err(ClientError::NotRunning(_)) => {
+                return Err(format!(
+                    "the daemon (pid {pid}) stopped while starting; its own output says why"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// The arguments of `run` that give it the same transport as chat's.
 pub fn transport_flags(t: &TransportArgs) -> Vec<String> {
     let mut out = Vec::new();
+    let mut flag = |name: &str, value: String| {
+        out.push(name.to_string());
+        out.push(value);
+    };
     if let Some(dir) = &t.dev_tcp {
-        out.push("--dev-tcp".into());
-        out.push(dir.display().to_string());
-    } else if t.launch_tor {
-        out.push("--launch-tor".into());
-        if let Some(extra) = &t.torrc_extra {
-            out.push("--torrc-extra".into());
-            out.push(extra.display().to_string());
-        }
+        flag("--dev-tcp", dir.display().to_string());
     } else {
-        out.push("--tor-socks".into());
-        out.push(t.tor_socks.to_string());
-        out.push("--tor-control".into());
-        out.push(t.tor_control.to_string());
+        // Every Tor flag as given: the daemon chooses (and says why) as
+        // `run` would.
+        if t.launch_tor {
+            out.push("--launch-tor".into());
+        } else {
+            use clap::ValueEnum;
+            if let Some(name) = t.tor.to_possible_value() {
+                out.push("--tor".into());
+                out.push(name.get_name().to_string());
+            }
+        }
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                out.push(name.to_string());
+                out.push(value);
+            }
+        };
+        flag("--tor-socks", t.tor_socks.map(|a| a.to_string()));
+        flag(
+            "--tor-control",
+            t.tor_control.as_ref().map(|a| a.to_string()),
+        );
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        flag(
+            "--tor-control-password-file",
+            path(&t.tor_control_password_file),
+        );
+        flag("--torrc-extra", path(&t.torrc_extra));
+        flag("--tor-network", path(&t.tor_network));
     }
     out.push("--handshake-timeout".into());
     out.push(t.handshake_timeout.to_string());

@@ -1077,3 +1077,23 @@ fn the_cursor_follows_wide_characters_in_the_input() {
     );
     assert!(x < 79);
 }
+
+/// A daemon that holds the home but stops before its control socket
+/// answers ends chat's wait with that said, not a wait of minutes.
+#[test]
+fn a_starting_daemon_that_stops_ends_the_wait() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    crate::home::create_private(&home).unwrap();
+    let lock = crate::home::HomeLock::acquire(&home).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(lock);
+    });
+    let started = Instant::now();
+    let err = super::wait_for_starting(&home, std::process::id()).unwrap_err();
+    releaser.join().unwrap();
+    assert!(err.contains("stopped while starting"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

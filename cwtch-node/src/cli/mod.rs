@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use cwtch_transport_socks::ControlAddr;
 
 /// Cwtch-rs: metadata-resistant messaging over Tor onion services.
 #[derive(Debug, Parser)]
@@ -35,22 +36,57 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which Tor the daemon uses (`--tor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TorChoice {
+    /// A peer: the built-in Tor. A server: a tor process (a running one,
+    /// else tor from PATH). Flags that name one (--tor-socks, --torrc-extra,
+    /// --tor-network, ...) choose it. The choice and why are printed.
+    Auto,
+    /// The built-in Tor (arti) in this process: nothing to install.
+    Arti,
+    /// A running tor: --tor-socks and --tor-control, by default SOCKS
+    /// 127.0.0.1:9050 and control Debian's socket /run/tor/control if it
+    /// answers, else 127.0.0.1:9051; cookie, safecookie or password
+    /// authentication.
+    System,
+    /// Our own tor, launched from PATH, its data in <home>/tor.
+    Launch,
+}
+
 /// How to reach the network.
 #[derive(Clone, Debug, Args)]
 pub struct TransportArgs {
-    /// A running tor's SOCKS port.
-    #[arg(long, default_value = "127.0.0.1:9050")]
-    pub tor_socks: SocketAddr,
-    /// A running tor's control port (cookie or no authentication).
-    #[arg(long, default_value = "127.0.0.1:9051")]
-    pub tor_control: SocketAddr,
-    /// Launch our own tor (from PATH) instead of using a running one.
+    /// Which Tor: auto (a peer: the built-in Tor; a server: a tor process),
+    /// arti (built in), system (a running tor), launch (tor from PATH).
+    #[arg(long, value_enum, default_value_t = TorChoice::Auto)]
+    pub tor: TorChoice,
+    /// A running tor's SOCKS port (--tor system) [default: 127.0.0.1:9050].
+    #[arg(long, value_name = "ADDR")]
+    pub tor_socks: Option<SocketAddr>,
+    /// A running tor's control port, ADDRESS:PORT, or its control socket,
+    /// unix:PATH (--tor system) [default: unix:/run/tor/control if it
+    /// answers, else 127.0.0.1:9051, checked: no NULL authentication, a cookie only from
+    /// the tor account; name it here to use it as it is].
+    #[arg(long, value_name = "ADDR")]
+    pub tor_control: Option<ControlAddr>,
+    /// A file whose first line is the control port's password (tor's
+    /// HashedControlPassword), for --tor system. Without it: cookie or
+    /// safecookie authentication, or none, as tor offers.
+    #[arg(long, value_name = "FILE")]
+    pub tor_control_password_file: Option<PathBuf>,
+    /// The same as --tor launch: launch our own tor from PATH.
     #[arg(long, conflicts_with = "dev_tcp")]
     pub launch_tor: bool,
-    /// Extra torrc lines for --launch-tor, one per line in this file
-    /// (e.g. to join a private test network).
-    #[arg(long, requires = "launch_tor")]
+    /// Extra torrc lines for the tor we launch (--tor launch), one per line
+    /// in this file (e.g. to join a private test network).
+    #[arg(long, value_name = "FILE")]
     pub torrc_extra: Option<PathBuf>,
+    /// The built-in Tor joins the private Tor network described in FILE
+    /// (its authorities and first relays) instead of the public one. For
+    /// tests and the demo, which write it.
+    #[arg(long, value_name = "FILE")]
+    pub tor_network: Option<PathBuf>,
     /// DEVELOPMENT ONLY: plain TCP on loopback, NO Tor, NO anonymity. Peers
     /// find each other through files in this directory.
     #[arg(long, value_name = "DIR")]
@@ -162,6 +198,11 @@ pub enum Command {
         /// NOT anonymous, for machines without tor.
         #[arg(long)]
         dev_tcp: bool,
+        /// Carol uses the built-in Tor (arti, in her cwtch-node process)
+        /// instead of a client tor; the network votes every 15 s so that
+        /// arti and tor agree on onion services.
+        #[arg(long, conflicts_with = "dev_tcp")]
+        arti: bool,
         /// Keep the temporary directory (profiles, server data, logs).
         #[arg(long)]
         keep: bool,
@@ -198,9 +239,12 @@ The final checks are asserted: the command exits non-zero when one fails and
 keeps its temporary directory, saying where the logs are. Every process and
 temporary file is removed at the end, on failure (files kept) and on Ctrl-C.
 
-Needs `tor` (sudo apt-get install tor). With --dev-tcp the same script runs
-over plain TCP on loopback: NOT anonymous, it shows the protocol only.
-Takes about 2 to 3 minutes over Tor.";
+Needs `tor` (sudo apt-get install tor). With --arti carol runs on the
+built-in Tor (arti, inside her cwtch-node process) and talks with the others'
+client tors; the network then votes every 15 s so that both agree on onion
+services. With --dev-tcp the same script runs over plain TCP on loopback: NOT
+anonymous, it shows the protocol only.
+Takes about a minute over Tor (after the first build).";
 
 /// Contact commands.
 #[derive(Debug, Subcommand)]

@@ -7,27 +7,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use cwtch_transport_socks::control::DEBIAN_CONTROL_SOCKET;
 use cwtch_transport_socks::{
-    AnyTransport, ControlAuth, DevTransport, TorConfig, TorProcess, TorTransport,
+    AnyTransport, ControlAddr, ControlAuth, DevTransport, TorConfig, TorProcess, TorTransport,
 };
 use zeroize::Zeroizing;
 
 use super::format;
 use super::{
     Cli, Command, ContactCommand, ConversationCommand, GroupCommand, MailboxCommand, RunArgs,
-    ServerCommand, ServerRunArgs, TransportArgs,
+    ServerCommand, ServerRunArgs, TorChoice, TransportArgs,
 };
 use crate::control::api::{ErrorCode, Request};
 use crate::control::client::{Client, ClientError};
 use crate::store::{self, PROFILE_FILE};
+use crate::transport::NodeTransport;
 
 /// Exit status: the input is wrong (a bad argument, no such contact or
 /// group, an ambiguous name).
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status: no daemon runs on the home.
 pub const EXIT_NOT_RUNNING: u8 = 3;
-/// Exit status: refused (the daemon is stopping, another API version, a
-/// profile that will not open with this password).
+/// Exit status: refused (the daemon is stopping, or still starting, another
+/// API version, a profile that will not open with this password, a home
+/// another daemon holds, a Tor that does not connect).
 pub const EXIT_REFUSED: u8 = 4;
 /// Exit status: something failed inside (storage, a broken connection).
 pub const EXIT_INTERNAL: u8 = 5;
@@ -62,6 +65,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
+            ClientError::Starting(_) => EXIT_REFUSED,
             ClientError::Api(api) => match api.code {
                 ErrorCode::BadRequest
                 | ErrorCode::NotFound
@@ -356,7 +360,7 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             one_shot(home, Request::ConversationRead { conversation }, json)
         }
         Command::Events { follow, since } => events(home, follow, since, json),
-        Command::Stop => one_shot(home, Request::Shutdown, json),
+        Command::Stop => stop(home, json),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a write error,
             // and `completions bash | head` closes the pipe early.
@@ -371,9 +375,16 @@ pub fn run(cli: Cli, home: &Path) -> Outcome {
             }
         }
         #[cfg(feature = "demo")]
-        Command::Demo { dev_tcp, keep } => {
-            crate::demo::run(crate::demo::Options { dev_tcp, keep }).map_err(Failure::internal)
-        }
+        Command::Demo {
+            dev_tcp,
+            arti,
+            keep,
+        } => crate::demo::run(crate::demo::Options {
+            dev_tcp,
+            arti,
+            keep,
+        })
+        .map_err(Failure::internal),
         Command::Server(ServerCommand::Init(policy)) => {
             crate::server::init(home, &policy, json).map_err(Failure::input)
         }
@@ -444,6 +455,38 @@ fn one_shot(home: &Path, request: Request, json: bool) -> Outcome {
     let value = crate::control::client::request(home, request.clone())?;
     print_answer(&request, &value, json)?;
     Ok(())
+}
+
+/// `stop`: the control socket's `shutdown`; a daemon still starting (no
+/// socket yet, connecting to Tor) gets SIGTERM instead, which stops it as
+/// gracefully.
+fn stop(home: &Path, json: bool) -> Outcome {
+    let pid = match crate::control::client::request(home, Request::Shutdown) {
+        Err(ClientError::Starting(pid)) => pid,
+        Ok(value) => return print_answer(&Request::Shutdown, &value, json),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(target) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Err(Failure::internal(format!(
+            "the home's lock names pid {pid}"
+        )));
+    };
+    // Only to the lock's live holder: lock_holder found the lock held.
+    rustix::process::kill_process(target, rustix::process::Signal::TERM).map_err(|e| {
+        Failure::internal(format!(
+            "cannot signal the starting daemon (pid {pid}): {e}"
+        ))
+    })?;
+    if json {
+        emit(&serde_json::json!({ "signalled": pid }).to_string())
+    } else {
+        emit(&format!(
+            "the daemon (pid {pid}) was still starting (connecting to Tor): sent it SIGTERM; it stops"
+        ))
+    }
 }
 
 /// A conversation's messages; with `follow`, then every new message or
@@ -530,35 +573,437 @@ fn events(home: &Path, follow: bool, since: Option<u64>, json: bool) -> Outcome 
     Ok(())
 }
 
-/// Builds the transport the flags ask for. Returns the tor we launched, if
-/// any: it stops when dropped.
-async fn transport(
+/// The Tor a daemon runs on, once chosen, and what keeps it alive: the tor
+/// we launched stops when dropped.
+struct Chosen {
+    transport: NodeTransport,
+    _tor: Option<TorProcess>,
+}
+
+/// What `--tor` resolves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolved {
+    Dev,
+    Arti,
+    System,
+    Launch,
+}
+
+/// Which Tor the flags ask for, and why (printed). `auto` is the built-in
+/// Tor for a peer and a tor process for a server (why: the transport's
+/// README, "Why a server should keep C tor as its default"), unless a flag
+/// names one.
+fn choose_tor(args: &TransportArgs, server: bool) -> Result<(Resolved, String), Failure> {
+    if args.dev_tcp.is_some() {
+        // Plain TCP must never quietly replace a Tor the user asked for.
+        let tor_flags = [
+            (args.tor != TorChoice::Auto, "--tor"),
+            (args.tor_socks.is_some(), "--tor-socks"),
+            (args.tor_control.is_some(), "--tor-control"),
+            (
+                args.tor_control_password_file.is_some(),
+                "--tor-control-password-file",
+            ),
+            (args.torrc_extra.is_some(), "--torrc-extra"),
+            (args.tor_network.is_some(), "--tor-network"),
+        ];
+        if let Some((_, flag)) = tor_flags.iter().find(|(given, _)| *given) {
+            return Err(Failure::input(format!(
+                "--dev-tcp is plain TCP without Tor; it cannot go with {flag}, which asks for Tor"
+            )));
+        }
+        return Ok((Resolved::Dev, "--dev-tcp".into()));
+    }
+    let asked = match (args.launch_tor, args.tor) {
+        (true, TorChoice::Auto | TorChoice::Launch) => TorChoice::Launch,
+        (true, other) => {
+            return Err(Failure::input(format!(
+                "--launch-tor means --tor launch; it cannot go with --tor {}",
+                tor_choice_name(other)
+            )));
+        }
+        (false, choice) => choice,
+    };
+    let system_flags = args.tor_socks.is_some()
+        || args.tor_control.is_some()
+        || args.tor_control_password_file.is_some();
+    let flag_misfit = |flag: &str, needs: &str| {
+        Failure::input(format!(
+            "{flag} is for --tor {needs}; it does nothing with --tor {}",
+            tor_choice_name(asked)
+        ))
+    };
+    match asked {
+        TorChoice::Arti | TorChoice::Launch if system_flags => {
+            return Err(flag_misfit(
+                "--tor-socks, --tor-control or --tor-control-password-file",
+                "system",
+            ));
+        }
+        TorChoice::Arti | TorChoice::System if args.torrc_extra.is_some() => {
+            return Err(flag_misfit("--torrc-extra", "launch"));
+        }
+        TorChoice::System | TorChoice::Launch if args.tor_network.is_some() => {
+            return Err(flag_misfit("--tor-network", "arti"));
+        }
+        TorChoice::Auto
+            if [
+                system_flags,
+                args.torrc_extra.is_some(),
+                args.tor_network.is_some(),
+            ]
+            .iter()
+            .filter(|named| **named)
+            .count()
+                > 1 =>
+        {
+            return Err(Failure::input(
+                "these flags name different Tors (--tor-socks/--tor-control: a running tor, \
+                 --torrc-extra: a tor we launch, --tor-network: the built-in Tor): say which with \
+                 --tor",
+            ));
+        }
+        _ => {}
+    }
+    let arti_built = cfg!(feature = "arti");
+    Ok(match asked {
+        TorChoice::Arti if !arti_built => {
+            return Err(Failure::input(
+                "this cwtch-node was built without the built-in Tor (feature `arti`): use --tor \
+                 system or --tor launch",
+            ));
+        }
+        TorChoice::Arti => (Resolved::Arti, "--tor arti".into()),
+        TorChoice::System => (Resolved::System, "--tor system".into()),
+        TorChoice::Launch if args.launch_tor => (Resolved::Launch, "--launch-tor".into()),
+        TorChoice::Launch => (Resolved::Launch, "--tor launch".into()),
+        TorChoice::Auto if system_flags => (
+            Resolved::System,
+            "--tor auto: --tor-socks/--tor-control name a running tor".into(),
+        ),
+        TorChoice::Auto if args.torrc_extra.is_some() => (
+            Resolved::Launch,
+            "--tor auto: --torrc-extra is for a tor we launch".into(),
+        ),
+        TorChoice::Auto if !server && arti_built => (
+            Resolved::Arti,
+            "--tor auto: a peer uses the built-in Tor, nothing to install or configure; --tor \
+             system or --tor launch to use a tor process"
+                .into(),
+        ),
+        TorChoice::Auto if args.tor_network.is_some() && arti_built => (
+            Resolved::Arti,
+            "--tor auto: --tor-network is for the built-in Tor".into(),
+        ),
+        TorChoice::Auto if server => {
+            const WHY: &str = "a server uses a tor process by default, for C tor's onion-service \
+                               defences against floods (proof of work); --tor arti to use the \
+                               built-in Tor";
+            if let Some(found) = running_system_tor() {
+                (
+                    Resolved::System,
+                    format!("--tor auto: {WHY}; a tor answers at {found}"),
+                )
+            } else if tor_in_path() {
+                (
+                    Resolved::Launch,
+                    format!(
+                        "--tor auto: {WHY}; no tor answers at 127.0.0.1:9051 or {DEBIAN_CONTROL_SOCKET}, \
+                         so launching tor from PATH"
+                    ),
+                )
+            } else {
+                return Err(Failure::input(format!(
+                    "no tor for the server: none answers at 127.0.0.1:9051 or \
+                     {DEBIAN_CONTROL_SOCKET}, and tor is not in PATH. Install tor (apt-get install \
+                     tor), or give --tor-control; or run the server on the built-in Tor with --tor \
+                     arti (weaker defences against floods: see OPERATING.md)"
+                )));
+            }
+        }
+        TorChoice::Auto if tor_in_path() => (
+            Resolved::Launch,
+            "--tor auto: this build has no built-in Tor; launching tor from PATH".into(),
+        ),
+        TorChoice::Auto => (
+            Resolved::System,
+            "--tor auto: this build has no built-in Tor and tor is not in PATH".into(),
+        ),
+    })
+}
+
+fn tor_choice_name(choice: TorChoice) -> &'static str {
+    match choice {
+        TorChoice::Auto => "auto",
+        TorChoice::Arti => "arti",
+        TorChoice::System => "system",
+        TorChoice::Launch => "launch",
+    }
+}
+
+/// Whether an executable `tor` is in PATH.
+fn tor_in_path() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join("tor"))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// A system tor's control socket or port that accepts a connection:
+/// Debian's /run/tor/control (root's /run/tor: only the tor account can
+/// have made it), else 127.0.0.1:9051 (which any local user can listen
+/// on: what answers there gets [`ControlAuth::AutoProbed`]'s checks).
+fn running_system_tor() -> Option<ControlAddr> {
+    let socket = Path::new(DEBIAN_CONTROL_SOCKET);
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Some(ControlAddr::Unix(socket.to_path_buf()));
+    }
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], 9051));
+    std::net::TcpStream::connect_timeout(&tcp, std::time::Duration::from_secs(1))
+        .is_ok()
+        .then_some(ControlAddr::Tcp(tcp))
+}
+
+/// Where the control address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ControlOrigin {
+    /// --tor-control: the user named it; trusted as named.
+    Named,
+    /// Probed: whoever answers there is checked before getting any key
+    /// ([`ControlAuth::AutoProbed`]).
+    Probed,
+}
+
+/// The control address for --tor system: --tor-control, else Debian's
+/// socket if it answers, else 127.0.0.1:9051 if it answers, else Debian's
+/// socket if it exists, else 127.0.0.1:9051 (whose error then says that
+/// nothing answers).
+fn system_control(args: &TransportArgs) -> (ControlAddr, ControlOrigin) {
+    if let Some(addr) = &args.tor_control {
+        return (addr.clone(), ControlOrigin::Named);
+    }
+    let tcp = ControlAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 9051)));
+    let addr = match running_system_tor() {
+        Some(found) => found,
+        None if Path::new(DEBIAN_CONTROL_SOCKET).exists() => {
+            ControlAddr::Unix(DEBIAN_CONTROL_SOCKET.into())
+        }
+        None => tcp,
+    };
+    (addr, ControlOrigin::Probed)
+}
+
+/// How to authenticate to the control port: the password from
+/// --tor-control-password-file (its first line; a trailing newline is not
+/// part of it), else what tor offers, with the checks of a probed port
+/// when the address was not named.
+fn control_auth(args: &TransportArgs, origin: ControlOrigin) -> Result<ControlAuth, Failure> {
+    let Some(file) = &args.tor_control_password_file else {
+        return Ok(match origin {
+            ControlOrigin::Named => ControlAuth::Auto,
+            ControlOrigin::Probed => ControlAuth::AutoProbed,
+        });
+    };
+    let cannot_read = |e: std::io::Error| {
+        Failure::input(format!(
+            "cannot read --tor-control-password-file {}: {e}",
+            file.display()
+        ))
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(file).map_err(cannot_read)?.permissions(),
+    );
+    if password_file_too_open(mode) {
+        eprintln!(
+            "warning: --tor-control-password-file {} can be read or written by others (mode \
+             {:03o}): chmod 600 it",
+            file.display(),
+            mode & 0o777
+        );
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(cannot_read)?);
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(Failure::input(format!(
+            "--tor-control-password-file {} is empty",
+            file.display()
+        )));
+    }
+    Ok(ControlAuth::password(password))
+}
+
+/// Whether a password file's mode lets its group or others at it (any of
+/// 0o077): a warning, not a refusal.
+fn password_file_too_open(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
+/// Builds the transport the flags ask for (see [`choose_tor`]), telling
+/// which and why on standard error, with the bootstrap progress of a tor
+/// we start.
+async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Chosen, Failure> {
+    let choice = choose_tor(args, server)?;
+    start_tor(home, args, server, choice).await
+}
+
+/// [`transport`] once [`choose_tor`] has chosen.
+async fn start_tor(
     home: &Path,
     args: &TransportArgs,
-) -> Result<(AnyTransport, Option<TorProcess>), Failure> {
-    if let Some(dir) = &args.dev_tcp {
-        let (dev, warning) = DevTransport::new(dir);
-        println!("{warning}");
-        return Ok((AnyTransport::Dev(dev), None));
-    }
-    if args.launch_tor {
-        let mut config = TorConfig::new(home.join("tor"));
-        if let Some(extra) = &args.torrc_extra {
-            let text = std::fs::read_to_string(extra)
-                .map_err(|e| Failure::input(format!("cannot read {}: {e}", extra.display())))?;
-            config.extra_torrc = text.lines().map(str::to_string).collect();
+    server: bool,
+    (resolved, why): (Resolved, String),
+) -> Result<Chosen, Failure> {
+    let chosen = |transport: NodeTransport| Chosen {
+        transport,
+        _tor: None,
+    };
+    match resolved {
+        Resolved::Dev => {
+            let dir = args.dev_tcp.clone().unwrap_or_default();
+            let (dev, warning) = DevTransport::new(dir);
+            println!("{warning}");
+            Ok(chosen(AnyTransport::Dev(dev).into()))
         }
-        eprintln!("launching tor in {}", config.data_dir.display());
-        let tor = TorProcess::launch(&config, |s| {
-            eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
-        })
-        .await
-        .map_err(|e| Failure::internal(format!("cannot launch tor: {e}")))?;
-        return Ok((AnyTransport::Tor(tor.transport()), Some(tor)));
+        Resolved::Launch => {
+            let mut config = TorConfig::new(home.join("tor"));
+            if let Some(extra) = &args.torrc_extra {
+                let text = std::fs::read_to_string(extra)
+                    .map_err(|e| Failure::input(format!("cannot read {}: {e}", extra.display())))?;
+                config.extra_torrc = text.lines().map(str::to_string).collect();
+            }
+            eprintln!(
+                "tor: launching tor from PATH in {} ({why})",
+                config.data_dir.display()
+            );
+            let mut last = None;
+            let launched = TorProcess::launch(&config, |s| {
+                eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
+                last = Some((s.progress, s.summary.clone()));
+            })
+            .await;
+            let log = config
+                .data_dir
+                .join(cwtch_transport_socks::launch::LOG_FILE);
+            let tor = launched.map_err(|e| launch_failure(&e, last, &log))?;
+            let mut transport = tor.transport();
+            transport.onion_pow = server;
+            Ok(Chosen {
+                transport: AnyTransport::Tor(transport).into(),
+                _tor: Some(tor),
+            })
+        }
+        Resolved::System => {
+            let socks = args
+                .tor_socks
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9050)));
+            let (control, origin) = system_control(args);
+            let auth = control_auth(args, origin)?;
+            let how = match &auth {
+                ControlAuth::Password(_) => "password authentication",
+                _ => "cookie or safecookie authentication, as tor offers",
+            };
+            eprintln!("tor: a running tor, SOCKS {socks}, control {control}, {how} ({why})");
+            let mut tor = TorTransport::new(socks, control, auth);
+            // A server's onion service is public: tor's proof-of-work
+            // defences against introduction floods (a peer's is not).
+            tor.onion_pow = server;
+            warn_without_extended_errors(&tor).await;
+            Ok(chosen(AnyTransport::Tor(tor).into()))
+        }
+        Resolved::Arti => arti(home, args, &why).await.map(chosen),
     }
-    let tor = TorTransport::new(args.tor_socks, args.tor_control, ControlAuth::Auto);
-    warn_without_extended_errors(&tor).await;
-    Ok((AnyTransport::Tor(tor), None))
+}
+
+/// Why a tor we launched did not connect, with where it got to and where
+/// its log is: not an internal error (no network, tor missing or failing).
+fn launch_failure(e: &dyn std::fmt::Display, last: Option<(u8, String)>, log: &Path) -> Failure {
+    let reached = last
+        .map(|(percent, summary)| format!("; the last bootstrap status: {percent}% {summary}"))
+        .unwrap_or_default();
+    Failure::new(
+        EXIT_REFUSED,
+        format!(
+            "cannot launch tor: {e}{reached}; tor's log: {}. Check the network, or use --tor \
+             system / --tor arti",
+            log.display()
+        ),
+    )
+}
+
+/// Arti's bootstrap summary without the percent it starts with ("8%:
+/// handshaking with Tor relays"): the progress line prints the percent once.
+fn without_percent(summary: &str) -> &str {
+    let Some((head, rest)) = summary.split_once('%') else {
+        return summary;
+    };
+    if head.trim().parse::<u8>().is_ok() {
+        rest.trim_start_matches(':').trim_start()
+    } else {
+        summary
+    }
+}
+
+/// The built-in Tor: its state and cache in `<home>/arti`, keys in memory;
+/// the public network, or the private one of --tor-network.
+#[cfg(feature = "arti")]
+async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransport, Failure> {
+    use cwtch_transport_arti::{ArtiConfig, ArtiTransport, Network, PrivateNetwork};
+    let network = match &args.tor_network {
+        None => Network::Public,
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Failure::input(format!("cannot read --tor-network {}: {e}", file.display()))
+            })?;
+            let net = PrivateNetwork::parse(&text)
+                .map_err(|e| Failure::input(format!("--tor-network {}: {e}", file.display())))?;
+            Network::Private(net)
+        }
+    };
+    let which = match &network {
+        Network::Private(net) => format!(
+            "the private Tor network of {} ({} authorities)",
+            args.tor_network
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            net.authorities.len()
+        ),
+        _ => "the Tor network".to_string(),
+    };
+    let state = home.join("arti");
+    eprintln!(
+        "tor: the built-in Tor (arti) on {which}, its state in {} ({why})",
+        state.display()
+    );
+    let tor = ArtiTransport::bootstrap(ArtiConfig::new(state, network), |percent, summary| {
+        eprintln!("tor bootstrap: {percent:>3}% {}", without_percent(summary));
+    })
+    .await
+    .map_err(|e| {
+        // No network, or Tor blocked here: not an internal error.
+        Failure::new(
+            EXIT_REFUSED,
+            format!(
+                "cannot start the built-in Tor: {e}. Check the network, or use --tor system / \
+                 --tor launch"
+            ),
+        )
+    })?;
+    eprintln!(
+        "tor: the built-in Tor is connected ({:.1} s)",
+        tor.bootstrap_time().as_secs_f64()
+    );
+    Ok(tor.into())
+}
+
+#[cfg(not(feature = "arti"))]
+async fn arti(_: &Path, _: &TransportArgs, _: &str) -> Result<NodeTransport, Failure> {
+    Err(Failure::input(
+        "this cwtch-node was built without the built-in Tor",
+    ))
 }
 
 /// A system tor whose SocksPort lacks `ExtendedErrors` sends only the basic
@@ -605,7 +1050,7 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
             .map_err(|e| Failure::internal(format!("cannot catch signals: {e}")))?;
         let stop = signals.shutdown.clone();
         // A stop asked while tor starts ends the wait at once.
-        let started = async { Some(transport(home, &args.transport).await) }
+        let started = async { Some(transport(home, &args.transport, true).await) }
             .or(async {
                 stop.wait().await;
                 None
@@ -614,10 +1059,10 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
         let Some(started) = started else {
             return Ok(());
         };
-        let (transport, _tor) = started?;
+        let chosen = started?;
         crate::server::run_until(
             home,
-            transport,
+            chosen.transport.clone(),
             RunOptions {
                 shutdown: signals.shutdown.clone(),
                 reload: signals.reload.clone(),
@@ -632,8 +1077,12 @@ fn run_server(home: &Path, args: &ServerRunArgs) -> Outcome {
 }
 
 fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
+    use smol::future::FutureExt;
     let args = &run.transport;
     no_profile_is_said_first(home)?;
+    // Flags that cannot work are refused before a password is asked for
+    // nothing.
+    let choice = choose_tor(args, false)?;
     let _lock = take_home(home)?;
     let password = if run.password_stdin {
         password_from_stdin()?
@@ -642,8 +1091,29 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     };
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
-    let (transport, tor) = smol::block_on(transport(home, args))?;
-    let note = matches!(transport, AnyTransport::Dev(_))
+    // Connecting to Tor can take minutes: SIGTERM or SIGINT meanwhile stops
+    // at once (a tor we launched stops with it), as `server run` does. The
+    // daemon catches them itself once it runs.
+    let started = smol::block_on(async {
+        let signals = crate::shutdown::Signals::install()
+            .map_err(|e| Failure::internal(format!("cannot catch signals: {e}")))?;
+        let stop = signals.shutdown.clone();
+        Ok::<_, Failure>(
+            async { Some(start_tor(home, args, false, choice).await) }
+                .or(async {
+                    stop.wait().await;
+                    None
+                })
+                .await,
+        )
+    })?;
+    let Some(started) = started else {
+        return Ok(());
+    };
+    let chosen = started?;
+    let note = chosen
+        .transport
+        .is_dev()
         .then(|| "DEVELOPMENT TRANSPORT: plain TCP on loopback, no Tor, no anonymity".to_string());
     let mut peer = crate::peer::Peer::new(
         store::Profile::new(raw),
@@ -656,11 +1126,198 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     let outcome = crate::daemon::run(crate::daemon::PeerDaemon {
         home: home.to_path_buf(),
         peer,
-        transport,
+        transport: chosen.transport.clone(),
         handshake_timeout: args.handshake_timeout,
         stop_on_stdin_eof: run.stop_on_stdin_eof,
     })
     .map_err(Failure::internal);
-    drop(tor);
+    drop(chosen);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_args(flags: &[&str]) -> TransportArgs {
+        let argv = ["cwtch-node", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Run(args) => args.transport,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn server_args(flags: &[&str]) -> TransportArgs {
+        let argv = ["cwtch-node", "server", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Server(ServerCommand::Run(args)) => args.transport,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn arti_s_percent_is_printed_once() {
+        assert_eq!(
+            without_percent("8%: handshaking with Tor relays"),
+            "handshaking with Tor relays"
+        );
+        assert_eq!(without_percent("100%: connected"), "connected");
+        assert_eq!(
+            without_percent("connected to the Tor network"),
+            "connected to the Tor network"
+        );
+        assert_eq!(without_percent("about 5% done"), "about 5% done");
+    }
+
+    #[test]
+    fn a_launch_failure_says_where_tor_got_to_and_where_its_log_is() {
+        let f = launch_failure(
+            &"timed out waiting for tor bootstrap",
+            Some((45, "Asking for relay descriptors".into())),
+            Path::new("/h/tor/notice.log"),
+        );
+        assert_eq!(f.code, EXIT_REFUSED);
+        assert!(f.message.contains("timed out"), "{}", f.message);
+        assert!(
+            f.message.contains("45% Asking for relay descriptors"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("/h/tor/notice.log"), "{}", f.message);
+        let f = launch_failure(&"x", None, Path::new("/h/tor/notice.log"));
+        assert!(!f.message.contains("last bootstrap"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_peer_picks_the_built_in_tor_by_default_and_says_why() {
+        let (resolved, why) = choose_tor(&peer_args(&[]), false).unwrap();
+        if cfg!(feature = "arti") {
+            assert_eq!(resolved, Resolved::Arti);
+            assert!(why.contains("a peer uses the built-in Tor"), "{why}");
+        } else {
+            assert_ne!(resolved, Resolved::Arti);
+        }
+        // The private network of the tests changes nothing in the choice.
+        let args = peer_args(&["--tor-network", "net.txt"]);
+        assert_eq!(choose_tor(&args, false).unwrap(), (resolved, why));
+    }
+
+    #[test]
+    fn flags_that_name_a_tor_choose_it() {
+        for (flags, want) in [
+            (&["--tor-socks", "127.0.0.1:1"][..], Resolved::System),
+            (&["--tor-control", "127.0.0.1:2"], Resolved::System),
+            (
+                &["--tor-control", "unix:/run/tor/control"],
+                Resolved::System,
+            ),
+            (&["--tor-control-password-file", "pw"], Resolved::System),
+            (&["--torrc-extra", "extra"], Resolved::Launch),
+            (&["--launch-tor"], Resolved::Launch),
+            (&["--launch-tor", "--torrc-extra", "x"], Resolved::Launch),
+            (&["--tor", "launch"], Resolved::Launch),
+            (&["--tor", "system"], Resolved::System),
+            (&["--dev-tcp", "dir"], Resolved::Dev),
+            (&["--dev-tcp", "dir", "--tor", "auto"], Resolved::Dev),
+        ] {
+            for server in [false, true] {
+                let (resolved, why) = choose_tor(&peer_or_server(flags, server), server)
+                    .unwrap_or_else(|e| panic!("{flags:?}: {}", e.message));
+                assert_eq!(resolved, want, "{flags:?} server={server}: {why}");
+            }
+        }
+        if cfg!(feature = "arti") {
+            for server in [false, true] {
+                let args = peer_or_server(&["--tor", "arti"], server);
+                assert_eq!(choose_tor(&args, server).unwrap().0, Resolved::Arti);
+                let args = peer_or_server(&["--tor-network", "n"], server);
+                assert_eq!(choose_tor(&args, server).unwrap().0, Resolved::Arti);
+            }
+        }
+    }
+
+    fn peer_or_server(flags: &[&str], server: bool) -> TransportArgs {
+        if server {
+            server_args(flags)
+        } else {
+            peer_args(flags)
+        }
+    }
+
+    #[test]
+    fn flags_for_another_tor_are_refused() {
+        for flags in [
+            &["--tor", "arti", "--tor-socks", "127.0.0.1:1"][..],
+            &["--tor", "launch", "--tor-control", "127.0.0.1:1"],
+            &["--tor", "system", "--torrc-extra", "x"],
+            &["--tor", "arti", "--torrc-extra", "x"],
+            &["--tor", "system", "--tor-network", "n"],
+            &["--tor", "launch", "--tor-network", "n"],
+            &["--launch-tor", "--tor", "arti"],
+            &["--launch-tor", "--tor", "system"],
+            &["--tor-socks", "127.0.0.1:1", "--torrc-extra", "x"],
+            &["--tor-control", "127.0.0.1:1", "--tor-network", "n"],
+            &["--torrc-extra", "x", "--tor-network", "n"],
+            &["--dev-tcp", "d", "--tor", "arti"],
+            &["--dev-tcp", "d", "--tor", "system"],
+            &["--dev-tcp", "d", "--tor", "launch"],
+            &["--tor", "system", "--dev-tcp", "d"],
+            &["--dev-tcp", "d", "--tor-control", "127.0.0.1:1"],
+            &["--dev-tcp", "d", "--tor-network", "n"],
+        ] {
+            let e = choose_tor(&peer_args(flags), false).unwrap_err();
+            assert_eq!(e.code, EXIT_BAD_INPUT, "{flags:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["cwtch-node", "run", "--tor-control", "nowhere"]).is_err(),
+            "a control address is ADDRESS:PORT or unix:PATH"
+        );
+    }
+
+    #[test]
+    fn the_control_password_is_the_files_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let args = peer_args(&["--tor-control-password-file", file.to_str().unwrap()]);
+        for origin in [ControlOrigin::Named, ControlOrigin::Probed] {
+            assert_eq!(
+                control_auth(&args, origin).unwrap(),
+                ControlAuth::password("s3cret")
+            );
+        }
+        std::fs::write(&file, "\n").unwrap();
+        let named = ControlOrigin::Named;
+        assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(control_auth(&args, named).unwrap_err().code, EXIT_BAD_INPUT);
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_warned_about() {
+        assert!(!password_file_too_open(0o100600));
+        assert!(!password_file_too_open(0o100400));
+        assert!(!password_file_too_open(0o100700));
+        for mode in [
+            0o100640, 0o100604, 0o100620, 0o100602, 0o100610, 0o100601, 0o100666,
+        ] {
+            assert!(password_file_too_open(mode), "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_probed_control_port_is_checked_and_a_named_one_is_not() {
+        let args = peer_args(&["--tor-control", "127.0.0.1:9051"]);
+        let (addr, origin) = system_control(&args);
+        assert_eq!(addr.to_string(), "127.0.0.1:9051");
+        assert_eq!(origin, ControlOrigin::Named);
+        assert_eq!(control_auth(&args, origin).unwrap(), ControlAuth::Auto);
+        let args = peer_args(&["--tor", "system"]);
+        let (_, origin) = system_control(&args);
+        assert_eq!(origin, ControlOrigin::Probed);
+        assert_eq!(
+            control_auth(&args, origin).unwrap(),
+            ControlAuth::AutoProbed
+        );
+    }
 }

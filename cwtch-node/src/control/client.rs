@@ -21,6 +21,9 @@ use super::socket_path;
 pub enum ClientError {
     /// No daemon answers on the socket.
     NotRunning(String),
+    /// No daemon answers on the socket yet, but one (this pid) holds the
+    /// home: it is starting (connecting to Tor), or stopping.
+    Starting(u32),
     /// The daemon answered with an error.
     Api(ApiError),
     /// The connection broke, or the daemon said something this client does
@@ -32,6 +35,10 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::NotRunning(why) => f.write_str(why),
+            ClientError::Starting(pid) => write!(
+                f,
+                "the daemon (pid {pid}) is starting: it is connecting to Tor; try again shortly"
+            ),
             ClientError::Api(e) => e.fmt(f),
             ClientError::Io(e) => write!(f, "the daemon's answer: {e}"),
         }
@@ -58,6 +65,9 @@ impl Client {
     pub fn connect(home: &Path, who: &str) -> Result<Client, ClientError> {
         let path = socket_path(home);
         let stream = UnixStream::connect(&path).map_err(|e| {
+            if let Some(pid) = crate::home::lock_holder(home) {
+                return ClientError::Starting(pid);
+            }
             ClientError::NotRunning(format!(
                 "cannot reach the daemon at {} ({e}): is `cwtch-node --home {} run` running?",
                 path.display(),

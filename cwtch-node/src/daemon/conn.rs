@@ -86,6 +86,18 @@ impl LinkStream for smol::Async<std::net::TcpStream> {
     }
 }
 
+/// A TCP socket asks the reactor; a stream of the built-in Tor cannot
+/// tell, and is read (the default).
+impl LinkStream for crate::transport::Stream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            crate::transport::Stream::Tcp(s) => s.poll_readable(cx),
+            #[allow(unreachable_patterns)]
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// A socket of the reactor: readiness without a read.
 impl LinkStream for smol::Async<std::os::unix::net::UnixStream> {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -374,6 +386,10 @@ where
     // Whether to poll the stream's directions: after it woke us, or while
     // it has not said Pending since.
     let (mut read_armed, mut write_armed) = (true, true);
+    // Written bytes not yet flushed: a stream of the built-in Tor (arti's
+    // `DataStream`) holds them until a flush or a full cell; a TCP
+    // socket's flush is done at once.
+    let mut unflushed = false;
     // Whether the last read left the socket empty (it did not fill the
     // buffer): the stream is then asked for readiness before a read.
     let mut drained = false;
@@ -521,8 +537,16 @@ where
                             wire.clear();
                             written = 0;
                         }
+                        unflushed = true;
                         woken.wrote = true;
                     }
+                    Poll::Pending => write_armed = false,
+                }
+            }
+            if unflushed && wire.is_empty() && write_armed {
+                match Pin::new(&mut stream).poll_flush(&mut scx) {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(_)) => woken.write_failed = true,
                     Poll::Pending => write_armed = false,
                 }
             }

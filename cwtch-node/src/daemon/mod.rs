@@ -21,7 +21,7 @@ use std::time::Duration as StdDuration;
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::{Identity, OnionAddress, PublicIdentity};
-use cwtch_transport_socks::{AnyTransport, IsolationKey, Listener, PEER_PORT, Transport};
+use cwtch_transport_socks::IsolationKey;
 use serde_json::Value;
 use smol::channel::Sender;
 
@@ -31,6 +31,7 @@ use crate::control::events::Hub;
 use crate::control::server::{Ask, Serving};
 use crate::limits::{HandshakeSlots, MAX_PEER_HANDSHAKES};
 use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
+use crate::transport::{Listener, NodeTransport, PEER_PORT};
 use conn::{Admission, LinkCommand, LinkHandler, Outbox};
 
 /// An input for the core's thread.
@@ -56,7 +57,7 @@ pub struct PeerDaemon {
     /// The core, loaded.
     pub peer: Peer,
     /// How to reach peers and servers.
-    pub transport: AnyTransport,
+    pub transport: NodeTransport,
     /// The handshake deadline of inbound connections, seconds (0: default).
     pub handshake_timeout: u64,
     /// Stop gracefully when standard input ends (`run
@@ -69,7 +70,7 @@ type Registry = Arc<Mutex<HashMap<LinkId, Sender<LinkCommand>>>>;
 
 struct Ctx {
     identity: Identity,
-    transport: AnyTransport,
+    transport: NodeTransport,
     registry: Registry,
     input: mpsc::Sender<Input>,
     slots: Arc<HandshakeSlots>,
@@ -608,7 +609,7 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
 async fn accept(listener: &Listener, ctx: Arc<Ctx>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 let ctx = ctx.clone();
                 smol::spawn(async move {
                     let slot = Arc::new(ctx.slots.admit());

@@ -37,7 +37,6 @@ use cwtch_proto::server::{
     BlobStore as SessionStore, Reply, ServerConfig, ServerEvent, ServerSession, StoreError,
 };
 use cwtch_proto::{Identity, PublicIdentity};
-use cwtch_transport_socks::{AnyTransport, PEER_PORT, Stream, Transport};
 use event_listener::{Event, EventListener};
 use smol::future::FutureExt;
 
@@ -48,6 +47,7 @@ use crate::cli::ServerPolicyArgs;
 use crate::clock;
 use crate::daemon::conn::{self, Commands, Ending, LinkHandler, Outbox};
 use crate::shutdown::{Reload, Shutdown};
+use crate::transport::{Listener, NodeTransport, PEER_PORT, Stream};
 use config::{Config, Limit, MetricsAddr, PowConfig, Ranged};
 use stats::{Counters, Report, Window};
 
@@ -907,13 +907,17 @@ pub struct RunOptions {
 }
 
 /// Runs the server until the process ends.
-pub async fn run(home: &Path, transport: AnyTransport) -> Result<(), String> {
+pub async fn run(home: &Path, transport: impl Into<NodeTransport>) -> Result<(), String> {
     run_with(home, transport, Faults::default()).await
 }
 
 /// [`run`], misbehaving as `faults` says: for tests of members facing a
 /// cheating server.
-pub async fn run_with(home: &Path, transport: AnyTransport, faults: Faults) -> Result<(), String> {
+pub async fn run_with(
+    home: &Path,
+    transport: impl Into<NodeTransport>,
+    faults: Faults,
+) -> Result<(), String> {
     run_until(
         home,
         transport,
@@ -940,9 +944,10 @@ impl Drop for TaskGuard {
 /// gracefully and returns `Ok`.
 pub async fn run_until(
     home: &Path,
-    transport: AnyTransport,
+    transport: impl Into<NodeTransport>,
     options: RunOptions,
 ) -> Result<(), String> {
+    let transport = transport.into();
     let identity = load_identity(home)?;
     let (config, note) = config::load_or_migrate(home).map_err(|e| e.to_string())?;
     if let Some(note) = note {
@@ -1028,7 +1033,7 @@ pub async fn run_until(
             .await;
         let stream = match accepted {
             None => break,
-            Some(Ok((stream, _))) => stream,
+            Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 // Out of file descriptors under a flood, for instance: keep
                 // serving the connections we have.
@@ -1075,7 +1080,7 @@ pub async fn run_until(
 async fn stop(
     shared: &Arc<Shared>,
     home: &Path,
-    listener: cwtch_transport_socks::Listener,
+    listener: Listener,
     background: Vec<smol::Task<()>>,
 ) -> Result<(), String> {
     let clients = shared.tasks.load(Ordering::Acquire);
@@ -1191,8 +1196,8 @@ const DRAIN: cwtch_proto::Duration = cwtch_proto::Duration::from_secs(5);
 /// the session only while the channel can take them. Once authenticated,
 /// the client counts against `--max-connections` (closed at once when the
 /// server already serves that many), like the daemon's own clients.
-pub async fn serve_client(shared: &Shared, stream: Stream) {
-    serve_client_in_slot(shared, stream, None).await
+pub async fn serve_client(shared: &Shared, stream: impl Into<Stream>) {
+    serve_client_in_slot(shared, stream.into(), None).await
 }
 
 /// [`serve_client`], releasing a handshake slot once the client is

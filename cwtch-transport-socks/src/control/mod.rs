@@ -12,6 +12,7 @@ pub mod auth;
 pub mod conf;
 pub mod reply;
 pub mod status;
+pub mod trust;
 
 use core::fmt;
 use core::net::SocketAddr;
@@ -19,23 +20,126 @@ use core::time::Duration;
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use self::auth::{COOKIE_LEN, NONCE_LEN, ProtocolInfo};
 use self::reply::{ParseError, Reply, ReplyParser};
 use self::status::{BootstrapStatus, HsDescEvent};
+use self::trust::Distrust;
 
 /// Default address of a system tor's control port.
 pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::V4(core::net::SocketAddrV4::new(
     core::net::Ipv4Addr::LOCALHOST,
     9051,
 ));
+/// Debian's control socket: the system tor service (`tor@default`) listens
+/// there (`ControlSocket /run/tor/control` in
+/// `/usr/share/tor/tor-service-defaults-torrc`), with cookie authentication
+/// through `/run/tor/control.authcookie`, readable by the `debian-tor`
+/// group. Its torrc opens no control port.
+pub const DEBIAN_CONTROL_SOCKET: &str = "/run/tor/control";
+
+/// Where tor's control port is: a TCP address (`ControlPort`) or a Unix
+/// socket (`ControlSocket`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ControlAddr {
+    /// `ControlPort`: a TCP address (loopback).
+    Tcp(SocketAddr),
+    /// `ControlSocket`: a Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlAddr::Tcp(a) => write!(f, "{a}"),
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for ControlAddr {
+    fn from(a: SocketAddr) -> Self {
+        ControlAddr::Tcp(a)
+    }
+}
+
+impl core::str::FromStr for ControlAddr {
+    type Err = String;
+
+    /// `HOST:PORT` (an IP address), `unix:PATH`, or an absolute path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ControlAddr::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(ControlAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse::<SocketAddr>().map(ControlAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither ADDRESS:PORT (e.g. 127.0.0.1:9051) nor unix:PATH")
+        })
+    }
+}
+
+/// The connection to the control port, over TCP or a Unix socket.
+#[derive(Debug)]
+enum ControlStream {
+    Tcp(Async<TcpStream>),
+    Unix(Async<UnixStream>),
+}
+
+impl AsyncRead for ControlStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ControlStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ControlStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ControlStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ControlStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ControlStream::Tcp(s) => Pin::new(s).poll_close(cx),
+            ControlStream::Unix(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
+
 /// Default time allowed for one command's answer.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,20 +148,40 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum ControlAuth {
     /// Ask `PROTOCOLINFO` and use what is offered: no authentication, or
-    /// the cookie file tor names (SAFECOOKIE preferred over COOKIE).
+    /// the cookie file tor names (SAFECOOKIE preferred over COOKIE). For a
+    /// control address the user named; for one found by probing, use
+    /// [`ControlAuth::AutoProbed`].
     Auto,
+    /// [`ControlAuth::Auto`] for a control address that was probed (e.g.
+    /// 127.0.0.1:9051 tried by default), not named by the user: whoever
+    /// answers there may be another local user, to whom `ADD_ONION` would
+    /// give the identity key. Refuses NULL authentication, and uses the
+    /// cookie only when the listening socket belongs to root, to us or to
+    /// a tor account, and the cookie file is a regular file, not writable
+    /// by group or others, owned by the socket's owner, root or us (see
+    /// [`trust`]); otherwise [`ControlError::Untrusted`].
+    AutoProbed,
     /// The cookie in this file (SAFECOOKIE if offered, else COOKIE).
     Cookie(PathBuf),
-    /// `HashedControlPassword`'s password.
-    Password(String),
+    /// `HashedControlPassword`'s password, wiped when dropped (build it
+    /// with [`ControlAuth::password`]).
+    Password(Zeroizing<String>),
     /// No authentication (`CookieAuthentication 0`, no password).
     None,
+}
+
+impl ControlAuth {
+    /// [`ControlAuth::Password`] with this password.
+    pub fn password(password: impl Into<String>) -> Self {
+        ControlAuth::Password(Zeroizing::new(password.into()))
+    }
 }
 
 impl fmt::Debug for ControlAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ControlAuth::Auto => f.write_str("Auto"),
+            ControlAuth::AutoProbed => f.write_str("AutoProbed"),
             ControlAuth::Cookie(p) => f.debug_tuple("Cookie").field(p).finish(),
             ControlAuth::Password(_) => f.write_str("Password(..)"),
             ControlAuth::None => f.write_str("None"),
@@ -70,10 +194,11 @@ impl fmt::Debug for ControlAuth {
 #[non_exhaustive]
 pub enum ControlError {
     /// Nothing answers at the control address: tor is not running, or its
-    /// `ControlPort` is elsewhere.
+    /// `ControlPort` is elsewhere (or, for a Unix socket, we may not open
+    /// it).
     Unreachable {
         /// The address we tried.
-        addr: SocketAddr,
+        addr: ControlAddr,
         /// The connect error.
         source: io::Error,
     },
@@ -127,11 +252,29 @@ pub enum ControlError {
         /// What we were waiting for.
         waiting_for: &'static str,
     },
+    /// A probed control port ([`ControlAuth::AutoProbed`]) may not be our
+    /// tor: nothing was sent that could give away a key.
+    Untrusted {
+        /// The probed address.
+        addr: ControlAddr,
+        /// Why it is not trusted.
+        why: Distrust,
+    },
 }
 
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ControlError::Unreachable {
+                addr: ControlAddr::Unix(path),
+                source,
+            } if source.kind() == io::ErrorKind::PermissionDenied => write!(
+                f,
+                "cannot open tor's control socket {} (permission denied): the user running cwtch \
+                 must be in its group (on Debian: `sudo adduser $USER debian-tor`, then log in \
+                 again)",
+                path.display()
+            ),
             ControlError::Unreachable { addr, source } => {
                 write!(
                     f,
@@ -161,6 +304,17 @@ impl fmt::Display for ControlError {
                     offered.join(",")
                 )
             }
+            ControlError::Cookie { path, source }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                write!(
+                    f,
+                    "cannot read tor's control cookie {} (permission denied): the user running \
+                     cwtch must be in its group (on Debian: `sudo adduser $USER debian-tor`, then \
+                     log in again)",
+                    path.display()
+                )
+            }
             ControlError::Cookie { path, source } => {
                 write!(f, "cannot use control cookie {}: {source}", path.display())
             }
@@ -182,6 +336,13 @@ impl fmt::Display for ControlError {
             ControlError::TimedOut { waiting_for } => {
                 write!(f, "timed out waiting for {waiting_for}")
             }
+            ControlError::Untrusted { addr, why } => write!(
+                f,
+                "the tor control port found at {addr} is not trusted: {why}. Configure tor with \
+                 CookieAuthentication 1 (its cookie readable by this user) or \
+                 HashedControlPassword, or name the control port explicitly (cwtch-node: \
+                 --tor-control)"
+            ),
         }
     }
 }
@@ -218,10 +379,62 @@ pub(crate) async fn with_timeout<T, E>(
     .await
 }
 
+/// Who may own a probed control port's cookie file: the listening socket's
+/// owner (or root, or us).
+#[derive(Clone, Copy, Debug)]
+struct CookieOwners {
+    listener: u32,
+    own: u32,
+}
+
+/// Reads a control cookie: a regular file (not a FIFO, which would block,
+/// nor a device like `/dev/zero`, which never ends) of exactly
+/// [`COOKIE_LEN`] bytes; at most one byte more is read. Opened
+/// non-blocking so that a FIFO cannot hang the open itself.
+fn read_cookie(path: &Path) -> io::Result<(Zeroizing<[u8; COOKIE_LEN]>, std::fs::Metadata)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cookie is not a regular file",
+        ));
+    }
+    let mut buf = Zeroizing::new([0u8; COOKIE_LEN + 1]);
+    let mut len = 0;
+    while let Some(rest) = buf.get_mut(len..).filter(|r| !r.is_empty()) {
+        match file.read(rest) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut cookie = Zeroizing::new([0u8; COOKIE_LEN]);
+    match buf.get(..len) {
+        Some(read) if len == COOKIE_LEN => cookie.copy_from_slice(read),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cookie is not 32 bytes",
+            ));
+        }
+    }
+    Ok((cookie, meta))
+}
+
 /// An open, possibly authenticated, connection to tor's control port.
 #[derive(Debug)]
 pub struct ControlConnection {
-    stream: Async<TcpStream>,
+    stream: ControlStream,
+    /// Where we connected.
+    addr: ControlAddr,
     parser: ReplyParser,
     events: VecDeque<Reply>,
     timeout: Duration,
@@ -235,22 +448,34 @@ pub struct ControlConnection {
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 impl ControlConnection {
-    /// Connects (not yet authenticated).
-    pub async fn connect(addr: SocketAddr) -> Result<Self, ControlError> {
+    /// Connects (not yet authenticated) to a control port
+    /// (`SocketAddr`) or control socket ([`ControlAddr::Unix`]).
+    pub async fn connect(addr: impl Into<ControlAddr>) -> Result<Self, ControlError> {
+        let addr = addr.into();
         let stream = with_timeout(
             DEFAULT_COMMAND_TIMEOUT,
             ControlError::TimedOut {
                 waiting_for: "control port connection",
             },
             async {
-                Async::<TcpStream>::connect(addr)
-                    .await
-                    .map_err(|source| ControlError::Unreachable { addr, source })
+                let connected = match &addr {
+                    ControlAddr::Tcp(a) => Async::<TcpStream>::connect(*a)
+                        .await
+                        .map(ControlStream::Tcp),
+                    ControlAddr::Unix(p) => Async::<UnixStream>::connect(p)
+                        .await
+                        .map(ControlStream::Unix),
+                };
+                connected.map_err(|source| ControlError::Unreachable {
+                    addr: addr.clone(),
+                    source,
+                })
             },
         )
         .await?;
         Ok(ControlConnection {
             stream,
+            addr,
             parser: ReplyParser::new(),
             events: VecDeque::new(),
             timeout: DEFAULT_COMMAND_TIMEOUT,
@@ -259,7 +484,10 @@ impl ControlConnection {
     }
 
     /// Connects and authenticates.
-    pub async fn open(addr: SocketAddr, auth: &ControlAuth) -> Result<Self, ControlError> {
+    pub async fn open(
+        addr: impl Into<ControlAddr>,
+        auth: &ControlAuth,
+    ) -> Result<Self, ControlError> {
         let mut c = Self::connect(addr).await?;
         c.authenticate(auth).await?;
         Ok(c)
@@ -379,11 +607,12 @@ impl ControlConnection {
                 if !info.offers("HASHEDPASSWORD") {
                     return Err(no_auth());
                 }
-                self.command(&format!("AUTHENTICATE {}", auth::quote(pw)))
-                    .await
-                    .map(drop)
+                let quoted = Zeroizing::new(auth::quote(pw));
+                let line = Zeroizing::new(format!("AUTHENTICATE {}", quoted.as_str()));
+                self.command(&line).await.map(drop)
             }
-            ControlAuth::Cookie(path) => self.cookie_auth(&info, path).await,
+            ControlAuth::Cookie(path) => self.cookie_auth(&info, path, None).await,
+            ControlAuth::AutoProbed => self.probed_auth(&info).await,
             ControlAuth::Auto => {
                 if info.offers("NULL") {
                     self.command("AUTHENTICATE").await.map(drop)
@@ -392,7 +621,7 @@ impl ControlConnection {
                     .clone()
                     .filter(|_| info.offers("SAFECOOKIE") || info.offers("COOKIE"))
                 {
-                    self.cookie_auth(&info, Path::new(&path)).await
+                    self.cookie_auth(&info, Path::new(&path), None).await
                 } else {
                     Err(no_auth())
                 }
@@ -400,18 +629,100 @@ impl ControlConnection {
         }
     }
 
-    async fn cookie_auth(&mut self, info: &ProtocolInfo, path: &Path) -> Result<(), ControlError> {
+    fn untrusted(&self, why: Distrust) -> ControlError {
+        ControlError::Untrusted {
+            addr: self.addr.clone(),
+            why,
+        }
+    }
+
+    /// [`ControlAuth::AutoProbed`]: the cookie, from a trusted listener and
+    /// file only; never NULL.
+    async fn probed_auth(&mut self, info: &ProtocolInfo) -> Result<(), ControlError> {
+        let Some(path) = info
+            .cookie_file
+            .clone()
+            .filter(|_| info.offers("SAFECOOKIE") || info.offers("COOKIE"))
+        else {
+            return Err(if info.offers("NULL") {
+                self.untrusted(Distrust::NullAuth)
+            } else {
+                ControlError::NoUsableAuth {
+                    offered: info.methods.clone(),
+                }
+            });
+        };
+        let listener = self
+            .listener_uid()
+            .ok_or_else(|| self.untrusted(Distrust::UnknownListener))?;
+        let own = trust::own_uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        trust::check_listener(listener, own, &trust::tor_account_uids(&passwd))
+            .map_err(|why| self.untrusted(why))?;
+        self.cookie_auth(info, Path::new(&path), Some(CookieOwners { listener, own }))
+            .await
+    }
+
+    /// The uid owning the socket we are connected to: for TCP, the LISTEN
+    /// entry of `/proc/net/tcp` (or `tcp6`) for our peer's address; for a
+    /// Unix socket, the socket file's owner.
+    fn listener_uid(&self) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        match &self.stream {
+            ControlStream::Tcp(s) => {
+                let peer = s.get_ref().peer_addr().ok()?;
+                let v4 = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+                let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+                let a = trust::listener_uid(&v4, false, peer);
+                let b = trust::listener_uid(&v6, true, peer);
+                match (a, b) {
+                    (Some(a), Some(b)) if a != b => None,
+                    (a, b) => a.or(b),
+                }
+            }
+            ControlStream::Unix(_) => match &self.addr {
+                ControlAddr::Unix(path) => std::fs::metadata(path).ok().map(|m| m.uid()),
+                ControlAddr::Tcp(_) => None,
+            },
+        }
+    }
+
+    async fn cookie_auth(
+        &mut self,
+        info: &ProtocolInfo,
+        path: &Path,
+        owners: Option<CookieOwners>,
+    ) -> Result<(), ControlError> {
+        use std::os::unix::fs::MetadataExt;
         let cookie_err = |source| ControlError::Cookie {
             path: path.to_owned(),
             source,
         };
-        let cookie = smol::fs::read(path).await.map_err(cookie_err)?;
-        if cookie.len() != COOKIE_LEN {
-            return Err(cookie_err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "cookie is not 32 bytes",
-            )));
+        let owned = path.to_owned();
+        let (cookie, meta) = with_timeout(
+            self.timeout,
+            ControlError::TimedOut {
+                waiting_for: "control cookie file",
+            },
+            async {
+                smol::unblock(move || read_cookie(&owned))
+                    .await
+                    .map_err(cookie_err)
+            },
+        )
+        .await?;
+        if let Some(o) = owners {
+            trust::check_cookie(
+                path.to_owned(),
+                meta.is_file(),
+                meta.mode(),
+                meta.uid(),
+                o.listener,
+                o.own,
+            )
+            .map_err(|why| self.untrusted(why))?;
         }
+        let cookie: &[u8] = &cookie[..];
         if info.offers("SAFECOOKIE") {
             let mut nonce = [0u8; NONCE_LEN];
             getrandom::fill(&mut nonce)
@@ -423,23 +734,21 @@ impl ControlConnection {
                 ))
                 .await?;
             let challenge = auth::parse_auth_challenge(&r)?;
-            if !auth::verify_server_hash(&cookie, &nonce, &challenge) {
+            if !auth::verify_server_hash(cookie, &nonce, &challenge) {
                 return Err(ControlError::ServerHashMismatch);
             }
-            let hash = auth::client_hash(&cookie, &nonce, &challenge.server_nonce);
+            let hash = auth::client_hash(cookie, &nonce, &challenge.server_nonce);
             self.command(&format!(
                 "AUTHENTICATE {}",
-                data_encoding::HEXUPPER.encode(&hash)
+                Zeroizing::new(data_encoding::HEXUPPER.encode(&hash)).as_str()
             ))
             .await
             .map(drop)
         } else if info.offers("COOKIE") {
-            self.command(&format!(
-                "AUTHENTICATE {}",
-                data_encoding::HEXUPPER.encode(&cookie)
-            ))
-            .await
-            .map(drop)
+            // The cookie itself goes on the wire: wipe our copies.
+            let hex = Zeroizing::new(data_encoding::HEXUPPER.encode(cookie));
+            let line = Zeroizing::new(format!("AUTHENTICATE {}", hex.as_str()));
+            self.command(&line).await.map(drop)
         } else {
             Err(ControlError::NoUsableAuth {
                 offered: info.methods.clone(),
@@ -584,11 +893,29 @@ impl ControlConnection {
         virt_port: u16,
         local: SocketAddr,
     ) -> Result<OnionAddress, ControlError> {
+        self.add_onion_with(identity, virt_port, local, false).await
+    }
+
+    /// [`Self::add_onion`], with tor's proof-of-work defences for the
+    /// service when `pow_defenses` (`PoWDefensesEnabled=1`, proposal 327,
+    /// tor 0.4.8 and later; a tor without it refuses the command).
+    pub async fn add_onion_with(
+        &mut self,
+        identity: &Identity,
+        virt_port: u16,
+        local: SocketAddr,
+        pow_defenses: bool,
+    ) -> Result<OnionAddress, ControlError> {
         let expected = identity.address();
         let key = identity.tor_expanded_key();
         let key_b64 = Zeroizing::new(data_encoding::BASE64.encode(key.as_bytes()));
+        let pow = if pow_defenses {
+            " PoWDefensesEnabled=1"
+        } else {
+            ""
+        };
         let line = Zeroizing::new(format!(
-            "ADD_ONION ED25519-V3:{} Flags=DiscardPK Port={virt_port},{local}",
+            "ADD_ONION ED25519-V3:{} Flags=DiscardPK{pow} Port={virt_port},{local}",
             key_b64.as_str()
         ));
         let r = self.command(&line).await?;
