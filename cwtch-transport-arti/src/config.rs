@@ -128,8 +128,18 @@ impl PrivateNetwork {
                     .map(|(_, v)| *v)
                     .ok_or_else(|| bad(what))
             };
+            // Only loopback: the built-in Tor turns its path protections
+            // off for a private network (relays on one address), so a
+            // file naming real hosts must not put a user on someone's
+            // network that way.
             let addr = |name: &str, what: &'static str| -> Result<SocketAddr, ParseError> {
-                field(name, what)?.parse().map_err(|_| bad(what))
+                let a: SocketAddr = field(name, what)?.parse().map_err(|_| bad(what))?;
+                if !a.ip().is_loopback() {
+                    return Err(bad(
+                        "loopback address (a private network runs on 127.0.0.0/8 or ::1)",
+                    ));
+                }
+                Ok(a)
             };
             match kind {
                 "authority" => net.authorities.push(DirAuthority::from_hex(
@@ -490,6 +500,23 @@ mod tests {
             e.to_string().contains("needs an authority and a fallback"),
             "{e}"
         );
+    }
+
+    /// A network file naming a host off this machine is refused, for an
+    /// authority and for a fallback alike.
+    #[test]
+    fn a_private_network_is_on_loopback_only() {
+        let text = private().to_text();
+        assert!(PrivateNetwork::parse(&text).is_ok());
+        for (from, to) in [
+            ("dir=127.0.0.1:", "dir=1.2.3.4:"),
+            ("orport=127.0.0.1:", "orport=192.168.1.9:"),
+        ] {
+            let moved = text.replacen(from, to, 1);
+            assert_ne!(moved, text, "{from} is in the text");
+            let e = PrivateNetwork::parse(&moved).unwrap_err();
+            assert!(e.to_string().contains("loopback"), "{e}");
+        }
     }
 
     #[test]
