@@ -436,7 +436,7 @@ pub struct ControlConnection {
     /// Where we connected.
     addr: ControlAddr,
     parser: ReplyParser,
-    events: VecDeque<Reply>,
+    events: EventQueue,
     timeout: Duration,
     /// Set while a command waits for its answer; still set if that wait
     /// was abandoned (timeout, dropped future), after which answers would
@@ -446,6 +446,45 @@ pub struct ControlConnection {
 
 /// Most events kept while nobody reads them; older ones are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
+/// Most bytes of events kept while nobody reads them (an event can be as
+/// large as [`reply::MAX_REPLY_LEN`]); older ones are dropped.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Events read while a command waited for its answer, oldest first,
+/// bounded in number and in bytes.
+#[derive(Debug, Default)]
+struct EventQueue {
+    events: VecDeque<(usize, Reply)>,
+    bytes: usize,
+}
+
+impl EventQueue {
+    fn size(event: &Reply) -> usize {
+        event
+            .lines
+            .iter()
+            .map(|l| l.text.len() + l.data.as_ref().map_or(0, String::len) + 8)
+            .sum()
+    }
+
+    /// Queues `event`, dropping the oldest while over either bound.
+    fn push(&mut self, event: Reply) {
+        let size = Self::size(&event);
+        self.bytes += size;
+        self.events.push_back((size, event));
+        while self.events.len() > MAX_QUEUED_EVENTS
+            || (self.bytes > MAX_QUEUED_EVENT_BYTES && self.events.len() > 1)
+        {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) -> Option<Reply> {
+        let (size, event) = self.events.pop_front()?;
+        self.bytes -= size;
+        Some(event)
+    }
+}
 
 impl ControlConnection {
     /// Connects (not yet authenticated) to a control port
@@ -477,7 +516,7 @@ impl ControlConnection {
             stream,
             addr,
             parser: ReplyParser::new(),
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             timeout: DEFAULT_COMMAND_TIMEOUT,
             out_of_step: false,
         })
@@ -554,10 +593,7 @@ impl ControlConnection {
     }
 
     fn queue_event(&mut self, event: Reply) {
-        if self.events.len() >= MAX_QUEUED_EVENTS {
-            self.events.pop_front();
-        }
-        self.events.push_back(event);
+        self.events.push(event);
     }
 
     /// Sends a command; a 4xx/5xx answer is [`ControlError::Rejected`].
@@ -579,7 +615,7 @@ impl ControlConnection {
     /// Stray non-event replies are ignored.
     pub async fn next_event(&mut self) -> Result<Reply, ControlError> {
         loop {
-            if let Some(e) = self.events.pop_front() {
+            if let Some(e) = self.events.pop() {
                 return Ok(e);
             }
             let r = self.read_reply().await?;
@@ -962,5 +998,49 @@ impl ControlConnection {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply::ReplyLine;
+    use super::*;
+
+    fn event(n: usize, data_len: usize) -> Reply {
+        Reply {
+            code: 650,
+            lines: vec![ReplyLine {
+                code: 650,
+                text: format!("STATUS_CLIENT NOTICE N={n}"),
+                data: (data_len > 0).then(|| "x".repeat(data_len)),
+            }],
+        }
+    }
+
+    /// A control port that floods events while a command waits cannot
+    /// make us hold more than the bounds: in number, and in bytes however
+    /// large each event is (1 MiB each here). The newest are kept.
+    #[test]
+    fn queued_events_are_bounded_in_number_and_bytes() {
+        let mut q = EventQueue::default();
+        for n in 0..2000 {
+            q.push(event(n, 0));
+        }
+        assert_eq!(q.events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(
+            q.pop().map(|e| e.lines[0].text.clone()).as_deref(),
+            Some("STATUS_CLIENT NOTICE N=976")
+        );
+
+        let mut q = EventQueue::default();
+        for n in 0..40 {
+            q.push(event(n, reply::MAX_REPLY_LEN));
+            assert!(q.bytes <= MAX_QUEUED_EVENT_BYTES + reply::MAX_REPLY_LEN + 64);
+            assert_eq!(q.bytes, q.events.iter().map(|(s, _)| s).sum::<usize>());
+        }
+        assert!(q.events.len() <= MAX_QUEUED_EVENT_BYTES / reply::MAX_REPLY_LEN);
+        let newest = std::iter::from_fn(|| q.pop()).last().unwrap();
+        assert_eq!(newest.lines[0].text, "STATUS_CLIENT NOTICE N=39");
+        assert_eq!(q.bytes, 0);
     }
 }
