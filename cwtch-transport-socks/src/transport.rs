@@ -80,7 +80,7 @@ impl From<ControlError> for ListenError {
 #[derive(Debug)]
 enum Published {
     /// Tor serves the onion while this connection is open.
-    Onion(ControlConnection),
+    Onion(Box<ControlConnection>),
     /// The dev directory entry, removed on drop.
     Dev(PathBuf),
 }
@@ -268,7 +268,7 @@ impl Transport for TorTransport {
             tcp,
             address,
             virt_port,
-            published: Published::Onion(control),
+            published: Published::Onion(Box::new(control)),
             pow_defenses,
         })
     }
