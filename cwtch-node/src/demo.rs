@@ -24,6 +24,12 @@ const PASSWORD: &str = "demo password, throw-away profiles";
 const POLL: Duration = Duration::from_millis(150);
 /// How long any one step may take before the demo gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
+/// How long the members may take to reach the server again after it was
+/// killed and restarted. Their tors hold its old descriptor, whose
+/// introduction points are gone; once (in CI, 2026-12-05) two dials of 60 s
+/// each went unanswered before 120 s were up, where it usually takes
+/// seconds.
+const AFTER_RESTART_LIMIT: Duration = Duration::from_secs(300);
 /// Messages timed for the latency figures.
 const LATENCY_PROBES: usize = 20;
 /// The size every sealed group blob has on the server.
@@ -477,8 +483,13 @@ impl Demo {
     }
 
     /// Polls `check` until it returns `Some`, printing connection changes.
-    fn wait<T>(
+    fn wait<T>(&mut self, what: &str, check: impl FnMut(&Demo) -> Option<T>) -> Result<T, String> {
+        self.wait_up_to(STEP_LIMIT, what, check)
+    }
+
+    fn wait_up_to<T>(
         &mut self,
+        limit: Duration,
         what: &str,
         mut check: impl FnMut(&Demo) -> Option<T>,
     ) -> Result<T, String> {
@@ -489,10 +500,10 @@ impl Demo {
             }
             self.report_states(false);
             self.check_alive()?;
-            if start.elapsed() > STEP_LIMIT {
+            if start.elapsed() > limit {
                 return Err(format!(
                     "timed out after {} waiting for {what}",
-                    secs(STEP_LIMIT)
+                    secs(limit)
                 ));
             }
             std::thread::sleep(POLL);
@@ -821,7 +832,7 @@ impl Demo {
         let t = self.wait_server_ready(len)?;
         println!("    server restarted; reachable after {}", secs(t));
         self.post(BOB, "the server is back", &mut posted)?;
-        self.wait_all_see(&posted, &[ALICE, BOB, CAROL])?;
+        self.wait_all_see_up_to(AFTER_RESTART_LIMIT, &posted, &[ALICE, BOB, CAROL])?;
         println!(
             "    every member sees all {} messages again ({} after the restart)",
             posted.len(),
@@ -1020,9 +1031,18 @@ impl Demo {
     }
 
     fn wait_all_see(&mut self, posted: &[(usize, String)], who: &[usize]) -> Result<(), String> {
+        self.wait_all_see_up_to(STEP_LIMIT, posted, who)
+    }
+
+    fn wait_all_see_up_to(
+        &mut self,
+        limit: Duration,
+        posted: &[(usize, String)],
+        who: &[usize],
+    ) -> Result<(), String> {
         for &w in who {
             let name = self.peers[w].name.clone();
-            self.wait(&format!("{name} to see every group message"), |d| {
+            self.wait_up_to(limit, &format!("{name} to see every group message"), |d| {
                 let v = d.group(w);
                 posted
                     .iter()
