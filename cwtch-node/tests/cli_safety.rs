@@ -5,6 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
+use cwtch_tests::testnet::process_alive;
 use support::bin;
 
 /// Each shell gets a script that names the program and its commands.
@@ -98,15 +99,25 @@ fn slow_fake_tor(dir: &std::path::Path, pidfile: &std::path::Path) -> String {
     format!("{}:/usr/bin:/bin", dir.display())
 }
 
-fn alive(pid: i32) -> bool {
-    // Not a zombie either: a reaped or exited process is gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
+/// A `run --tor launch` of a fresh profile whose tor (a fake on PATH) never
+/// bootstraps, once that tor runs: the daemon, and the tor's pid.
+fn a_daemon_connecting_to_tor(tmp: &std::path::Path) -> (support::Daemon, u32) {
+    let home = tmp.join("alice");
+    support::init(&home, "alice");
+    let bin_dir = tmp.join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let pidfile = tmp.join("tor.pid");
+    let path = slow_fake_tor(&bin_dir, &pidfile);
+    let daemon = support::Daemon::start_with_env(
+        &home,
+        false,
+        &["--tor".into(), "launch".into()],
+        &[("PATH", &path)],
+    );
+    let tor_pid = support::wait_for("the fake tor", std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    (daemon, tor_pid)
 }
 
 /// SIGTERM while `run` still connects to Tor (here a tor it launched that
@@ -116,22 +127,8 @@ fn alive(pid: i32) -> bool {
 fn a_peer_stops_on_sigterm_while_connecting_to_tor() {
     use std::time::Duration;
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("alice");
-    support::init(&home, "alice");
-    let bin_dir = tmp.path().join("bin");
-    std::fs::create_dir(&bin_dir).unwrap();
-    let pidfile = tmp.path().join("tor.pid");
-    let path = slow_fake_tor(&bin_dir, &pidfile);
-    let mut daemon = support::Daemon::start_with_env(
-        &home,
-        false,
-        &["--tor".into(), "launch".into()],
-        &[("PATH", &path)],
-    );
-    let tor_pid: i32 = support::wait_for("the fake tor", Duration::from_secs(30), || {
-        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
-    });
-    assert!(alive(tor_pid));
+    let (mut daemon, tor_pid) = a_daemon_connecting_to_tor(tmp.path());
+    assert!(process_alive(tor_pid));
     let status = daemon
         .terminate(Duration::from_secs(10))
         .expect("stopped promptly");
@@ -142,7 +139,7 @@ fn a_peer_stops_on_sigterm_while_connecting_to_tor() {
         daemon.log_text()
     );
     support::wait_for("the launched tor to stop", Duration::from_secs(5), || {
-        (!alive(tor_pid)).then_some(())
+        (!process_alive(tor_pid)).then_some(())
     });
 }
 
@@ -174,22 +171,7 @@ fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
     use std::time::Duration;
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("alice");
-    support::init(&home, "alice");
-    let bin_dir = tmp.path().join("bin");
-    std::fs::create_dir(&bin_dir).unwrap();
-    let pidfile = tmp.path().join("tor.pid");
-    let path = slow_fake_tor(&bin_dir, &pidfile);
-    let mut daemon = support::Daemon::start_with_env(
-        &home,
-        false,
-        &["--tor".into(), "launch".into()],
-        &[("PATH", &path)],
-    );
-    support::wait_for("the fake tor", Duration::from_secs(30), || {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
+    let (mut daemon, _) = a_daemon_connecting_to_tor(tmp.path());
     let cmd = |args: &[&str]| {
         Command::new(bin())
             .arg("--home")
