@@ -391,3 +391,63 @@ fn refuses_foreign_files() {
     // A reader does not create a store.
     assert!(BlobReader::open(dir.path().join("missing.sqlite")).is_err());
 }
+
+/// A store of schema version 1 (`AUTOINCREMENT`, written by builds before
+/// the `meta` table) still opens, and keeps its indices going after every
+/// blob is pruned; new stores have no `AUTOINCREMENT` counter for each
+/// commit to rewrite; an unknown version is refused.
+#[test]
+fn schema_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v1.sqlite");
+    let conn = rusqlite::Connection::open(&old).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE blobs (
+            idx INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at INTEGER NOT NULL,
+            blob BLOB NOT NULL CHECK (length(blob) = 2048)
+         );
+         PRAGMA application_id = 1131889235;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = BlobStore::open(&old, RetentionPolicy::UNLIMITED).unwrap();
+    assert_eq!(store.append_batch(&[blob(1), blob(2)]).unwrap(), 1..3);
+    store.set_policy(RetentionPolicy {
+        max_blobs: Some(0),
+        ..RetentionPolicy::UNLIMITED
+    });
+    assert_eq!(store.prune(u64::MAX).unwrap().removed, 2);
+    drop(store);
+    let mut store = BlobStore::open(&old, RetentionPolicy::UNLIMITED).unwrap();
+    assert_eq!(store.head(), 2, "version 1 keeps its counter");
+    assert_eq!(store.append_batch(&[blob(3)]).unwrap(), 3..4);
+    store.integrity_check().unwrap();
+    drop(store);
+
+    let new = dir.path().join("v2.sqlite");
+    let mut store = BlobStore::open(&new, RetentionPolicy::UNLIMITED).unwrap();
+    store.append_batch(&[blob(1)]).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&new).unwrap();
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let counters: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counters, 0, "no AUTOINCREMENT counter in a new store");
+    conn.pragma_update(None, "user_version", 3).unwrap();
+    drop(conn);
+    assert!(matches!(
+        BlobStore::open(&new, RetentionPolicy::UNLIMITED),
+        Err(Error::UnsupportedVersion { found: 3 })
+    ));
+}

@@ -6,9 +6,14 @@
 //!
 //! # What is stored
 //! One SQLite table, `blobs(idx, received_at, blob)`:
-//! - `idx`: `INTEGER PRIMARY KEY AUTOINCREMENT`, starting at 1, assigned in
-//!   order, never reused, even after every blob has been pruned (SQLite's
-//!   `sqlite_sequence` keeps the high-water mark);
+//! - `idx`: `INTEGER PRIMARY KEY`, starting at 1, assigned in order by the
+//!   store (never by SQLite), never reused, even after every blob has been
+//!   pruned: each prune transaction also records the highest index ever
+//!   assigned in `meta(name = 'high_water')`, and opening a store takes the
+//!   larger of that and the largest stored index. (Schema version 1 used
+//!   `AUTOINCREMENT`, whose counter row in `sqlite_sequence` every commit
+//!   rewrote: one more 64 KiB page per commit. Stores of version 1 are
+//!   still opened, and keep their counter.)
 //! - `received_at`: unix seconds when the server took the blob, for
 //!   age-based retention;
 //! - `blob`: exactly [`SEALED_BLOB_LEN`] bytes (also a `CHECK` constraint).
@@ -98,8 +103,11 @@ pub const MAX_READ_LIMIT: usize = 1024;
 
 /// `PRAGMA application_id` of a blob store ("CwBS").
 const APPLICATION_ID: i32 = 0x4377_4253;
-/// `PRAGMA user_version`: the schema version.
-const SCHEMA_VERSION: i32 = 1;
+/// `PRAGMA user_version`: the schema version of new stores (2: `idx`
+/// without `AUTOINCREMENT`, and the `meta` table).
+const SCHEMA_VERSION: i32 = 2;
+/// The first schema version, still opened: `AUTOINCREMENT`, no `meta`.
+const SCHEMA_VERSION_1: i32 = 1;
 /// Page size for new databases. A row is a little over 2 KiB; ingest is
 /// bound by the bytes each commit syncs, and with 4 KiB pages each row
 /// takes a page of its own (4 KiB written per 2 KiB blob), with 16 KiB
@@ -145,7 +153,9 @@ pub enum Error {
         found: i32,
     },
     /// The blob store was written by an unknown schema version.
-    #[error("unsupported blob store schema version {found} (this build knows {SCHEMA_VERSION})")]
+    #[error(
+        "unsupported blob store schema version {found} (this build knows {SCHEMA_VERSION_1} and {SCHEMA_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version found.
         found: i32,
@@ -268,30 +278,43 @@ fn configure_common(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `conn` holds a blob store of a version we know.
-fn check_identity(conn: &Connection) -> Result<()> {
+/// Checks that `conn` holds a blob store of a version we know; returns
+/// the version.
+fn check_identity(conn: &Connection) -> Result<i32> {
     let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     if app_id != APPLICATION_ID {
         return Err(Error::NotABlobStore { found: app_id });
     }
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version != SCHEMA_VERSION {
+    if version != SCHEMA_VERSION && version != SCHEMA_VERSION_1 {
         return Err(Error::UnsupportedVersion { found: version });
     }
-    Ok(())
+    Ok(version)
 }
 
-/// The highest index ever assigned (0 if none).
-fn query_head(conn: &Connection) -> Result<u64> {
-    let seq: Option<i64> = conn
-        .query_row(
+/// The highest index ever assigned (0 if none), in a blob store of either
+/// schema version: the largest of the largest stored index, the recorded
+/// high-water mark (version 2) and SQLite's `AUTOINCREMENT` counter
+/// (version 1).
+pub(crate) fn query_head(conn: &Connection) -> Result<u64> {
+    let version = check_identity(conn)?;
+    let recorded: Option<i64> = if version == SCHEMA_VERSION_1 {
+        conn.query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'blobs'",
             [],
             |r| r.get(0),
         )
-        .optional()?;
+        .optional()?
+    } else {
+        conn.query_row(
+            "SELECT value FROM meta WHERE name = 'high_water'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    };
     let max: Option<i64> = conn.query_row("SELECT max(idx) FROM blobs", [], |r| r.get(0))?;
-    from_sql_int(seq.unwrap_or(0).max(max.unwrap_or(0)))
+    from_sql_int(recorded.unwrap_or(0).max(max.unwrap_or(0)))
 }
 
 /// The oldest stored blob: its index and when it was received.
@@ -377,6 +400,8 @@ pub struct BlobStore {
     appended: u64,
     last_commit: Duration,
     path: std::path::PathBuf,
+    /// The schema version of the file (1 or [`SCHEMA_VERSION`]).
+    version: i32,
 }
 
 impl BlobStore {
@@ -420,16 +445,20 @@ impl BlobStore {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(
                 "CREATE TABLE blobs (
-                    idx INTEGER PRIMARY KEY AUTOINCREMENT,
+                    idx INTEGER PRIMARY KEY,
                     received_at INTEGER NOT NULL,
                     blob BLOB NOT NULL CHECK (length(blob) = 2048)
-                 );",
+                 );
+                 CREATE TABLE meta (
+                    name TEXT PRIMARY KEY,
+                    value INTEGER NOT NULL
+                 ) WITHOUT ROWID;",
             )?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
-        check_identity(&conn)?;
+        let version = check_identity(&conn)?;
 
         let head = query_head(&conn)?;
         let oldest = query_oldest(&conn)?.map(|(idx, _)| idx);
@@ -442,6 +471,7 @@ impl BlobStore {
             appended: 0,
             last_commit: Duration::ZERO,
             path: path.to_owned(),
+            version,
         })
     }
 
@@ -612,6 +642,15 @@ impl BlobStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached("DELETE FROM blobs WHERE idx < ?1")?
                 .execute(params![to_sql_int(to)?])?;
+            if self.version != SCHEMA_VERSION_1 {
+                // In the same transaction as the delete: if it removes the
+                // last blob, the index stays known.
+                tx.prepare_cached(
+                    "INSERT INTO meta (name, value) VALUES ('high_water', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute(params![to_sql_int(self.head)?])?;
+            }
             tx.commit()?;
             self.oldest = if to > self.head { None } else { Some(to) };
             from = to;

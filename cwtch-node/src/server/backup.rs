@@ -18,7 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use super::{BLOBS_FILE, KEY_FILE, config, load_identity};
 use crate::blob_store::{BlobStore, RetentionPolicy};
@@ -187,14 +187,8 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .map_err(|e| failed("backup")(e.to_string()))?;
-        let seq: Option<i64> = target
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'blobs'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| failed("backup")(e.to_string()))?;
+        let ever =
+            crate::blob_store::query_head(&target).map_err(|e| failed("backup")(e.to_string()))?;
         drop(target);
         std::fs::File::open(file)
             .and_then(|f| f.sync_all())
@@ -207,7 +201,7 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
         Ok(BackupSummary {
             address: identity.address().to_string(),
             blobs: count,
-            head: u64::try_from(seq.unwrap_or(0).max(head.unwrap_or(0))).unwrap_or(0),
+            head: ever,
             file: file.display().to_string(),
         })
     })();
