@@ -451,3 +451,70 @@ fn schema_versions() {
         Err(Error::UnsupportedVersion { found: 3 })
     ));
 }
+
+/// A file that claims to be a blob store but lies in its bookkeeping
+/// (say, a crafted backup handed to an operator) is refused with a typed
+/// error rather than opened: a high-water mark past the newest blob
+/// (the next prune would delete for ever), a negative one, a `meta` table
+/// without its key (every prune would fail, and retention stop), and a
+/// version-1 label on a table without `AUTOINCREMENT` (indices reused).
+#[test]
+fn lying_bookkeeping_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let path = dir.path().join(name);
+        let mut store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
+        let all: Vec<Blob> = (1..=10).map(blob).collect();
+        store.append_batch(&all).unwrap();
+        drop(store);
+        path
+    };
+    let refused = |path: &std::path::Path, what: &str| {
+        let opened = BlobStore::open(path, RetentionPolicy::UNLIMITED);
+        assert!(
+            matches!(opened, Err(Error::Integrity(_))),
+            "{what}: {opened:?}"
+        );
+        assert!(
+            matches!(
+                BlobReader::open(path).and_then(|r| r.head()),
+                Err(Error::Integrity(_))
+            ),
+            "{what}: the reader"
+        );
+    };
+
+    // Each lie: a store of blobs 1..=10, then SQL run on it by hand.
+    let lies = [
+        (
+            "a mark past the newest blob",
+            "INSERT INTO meta (name, value) VALUES ('high_water', 4611686018427387904)",
+        ),
+        (
+            "a negative mark",
+            "DELETE FROM blobs; INSERT INTO meta (name, value) VALUES ('high_water', -5)",
+        ),
+        (
+            "meta without its key",
+            "DROP TABLE meta; CREATE TABLE meta (name TEXT, value INTEGER NOT NULL)",
+        ),
+        (
+            "version 1 without AUTOINCREMENT",
+            "DROP TABLE meta; PRAGMA user_version = 1",
+        ),
+    ];
+    for (n, (what, sql)) in lies.iter().enumerate() {
+        let path = fresh(&format!("lie{n}.sqlite"));
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        refused(&path, what);
+    }
+
+    // The honest store next to them opens, and its check passes.
+    let honest = fresh("honest.sqlite");
+    let store = BlobStore::open(&honest, RetentionPolicy::UNLIMITED).unwrap();
+    assert_eq!(store.head(), 10);
+    store.integrity_check().unwrap();
+}

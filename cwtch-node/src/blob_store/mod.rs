@@ -278,16 +278,53 @@ fn configure_common(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `conn` holds a blob store of a version we know; returns
-/// the version.
+/// The blob table of schema version 2.
+const BLOBS_TABLE: &str = "CREATE TABLE blobs (
+    idx INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    blob BLOB NOT NULL CHECK (length(blob) = 2048)
+)";
+/// The blob table of schema version 1.
+const BLOBS_TABLE_1: &str = "CREATE TABLE blobs (
+    idx INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at INTEGER NOT NULL,
+    blob BLOB NOT NULL CHECK (length(blob) = 2048)
+)";
+/// Schema version 2's record of the highest index ever assigned.
+const META_TABLE: &str = "CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID";
+
+/// Checks that `conn` holds a blob store of a version we know, with that
+/// version's tables (a file that only claims the version, say a crafted
+/// backup, would otherwise reuse indices or stop retention); returns the
+/// version.
 fn check_identity(conn: &Connection) -> Result<i32> {
     let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     if app_id != APPLICATION_ID {
         return Err(Error::NotABlobStore { found: app_id });
     }
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version != SCHEMA_VERSION && version != SCHEMA_VERSION_1 {
-        return Err(Error::UnsupportedVersion { found: version });
+    let expected: &[(&str, &str)] = match version {
+        SCHEMA_VERSION => &[("blobs", BLOBS_TABLE), ("meta", META_TABLE)],
+        SCHEMA_VERSION_1 => &[("blobs", BLOBS_TABLE_1)],
+        _ => return Err(Error::UnsupportedVersion { found: version }),
+    };
+    let words = |sql: &str| sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (name, create) in expected {
+        let found: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if found.as_deref().map(words) != Some(words(create)) {
+            return Err(Error::Integrity(format!(
+                "table {name} is not the one schema version {version} has"
+            )));
+        }
     }
     Ok(version)
 }
@@ -296,25 +333,32 @@ fn check_identity(conn: &Connection) -> Result<i32> {
 /// schema version: the largest of the largest stored index, the recorded
 /// high-water mark (version 2) and SQLite's `AUTOINCREMENT` counter
 /// (version 1).
+///
+/// While blobs are stored, the newest of them is the head (pruning takes
+/// the oldest first and the newest only with all the rest): a recorded
+/// mark above it, or below zero, is refused as corruption, since it would
+/// make the next prune delete far past what is stored.
 pub(crate) fn query_head(conn: &Connection) -> Result<u64> {
     let version = check_identity(conn)?;
-    let recorded: Option<i64> = if version == SCHEMA_VERSION_1 {
-        conn.query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'blobs'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
+    // One statement: one snapshot, even beside a prune that removes all.
+    let recorded = if version == SCHEMA_VERSION_1 {
+        "(SELECT seq FROM sqlite_sequence WHERE name = 'blobs')"
     } else {
-        conn.query_row(
-            "SELECT value FROM meta WHERE name = 'high_water'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
+        "(SELECT value FROM meta WHERE name = 'high_water')"
     };
-    let max: Option<i64> = conn.query_row("SELECT max(idx) FROM blobs", [], |r| r.get(0))?;
-    from_sql_int(recorded.unwrap_or(0).max(max.unwrap_or(0)))
+    let (recorded, max): (Option<i64>, Option<i64>) = conn.query_row(
+        &format!("SELECT {recorded}, (SELECT max(idx) FROM blobs)"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let recorded = recorded.map(from_sql_int).transpose()?.unwrap_or(0);
+    match max.map(from_sql_int).transpose()? {
+        Some(max) if recorded > max => Err(Error::Integrity(format!(
+            "the recorded head {recorded} is past the newest blob {max}"
+        ))),
+        Some(max) => Ok(max),
+        None => Ok(recorded),
+    }
 }
 
 /// The oldest stored blob: its index and when it was received.
@@ -443,17 +487,7 @@ impl BlobStore {
 
         if app_id == 0 && objects == 0 {
             let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(
-                "CREATE TABLE blobs (
-                    idx INTEGER PRIMARY KEY,
-                    received_at INTEGER NOT NULL,
-                    blob BLOB NOT NULL CHECK (length(blob) = 2048)
-                 );
-                 CREATE TABLE meta (
-                    name TEXT PRIMARY KEY,
-                    value INTEGER NOT NULL
-                 ) WITHOUT ROWID;",
-            )?;
+            tx.execute_batch(&format!("{BLOBS_TABLE}; {META_TABLE};"))?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
@@ -749,9 +783,9 @@ fn integrity_check(conn: &Connection, head: u64) -> Result<()> {
                 "{count} blobs between {min} and {max}: not contiguous"
             )));
         }
-        if from_sql_int(max)? > head {
+        if from_sql_int(max)? != head {
             return Err(Error::Integrity(format!(
-                "blob {max} is past the head {head}"
+                "the newest blob is {max}, the head {head}"
             )));
         }
     }

@@ -296,7 +296,7 @@ pub fn info(home: &Path, json: bool) -> Result<(), String> {
     } else {
         (0, 0)
     };
-    let bytes = blobs * SEALED_BLOB_LEN as u64;
+    let bytes = blobs.saturating_mul(SEALED_BLOB_LEN as u64);
     if json {
         say!(
             "{}",
