@@ -19,6 +19,52 @@ use std::path::Path;
 
 /// The lock file's name inside the home.
 pub const LOCK_FILE: &str = "lock";
+/// What a peer daemon still connecting to Tor last heard (its bootstrap
+/// progress), for a client that finds no control socket yet. Gone once
+/// Tor is connected.
+pub const STARTING_FILE: &str = "starting";
+/// The most characters of progress kept, and shown.
+const STARTING_MAX_CHARS: usize = 200;
+
+/// One line of at most [`STARTING_MAX_CHARS`] printable characters.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(STARTING_MAX_CHARS)
+        .collect()
+}
+
+/// Records `text` as the starting daemon's progress (replacing the last;
+/// best effort: it is only shown).
+pub fn write_starting(home: &Path, text: &str) {
+    let tmp = home.join(".starting.tmp");
+    if std::fs::write(&tmp, one_line(text)).is_ok() {
+        let _ = std::fs::rename(&tmp, home.join(STARTING_FILE));
+    }
+}
+
+/// Removes the starting daemon's progress.
+pub fn clear_starting(home: &Path) {
+    let _ = std::fs::remove_file(home.join(STARTING_FILE));
+}
+
+/// The progress a starting daemon recorded, if any: read from a regular
+/// file only, bounded, one printable line.
+pub fn read_starting(home: &Path) -> Option<String> {
+    use std::io::Read;
+    let path = home.join(STARTING_FILE);
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .ok()?
+        .take(4 * STARTING_MAX_CHARS as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let text = one_line(&String::from_utf8_lossy(&bytes));
+    (!text.trim().is_empty()).then_some(text)
+}
 
 /// Why a home cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +229,28 @@ pub fn private_umask() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_progress_is_one_bounded_printable_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(read_starting(tmp.path()), None);
+        write_starting(
+            tmp.path(),
+            "tor bootstrap:  45% handshaking\n\x1b[2Jwith relays",
+        );
+        assert_eq!(
+            read_starting(tmp.path()).as_deref(),
+            Some("tor bootstrap:  45% handshaking[2Jwith relays")
+        );
+        // Whatever the file holds, what is shown is bounded.
+        std::fs::write(tmp.path().join(STARTING_FILE), "x".repeat(100_000)).unwrap();
+        assert_eq!(read_starting(tmp.path()).unwrap().len(), STARTING_MAX_CHARS);
+        clear_starting(tmp.path());
+        assert_eq!(read_starting(tmp.path()), None);
+        // A directory in its place is not read.
+        std::fs::create_dir(tmp.path().join(STARTING_FILE)).unwrap();
+        assert_eq!(read_starting(tmp.path()), None);
+    }
 
     #[test]
     fn a_home_open_to_others_is_refused_and_left_alone() {

@@ -165,7 +165,8 @@ fn tor_flags_are_checked_before_the_password_is_asked() {
 }
 
 /// While `run` connects to Tor (no control socket yet), `status` says the
-/// daemon is starting (refused, 4), and `stop` stops it with SIGTERM.
+/// daemon is starting (refused, 4) and where its Tor has got to, and `stop`
+/// stops it with SIGTERM; the progress it recorded goes with it.
 #[test]
 fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
     use std::time::Duration;
@@ -188,6 +189,10 @@ fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
         err.contains(&format!("the daemon (pid {}) is starting", daemon.pid())),
         "{err}"
     );
+    // This tor never opens its control port: the last step is the launch.
+    assert!(err.contains("(tor: launching tor from PATH in "), "{err}");
+    let progress = home.join("starting");
+    assert!(progress.exists());
     let out = cmd(&["stop"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
@@ -196,6 +201,7 @@ fn a_starting_daemon_is_said_to_be_starting_and_stop_stops_it() {
         daemon.try_wait()
     });
     assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+    assert!(!progress.exists(), "the progress outlived the daemon");
     let out = cmd(&["status"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }

@@ -74,7 +74,7 @@ pub fn run(
                 &lines_rx,
             )?)
         }
-        Err(ClientError::Starting(pid)) => {
+        Err(ClientError::Starting { pid, .. }) => {
             wait_for_starting(home, pid)?;
             None
         }
@@ -120,13 +120,19 @@ fn wait_for_starting(home: &Path, pid: u32) -> Result<(), String> {
         STARTING_LIMIT.as_secs()
     );
     let until = Instant::now() + STARTING_LIMIT;
+    let mut shown = None;
     loop {
         match Client::connect(home, "cwtch-node chat") {
             Ok(_) => return Ok(()),
-            Err(ClientError::Starting(_)) if Instant::now() < until => {
+            Err(ClientError::Starting { progress, .. }) if Instant::now() < until => {
+                // Its bootstrap progress, each step once.
+                if progress.is_some() && progress != shown {
+                    println!("{}", progress.as_deref().unwrap_or_default());
+                    shown = progress;
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(ClientError::Starting(_)) => {
+            Err(ClientError::Starting { .. }) => {
                 return Err(format!(
                     "the daemon (pid {pid}) did not finish starting in {} s",
                     STARTING_LIMIT.as_secs()

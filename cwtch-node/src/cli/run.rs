@@ -65,7 +65,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
-            ClientError::Starting(_) => EXIT_REFUSED,
+            ClientError::Starting { .. } => EXIT_REFUSED,
             ClientError::Api(api) => match api.code {
                 ErrorCode::BadRequest
                 | ErrorCode::NotFound
@@ -462,7 +462,7 @@ fn one_shot(home: &Path, request: Request, json: bool) -> Outcome {
 /// gracefully.
 fn stop(home: &Path, json: bool) -> Outcome {
     let pid = match crate::control::client::request(home, Request::Shutdown) {
-        Err(ClientError::Starting(pid)) => pid,
+        Err(ClientError::Starting { pid, .. }) => pid,
         Ok(value) => return print_answer(&Request::Shutdown, &value, json),
         Err(e) => return Err(e.into()),
     };
@@ -849,6 +849,16 @@ async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Ch
     start_tor(home, args, server, choice).await
 }
 
+/// Says a step of connecting to Tor on standard error; a peer also records
+/// it in its home, where a client that finds no control socket yet shows
+/// it (`status`: "the daemon is starting: ... (tor bootstrap:  45% ...)").
+fn say_tor(home: &Path, server: bool, line: &str) {
+    eprintln!("{line}");
+    if !server {
+        crate::home::write_starting(home, line);
+    }
+}
+
 /// [`transport`] once [`choose_tor`] has chosen.
 async fn start_tor(
     home: &Path,
@@ -874,13 +884,21 @@ async fn start_tor(
                     .map_err(|e| Failure::input(format!("cannot read {}: {e}", extra.display())))?;
                 config.extra_torrc = text.lines().map(str::to_string).collect();
             }
-            eprintln!(
-                "tor: launching tor from PATH in {} ({why})",
-                config.data_dir.display()
+            say_tor(
+                home,
+                server,
+                &format!(
+                    "tor: launching tor from PATH in {} ({why})",
+                    config.data_dir.display()
+                ),
             );
             let mut last = None;
             let launched = TorProcess::launch(&config, |s| {
-                eprintln!("tor bootstrap: {:>3}% {}", s.progress, s.summary);
+                say_tor(
+                    home,
+                    server,
+                    &format!("tor bootstrap: {:>3}% {}", s.progress, s.summary),
+                );
                 last = Some((s.progress, s.summary.clone()));
             })
             .await;
@@ -913,7 +931,7 @@ async fn start_tor(
             warn_without_extended_errors(&tor).await;
             Ok(chosen(AnyTransport::Tor(tor).into()))
         }
-        Resolved::Arti => arti(home, args, &why).await.map(chosen),
+        Resolved::Arti => arti(home, args, server, &why).await.map(chosen),
     }
 }
 
@@ -949,7 +967,12 @@ fn without_percent(summary: &str) -> &str {
 /// The built-in Tor: its state and cache in `<home>/arti`, keys in memory;
 /// the public network, or the private one of --tor-network.
 #[cfg(feature = "arti")]
-async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransport, Failure> {
+async fn arti(
+    home: &Path,
+    args: &TransportArgs,
+    server: bool,
+    why: &str,
+) -> Result<NodeTransport, Failure> {
     use cwtch_transport_arti::{ArtiConfig, ArtiTransport, Network, PrivateNetwork};
     let network = match &args.tor_network {
         None => Network::Public,
@@ -974,12 +997,20 @@ async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransp
         _ => "the Tor network".to_string(),
     };
     let state = home.join("arti");
-    eprintln!(
-        "tor: the built-in Tor (arti) on {which}, its state in {} ({why})",
-        state.display()
+    say_tor(
+        home,
+        server,
+        &format!(
+            "tor: the built-in Tor (arti) on {which}, its state in {} ({why})",
+            state.display()
+        ),
     );
     let tor = ArtiTransport::bootstrap(ArtiConfig::new(state, network), |percent, summary| {
-        eprintln!("tor bootstrap: {percent:>3}% {}", without_percent(summary));
+        say_tor(
+            home,
+            server,
+            &format!("tor bootstrap: {percent:>3}% {}", without_percent(summary)),
+        );
     })
     .await
     .map_err(|e| {
@@ -1000,7 +1031,7 @@ async fn arti(home: &Path, args: &TransportArgs, why: &str) -> Result<NodeTransp
 }
 
 #[cfg(not(feature = "arti"))]
-async fn arti(_: &Path, _: &TransportArgs, _: &str) -> Result<NodeTransport, Failure> {
+async fn arti(_: &Path, _: &TransportArgs, _: bool, _: &str) -> Result<NodeTransport, Failure> {
     Err(Failure::input(
         "this cwtch-node was built without the built-in Tor",
     ))
@@ -1091,6 +1122,8 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     };
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
+    // What an earlier daemon left, if it was killed while connecting.
+    crate::home::clear_starting(home);
     // Connecting to Tor can take minutes: SIGTERM or SIGINT meanwhile stops
     // at once (a tor we launched stops with it), as `server run` does. The
     // daemon catches them itself once it runs.
@@ -1107,6 +1140,8 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
                 .await,
         )
     })?;
+    // Connected, failed or stopped: the progress is over.
+    crate::home::clear_starting(home);
     let Some(started) = started else {
         return Ok(());
     };

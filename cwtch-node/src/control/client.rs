@@ -21,9 +21,15 @@ use super::socket_path;
 pub enum ClientError {
     /// No daemon answers on the socket.
     NotRunning(String),
-    /// No daemon answers on the socket yet, but one (this pid) holds the
-    /// home: it is starting (connecting to Tor), or stopping.
-    Starting(u32),
+    /// No daemon answers on the socket yet, but one holds the home: it is
+    /// starting (connecting to Tor), or stopping.
+    Starting {
+        /// Its pid.
+        pid: u32,
+        /// What it last heard from Tor (`tor bootstrap:  45% ...`), if it
+        /// said.
+        progress: Option<String>,
+    },
     /// The daemon answered with an error.
     Api(ApiError),
     /// The connection broke, or the daemon said something this client does
@@ -35,10 +41,16 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::NotRunning(why) => f.write_str(why),
-            ClientError::Starting(pid) => write!(
-                f,
-                "the daemon (pid {pid}) is starting: it is connecting to Tor; try again shortly"
-            ),
+            ClientError::Starting { pid, progress } => {
+                write!(
+                    f,
+                    "the daemon (pid {pid}) is starting: it is connecting to Tor"
+                )?;
+                if let Some(progress) = progress {
+                    write!(f, " ({progress})")?;
+                }
+                f.write_str("; try again shortly")
+            }
             ClientError::Api(e) => e.fmt(f),
             ClientError::Io(e) => write!(f, "the daemon's answer: {e}"),
         }
@@ -66,7 +78,10 @@ impl Client {
         let path = socket_path(home);
         let stream = UnixStream::connect(&path).map_err(|e| {
             if let Some(pid) = crate::home::lock_holder(home) {
-                return ClientError::Starting(pid);
+                return ClientError::Starting {
+                    pid,
+                    progress: crate::home::read_starting(home),
+                };
             }
             ClientError::NotRunning(format!(
                 "cannot reach the daemon at {} ({e}): is `cwtch-node --home {} run` running?",
