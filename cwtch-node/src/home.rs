@@ -23,22 +23,43 @@ pub const LOCK_FILE: &str = "lock";
 /// progress), for a client that finds no control socket yet. Gone once
 /// Tor is connected.
 pub const STARTING_FILE: &str = "starting";
-/// The most characters of progress kept, and shown.
-const STARTING_MAX_CHARS: usize = 200;
+/// Where [`write_starting`] writes before it renames.
+const STARTING_TMP: &str = ".starting.tmp";
+/// The most characters of progress kept, and shown (arti's first line
+/// names its state directory).
+const STARTING_MAX_CHARS: usize = 512;
 
-/// One line of at most [`STARTING_MAX_CHARS`] printable characters.
+/// One line of at most [`STARTING_MAX_CHARS`] characters, without control
+/// or format characters (no escape sequences, no reordering of the text
+/// around it).
 fn one_line(text: &str) -> String {
     text.chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !c.is_control() && !crate::codec::is_format(c))
         .take(STARTING_MAX_CHARS)
         .collect()
 }
 
+/// Opening flags that never follow a symbolic link, and never wait for
+/// a writer (a FIFO put in the file's place).
+fn no_follow_no_wait() -> i32 {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    i32::try_from(flags.bits()).unwrap_or(0)
+}
+
 /// Records `text` as the starting daemon's progress (replacing the last;
-/// best effort: it is only shown).
+/// best effort: it is only shown). Written to a fresh file (never through
+/// whatever is at the temporary path), then renamed into place.
 pub fn write_starting(home: &Path, text: &str) {
-    let tmp = home.join(".starting.tmp");
-    if std::fs::write(&tmp, one_line(text)).is_ok() {
+    let tmp = home.join(STARTING_TMP);
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(no_follow_no_wait())
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(one_line(text).as_bytes()));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, home.join(STARTING_FILE));
     }
 }
@@ -46,20 +67,24 @@ pub fn write_starting(home: &Path, text: &str) {
 /// Removes the starting daemon's progress.
 pub fn clear_starting(home: &Path) {
     let _ = std::fs::remove_file(home.join(STARTING_FILE));
+    let _ = std::fs::remove_file(home.join(STARTING_TMP));
 }
 
 /// The progress a starting daemon recorded, if any: read from a regular
-/// file only, bounded, one printable line.
+/// file only (opened without following a link or waiting on a FIFO, and
+/// checked as opened), bounded, one printable line.
 pub fn read_starting(home: &Path) -> Option<String> {
     use std::io::Read;
-    let path = home.join(STARTING_FILE);
-    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow_no_wait())
+        .open(home.join(STARTING_FILE))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
         return None;
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(&path)
-        .ok()?
-        .take(4 * STARTING_MAX_CHARS as u64)
+    file.take(4 * STARTING_MAX_CHARS as u64)
         .read_to_end(&mut bytes)
         .ok()?;
     let text = one_line(&String::from_utf8_lossy(&bytes));
@@ -236,7 +261,7 @@ mod tests {
         assert_eq!(read_starting(tmp.path()), None);
         write_starting(
             tmp.path(),
-            "tor bootstrap:  45% handshaking\n\x1b[2Jwith relays",
+            "tor bootstrap:  45% handshaking\n\x1b[2Jwith\u{202E} relays",
         );
         assert_eq!(
             read_starting(tmp.path()).as_deref(),
@@ -247,9 +272,48 @@ mod tests {
         assert_eq!(read_starting(tmp.path()).unwrap().len(), STARTING_MAX_CHARS);
         clear_starting(tmp.path());
         assert_eq!(read_starting(tmp.path()), None);
-        // A directory in its place is not read.
-        std::fs::create_dir(tmp.path().join(STARTING_FILE)).unwrap();
+        // A link in its place is not followed, a FIFO not waited on, a
+        // directory not read.
+        let at = |name: &str| tmp.path().join(name);
+        let fifo = |name: &str| {
+            rustix::fs::mkfifoat(
+                rustix::fs::CWD,
+                at(name),
+                rustix::fs::Mode::from_raw_mode(0o600),
+            )
+            .unwrap()
+        };
+        std::fs::write(at("elsewhere"), "a secret").unwrap();
+        std::os::unix::fs::symlink(at("elsewhere"), at(STARTING_FILE)).unwrap();
         assert_eq!(read_starting(tmp.path()), None);
+        std::fs::remove_file(at(STARTING_FILE)).unwrap();
+        fifo(STARTING_FILE);
+        assert_eq!(read_starting(tmp.path()), None);
+        std::fs::remove_file(at(STARTING_FILE)).unwrap();
+        std::fs::create_dir(at(STARTING_FILE)).unwrap();
+        assert_eq!(read_starting(tmp.path()), None);
+        std::fs::remove_dir(at(STARTING_FILE)).unwrap();
+        // The writer never writes through a link or into a FIFO at its
+        // temporary path: it replaces them.
+        std::os::unix::fs::symlink(at("elsewhere"), at(STARTING_TMP)).unwrap();
+        write_starting(tmp.path(), "tor bootstrap:  50% done");
+        assert_eq!(
+            std::fs::read_to_string(at("elsewhere")).unwrap(),
+            "a secret"
+        );
+        assert_eq!(
+            read_starting(tmp.path()).as_deref(),
+            Some("tor bootstrap:  50% done")
+        );
+        fifo(STARTING_TMP);
+        write_starting(tmp.path(), "tor bootstrap:  60% more");
+        assert_eq!(
+            read_starting(tmp.path()).as_deref(),
+            Some("tor bootstrap:  60% more")
+        );
+        std::fs::write(at(STARTING_TMP), "left by a kill").unwrap();
+        clear_starting(tmp.path());
+        assert!(!at(STARTING_TMP).exists() && !at(STARTING_FILE).exists());
     }
 
     #[test]

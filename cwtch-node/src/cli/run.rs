@@ -1115,6 +1115,9 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     // nothing.
     let choice = choose_tor(args, false)?;
     let _lock = take_home(home)?;
+    // What an earlier daemon left, if it was killed while connecting: gone
+    // before the password is asked for, which may take a while.
+    crate::home::clear_starting(home);
     let password = if run.password_stdin {
         password_from_stdin()?
     } else {
@@ -1122,8 +1125,6 @@ fn run_peer(home: &Path, run: &RunArgs) -> Outcome {
     };
     let (raw, identity, name) = store::open_profile(home, &password)?;
     drop(password);
-    // What an earlier daemon left, if it was killed while connecting.
-    crate::home::clear_starting(home);
     // Connecting to Tor can take minutes: SIGTERM or SIGINT meanwhile stops
     // at once (a tor we launched stops with it), as `server run` does. The
     // daemon catches them itself once it runs.
