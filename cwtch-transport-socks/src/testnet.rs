@@ -193,16 +193,6 @@ pub const COMMON_TORRC: &[&str] = &[
     // _HSLayer2Nodes set") and onion connections fail for minutes. A
     // test-network setting only: production tor keeps its default.
     "VanguardsLiteEnabled 0",
-    // A circuit whose extension neither completes nor fails is given up
-    // after 20 s instead of tor's initial 60 s (learning needs 100
-    // circuits first). Right after an onion's publication, and after a
-    // service's restart, streams have stalled for 60 s in CI while tor
-    // waited on such a circuit; with a fixed 20 s, tor builds another in
-    // time for the dial's own limit. Fixed, not learned: a timeout learned
-    // from loopback's milliseconds would drop circuits on a loaded machine.
-    // A test-network setting only (what tor's bandwidth scanner does too).
-    "LearnCircuitBuildTimeout 0",
-    "CircuitBuildTimeout 20",
 ];
 
 /// What went wrong starting the network.
