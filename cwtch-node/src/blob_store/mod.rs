@@ -339,7 +339,11 @@ fn check_identity(conn: &Connection) -> Result<i32> {
 /// mark above it, or below zero, is refused as corruption, since it would
 /// make the next prune delete far past what is stored.
 pub(crate) fn query_head(conn: &Connection) -> Result<u64> {
-    let version = check_identity(conn)?;
+    head_of(conn, check_identity(conn)?)
+}
+
+/// [`query_head`] in a store already checked to be of `version`.
+fn head_of(conn: &Connection, version: i32) -> Result<u64> {
     // One statement: one snapshot, even beside a prune that removes all.
     let recorded = if version == SCHEMA_VERSION_1 {
         "(SELECT seq FROM sqlite_sequence WHERE name = 'blobs')"
@@ -494,7 +498,7 @@ impl BlobStore {
         }
         let version = check_identity(&conn)?;
 
-        let head = query_head(&conn)?;
+        let head = head_of(&conn, version)?;
         let oldest = query_oldest(&conn)?.map(|(idx, _)| idx);
         Ok(Self {
             conn,
