@@ -29,12 +29,12 @@ const STARTING_TMP: &str = ".starting.tmp";
 /// names its state directory).
 const STARTING_MAX_CHARS: usize = 512;
 
-/// One line of at most [`STARTING_MAX_CHARS`] characters, without control
-/// or format characters (no escape sequences, no reordering of the text
-/// around it).
+/// One line of at most [`STARTING_MAX_CHARS`] characters, made safe to
+/// show as a name is ([`crate::codec::clean_name`]: no escape sequences,
+/// no reordering of the text around it, white space collapsed).
 fn one_line(text: &str) -> String {
-    text.chars()
-        .filter(|&c| !c.is_control() && !crate::codec::is_format(c))
+    crate::codec::clean_name(text)
+        .chars()
         .take(STARTING_MAX_CHARS)
         .collect()
 }
@@ -265,7 +265,7 @@ mod tests {
         );
         assert_eq!(
             read_starting(tmp.path()).as_deref(),
-            Some("tor bootstrap:  45% handshaking[2Jwith relays")
+            Some("tor bootstrap: 45% handshaking \u{FFFD}[2Jwith\u{FFFD} relays")
         );
         // Whatever the file holds, what is shown is bounded.
         std::fs::write(tmp.path().join(STARTING_FILE), "x".repeat(100_000)).unwrap();
@@ -303,13 +303,13 @@ mod tests {
         );
         assert_eq!(
             read_starting(tmp.path()).as_deref(),
-            Some("tor bootstrap:  50% done")
+            Some("tor bootstrap: 50% done")
         );
         fifo(STARTING_TMP);
         write_starting(tmp.path(), "tor bootstrap:  60% more");
         assert_eq!(
             read_starting(tmp.path()).as_deref(),
-            Some("tor bootstrap:  60% more")
+            Some("tor bootstrap: 60% more")
         );
         std::fs::write(at(STARTING_TMP), "left by a kill").unwrap();
         clear_starting(tmp.path());

@@ -851,7 +851,7 @@ async fn transport(home: &Path, args: &TransportArgs, server: bool) -> Result<Ch
 
 /// Says a step of connecting to Tor on standard error; a peer also records
 /// it in its home, where a client that finds no control socket yet shows
-/// it (`status`: "the daemon is starting: ... (tor bootstrap:  45% ...)").
+/// it (`status`: "the daemon is starting: ... (tor bootstrap: 45% ...)").
 fn say_tor(home: &Path, server: bool, line: &str) {
     eprintln!("{line}");
     if !server {

@@ -26,7 +26,7 @@ pub enum ClientError {
     Starting {
         /// Its pid.
         pid: u32,
-        /// What it last heard from Tor (`tor bootstrap:  45% ...`), if it
+        /// What it last heard from Tor (`tor bootstrap: 45% ...`), if it
         /// said.
         progress: Option<String>,
     },
