@@ -91,7 +91,7 @@ if [ "$QUICK" = 1 ]; then run stream "$EX/stream_overhead" 2000 3; else run stre
 
 note ""
 note "== results"
-grep -hE "ratio|goal|KiB/conn|^ +[0-9]+ +[0-9.]+ +[0-9.]+|p50 ms|^ours|^baseline|^raw|^group|median|up in|^scenario|^server" \
+grep -hE "ratio|goal|KiB/conn|^ +[0-9]+ +[0-9.]+ +[0-9.]+|p50 ms|^ours|^floor|^baseline|^raw|^group|median|up in|^scenario|^server" \
     "$OUT"/proto.log "$OUT"/ingest.log "$OUT"/ingest_tcp.log "$OUT"/fanout.log \
     "$OUT"/idle_memory.log "$OUT"/tor.log "$OUT"/arti.log "$OUT"/stream.log 2>/dev/null | grep -v "^Benchmarking" | tee -a "$SUMMARY"
 note "finished $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
