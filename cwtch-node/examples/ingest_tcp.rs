@@ -7,17 +7,17 @@
 //! its own SQLite transaction (the same store code, one blob per commit,
 //! what the reference server does) and then acknowledges it. The floor,
 //! also in the same run, is ours without anything of ours: the same bytes
-//! on the wire, one `write` and `fdatasync` of a plain file per group of
-//! posts, no cipher, no session, no SQLite ([`start_floor`]). It is what
-//! any server of this design pays on this machine.
+//! on the wire, one `pwrite` and `fdatasync` of a plain file per group of
+//! posts, no cipher, no session, no SQLite ([`start_floor`]): a lower
+//! bound for any server of this design on this machine.
 //!
 //! ```text
 //! cargo run --release -p cwtch-node --example ingest_tcp -- [SECS=5] [P,P,...=16,64,256]
 //! ```
 //!
 //! The clients run in a child process (this binary with `ours ...`,
-//! `base ...` or `floor ...`), so the server's CPU time (this process, user + system) is
-//! the server's alone. Ours runs without the per-connection rate limit
+//! `base ...` or `floor ...`), so the server's CPU time (this process,
+//! user + system) is the server's alone. Ours runs without the per-connection rate limit
 //! (`rate_interval` 0): this measures capacity, not the policy.
 
 use std::io::{BufRead, BufReader, Write};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use cwtch_node::blob_store::{BlobStore, RetentionPolicy};
 use cwtch_node::link::{self, LinkHandler, Outbox};
 use cwtch_node::server;
-use cwtch_proto::channel::frame::{FRAME_LEN, FRAME_PAYLOAD_MAX};
+use cwtch_proto::channel::frame::{FRAME_BODY_LEN, FRAME_LEN, FRAME_PAYLOAD_MAX};
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::ServerConfig;
@@ -230,6 +230,8 @@ fn clients(mode: &str, addr: SocketAddr, key: [u8; 32], p: usize, secs: f64) {
 // ---- the parent: the servers, the runs ----------------------------------
 
 struct Outcome {
+    /// The server's name in the output.
+    label: &'static str,
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -240,7 +242,14 @@ struct Outcome {
 }
 
 /// One run of `p` clients in `mode` (`label` names it in the output).
-fn run(mode: &str, label: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs: f64) -> Outcome {
+fn run(
+    mode: &str,
+    label: &'static str,
+    addr: SocketAddr,
+    key: &[u8; 32],
+    p: usize,
+    secs: f64,
+) -> Outcome {
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
         .args([
@@ -290,6 +299,7 @@ fn run(mode: &str, label: &str, addr: SocketAddr, key: &[u8; 32], p: usize, secs
         );
     }
     Outcome {
+        label,
         rate: f[0] as f64 / secs,
         p50_ms: f[1] as f64 / 1e3,
         p99_ms: f[2] as f64 / 1e3,
@@ -406,9 +416,12 @@ const FLOOR_POST: usize = POST_LEN.div_ceil(FRAME_PAYLOAD_MAX) * FRAME_LEN;
 /// The floor's log file: written round and round, so that a sync never
 /// has to grow it (SQLite's WAL is reused the same way).
 const FLOOR_LOG: u64 = 64 << 20;
-/// The floor's commits and the posts in them, for posts per commit.
-static FLOOR_COMMITS: AtomicU64 = AtomicU64::new(0);
-static FLOOR_STORED: AtomicU64 = AtomicU64::new(0);
+/// A floor's commits and the posts in them, for posts per commit.
+#[derive(Default)]
+struct FloorCounts {
+    commits: AtomicU64,
+    stored: AtomicU64,
+}
 
 /// The floor: what a server built like ours pays on this machine with
 /// nothing of ours in it. It reads the bytes a post takes on our channel
@@ -423,7 +436,7 @@ static FLOOR_STORED: AtomicU64 = AtomicU64::new(0);
 /// ChaCha20-Poly1305 over each frame's 482-byte body, five frames in and
 /// one out (the same keystream and MAC work as opening five and sealing
 /// one).
-fn start_floor(aead: bool) -> (SocketAddr, tempfile::TempDir) {
+fn start_floor(aead: bool) -> (SocketAddr, Arc<FloorCounts>, tempfile::TempDir) {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = std::fs::File::create(dir.path().join("log")).expect("log");
@@ -434,6 +447,8 @@ fn start_floor(aead: bool) -> (SocketAddr, tempfile::TempDir) {
     file.sync_all().expect("sync");
     type Job = (Box<[u8; SEALED_BLOB_LEN]>, smol::channel::Sender<()>);
     let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    let counts = Arc::new(FloorCounts::default());
+    let counting = counts.clone();
     std::thread::spawn(move || {
         let mut at = 0u64;
         let mut buf = Vec::new();
@@ -470,8 +485,10 @@ fn start_floor(aead: bool) -> (SocketAddr, tempfile::TempDir) {
             file.sync_data().expect("fdatasync");
             at += buf.len() as u64;
             (expect, took) = (batch.len(), started.elapsed());
-            FLOOR_COMMITS.fetch_add(1, Ordering::Relaxed);
-            FLOOR_STORED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counting.commits.fetch_add(1, Ordering::Relaxed);
+            counting
+                .stored
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (_, done) in batch {
                 let _ = done.send_blocking(());
             }
@@ -491,7 +508,7 @@ fn start_floor(aead: bool) -> (SocketAddr, tempfile::TempDir) {
                 let mut nonce = [0u8; 12];
                 nonce[4..].copy_from_slice(&counter.to_le_bytes());
                 counter += 1;
-                let (body, tag) = frame.split_at_mut(FRAME_LEN - 16);
+                let (body, tag) = frame.split_at_mut(FRAME_BODY_LEN);
                 if let Ok(t) = ChaCha20Poly1305::new(&key).encrypt_inout_detached(
                     &nonce.into(),
                     &[],
@@ -517,7 +534,7 @@ fn start_floor(aead: bool) -> (SocketAddr, tempfile::TempDir) {
             }
         }
     });
-    (addr, dir)
+    (addr, counts, dir)
 }
 
 fn main() {
@@ -550,9 +567,7 @@ fn main() {
         let (base_addr, _base_dir) = start_base();
         let b = run("base", "baseline", base_addr, &[0; 32], p, secs);
         let floor = |aead| {
-            let (addr, _dir) = start_floor(aead);
-            let commits = FLOOR_COMMITS.load(Ordering::Relaxed);
-            let stored = FLOOR_STORED.load(Ordering::Relaxed);
+            let (addr, counts, _dir) = start_floor(aead);
             let mut f = run(
                 "floor",
                 if aead { "floor+aead" } else { "floor" },
@@ -562,8 +577,8 @@ fn main() {
                 secs,
             );
             f.batch = Some(
-                (FLOOR_STORED.load(Ordering::Relaxed) - stored) as f64
-                    / (FLOOR_COMMITS.load(Ordering::Relaxed) - commits).max(1) as f64,
+                counts.stored.load(Ordering::Relaxed) as f64
+                    / counts.commits.load(Ordering::Relaxed).max(1) as f64,
             );
             f
         };
@@ -573,14 +588,10 @@ fn main() {
         let mut o = run("ours", "ours", addr, &key, p, secs);
         let report = smol::block_on(shared.report());
         o.batch = Some(report.stored_total as f64 / report.commits_total.max(1) as f64);
-        for (name, x) in [
-            ("baseline", &b),
-            ("floor", &f),
-            ("floor+aead", &fa),
-            ("ours", &o),
-        ] {
+        for x in [&b, &f, &fa, &o] {
             println!(
-                "{name:<10} {p:>5} {:>10.0} {:>9.2} {:>9.2} {:>12.1} {:>8} {:>12}",
+                "{:<10} {p:>5} {:>10.0} {:>9.2} {:>9.2} {:>12.1} {:>8} {:>12}",
+                x.label,
                 x.rate,
                 x.p50_ms,
                 x.p99_ms,
