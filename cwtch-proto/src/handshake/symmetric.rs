@@ -28,62 +28,53 @@ pub(crate) fn nonce(counter: u64) -> Nonce {
     Nonce::from(n)
 }
 
-/// Keystream bytes computed with the one-time Poly1305 key: ChaCha20's
-/// blocks 0 to 3. Block 0 keys Poly1305 (RFC 8439, section 2.6); blocks 1
-/// to 3 encrypt the first 192 bytes of the text.
-const HEAD_LEN: usize = 4 * 64;
+/// ChaCha20's block size.
+const BLOCK: usize = 64;
+/// What the first keystream pass covers: ChaCha20's blocks 0 to 3. Block 0
+/// keys Poly1305 (RFC 8439, section 2.6); blocks 1 to 3 encrypt the first
+/// 192 bytes of the text.
+const HEAD_LEN: usize = 4 * BLOCK;
+/// The longest text: ChaCha20's 32-bit block counter, less block 0.
+const MAX_TEXT_LEN: u64 = (u32::MAX as u64) * BLOCK as u64;
 
-/// ChaCha20's keystream for one AEAD message, from block 1 on.
-///
-/// ChaCha20-Poly1305 (RFC 8439, section 2.8) with the keystream computed in
-/// fewer passes than the `chacha20poly1305` crate's: the vector backends
-/// compute four blocks at a time, and the crate computes block 0 (the
-/// Poly1305 key) on its own, then each block that does not fill a group of
-/// four on its own too. For a channel frame (482 bytes: blocks 0 to 8) that
-/// is 6 four-block passes; here it is 3 (blocks 0 to 3, 4 to 7, then 8).
-/// The output is the same, which the tests below check against the crate.
-struct Keystream {
-    cipher: ChaCha20,
-    /// Blocks 0 to 3; block 0 is wiped once Poly1305 has its key.
-    head: [u8; HEAD_LEN],
-}
+// ChaCha20-Poly1305 (RFC 8439, section 2.8), with the keystream computed in
+// fewer passes than the `chacha20poly1305` crate's. The vector backends
+// compute four blocks per pass, and the crate computes block 0 (the Poly1305
+// key) in a pass of its own, then each block that does not fill a group of
+// four in a pass of its own too: 6 passes for a channel frame's 482 bytes
+// (blocks 0 to 8). Here it is 3 (blocks 0 to 3, 4 to 7, then 8): the first
+// 192 bytes of the text are copied behind block 0 so that one pass covers
+// both. The output is the same, which the tests below check against the
+// crate.
 
-impl Keystream {
-    /// The keystream for (`key`, `nonce`), and Poly1305 keyed by its
-    /// block 0 with `ad` absorbed.
-    fn start(key: &[u8; KEY_LEN], nonce: &Nonce, ad: &[u8]) -> (Self, Poly1305) {
-        let mut cipher = ChaCha20::new(&Key::from(*key), nonce);
-        let mut head = [0u8; HEAD_LEN];
-        // Four blocks from block 0: far from ChaCha20's 2^32 blocks.
-        cipher.apply_keystream(&mut head);
-        let mut mac_key = poly1305::Key::default();
-        mac_key.copy_from_slice(&head[..32]);
-        let mut mac = Poly1305::new(&mac_key);
-        mac_key.zeroize();
-        head[..64].zeroize();
-        mac.update_padded(ad);
-        (Self { cipher, head }, mac)
+/// One pass over `head` (block 0, then up to 192 bytes of text copied
+/// behind it): returns ChaCha20 at block 4 and Poly1305 keyed by block 0
+/// with `ad` absorbed. Block 0, and the keystream past the `text_len`
+/// bytes of text, are wiped from `head`.
+fn start(
+    key: &[u8; KEY_LEN],
+    nonce: &Nonce,
+    ad: &[u8],
+    head: &mut [u8; HEAD_LEN],
+    text_len: usize,
+) -> (ChaCha20, Poly1305) {
+    let mut cipher = ChaCha20::new(&Key::from(*key), nonce);
+    // Four blocks from block 0: far from ChaCha20's 2^32 blocks.
+    cipher.apply_keystream(head);
+    let mut mac_key = poly1305::Key::default();
+    mac_key.copy_from_slice(&head[..32]);
+    let mut mac = Poly1305::new(&mac_key);
+    mac_key.zeroize();
+    head[..BLOCK].zeroize();
+    if let Some(unused) = head.get_mut(BLOCK + text_len..) {
+        unused.zeroize();
     }
-
-    /// XORs the keystream, from block 1 on, into `text`. `None` if `text`
-    /// runs past ChaCha20's 2^32 blocks (256 GiB; ours are at most a frame).
-    fn apply(mut self, text: &mut [u8]) -> Option<()> {
-        let (first, rest) = text.split_at_mut(text.len().min(HEAD_LEN - 64));
-        for (byte, key) in first.iter_mut().zip(&self.head[64..]) {
-            *byte ^= key;
-        }
-        self.cipher.try_apply_keystream(rest).ok()
-    }
-}
-
-impl Drop for Keystream {
-    fn drop(&mut self) {
-        self.head.zeroize();
-    }
+    mac.update_padded(ad);
+    (cipher, mac)
 }
 
 /// Poly1305 over the padded ciphertext and the two lengths, after the
-/// padded `ad` that [`Keystream::start`] absorbed.
+/// padded `ad` that [`start`] absorbed.
 fn authenticate(mut mac: Poly1305, ad: &[u8], ciphertext: &[u8]) -> Poly1305 {
     mac.update_padded(ciphertext);
     let mut lengths = poly1305::Block::default();
@@ -93,15 +84,58 @@ fn authenticate(mut mac: Poly1305, ad: &[u8], ciphertext: &[u8]) -> Poly1305 {
     mac
 }
 
+/// [`seal`] with any nonce.
+fn seal_with(key: &[u8; KEY_LEN], nonce: &Nonce, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    if buf.len() as u64 > MAX_TEXT_LEN {
+        // Only for texts over 256 GiB; ours are at most a frame. A zero
+        // tag makes the peer reject the frame.
+        return [0u8; TAG_LEN];
+    }
+    let mut head = [0u8; HEAD_LEN];
+    let (first, rest) = buf.split_at_mut(buf.len().min(HEAD_LEN - BLOCK));
+    let n = first.len();
+    head[BLOCK..BLOCK + n].copy_from_slice(first);
+    let (mut cipher, mac) = start(key, nonce, ad, &mut head, n);
+    // `head` now holds ciphertext only: nothing secret left to wipe.
+    first.copy_from_slice(&head[BLOCK..BLOCK + n]);
+    cipher.apply_keystream(rest);
+    authenticate(mac, ad, buf).finalize().into()
+}
+
+/// [`open`] with any nonce.
+fn open_with(
+    key: &[u8; KEY_LEN],
+    nonce: &Nonce,
+    ad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), AeadFailure> {
+    if buf.len() as u64 > MAX_TEXT_LEN {
+        return Err(AeadFailure);
+    }
+    let mut head = [0u8; HEAD_LEN];
+    let n = buf.len().min(HEAD_LEN - BLOCK);
+    head[BLOCK..BLOCK + n].copy_from_slice(&buf[..n]);
+    let (mut cipher, mac) = start(key, nonce, ad, &mut head, n);
+    // Authenticate the ciphertext, still whole in `buf`, before any of it
+    // is replaced.
+    if authenticate(mac, ad, buf)
+        .verify(&poly1305::Tag::from(*tag))
+        .is_err()
+    {
+        head.zeroize();
+        return Err(AeadFailure);
+    }
+    // The plaintext goes to `buf` and the ciphertext to `head`: no copy of
+    // the plaintext is left behind to wipe.
+    buf[..n].swap_with_slice(&mut head[BLOCK..BLOCK + n]);
+    cipher.apply_keystream(&mut buf[n..]);
+    Ok(())
+}
+
 /// Encrypts `buf` in place and returns the tag.
 pub(crate) fn seal(key: &[u8; KEY_LEN], counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-    let (keystream, mac) = Keystream::start(key, &nonce(counter), ad);
-    match keystream.apply(buf) {
-        Some(()) => authenticate(mac, ad, buf).finalize().into(),
-        // Only for inputs over 256 GiB; ours are at most a frame. A zero
-        // tag makes the peer reject the frame.
-        None => [0u8; TAG_LEN],
-    }
+    seal_with(key, &nonce(counter), ad, buf)
 }
 
 /// Decrypts `buf` in place if `tag` authenticates it (compared in constant
@@ -113,11 +147,7 @@ pub(crate) fn open(
     buf: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<(), AeadFailure> {
-    let (keystream, mac) = Keystream::start(key, &nonce(counter), ad);
-    authenticate(mac, ad, buf)
-        .verify(&poly1305::Tag::from(*tag))
-        .map_err(|_| AeadFailure)?;
-    keystream.apply(buf).ok_or(AeadFailure)
+    open_with(key, &nonce(counter), ad, buf, tag)
 }
 
 /// Noise `REKEY(k)`: the first 32 bytes of `ENCRYPT(k, 2^64-1, "", zeros)`.
@@ -321,15 +351,15 @@ mod tests {
         // Nonce 07000000 4041424344454647: the 4 bytes 07 00 00 00, then a
         // little-endian counter.
         let n = [7, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
-        // Its nonce is not one of ours (4 zero bytes, then the counter), so
-        // it goes to the keystream directly.
-        let (keystream, mac) = Keystream::start(&key, &Nonce::from(n), &ad);
+        // Its nonce is not one of ours (4 zero bytes, then the counter).
+        let nonce = Nonce::from(n);
         let mut buf = *plain;
-        keystream.apply(&mut buf).unwrap();
-        let tag: [u8; TAG_LEN] = authenticate(mac, &ad, &buf).finalize().into();
+        let tag = seal_with(&key, &nonce, &ad, &mut buf);
         assert_eq!(hex::encode(&buf[..16]), "d31a8d34648e60db7b86afbc53ef7ec2");
         assert_eq!(hex::encode(&buf[buf.len() - 2..]), "6116");
         assert_eq!(hex::encode(tag), "1ae10b594f09e26a7e902ecbd0600691");
+        open_with(&key, &nonce, &ad, &mut buf, &tag).unwrap();
+        assert_eq!(&buf, plain);
     }
 
     #[test]
