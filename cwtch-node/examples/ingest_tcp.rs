@@ -423,19 +423,6 @@ struct FloorCounts {
     stored: AtomicU64,
 }
 
-/// The floor: what a server built like ours pays on this machine with
-/// nothing of ours in it. It reads the bytes a post takes on our channel
-/// and answers with the bytes of an acknowledgement, as ours does; between
-/// the two, one writer thread puts the 2,048-byte blobs of every post
-/// waiting into a preallocated file with one `write` and one `fdatasync`
-/// (our group commit, with its hold, without SQLite). No cipher, no
-/// session, no index, no checksums, and a file that never grows (the
-/// cheapest log there is): a lower bound for ours, not a server.
-///
-/// With `aead`, it also pays for the cipher our channel cannot do without:
-/// our channel's ChaCha20-Poly1305 over each frame's 482-byte body, five
-/// frames in and one out (sealing padding frames: the same keystream and
-/// MAC work as opening five and sealing one).
 /// A channel on the keys of a real handshake, for the floor's cipher.
 fn floor_channel() -> cwtch_proto::channel::Channel {
     use cwtch_proto::handshake::{InitiatorHandshake, MSG1_LEN, MSG2_LEN, ResponderHandshake};
@@ -451,6 +438,19 @@ fn floor_channel() -> cwtch_proto::channel::Channel {
     cwtch_proto::channel::Channel::new(&keys, cwtch_proto::channel::DEFAULT_REKEY_INTERVAL)
 }
 
+/// The floor: what a server built like ours pays on this machine with
+/// nothing of ours in it. It reads the bytes a post takes on our channel
+/// and answers with the bytes of an acknowledgement, as ours does; between
+/// the two, one writer thread puts the 2,048-byte blobs of every post
+/// waiting into a preallocated file with one `write` and one `fdatasync`
+/// (our group commit, with its hold, without SQLite). No cipher, no
+/// session, no index, no checksums, and a file that never grows (the
+/// cheapest log there is): a lower bound for ours, not a server.
+///
+/// With `aead`, it also pays for the cipher our channel cannot do without:
+/// our channel's ChaCha20-Poly1305 over each frame's 482-byte body, five
+/// frames in and one out (sealing padding frames: the same keystream and
+/// MAC work as opening five and sealing one).
 fn start_floor(aead: bool) -> (SocketAddr, Arc<FloorCounts>, tempfile::TempDir) {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().expect("temp dir");

@@ -16,6 +16,8 @@
 //! step can be called.
 
 pub(crate) mod symmetric;
+#[cfg(feature = "fuzzing")]
+pub use symmetric::fuzzing as aead_for_fuzzing;
 
 use core::fmt;
 

@@ -1,8 +1,8 @@
 //! The Noise symmetric state: chaining key, handshake hash, and the cipher
 //! state used while the handshake runs (Noise spec, sections 5.1 and 5.2).
 
-use chacha20::cipher::{KeyIvInit, StreamCipher};
 use chacha20::{ChaCha20, Key, Nonce};
+use cipher::{KeyIvInit, StreamCipher};
 use hkdf::Hkdf;
 use poly1305::Poly1305;
 use poly1305::universal_hash::{KeyInit, UniversalHash};
@@ -34,8 +34,10 @@ const BLOCK: usize = 64;
 /// keys Poly1305 (RFC 8439, section 2.6); blocks 1 to 3 encrypt the first
 /// 192 bytes of the text.
 const HEAD_LEN: usize = 4 * BLOCK;
-/// The longest text: ChaCha20's 32-bit block counter, less block 0.
-const MAX_TEXT_LEN: u64 = (u32::MAX as u64) * BLOCK as u64;
+/// The longest text: blocks 1 to 2^32 - 2. The `chacha20` crate stops
+/// before block 2^32 - 1 (its counter would wrap after it), and block 0 is
+/// Poly1305's key. A test checks this bound against the crate.
+const MAX_TEXT_LEN: u64 = (u32::MAX as u64 - 1) * BLOCK as u64;
 
 // ChaCha20-Poly1305 (RFC 8439, section 2.8), with the keystream computed in
 // fewer passes than the `chacha20poly1305` crate's. The vector backends
@@ -58,7 +60,9 @@ fn start(
     head: &mut [u8; HEAD_LEN],
     text_len: usize,
 ) -> (ChaCha20, Poly1305) {
-    let mut cipher = ChaCha20::new(&Key::from(*key), nonce);
+    let mut cipher_key = Key::from(*key);
+    let mut cipher = ChaCha20::new(&cipher_key, nonce);
+    cipher_key.zeroize();
     // Four blocks from block 0: far from ChaCha20's 2^32 blocks.
     cipher.apply_keystream(head);
     let mut mac_key = poly1305::Key::default();
@@ -84,39 +88,49 @@ fn authenticate(mut mac: Poly1305, ad: &[u8], ciphertext: &[u8]) -> Poly1305 {
     mac
 }
 
-/// [`seal`] with any nonce.
-fn seal_with(key: &[u8; KEY_LEN], nonce: &Nonce, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+/// [`seal`] with any nonce, in the scratch block `head` (zeros), which
+/// the tests inspect afterwards.
+fn seal_in(
+    key: &[u8; KEY_LEN],
+    nonce: &Nonce,
+    ad: &[u8],
+    buf: &mut [u8],
+    head: &mut [u8; HEAD_LEN],
+) -> [u8; TAG_LEN] {
     if buf.len() as u64 > MAX_TEXT_LEN {
-        // Only for texts over 256 GiB; ours are at most a frame. A zero
-        // tag makes the peer reject the frame.
+        // Only for texts over 256 GiB; ours are at most a frame. Nothing of
+        // the text goes out, and a zero tag makes the peer refuse it.
+        buf.zeroize();
         return [0u8; TAG_LEN];
     }
-    let mut head = [0u8; HEAD_LEN];
     let (first, rest) = buf.split_at_mut(buf.len().min(HEAD_LEN - BLOCK));
     let n = first.len();
     head[BLOCK..BLOCK + n].copy_from_slice(first);
-    let (mut cipher, mac) = start(key, nonce, ad, &mut head, n);
+    let (mut cipher, mac) = start(key, nonce, ad, head, n);
     // `head` now holds ciphertext only: nothing secret left to wipe.
     first.copy_from_slice(&head[BLOCK..BLOCK + n]);
     cipher.apply_keystream(rest);
     authenticate(mac, ad, buf).finalize().into()
 }
 
-/// [`open`] with any nonce.
-fn open_with(
+/// [`open`] with any nonce, in the scratch block `head` (zeros), which
+/// the tests inspect afterwards.
+fn open_in(
     key: &[u8; KEY_LEN],
     nonce: &Nonce,
     ad: &[u8],
     buf: &mut [u8],
     tag: &[u8; TAG_LEN],
+    head: &mut [u8; HEAD_LEN],
 ) -> Result<(), AeadFailure> {
     if buf.len() as u64 > MAX_TEXT_LEN {
         return Err(AeadFailure);
     }
-    let mut head = [0u8; HEAD_LEN];
     let n = buf.len().min(HEAD_LEN - BLOCK);
     head[BLOCK..BLOCK + n].copy_from_slice(&buf[..n]);
-    let (mut cipher, mac) = start(key, nonce, ad, &mut head, n);
+    // Up to 192 bytes are decrypted here, in `head`, and stay there unless
+    // the tag is right.
+    let (mut cipher, mac) = start(key, nonce, ad, head, n);
     // Authenticate the ciphertext, still whole in `buf`, before any of it
     // is replaced.
     if authenticate(mac, ad, buf)
@@ -135,7 +149,7 @@ fn open_with(
 
 /// Encrypts `buf` in place and returns the tag.
 pub(crate) fn seal(key: &[u8; KEY_LEN], counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-    seal_with(key, &nonce(counter), ad, buf)
+    seal_in(key, &nonce(counter), ad, buf, &mut [0u8; HEAD_LEN])
 }
 
 /// Decrypts `buf` in place if `tag` authenticates it (compared in constant
@@ -147,7 +161,39 @@ pub(crate) fn open(
     buf: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<(), AeadFailure> {
-    open_with(key, &nonce(counter), ad, buf, tag)
+    open_in(key, &nonce(counter), ad, buf, tag, &mut [0u8; HEAD_LEN])
+}
+
+/// Fuzzing hooks: our ChaCha20-Poly1305 with any nonce, so that a fuzzer
+/// can compare it with the `chacha20poly1305` crate. Only with the
+/// `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::{HEAD_LEN, KEY_LEN, Nonce, TAG_LEN};
+
+    /// `seal` with a 12-byte nonce.
+    pub fn seal(key: &[u8; KEY_LEN], nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        super::seal_in(key, &Nonce::from(*nonce), ad, buf, &mut [0u8; HEAD_LEN])
+    }
+
+    /// `open` with a 12-byte nonce; `false` if refused.
+    pub fn open(
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; 12],
+        ad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        super::open_in(
+            key,
+            &Nonce::from(*nonce),
+            ad,
+            buf,
+            tag,
+            &mut [0u8; HEAD_LEN],
+        )
+        .is_ok()
+    }
 }
 
 /// Noise `REKEY(k)`: the first 32 bytes of `ENCRYPT(k, 2^64-1, "", zeros)`.
@@ -354,11 +400,18 @@ mod tests {
         // Its nonce is not one of ours (4 zero bytes, then the counter).
         let nonce = Nonce::from(n);
         let mut buf = *plain;
-        let tag = seal_with(&key, &nonce, &ad, &mut buf);
-        assert_eq!(hex::encode(&buf[..16]), "d31a8d34648e60db7b86afbc53ef7ec2");
-        assert_eq!(hex::encode(&buf[buf.len() - 2..]), "6116");
+        let tag = seal_in(&key, &nonce, &ad, &mut buf, &mut [0u8; HEAD_LEN]);
+        assert_eq!(
+            hex::encode(buf),
+            concat!(
+                "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6",
+                "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36",
+                "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc",
+                "3ff4def08e4b7a9de576d26586cec64b6116",
+            )
+        );
         assert_eq!(hex::encode(tag), "1ae10b594f09e26a7e902ecbd0600691");
-        open_with(&key, &nonce, &ad, &mut buf, &tag).unwrap();
+        open_in(&key, &nonce, &ad, &mut buf, &tag, &mut [0u8; HEAD_LEN]).unwrap();
         assert_eq!(&buf, plain);
     }
 
@@ -388,6 +441,87 @@ mod tests {
             assert_eq!(buf, sealed);
             open(&key, 5, b"ad", buf, &tag).unwrap();
             assert!(buf.iter().enumerate().all(|(i, &b)| b == i as u8));
+        }
+    }
+
+    /// The bound on the text is ChaCha20's: its last block can be computed,
+    /// the next cannot.
+    #[test]
+    fn the_longest_text_ends_at_chacha20s_last_block() {
+        use cipher::StreamCipherSeek;
+        let mut cipher = ChaCha20::new(&Key::from([1u8; KEY_LEN]), &nonce(0));
+        // The text is keystream bytes 64 .. 64 + MAX_TEXT_LEN.
+        cipher.try_seek(MAX_TEXT_LEN).unwrap();
+        let mut block = [0u8; BLOCK];
+        assert!(cipher.try_apply_keystream(&mut block).is_ok());
+        assert!(cipher.try_apply_keystream(&mut [0u8; 1]).is_err());
+    }
+
+    /// What is left in the scratch block: never Poly1305's key, never
+    /// keystream, never plaintext.
+    #[test]
+    fn the_scratch_block_keeps_nothing_secret() {
+        let key = [3u8; KEY_LEN];
+        for len in [0usize, 1, 100, 191, 192, 193, 482] {
+            let plain: [u8; 482] = core::array::from_fn(|b| (b as u8) | 1);
+            let mut buf = plain;
+            let mut head = [0u8; HEAD_LEN];
+            let tag = seal_in(&key, &nonce(1), b"", &mut buf[..len], &mut head);
+            let n = len.min(HEAD_LEN - BLOCK);
+            assert!(head[..BLOCK].iter().all(|&b| b == 0), "len {len}");
+            assert_eq!(&head[BLOCK..BLOCK + n], &buf[..n], "ciphertext only");
+            assert!(head[BLOCK + n..].iter().all(|&b| b == 0), "len {len}");
+
+            let sealed = buf;
+            let mut head = [0u8; HEAD_LEN];
+            let mut bad_tag = tag;
+            bad_tag[0] ^= 1;
+            let refused = open_in(&key, &nonce(1), b"", &mut buf[..len], &bad_tag, &mut head);
+            assert_eq!(refused, Err(AeadFailure));
+            assert_eq!(head, [0u8; HEAD_LEN], "wiped after a refusal");
+            assert_eq!(buf, sealed);
+
+            let mut head = [0u8; HEAD_LEN];
+            open_in(&key, &nonce(1), b"", &mut buf[..len], &tag, &mut head).unwrap();
+            assert_eq!(buf[..len], plain[..len]);
+            assert!(head[..BLOCK].iter().all(|&b| b == 0), "len {len}");
+            assert_eq!(&head[BLOCK..BLOCK + n], &sealed[..n], "ciphertext only");
+            assert!(head[BLOCK + n..].iter().all(|&b| b == 0), "len {len}");
+        }
+    }
+
+    /// The lengths block: a ciphertext with a zero byte added, or its AD
+    /// moved into the text, is refused under the same tag.
+    #[test]
+    fn lengths_are_authenticated() {
+        let key = [4u8; KEY_LEN];
+        let mut buf = [9u8; 101];
+        let tag = seal(&key, 2, b"", &mut buf[..100]);
+        buf[100] = 0;
+        assert_eq!(open(&key, 2, b"", &mut buf, &tag), Err(AeadFailure));
+        assert_eq!(open(&key, 2, b"", &mut buf[..99], &tag), Err(AeadFailure));
+        assert_eq!(open(&key, 2, &[0], &mut buf[..100], &tag), Err(AeadFailure));
+        open(&key, 2, b"", &mut buf[..100], &tag).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_matches_the_crate(
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+            counter in proptest::num::u64::ANY,
+            ad_len in 0usize..300,
+            len in 0usize..1500,
+            fill in proptest::num::u8::ANY,
+        ) {
+            let ad = [fill ^ 0x33; 300];
+            let plain: [u8; 1500] = core::array::from_fn(|i| fill.wrapping_add(i as u8));
+            let (mut ours, mut theirs) = (plain, plain);
+            let tag = seal(&key, counter, &ad[..ad_len], &mut ours[..len]);
+            let reference = crate_seal(&key, counter, &ad[..ad_len], &mut theirs[..len]);
+            proptest::prop_assert_eq!(tag, reference);
+            proptest::prop_assert_eq!(ours, theirs);
+            open(&key, counter, &ad[..ad_len], &mut ours[..len], &tag).unwrap();
+            proptest::prop_assert_eq!(ours, plain);
         }
     }
 }
