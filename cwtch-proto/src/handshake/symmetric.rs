@@ -49,17 +49,23 @@ const MAX_TEXT_LEN: u64 = (u32::MAX as u64 - 1) * BLOCK as u64;
 // both. The output is the same, which the tests below check against the
 // crate.
 
-/// One pass over `head` (block 0, then up to 192 bytes of text copied
-/// behind it): returns ChaCha20 at block 4 and Poly1305 keyed by block 0
-/// with `ad` absorbed. Block 0, and the keystream past the `text_len`
-/// bytes of text, are wiped from `head`.
+/// One pass over `head`: block 0, then the first bytes of `text` (up to
+/// 192) copied behind it. Returns ChaCha20 at block 4, Poly1305 keyed by
+/// block 0 with `ad` absorbed, and how many bytes of `text` the pass
+/// covered. Block 0, and the keystream past those bytes, are wiped from
+/// `head`. `None` if `text` is longer than ChaCha20 can encrypt.
 fn start(
     key: &[u8; KEY_LEN],
     nonce: &Nonce,
     ad: &[u8],
     head: &mut [u8; HEAD_LEN],
-    text_len: usize,
-) -> (ChaCha20, Poly1305) {
+    text: &[u8],
+) -> Option<(ChaCha20, Poly1305, usize)> {
+    if text.len() as u64 > MAX_TEXT_LEN {
+        return None;
+    }
+    let n = text.len().min(HEAD_LEN - BLOCK);
+    head[BLOCK..BLOCK + n].copy_from_slice(&text[..n]);
     let mut cipher_key = Key::from(*key);
     let mut cipher = ChaCha20::new(&cipher_key, nonce);
     cipher_key.zeroize();
@@ -70,11 +76,9 @@ fn start(
     let mut mac = Poly1305::new(&mac_key);
     mac_key.zeroize();
     head[..BLOCK].zeroize();
-    if let Some(unused) = head.get_mut(BLOCK + text_len..) {
-        unused.zeroize();
-    }
+    head[BLOCK + n..].zeroize();
     mac.update_padded(ad);
-    (cipher, mac)
+    Some((cipher, mac, n))
 }
 
 /// Poly1305 over the padded ciphertext and the two lengths, after the
@@ -97,16 +101,13 @@ fn seal_in(
     buf: &mut [u8],
     head: &mut [u8; HEAD_LEN],
 ) -> [u8; TAG_LEN] {
-    if buf.len() as u64 > MAX_TEXT_LEN {
+    let Some((mut cipher, mac, n)) = start(key, nonce, ad, head, buf) else {
         // Only for texts over 256 GiB; ours are at most a frame. Nothing of
         // the text goes out, and a zero tag makes the peer refuse it.
         buf.zeroize();
         return [0u8; TAG_LEN];
-    }
-    let (first, rest) = buf.split_at_mut(buf.len().min(HEAD_LEN - BLOCK));
-    let n = first.len();
-    head[BLOCK..BLOCK + n].copy_from_slice(first);
-    let (mut cipher, mac) = start(key, nonce, ad, head, n);
+    };
+    let (first, rest) = buf.split_at_mut(n);
     // `head` now holds ciphertext only: nothing secret left to wipe.
     first.copy_from_slice(&head[BLOCK..BLOCK + n]);
     cipher.apply_keystream(rest);
@@ -123,14 +124,9 @@ fn open_in(
     tag: &[u8; TAG_LEN],
     head: &mut [u8; HEAD_LEN],
 ) -> Result<(), AeadFailure> {
-    if buf.len() as u64 > MAX_TEXT_LEN {
-        return Err(AeadFailure);
-    }
-    let n = buf.len().min(HEAD_LEN - BLOCK);
-    head[BLOCK..BLOCK + n].copy_from_slice(&buf[..n]);
     // Up to 192 bytes are decrypted here, in `head`, and stay there unless
     // the tag is right.
-    let (mut cipher, mac) = start(key, nonce, ad, head, n);
+    let (mut cipher, mac, n) = start(key, nonce, ad, head, buf).ok_or(AeadFailure)?;
     // Authenticate the ciphertext, still whole in `buf`, before any of it
     // is replaced.
     if authenticate(mac, ad, buf)
