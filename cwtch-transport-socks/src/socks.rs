@@ -76,6 +76,15 @@ impl IsolationKey {
         IsolationKey(format!("cwtch:{}", local.as_str()))
     }
 
+    /// The key of one connection of a local identity:
+    /// `cwtch:<its address>:<nonce>`. It shares no circuit with another
+    /// identity, nor with another connection (give each a fresh random
+    /// `nonce`), so a dial tried again after a failure never waits on the
+    /// circuits that failed it.
+    pub fn for_connection(local: &OnionAddress, nonce: u64) -> Self {
+        IsolationKey(format!("cwtch:{}:{nonce:016x}", local.as_str()))
+    }
+
     /// The username sent to tor.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -730,6 +739,21 @@ mod tests {
         let id = cwtch_proto::Identity::from_seed(&[0x42; 32]);
         let k = IsolationKey::for_identity(&id.address());
         assert_eq!(k.as_str().len(), 6 + 56);
+        // One key per connection: apart from the identity's and from each
+        // other, and from another identity's with the same nonce.
+        let c1 = IsolationKey::for_connection(&id.address(), 1);
+        let c2 = IsolationKey::for_connection(&id.address(), 2);
+        let other = cwtch_proto::Identity::from_seed(&[0x43; 32]);
+        let o1 = IsolationKey::for_connection(&other.address(), 1);
+        assert_ne!(c1.as_str(), c2.as_str());
+        assert_ne!(c1.as_str(), k.as_str());
+        assert_ne!(c1.as_str(), o1.as_str());
+        let longest = IsolationKey::for_connection(&id.address(), u64::MAX);
+        assert_eq!(longest.as_str().len(), 6 + 56 + 1 + 16);
+        assert!(
+            IsolationKey::new(longest.as_str()).is_ok(),
+            "within 255 bytes"
+        );
     }
 
     #[test]

@@ -547,15 +547,28 @@ pub fn describe_close(reason: CloseReason) -> String {
     }
 }
 
-async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
-    let isolation = if server {
-        // A fresh isolation key per connection: tor never shares a circuit
-        // between two anonymous server sessions.
-        IsolationKey::new(format!("server-{:016x}", clock::random_u64()))
-            .unwrap_or_else(|_| IsolationKey::for_identity(&to))
+/// The SOCKS isolation key of one dial, from a fresh random `nonce`. Every
+/// dial gets its own, so tor shares no circuit between two connections:
+/// - to a server, the session is anonymous, and two sessions on one
+///   circuit could be linked;
+/// - to a contact, a dial tried again after tor left one unanswered goes
+///   out on new circuits. With the old key tor attaches the new stream to
+///   the rendezvous circuit still waiting for the service, so one stale
+///   introduction point (one that acknowledges the introduction, then
+///   nothing comes) stalls every retry: seen after a server restart on the
+///   private Tor network, 60 s per dial. Another identity's connections
+///   never share these circuits either.
+fn isolation_for(me: &OnionAddress, server: bool, nonce: u64) -> IsolationKey {
+    if server {
+        IsolationKey::new(format!("server-{nonce:016x}"))
+            .unwrap_or_else(|_| IsolationKey::for_connection(me, nonce))
     } else {
-        IsolationKey::for_identity(&ctx.identity.address())
-    };
+        IsolationKey::for_connection(me, nonce)
+    }
+}
+
+async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
+    let isolation = isolation_for(&ctx.identity.address(), server, clock::random_u64());
     let stream = match ctx.transport.dial(&to, PEER_PORT, &isolation).await {
         Ok(s) => s,
         Err(e) => {
@@ -654,5 +667,31 @@ async fn accept(listener: &Listener, ctx: Arc<Ctx>) {
                 smol::Timer::after(StdDuration::from_millis(200)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dial_has_its_own_isolation_key() {
+        let me = Identity::from_seed(&[7; 32]).address();
+        let other = Identity::from_seed(&[8; 32]).address();
+        let keys = [
+            isolation_for(&me, false, 1),
+            isolation_for(&me, false, 2),
+            isolation_for(&other, false, 1),
+            isolation_for(&me, true, 1),
+            isolation_for(&me, true, 2),
+            IsolationKey::for_identity(&me),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a.as_str(), b.as_str());
+            }
+        }
+        // A server session's key names no identity.
+        assert!(!isolation_for(&me, true, 1).as_str().contains(me.as_str()));
     }
 }
