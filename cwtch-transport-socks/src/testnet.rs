@@ -449,7 +449,8 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of the text file at `path` (empty if unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -834,17 +835,26 @@ impl TestNetwork {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
     }
 
+    /// The last `lines` lines of every tor's notice log, each under a
+    /// heading with the tor's name: what a failed test prints to say why.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                format!(
+                    "---- {} notice.log (tail) ----\n{}\n",
+                    node.name,
+                    tail(&node.dir.join("notice.log"), lines)
+                )
+            })
+            .collect()
+    }
+
     /// Stops every tor (by pid) and returns their pids. Also done on drop.
     pub fn stop(&mut self) -> Vec<u32> {
         let pids = self.pids();
         if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "---- {} notice.log (tail) ----\n{}",
-                    node.name,
-                    tail(&node.dir.join("notice.log"), 15)
-                );
-            }
+            eprint!("{}", self.log_tails(15));
         }
         for node in &mut self.nodes {
             if let Some(mut p) = node.process.take() {
