@@ -281,6 +281,25 @@ pub enum DialError {
     ArtiTimedOut(Duration),
 }
 
+impl DialError {
+    /// Whether the dial stalled rather than being refused: it timed out
+    /// (our timer or tor's), or tor lost its circuit. Worth a retry on new
+    /// circuits.
+    pub fn stalled(&self) -> bool {
+        match self {
+            DialError::Socks(e) => matches!(
+                e,
+                cwtch_transport_socks::DialError::TimedOut { .. }
+                    | cwtch_transport_socks::DialError::CircuitFailed { .. }
+            ),
+            #[cfg(feature = "arti")]
+            DialError::Arti(_) => false,
+            #[cfg(feature = "arti")]
+            DialError::ArtiTimedOut(_) => true,
+        }
+    }
+}
+
 impl fmt::Display for DialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

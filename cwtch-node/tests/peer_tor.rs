@@ -7,14 +7,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use cwtch_tests::testnet::TestNetwork;
+use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
+
 /// How long one step over the private Tor network may take. It usually
 /// takes seconds, but tor sometimes leaves a dial unanswered until the
 /// daemon gives up on it after 60 s, and CI has seen two such dials in a
 /// row; the daemon retries on its own.
 const TOR_PATIENCE: Duration = Duration::from_secs(240);
-
-use cwtch_tests::testnet::TestNetwork;
-use support::{Daemon, cli, conversation, init, wait_for, wait_ready};
 
 fn tor_flags(net: &TestNetwork, i: usize) -> Vec<String> {
     let c = &net.clients()[i];

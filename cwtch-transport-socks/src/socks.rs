@@ -76,13 +76,22 @@ impl IsolationKey {
         IsolationKey(format!("cwtch:{}", local.as_str()))
     }
 
-    /// The key of one connection of a local identity:
+    /// A key of a local identity apart from [`for_identity`]'s:
     /// `cwtch:<its address>:<nonce>`. It shares no circuit with another
-    /// identity, nor with another connection (give each a fresh random
-    /// `nonce`), so a dial tried again after a failure never waits on the
-    /// circuits that failed it.
+    /// identity, nor with a key of another `nonce`: after a dial stalled,
+    /// the next one goes out on new circuits instead of waiting on the
+    /// ones that failed it.
+    ///
+    /// [`for_identity`]: Self::for_identity
     pub fn for_connection(local: &OnionAddress, nonce: u64) -> Self {
         IsolationKey(format!("cwtch:{}:{nonce:016x}", local.as_str()))
+    }
+
+    /// The key of one anonymous connection, naming no identity:
+    /// `server-<nonce>`. Give each connection a fresh random `nonce`, and
+    /// no two share a circuit.
+    pub fn anonymous(nonce: u64) -> Self {
+        IsolationKey(format!("server-{nonce:016x}"))
     }
 
     /// The username sent to tor.
@@ -739,8 +748,8 @@ mod tests {
         let id = cwtch_proto::Identity::from_seed(&[0x42; 32]);
         let k = IsolationKey::for_identity(&id.address());
         assert_eq!(k.as_str().len(), 6 + 56);
-        // One key per connection: apart from the identity's and from each
-        // other, and from another identity's with the same nonce.
+        // Keys apart from the identity's and from each other, and from
+        // another identity's with the same nonce.
         let c1 = IsolationKey::for_connection(&id.address(), 1);
         let c2 = IsolationKey::for_connection(&id.address(), 2);
         let other = cwtch_proto::Identity::from_seed(&[0x43; 32]);
@@ -748,6 +757,9 @@ mod tests {
         assert_ne!(c1.as_str(), c2.as_str());
         assert_ne!(c1.as_str(), k.as_str());
         assert_ne!(c1.as_str(), o1.as_str());
+        let a = IsolationKey::anonymous(1);
+        assert_ne!(a.as_str(), IsolationKey::anonymous(2).as_str());
+        assert!(!a.as_str().contains(id.address().as_str()));
         let longest = IsolationKey::for_connection(&id.address(), u64::MAX);
         assert_eq!(longest.as_str().len(), 6 + 56 + 1 + 16);
         assert!(

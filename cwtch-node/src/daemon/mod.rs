@@ -12,6 +12,7 @@
 //! ```
 
 pub mod conn;
+mod isolation;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +22,6 @@ use std::time::Duration as StdDuration;
 
 use cwtch_proto::connection::{CloseReason, Config, Connection};
 use cwtch_proto::{Identity, OnionAddress, PublicIdentity};
-use cwtch_transport_socks::IsolationKey;
 use serde_json::Value;
 use smol::channel::Sender;
 
@@ -33,6 +33,7 @@ use crate::limits::{HandshakeSlots, MAX_PEER_HANDSHAKES};
 use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
 use crate::transport::{Listener, NodeTransport, PEER_PORT};
 use conn::{Admission, LinkCommand, LinkHandler, Outbox};
+use isolation::Isolation;
 
 /// An input for the core's thread.
 enum Input {
@@ -77,6 +78,8 @@ struct Ctx {
     handshake_timeout: u64,
     /// Set when the graceful stop begins: no new connection is dialed.
     stopping: std::sync::atomic::AtomicBool,
+    /// The SOCKS isolation key of each dial.
+    isolation: Mutex<Isolation>,
 }
 
 impl Ctx {
@@ -119,6 +122,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         slots: HandshakeSlots::new(MAX_PEER_HANDSHAKES),
         handshake_timeout,
         stopping: std::sync::atomic::AtomicBool::new(false),
+        isolation: Mutex::new(Isolation::new(identity.address())),
     });
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let result = smol::block_on(async {
@@ -547,32 +551,22 @@ pub fn describe_close(reason: CloseReason) -> String {
     }
 }
 
-/// The SOCKS isolation key of one dial, from a fresh random `nonce`. Every
-/// dial gets its own, so tor shares no circuit between two connections:
-/// - to a server, the session is anonymous, and two sessions on one
-///   circuit could be linked;
-/// - to a contact, a dial tried again after tor left one unanswered goes
-///   out on new circuits. With the old key tor attaches the new stream to
-///   the rendezvous circuit still waiting for the service, so one stale
-///   introduction point (one that acknowledges the introduction, then
-///   nothing comes) stalls every retry: seen after a server restart on the
-///   private Tor network, 60 s per dial. Another identity's connections
-///   never share these circuits either.
-fn isolation_for(me: &OnionAddress, server: bool, nonce: u64) -> IsolationKey {
-    if server {
-        IsolationKey::new(format!("server-{nonce:016x}"))
-            .unwrap_or_else(|_| IsolationKey::for_connection(me, nonce))
-    } else {
-        IsolationKey::for_connection(me, nonce)
-    }
-}
-
 async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
-    let isolation = isolation_for(&ctx.identity.address(), server, clock::random_u64());
+    let isolation = ctx.isolation.lock().unwrap_or_else(|e| e.into_inner()).key(
+        &to,
+        server,
+        clock::random_u64(),
+    );
     let stream = match ctx.transport.dial(&to, PEER_PORT, &isolation).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!("dial failed: {e}");
+            if !server && e.stalled() {
+                ctx.isolation
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stalled(&to, clock::random_u64());
+            }
             let _ = ctx.input.send(Input::Link(
                 link,
                 LinkEvent::Down {
@@ -667,31 +661,5 @@ async fn accept(listener: &Listener, ctx: Arc<Ctx>) {
                 smol::Timer::after(StdDuration::from_millis(200)).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_dial_has_its_own_isolation_key() {
-        let me = Identity::from_seed(&[7; 32]).address();
-        let other = Identity::from_seed(&[8; 32]).address();
-        let keys = [
-            isolation_for(&me, false, 1),
-            isolation_for(&me, false, 2),
-            isolation_for(&other, false, 1),
-            isolation_for(&me, true, 1),
-            isolation_for(&me, true, 2),
-            IsolationKey::for_identity(&me),
-        ];
-        for (i, a) in keys.iter().enumerate() {
-            for b in &keys[i + 1..] {
-                assert_ne!(a.as_str(), b.as_str());
-            }
-        }
-        // A server session's key names no identity.
-        assert!(!isolation_for(&me, true, 1).as_str().contains(me.as_str()));
     }
 }
