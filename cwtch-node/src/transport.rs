@@ -292,8 +292,10 @@ impl DialError {
                 cwtch_transport_socks::DialError::TimedOut { .. }
                     | cwtch_transport_socks::DialError::CircuitFailed { .. }
             ),
+            // Arti's own timeout: an introduction acknowledged and no
+            // rendezvous, among others.
             #[cfg(feature = "arti")]
-            DialError::Arti(_) => false,
+            DialError::Arti(e) => e.kind() == cwtch_transport_arti::DialFailure::Timeout,
             #[cfg(feature = "arti")]
             DialError::ArtiTimedOut(_) => true,
         }
@@ -333,6 +335,25 @@ impl core::error::Error for DialError {
 mod tests {
     use super::*;
     use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_stall_is_a_timeout_or_a_lost_circuit_and_nothing_else() {
+        use cwtch_transport_socks::{DialError as Socks, SocksReply};
+        // Our own timer.
+        assert!(DialError::Socks(Socks::TimedOut { reply: None }).stalled());
+        // Every reply tor can give: only 1 (a circuit closed), 6 (tor's
+        // stream timeout) and 0xF7 (introduction timed out) are stalls;
+        // offline, refused, bad address and the rest are answers.
+        for code in 1..=255u8 {
+            let Some(reply) = SocksReply::from_code(code) else {
+                continue;
+            };
+            let stalled = DialError::Socks(Socks::from_reply(reply)).stalled();
+            assert_eq!(stalled, matches!(code, 1 | 6 | 0xF7), "reply {code:#04x}");
+        }
+        #[cfg(feature = "arti")]
+        assert!(DialError::ArtiTimedOut(Duration::from_secs(60)).stalled());
+    }
 
     #[test]
     fn a_tcp_stream_reads_writes_and_half_closes() {

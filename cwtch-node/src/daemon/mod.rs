@@ -565,7 +565,7 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
                 ctx.isolation
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .stalled(&to, clock::random_u64());
+                    .stalled(&to);
             }
             let _ = ctx.input.send(Input::Link(
                 link,
