@@ -30,8 +30,8 @@ const POLL: Duration = Duration::from_millis(150);
 /// no service answers it any more (seen in tor's info log), and CI has
 /// seen two such dials in a row to a peer whose service was just
 /// published. A tor may also confirm an onion service only after a
-/// daemon's own 120 s wait for it. The daemons retry on their own, each
-/// dial on new circuits; the demo gives them room for four such dials.
+/// daemon's own 120 s wait for it. The daemons retry on their own (after
+/// a stall on new circuits); the demo gives them room for four such dials.
 const STEP_LIMIT: Duration = Duration::from_secs(300);
 /// Messages timed for the latency figures.
 const LATENCY_PROBES: usize = 20;

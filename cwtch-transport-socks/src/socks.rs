@@ -394,6 +394,17 @@ impl DialError {
                 | DialError::CircuitFailed { .. }
         )
     }
+
+    /// Whether the dial stalled rather than got an answer: it timed out
+    /// (our timer, tor's 6 or 0xF7) or tor lost its circuit (1). A retry is
+    /// worth making on new circuits, under another [`IsolationKey`]: tor
+    /// attaches a stream to a waiting rendezvous circuit of the same key.
+    pub fn is_stall(&self) -> bool {
+        matches!(
+            self,
+            DialError::TimedOut { .. } | DialError::CircuitFailed { .. }
+        )
+    }
 }
 
 impl fmt::Display for DialError {
@@ -766,6 +777,22 @@ mod tests {
             IsolationKey::new(longest.as_str()).is_ok(),
             "within 255 bytes"
         );
+    }
+
+    #[test]
+    fn a_stall_is_a_timeout_or_a_lost_circuit_and_nothing_else() {
+        // Our own timer.
+        assert!(DialError::TimedOut { reply: None }.is_stall());
+        // Every reply tor can give: only 1 (a circuit closed), 6 (tor's
+        // stream timeout) and 0xF7 (introduction timed out) are stalls;
+        // offline, refused, bad address and the rest are answers.
+        for code in 1..=255u8 {
+            let Some(reply) = SocksReply::from_code(code) else {
+                continue;
+            };
+            let stalled = DialError::from_reply(reply).is_stall();
+            assert_eq!(stalled, matches!(code, 1 | 6 | 0xF7), "reply {code:#04x}");
+        }
     }
 
     #[test]
