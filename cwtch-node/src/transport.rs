@@ -24,6 +24,11 @@ use smol::io::{AsyncRead, AsyncWrite};
 
 pub use cwtch_transport_socks::PEER_PORT;
 
+/// The longest a dial that stalled waits for tor to fetch the peer's
+/// descriptor again ([`NodeTransport::after_stall`]); on the private test
+/// network a fetch takes well under a second.
+pub const REFETCH_LIMIT: Duration = Duration::from_secs(30);
+
 /// How the daemons reach the network.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -86,6 +91,26 @@ impl NodeTransport {
                 };
                 smol::future::or(dial, timeout).await
             }
+        }
+    }
+
+    /// After a dial to `peer` stalled ([`DialError::stalled`]): through a
+    /// tor process, has tor fetch `peer`'s descriptor again, waiting at
+    /// most [`REFETCH_LIMIT`], so that the next dial does not go back to
+    /// an introduction point of a service that has since restarted
+    /// ([`cwtch_transport_socks::TorTransport::refetch_descriptor`]). The
+    /// built-in Tor needs nothing here: its cache is per isolation key,
+    /// and the next dial uses another. `None` when nothing was done, else
+    /// whether tor got the descriptor (for the log).
+    pub async fn after_stall(&self, peer: &OnionAddress) -> Option<Result<(), String>> {
+        match self {
+            NodeTransport::Socks(AnyTransport::Tor(t)) => Some(
+                t.refetch_descriptor(peer, REFETCH_LIMIT)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            _ => None,
         }
     }
 

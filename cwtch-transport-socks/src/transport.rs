@@ -14,6 +14,7 @@ use smol::Async;
 
 use crate::control::{
     ControlAddr, ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR,
+    status::HsDescEvent,
 };
 use crate::socks::{DEFAULT_DIAL_TIMEOUT, DEFAULT_SOCKS_ADDR, DialError, IsolationKey, dial_onion};
 
@@ -229,6 +230,27 @@ impl TorTransport {
             .await
             .ok()
             .flatten()
+    }
+}
+
+impl TorTransport {
+    /// Has tor fetch `peer`'s descriptor again and waits up to `limit`
+    /// for it ([`ControlConnection::hs_fetch`]). For after a dial
+    /// stalled ([`DialError::is_stall`]): when an onion service restarts,
+    /// tor keeps using the descriptor it cached, and an introduction point
+    /// of the old one that still acknowledges introductions makes every
+    /// dial wait for a rendezvous that never comes, on any isolation key,
+    /// until the cached copy expires. The restarted service's descriptor
+    /// has a higher revision counter, so the fetched one replaces it.
+    pub async fn refetch_descriptor(
+        &self,
+        peer: &OnionAddress,
+        limit: Duration,
+    ) -> Result<HsDescEvent, ControlError> {
+        let mut control = ControlConnection::open(self.control.clone(), &self.auth).await?;
+        control.set_events(&["HS_DESC"]).await?;
+        control.hs_fetch(peer).await?;
+        control.wait_fetched(peer, limit).await
     }
 }
 

@@ -372,3 +372,93 @@ fn a_cookie_of_the_wrong_length_is_refused() {
         drop(fake.join().unwrap());
     }
 }
+
+/// `HSFETCH` names the bare service id; the wait skips other services'
+/// events and the steps before the outcome, and returns `RECEIVED`.
+#[test]
+fn a_descriptor_fetch_waits_for_its_own_outcome() {
+    let addr = fake_tor(|line| {
+        common(line).or_else(|| {
+            let alice = Identity::from_seed(&ALICE_SEED).address();
+            let bob = Identity::from_seed(&[0xB0; 32]).address();
+            (line == format!("HSFETCH {}", alice.as_str())).then(|| {
+                format!(
+                    "250 OK\r\n\
+                     650 HS_DESC REQUESTED {a} NO_AUTH $AAAA~relay0 ID\r\n\
+                     650 HS_DESC RECEIVED {b} NO_AUTH $BBBB~relay1 ID\r\n\
+                     650 HS_DESC FAILED {b} NO_AUTH $BBBB~relay1 ID REASON=NOT_FOUND\r\n\
+                     650 HS_DESC RECEIVED {a} NO_AUTH $AAAA~relay0 ID\r\n",
+                    a = alice.as_str(),
+                    b = bob.as_str()
+                )
+                .into_bytes()
+            })
+        })
+    });
+    smol::block_on(async {
+        let mut c = ControlConnection::open(addr, &ControlAuth::Auto)
+            .await
+            .unwrap();
+        c.set_events(&["HS_DESC"]).await.unwrap();
+        c.hs_fetch(&alice().address()).await.expect("HSFETCH");
+        let ev = c
+            .wait_fetched(&alice().address(), Duration::from_secs(5))
+            .await
+            .expect("RECEIVED");
+        assert_eq!(ev.action, "RECEIVED");
+        assert_eq!(ev.address, alice().address().as_str());
+        assert_eq!(ev.hs_dir, "$AAAA~relay0");
+    });
+}
+
+/// A fetch the directory could not answer is a typed error with tor's
+/// reason; a refused `HSFETCH` is `Rejected`; silence times out.
+#[test]
+fn a_failed_descriptor_fetch_is_typed() {
+    let addr = fake_tor(|line| {
+        common(line).or_else(|| {
+            let alice = Identity::from_seed(&ALICE_SEED).address();
+            if line == format!("HSFETCH {}", alice.as_str()) {
+                Some(
+                    format!(
+                        "250 OK\r\n650 HS_DESC FAILED {} NO_AUTH $AAAA~relay0 ID REASON=NOT_FOUND\r\n",
+                        alice.as_str()
+                    )
+                    .into_bytes(),
+                )
+            } else if line.starts_with("HSFETCH ") {
+                Some(b"552 Unrecognized value\r\n".to_vec())
+            } else {
+                None
+            }
+        })
+    });
+    smol::block_on(async {
+        let mut c = ControlConnection::open(addr, &ControlAuth::Auto)
+            .await
+            .unwrap();
+        c.set_events(&["HS_DESC"]).await.unwrap();
+        c.hs_fetch(&alice().address()).await.expect("HSFETCH");
+        match c
+            .wait_fetched(&alice().address(), Duration::from_secs(5))
+            .await
+        {
+            Err(ControlError::FetchFailed { reason }) => {
+                assert_eq!(reason.as_deref(), Some("NOT_FOUND"))
+            }
+            other => panic!("expected FetchFailed, got {other:?}"),
+        }
+        let bob = Identity::from_seed(&[0xB0; 32]).address();
+        match c.hs_fetch(&bob).await {
+            Err(ControlError::Rejected { command, code, .. }) => {
+                assert_eq!(command, "HSFETCH");
+                assert_eq!(code, 552);
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        match c.wait_fetched(&bob, Duration::from_millis(300)).await {
+            Err(ControlError::TimedOut { .. }) => {}
+            other => panic!("expected TimedOut, got {other:?}"),
+        }
+    });
+}

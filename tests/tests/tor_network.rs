@@ -179,6 +179,49 @@ fn onion_services_over_private_tor_network() {
         .await;
         check_isolation(&b, &listener, &bob_key, &carol_key).await;
 
+        // 1b. Alice's service restarts (DEL_ONION, ADD_ONION: new
+        // introduction points). B's tor keeps the descriptor it cached;
+        // asked to fetch it again, it replaces it with the new one.
+        let cached = || async {
+            let t = b.transport();
+            let mut c = ControlConnection::open(t.control.clone(), &t.auth)
+                .await
+                .expect("control port of B");
+            c.get_info(&format!("hs/client/desc/id/{}", alice.address().as_str()))
+                .await
+        };
+        let before = cached().await.expect("B has alice's descriptor cached");
+        listener.close().await.expect("DEL_ONION");
+        // Revision counters count seconds: let the new one be higher.
+        smol::Timer::after(Duration::from_secs(2)).await;
+        listener = a
+            .transport()
+            .listen(&alice, PEER_PORT)
+            .await
+            .expect("ADD_ONION again on client A");
+        listener
+            .wait_published(Duration::from_secs(60))
+            .await
+            .expect("HS_DESC UPLOADED after the restart");
+        let t = Instant::now();
+        let fetched = b
+            .transport()
+            .refetch_descriptor(&alice.address(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("HSFETCH of alice's descriptor: {e}"));
+        assert_eq!(fetched.action, "RECEIVED");
+        assert_eq!(fetched.address, alice.address().as_str());
+        eprintln!(
+            "B fetched alice's new descriptor in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let after = cached().await.expect("B has alice's new descriptor");
+        assert_ne!(
+            after, before,
+            "the fetched descriptor replaced the cached one"
+        );
+        exchange(&b.transport(), &listener, &bob_key, "B->alice (restarted)").await;
+
         // 2. Failed dials and the reply codes tor gives for them:
         // tests/tor_socks_errors.rs.
 

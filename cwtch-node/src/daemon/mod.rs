@@ -561,11 +561,20 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!("dial failed: {e}");
-            if !server && e.stalled() {
-                ctx.isolation
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .stalled(&to);
+            if e.stalled() {
+                if !server {
+                    ctx.isolation
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .stalled(&to);
+                }
+                // Before the link is retried: a stale cached descriptor
+                // would stall the next dial too.
+                match ctx.transport.after_stall(&to).await {
+                    Some(Ok(())) => tracing::info!("tor fetched the descriptor again"),
+                    Some(Err(e)) => tracing::info!("tor could not fetch the descriptor: {e}"),
+                    None => {}
+                }
             }
             let _ = ctx.input.send(Input::Link(
                 link,

@@ -252,6 +252,13 @@ pub enum ControlError {
         /// What we were waiting for.
         waiting_for: &'static str,
     },
+    /// Tor could not fetch an onion service's descriptor (`HS_DESC
+    /// FAILED` after [`ControlConnection::hs_fetch`]).
+    FetchFailed {
+        /// Tor's `REASON=`, if it gave one (`NOT_FOUND`, `QUERY_REJECTED`,
+        /// ...).
+        reason: Option<String>,
+    },
     /// A probed control port ([`ControlAuth::AutoProbed`]) may not be our
     /// tor: nothing was sent that could give away a key.
     Untrusted {
@@ -336,6 +343,11 @@ impl fmt::Display for ControlError {
             ControlError::TimedOut { waiting_for } => {
                 write!(f, "timed out waiting for {waiting_for}")
             }
+            ControlError::FetchFailed { reason } => write!(
+                f,
+                "tor could not fetch the onion service's descriptor ({})",
+                reason.as_deref().unwrap_or("no reason given")
+            ),
             ControlError::Untrusted { addr, why } => write!(
                 f,
                 "the tor control port found at {addr} is not trusted: {why}. Configure tor with \
@@ -972,6 +984,38 @@ impl ControlConnection {
             .map(drop)
     }
 
+    /// `HSFETCH`: asks tor to fetch `address`'s descriptor from the
+    /// directories now, whether or not it has one cached (control-spec
+    /// 3.26). Tor keeps what it receives if its revision counter is higher
+    /// than the cached copy's: after the service restarted, its new
+    /// descriptor replaces the old one, whose introduction points may
+    /// still answer for a service that is gone (NODE.md section 2). Tor
+    /// reports the outcome as `HS_DESC RECEIVED` or `FAILED`
+    /// ([`Self::wait_fetched`]; subscribe with `SETEVENTS HS_DESC` first).
+    pub async fn hs_fetch(&mut self, address: &OnionAddress) -> Result<(), ControlError> {
+        self.command(&format!("HSFETCH {}", address.as_str()))
+            .await
+            .map(drop)
+    }
+
+    /// Waits for the outcome of a descriptor fetch of `address`:
+    /// `HS_DESC RECEIVED` (returned) or `HS_DESC FAILED`
+    /// ([`ControlError::FetchFailed`]). Needs `SETEVENTS HS_DESC`.
+    pub async fn wait_fetched(
+        &mut self,
+        address: &OnionAddress,
+        limit: Duration,
+    ) -> Result<HsDescEvent, ControlError> {
+        self.wait_hs_desc(address, limit, "onion descriptor fetch", |hs| {
+            match hs.action.as_str() {
+                "RECEIVED" => Some(Ok(hs)),
+                "FAILED" => Some(Err(ControlError::FetchFailed { reason: hs.reason })),
+                _ => None,
+            }
+        })
+        .await
+    }
+
     /// Waits for `HS_DESC UPLOADED` of `address` (a descriptor reached at
     /// least one directory). Needs `SETEVENTS HS_DESC` to be on; events
     /// that arrived before are in the queue and count.
@@ -980,23 +1024,32 @@ impl ControlConnection {
         address: &OnionAddress,
         limit: Duration,
     ) -> Result<HsDescEvent, ControlError> {
-        with_timeout(
-            limit,
-            ControlError::TimedOut {
-                waiting_for: "onion descriptor upload",
-            },
-            async {
-                loop {
-                    let ev = self.next_event().await?;
-                    if let Some(hs) = status::parse_hs_desc(ev.first_text())?
-                        && hs.action == "UPLOADED"
-                        && hs.address == address.as_str()
-                    {
-                        return Ok(hs);
-                    }
+        self.wait_hs_desc(address, limit, "onion descriptor upload", |hs| {
+            (hs.action == "UPLOADED").then_some(Ok(hs))
+        })
+        .await
+    }
+
+    /// Reads events until `outcome` decides on an `HS_DESC` event of
+    /// `address`, for at most `limit`.
+    async fn wait_hs_desc(
+        &mut self,
+        address: &OnionAddress,
+        limit: Duration,
+        waiting_for: &'static str,
+        mut outcome: impl FnMut(HsDescEvent) -> Option<Result<HsDescEvent, ControlError>>,
+    ) -> Result<HsDescEvent, ControlError> {
+        with_timeout(limit, ControlError::TimedOut { waiting_for }, async {
+            loop {
+                let ev = self.next_event().await?;
+                if let Some(hs) = status::parse_hs_desc(ev.first_text())?
+                    && hs.address == address.as_str()
+                    && let Some(done) = outcome(hs)
+                {
+                    return done;
                 }
-            },
-        )
+            }
+        })
         .await
     }
 }
