@@ -101,13 +101,16 @@ impl NodeTransport {
     /// ([`cwtch_transport_socks::TorTransport::refetch_descriptor`]). The
     /// built-in Tor needs nothing here: its cache is per isolation key,
     /// and the next dial uses another. `None` when nothing was done, else
-    /// whether tor got the descriptor (for the log).
-    pub async fn after_stall(&self, peer: &OnionAddress) -> Option<Result<(), String>> {
+    /// what tor did (for the log). Rationed by the caller: each fetch uses
+    /// up one of the peer's directories for 15 minutes.
+    pub async fn after_stall(
+        &self,
+        peer: &OnionAddress,
+    ) -> Option<Result<cwtch_transport_socks::transport::Refetch, String>> {
         match self {
             NodeTransport::Socks(AnyTransport::Tor(t)) => Some(
                 t.refetch_descriptor(peer, REFETCH_LIMIT)
                     .await
-                    .map(drop)
                     .map_err(|e| e.to_string()),
             ),
             _ => None,

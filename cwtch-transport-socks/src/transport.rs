@@ -13,8 +13,8 @@ use cwtch_proto::{Identity, OnionAddress};
 use smol::Async;
 
 use crate::control::{
-    ControlAddr, ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR,
-    status::HsDescEvent,
+    ControlAddr, ControlAuth, ControlConnection, ControlError, DEFAULT_CONTROL_ADDR, status,
+    with_timeout,
 };
 use crate::socks::{DEFAULT_DIAL_TIMEOUT, DEFAULT_SOCKS_ADDR, DialError, IsolationKey, dial_onion};
 
@@ -233,24 +233,54 @@ impl TorTransport {
     }
 }
 
+/// What [`TorTransport::refetch_descriptor`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refetch {
+    /// Tor now holds another descriptor than before the fetch (a newer
+    /// one: tor drops a fetched one that is not newer than its copy).
+    pub replaced: bool,
+    /// The `revision-counter` of the descriptor tor holds now.
+    pub revision: Option<u64>,
+}
+
 impl TorTransport {
-    /// Has tor fetch `peer`'s descriptor again and waits up to `limit`
-    /// for it ([`ControlConnection::hs_fetch`]). For after a dial
+    /// Has tor fetch `peer`'s descriptor again, all of it within `limit`
+    /// (connecting to the control port included). For after a dial
     /// stalled ([`DialError::is_stall`]): when an onion service restarts,
     /// tor keeps using the descriptor it cached, and an introduction point
     /// of the old one that still acknowledges introductions makes every
-    /// dial wait for a rendezvous that never comes, on any isolation key,
-    /// until the cached copy expires. The restarted service's descriptor
-    /// has a higher revision counter, so the fetched one replaces it.
+    /// dial wait for a rendezvous that never comes, on any isolation key.
+    /// The restarted service's descriptor has a higher revision counter,
+    /// so once a directory has it, the fetched one replaces the cached
+    /// one. Not replaced ([`Refetch::replaced`] false): the directory
+    /// asked still had the old one, or the service is not back. Each
+    /// fetch uses up one of the service's directories for 15 minutes
+    /// ([`ControlConnection::hs_fetch`]): ration them.
     pub async fn refetch_descriptor(
         &self,
         peer: &OnionAddress,
         limit: Duration,
-    ) -> Result<HsDescEvent, ControlError> {
-        let mut control = ControlConnection::open(self.control.clone(), &self.auth).await?;
-        control.set_events(&["HS_DESC"]).await?;
-        control.hs_fetch(peer).await?;
-        control.wait_fetched(peer, limit).await
+    ) -> Result<Refetch, ControlError> {
+        let fetch = async {
+            let mut control = ControlConnection::open(self.control.clone(), &self.auth).await?;
+            control.set_events(&["HS_DESC"]).await?;
+            let before = control.cached_descriptor(peer).await?;
+            control.hs_fetch(peer).await?;
+            control.wait_fetched(peer, limit).await?;
+            let after = control.cached_descriptor(peer).await?;
+            Ok(Refetch {
+                replaced: after.is_some() && after != before,
+                revision: after.as_deref().and_then(status::parse_revision_counter),
+            })
+        };
+        with_timeout(
+            limit,
+            ControlError::TimedOut {
+                waiting_for: "onion descriptor fetch",
+            },
+            fetch,
+        )
+        .await
     }
 }
 

@@ -373,8 +373,9 @@ fn a_cookie_of_the_wrong_length_is_refused() {
     }
 }
 
-/// `HSFETCH` names the bare service id; the wait skips other services'
-/// events and the steps before the outcome, and returns `RECEIVED`.
+/// `HSFETCH` names the bare service id; the wait skips events it cannot
+/// read, other services' events and the outcomes of other directories
+/// than the one tor asked, and returns `RECEIVED`.
 #[test]
 fn a_descriptor_fetch_waits_for_its_own_outcome() {
     let addr = fake_tor(|line| {
@@ -384,9 +385,11 @@ fn a_descriptor_fetch_waits_for_its_own_outcome() {
             (line == format!("HSFETCH {}", alice.as_str())).then(|| {
                 format!(
                     "250 OK\r\n\
+                     650 HS_DESC\r\n\
                      650 HS_DESC REQUESTED {a} NO_AUTH $AAAA~relay0 ID\r\n\
                      650 HS_DESC RECEIVED {b} NO_AUTH $BBBB~relay1 ID\r\n\
                      650 HS_DESC FAILED {b} NO_AUTH $BBBB~relay1 ID REASON=NOT_FOUND\r\n\
+                     650 HS_DESC FAILED {a} NO_AUTH $CCCC~relay2 ID REASON=NOT_FOUND\r\n\
                      650 HS_DESC RECEIVED {a} NO_AUTH $AAAA~relay0 ID\r\n",
                     a = alice.as_str(),
                     b = bob.as_str()
@@ -412,7 +415,8 @@ fn a_descriptor_fetch_waits_for_its_own_outcome() {
 }
 
 /// A fetch the directory could not answer is a typed error with tor's
-/// reason; a refused `HSFETCH` is `Rejected`; silence times out.
+/// reason; a refused `HSFETCH` is `Rejected`; no directory named is
+/// `NoHsDir`; a directory that never answers times out.
 #[test]
 fn a_failed_descriptor_fetch_is_typed() {
     let addr = fake_tor(|line| {
@@ -421,8 +425,30 @@ fn a_failed_descriptor_fetch_is_typed() {
             if line == format!("HSFETCH {}", alice.as_str()) {
                 Some(
                     format!(
-                        "250 OK\r\n650 HS_DESC FAILED {} NO_AUTH $AAAA~relay0 ID REASON=NOT_FOUND\r\n",
-                        alice.as_str()
+                        "250 OK\r\n650 HS_DESC REQUESTED {a} NO_AUTH $AAAA~relay0 ID\r\n\
+                         650 HS_DESC FAILED {a} NO_AUTH $AAAA~relay0 ID REASON=NOT_FOUND\r\n",
+                        a = alice.as_str()
+                    )
+                    .into_bytes(),
+                )
+            } else if line
+                == format!(
+                    "HSFETCH {}",
+                    Identity::from_seed(&[0xC0; 32]).address().as_str()
+                )
+            {
+                // Accepted, and then nothing: no directory left to ask.
+                Some(b"250 OK\r\n".to_vec())
+            } else if line
+                == format!(
+                    "HSFETCH {}",
+                    Identity::from_seed(&[0xD0; 32]).address().as_str()
+                )
+            {
+                Some(
+                    format!(
+                        "250 OK\r\n650 HS_DESC REQUESTED {} NO_AUTH $DDDD~relay3 ID\r\n",
+                        Identity::from_seed(&[0xD0; 32]).address().as_str()
                     )
                     .into_bytes(),
                 )
@@ -456,7 +482,15 @@ fn a_failed_descriptor_fetch_is_typed() {
             }
             other => panic!("expected Rejected, got {other:?}"),
         }
-        match c.wait_fetched(&bob, Duration::from_millis(300)).await {
+        let carol = Identity::from_seed(&[0xC0; 32]).address();
+        c.hs_fetch(&carol).await.expect("HSFETCH");
+        match c.wait_fetched(&carol, Duration::from_millis(300)).await {
+            Err(ControlError::NoHsDir) => {}
+            other => panic!("expected NoHsDir, got {other:?}"),
+        }
+        let dave = Identity::from_seed(&[0xD0; 32]).address();
+        c.hs_fetch(&dave).await.expect("HSFETCH");
+        match c.wait_fetched(&dave, Duration::from_millis(300)).await {
             Err(ControlError::TimedOut { .. }) => {}
             other => panic!("expected TimedOut, got {other:?}"),
         }

@@ -13,6 +13,7 @@
 
 pub mod conn;
 mod isolation;
+mod refetch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
 use crate::transport::{Listener, NodeTransport, PEER_PORT};
 use conn::{Admission, LinkCommand, LinkHandler, Outbox};
 use isolation::Isolation;
+use refetch::Refetches;
 
 /// An input for the core's thread.
 enum Input {
@@ -80,6 +82,8 @@ struct Ctx {
     stopping: std::sync::atomic::AtomicBool,
     /// The SOCKS isolation key of each dial.
     isolation: Mutex<Isolation>,
+    /// Which peers' descriptors tor may fetch again after a stall.
+    refetches: Mutex<Refetches>,
 }
 
 impl Ctx {
@@ -123,6 +127,7 @@ pub fn run(daemon: PeerDaemon) -> Result<(), String> {
         handshake_timeout,
         stopping: std::sync::atomic::AtomicBool::new(false),
         isolation: Mutex::new(Isolation::new(identity.address())),
+        refetches: Mutex::new(Refetches::default()),
     });
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let result = smol::block_on(async {
@@ -569,11 +574,22 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
                         .stalled(&to);
                 }
                 // Before the link is retried: a stale cached descriptor
-                // would stall the next dial too.
-                match ctx.transport.after_stall(&to).await {
-                    Some(Ok(())) => tracing::info!("tor fetched the descriptor again"),
-                    Some(Err(e)) => tracing::info!("tor could not fetch the descriptor: {e}"),
-                    None => {}
+                // would stall the next dial too. Rationed: each fetch uses
+                // up one of the peer's directories for 15 minutes.
+                let take = ctx
+                    .refetches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(&to, std::time::Instant::now());
+                if take {
+                    match ctx.transport.after_stall(&to).await {
+                        Some(Ok(r)) if r.replaced => {
+                            tracing::info!("tor fetched a newer descriptor")
+                        }
+                        Some(Ok(_)) => tracing::info!("tor fetched the descriptor: no newer one"),
+                        Some(Err(e)) => tracing::info!("tor could not fetch the descriptor: {e}"),
+                        None => {}
+                    }
                 }
             }
             let _ = ctx.input.send(Input::Link(

@@ -189,6 +189,11 @@ impl fmt::Debug for ControlAuth {
     }
 }
 
+/// How long [`ControlConnection::wait_fetched`] waits for tor to name the
+/// directory it asks (`HS_DESC REQUESTED`); tor names it as it launches
+/// the fetch, or never.
+pub const FETCH_REQUEST_WAIT: Duration = Duration::from_secs(5);
+
 /// Everything that can go wrong talking to the control port.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -252,6 +257,11 @@ pub enum ControlError {
         /// What we were waiting for.
         waiting_for: &'static str,
     },
+    /// Tor asked no directory for the descriptor after
+    /// [`ControlConnection::hs_fetch`] (no `HS_DESC REQUESTED`): each
+    /// directory responsible for it was asked in the last 15 minutes, or
+    /// none can be reached.
+    NoHsDir,
     /// Tor could not fetch an onion service's descriptor (`HS_DESC
     /// FAILED` after [`ControlConnection::hs_fetch`]).
     FetchFailed {
@@ -343,6 +353,11 @@ impl fmt::Display for ControlError {
             ControlError::TimedOut { waiting_for } => {
                 write!(f, "timed out waiting for {waiting_for}")
             }
+            ControlError::NoHsDir => write!(
+                f,
+                "tor asked no directory for the onion service's descriptor (all were asked \
+                 recently)"
+            ),
             ControlError::FetchFailed { reason } => write!(
                 f,
                 "tor could not fetch the onion service's descriptor ({})",
@@ -984,29 +999,51 @@ impl ControlConnection {
             .map(drop)
     }
 
-    /// `HSFETCH`: asks tor to fetch `address`'s descriptor from the
-    /// directories now, whether or not it has one cached (control-spec
-    /// 3.26). Tor keeps what it receives if its revision counter is higher
-    /// than the cached copy's: after the service restarted, its new
+    /// `HSFETCH`: asks tor to fetch `address`'s descriptor from a
+    /// directory now, whether or not it has one cached (control-spec
+    /// 3.26). Tor keeps what it receives only if its revision counter is
+    /// higher than the cached copy's: after the service restarted, its new
     /// descriptor replaces the old one, whose introduction points may
     /// still answer for a service that is gone (NODE.md section 2). Tor
-    /// reports the outcome as `HS_DESC RECEIVED` or `FAILED`
-    /// ([`Self::wait_fetched`]; subscribe with `SETEVENTS HS_DESC` first).
+    /// reports the outcome as `HS_DESC` events ([`Self::wait_fetched`];
+    /// subscribe with `SETEVENTS HS_DESC` first). Each fetch uses up one
+    /// of the service's directories for 15 minutes (tor asks none twice in
+    /// that time), so fetches must be rationed.
     pub async fn hs_fetch(&mut self, address: &OnionAddress) -> Result<(), ControlError> {
         self.command(&format!("HSFETCH {}", address.as_str()))
             .await
             .map(drop)
     }
 
-    /// Waits for the outcome of a descriptor fetch of `address`:
-    /// `HS_DESC RECEIVED` (returned) or `HS_DESC FAILED`
-    /// ([`ControlError::FetchFailed`]). Needs `SETEVENTS HS_DESC`.
+    /// Waits for the outcome of a descriptor fetch of `address`: first
+    /// `HS_DESC REQUESTED` (within [`FETCH_REQUEST_WAIT`], else
+    /// [`ControlError::NoHsDir`]: tor sends no event at all when it has no
+    /// directory left to ask), then `RECEIVED` (returned) or `FAILED`
+    /// ([`ControlError::FetchFailed`]) from the directory it asked. Tor
+    /// says `RECEIVED` also for a descriptor it then drops as older than
+    /// its cached one: compare [`Self::cached_descriptor`] before and
+    /// after. Needs `SETEVENTS HS_DESC`.
     pub async fn wait_fetched(
         &mut self,
         address: &OnionAddress,
         limit: Duration,
     ) -> Result<HsDescEvent, ControlError> {
+        let asked = self
+            .wait_hs_desc(
+                address,
+                limit.min(FETCH_REQUEST_WAIT),
+                "HS_DESC REQUESTED",
+                |hs| (hs.action == "REQUESTED").then_some(Ok(hs)),
+            )
+            .await
+            .map_err(|e| match e {
+                ControlError::TimedOut { .. } => ControlError::NoHsDir,
+                e => e,
+            })?;
         self.wait_hs_desc(address, limit, "onion descriptor fetch", |hs| {
+            if hs.hs_dir != asked.hs_dir {
+                return None;
+            }
             match hs.action.as_str() {
                 "RECEIVED" => Some(Ok(hs)),
                 "FAILED" => Some(Err(ControlError::FetchFailed { reason: hs.reason })),
@@ -1014,6 +1051,25 @@ impl ControlConnection {
             }
         })
         .await
+    }
+
+    /// The descriptor of `address` in tor's client cache, as tor encoded
+    /// it (`GETINFO hs/client/desc/id/ADDR`); `None` when none is cached.
+    /// Its `revision-counter` ([`status::parse_revision_counter`]) tells
+    /// a newer one from an older one.
+    pub async fn cached_descriptor(
+        &mut self,
+        address: &OnionAddress,
+    ) -> Result<Option<String>, ControlError> {
+        match self
+            .get_info(&format!("hs/client/desc/id/{}", address.as_str()))
+            .await
+        {
+            Ok(desc) => Ok(Some(desc)),
+            // 551: not in the cache.
+            Err(ControlError::Rejected { code: 551, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits for `HS_DESC UPLOADED` of `address` (a descriptor reached at
@@ -1042,12 +1098,15 @@ impl ControlConnection {
         with_timeout(limit, ControlError::TimedOut { waiting_for }, async {
             loop {
                 let ev = self.next_event().await?;
-                if let Some(hs) = status::parse_hs_desc(ev.first_text())?
+                // An event we cannot read is not ours to fail on.
+                if let Ok(Some(hs)) = status::parse_hs_desc(ev.first_text())
                     && hs.address == address.as_str()
                     && let Some(done) = outcome(hs)
                 {
                     return done;
                 }
+                // Let the timer run even if events never stop coming.
+                smol::future::yield_now().await;
             }
         })
         .await

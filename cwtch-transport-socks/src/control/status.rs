@@ -88,6 +88,15 @@ pub fn parse_hs_desc(text: &str) -> Result<Option<HsDescEvent>, ParseError> {
     }))
 }
 
+/// The `revision-counter` of an encoded v3 onion descriptor (its outer,
+/// unencrypted layer: rend-spec-v3 2.4), if it has one.
+pub fn parse_revision_counter(descriptor: &str) -> Option<u64> {
+    descriptor
+        .lines()
+        .find_map(|l| l.strip_prefix("revision-counter "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `ServiceID` of an `ADD_ONION` answer.
 pub fn parse_service_id(reply: &Reply) -> Result<&str, ParseError> {
     reply
@@ -156,6 +165,20 @@ pub fn parse_stream_status(value: &str) -> Result<Vec<StreamInfo>, ParseError> {
 mod tests {
     use super::super::reply::ReplyParser;
     use super::*;
+
+    #[test]
+    fn revision_counter_of_an_outer_descriptor() {
+        let desc = "hs-descriptor 3\ndescriptor-lifetime 180\n\
+                    descriptor-signing-key-cert\n-----BEGIN ED25519 CERT-----\nAQgABw==\n\
+                    -----END ED25519 CERT-----\nrevision-counter 1234567\nsuperencrypted\n";
+        assert_eq!(parse_revision_counter(desc), Some(1_234_567));
+        assert_eq!(parse_revision_counter("hs-descriptor 3\n"), None);
+        assert_eq!(parse_revision_counter("revision-counter x\n"), None);
+        assert_eq!(
+            parse_revision_counter("revision-counter 99999999999999999999999\n"),
+            None
+        );
+    }
 
     #[test]
     fn bootstrap() {
