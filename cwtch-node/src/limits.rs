@@ -22,6 +22,13 @@ pub use cwtch_proto::peer::requests::{
     MAX_CONTACT_REQUESTS, MAX_MAILBOX_REQUESTS, MAX_REQUEST_TEXTS,
 };
 
+/// How long a link (to a contact or a server) must have lasted for the
+/// next dial after it ends to start from the shortest delay. A link that
+/// ends sooner (the other side, or something on the path, accepts and
+/// then closes) counts as a failed dial, and the delays keep growing, so
+/// that it cannot keep us redialling in a loop.
+pub const STABLE_LINK: cwtch_proto::Duration = cwtch_proto::Duration::from_secs(60);
+
 /// Why a daemon dropped a connection or refused a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

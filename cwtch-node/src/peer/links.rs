@@ -10,6 +10,7 @@ use cwtch_proto::{Instant, OnionAddress};
 use rand_core::CryptoRng;
 
 use super::effect::LinkId;
+use crate::limits::STABLE_LINK;
 use crate::model::{ConnState, ConnStatus};
 
 /// How many dials may run at once: Tor builds a limited number of circuits
@@ -27,6 +28,8 @@ pub struct LinkEntry {
     /// The peer sent something its standing did not allow (a group invite
     /// while only a request): it waits in their queue for a new link.
     pub refused_something: bool,
+    /// When it came up.
+    pub up_at: Instant,
 }
 
 /// A link not established yet: a dial, or an inbound handshake admitted.
@@ -145,9 +148,17 @@ impl Links {
         self.contact_of(link).is_some()
     }
 
-    /// The link came up with `remote` (`me` is our address): the tie-break
-    /// of two simultaneous links decides which one both sides keep.
-    pub fn on_up(&mut self, link: LinkId, me: &OnionAddress, standing: Standing) -> Up {
+    /// The link came up with `remote` at `now` (`me` is our address): the
+    /// tie-break of two simultaneous links decides which one both sides
+    /// keep. The contact's backoff is kept until the link has lasted
+    /// [`STABLE_LINK`].
+    pub fn on_up(
+        &mut self,
+        link: LinkId,
+        me: &OnionAddress,
+        standing: Standing,
+        now: Instant,
+    ) -> Up {
         let Some(p) = self.pending.remove(&link) else {
             return Up::Unknown;
         };
@@ -173,9 +184,9 @@ impl Links {
                 we_dialed: p.we_dialed,
                 session: PeerSession::new(standing),
                 refused_something: false,
+                up_at: now,
             },
         );
-        self.backoff.remove(&remote);
         let entry = self.status.entry(remote).or_default();
         entry.state = ConnState::Authenticated;
         Up::Kept { replaced }
@@ -207,12 +218,21 @@ impl Links {
             }
             return None;
         }
-        let contact = self
+        let (contact, up_at) = self
             .up
             .iter()
             .find(|(_, e)| e.id == link)
-            .map(|(a, _)| a.clone())?;
+            .map(|(a, e)| (a.clone(), e.up_at))?;
         self.up.remove(&contact);
+        if now.saturating_duration_since(up_at) >= STABLE_LINK {
+            self.backoff.remove(&contact);
+        } else {
+            let entry = self
+                .backoff
+                .entry(contact.clone())
+                .or_insert((Backoff::for_peers(), now));
+            entry.1 = entry.0.next_attempt(now, rng);
+        }
         let entry = self.status.entry(contact.clone()).or_default();
         if failed {
             entry.state = ConnState::Failed;
@@ -285,6 +305,7 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cwtch_proto::Duration;
     use cwtch_proto::Identity;
 
     fn addr(seed: u8) -> OnionAddress {
@@ -307,7 +328,7 @@ mod tests {
         assert_eq!(links.status(&peer).state, ConnState::Connecting);
         links.admit(&peer, LinkId(2));
         assert!(matches!(
-            links.on_up(LinkId(2), &me, Standing::Accepted),
+            links.on_up(LinkId(2), &me, Standing::Accepted, Instant::ZERO),
             Up::Kept { replaced: None }
         ));
         assert_eq!(links.status(&peer).state, ConnState::Authenticated);
@@ -375,7 +396,7 @@ mod tests {
             !links.needs_dials(wake),
             "an admitted handshake is not a link yet"
         );
-        let _ = links.on_up(LinkId(50), &me, Standing::Accepted);
+        let _ = links.on_up(LinkId(50), &me, Standing::Accepted, wake);
         assert!(links.needs_dials(wake));
         let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), wake);
         let _ = links.drop_link(&all[9]);
@@ -383,5 +404,81 @@ mod tests {
         let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), wake);
         links.forget_backoff(&all[0]);
         assert!(links.needs_dials(wake));
+    }
+
+    /// A contact that accepts our link and closes it at once cannot keep
+    /// us redialling: each short link backs the next dial off further. A
+    /// link that lasted is redialled at once, from the shortest delay.
+    #[test]
+    fn a_link_that_ends_soon_is_redialled_after_a_growing_backoff() {
+        let me = addr(1);
+        let peer = addr(9).to_string();
+        let candidates = || std::iter::once((peer.clone(), true));
+        let mut links = Links::default();
+        let mut now = Instant::from_secs(1_000);
+        let mut waits = Vec::new();
+        for round in 0..6u64 {
+            assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+            links.start_dial(&peer, LinkId(round));
+            now = now + Duration::from_secs(2);
+            let up = links.on_up(LinkId(round), &me, Standing::Accepted, now);
+            assert_eq!(up, Up::Kept { replaced: None });
+            now = now + Duration::from_secs(1);
+            links.on_down(
+                LinkId(round),
+                "closed by the other side",
+                false,
+                now,
+                &mut rng(),
+            );
+            assert!(
+                links.due_dials(candidates(), now).is_empty(),
+                "round {round}: not redialled at once"
+            );
+            let due = links.poll_timeout().expect("a backoff deadline");
+            waits.push(due.saturating_duration_since(now));
+            now = due;
+        }
+        // Equal jitter: each wait is in [cap/2, cap], cap 5 s doubling.
+        for (i, wait) in waits.iter().enumerate() {
+            let cap = Duration::from_secs(5 << i);
+            let half = Duration::from_micros(cap.as_micros() / 2);
+            assert!(
+                *wait >= half && *wait <= cap,
+                "wait {i}: {wait:?} for a cap of {cap:?}"
+            );
+        }
+
+        // A link that lasts is redialled at once when it ends, and the
+        // backoff starts over.
+        assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+        links.start_dial(&peer, LinkId(100));
+        let _ = links.on_up(LinkId(100), &me, Standing::Accepted, now);
+        now = now + STABLE_LINK;
+        links.on_down(
+            LinkId(100),
+            "closed by the other side",
+            false,
+            now,
+            &mut rng(),
+        );
+        assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+        links.start_dial(&peer, LinkId(101));
+        let _ = links.on_up(LinkId(101), &me, Standing::Accepted, now);
+        links.on_down(
+            LinkId(101),
+            "closed by the other side",
+            false,
+            now,
+            &mut rng(),
+        );
+        assert!(links.due_dials(candidates(), now).is_empty());
+        let wait = links
+            .poll_timeout()
+            .map(|due| due.saturating_duration_since(now));
+        assert!(
+            wait.is_some_and(|w| w <= Duration::from_secs(5)),
+            "a short link after a long one waits the shortest delay: {wait:?}"
+        );
     }
 }

@@ -69,7 +69,7 @@ impl Peer {
                     return;
                 }
                 let standing = self.contacts.standing(&contact);
-                match self.links.on_up(link, &self.me, standing) {
+                match self.links.on_up(link, &self.me, standing, now.mono) {
                     Up::Kept { replaced } => {
                         if let Some(old) = replaced {
                             self.close(old);

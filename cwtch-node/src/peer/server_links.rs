@@ -22,7 +22,7 @@ impl Peer {
     pub(super) fn server_link(&mut self, link: LinkId, event: LinkEvent, now: Now) {
         match event {
             LinkEvent::Up { .. } => {
-                if let Some(server) = self.servers.on_up(link, &mut self.rng) {
+                if let Some(server) = self.servers.on_up(link, now.mono, &mut self.rng) {
                     self.notify_connection("server", &server);
                     self.transmit_server(&server, now);
                 } else {

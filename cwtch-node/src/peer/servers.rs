@@ -12,6 +12,7 @@ use cwtch_proto::{Duration, Instant};
 use rand_core::CryptoRng;
 
 use super::effect::LinkId;
+use crate::limits::STABLE_LINK;
 use crate::model::{ConnState, ConnStatus};
 
 /// One server.
@@ -24,6 +25,8 @@ pub struct ServerConn {
     client: Option<ServerClient>,
     next_try: Instant,
     backoff: Backoff,
+    /// When the connection came up.
+    up_at: Instant,
     /// The saved cursor.
     pub cursor: u64,
     /// Since when every attempt failed (what the move policy looks at).
@@ -48,6 +51,7 @@ impl ServerConn {
             link: None,
             client: None,
             next_try: Instant::ZERO,
+            up_at: Instant::ZERO,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             cursor,
             failing_since: None,
@@ -147,9 +151,15 @@ impl Servers {
     /// The connection is up: its client starts, from the saved cursor (or
     /// where a rewind asks), with the core's jitter, pipelining and retry
     /// rules.
-    pub fn on_up<R: CryptoRng + ?Sized>(&mut self, link: LinkId, rng: &mut R) -> Option<String> {
+    pub fn on_up<R: CryptoRng + ?Sized>(
+        &mut self,
+        link: LinkId,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<String> {
         let server = self.by_link.get(&link)?.clone();
         let c = self.map.get_mut(&server)?;
+        c.up_at = now;
         if let Some(from) = c.rewind.take()
             && from < c.cursor
         {
@@ -218,6 +228,11 @@ impl Servers {
         if c.link != Some(link) {
             return None;
         }
+        // A connection that lasted starts the delays over; one that ended
+        // soon (a server that says hello and closes) lets them grow.
+        if c.client.is_some() && now.saturating_duration_since(c.up_at) >= STABLE_LINK {
+            c.backoff.reset();
+        }
         c.link = None;
         c.client = None;
         c.posts.clear();
@@ -237,14 +252,14 @@ impl Servers {
         Some(server)
     }
 
-    /// A session came up (the hello): the next reconnect starts from the
-    /// shortest delay again.
+    /// A session came up (the hello): the server is no longer failing.
+    /// (The delays before a reconnect start over only once a connection
+    /// has lasted [`STABLE_LINK`]: see [`Servers::on_down`].)
     pub fn set_state(&mut self, server: &str, state: ConnState, error: Option<String>) {
         if let Some(c) = self.map.get_mut(server) {
             c.status.state = state;
             if matches!(state, ConnState::Authenticated | ConnState::Synced) {
                 c.failing_since = None;
-                c.backoff.reset();
             }
             if error.is_some() {
                 c.status.last_error = error;
@@ -440,5 +455,54 @@ impl Servers {
             .get(server)
             .map(|c| c.status.clone())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng() -> chacha20::ChaCha20Rng {
+        rand_core::SeedableRng::from_seed([5; 32])
+    }
+
+    /// A server that says hello and closes at once cannot keep us
+    /// reconnecting every two seconds: the delays grow until a connection
+    /// lasts [`STABLE_LINK`], and then start over.
+    #[test]
+    fn a_connection_that_ends_soon_lets_the_delays_grow() {
+        let mut servers = Servers::default();
+        let name = "server";
+        servers.ensure(name, 0);
+        let mut rng = rng();
+        let mut now = Instant::from_secs(1_000);
+        let mut waits = Vec::new();
+        for round in 0..6u64 {
+            assert_eq!(servers.due_dials(now), vec![name.to_string()]);
+            servers.start_dial(name, LinkId(round));
+            assert!(servers.on_up(LinkId(round), now, &mut rng).is_some());
+            servers.set_state(name, ConnState::Authenticated, None);
+            now = now + Duration::from_secs(1);
+            servers.on_down(LinkId(round), "closed", false, now, &mut rng);
+            let next = servers.get(name).expect("known").next_try;
+            waits.push(next.saturating_duration_since(now));
+            assert!(servers.due_dials(now).is_empty(), "round {round}");
+            now = next;
+        }
+        for (i, wait) in waits.iter().enumerate() {
+            let cap = Duration::from_secs((2u64 << i).min(300));
+            let half = Duration::from_micros(cap.as_micros() / 2);
+            assert!(
+                *wait >= half && *wait <= cap,
+                "wait {i}: {wait:?} for a cap of {cap:?}"
+            );
+        }
+        // One that lasts: the next delay is the shortest again.
+        servers.start_dial(name, LinkId(100));
+        let _ = servers.on_up(LinkId(100), now, &mut rng);
+        now = now + STABLE_LINK;
+        servers.on_down(LinkId(100), "closed", false, now, &mut rng);
+        let next = servers.get(name).expect("known").next_try;
+        assert!(next.saturating_duration_since(now) <= Duration::from_secs(2));
     }
 }
