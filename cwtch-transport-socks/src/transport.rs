@@ -236,9 +236,11 @@ impl TorTransport {
 /// What [`TorTransport::refetch_descriptor`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refetch {
-    /// Tor now holds another descriptor than before the fetch (a newer
-    /// one: tor drops a fetched one that is not newer than its copy).
-    pub replaced: bool,
+    /// Whether tor now holds another descriptor than before the fetch (a
+    /// newer one: tor drops a fetched one that is not newer than its
+    /// copy); `None` when tor had none cached before or after (or would
+    /// not say), so that it cannot be told.
+    pub replaced: Option<bool>,
     /// The `revision-counter` of the descriptor tor holds now.
     pub revision: Option<u64>,
 }
@@ -264,12 +266,17 @@ impl TorTransport {
         let fetch = async {
             let mut control = ControlConnection::open(self.control.clone(), &self.auth).await?;
             control.set_events(&["HS_DESC"]).await?;
-            let before = control.cached_descriptor(peer).await?;
+            // What tor holds is only for the answer: a tor that will not
+            // say still fetches.
+            let before = control.cached_descriptor(peer).await.ok().flatten();
             control.hs_fetch(peer).await?;
             control.wait_fetched(peer, limit).await?;
-            let after = control.cached_descriptor(peer).await?;
+            let after = control.cached_descriptor(peer).await.ok().flatten();
             Ok(Refetch {
-                replaced: after.is_some() && after != before,
+                replaced: before
+                    .as_ref()
+                    .zip(after.as_ref())
+                    .map(|(before, after)| after != before),
                 revision: after.as_deref().and_then(status::parse_revision_counter),
             })
         };

@@ -390,7 +390,7 @@ fn a_descriptor_fetch_waits_for_its_own_outcome() {
                      650 HS_DESC RECEIVED {b} NO_AUTH $BBBB~relay1 ID\r\n\
                      650 HS_DESC FAILED {b} NO_AUTH $BBBB~relay1 ID REASON=NOT_FOUND\r\n\
                      650 HS_DESC FAILED {a} NO_AUTH $CCCC~relay2 ID REASON=NOT_FOUND\r\n\
-                     650 HS_DESC RECEIVED {a} NO_AUTH $AAAA~relay0 ID\r\n",
+                     650 HS_DESC RECEIVED {a} NO_AUTH $AAAA~relay0renamed ID\r\n",
                     a = alice.as_str(),
                     b = bob.as_str()
                 )
@@ -410,7 +410,7 @@ fn a_descriptor_fetch_waits_for_its_own_outcome() {
             .expect("RECEIVED");
         assert_eq!(ev.action, "RECEIVED");
         assert_eq!(ev.address, alice().address().as_str());
-        assert_eq!(ev.hs_dir, "$AAAA~relay0");
+        assert_eq!(ev.hs_dir, "$AAAA~relay0renamed", "the same directory");
     });
 }
 

@@ -53,6 +53,13 @@ impl Refetches {
         self.last.insert(peer.as_str().to_owned(), now);
         true
     }
+
+    /// The fetch [`take`](Self::take) allowed asked no directory (tor had
+    /// none left, the control port failed, or no tor process): it does not
+    /// count.
+    pub fn give_back(&mut self, peer: &OnionAddress) {
+        self.last.remove(peer.as_str());
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +86,11 @@ mod tests {
         assert!(!r.take(&bob, t0 + EVERY - Duration::from_secs(1)));
         assert!(r.take(&carol, t0 + Duration::from_secs(60)), "others apart");
         assert!(r.take(&bob, t0 + EVERY), "then again");
+        r.give_back(&carol);
+        assert!(
+            r.take(&carol, t0 + Duration::from_secs(61)),
+            "a fetch that asked no directory does not count"
+        );
     }
 
     #[test]

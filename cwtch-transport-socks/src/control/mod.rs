@@ -1040,8 +1040,12 @@ impl ControlConnection {
                 ControlError::TimedOut { .. } => ControlError::NoHsDir,
                 e => e,
             })?;
+        // The directory by its fingerprint: tor writes its nickname again
+        // for each event, from the consensus of the moment.
+        let fingerprint = |dir: &str| dir.split(['~', '=']).next().unwrap_or("").to_owned();
+        let asked = fingerprint(&asked.hs_dir);
         self.wait_hs_desc(address, limit, "onion descriptor fetch", |hs| {
-            if hs.hs_dir != asked.hs_dir {
+            if fingerprint(&hs.hs_dir) != asked {
                 return None;
             }
             match hs.action.as_str() {
