@@ -18,7 +18,8 @@
 //! The clients run in a child process (this binary with `ours ...`,
 //! `base ...` or `floor ...`), so the server's CPU time (this process,
 //! user + system) is the server's alone. Ours runs without the per-connection rate limit
-//! (`rate_interval` 0): this measures capacity, not the policy.
+//! (`rate_interval` 0): this measures capacity, not the policy. With
+//! `INGEST_ONLY=ours` only ours runs (to profile it), without ratios.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -567,8 +568,20 @@ fn main() {
         "{:<10} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8} {:>12}",
         "server", "P", "posts/s", "p50 ms", "p99 ms", "CPU µs/post", "refused", "posts/commit"
     );
+    // INGEST_ONLY=ours: only our server (for a profiler attached to this
+    // process); no ratios then.
+    let only_ours = std::env::var("INGEST_ONLY").is_ok_and(|v| v == "ours");
     let mut rows = Vec::new();
     for &p in &levels {
+        if only_ours {
+            let (addr, key, _shared, _dir) = start_ours();
+            let o = run("ours", "ours", addr, &key, p, secs);
+            println!(
+                "ours {p:>5} {:>10.0} posts/s {:>12.1} CPU µs/post",
+                o.rate, o.cpu_us
+            );
+            continue;
+        }
         // A fresh store for each run.
         let (base_addr, _base_dir) = start_base();
         let b = run("base", "baseline", base_addr, &[0; 32], p, secs);

@@ -18,7 +18,7 @@ use std::io;
 use std::net::TcpStream;
 
 use cwtch_proto::{Identity, OnionAddress};
-use cwtch_transport_socks::{AnyTransport, IsolationKey, Transport};
+use cwtch_transport_socks::{AnyTransport, ControlError, IsolationKey, Transport};
 use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
 
@@ -106,13 +106,11 @@ impl NodeTransport {
     pub async fn after_stall(
         &self,
         peer: &OnionAddress,
-    ) -> Option<Result<cwtch_transport_socks::transport::Refetch, String>> {
+    ) -> Option<Result<cwtch_transport_socks::transport::Refetch, ControlError>> {
         match self {
-            NodeTransport::Socks(AnyTransport::Tor(t)) => Some(
-                t.refetch_descriptor(peer, REFETCH_LIMIT)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
+            NodeTransport::Socks(AnyTransport::Tor(t)) => {
+                Some(t.refetch_descriptor(peer, REFETCH_LIMIT).await)
+            }
             _ => None,
         }
     }

@@ -197,6 +197,32 @@ fn messages_to_an_offline_contact_wait_say_why_and_arrive_in_order() {
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
 }
 
+/// A backlog longer than a link's command queue goes out as the contact
+/// acknowledges it, never all at once (the sim checks every burst against
+/// the daemon's queue), and all of it arrives, in order.
+#[test]
+fn a_long_backlog_goes_out_in_a_window_and_all_arrives() {
+    let mut w = Sim::new();
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    w.befriend(a, b);
+    let bob = w.peers[b].address.clone();
+    w.stop(b);
+    let n = 300;
+    for i in 0..n {
+        send(&mut w, a, b, &format!("m{i}"));
+    }
+    w.start(b);
+    w.run_until_true("all delivered", mins(15), |w| {
+        w.messages(a, &bob)
+            .iter()
+            .all(|m| m["status"] == "delivered")
+    });
+    let alice = w.peers[a].address.clone();
+    let got: Vec<String> = w.texts(b, &alice).into_iter().map(|(t, _)| t).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn names_resolve_and_an_ambiguous_one_is_refused() {
     let mut w = Sim::new();

@@ -31,7 +31,7 @@ use crate::control::api::{ApiError, ErrorCode, Event, Request};
 use crate::control::events::Hub;
 use crate::control::server::{Ask, Serving};
 use crate::limits::{HandshakeSlots, MAX_PEER_HANDSHAKES};
-use crate::peer::{Effect, LinkEvent, LinkId, Now, Peer};
+use crate::peer::{Effect, Ended, LinkEvent, LinkId, Now, Peer};
 use crate::transport::{Listener, NodeTransport, PEER_PORT};
 use conn::{Admission, LinkCommand, LinkHandler, Outbox};
 use isolation::Isolation;
@@ -508,12 +508,17 @@ impl LinkHandler for CoreLink {
             "link closed"
         );
         let failed = !self.up || !matches!(reason, CloseReason::Local | CloseReason::Remote(_));
+        let by_us = matches!(reason, CloseReason::Local);
         let reason = if self.up {
             describe_close(reason)
         } else {
             format!("handshake failed: {}", describe_close(reason))
         };
-        self.report(LinkEvent::Down { reason, failed });
+        self.report(LinkEvent::Down(Ended {
+            reason,
+            failed,
+            by_us,
+        }));
         if let Some(link) = self.id() {
             self.ctx
                 .registry
@@ -582,22 +587,45 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
                     .unwrap_or_else(|e| e.into_inner())
                     .take(&to, std::time::Instant::now());
                 if take {
-                    match ctx.transport.after_stall(&to).await {
-                        Some(Ok(r)) if r.replaced => {
-                            tracing::info!("tor fetched a newer descriptor")
+                    let asked = match ctx.transport.after_stall(&to).await {
+                        Some(Ok(r)) => {
+                            match r.replaced {
+                                Some(true) => tracing::info!("tor fetched a newer descriptor"),
+                                Some(false) => {
+                                    tracing::info!("tor fetched the descriptor: no newer one")
+                                }
+                                None => tracing::info!("tor fetched the descriptor"),
+                            }
+                            true
                         }
-                        Some(Ok(_)) => tracing::info!("tor fetched the descriptor: no newer one"),
-                        Some(Err(e)) => tracing::info!("tor could not fetch the descriptor: {e}"),
-                        None => {}
+                        Some(Err(e)) => {
+                            tracing::info!("tor could not fetch the descriptor: {e}");
+                            // A timeout almost always comes after tor named
+                            // the directory it asked.
+                            matches!(
+                                e,
+                                cwtch_transport_socks::ControlError::FetchFailed { .. }
+                                    | cwtch_transport_socks::ControlError::TimedOut { .. }
+                            )
+                        }
+                        None => false,
+                    };
+                    // A fetch that asked no directory used none up.
+                    if !asked {
+                        ctx.refetches
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .give_back(&to);
                     }
                 }
             }
             let _ = ctx.input.send(Input::Link(
                 link,
-                LinkEvent::Down {
+                LinkEvent::Down(Ended {
                     reason: e.to_string(),
                     failed: true,
-                },
+                    by_us: false,
+                }),
             ));
             return;
         }

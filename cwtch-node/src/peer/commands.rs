@@ -409,11 +409,10 @@ impl Peer {
             tx.put(Table::Outbox, &outbox_key(address, id), &item)?;
             Ok(())
         })?;
-        if let Some(link) = self.links.get(address).map(|l| l.id) {
-            let bytes = encode_out(&item);
-            self.send(link, bytes);
-        }
         self.outbox.push(item);
+        if let Some(link) = self.links.get(address).map(|l| l.id) {
+            self.send_window(address, link);
+        }
         self.notify_message(&msg);
         Ok(msg)
     }
@@ -598,10 +597,10 @@ impl Peer {
         };
         self.store
             .put(Table::Outbox, &outbox_key(&address, item.id), &item)?;
-        if let Some(link) = self.links.get(&address).map(|l| l.id) {
-            self.send(link, encode_out(&item));
-        }
         self.outbox.push(item);
+        if let Some(link) = self.links.get(&address).map(|l| l.id) {
+            self.send_window(&address, link);
+        }
         // Whom to ask for missing messages and tell of moves.
         self.note_member(&gid, &address)?;
         let _ = now;

@@ -32,6 +32,18 @@ impl Now {
     }
 }
 
+/// How a link ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Why, in plain words.
+    pub reason: String,
+    /// A failure (a dial or handshake error, a timeout), not a close.
+    pub failed: bool,
+    /// We closed it (a link of ours that ends soon then says nothing about
+    /// the other side).
+    pub by_us: bool,
+}
+
 /// What a link reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -43,14 +55,8 @@ pub enum LinkEvent {
     },
     /// One channel message.
     Message(Vec<u8>),
-    /// The link is gone (or the dial failed): why, and whether that was a
-    /// failure (a dial or handshake error, a timeout) rather than a close.
-    Down {
-        /// Why, in plain words.
-        reason: String,
-        /// A failure, not a close.
-        failed: bool,
-    },
+    /// The link is gone (or the dial failed), and how.
+    Down(Ended),
 }
 
 /// What the core asks the daemon to do.

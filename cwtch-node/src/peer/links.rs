@@ -6,16 +6,26 @@ use std::collections::{HashMap, HashSet};
 
 use cwtch_proto::peer::session::keep_new_link;
 use cwtch_proto::peer::{Backoff, PeerSession, Standing};
-use cwtch_proto::{Instant, OnionAddress};
+use cwtch_proto::{Duration, Instant, OnionAddress};
 use rand_core::CryptoRng;
 
-use super::effect::LinkId;
+use super::effect::{Ended, LinkId};
 use crate::limits::STABLE_LINK;
 use crate::model::{ConnState, ConnStatus};
 
 /// How many dials may run at once: Tor builds a limited number of circuits
 /// at a time, and a big contact list must not stall start-up.
 pub const MAX_CONCURRENT_DIALS: usize = 3;
+
+/// The most outbox items in flight on one link: the rest go as the
+/// contact acknowledges these. Far below the link's command queue (256),
+/// which a greeting with a long backlog would otherwise overflow, closing
+/// the link every time it came up.
+pub const SEND_WINDOW: usize = 64;
+
+/// How long links that end soon are remembered: after this without one,
+/// the delay after the next starts from the shortest again.
+pub const FLAP_MEMORY: Duration = Duration::from_secs(3600);
 
 /// An established link to a contact.
 pub struct LinkEntry {
@@ -30,6 +40,13 @@ pub struct LinkEntry {
     pub refused_something: bool,
     /// When it came up.
     pub up_at: Instant,
+    /// Whether it is an accepted contact's (the only links redialled).
+    pub accepted: bool,
+    /// The last outbox item (by its local order) sent on this link.
+    pub sent_through: u64,
+    /// Items sent on this link and not acknowledged yet: at most
+    /// [`SEND_WINDOW`].
+    pub unacked: usize,
 }
 
 /// A link not established yet: a dial, or an inbound handshake admitted.
@@ -60,6 +77,12 @@ pub struct Links {
     pending: HashMap<LinkId, Pending>,
     dialing: HashSet<String>,
     backoff: HashMap<String, (Backoff, Instant)>,
+    /// Accepted contacts whose links the other side ended soon
+    /// ([`STABLE_LINK`]): a backoff of its own, apart from the dials'
+    /// (which a link that comes up forgets), and when the last such link
+    /// ended. It grows while links keep ending soon, and starts over after
+    /// a link that lasted or [`FLAP_MEMORY`] without a short one.
+    short: HashMap<String, (Backoff, Instant)>,
     status: HashMap<String, ConnStatus>,
     /// When a dial held back by its backoff becomes due.
     wake: Option<Instant>,
@@ -150,8 +173,9 @@ impl Links {
 
     /// The link came up with `remote` at `now` (`me` is our address): the
     /// tie-break of two simultaneous links decides which one both sides
-    /// keep. The contact's backoff is kept until the link has lasted
-    /// [`STABLE_LINK`].
+    /// keep. The contact's backoff is forgotten, unless its last link
+    /// ended soon ([`STABLE_LINK`]): then it is kept, and grows if this
+    /// one ends soon too.
     pub fn on_up(
         &mut self,
         link: LinkId,
@@ -185,23 +209,30 @@ impl Links {
                 session: PeerSession::new(standing),
                 refused_something: false,
                 up_at: now,
+                accepted: standing == Standing::Accepted,
+                sent_through: 0,
+                unacked: 0,
             },
         );
+        self.backoff.remove(&remote);
         let entry = self.status.entry(remote).or_default();
         entry.state = ConnState::Authenticated;
         Up::Kept { replaced }
     }
 
     /// The link went down (or its dial failed). Returns the contact whose
-    /// shown status changed, if any.
+    /// shown status changed, if any. An accepted contact's link that the
+    /// other side ended within [`STABLE_LINK`] holds the next dial back,
+    /// longer each time links keep ending soon; one we closed ourselves
+    /// changes nothing.
     pub fn on_down<R: CryptoRng + ?Sized>(
         &mut self,
         link: LinkId,
-        reason: &str,
-        failed: bool,
+        end: &Ended,
         now: Instant,
         rng: &mut R,
     ) -> Option<String> {
+        let (reason, failed, by_us) = (end.reason.as_str(), end.failed, end.by_us);
         self.settled = false;
         if let Some(p) = self.pending.remove(&link) {
             if p.we_dialed {
@@ -218,20 +249,28 @@ impl Links {
             }
             return None;
         }
-        let (contact, up_at) = self
+        let (contact, up_at, accepted) = self
             .up
             .iter()
             .find(|(_, e)| e.id == link)
-            .map(|(a, e)| (a.clone(), e.up_at))?;
+            .map(|(a, e)| (a.clone(), e.up_at, e.accepted))?;
         self.up.remove(&contact);
-        if now.saturating_duration_since(up_at) >= STABLE_LINK {
-            self.backoff.remove(&contact);
-        } else {
-            let entry = self
-                .backoff
+        let short = now.saturating_duration_since(up_at) < STABLE_LINK;
+        if !short {
+            self.short.remove(&contact);
+        } else if accepted && !by_us {
+            let flaps = self
+                .short
                 .entry(contact.clone())
                 .or_insert((Backoff::for_peers(), now));
-            entry.1 = entry.0.next_attempt(now, rng);
+            if now.saturating_duration_since(flaps.1) > FLAP_MEMORY {
+                flaps.0.reset();
+            }
+            flaps.1 = now;
+            let at = flaps.0.next_attempt(now, rng);
+            // Dials that fail after it back off from the shortest delay.
+            self.backoff
+                .insert(contact.clone(), (Backoff::for_peers(), at));
         }
         let entry = self.status.entry(contact.clone()).or_default();
         if failed {
@@ -284,6 +323,7 @@ impl Links {
     pub fn forget_backoff(&mut self, contact: &str) {
         self.settled = false;
         self.backoff.remove(contact);
+        self.short.remove(contact);
     }
 
     /// The connection status shown for `contact`.
@@ -305,7 +345,6 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cwtch_proto::Duration;
     use cwtch_proto::Identity;
 
     fn addr(seed: u8) -> OnionAddress {
@@ -314,6 +353,22 @@ mod tests {
 
     fn rng() -> chacha20::ChaCha20Rng {
         rand_core::SeedableRng::from_seed([3; 32])
+    }
+
+    fn failure(reason: &str) -> Ended {
+        Ended {
+            reason: reason.into(),
+            failed: true,
+            by_us: false,
+        }
+    }
+
+    fn closed(by_us: bool) -> Ended {
+        Ended {
+            reason: "closed".into(),
+            failed: false,
+            by_us,
+        }
     }
 
     /// The race behind a stuck "connected": a dial that starts just before
@@ -333,7 +388,7 @@ mod tests {
         ));
         assert_eq!(links.status(&peer).state, ConnState::Authenticated);
         // Our dial fails while their link is up: still authenticated.
-        links.on_down(LinkId(1), "refused", true, Instant::ZERO, &mut rng());
+        links.on_down(LinkId(1), &failure("refused"), Instant::ZERO, &mut rng());
         assert_eq!(links.status(&peer).state, ConnState::Authenticated);
     }
 
@@ -352,7 +407,7 @@ mod tests {
                 .due_dials(all.iter().map(|a| (a.clone(), false)), t0)
                 .is_empty()
         );
-        links.on_down(LinkId(0), "offline", true, t0, &mut rng());
+        links.on_down(LinkId(0), &failure("offline"), t0, &mut rng());
         let next = links.due_dials(all.iter().map(|a| (a.clone(), false)), t0);
         assert_eq!(next.len(), 1);
         assert!(
@@ -381,7 +436,7 @@ mod tests {
             "dials it named only narrow the choice"
         );
         // A dial fails: a slot is free.
-        links.on_down(LinkId(0), "offline", true, t0, &mut rng());
+        links.on_down(LinkId(0), &failure("offline"), t0, &mut rng());
         assert!(links.needs_dials(t0));
         let _ = links.due_dials(all.iter().map(|a| (a.clone(), false)), t0);
         assert!(!links.needs_dials(t0));
@@ -408,7 +463,7 @@ mod tests {
 
     /// A contact that accepts our link and closes it at once cannot keep
     /// us redialling: each short link backs the next dial off further. A
-    /// link that lasted is redialled at once, from the shortest delay.
+    /// link that lasted, or that we closed, is redialled at once.
     #[test]
     fn a_link_that_ends_soon_is_redialled_after_a_growing_backoff() {
         let me = addr(1);
@@ -424,13 +479,7 @@ mod tests {
             let up = links.on_up(LinkId(round), &me, Standing::Accepted, now);
             assert_eq!(up, Up::Kept { replaced: None });
             now = now + Duration::from_secs(1);
-            links.on_down(
-                LinkId(round),
-                "closed by the other side",
-                false,
-                now,
-                &mut rng(),
-            );
+            links.on_down(LinkId(round), &closed(false), now, &mut rng());
             assert!(
                 links.due_dials(candidates(), now).is_empty(),
                 "round {round}: not redialled at once"
@@ -451,34 +500,107 @@ mod tests {
 
         // A link that lasts is redialled at once when it ends, and the
         // backoff starts over.
-        assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
-        links.start_dial(&peer, LinkId(100));
-        let _ = links.on_up(LinkId(100), &me, Standing::Accepted, now);
-        now = now + STABLE_LINK;
-        links.on_down(
-            LinkId(100),
-            "closed by the other side",
-            false,
-            now,
-            &mut rng(),
+        let mut cycle = |links: &mut Links, id: u64, lasts: Duration, end: Ended| {
+            assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+            links.start_dial(&peer, LinkId(id));
+            let _ = links.on_up(LinkId(id), &me, Standing::Accepted, now);
+            now = now + lasts;
+            links.on_down(LinkId(id), &end, now, &mut rng());
+            let again = !links.due_dials(candidates(), now).is_empty();
+            let wait = links
+                .poll_timeout()
+                .map(|due| due.saturating_duration_since(now));
+            if let Some(w) = wait {
+                now = now + w;
+            }
+            (again, wait)
+        };
+        assert_eq!(
+            cycle(&mut links, 100, STABLE_LINK, closed(false)),
+            (true, None)
         );
-        assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
-        links.start_dial(&peer, LinkId(101));
-        let _ = links.on_up(LinkId(101), &me, Standing::Accepted, now);
-        links.on_down(
-            LinkId(101),
-            "closed by the other side",
-            false,
-            now,
-            &mut rng(),
+        let (again, wait) = cycle(&mut links, 101, Duration::ZERO, closed(false));
+        assert!(
+            !again && wait.is_some_and(|w| w <= Duration::from_secs(5)),
+            "a short link after a long one waits the shortest delay: {wait:?}"
         );
+        // One we close ourselves says nothing about them.
+        let (again, _) = cycle(&mut links, 102, Duration::ZERO, closed(true));
+        assert!(again, "our own close is redialled at once");
+    }
+
+    /// Hours offline grow the backoff to its cap; the first link after
+    /// that starts it over, so a blip right after costs the shortest delay.
+    #[test]
+    fn a_link_after_a_long_absence_starts_the_backoff_over() {
+        let me = addr(1);
+        let peer = addr(9).to_string();
+        let candidates = || std::iter::once((peer.clone(), true));
+        let mut links = Links::default();
+        let mut now = Instant::from_secs(1_000);
+        for round in 0..12u64 {
+            assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+            links.start_dial(&peer, LinkId(round));
+            links.on_down(LinkId(round), &failure("offline"), now, &mut rng());
+            assert!(links.due_dials(candidates(), now).is_empty());
+            now = links.poll_timeout().expect("backoff");
+        }
+        links.start_dial(&peer, LinkId(50));
+        let _ = links.on_up(LinkId(50), &me, Standing::Accepted, now);
+        now = now + Duration::from_secs(1);
+        links.on_down(LinkId(50), &closed(false), now, &mut rng());
         assert!(links.due_dials(candidates(), now).is_empty());
         let wait = links
             .poll_timeout()
             .map(|due| due.saturating_duration_since(now));
         assert!(
             wait.is_some_and(|w| w <= Duration::from_secs(5)),
-            "a short link after a long one waits the shortest delay: {wait:?}"
+            "{wait:?}"
         );
+    }
+
+    /// Links that end soon are forgotten after an hour without one: a
+    /// peer that flapped this morning is not held back this evening.
+    #[test]
+    fn short_links_are_forgotten_after_a_quiet_hour() {
+        let me = addr(1);
+        let peer = addr(9).to_string();
+        let candidates = || std::iter::once((peer.clone(), true));
+        let mut links = Links::default();
+        let mut now = Instant::from_secs(1_000);
+        let short_link = |links: &mut Links, id: u64, now: Instant| {
+            assert_eq!(links.due_dials(candidates(), now), vec![peer.clone()]);
+            links.start_dial(&peer, LinkId(id));
+            let _ = links.on_up(LinkId(id), &me, Standing::Accepted, now);
+            links.on_down(LinkId(id), &closed(false), now, &mut rng());
+            assert!(links.due_dials(candidates(), now).is_empty());
+            links.poll_timeout().expect("held back")
+        };
+        for id in 0..4 {
+            now = short_link(&mut links, id, now);
+        }
+        let before = now;
+        now = short_link(&mut links, 10, now);
+        assert!(now.saturating_duration_since(before) > Duration::from_secs(40));
+        now = now + FLAP_MEMORY + Duration::from_secs(1);
+        let at = short_link(&mut links, 11, now);
+        assert!(at.saturating_duration_since(now) <= Duration::from_secs(5));
+    }
+
+    /// Only accepted contacts are redialled, so only their short links
+    /// are remembered.
+    #[test]
+    fn a_short_link_of_a_stranger_leaves_nothing_behind() {
+        let me = addr(1);
+        let stranger = addr(7).to_string();
+        let mut links = Links::default();
+        let now = Instant::from_secs(1_000);
+        links.admit(&stranger, LinkId(1));
+        let standing = Standing::Stranger {
+            room_for_request: true,
+        };
+        let _ = links.on_up(LinkId(1), &me, standing, now);
+        links.on_down(LinkId(1), &closed(false), now, &mut rng());
+        assert!(links.backoff.is_empty() && links.short.is_empty());
     }
 }

@@ -48,7 +48,7 @@ use rand_core::Rng;
 use crate::control::api::{ApiError, ErrorCode, Event};
 use crate::model::{ConnState, ContactEntry, StoredMessage};
 use crate::store::{Profile, StoreFailure};
-pub use effect::{Effect, LinkEvent, LinkId, Now};
+pub use effect::{Effect, Ended, LinkEvent, LinkId, Now};
 
 /// The proof-of-work hashes one [`Peer::handle_work`] step tries.
 pub const WORK_STEP: u64 = cwtch_proto::server::client::POW_STEP_MAX;

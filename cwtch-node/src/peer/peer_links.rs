@@ -9,7 +9,7 @@ use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{ClaimedTime, OnionAddress, PublicIdentity};
 
 use super::commands::encode_out;
-use super::links::Up;
+use super::links::{SEND_WINDOW, Up};
 use super::{Kind, LinkEvent, LinkId, Now, Peer, encode_peer};
 use crate::codec::clean_name;
 use crate::control::api::Event;
@@ -44,7 +44,7 @@ impl Peer {
             Some(Kind::Peer) => self.peer_link(link, event, now),
             Some(Kind::Server) => self.server_link(link, event, now),
             None => {
-                if !matches!(event, LinkEvent::Down { .. }) {
+                if !matches!(event, LinkEvent::Down(_)) {
                     self.close(link);
                 }
             }
@@ -86,14 +86,37 @@ impl Peer {
                 };
                 self.peer_message(&contact, link, &bytes, now);
             }
-            LinkEvent::Down { reason, failed } => {
-                if let Some(contact) =
-                    self.links
-                        .on_down(link, &reason, failed, now.mono, &mut self.rng)
-                {
+            LinkEvent::Down(end) => {
+                if let Some(contact) = self.links.on_down(link, &end, now.mono, &mut self.rng) {
                     self.notify_connection("contact", &contact);
                 }
             }
+        }
+    }
+
+    /// Sends `contact`'s outbox items not sent on `link` yet, in order,
+    /// while fewer than [`SEND_WINDOW`] are unacknowledged there.
+    pub(super) fn send_window(&mut self, contact: &str, link: LinkId) {
+        let Some(l) = self.links.established(contact, link) else {
+            return;
+        };
+        let (mut through, mut unacked) = (l.sent_through, l.unacked);
+        let mut out = Vec::new();
+        for item in self.outbox.for_contact(contact) {
+            if unacked >= SEND_WINDOW {
+                break;
+            }
+            if item.seq > through {
+                out.push(encode_out(item));
+                through = item.seq;
+                unacked += 1;
+            }
+        }
+        if let Some(l) = self.links.established(contact, link) {
+            (l.sent_through, l.unacked) = (through, unacked);
+        }
+        for msg in out {
+            self.send(link, msg);
         }
     }
 
@@ -110,11 +133,8 @@ impl Peer {
                 PeerEvent::Greet => {
                     // Adverts and move notices wait for the contact's own
                     // Hello: until it has accepted us it ignores them.
-                    let mut out = vec![encode_peer(&PeerMessage::Hello { name: &self.name })];
-                    out.extend(self.outbox.for_contact(contact).into_iter().map(encode_out));
-                    for msg in out {
-                        self.send(link, msg);
-                    }
+                    self.send(link, encode_peer(&PeerMessage::Hello { name: &self.name }));
+                    self.send_window(contact, link);
                 }
                 PeerEvent::RecordRequest => {
                     // An unknown peer that authenticated: a contact request.
@@ -251,7 +271,13 @@ impl Peer {
                     Ok(())
                 });
                 if result.is_ok() {
-                    self.outbox.acked(remote, id);
+                    let item = self.outbox.acked(remote, id);
+                    if let Some(l) = self.links.established(remote, link)
+                        && item.is_some_and(|i| i.seq <= l.sent_through)
+                    {
+                        l.unacked = l.unacked.saturating_sub(1);
+                    }
+                    self.send_window(remote, link);
                     if let Some(m) = updated {
                         self.notify_message(&m);
                     }

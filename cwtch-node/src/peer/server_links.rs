@@ -22,7 +22,7 @@ impl Peer {
     pub(super) fn server_link(&mut self, link: LinkId, event: LinkEvent, now: Now) {
         match event {
             LinkEvent::Up { .. } => {
-                if let Some(server) = self.servers.on_up(link, now.mono, &mut self.rng) {
+                if let Some(server) = self.servers.on_up(link, &mut self.rng) {
                     self.notify_connection("server", &server);
                     self.transmit_server(&server, now);
                 } else {
@@ -41,11 +41,9 @@ impl Peer {
                 }
                 self.transmit_server(&server, now);
             }
-            LinkEvent::Down { reason, failed } => {
-                if let Some(server) =
-                    self.servers
-                        .on_down(link, &reason, failed, now.mono, &mut self.rng)
-                {
+            LinkEvent::Down(end) => {
+                let failed = end.failed;
+                if let Some(server) = self.servers.on_down(link, &end, now.mono, &mut self.rng) {
                     if failed {
                         let e = self.directory.note_failed(&server, now.unix_secs()).clone();
                         self.save_entry(&e);
@@ -91,6 +89,7 @@ impl Peer {
             ClientEvent::Connected(_) => {
                 self.servers
                     .set_state(server, ConnState::Authenticated, None);
+                self.servers.hello(server, now.mono);
                 let e = self
                     .directory
                     .note_connected(server, now.unix_secs())

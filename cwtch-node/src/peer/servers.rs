@@ -11,7 +11,7 @@ use cwtch_proto::server::wire::MAX_SERVER_MESSAGE_LEN;
 use cwtch_proto::{Duration, Instant};
 use rand_core::CryptoRng;
 
-use super::effect::LinkId;
+use super::effect::{Ended, LinkId};
 use crate::limits::STABLE_LINK;
 use crate::model::{ConnState, ConnStatus};
 
@@ -25,12 +25,13 @@ pub struct ServerConn {
     client: Option<ServerClient>,
     next_try: Instant,
     backoff: Backoff,
-    /// When the connection came up.
-    up_at: Instant,
+    /// When this connection's session said hello.
+    hello_at: Option<Instant>,
     /// The saved cursor.
     pub cursor: u64,
-    /// Since when every attempt failed (what the move policy looks at).
-    pub failing_since: Option<Instant>,
+    /// Since when every attempt failed, or ended soon (what the move
+    /// policy looks at, through [`ServerConn::failing_at`]).
+    failing_since: Option<Instant>,
     /// Read from this index on the next connection.
     rewind: Option<u64>,
     /// Posts handed to this connection's client: PostId → (owner, seq).
@@ -51,7 +52,7 @@ impl ServerConn {
             link: None,
             client: None,
             next_try: Instant::ZERO,
-            up_at: Instant::ZERO,
+            hello_at: None,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             cursor,
             failing_since: None,
@@ -61,6 +62,23 @@ impl ServerConn {
             pruned: 0,
             next_post: 0,
         }
+    }
+
+    /// Since when every connection failed or ended soon, as of `now`:
+    /// `None` once a session has lasted [`STABLE_LINK`] after its hello
+    /// (a server that says hello and closes, or never says it, keeps
+    /// failing).
+    pub fn failing_at(&self, now: Instant) -> Option<Instant> {
+        self.failing_since.filter(|_| !self.lasted(now))
+    }
+
+    /// Whether this connection's session said hello at least
+    /// [`STABLE_LINK`] before `now`.
+    fn lasted(&self, now: Instant) -> bool {
+        self.client.is_some()
+            && self
+                .hello_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= STABLE_LINK)
     }
 
     /// Whether a session is up now.
@@ -151,15 +169,10 @@ impl Servers {
     /// The connection is up: its client starts, from the saved cursor (or
     /// where a rewind asks), with the core's jitter, pipelining and retry
     /// rules.
-    pub fn on_up<R: CryptoRng + ?Sized>(
-        &mut self,
-        link: LinkId,
-        now: Instant,
-        rng: &mut R,
-    ) -> Option<String> {
+    pub fn on_up<R: CryptoRng + ?Sized>(&mut self, link: LinkId, rng: &mut R) -> Option<String> {
         let server = self.by_link.get(&link)?.clone();
         let c = self.map.get_mut(&server)?;
-        c.up_at = now;
+        c.hello_at = None;
         if let Some(from) = c.rewind.take()
             && from < c.cursor
         {
@@ -218,20 +231,25 @@ impl Servers {
     pub fn on_down<R: CryptoRng + ?Sized>(
         &mut self,
         link: LinkId,
-        reason: &str,
-        failed: bool,
+        end: &Ended,
         now: Instant,
         rng: &mut R,
     ) -> Option<String> {
+        let (reason, failed, by_us) = (end.reason.as_str(), end.failed, end.by_us);
         let server = self.by_link.remove(&link)?;
         let c = self.map.get_mut(&server)?;
         if c.link != Some(link) {
             return None;
         }
-        // A connection that lasted starts the delays over; one that ended
-        // soon (a server that says hello and closes) lets them grow.
-        if c.client.is_some() && now.saturating_duration_since(c.up_at) >= STABLE_LINK {
+        // A session that lasted starts the delays over and ends a failing
+        // spell; a connection the server ended soon (it says hello and
+        // closes, or never says it) lets them grow, and counts as failing.
+        // One we closed soon says nothing either way.
+        if c.lasted(now) {
             c.backoff.reset();
+            c.failing_since = None;
+        } else if c.client.is_some() && !by_us {
+            c.failing_since.get_or_insert(now);
         }
         c.link = None;
         c.client = None;
@@ -252,15 +270,19 @@ impl Servers {
         Some(server)
     }
 
-    /// A session came up (the hello): the server is no longer failing.
-    /// (The delays before a reconnect start over only once a connection
-    /// has lasted [`STABLE_LINK`]: see [`Servers::on_down`].)
+    /// `server`'s session said hello (once per connection).
+    pub fn hello(&mut self, server: &str, now: Instant) {
+        if let Some(c) = self.map.get_mut(server) {
+            c.hello_at.get_or_insert(now);
+        }
+    }
+
+    /// Sets the state shown. (A session that came up ends a failing spell
+    /// and the growth of the delays only once it has lasted
+    /// [`STABLE_LINK`]: [`ServerConn::failing_at`], [`Servers::on_down`].)
     pub fn set_state(&mut self, server: &str, state: ConnState, error: Option<String>) {
         if let Some(c) = self.map.get_mut(server) {
             c.status.state = state;
-            if matches!(state, ConnState::Authenticated | ConnState::Synced) {
-                c.failing_since = None;
-            }
             if error.is_some() {
                 c.status.last_error = error;
             }
@@ -466,6 +488,14 @@ mod tests {
         rand_core::SeedableRng::from_seed([5; 32])
     }
 
+    fn remote_close() -> Ended {
+        Ended {
+            reason: "closed by the other side".into(),
+            failed: false,
+            by_us: false,
+        }
+    }
+
     /// A server that says hello and closes at once cannot keep us
     /// reconnecting every two seconds: the delays grow until a connection
     /// lasts [`STABLE_LINK`], and then start over.
@@ -480,15 +510,22 @@ mod tests {
         for round in 0..6u64 {
             assert_eq!(servers.due_dials(now), vec![name.to_string()]);
             servers.start_dial(name, LinkId(round));
-            assert!(servers.on_up(LinkId(round), now, &mut rng).is_some());
+            assert!(servers.on_up(LinkId(round), &mut rng).is_some());
             servers.set_state(name, ConnState::Authenticated, None);
+            servers.hello(name, now);
             now = now + Duration::from_secs(1);
-            servers.on_down(LinkId(round), "closed", false, now, &mut rng);
+            servers.on_down(LinkId(round), &remote_close(), now, &mut rng);
             let next = servers.get(name).expect("known").next_try;
             waits.push(next.saturating_duration_since(now));
             assert!(servers.due_dials(now).is_empty(), "round {round}");
             now = next;
         }
+        let start = Instant::from_secs(1_000) + Duration::from_secs(1);
+        assert_eq!(
+            servers.get(name).and_then(|c| c.failing_at(now)),
+            Some(start),
+            "a server that says hello and closes is failing, since the first time"
+        );
         for (i, wait) in waits.iter().enumerate() {
             let cap = Duration::from_secs((2u64 << i).min(300));
             let half = Duration::from_micros(cap.as_micros() / 2);
@@ -499,10 +536,44 @@ mod tests {
         }
         // One that lasts: the next delay is the shortest again.
         servers.start_dial(name, LinkId(100));
-        let _ = servers.on_up(LinkId(100), now, &mut rng);
+        let _ = servers.on_up(LinkId(100), &mut rng);
+        servers.hello(name, now);
         now = now + STABLE_LINK;
-        servers.on_down(LinkId(100), "closed", false, now, &mut rng);
+        servers.on_down(LinkId(100), &remote_close(), now, &mut rng);
         let next = servers.get(name).expect("known").next_try;
         assert!(next.saturating_duration_since(now) <= Duration::from_secs(2));
+        assert_eq!(servers.get(name).and_then(|c| c.failing_at(now)), None);
+    }
+
+    /// While a connection is up, the server stops failing once it has
+    /// lasted; before that, it is still failing.
+    #[test]
+    fn a_connection_up_ends_the_failing_spell_once_it_lasts() {
+        let mut servers = Servers::default();
+        let name = "server";
+        servers.ensure(name, 0);
+        let mut rng = rng();
+        let t0 = Instant::from_secs(1_000);
+        servers.start_dial(name, LinkId(1));
+        let failure = Ended {
+            reason: "offline".into(),
+            failed: true,
+            by_us: false,
+        };
+        servers.on_down(LinkId(1), &failure, t0, &mut rng);
+        let t1 = servers.get(name).expect("known").next_try;
+        servers.start_dial(name, LinkId(2));
+        let _ = servers.on_up(LinkId(2), &mut rng);
+        let c = servers.get(name).expect("known");
+        assert_eq!(
+            c.failing_at(t1 + Duration::from_secs(600)),
+            Some(t0),
+            "no hello: still failing"
+        );
+        servers.set_state(name, ConnState::Authenticated, None);
+        servers.hello(name, t1);
+        let c = servers.get(name).expect("known");
+        assert_eq!(c.failing_at(t1 + Duration::from_secs(59)), Some(t0));
+        assert_eq!(c.failing_at(t1 + STABLE_LINK), None);
     }
 }

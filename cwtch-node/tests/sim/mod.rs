@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use chacha20::ChaCha20Rng;
 use cwtch_node::control::api::{ApiError, Event, Request};
-use cwtch_node::peer::{Effect, LinkEvent, LinkId, Now, Peer};
+use cwtch_node::peer::{Effect, Ended, LinkEvent, LinkId, Now, Peer};
 use cwtch_node::profile_store::ProfileStore;
 use cwtch_node::store::{self, Profile};
 use cwtch_proto::group::SEALED_BLOB_LEN;
@@ -125,6 +125,10 @@ impl SimServer {
         format!("cwtch-server:{}", self.address)
     }
 }
+
+/// The capacity of a link's command queue in the daemon
+/// (`daemon::dial`, `daemon::accept`).
+pub const LINK_QUEUE: usize = 256;
 
 /// A peer of the world.
 pub struct SimPeer {
@@ -366,10 +370,11 @@ impl Sim {
                     Delivery::ToPeer(
                         j,
                         lj,
-                        LinkEvent::Down {
+                        LinkEvent::Down(Ended {
                             reason: reason.into(),
                             failed,
-                        },
+                            by_us: false,
+                        }),
                     ),
                 );
             }
@@ -388,10 +393,11 @@ impl Sim {
                 Delivery::ToPeer(
                     session.peer,
                     session.link,
-                    LinkEvent::Down {
+                    LinkEvent::Down(Ended {
                         reason: reason.into(),
                         failed: false,
-                    },
+                        by_us: false,
+                    }),
                 ),
             );
         }
@@ -412,11 +418,12 @@ impl Sim {
                         Delivery::ToPeer(
                             i,
                             link,
-                            LinkEvent::Down {
+                            LinkEvent::Down(Ended {
                                 reason: "they could not be reached: they are probably offline"
                                     .into(),
                                 failed: true,
-                            },
+                                by_us: false,
+                            }),
                         ),
                     );
                     return;
@@ -455,10 +462,11 @@ impl Sim {
                         Delivery::ToPeer(
                             i,
                             link,
-                            LinkEvent::Down {
+                            LinkEvent::Down(Ended {
                                 reason: "handshake failed: refused".into(),
                                 failed: true,
-                            },
+                                by_us: false,
+                            }),
                         ),
                     ),
                 }
@@ -474,10 +482,11 @@ impl Sim {
                         Delivery::ToPeer(
                             i,
                             link,
-                            LinkEvent::Down {
+                            LinkEvent::Down(Ended {
                                 reason: "the server could not be reached".into(),
                                 failed: true,
-                            },
+                                by_us: false,
+                            }),
                         ),
                     );
                     return;
@@ -503,10 +512,11 @@ impl Sim {
                         Delivery::ToPeer(
                             i,
                             link,
-                            LinkEvent::Down {
+                            LinkEvent::Down(Ended {
                                 reason: "closed by us".into(),
                                 failed: false,
-                            },
+                                by_us: true,
+                            }),
                         ),
                     );
                 }
@@ -516,15 +526,29 @@ impl Sim {
     }
 
     /// Every running core's effects and proof of work, until none is left.
+    /// The messages one burst queues on one link must fit the daemon's
+    /// command queue of that link ([`LINK_QUEUE`]), which closes the link
+    /// when it overflows.
     fn drain_peers(&mut self) -> bool {
         let mut moved = false;
         for i in 0..self.peers.len() {
+            let mut burst: BTreeMap<LinkId, usize> = BTreeMap::new();
             loop {
                 let now = self.now();
                 let Some(core) = self.peers[i].core.as_mut() else {
                     break;
                 };
                 if let Some(e) = core.poll_effect() {
+                    if let Effect::Send { link, .. } = &e {
+                        let n = burst.entry(*link).or_default();
+                        *n += 1;
+                        assert!(
+                            *n <= LINK_QUEUE,
+                            "{}: more than {LINK_QUEUE} messages at once on one link: the \
+                             daemon would close it",
+                            self.peers[i].name
+                        );
+                    }
                     moved = true;
                     self.effect(i, e);
                     continue;
