@@ -223,6 +223,49 @@ fn a_long_backlog_goes_out_in_a_window_and_all_arrives() {
     assert_eq!(got, want);
 }
 
+/// A contact that holds us as a request keeps 10 of our texts and drops
+/// the rest unacknowledged; when it accepts us on the same link, the rest
+/// still arrive (its greeting starts our send window over), and new texts
+/// go out at once.
+#[test]
+fn texts_dropped_while_we_were_a_request_arrive_once_accepted() {
+    let mut w = Sim::new();
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let alice = w.peers[a].address.clone();
+    let bob = w.peers[b].address.clone();
+    w.stop(b);
+    add(&mut w, a, b, None);
+    let n = 80;
+    for i in 0..n {
+        send(&mut w, a, b, &format!("m{i}"));
+    }
+    w.start(b);
+    w.run_until_true("bob to hold the request", mins(15), |w| {
+        !w.events_of(b, |e| matches!(e, Event::ContactRequest { .. }))
+            .is_empty()
+    });
+    w.run_for(MINUTE);
+    let kept = w.texts(b, &alice).len();
+    assert!(kept < n, "a request keeps only some: {kept}");
+    w.ok(
+        b,
+        Request::ContactAccept {
+            contact: alice.clone(),
+        },
+    );
+    w.run_until_true("all delivered", mins(5), |w| {
+        w.messages(a, &bob)
+            .iter()
+            .all(|m| m["status"] == "delivered")
+    });
+    send(&mut w, a, b, "after");
+    w.run_for(Duration::from_secs(5));
+    let got: Vec<String> = w.texts(b, &alice).into_iter().map(|(t, _)| t).collect();
+    let mut want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    want.push("after".into());
+    assert_eq!(got, want);
+}
+
 #[test]
 fn names_resolve_and_an_ambiguous_one_is_refused() {
     let mut w = Sim::new();

@@ -174,7 +174,7 @@ impl Peer {
             let conn = self.servers.get(server);
             Some(ServerHealth {
                 server: OnionAddress::parse(server).ok()?,
-                failing_since: conn.and_then(|c| c.failing_at(now.mono)),
+                failing_since: conn.and_then(|c| c.failing_at()),
                 withheld: self.moves.withheld(server, now_ms),
                 healthy_now: conn.is_some_and(|c| c.healthy_now()),
             })

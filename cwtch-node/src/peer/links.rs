@@ -17,11 +17,18 @@ use crate::model::{ConnState, ConnStatus};
 /// at a time, and a big contact list must not stall start-up.
 pub const MAX_CONCURRENT_DIALS: usize = 3;
 
-/// The most outbox items in flight on one link: the rest go as the
-/// contact acknowledges these. Far below the link's command queue (256),
-/// which a greeting with a long backlog would otherwise overflow, closing
-/// the link every time it came up.
+/// The most outbox items in flight on one link once the contact greeted
+/// us (it holds us as a contact too): the rest go as it acknowledges these.
+/// Far below the link's command queue (256), which a greeting with a long
+/// backlog would otherwise overflow, closing the link every time it came
+/// up.
 pub const SEND_WINDOW: usize = 64;
+
+/// The window until the contact greets us: it may hold us as a request,
+/// and then drops the texts past its limit unacknowledged. Its greeting
+/// (once it accepts us) starts the window over, so what it dropped is sent
+/// again, and at most this many items twice.
+pub const REQUEST_WINDOW: usize = crate::limits::MAX_REQUEST_TEXTS as usize;
 
 /// How long links that end soon are remembered: after this without one,
 /// the delay after the next starts from the shortest again.
@@ -45,8 +52,10 @@ pub struct LinkEntry {
     /// The last outbox item (by its local order) sent on this link.
     pub sent_through: u64,
     /// Items sent on this link and not acknowledged yet: at most
-    /// [`SEND_WINDOW`].
+    /// [`SEND_WINDOW`], or [`REQUEST_WINDOW`] before `greeted`.
     pub unacked: usize,
+    /// The contact greeted us on this link (its `Hello`).
+    pub greeted: bool,
 }
 
 /// A link not established yet: a dial, or an inbound handshake admitted.
@@ -212,6 +221,7 @@ impl Links {
                 accepted: standing == Standing::Accepted,
                 sent_through: 0,
                 unacked: 0,
+                greeted: false,
             },
         );
         self.backoff.remove(&remote);

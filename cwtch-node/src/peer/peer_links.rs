@@ -9,7 +9,7 @@ use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{ClaimedTime, OnionAddress, PublicIdentity};
 
 use super::commands::encode_out;
-use super::links::{SEND_WINDOW, Up};
+use super::links::{REQUEST_WINDOW, SEND_WINDOW, Up};
 use super::{Kind, LinkEvent, LinkId, Now, Peer, encode_peer};
 use crate::codec::clean_name;
 use crate::control::api::Event;
@@ -95,15 +95,21 @@ impl Peer {
     }
 
     /// Sends `contact`'s outbox items not sent on `link` yet, in order,
-    /// while fewer than [`SEND_WINDOW`] are unacknowledged there.
+    /// while fewer than [`SEND_WINDOW`] are unacknowledged there
+    /// ([`REQUEST_WINDOW`] until the contact greets us).
     pub(super) fn send_window(&mut self, contact: &str, link: LinkId) {
         let Some(l) = self.links.established(contact, link) else {
             return;
         };
         let (mut through, mut unacked) = (l.sent_through, l.unacked);
+        let window = if l.greeted {
+            SEND_WINDOW
+        } else {
+            REQUEST_WINDOW
+        };
         let mut out = Vec::new();
         for item in self.outbox.for_contact(contact) {
-            if unacked >= SEND_WINDOW {
+            if unacked >= window {
                 break;
             }
             if item.seq > through {
@@ -192,6 +198,16 @@ impl Peer {
                     for msg in out {
                         self.send(link, msg);
                     }
+                    // What it dropped while it held us as a request (texts
+                    // past its limit, unacknowledged) holds the send window:
+                    // start it over, wider. It takes what it already has as
+                    // duplicates.
+                    if let Some(l) = self.links.established(remote, link)
+                        && !l.greeted
+                    {
+                        (l.sent_through, l.unacked, l.greeted) = (0, 0, true);
+                    }
+                    self.send_window(remote, link);
                 }
                 let name = clean_name(name);
                 if let Some(mut c) = self.contacts.get(remote).cloned()

@@ -64,12 +64,14 @@ impl ServerConn {
         }
     }
 
-    /// Since when every connection failed or ended soon, as of `now`:
-    /// `None` once a session has lasted [`STABLE_LINK`] after its hello
-    /// (a server that says hello and closes, or never says it, keeps
-    /// failing).
-    pub fn failing_at(&self, now: Instant) -> Option<Instant> {
-        self.failing_since.filter(|_| !self.lasted(now))
+    /// Since when every connection failed or ended soon: `None` while a
+    /// session is up (it said hello). The spell itself ends only once a
+    /// session has lasted [`STABLE_LINK`] after its hello: a server that
+    /// says hello and closes, or never says it, is failing again the
+    /// moment it closes.
+    pub fn failing_at(&self) -> Option<Instant> {
+        let up = self.client.is_some() && self.hello_at.is_some();
+        self.failing_since.filter(|_| !up)
     }
 
     /// Whether this connection's session said hello at least
@@ -522,7 +524,7 @@ mod tests {
         }
         let start = Instant::from_secs(1_000) + Duration::from_secs(1);
         assert_eq!(
-            servers.get(name).and_then(|c| c.failing_at(now)),
+            servers.get(name).and_then(ServerConn::failing_at),
             Some(start),
             "a server that says hello and closes is failing, since the first time"
         );
@@ -542,11 +544,11 @@ mod tests {
         servers.on_down(LinkId(100), &remote_close(), now, &mut rng);
         let next = servers.get(name).expect("known").next_try;
         assert!(next.saturating_duration_since(now) <= Duration::from_secs(2));
-        assert_eq!(servers.get(name).and_then(|c| c.failing_at(now)), None);
+        assert_eq!(servers.get(name).and_then(ServerConn::failing_at), None);
     }
 
-    /// While a connection is up, the server stops failing once it has
-    /// lasted; before that, it is still failing.
+    /// A session up hides a failing spell; one that closes within a minute
+    /// of its hello leaves it as it was, one that lasted ends it.
     #[test]
     fn a_connection_up_ends_the_failing_spell_once_it_lasts() {
         let mut servers = Servers::default();
@@ -564,16 +566,28 @@ mod tests {
         let t1 = servers.get(name).expect("known").next_try;
         servers.start_dial(name, LinkId(2));
         let _ = servers.on_up(LinkId(2), &mut rng);
-        let c = servers.get(name).expect("known");
         assert_eq!(
-            c.failing_at(t1 + Duration::from_secs(600)),
+            servers.get(name).and_then(ServerConn::failing_at),
             Some(t0),
             "no hello: still failing"
         );
         servers.set_state(name, ConnState::Authenticated, None);
         servers.hello(name, t1);
-        let c = servers.get(name).expect("known");
-        assert_eq!(c.failing_at(t1 + Duration::from_secs(59)), Some(t0));
-        assert_eq!(c.failing_at(t1 + STABLE_LINK), None);
+        assert_eq!(
+            servers.get(name).and_then(ServerConn::failing_at),
+            None,
+            "up"
+        );
+        // It closes within the minute: failing again, since t0.
+        let t2 = t1 + Duration::from_secs(59);
+        servers.on_down(LinkId(2), &remote_close(), t2, &mut rng);
+        assert_eq!(servers.get(name).and_then(ServerConn::failing_at), Some(t0));
+        // A session that lasts ends the spell for good.
+        let t3 = servers.get(name).expect("known").next_try;
+        servers.start_dial(name, LinkId(3));
+        let _ = servers.on_up(LinkId(3), &mut rng);
+        servers.hello(name, t3);
+        servers.on_down(LinkId(3), &remote_close(), t3 + STABLE_LINK, &mut rng);
+        assert_eq!(servers.get(name).and_then(ServerConn::failing_at), None);
     }
 }

@@ -198,7 +198,11 @@ impl Profile {
             if k.starts_with(b"post:") {
                 l.posts.push(decode(&v)?);
             } else {
-                l.outbox.push(decode(&v)?);
+                let item: crate::model::OutItem = decode(&v)?;
+                // An invite's number is kept only with it: never give it
+                // again (the send window tells items apart by it).
+                l.seq = l.seq.max(item.seq);
+                l.outbox.push(item);
             }
         }
         for (k, v) in self.store.scan(Table::Groups)? {
