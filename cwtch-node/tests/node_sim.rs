@@ -266,6 +266,45 @@ fn texts_dropped_while_we_were_a_request_arrive_once_accepted() {
     assert_eq!(got, want);
 }
 
+/// An invite queued for an offline contact, then a restart, then a text:
+/// the text gets a number of its own (an invite's number is kept only with
+/// the invite), so the send window sends both on the next link.
+#[test]
+fn a_text_after_an_invite_and_a_restart_is_not_taken_for_the_invite() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    w.befriend(a, b);
+    let server = w.servers[s].id();
+    w.ok(
+        a,
+        Request::GroupCreate {
+            name: "friends".into(),
+            server,
+        },
+    );
+    w.stop(b);
+    let bob = w.peers[b].address.clone();
+    w.ok(
+        a,
+        Request::GroupInvite {
+            group: "friends".into(),
+            contact: bob.clone(),
+        },
+    );
+    w.stop(a);
+    w.start(a);
+    send(&mut w, a, b, "after the invite");
+    w.start(b);
+    w.run_until_true("the text and the invite to arrive", mins(15), |w| {
+        !w.events_of(b, |e| matches!(e, Event::GroupInvite { .. }))
+            .is_empty()
+            && w.messages(a, &bob)
+                .iter()
+                .all(|m| m["status"] == "delivered")
+    });
+}
+
 #[test]
 fn names_resolve_and_an_ambiguous_one_is_refused() {
     let mut w = Sim::new();
