@@ -198,17 +198,19 @@ impl Peer {
                     for msg in out {
                         self.send(link, msg);
                     }
-                    // What it dropped while it held us as a request (texts
-                    // past its limit, unacknowledged) holds the send window:
-                    // start it over, wider. It takes what it already has as
-                    // duplicates.
-                    if let Some(l) = self.links.established(remote, link)
-                        && !l.greeted
-                    {
-                        (l.sent_through, l.unacked, l.greeted) = (0, 0, true);
-                    }
-                    self.send_window(remote, link);
                 }
+                // It holds us as a contact: what it dropped while it held us
+                // as a request (texts past its limit, unacknowledged) holds
+                // the send window; start it over, wider (once per link: the
+                // session takes one Hello). It takes what it already has as
+                // duplicates. (Also when we hold it as a request: the window
+                // is then wide once we accept it.)
+                if let Some(l) = self.links.established(remote, link)
+                    && !l.greeted
+                {
+                    (l.sent_through, l.unacked, l.greeted) = (0, 0, true);
+                }
+                self.send_window(remote, link);
                 let name = clean_name(name);
                 if let Some(mut c) = self.contacts.get(remote).cloned()
                     && c.name != name
