@@ -561,6 +561,29 @@ pub fn describe_close(reason: CloseReason) -> String {
     }
 }
 
+/// Has tor fetch `to`'s descriptor again, if its ration allows
+/// (`daemon::refetch`: each fetch uses up one of the peer's directories for
+/// 15 minutes), and says in the log what came of it.
+async fn refetch_after_stall(ctx: &Ctx, to: &OnionAddress) {
+    let lock = || ctx.refetches.lock().unwrap_or_else(|e| e.into_inner());
+    if !lock().take(to, std::time::Instant::now()) {
+        return;
+    }
+    let outcome = ctx.transport.after_stall(to).await;
+    match &outcome {
+        Some(Ok(r)) => match r.replaced {
+            Some(true) => tracing::info!("tor fetched a newer descriptor"),
+            Some(false) => tracing::info!("tor fetched the descriptor: no newer one"),
+            None => tracing::info!("tor fetched the descriptor"),
+        },
+        Some(Err(e)) => tracing::info!("tor could not fetch the descriptor: {e}"),
+        None => {}
+    }
+    if !refetch::asked_a_directory(outcome.as_ref()) {
+        lock().give_back(to);
+    }
+}
+
 async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
     let isolation = ctx.isolation.lock().unwrap_or_else(|e| e.into_inner()).key(
         &to,
@@ -579,45 +602,8 @@ async fn dial(ctx: Arc<Ctx>, link: LinkId, to: OnionAddress, server: bool) {
                         .stalled(&to);
                 }
                 // Before the link is retried: a stale cached descriptor
-                // would stall the next dial too. Rationed: each fetch uses
-                // up one of the peer's directories for 15 minutes.
-                let take = ctx
-                    .refetches
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(&to, std::time::Instant::now());
-                if take {
-                    let asked = match ctx.transport.after_stall(&to).await {
-                        Some(Ok(r)) => {
-                            match r.replaced {
-                                Some(true) => tracing::info!("tor fetched a newer descriptor"),
-                                Some(false) => {
-                                    tracing::info!("tor fetched the descriptor: no newer one")
-                                }
-                                None => tracing::info!("tor fetched the descriptor"),
-                            }
-                            true
-                        }
-                        Some(Err(e)) => {
-                            tracing::info!("tor could not fetch the descriptor: {e}");
-                            // A timeout almost always comes after tor named
-                            // the directory it asked.
-                            matches!(
-                                e,
-                                cwtch_transport_socks::ControlError::FetchFailed { .. }
-                                    | cwtch_transport_socks::ControlError::TimedOut { .. }
-                            )
-                        }
-                        None => false,
-                    };
-                    // A fetch that asked no directory used none up.
-                    if !asked {
-                        ctx.refetches
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .give_back(&to);
-                    }
-                }
+                // would stall the next dial too.
+                refetch_after_stall(&ctx, &to).await;
             }
             let _ = ctx.input.send(Input::Link(
                 link,

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cwtch_proto::OnionAddress;
+use cwtch_transport_socks::ControlError;
+use cwtch_transport_socks::transport::Refetch;
 
 /// The least time between two fetches of one peer's descriptor: as long as
 /// tor keeps a directory it asked from being asked again.
@@ -62,6 +64,17 @@ impl Refetches {
     }
 }
 
+/// Whether a fetch (`None`: none was made, not a tor process) used up a
+/// directory: it did if it got an answer, or a directory's refusal; a
+/// timeout almost always comes after tor named the directory it asked.
+/// Anything else failed before tor asked one.
+pub fn asked_a_directory(outcome: Option<&Result<Refetch, ControlError>>) -> bool {
+    matches!(
+        outcome,
+        Some(Ok(_) | Err(ControlError::FetchFailed { .. } | ControlError::TimedOut { .. }))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +104,22 @@ mod tests {
             r.take(&carol, t0 + Duration::from_secs(61)),
             "a fetch that asked no directory does not count"
         );
+    }
+
+    #[test]
+    fn only_a_fetch_that_reached_a_directory_counts() {
+        let fetched = Ok(Refetch {
+            replaced: Some(true),
+            revision: Some(7),
+        });
+        assert!(asked_a_directory(Some(&fetched)));
+        let refused = Err(ControlError::FetchFailed { reason: None });
+        assert!(asked_a_directory(Some(&refused)));
+        let late = Err(ControlError::TimedOut { waiting_for: "x" });
+        assert!(asked_a_directory(Some(&late)));
+        assert!(!asked_a_directory(Some(&Err(ControlError::NoHsDir))));
+        assert!(!asked_a_directory(Some(&Err(ControlError::Closed))));
+        assert!(!asked_a_directory(None));
     }
 
     #[test]

@@ -49,13 +49,65 @@ pub struct LinkEntry {
     pub up_at: Instant,
     /// Whether it is an accepted contact's (the only links redialled).
     pub accepted: bool,
-    /// The last outbox item (by its local order) sent on this link.
-    pub sent_through: u64,
-    /// Items sent on this link and not acknowledged yet: at most
-    /// [`SEND_WINDOW`], or [`REQUEST_WINDOW`] before `greeted`.
-    pub unacked: usize,
+    /// Which outbox items went on this link, and how many more may.
+    pub window: SendWindow,
+}
+
+/// The outbox items in flight on one link: sent in their local order, at
+/// most [`SEND_WINDOW`] unacknowledged ([`REQUEST_WINDOW`] until the
+/// contact greets us).
+#[derive(Debug, Default)]
+pub struct SendWindow {
+    /// The last item (by its local order) sent on this link.
+    sent_through: u64,
+    /// Items sent on this link and not acknowledged yet.
+    unacked: usize,
     /// The contact greeted us on this link (its `Hello`).
-    pub greeted: bool,
+    greeted: bool,
+}
+
+impl SendWindow {
+    /// Of `items` (in their local order, by `seq`), those to send now;
+    /// they count as sent.
+    pub fn take<'a, T>(&mut self, items: impl IntoIterator<Item = (u64, &'a T)>) -> Vec<&'a T> {
+        let room = if self.greeted {
+            SEND_WINDOW
+        } else {
+            REQUEST_WINDOW
+        };
+        let mut out = Vec::new();
+        for (seq, item) in items {
+            if self.unacked >= room {
+                break;
+            }
+            if seq > self.sent_through {
+                out.push(item);
+                (self.sent_through, self.unacked) = (seq, self.unacked + 1);
+            }
+        }
+        out
+    }
+
+    /// The item numbered `seq` was acknowledged (frees a slot if it went
+    /// on this link).
+    pub fn acked(&mut self, seq: u64) {
+        if seq <= self.sent_through {
+            self.unacked = self.unacked.saturating_sub(1);
+        }
+    }
+
+    /// The contact greeted us: it holds us as a contact. What it dropped
+    /// while it held us as a request (texts past its limit, never
+    /// acknowledged) holds the window: the first greeting of a link starts
+    /// it over, wider (it takes what it already has as duplicates).
+    pub fn greeted(&mut self) {
+        if !self.greeted {
+            *self = SendWindow {
+                greeted: true,
+                ..SendWindow::default()
+            };
+        }
+    }
 }
 
 /// A link not established yet: a dial, or an inbound handshake admitted.
@@ -219,9 +271,7 @@ impl Links {
                 refused_something: false,
                 up_at: now,
                 accepted: standing == Standing::Accepted,
-                sent_through: 0,
-                unacked: 0,
-                greeted: false,
+                window: SendWindow::default(),
             },
         );
         self.backoff.remove(&remote);
@@ -612,5 +662,30 @@ mod tests {
         let _ = links.on_up(LinkId(1), &me, standing, now);
         links.on_down(LinkId(1), &closed(false), now, &mut rng());
         assert!(links.backoff.is_empty() && links.short.is_empty());
+    }
+
+    /// The window: 10 until the greeting, 64 after; an ack frees a slot
+    /// only for an item that went on this link; the first greeting starts
+    /// over, a second changes nothing.
+    #[test]
+    fn the_send_window_counts_what_went_on_its_link() {
+        let items: Vec<u64> = (1..=100).collect();
+        let all = || items.iter().map(|s| (*s, s));
+        let mut w = SendWindow::default();
+        assert_eq!(
+            w.take(all()),
+            (1..=10).collect::<Vec<_>>().iter().collect::<Vec<_>>()
+        );
+        assert!(w.take(all()).is_empty(), "full");
+        w.acked(50);
+        assert!(w.take(all()).is_empty(), "item 50 never went on this link");
+        w.acked(3);
+        assert_eq!(w.take(all()), vec![&11]);
+        w.greeted();
+        let again = w.take(all());
+        assert_eq!(again.len(), SEND_WINDOW);
+        assert_eq!(again.first(), Some(&&1), "from the start again");
+        w.greeted();
+        assert!(w.take(all()).is_empty(), "one greeting per link");
     }
 }

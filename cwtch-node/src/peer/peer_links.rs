@@ -9,7 +9,7 @@ use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{ClaimedTime, OnionAddress, PublicIdentity};
 
 use super::commands::encode_out;
-use super::links::{REQUEST_WINDOW, SEND_WINDOW, Up};
+use super::links::Up;
 use super::{Kind, LinkEvent, LinkId, Now, Peer, encode_peer};
 use crate::codec::clean_name;
 use crate::control::api::Event;
@@ -94,33 +94,19 @@ impl Peer {
         }
     }
 
-    /// Sends `contact`'s outbox items not sent on `link` yet, in order,
-    /// while fewer than [`SEND_WINDOW`] are unacknowledged there
-    /// ([`REQUEST_WINDOW`] until the contact greets us).
+    /// Sends `contact`'s outbox items not sent on `link` yet, as far as
+    /// its window lets ([`super::links::SendWindow`]).
     pub(super) fn send_window(&mut self, contact: &str, link: LinkId) {
         let Some(l) = self.links.established(contact, link) else {
             return;
         };
-        let (mut through, mut unacked) = (l.sent_through, l.unacked);
-        let window = if l.greeted {
-            SEND_WINDOW
-        } else {
-            REQUEST_WINDOW
-        };
-        let mut out = Vec::new();
-        for item in self.outbox.for_contact(contact) {
-            if unacked >= window {
-                break;
-            }
-            if item.seq > through {
-                out.push(encode_out(item));
-                through = item.seq;
-                unacked += 1;
-            }
-        }
-        if let Some(l) = self.links.established(contact, link) {
-            (l.sent_through, l.unacked) = (through, unacked);
-        }
+        let items = self.outbox.for_contact(contact);
+        let out: Vec<Vec<u8>> = l
+            .window
+            .take(items.into_iter().map(|i| (i.seq, i)))
+            .into_iter()
+            .map(encode_out)
+            .collect();
         for msg in out {
             self.send(link, msg);
         }
@@ -199,16 +185,10 @@ impl Peer {
                         self.send(link, msg);
                     }
                 }
-                // It holds us as a contact: what it dropped while it held us
-                // as a request (texts past its limit, unacknowledged) holds
-                // the send window; start it over, wider (once per link: the
-                // session takes one Hello). It takes what it already has as
-                // duplicates. (Also when we hold it as a request: the window
-                // is then wide once we accept it.)
-                if let Some(l) = self.links.established(remote, link)
-                    && !l.greeted
-                {
-                    (l.sent_through, l.unacked, l.greeted) = (0, 0, true);
+                // Also when we hold it as a request: the window is then wide
+                // once we accept it.
+                if let Some(l) = self.links.established(remote, link) {
+                    l.window.greeted();
                 }
                 self.send_window(remote, link);
                 let name = clean_name(name);
@@ -290,10 +270,8 @@ impl Peer {
                 });
                 if result.is_ok() {
                     let item = self.outbox.acked(remote, id);
-                    if let Some(l) = self.links.established(remote, link)
-                        && item.is_some_and(|i| i.seq <= l.sent_through)
-                    {
-                        l.unacked = l.unacked.saturating_sub(1);
+                    if let (Some(l), Some(item)) = (self.links.established(remote, link), item) {
+                        l.window.acked(item.seq);
                     }
                     self.send_window(remote, link);
                     if let Some(m) = updated {
