@@ -1012,6 +1012,76 @@ fn a_post_refused_for_good_is_not_sent_again_on_that_connection() {
     w.run_until_true("bob reads it", MINUTE, |w| w.texts(b, &gid).len() == 4);
 }
 
+/// A server that keeps its connections up and answers nothing but its
+/// hello (it black-holes posts and fetches) is given up on once a request
+/// has waited the client's answer timeout: the connection is closed and
+/// counts as a failure of the server, and the post goes out again once a
+/// connection is answered.
+#[test]
+fn a_server_that_answers_nothing_is_given_up_on_and_the_post_goes_again() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let connection = |w: &mut Sim| group_view(w, a)["servers"][0]["connection"].clone();
+    w.servers[s].silent = true;
+    let before = w.servers[s].posts;
+    let sent = w.now().mono;
+    post(&mut w, a, "friends", "into the void");
+    w.run_for(Duration::from_secs(59));
+    assert_eq!(
+        w.servers[s].posts,
+        before + 1,
+        "the post reached the server"
+    );
+    assert_eq!(
+        connection(&mut w)["state"],
+        "synced",
+        "a minute is not over: {}",
+        connection(&mut w)
+    );
+    w.run_until_true("the connection given up on", MINUTE, |w| {
+        connection(w)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer a request (Post) in 60 s"))
+    });
+    let waited = w.now().mono.saturating_duration_since(sent);
+    assert!(
+        waited >= Duration::from_secs(60) && waited < Duration::from_secs(62),
+        "given up after {} ms",
+        waited.as_millis()
+    );
+    assert_ne!(connection(&mut w)["state"], "synced");
+    assert_eq!(
+        w.texts(a, &gid)[0],
+        ("into the void".into(), "pending".into())
+    );
+    // Reconnected, it says hello and answers nothing again: given up on
+    // again.
+    w.run_until_true("a new connection", mins(5), |w| {
+        connection(w)["state"] == "authenticated"
+    });
+    let again = w.now().mono;
+    w.run_until_true("the new connection given up on", mins(5), |w| {
+        connection(w)["state"] == "failed"
+    });
+    let waited = w.now().mono.saturating_duration_since(again);
+    assert!(
+        waited >= Duration::from_secs(59) && waited < Duration::from_secs(62),
+        "given up after {} ms: {}",
+        waited.as_millis(),
+        connection(&mut w)
+    );
+    // The server mends its ways: the post goes out and bob reads it.
+    w.servers[s].silent = false;
+    w.run_until_true("the post stored", mins(10), |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    w.run_until_true("bob reads it", mins(5), |w| {
+        w.texts(b, &gid).iter().any(|(t, _)| t == "into the void")
+    });
+}
+
 /// Issue 19: messages a server pruned under the retention it states show
 /// as expired, never count against the server, and never move the group.
 #[test]

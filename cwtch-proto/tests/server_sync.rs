@@ -6,7 +6,8 @@ mod server_common;
 use std::collections::VecDeque;
 
 use cwtch_proto::group::SEALED_BLOB_LEN;
-use cwtch_proto::server::client::MAX_QUEUED_POSTS;
+use cwtch_proto::server::advert::ADVERT_LEN;
+use cwtch_proto::server::client::{ANSWER_TIMEOUT, MAX_QUEUED_POSTS};
 use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind, ServerRefusal};
 use cwtch_proto::server::{
     ClientConfig, ClientError, ClientEvent, DecodeError, PostId, RefusalReason, Reply, Request,
@@ -874,5 +875,125 @@ fn a_head_behind_the_cursor_brings_the_cursor_back() {
             after: 5,
             limit: 50
         }
+    );
+}
+
+/// A server that keeps the connection up and never says hello does not hold
+/// the client forever: after [`ANSWER_TIMEOUT`] from the first time the
+/// client was given, it is closed, with an event the node acts on.
+#[test]
+fn a_server_that_never_says_hello_is_given_up_after_the_answer_timeout() {
+    let mut c = ServerClient::new(client(), 0, &mut rng(1));
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    assert_eq!(
+        c.poll_timeout(),
+        None,
+        "no time given yet: nothing to wait for"
+    );
+    assert_eq!(c.poll_transmit(NOW, &mut buf), Ok(None));
+    assert_eq!(c.poll_timeout(), Some(NOW + ANSWER_TIMEOUT));
+    // Time going backwards moves nothing.
+    c.handle_timeout(Instant::ZERO);
+    c.handle_timeout(NOW + Duration::from_micros(ANSWER_TIMEOUT.as_micros() - 1_000));
+    assert_eq!(c.poll_event(), None, "a millisecond early");
+    c.handle_timeout(NOW + ANSWER_TIMEOUT);
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Unanswered { request: None })
+    );
+    assert_eq!(c.poll_event(), None, "reported once");
+    assert_eq!(c.poll_timeout(), None);
+    // Closed: a late hello is not taken, nor a post.
+    let store = MemStore::new();
+    let mut s = ServerSession::new(server(), &store, &mut rng(2), Instant::ZERO);
+    let n = s.poll_transmit(&store, &mut buf).unwrap().unwrap();
+    assert_eq!(
+        c.handle_message(&buf[..n], NOW + ANSWER_TIMEOUT),
+        Err(ClientError::NotReady)
+    );
+    assert_eq!(
+        c.queue_post(PostId(1), &blob(1)),
+        Err(ClientError::NotReady)
+    );
+}
+
+/// The liar's version: a server that answers other requests (an advert,
+/// here) but never acknowledges a post is given up on at the post's
+/// deadline; answers to other requests do not extend it.
+#[test]
+fn a_post_left_unanswered_closes_the_client_though_other_answers_come() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let seq = send(&mut c, 1, &blob(1), &mut buf);
+    assert_eq!(seq, 0);
+    assert_eq!(c.poll_timeout(), Some(NOW + ANSWER_TIMEOUT));
+    // An advert asked later, and answered in time.
+    let later = NOW + Duration::from_secs(30);
+    c.request_advert();
+    let n = c.poll_transmit(later, &mut buf).unwrap().unwrap();
+    assert_eq!(Request::decode(&buf[..n]), Ok(Request::GetAdvert));
+    let advert = [7u8; ADVERT_LEN];
+    c.handle_message(&encode(Reply::Advert { advert: &advert }), later)
+        .unwrap();
+    assert_eq!(c.poll_event(), Some(ClientEvent::Advert(advert)));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(NOW + ANSWER_TIMEOUT),
+        "the post's deadline stands"
+    );
+    c.handle_timeout(NOW + ANSWER_TIMEOUT);
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Unanswered {
+            request: Some(RequestKind::Post)
+        })
+    );
+}
+
+/// Answers in time keep the client open however long it lives; each
+/// request has its own deadline, from when it was sent. A fetch counts as
+/// answered only at its page's end: entries that trickle in do not extend
+/// it.
+#[test]
+fn answers_in_time_keep_the_client_open_and_a_page_must_end() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let seq = send(&mut c, 1, &blob(1), &mut buf);
+    let almost = NOW + Duration::from_micros(ANSWER_TIMEOUT.as_micros() - 1_000);
+    c.handle_message(&encode(Reply::Posted { seq, index: 1 }), almost)
+        .unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Posted { .. })));
+    assert_eq!(c.poll_timeout(), None, "nothing is waiting for an answer");
+    let much_later = NOW + Duration::from_secs(3_600);
+    c.handle_timeout(much_later);
+    assert_eq!(c.poll_event(), None, "an idle client is not closed");
+
+    // A fetch sent an hour later: its own deadline.
+    c.sync();
+    let n = c.poll_transmit(much_later, &mut buf).unwrap().unwrap();
+    assert!(matches!(
+        Request::decode(&buf[..n]),
+        Ok(Request::Fetch { .. })
+    ));
+    assert_eq!(c.poll_timeout(), Some(much_later + ANSWER_TIMEOUT));
+    for index in 2..5 {
+        let at = much_later + Duration::from_secs(index * 15);
+        c.handle_message(
+            &encode(Reply::Entry {
+                index,
+                blob: &blob(index),
+            }),
+            at,
+        )
+        .unwrap();
+        while c.poll_event().is_some() {}
+    }
+    assert_eq!(c.poll_timeout(), Some(much_later + ANSWER_TIMEOUT));
+    c.handle_timeout(much_later + ANSWER_TIMEOUT);
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Unanswered {
+            request: Some(RequestKind::Fetch)
+        })
     );
 }

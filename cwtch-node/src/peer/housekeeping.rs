@@ -21,9 +21,7 @@ impl Peer {
     pub(super) fn housekeeping(&mut self, now: Now) {
         self.dial_contacts(now);
         self.dial_servers(now);
-        for server in self.servers.handle_timeout(now.mono) {
-            self.transmit_server(&server, now);
-        }
+        self.server_timeouts(now);
         if self
             .recovery
             .poll_timeout()

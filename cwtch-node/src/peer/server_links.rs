@@ -5,7 +5,7 @@
 use cwtch_proto::group::moving::{NoticeVerdict, judge_notice};
 use cwtch_proto::group::{GroupAdverts, Ingested, MessageKind, MoveNotice, SEALED_BLOB_LEN};
 use cwtch_proto::peer::requests::RequestOrigin;
-use cwtch_proto::server::client::ClientEvent;
+use cwtch_proto::server::client::{ANSWER_TIMEOUT, ClientEvent};
 use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{OnionAddress, UnixMicros};
 
@@ -42,8 +42,9 @@ impl Peer {
                 self.transmit_server(&server, now);
             }
             LinkEvent::Down(end) => {
-                let failed = end.failed;
-                if let Some(server) = self.servers.on_down(link, &end, now.mono, &mut self.rng) {
+                if let Some((server, failed)) =
+                    self.servers.on_down(link, &end, now.mono, &mut self.rng)
+                {
                     if failed {
                         let e = self.directory.note_failed(&server, now.unix_secs()).clone();
                         self.save_entry(&e);
@@ -51,6 +52,17 @@ impl Peer {
                     self.notify_connection("server", &server);
                 }
             }
+        }
+    }
+
+    /// Time passed for the servers' clients: posts due for a retry go out,
+    /// and a server that left a request unanswered too long is given up on.
+    pub(super) fn server_timeouts(&mut self, now: Now) {
+        for server in self.servers.handle_timeout(now.mono) {
+            for event in self.servers.events(&server) {
+                self.client_event(&server, event, now);
+            }
+            self.transmit_server(&server, now);
         }
     }
 
@@ -214,6 +226,22 @@ impl Peer {
             }
             ClientEvent::Skipped { after, before } => {
                 self.servers.note_skipped(server, after, before);
+            }
+            ClientEvent::Unanswered { request } => {
+                let what = match request {
+                    None => "its hello".to_string(),
+                    Some(kind) => format!("a request ({kind:?})"),
+                };
+                let secs = ANSWER_TIMEOUT.as_secs();
+                tracing::warn!(
+                    server,
+                    "the server did not answer {what} in {secs} s: closing"
+                );
+                let why = format!("did not answer {what} in {secs} s");
+                if let Some(link) = self.servers.unanswered(server, why) {
+                    self.close(link);
+                }
+                self.notify_connection("server", server);
             }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");

@@ -27,6 +27,9 @@ pub struct ServerConn {
     backoff: Backoff,
     /// When this connection's session said hello.
     hello_at: Option<Instant>,
+    /// Why this connection is being closed for a request its server did
+    /// not answer: its end counts as a failure, whoever closed it.
+    unanswered: Option<String>,
     /// The saved cursor.
     pub cursor: u64,
     /// Since when every attempt failed, or ended soon (what the move
@@ -53,6 +56,7 @@ impl ServerConn {
             client: None,
             next_try: Instant::ZERO,
             hello_at: None,
+            unanswered: None,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             cursor,
             failing_since: None,
@@ -175,6 +179,7 @@ impl Servers {
         let server = self.by_link.get(&link)?.clone();
         let c = self.map.get_mut(&server)?;
         c.hello_at = None;
+        c.unanswered = None;
         if let Some(from) = c.rewind.take()
             && from < c.cursor
         {
@@ -229,25 +234,31 @@ impl Servers {
     }
 
     /// The connection is down (or its dial failed): back off, unless it
-    /// closed to read again from earlier. Returns the server.
+    /// closed to read again from earlier. Returns the server, and whether
+    /// the end counts as a failure of it (the link failed, or we closed it
+    /// for a request the server did not answer).
     pub fn on_down<R: CryptoRng + ?Sized>(
         &mut self,
         link: LinkId,
         end: &Ended,
         now: Instant,
         rng: &mut R,
-    ) -> Option<String> {
-        let (reason, failed, by_us) = (end.reason.as_str(), end.failed, end.by_us);
+    ) -> Option<(String, bool)> {
         let server = self.by_link.remove(&link)?;
         let c = self.map.get_mut(&server)?;
         if c.link != Some(link) {
             return None;
         }
+        let unanswered = c.unanswered.take();
+        let failed = end.failed || unanswered.is_some();
+        let by_us = end.by_us && unanswered.is_none();
+        let reason = unanswered.as_deref().unwrap_or(end.reason.as_str());
         // A session that lasted starts the delays over and ends a failing
         // spell; a connection the server ended soon (it says hello and
         // closes, or never says it) lets them grow, and counts as failing.
-        // One we closed soon says nothing either way.
-        if c.lasted(now) {
+        // One we closed soon says nothing either way, unless the server
+        // left a request unanswered.
+        if c.lasted(now) && unanswered.is_none() {
             c.backoff.reset();
             c.failing_since = None;
         } else if c.client.is_some() && !by_us {
@@ -269,7 +280,19 @@ impl Servers {
         } else {
             c.backoff.next_attempt(now, rng)
         };
-        Some(server)
+        Some((server, failed))
+    }
+
+    /// `server` left a request unanswered past the client's deadline
+    /// (`ClientEvent::Unanswered`): its connection, returned, is to be
+    /// closed, and its end counts as a failure of the server (`why`).
+    pub fn unanswered(&mut self, server: &str, why: String) -> Option<LinkId> {
+        let c = self.map.get_mut(server)?;
+        let link = c.link?;
+        c.status.state = ConnState::Failed;
+        c.status.last_error = Some(why.clone());
+        c.unanswered = Some(why);
+        Some(link)
     }
 
     /// `server`'s session said hello (once per connection).
@@ -589,5 +612,49 @@ mod tests {
         servers.hello(name, t3);
         servers.on_down(LinkId(3), &remote_close(), t3 + STABLE_LINK, &mut rng);
         assert_eq!(servers.get(name).and_then(ServerConn::failing_at), None);
+    }
+
+    /// A session that lasted, which we close because the server left a
+    /// request unanswered, counts as a failure: the spell starts, the
+    /// delays do not start over, and the reason is kept, although we
+    /// closed it ourselves.
+    #[test]
+    fn a_connection_closed_for_an_unanswered_request_counts_as_failing() {
+        let mut servers = Servers::default();
+        let name = "server";
+        servers.ensure(name, 0);
+        let mut rng = rng();
+        let t0 = Instant::from_secs(1_000);
+        servers.start_dial(name, LinkId(1));
+        let _ = servers.on_up(LinkId(1), &mut rng);
+        servers.set_state(name, ConnState::Synced, None);
+        servers.hello(name, t0);
+        let later = t0 + STABLE_LINK + STABLE_LINK;
+        assert_eq!(
+            servers.unanswered(name, "did not answer".into()),
+            Some(LinkId(1))
+        );
+        assert!(!servers.get(name).expect("known").healthy_now());
+        let ours = Ended {
+            reason: "closed by us".into(),
+            failed: false,
+            by_us: true,
+        };
+        assert_eq!(
+            servers.on_down(LinkId(1), &ours, later, &mut rng),
+            Some((name.to_string(), true))
+        );
+        let c = servers.get(name).expect("known");
+        assert_eq!(c.failing_at(), Some(later));
+        assert_eq!(c.status.state, ConnState::Failed);
+        assert_eq!(c.status.last_error.as_deref(), Some("did not answer"));
+        assert!(c.next_try > later, "backs off");
+        // The next connection starts clean: a close of ours says nothing.
+        servers.start_dial(name, LinkId(2));
+        let _ = servers.on_up(LinkId(2), &mut rng);
+        assert_eq!(
+            servers.on_down(LinkId(2), &ours, later, &mut rng),
+            Some((name.to_string(), false))
+        );
     }
 }

@@ -117,6 +117,9 @@ pub struct SimServer {
     pub posts: u64,
     /// Whether it answers dials.
     pub online: bool,
+    /// Keeps its connections up and answers nothing but its hello: what a
+    /// server that black-holes requests does.
+    pub silent: bool,
 }
 
 impl SimServer {
@@ -240,6 +243,7 @@ impl Sim {
             requests: 0,
             posts: 0,
             online: true,
+            silent: false,
         });
         self.servers.len() - 1
     }
@@ -615,6 +619,8 @@ impl Sim {
                 while let Ok(Some(n)) = sess.session.poll_transmit(&srv.store, &mut out) {
                     moved = true;
                     let withheld = match Reply::decode(&out[..n]) {
+                        Ok(Reply::Hello(_)) => false,
+                        _ if srv.silent => true,
                         Ok(Reply::Entry { index, .. } | Reply::Push { index, .. }) => {
                             srv.withhold.as_mut().is_some_and(|f| f(sess.peer, index))
                         }

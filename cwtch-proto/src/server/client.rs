@@ -69,6 +69,14 @@ pub const POW_STEP_MAX: u64 = 1 << 16;
 /// at most (uniformly chosen), so that the cursor does not link a client's
 /// connections (SPEC.md section 8.5). At most 128 KiB fetched again.
 pub const CURSOR_JITTER: u64 = 64;
+/// How long a server has to answer: its hello (from the first call with a
+/// time), each post (an acknowledgement or a refusal), a fetch (its page's
+/// end), a subscribe and an advert request. A server that keeps the
+/// connection up and answers nothing otherwise holds the client forever;
+/// after this long the client gives up on the connection
+/// ([`ClientEvent::Unanswered`], SPEC.md section 8.4). A minute is far
+/// more than a page of entries takes over Tor.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The application's name for a post: what [`ClientEvent::Posted`] and
 /// [`ClientEvent::PostRefused`] report.
@@ -173,6 +181,13 @@ pub enum ClientEvent {
     Refused(ServerRefusal),
     /// The server closes the connection.
     Closing(ServerCloseReason),
+    /// The server did not answer `request` (`None`: its hello) within
+    /// [`ANSWER_TIMEOUT`]: the client is closed, and the application closes
+    /// the connection and counts it as a failure of the server.
+    Unanswered {
+        /// What it did not answer.
+        request: Option<RequestKind>,
+    },
     /// The server's advert, as asked with [`ServerClient::request_advert`].
     /// Not verified here: check it with
     /// [`crate::server::advert::ServerAdvert::verify`] against the address
@@ -272,6 +287,8 @@ struct QueuedPost {
     blob: [u8; SEALED_BLOB_LEN],
     /// Sent under this sequence number, awaiting the answer.
     sent: Option<u64>,
+    /// When it was last sent.
+    sent_at: Instant,
     /// Not to be sent before then (a refusal's wait).
     not_before: Instant,
     /// A proof of work found: (the sequence number it is for, nonce).
@@ -315,6 +332,12 @@ pub struct ServerClient {
     last_push: u64,
     /// An advert request to send; one sent and not answered yet.
     advert: (bool, bool),
+    /// Since when the hello is awaited (the first time given); when the
+    /// running fetch, the subscribe and the advert request were sent.
+    hello_from: Option<Instant>,
+    fetch_sent: Instant,
+    sub_sent: Instant,
+    advert_sent: Instant,
     /// The posts held, in the application's order.
     posts: heapless::Vec<QueuedPost, MAX_QUEUED_POSTS>,
     /// The latest time the driver gave.
@@ -379,6 +402,10 @@ impl ServerClient {
             sub: Sub::None,
             last_push: 0,
             advert: (false, false),
+            hello_from: None,
+            fetch_sent: Instant::ZERO,
+            sub_sent: Instant::ZERO,
+            advert_sent: Instant::ZERO,
             posts: heapless::Vec::new(),
             now: Instant::ZERO,
             pow_reported: false,
@@ -471,6 +498,7 @@ impl ServerClient {
                 id,
                 blob: *blob,
                 sent: None,
+                sent_at: Instant::ZERO,
                 not_before: Instant::ZERO,
                 pow: None,
                 search: (u64::MAX, 0),
@@ -570,21 +598,74 @@ impl ServerClient {
         }
     }
 
-    /// Time passed: posts whose wait is over may go out
-    /// ([`ServerClient::poll_transmit`]). A spurious call does nothing.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// The driver's time (never backwards), and the start of the wait for
+    /// the hello.
+    fn tick(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        if self.state == State::AwaitingHello {
+            self.hello_from.get_or_insert(self.now);
+        }
     }
 
-    /// When the next post, waiting for a retry, is due (`None`: it does
-    /// not wait).
+    /// The request waiting longest for its answer, and since when
+    /// (`None` in the request: the hello).
+    fn oldest_unanswered(&self) -> Option<(Option<RequestKind>, Instant)> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingHello => self.hello_from.map(|at| (None, at)),
+            State::Ready => {
+                let posts = self
+                    .posts
+                    .iter()
+                    .filter(|p| p.sent.is_some())
+                    .map(|p| (RequestKind::Post, p.sent_at));
+                let fetch = self.fetching.map(|_| (RequestKind::Fetch, self.fetch_sent));
+                let sub =
+                    (self.sub == Sub::Requested).then_some((RequestKind::Subscribe, self.sub_sent));
+                let advert = self
+                    .advert
+                    .1
+                    .then_some((RequestKind::GetAdvert, self.advert_sent));
+                posts
+                    .chain(fetch)
+                    .chain(sub)
+                    .chain(advert)
+                    .min_by_key(|&(_, at)| at)
+                    .map(|(kind, at)| (Some(kind), at))
+            }
+        }
+    }
+
+    /// Time passed: posts whose wait is over may go out
+    /// ([`ServerClient::poll_transmit`]); a request (or the hello) that
+    /// waited [`ANSWER_TIMEOUT`] for its answer closes the client with
+    /// [`ClientEvent::Unanswered`] (which wants a free event slot: drain
+    /// `poll_event` first). A spurious call does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        if let Some((request, since)) = self.oldest_unanswered()
+            && self.now >= since + ANSWER_TIMEOUT
+            && self.events.len() < MAX_CLIENT_EVENTS
+        {
+            self.state = State::Closed;
+            self.emit(ClientEvent::Unanswered { request });
+        }
+    }
+
+    /// When [`ServerClient::handle_timeout`] is due: the next post waiting
+    /// for a retry, or the end of the wait for an answer (`None`: neither).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.posts
+        let retry = self
+            .posts
             .iter()
             .find(|p| p.sent.is_none())
             .map(|p| p.not_before)
-            .filter(|&at| at > self.now)
+            .filter(|&at| at > self.now);
+        let answer = self
+            .oldest_unanswered()
+            .map(|(_, since)| since + ANSWER_TIMEOUT);
+        retry.into_iter().chain(answer).min()
     }
 
     /// Writes the next request the client wants to send (an unsubscribe,
@@ -597,7 +678,7 @@ impl ServerClient {
         now: Instant,
         out: &mut [u8],
     ) -> Result<Option<usize>, ClientError> {
-        self.now = self.now.max(now);
+        self.tick(now);
         if self.state != State::Ready {
             return Ok(None);
         }
@@ -609,6 +690,7 @@ impl ServerClient {
         if self.advert.0 {
             let len = Request::GetAdvert.encode(out)?;
             self.advert = (false, true);
+            self.advert_sent = self.now;
             return Ok(Some(len));
         }
         if let Some(after) = self.want_fetch
@@ -621,6 +703,7 @@ impl ServerClient {
             .encode(out)?;
             self.want_fetch = None;
             self.fetching = Some((after, after));
+            self.fetch_sent = self.now;
             return Ok(Some(len));
         }
         // Subscribe only once no fetch is running, so pushes never overlap a page.
@@ -628,6 +711,7 @@ impl ServerClient {
             let len = Request::Subscribe { after: self.cursor }.encode(out)?;
             self.want_subscribe = false;
             self.sub = Sub::Requested;
+            self.sub_sent = self.now;
             self.last_push = self.cursor;
             return Ok(Some(len));
         }
@@ -668,6 +752,7 @@ impl ServerClient {
         }
         .encode(out)?;
         post.sent = Some(seq);
+        post.sent_at = self.now;
         self.next_post_seq = seq.saturating_add(1);
         Ok(Some(len))
     }
@@ -685,7 +770,7 @@ impl ServerClient {
 
     /// One reply message from the server. On `Err` nothing changed.
     pub fn handle_message(&mut self, msg: &[u8], now: Instant) -> Result<(), ClientError> {
-        self.now = self.now.max(now);
+        self.tick(now);
         if self.events.len() + EVENTS_PER_REPLY > MAX_CLIENT_EVENTS {
             return Err(ClientError::Busy);
         }
