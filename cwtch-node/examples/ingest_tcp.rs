@@ -19,7 +19,9 @@
 //! `base ...` or `floor ...`), so the server's CPU time (this process,
 //! user + system) is the server's alone. Ours runs without the per-connection rate limit
 //! (`rate_interval` 0): this measures capacity, not the policy. With
-//! `INGEST_ONLY=ours` only ours runs (to profile it), without ratios.
+//! `INGEST_ONLY=ours` (or `floor+aead`) only that server runs (to profile
+//! it), without ratios. With `INGEST_THREADS=1` it also prints each
+//! thread's CPU and context switches per post.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -270,12 +272,14 @@ fn run(
     assert_eq!(line.trim(), "ready", "the clients did not come up");
     let cpu0 = process_cpu();
     let threads0 = thread_cpu();
+    let switches0 = thread_switches();
     let io0 = written();
     line.clear();
     let _ = out.read_line(&mut line);
     // The window ended half a second before the line.
     let cpu = process_cpu() - cpu0;
     let threads = thread_cpu();
+    let switches = thread_switches();
     let io = written() - io0;
     let _ = child.wait();
     let f: Vec<u64> = line
@@ -293,10 +297,23 @@ fn run(
             .filter(|(_, d)| !d.is_zero())
             .map(|(name, d)| format!("{name} {:.1}", per_post(d)))
             .collect();
+        // How often each thread slept (voluntary switches) or was
+        // preempted, per post.
+        let per = |n: u64| n as f64 / f[0].max(1) as f64;
+        let slept: Vec<String> = switches
+            .iter()
+            .map(|(name, &(v, n))| {
+                let (v0, n0) = switches0.get(name).copied().unwrap_or_default();
+                (name, v.saturating_sub(v0), n.saturating_sub(n0))
+            })
+            .filter(|&(_, v, n)| v + n > 0)
+            .map(|(name, v, n)| format!("{name} {:.2}+{:.2}", per(v), per(n)))
+            .collect();
         eprintln!(
-            "{label} P={p}: CPU µs per post by thread: {}; {:.0} bytes handed to write per post",
+            "{label} P={p}: CPU µs per post by thread: {}; {:.0} bytes handed to write per post; switches per post (slept+preempted): {}",
             split.join(", "),
-            io as f64 / f[0].max(1) as f64
+            io as f64 / f[0].max(1) as f64,
+            slept.join(", ")
         );
     }
     Outcome {
@@ -452,6 +469,34 @@ fn floor_channel() -> cwtch_proto::channel::Channel {
 /// our channel's ChaCha20-Poly1305 over each frame's 482-byte body, five
 /// frames in and one out (sealing padding frames: the same keystream and
 /// MAC work as opening five and sealing one).
+/// Context switches of each of this process's threads, by name:
+/// (voluntary, involuntary), from `/proc/self/task/*/status`.
+fn thread_switches() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map_or("?", str::trim)
+            .to_string();
+        let e = out.entry(name).or_insert((0, 0));
+        e.0 += field("voluntary_ctxt_switches:");
+        e.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    out
+}
+
 fn start_floor(aead: bool) -> (SocketAddr, Arc<FloorCounts>, tempfile::TempDir) {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -568,11 +613,22 @@ fn main() {
         "{:<10} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8} {:>12}",
         "server", "P", "posts/s", "p50 ms", "p99 ms", "CPU µs/post", "refused", "posts/commit"
     );
-    // INGEST_ONLY=ours: only our server (for a profiler attached to this
-    // process); no ratios then.
-    let only_ours = std::env::var("INGEST_ONLY").is_ok_and(|v| v == "ours");
+    // INGEST_ONLY=ours (or floor+aead): only that server (for a profiler
+    // attached to this process); no ratios then.
+    let only = std::env::var("INGEST_ONLY").ok();
+    let only_ours = only.as_deref() == Some("ours");
+    let only_floor = only.as_deref() == Some("floor+aead");
     let mut rows = Vec::new();
     for &p in &levels {
+        if only_floor {
+            let (addr, _counts, _dir) = start_floor(true);
+            let f = run("floor", "floor+aead", addr, &[0; 32], p, secs);
+            println!(
+                "floor+aead {p:>5} {:>10.0} posts/s {:>12.1} CPU µs/post",
+                f.rate, f.cpu_us
+            );
+            continue;
+        }
         if only_ours {
             let (addr, key, _shared, _dir) = start_ours();
             let o = run("ours", "ours", addr, &key, p, secs);

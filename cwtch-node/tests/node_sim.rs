@@ -1072,7 +1072,15 @@ fn a_server_that_answers_nothing_is_given_up_on_and_the_post_goes_again() {
         waited.as_millis(),
         connection(&mut w)
     );
+    // Now it says nothing at all, not even hello: given up on as well.
+    w.servers[s].mute = true;
+    w.run_until_true("a connection without hello given up on", mins(10), |w| {
+        connection(w)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer its hello in 60 s"))
+    });
     // The server mends its ways: the post goes out and bob reads it.
+    w.servers[s].mute = false;
     w.servers[s].silent = false;
     w.run_until_true("the post stored", mins(10), |w| {
         w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")

@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::ADVERT_LEN;
 use cwtch_proto::server::client::{ANSWER_TIMEOUT, MAX_QUEUED_POSTS};
-use cwtch_proto::server::wire::{MAX_SERVER_MESSAGE_LEN, RequestKind, ServerRefusal};
+use cwtch_proto::server::wire::{
+    FULL_RETRY, MAX_RETRY, MAX_SERVER_MESSAGE_LEN, RequestKind, ServerRefusal,
+};
 use cwtch_proto::server::{
     ClientConfig, ClientError, ClientEvent, DecodeError, PostId, RefusalReason, Reply, Request,
     ServerClient, ServerConfig, ServerSession,
@@ -994,6 +996,81 @@ fn answers_in_time_keep_the_client_open_and_a_page_must_end() {
         c.poll_event(),
         Some(ClientEvent::Unanswered {
             request: Some(RequestKind::Fetch)
+        })
+    );
+}
+
+/// A refused fetch (the server's store failed) is asked again after the
+/// wait, so a sync never stops for good on one refusal; and a rate limit's
+/// wait is capped at `MAX_RETRY` whatever the server names (`u32::MAX` ms
+/// would park a post for 49 days, with nothing awaiting an answer).
+#[test]
+fn a_refused_fetch_is_asked_again_and_a_retry_wait_is_capped() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    c.sync();
+    let n = c.poll_transmit(NOW, &mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]),
+        Ok(Request::Fetch {
+            after: 0,
+            limit: 50
+        })
+    );
+    let refused = |request, seq, reason| {
+        encode(Reply::Refused(ServerRefusal {
+            request,
+            seq,
+            reason,
+        }))
+    };
+    c.handle_message(
+        &refused(RequestKind::Fetch, 0, RefusalReason::Unavailable),
+        NOW,
+    )
+    .unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Refused(_))));
+    assert_eq!(c.poll_transmit(NOW, &mut buf), Ok(None), "not at once");
+    assert_eq!(c.poll_timeout(), Some(NOW + FULL_RETRY));
+    let later = NOW + FULL_RETRY;
+    c.handle_timeout(later);
+    assert_eq!(c.poll_event(), None, "a refusal is an answer");
+    let n = c.poll_transmit(later, &mut buf).unwrap().unwrap();
+    assert_eq!(
+        Request::decode(&buf[..n]),
+        Ok(Request::Fetch {
+            after: 0,
+            limit: 50
+        })
+    );
+
+    assert_eq!(
+        RefusalReason::RateLimited {
+            retry_after_ms: u32::MAX
+        }
+        .retry_after(),
+        Some(MAX_RETRY)
+    );
+    let seq = send(&mut c, 1, &blob(1), &mut buf);
+    c.handle_message(
+        &refused(
+            RequestKind::Post,
+            seq,
+            RefusalReason::RateLimited {
+                retry_after_ms: u32::MAX,
+            },
+        ),
+        later,
+    )
+    .unwrap();
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::PostRefused {
+            post: PostId(1),
+            reason: RefusalReason::RateLimited {
+                retry_after_ms: u32::MAX
+            },
+            retry_at: Some(later + MAX_RETRY),
         })
     );
 }

@@ -367,7 +367,17 @@ fn core_loop(mut peer: Peer, inputs: mpsc::Receiver<Input>, effects: Sender<Batc
         let t = now();
         let next = match peer.poll_timeout() {
             Some(at) if at <= t.mono => {
-                peer.handle_timeout(t);
+                // Input that came before the deadline first (one burst, so a
+                // flood cannot hold the timers back): an answer a server
+                // sent in time is taken before its deadline is judged.
+                if let Ok(input) = inputs.try_recv() {
+                    if !handle_burst(&mut peer, input, &mut replies) {
+                        flush(&mut peer, &mut replies);
+                        return;
+                    }
+                    flush(&mut peer, &mut replies);
+                }
+                peer.handle_timeout(now());
                 continue;
             }
             Some(at) => inputs.recv_timeout(StdDuration::from_micros(

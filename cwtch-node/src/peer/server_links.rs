@@ -5,7 +5,7 @@
 use cwtch_proto::group::moving::{NoticeVerdict, judge_notice};
 use cwtch_proto::group::{GroupAdverts, Ingested, MessageKind, MoveNotice, SEALED_BLOB_LEN};
 use cwtch_proto::peer::requests::RequestOrigin;
-use cwtch_proto::server::client::{ANSWER_TIMEOUT, ClientEvent};
+use cwtch_proto::server::client::{ANSWER_TIMEOUT, ClientError, ClientEvent};
 use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{OnionAddress, UnixMicros};
 
@@ -35,6 +35,18 @@ impl Peer {
                 };
                 if let Some(Err(e)) = self.servers.handle_message(link, &bytes, now.mono) {
                     crate::log_throttled!(kind = e; "server reply refused: {e:?}");
+                    if matches!(
+                        e,
+                        ClientError::Unexpected
+                            | ClientError::UnsupportedVersion(_)
+                            | ClientError::Malformed(_)
+                    ) {
+                        // A server that breaks the protocol: closed, and
+                        // counted as its failure (SPEC.md section 8.5).
+                        if let Some(link) = self.servers.give_up(&server, format!("{e}")) {
+                            self.close(link);
+                        }
+                    }
                 }
                 for event in self.servers.events(&server) {
                     self.client_event(&server, event, now);
@@ -238,10 +250,16 @@ impl Peer {
                     "the server did not answer {what} in {secs} s: closing"
                 );
                 let why = format!("did not answer {what} in {secs} s");
-                if let Some(link) = self.servers.unanswered(server, why) {
+                if let Some(link) = self.servers.give_up(server, why) {
                     self.close(link);
                 }
                 self.notify_connection("server", server);
+            }
+            ClientEvent::Closing(reason) => {
+                tracing::debug!(server, ?reason, "the server closes the connection");
+                if let Some(link) = self.servers.closing(server) {
+                    self.close(link);
+                }
             }
             ClientEvent::Refused(r) => {
                 crate::log_throttled!(kind = r.reason; "server refused a request: {r:?}");

@@ -27,9 +27,13 @@ pub struct ServerConn {
     backoff: Backoff,
     /// When this connection's session said hello.
     hello_at: Option<Instant>,
-    /// Why this connection is being closed for a request its server did
-    /// not answer: its end counts as a failure, whoever closed it.
-    unanswered: Option<String>,
+    /// Why we are closing this connection for its server's fault (a
+    /// request it left unanswered, a broken protocol): its end counts as a
+    /// failure, although we close it.
+    given_up: Option<String>,
+    /// The server said it closes this connection (we close our side):
+    /// its end is the server's doing, not ours.
+    server_closing: bool,
     /// The saved cursor.
     pub cursor: u64,
     /// Since when every attempt failed, or ended soon (what the move
@@ -56,7 +60,8 @@ impl ServerConn {
             client: None,
             next_try: Instant::ZERO,
             hello_at: None,
-            unanswered: None,
+            given_up: None,
+            server_closing: false,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             cursor,
             failing_since: None,
@@ -87,12 +92,10 @@ impl ServerConn {
                 .is_some_and(|at| now.saturating_duration_since(at) >= STABLE_LINK)
     }
 
-    /// Whether a session is up now.
+    /// Whether a session is up now and has answered: it synced (a hello
+    /// alone proves nothing: a server can say hello and answer nothing).
     pub fn healthy_now(&self) -> bool {
-        matches!(
-            self.status.state,
-            ConnState::Authenticated | ConnState::Synced
-        )
+        self.status.state == ConnState::Synced
     }
 }
 
@@ -179,7 +182,8 @@ impl Servers {
         let server = self.by_link.get(&link)?.clone();
         let c = self.map.get_mut(&server)?;
         c.hello_at = None;
-        c.unanswered = None;
+        c.given_up = None;
+        c.server_closing = false;
         if let Some(from) = c.rewind.take()
             && from < c.cursor
         {
@@ -235,8 +239,8 @@ impl Servers {
 
     /// The connection is down (or its dial failed): back off, unless it
     /// closed to read again from earlier. Returns the server, and whether
-    /// the end counts as a failure of it (the link failed, or we closed it
-    /// for a request the server did not answer).
+    /// the end counts as a failure of it (the link failed, or we gave up on
+    /// the server: [`Servers::give_up`]).
     pub fn on_down<R: CryptoRng + ?Sized>(
         &mut self,
         link: LinkId,
@@ -249,16 +253,16 @@ impl Servers {
         if c.link != Some(link) {
             return None;
         }
-        let unanswered = c.unanswered.take();
-        let failed = end.failed || unanswered.is_some();
-        let by_us = end.by_us && unanswered.is_none();
-        let reason = unanswered.as_deref().unwrap_or(end.reason.as_str());
+        let given_up = c.given_up.take();
+        let failed = end.failed || given_up.is_some();
+        let by_us = end.by_us && given_up.is_none() && !std::mem::take(&mut c.server_closing);
+        let reason = given_up.as_deref().unwrap_or(end.reason.as_str());
         // A session that lasted starts the delays over and ends a failing
         // spell; a connection the server ended soon (it says hello and
         // closes, or never says it) lets them grow, and counts as failing.
-        // One we closed soon says nothing either way, unless the server
-        // left a request unanswered.
-        if c.lasted(now) && unanswered.is_none() {
+        // One we closed soon says nothing either way, unless we gave up on
+        // the server.
+        if c.lasted(now) && given_up.is_none() {
             c.backoff.reset();
             c.failing_since = None;
         } else if c.client.is_some() && !by_us {
@@ -283,15 +287,28 @@ impl Servers {
         Some((server, failed))
     }
 
-    /// `server` left a request unanswered past the client's deadline
-    /// (`ClientEvent::Unanswered`): its connection, returned, is to be
-    /// closed, and its end counts as a failure of the server (`why`).
-    pub fn unanswered(&mut self, server: &str, why: String) -> Option<LinkId> {
+    /// We give up on `server`'s connection for the server's fault (`why`:
+    /// it left a request unanswered past the client's deadline,
+    /// `ClientEvent::Unanswered`, or broke the protocol): the connection,
+    /// returned, is to be closed, and its end counts as a failure of the
+    /// server.
+    pub fn give_up(&mut self, server: &str, why: String) -> Option<LinkId> {
         let c = self.map.get_mut(server)?;
         let link = c.link?;
         c.status.state = ConnState::Failed;
         c.status.last_error = Some(why.clone());
-        c.unanswered = Some(why);
+        c.given_up = Some(why);
+        Some(link)
+    }
+
+    /// `server` said it closes the connection (`ClientEvent::Closing`):
+    /// the connection, returned, is to be closed on our side too (a server
+    /// that says so and keeps it open would otherwise hold it), and its
+    /// end counts as the server's.
+    pub fn closing(&mut self, server: &str) -> Option<LinkId> {
+        let c = self.map.get_mut(server)?;
+        let link = c.link?;
+        c.server_closing = true;
         Some(link)
     }
 
@@ -631,7 +648,7 @@ mod tests {
         servers.hello(name, t0);
         let later = t0 + STABLE_LINK + STABLE_LINK;
         assert_eq!(
-            servers.unanswered(name, "did not answer".into()),
+            servers.give_up(name, "did not answer".into()),
             Some(LinkId(1))
         );
         assert!(!servers.get(name).expect("known").healthy_now());
@@ -655,6 +672,39 @@ mod tests {
         assert_eq!(
             servers.on_down(LinkId(2), &ours, later, &mut rng),
             Some((name.to_string(), false))
+        );
+    }
+
+    /// A server that says it closes (and may keep the connection open) is
+    /// closed by us, and the end is the server's: one that closes soon
+    /// after its hello is failing, as if it had closed the stream itself.
+    #[test]
+    fn a_connection_the_server_says_it_closes_ends_as_the_servers() {
+        let mut servers = Servers::default();
+        let name = "server";
+        servers.ensure(name, 0);
+        let mut rng = rng();
+        let t0 = Instant::from_secs(1_000);
+        servers.start_dial(name, LinkId(1));
+        let _ = servers.on_up(LinkId(1), &mut rng);
+        servers.set_state(name, ConnState::Synced, None);
+        servers.hello(name, t0);
+        assert_eq!(servers.closing(name), Some(LinkId(1)));
+        let ours = Ended {
+            reason: "closed by us".into(),
+            failed: false,
+            by_us: true,
+        };
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            servers.on_down(LinkId(1), &ours, t1, &mut rng),
+            Some((name.to_string(), false)),
+            "not a failure of the link"
+        );
+        assert_eq!(
+            servers.get(name).and_then(ServerConn::failing_at),
+            Some(t1),
+            "but a server that ends its sessions soon is failing"
         );
     }
 }

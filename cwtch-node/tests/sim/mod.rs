@@ -120,6 +120,8 @@ pub struct SimServer {
     /// Keeps its connections up and answers nothing but its hello: what a
     /// server that black-holes requests does.
     pub silent: bool,
+    /// Answers nothing at all, not even a hello.
+    pub mute: bool,
 }
 
 impl SimServer {
@@ -244,6 +246,7 @@ impl Sim {
             posts: 0,
             online: true,
             silent: false,
+            mute: false,
         });
         self.servers.len() - 1
     }
@@ -619,6 +622,7 @@ impl Sim {
                 while let Ok(Some(n)) = sess.session.poll_transmit(&srv.store, &mut out) {
                     moved = true;
                     let withheld = match Reply::decode(&out[..n]) {
+                        _ if srv.mute => true,
                         Ok(Reply::Hello(_)) => false,
                         _ if srv.silent => true,
                         Ok(Reply::Entry { index, .. } | Reply::Push { index, .. }) => {

@@ -42,8 +42,8 @@ use crate::group::SEALED_BLOB_LEN;
 use crate::server::admission::pow_solve;
 use crate::server::advert::ADVERT_LEN;
 use crate::server::wire::{
-    BufferTooSmall, DecodeError, PROTOCOL_VERSION, Policy, RefusalReason, Reply, Request,
-    RequestKind, ServerCloseReason, ServerRefusal,
+    BufferTooSmall, DecodeError, FULL_RETRY, PROTOCOL_VERSION, Policy, RefusalReason, Reply,
+    Request, RequestKind, ServerCloseReason, ServerRefusal,
 };
 use crate::time::{Duration, Instant};
 
@@ -336,6 +336,8 @@ pub struct ServerClient {
     /// running fetch, the subscribe and the advert request were sent.
     hello_from: Option<Instant>,
     fetch_sent: Instant,
+    /// A refused fetch is sent again no earlier than this.
+    fetch_not_before: Instant,
     sub_sent: Instant,
     advert_sent: Instant,
     /// The posts held, in the application's order.
@@ -404,6 +406,7 @@ impl ServerClient {
             advert: (false, false),
             hello_from: None,
             fetch_sent: Instant::ZERO,
+            fetch_not_before: Instant::ZERO,
             sub_sent: Instant::ZERO,
             advert_sent: Instant::ZERO,
             posts: heapless::Vec::new(),
@@ -656,12 +659,20 @@ impl ServerClient {
     /// for a retry, or the end of the wait for an answer (`None`: neither).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retry = self
+        let post_retry = self
             .posts
             .iter()
             .find(|p| p.sent.is_none())
-            .map(|p| p.not_before)
-            .filter(|&at| at > self.now);
+            .map(|p| p.not_before);
+        let fetch_retry = self
+            .want_fetch
+            .filter(|_| self.fetching.is_none() && self.state == State::Ready)
+            .map(|_| self.fetch_not_before);
+        let retry = post_retry
+            .into_iter()
+            .chain(fetch_retry)
+            .filter(|&at| at > self.now)
+            .min();
         let answer = self
             .oldest_unanswered()
             .map(|(_, since)| since + ANSWER_TIMEOUT);
@@ -695,6 +706,7 @@ impl ServerClient {
         }
         if let Some(after) = self.want_fetch
             && self.fetching.is_none()
+            && self.fetch_not_before <= self.now
         {
             let len = Request::Fetch {
                 after,
@@ -904,7 +916,15 @@ impl ServerClient {
             }
             Reply::Refused(refusal) => {
                 match refusal.request {
-                    RequestKind::Fetch => self.fetching = None,
+                    RequestKind::Fetch => {
+                        // Asked again later (the store failed, or a limit):
+                        // a sync must not stop for good on one refusal.
+                        if let Some((after, _)) = self.fetching.take() {
+                            self.want_fetch = Some(self.cursor.max(after));
+                            self.fetch_not_before =
+                                self.now + refusal.reason.retry_after().unwrap_or(FULL_RETRY);
+                        }
+                    }
                     RequestKind::Subscribe => self.sub = Sub::None,
                     RequestKind::GetAdvert => self.advert.1 = false,
                     RequestKind::Post => return self.post_refused(refusal),

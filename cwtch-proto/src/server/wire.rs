@@ -275,16 +275,23 @@ pub const FULL_RETRY: crate::Duration = crate::Duration::from_secs(60);
 /// delay the server named.
 pub const MIN_RETRY: crate::Duration = crate::Duration::from_millis(100);
 
+/// The longest wait before posting a rate-limited post again, whatever
+/// delay the server named: a `retry_after_ms` near 2^32 (49 days) would
+/// otherwise park the post, with nothing awaiting an answer.
+pub const MAX_RETRY: crate::Duration = crate::Duration::from_secs(600);
+
 impl RefusalReason {
     /// How long to wait before the same post may be accepted, when waiting
-    /// can help: the rate limit's own delay (at least [`MIN_RETRY`]), or
-    /// [`FULL_RETRY`] for a full store. None when posting it again would be
+    /// can help: the rate limit's own delay (at least [`MIN_RETRY`], at
+    /// most [`MAX_RETRY`]), or [`FULL_RETRY`] for a full store. None when posting it again would be
     /// refused again (a malformed post, wrong proof of work, ...).
     pub fn retry_after(self) -> Option<crate::Duration> {
         match self {
-            RefusalReason::RateLimited { retry_after_ms } => {
-                Some(crate::Duration::from_millis(u64::from(retry_after_ms)).max(MIN_RETRY))
-            }
+            RefusalReason::RateLimited { retry_after_ms } => Some(
+                crate::Duration::from_millis(u64::from(retry_after_ms))
+                    .max(MIN_RETRY)
+                    .min(MAX_RETRY),
+            ),
             RefusalReason::Full => Some(FULL_RETRY),
             _ => None,
         }
