@@ -1090,6 +1090,46 @@ fn a_server_that_answers_nothing_is_given_up_on_and_the_post_goes_again() {
     });
 }
 
+/// A server that answers every post, but with a refusal that says to wait
+/// (its store "full", for ever), stores nothing while it looks healthy:
+/// after half an hour without a post stored the connection is given up on
+/// and counts as a failure; the post goes out once the server stores again.
+#[test]
+fn a_server_that_stores_none_of_our_posts_is_given_up_on_after_half_an_hour() {
+    let mut w = Sim::new();
+    let s = w.add_server(ServerConfig::default());
+    let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
+    let gid = group_of_two(&mut w, s, a, b);
+    let connection = |w: &mut Sim| group_view(w, a)["servers"][0]["connection"].clone();
+    w.servers[s].store.full = true;
+    let before = w.servers[s].posts;
+    post(&mut w, a, "friends", "refused again and again");
+    w.run_for(mins(29));
+    assert_eq!(
+        connection(&mut w)["state"],
+        "synced",
+        "refusals are answers: {}",
+        connection(&mut w)
+    );
+    let tries = w.servers[s].posts - before;
+    // Each minute at first, then less often (the waits double).
+    assert!((10..=31).contains(&tries), "posted again: {tries} times");
+    w.run_until_true("the connection given up on", mins(2), |w| {
+        connection(w)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stored none of our posts in 30 minutes"))
+    });
+    w.servers[s].store.full = false;
+    w.run_until_true("the post stored", mins(10), |w| {
+        w.texts(a, &gid).iter().all(|(_, s)| s == "delivered")
+    });
+    w.run_until_true("bob reads it", mins(5), |w| {
+        w.texts(b, &gid)
+            .iter()
+            .any(|(t, _)| t == "refused again and again")
+    });
+}
+
 /// Issue 19: messages a server pruned under the retention it states show
 /// as expired, never count against the server, and never move the group.
 #[test]

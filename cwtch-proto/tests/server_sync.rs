@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use cwtch_proto::group::SEALED_BLOB_LEN;
 use cwtch_proto::server::advert::ADVERT_LEN;
-use cwtch_proto::server::client::{ANSWER_TIMEOUT, MAX_QUEUED_POSTS};
+use cwtch_proto::server::client::{ANSWER_TIMEOUT, MAX_QUEUED_POSTS, STALL_TIMEOUT};
 use cwtch_proto::server::wire::{
     FULL_RETRY, MAX_RETRY, MAX_SERVER_MESSAGE_LEN, RequestKind, ServerRefusal,
 };
@@ -1072,5 +1072,80 @@ fn a_refused_fetch_is_asked_again_and_a_retry_wait_is_capped() {
             },
             retry_at: Some(later + MAX_RETRY),
         })
+    );
+}
+
+/// A server that refuses every post with a wait (the liar's "full" for
+/// ever) answers in time and stores nothing: after `STALL_TIMEOUT` without
+/// a post stored the client gives up (`Stalled`). Each refusal of the same
+/// post at least doubles its wait, so a server that refuses at once cannot
+/// have it posted (with a new proof of work) ten times a second. A post
+/// stored now and then keeps the client open.
+#[test]
+fn posts_refused_for_half_an_hour_stall_the_client_and_waits_double() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let refuse = |c: &mut ServerClient, seq, at| {
+        c.handle_message(
+            &encode(Reply::Refused(ServerRefusal {
+                request: RequestKind::Post,
+                seq,
+                reason: RefusalReason::RateLimited { retry_after_ms: 0 },
+            })),
+            at,
+        )
+        .unwrap();
+        match c.poll_event() {
+            Some(ClientEvent::PostRefused {
+                retry_at: Some(at), ..
+            }) => at,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut now = NOW;
+    let seq = send(&mut c, 1, &blob(1), &mut buf);
+    let mut waits = Vec::new();
+    let mut seq = seq;
+    for _ in 0..6 {
+        let at = refuse(&mut c, seq, now);
+        waits.push(at.saturating_duration_since(now).as_millis());
+        now = at;
+        c.handle_timeout(now);
+        seq = c.next_post_seq();
+        assert!(c.poll_transmit(now, &mut buf).unwrap().is_some());
+    }
+    assert_eq!(waits, [100, 200, 400, 800, 1_600, 3_200]);
+    // Stored at last: the half hour starts again from here.
+    c.handle_message(&encode(Reply::Posted { seq, index: 1 }), now)
+        .unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Posted { .. })));
+    assert_eq!(c.poll_timeout(), None, "nothing held");
+
+    // A second post, refused with the longest wait every time.
+    let start = now + Duration::from_secs(60);
+    c.handle_timeout(start);
+    c.queue_post(PostId(2), &blob(2)).unwrap();
+    let mut seq = c.next_post_seq();
+    assert!(c.poll_transmit(start, &mut buf).unwrap().is_some());
+    assert_eq!(c.poll_timeout(), Some(start + ANSWER_TIMEOUT));
+    let mut now = start;
+    while now < start + STALL_TIMEOUT {
+        let at = refuse(&mut c, seq, now);
+        now = at.min(start + STALL_TIMEOUT);
+        c.handle_timeout(now);
+        if c.poll_transmit(now, &mut buf).unwrap().is_some() {
+            seq = c.next_post_seq() - 1;
+        }
+        let event = c.poll_event();
+        if now < start + STALL_TIMEOUT {
+            assert_eq!(event, None, "at {:?}", now.saturating_duration_since(start));
+        } else {
+            assert_eq!(event, Some(ClientEvent::Stalled));
+        }
+    }
+    assert_eq!(c.poll_timeout(), None, "closed");
+    assert_eq!(
+        c.queue_post(PostId(3), &blob(3)),
+        Err(ClientError::NotReady)
     );
 }

@@ -21,7 +21,6 @@ impl Peer {
     pub(super) fn housekeeping(&mut self, now: Now) {
         self.dial_contacts(now);
         self.dial_servers(now);
-        self.server_timeouts(now);
         if self
             .recovery
             .poll_timeout()

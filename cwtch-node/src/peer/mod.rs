@@ -270,6 +270,10 @@ impl Peer {
 
     /// Time passed: dials, retries, recovery, moves, adverts, pruning.
     pub fn handle_timeout(&mut self, now: Now) {
+        // Servers' deadlines are judged here only, not after each input: the
+        // daemon hands over the input that came before a due deadline
+        // first, so an answer that came in time is taken before it.
+        self.server_timeouts(now);
         self.housekeeping(now);
     }
 

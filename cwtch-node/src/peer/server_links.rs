@@ -5,7 +5,7 @@
 use cwtch_proto::group::moving::{NoticeVerdict, judge_notice};
 use cwtch_proto::group::{GroupAdverts, Ingested, MessageKind, MoveNotice, SEALED_BLOB_LEN};
 use cwtch_proto::peer::requests::RequestOrigin;
-use cwtch_proto::server::client::{ANSWER_TIMEOUT, ClientError, ClientEvent};
+use cwtch_proto::server::client::{ANSWER_TIMEOUT, ClientError, ClientEvent, STALL_TIMEOUT};
 use cwtch_proto::time::MAX_CLOCK_SKEW;
 use cwtch_proto::{OnionAddress, UnixMicros};
 
@@ -37,12 +37,13 @@ impl Peer {
                     crate::log_throttled!(kind = e; "server reply refused: {e:?}");
                     if matches!(
                         e,
-                        ClientError::Unexpected
-                            | ClientError::UnsupportedVersion(_)
-                            | ClientError::Malformed(_)
+                        ClientError::Unexpected | ClientError::UnsupportedVersion(_)
                     ) {
                         // A server that breaks the protocol: closed, and
-                        // counted as its failure (SPEC.md section 8.5).
+                        // counted as its failure (SPEC.md section 8.5). A
+                        // reply we cannot read (a newer server's code, say)
+                        // is only dropped: if it was an answer, the answer
+                        // deadline judges.
                         if let Some(link) = self.servers.give_up(&server, format!("{e}")) {
                             self.close(link);
                         }
@@ -250,6 +251,18 @@ impl Peer {
                     "the server did not answer {what} in {secs} s: closing"
                 );
                 let why = format!("did not answer {what} in {secs} s");
+                if let Some(link) = self.servers.give_up(server, why) {
+                    self.close(link);
+                }
+                self.notify_connection("server", server);
+            }
+            ClientEvent::Stalled => {
+                let mins = STALL_TIMEOUT.as_secs() / 60;
+                tracing::warn!(
+                    server,
+                    "the server stored none of our posts in {mins} minutes: closing"
+                );
+                let why = format!("stored none of our posts in {mins} minutes");
                 if let Some(link) = self.servers.give_up(server, why) {
                     self.close(link);
                 }

@@ -265,7 +265,7 @@ impl Servers {
         if c.lasted(now) && given_up.is_none() {
             c.backoff.reset();
             c.failing_since = None;
-        } else if c.client.is_some() && !by_us {
+        } else if (c.client.is_some() || given_up.is_some()) && !by_us {
             c.failing_since.get_or_insert(now);
         }
         c.link = None;
@@ -298,6 +298,8 @@ impl Servers {
         c.status.state = ConnState::Failed;
         c.status.last_error = Some(why.clone());
         c.given_up = Some(why);
+        // Nothing more goes out on it, and nothing it says counts.
+        c.client = None;
         Some(link)
     }
 

@@ -50,6 +50,8 @@ pub struct MemStore {
     pub advert: Option<[u8; ADVERT_LEN]>,
     /// The next this many appends fail (the store is unavailable).
     pub fail_next: u32,
+    /// Every append is refused as if the store were full.
+    pub full: bool,
 }
 
 impl MemStore {
@@ -64,6 +66,9 @@ impl BlobStore for MemStore {
         if self.fail_next > 0 {
             self.fail_next -= 1;
             return Err(StoreError::Unavailable);
+        }
+        if self.full {
+            return Err(StoreError::Full);
         }
         self.last += 1;
         self.entries.push((self.last, Box::new(*blob)));

@@ -42,8 +42,8 @@ use crate::group::SEALED_BLOB_LEN;
 use crate::server::admission::pow_solve;
 use crate::server::advert::ADVERT_LEN;
 use crate::server::wire::{
-    BufferTooSmall, DecodeError, FULL_RETRY, PROTOCOL_VERSION, Policy, RefusalReason, Reply,
-    Request, RequestKind, ServerCloseReason, ServerRefusal,
+    BufferTooSmall, DecodeError, FULL_RETRY, MAX_RETRY, MIN_RETRY, PROTOCOL_VERSION, Policy,
+    RefusalReason, Reply, Request, RequestKind, ServerCloseReason, ServerRefusal,
 };
 use crate::time::{Duration, Instant};
 
@@ -77,6 +77,13 @@ pub const CURSOR_JITTER: u64 = 64;
 /// ([`ClientEvent::Unanswered`], SPEC.md section 8.4). A minute is far
 /// more than a page of entries takes over Tor.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the client holds posts without the server storing one before
+/// it gives up on the connection ([`ClientEvent::Stalled`]): a server that
+/// answers every post with a refusal (a store it calls full, a rate limit
+/// it never lifts) or asks more proof of work than the client pays answers
+/// in time, and stores nothing. Half an hour: far longer than an honest
+/// server's rate limit or a store that is full for a while.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The application's name for a post: what [`ClientEvent::Posted`] and
 /// [`ClientEvent::PostRefused`] report.
@@ -188,6 +195,11 @@ pub enum ClientEvent {
         /// What it did not answer.
         request: Option<RequestKind>,
     },
+    /// The client held posts for [`STALL_TIMEOUT`] and the server stored
+    /// none (it refused them all, or asked too much proof of work): the
+    /// client is closed, and the application closes the connection and
+    /// counts it as a failure of the server.
+    Stalled,
     /// The server's advert, as asked with [`ServerClient::request_advert`].
     /// Not verified here: check it with
     /// [`crate::server::advert::ServerAdvert::verify`] against the address
@@ -293,6 +305,9 @@ struct QueuedPost {
     not_before: Instant,
     /// A proof of work found: (the sequence number it is for, nonce).
     pow: Option<(u64, u64)>,
+    /// How often the server refused it with a wait: each refusal at least
+    /// doubles the next wait.
+    refusals: u32,
     /// The search so far: (the sequence number, the next nonce to try).
     search: (u64, u64),
 }
@@ -338,6 +353,9 @@ pub struct ServerClient {
     fetch_sent: Instant,
     /// A refused fetch is sent again no earlier than this.
     fetch_not_before: Instant,
+    /// While posts are held: since when none was stored (the later of when
+    /// posts came to be held and the last acknowledgement).
+    progress_from: Option<Instant>,
     sub_sent: Instant,
     advert_sent: Instant,
     /// The posts held, in the application's order.
@@ -407,6 +425,7 @@ impl ServerClient {
             hello_from: None,
             fetch_sent: Instant::ZERO,
             fetch_not_before: Instant::ZERO,
+            progress_from: None,
             sub_sent: Instant::ZERO,
             advert_sent: Instant::ZERO,
             posts: heapless::Vec::new(),
@@ -504,6 +523,7 @@ impl ServerClient {
                 sent_at: Instant::ZERO,
                 not_before: Instant::ZERO,
                 pow: None,
+                refusals: 0,
                 search: (u64::MAX, 0),
             })
             .map_err(|_| ClientError::QueueFull)
@@ -608,6 +628,19 @@ impl ServerClient {
         if self.state == State::AwaitingHello {
             self.hello_from.get_or_insert(self.now);
         }
+        if self.posts.is_empty() {
+            self.progress_from = None;
+        } else {
+            self.progress_from.get_or_insert(self.now);
+        }
+    }
+
+    /// When the posts held stall the client, if they do.
+    fn stall_at(&self) -> Option<Instant> {
+        if self.state == State::Closed || self.posts.is_empty() {
+            return None;
+        }
+        self.progress_from.map(|at| at + STALL_TIMEOUT)
     }
 
     /// The request waiting longest for its answer, and since when
@@ -642,28 +675,36 @@ impl ServerClient {
     /// Time passed: posts whose wait is over may go out
     /// ([`ServerClient::poll_transmit`]); a request (or the hello) that
     /// waited [`ANSWER_TIMEOUT`] for its answer closes the client with
-    /// [`ClientEvent::Unanswered`] (which wants a free event slot: drain
-    /// `poll_event` first). A spurious call does nothing.
+    /// [`ClientEvent::Unanswered`], and posts held [`STALL_TIMEOUT`] with
+    /// none stored close it with [`ClientEvent::Stalled`] (each wants a free
+    /// event slot: drain `poll_event` first). A spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
+        if self.events.len() >= MAX_CLIENT_EVENTS {
+            return;
+        }
         if let Some((request, since)) = self.oldest_unanswered()
             && self.now >= since + ANSWER_TIMEOUT
-            && self.events.len() < MAX_CLIENT_EVENTS
         {
             self.state = State::Closed;
             self.emit(ClientEvent::Unanswered { request });
+        } else if self.stall_at().is_some_and(|at| self.now >= at) {
+            self.state = State::Closed;
+            self.emit(ClientEvent::Stalled);
         }
     }
 
-    /// When [`ServerClient::handle_timeout`] is due: the next post waiting
-    /// for a retry, or the end of the wait for an answer (`None`: neither).
+    /// When [`ServerClient::handle_timeout`] is due: the next post (or
+    /// fetch) waiting for a retry, the end of the wait for an answer, or
+    /// the stall deadline of the posts held (`None`: none of these).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let post_retry = self
             .posts
             .iter()
             .find(|p| p.sent.is_none())
-            .map(|p| p.not_before);
+            .map(|p| p.not_before)
+            .filter(|_| self.state == State::Ready);
         let fetch_retry = self
             .want_fetch
             .filter(|_| self.fetching.is_none() && self.state == State::Ready)
@@ -676,7 +717,7 @@ impl ServerClient {
         let answer = self
             .oldest_unanswered()
             .map(|(_, since)| since + ANSWER_TIMEOUT);
-        retry.into_iter().chain(answer).min()
+        retry.into_iter().chain(answer).chain(self.stall_at()).min()
     }
 
     /// Writes the next request the client wants to send (an unsubscribe,
@@ -829,6 +870,7 @@ impl ServerClient {
                 };
                 let post = self.posts.remove(i);
                 self.head = self.head.max(index);
+                self.progress_from = (!self.posts.is_empty()).then_some(self.now);
                 if self.posts.is_empty() {
                     self.throttled = false;
                 } else if self.throttled
@@ -982,8 +1024,17 @@ impl ServerClient {
         match refusal.reason.retry_after() {
             Some(wait) => {
                 self.throttled = true;
-                let at = now + wait.max(Duration::from_millis(1));
                 if let Some(post) = self.posts.get_mut(i) {
+                    // The server's wait, but at least doubling with each
+                    // refusal of this post: a server that refuses it at
+                    // once again and again cannot have it posted (with a
+                    // new proof of work each time) ten times a second.
+                    post.refusals = post.refusals.saturating_add(1);
+                    let doubling = MIN_RETRY
+                        .as_micros()
+                        .saturating_mul(1u64 << post.refusals.saturating_sub(1).min(20));
+                    let wait = wait.max(Duration::from_micros(doubling)).min(MAX_RETRY);
+                    let at = now + wait.max(Duration::from_millis(1));
                     post.sent = None;
                     post.not_before = at;
                     post.pow = None;
