@@ -44,9 +44,7 @@ impl Peer {
                         // reply we cannot read (a newer server's code, say)
                         // is only dropped: if it was an answer, the answer
                         // deadline judges.
-                        if let Some(link) = self.servers.give_up(&server, format!("{e}")) {
-                            self.close(link);
-                        }
+                        self.give_up_on(&server, format!("{e}"));
                     }
                 }
                 for event in self.servers.events(&server) {
@@ -77,6 +75,16 @@ impl Peer {
             }
             self.transmit_server(&server, now);
         }
+    }
+
+    /// Closes `server`'s connection for the server's fault (`why`, shown
+    /// and logged); its end counts as a failure of the server.
+    fn give_up_on(&mut self, server: &str, why: String) {
+        tracing::warn!(server, "giving up on a server's connection ({why})");
+        if let Some(link) = self.servers.give_up(server, why) {
+            self.close(link);
+        }
+        self.notify_connection("server", server);
     }
 
     /// Sends what `server`'s client wants sent now.
@@ -246,27 +254,14 @@ impl Peer {
                     Some(kind) => format!("a request ({kind:?})"),
                 };
                 let secs = ANSWER_TIMEOUT.as_secs();
-                tracing::warn!(
-                    server,
-                    "the server did not answer {what} in {secs} s: closing"
-                );
-                let why = format!("did not answer {what} in {secs} s");
-                if let Some(link) = self.servers.give_up(server, why) {
-                    self.close(link);
-                }
-                self.notify_connection("server", server);
+                self.give_up_on(server, format!("did not answer {what} in {secs} s"));
             }
             ClientEvent::Stalled => {
                 let mins = STALL_TIMEOUT.as_secs() / 60;
-                tracing::warn!(
+                self.give_up_on(
                     server,
-                    "the server stored none of our posts in {mins} minutes: closing"
+                    format!("stored none of our posts in {mins} minutes"),
                 );
-                let why = format!("stored none of our posts in {mins} minutes");
-                if let Some(link) = self.servers.give_up(server, why) {
-                    self.close(link);
-                }
-                self.notify_connection("server", server);
             }
             ClientEvent::Closing(reason) => {
                 tracing::debug!(server, ?reason, "the server closes the connection");
