@@ -1149,3 +1149,43 @@ fn posts_refused_for_half_an_hour_stall_the_client_and_waits_double() {
         Err(ClientError::NotReady)
     );
 }
+
+/// The stall never cuts off a post still within its answer deadline: the
+/// answer may be its acknowledgement (an honest store that frees up just
+/// then), and `Unanswered` still ends a server that keeps it back.
+#[test]
+fn a_stall_waits_for_the_answer_to_a_post_in_flight() {
+    let mut c = ready_client(0);
+    let mut buf = [0u8; MAX_SERVER_MESSAGE_LEN];
+    let seq = send(&mut c, 1, &blob(1), &mut buf);
+    let secs = |s: u64| NOW + Duration::from_secs(s);
+    // Refused (full) late, so that the retry goes out 30 s before the
+    // half hour is over.
+    c.handle_message(
+        &encode(Reply::Refused(ServerRefusal {
+            request: RequestKind::Post,
+            seq,
+            reason: RefusalReason::Full,
+        })),
+        secs(28 * 60 + 30),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.poll_event(),
+        Some(ClientEvent::PostRefused { .. })
+    ));
+    c.handle_timeout(secs(29 * 60 + 30));
+    let seq = c.next_post_seq();
+    assert!(
+        c.poll_transmit(secs(29 * 60 + 30), &mut buf)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(c.poll_timeout(), Some(secs(30 * 60 + 30)));
+    c.handle_timeout(secs(30 * 60));
+    assert_eq!(c.poll_event(), None, "not while the post awaits its answer");
+    c.handle_message(&encode(Reply::Posted { seq, index: 1 }), secs(30 * 60 + 10))
+        .unwrap();
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Posted { .. })));
+    assert_eq!(c.poll_timeout(), None);
+}

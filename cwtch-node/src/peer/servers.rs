@@ -151,7 +151,7 @@ impl Servers {
         let in_flight = self
             .map
             .values()
-            .filter(|c| c.link.is_some() && c.client.is_none())
+            .filter(|c| c.link.is_some() && c.client.is_none() && c.given_up.is_none())
             .count();
         let mut due: Vec<&String> = self
             .map

@@ -515,6 +515,11 @@ impl ServerClient {
         if self.state == State::Closed {
             return Err(ClientError::NotReady);
         }
+        if self.posts.is_empty() {
+            // The stall clock starts at the next time given, not at the
+            // last time posts were held.
+            self.progress_from = None;
+        }
         self.posts
             .push(QueuedPost {
                 id,
@@ -636,11 +641,21 @@ impl ServerClient {
     }
 
     /// When the posts held stall the client, if they do.
+    /// Never while a post sent is still within its answer deadline: its
+    /// answer may be the acknowledgement (and `Unanswered` ends a server
+    /// that keeps it back).
     fn stall_at(&self) -> Option<Instant> {
         if self.state == State::Closed || self.posts.is_empty() {
             return None;
         }
-        self.progress_from.map(|at| at + STALL_TIMEOUT)
+        let in_flight = self
+            .posts
+            .iter()
+            .filter(|p| p.sent.is_some())
+            .map(|p| p.sent_at + ANSWER_TIMEOUT)
+            .max();
+        self.progress_from
+            .map(|at| (at + STALL_TIMEOUT).max(in_flight.unwrap_or(Instant::ZERO)))
     }
 
     /// The request waiting longest for its answer, and since when
@@ -1025,15 +1040,21 @@ impl ServerClient {
             Some(wait) => {
                 self.throttled = true;
                 if let Some(post) = self.posts.get_mut(i) {
-                    // The server's wait, but at least doubling with each
-                    // refusal of this post: a server that refuses it at
-                    // once again and again cannot have it posted (with a
-                    // new proof of work each time) ten times a second.
+                    // A rate limit's wait, but at least 100 ms doubled for
+                    // each earlier refusal of this post: a server that
+                    // refuses it at once again and again cannot have it
+                    // posted (with a new proof of work each time) ten
+                    // times a second. (A full store's wait is fixed.)
                     post.refusals = post.refusals.saturating_add(1);
-                    let doubling = MIN_RETRY
-                        .as_micros()
-                        .saturating_mul(1u64 << post.refusals.saturating_sub(1).min(20));
-                    let wait = wait.max(Duration::from_micros(doubling)).min(MAX_RETRY);
+                    let wait = match refusal.reason {
+                        RefusalReason::RateLimited { .. } => {
+                            let doubling = MIN_RETRY
+                                .as_micros()
+                                .saturating_mul(1u64 << post.refusals.saturating_sub(1).min(20));
+                            wait.max(Duration::from_micros(doubling)).min(MAX_RETRY)
+                        }
+                        _ => wait,
+                    };
                     let at = now + wait.max(Duration::from_millis(1));
                     post.sent = None;
                     post.not_before = at;
