@@ -21,7 +21,12 @@
 //! (`rate_interval` 0): this measures capacity, not the policy. With
 //! `INGEST_ONLY=ours` (or `floor+aead`) only that server runs (to profile
 //! it), without ratios. With `INGEST_THREADS=1` it also prints each
-//! thread's CPU and context switches per post.
+//! thread's CPU and context switches per post. The floor's clients send
+//! bytes made in advance, with no cipher or session of their own, so they
+//! cost less CPU than ours' (and a server whose clients are slower to post
+//! again sleeps and wakes more often per post);
+//! `FLOOR_CLIENT_SPIN_US=N` makes them spend N µs per post first, to
+//! compare the servers under clients of the same cost.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -173,7 +178,13 @@ async fn bare_client(addr: SocketAddr, id: u64, frame: bool) {
     let mut out = vec![0u8; out_len];
     let mut ack = vec![0u8; ack_len];
     let mut n = 0;
+    let spin = std::env::var("FLOOR_CLIENT_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_micros);
     while posting() {
+        let t = Instant::now();
+        while t.elapsed() < spin {}
         out[..SEALED_BLOB_LEN].copy_from_slice(&blob((id << 32) | n));
         n += 1;
         let sent = Instant::now();
