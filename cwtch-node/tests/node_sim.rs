@@ -62,6 +62,12 @@ fn group_view(w: &mut Sim, who: usize) -> Value {
     w.ok(who, Request::GroupList)[0].clone()
 }
 
+/// The connection to the first server of `who`'s first group: its state
+/// and last error.
+fn server_connection(w: &mut Sim, who: usize) -> Value {
+    group_view(w, who)["servers"][0]["connection"].clone()
+}
+
 /// A group `friends` on server `s`, created by `a`, joined by `b`.
 fn group_of_two(w: &mut Sim, s: usize, a: usize, b: usize) -> String {
     w.befriend(a, b);
@@ -1023,7 +1029,7 @@ fn a_server_that_answers_nothing_is_given_up_on_and_the_post_goes_again() {
     let s = w.add_server(ServerConfig::default());
     let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
     let gid = group_of_two(&mut w, s, a, b);
-    let connection = |w: &mut Sim| group_view(w, a)["servers"][0]["connection"].clone();
+    let connection = |w: &mut Sim| server_connection(w, a);
     w.servers[s].silent = true;
     let before = w.servers[s].posts;
     let sent = w.now().mono;
@@ -1100,7 +1106,7 @@ fn a_server_that_stores_none_of_our_posts_is_given_up_on_after_half_an_hour() {
     let s = w.add_server(ServerConfig::default());
     let (a, b) = (w.add_peer("alice"), w.add_peer("bob"));
     let gid = group_of_two(&mut w, s, a, b);
-    let connection = |w: &mut Sim| group_view(w, a)["servers"][0]["connection"].clone();
+    let connection = |w: &mut Sim| server_connection(w, a);
     w.servers[s].store.full = true;
     let before = w.servers[s].posts;
     post(&mut w, a, "friends", "refused again and again");

@@ -15,6 +15,18 @@ use super::effect::{Ended, LinkId};
 use crate::limits::STABLE_LINK;
 use crate::model::{ConnState, ConnStatus};
 
+/// Why we close a server's connection, when it is the server's doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    /// It said it closes it (`ClientEvent::Closing`): its end counts as
+    /// the server's, as if it had closed the stream.
+    ServerSaid,
+    /// We gave up on it for its fault (a request left unanswered, posts
+    /// never stored, a broken protocol; the reason shown): its end counts
+    /// as a failure of the server.
+    GivenUp(String),
+}
+
 /// One server.
 pub struct ServerConn {
     /// Its status.
@@ -27,13 +39,9 @@ pub struct ServerConn {
     backoff: Backoff,
     /// When this connection's session said hello.
     hello_at: Option<Instant>,
-    /// Why we are closing this connection for its server's fault (a
-    /// request it left unanswered, a broken protocol): its end counts as a
-    /// failure, although we close it.
-    given_up: Option<String>,
-    /// The server said it closes this connection (we close our side):
-    /// its end is the server's doing, not ours.
-    server_closing: bool,
+    /// Why we are closing this connection, when it is the server's doing:
+    /// its end is then not ours.
+    ending: Option<Ending>,
     /// The saved cursor.
     pub cursor: u64,
     /// Since when every attempt failed, or ended soon (what the move
@@ -60,8 +68,7 @@ impl ServerConn {
             client: None,
             next_try: Instant::ZERO,
             hello_at: None,
-            given_up: None,
-            server_closing: false,
+            ending: None,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             cursor,
             failing_since: None,
@@ -151,7 +158,11 @@ impl Servers {
         let in_flight = self
             .map
             .values()
-            .filter(|c| c.link.is_some() && c.client.is_none() && c.given_up.is_none())
+            .filter(|c| {
+                c.link.is_some()
+                    && c.client.is_none()
+                    && !matches!(c.ending, Some(Ending::GivenUp(_)))
+            })
             .count();
         let mut due: Vec<&String> = self
             .map
@@ -182,8 +193,7 @@ impl Servers {
         let server = self.by_link.get(&link)?.clone();
         let c = self.map.get_mut(&server)?;
         c.hello_at = None;
-        c.given_up = None;
-        c.server_closing = false;
+        c.ending = None;
         if let Some(from) = c.rewind.take()
             && from < c.cursor
         {
@@ -253,10 +263,14 @@ impl Servers {
         if c.link != Some(link) {
             return None;
         }
-        let given_up = c.given_up.take();
+        let ending = c.ending.take();
+        let given_up = match &ending {
+            Some(Ending::GivenUp(why)) => Some(why.as_str()),
+            _ => None,
+        };
         let failed = end.failed || given_up.is_some();
-        let by_us = end.by_us && given_up.is_none() && !std::mem::take(&mut c.server_closing);
-        let reason = given_up.as_deref().unwrap_or(end.reason.as_str());
+        let by_us = end.by_us && ending.is_none();
+        let reason = given_up.unwrap_or(end.reason.as_str());
         // A session that lasted starts the delays over and ends a failing
         // spell; a connection the server ended soon (it says hello and
         // closes, or never says it) lets them grow, and counts as failing.
@@ -297,7 +311,7 @@ impl Servers {
         let link = c.link?;
         c.status.state = ConnState::Failed;
         c.status.last_error = Some(why.clone());
-        c.given_up = Some(why);
+        c.ending = Some(Ending::GivenUp(why));
         // Nothing more goes out on it, and nothing it says counts.
         c.client = None;
         Some(link)
@@ -310,7 +324,7 @@ impl Servers {
     pub fn closing(&mut self, server: &str) -> Option<LinkId> {
         let c = self.map.get_mut(server)?;
         let link = c.link?;
-        c.server_closing = true;
+        c.ending.get_or_insert(Ending::ServerSaid);
         Some(link)
     }
 
@@ -633,32 +647,45 @@ mod tests {
         assert_eq!(servers.get(name).and_then(ServerConn::failing_at), None);
     }
 
+    /// A connection to `name` on `link`, up and synced, its hello at `at`.
+    fn synced(
+        servers: &mut Servers,
+        name: &str,
+        link: LinkId,
+        at: Instant,
+        rng: &mut impl CryptoRng,
+    ) {
+        servers.ensure(name, 0);
+        servers.start_dial(name, link);
+        let _ = servers.on_up(link, rng);
+        servers.set_state(name, ConnState::Synced, None);
+        servers.hello(name, at);
+    }
+
+    fn closed_by_us() -> Ended {
+        Ended {
+            reason: "closed by us".into(),
+            failed: false,
+            by_us: true,
+        }
+    }
+
     /// A session that lasted, which we close because the server left a
     /// request unanswered, counts as a failure: the spell starts, the
     /// delays do not start over, and the reason is kept, although we
     /// closed it ourselves.
     #[test]
     fn a_connection_closed_for_an_unanswered_request_counts_as_failing() {
-        let mut servers = Servers::default();
-        let name = "server";
-        servers.ensure(name, 0);
+        let (mut servers, name, t0) = (Servers::default(), "server", Instant::from_secs(1_000));
         let mut rng = rng();
-        let t0 = Instant::from_secs(1_000);
-        servers.start_dial(name, LinkId(1));
-        let _ = servers.on_up(LinkId(1), &mut rng);
-        servers.set_state(name, ConnState::Synced, None);
-        servers.hello(name, t0);
+        synced(&mut servers, name, LinkId(1), t0, &mut rng);
         let later = t0 + STABLE_LINK + STABLE_LINK;
         assert_eq!(
             servers.give_up(name, "did not answer".into()),
             Some(LinkId(1))
         );
         assert!(!servers.get(name).expect("known").healthy_now());
-        let ours = Ended {
-            reason: "closed by us".into(),
-            failed: false,
-            by_us: true,
-        };
+        let ours = closed_by_us();
         assert_eq!(
             servers.on_down(LinkId(1), &ours, later, &mut rng),
             Some((name.to_string(), true))
@@ -682,21 +709,11 @@ mod tests {
     /// after its hello is failing, as if it had closed the stream itself.
     #[test]
     fn a_connection_the_server_says_it_closes_ends_as_the_servers() {
-        let mut servers = Servers::default();
-        let name = "server";
-        servers.ensure(name, 0);
+        let (mut servers, name, t0) = (Servers::default(), "server", Instant::from_secs(1_000));
         let mut rng = rng();
-        let t0 = Instant::from_secs(1_000);
-        servers.start_dial(name, LinkId(1));
-        let _ = servers.on_up(LinkId(1), &mut rng);
-        servers.set_state(name, ConnState::Synced, None);
-        servers.hello(name, t0);
+        synced(&mut servers, name, LinkId(1), t0, &mut rng);
         assert_eq!(servers.closing(name), Some(LinkId(1)));
-        let ours = Ended {
-            reason: "closed by us".into(),
-            failed: false,
-            by_us: true,
-        };
+        let ours = closed_by_us();
         let t1 = t0 + Duration::from_secs(5);
         assert_eq!(
             servers.on_down(LinkId(1), &ours, t1, &mut rng),

@@ -305,8 +305,8 @@ struct QueuedPost {
     not_before: Instant,
     /// A proof of work found: (the sequence number it is for, nonce).
     pow: Option<(u64, u64)>,
-    /// How often the server refused it with a wait: each refusal at least
-    /// doubles the next wait.
+    /// How often the server refused it with a wait (a rate limit's next
+    /// wait grows with it).
     refusals: u32,
     /// The search so far: (the sequence number, the next nonce to try).
     search: (u64, u64),
@@ -322,7 +322,8 @@ enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sub {
     None,
-    Requested,
+    /// Sent then, not answered yet.
+    Requested(Instant),
     Active,
 }
 
@@ -339,25 +340,23 @@ pub struct ServerClient {
     want_fetch: Option<u64>,
     want_subscribe: bool,
     want_unsubscribe: bool,
-    /// A fetch was sent and its page has not ended: its `after` and the
-    /// last index seen in it.
-    fetching: Option<(u64, u64)>,
+    /// A fetch was sent and its page has not ended: its `after`, the last
+    /// index seen in it, and when it was sent.
+    fetching: Option<(u64, u64, Instant)>,
     sub: Sub,
     /// The last pushed index, to check pushes increase.
     last_push: u64,
-    /// An advert request to send; one sent and not answered yet.
-    advert: (bool, bool),
-    /// Since when the hello is awaited (the first time given); when the
-    /// running fetch, the subscribe and the advert request were sent.
+    /// An advert request to send; when the one sent and not answered yet
+    /// was sent.
+    advert: (bool, Option<Instant>),
+    /// Since when the hello is awaited (the first time given).
     hello_from: Option<Instant>,
-    fetch_sent: Instant,
     /// A refused fetch is sent again no earlier than this.
     fetch_not_before: Instant,
     /// While posts are held: since when none was stored (the later of when
-    /// posts came to be held and the last acknowledgement).
+    /// posts came to be held and the last acknowledgement). Cleared when a
+    /// post is queued and none is held, set at the next time given.
     progress_from: Option<Instant>,
-    sub_sent: Instant,
-    advert_sent: Instant,
     /// The posts held, in the application's order.
     posts: heapless::Vec<QueuedPost, MAX_QUEUED_POSTS>,
     /// The latest time the driver gave.
@@ -421,13 +420,10 @@ impl ServerClient {
             fetching: None,
             sub: Sub::None,
             last_push: 0,
-            advert: (false, false),
+            advert: (false, None),
             hello_from: None,
-            fetch_sent: Instant::ZERO,
             fetch_not_before: Instant::ZERO,
             progress_from: None,
-            sub_sent: Instant::ZERO,
-            advert_sent: Instant::ZERO,
             posts: heapless::Vec::new(),
             now: Instant::ZERO,
             pow_reported: false,
@@ -491,7 +487,7 @@ impl ServerClient {
     /// Asks the server for its signed advert (one request at a time); the
     /// answer is a [`ClientEvent::Advert`], or a refusal.
     pub fn request_advert(&mut self) {
-        if !self.advert.1 {
+        if self.advert.1.is_none() {
             self.advert.0 = true;
         }
     }
@@ -633,9 +629,7 @@ impl ServerClient {
         if self.state == State::AwaitingHello {
             self.hello_from.get_or_insert(self.now);
         }
-        if self.posts.is_empty() {
-            self.progress_from = None;
-        } else {
+        if !self.posts.is_empty() {
             self.progress_from.get_or_insert(self.now);
         }
     }
@@ -670,13 +664,12 @@ impl ServerClient {
                     .iter()
                     .filter(|p| p.sent.is_some())
                     .map(|p| (RequestKind::Post, p.sent_at));
-                let fetch = self.fetching.map(|_| (RequestKind::Fetch, self.fetch_sent));
-                let sub =
-                    (self.sub == Sub::Requested).then_some((RequestKind::Subscribe, self.sub_sent));
-                let advert = self
-                    .advert
-                    .1
-                    .then_some((RequestKind::GetAdvert, self.advert_sent));
+                let fetch = self.fetching.map(|(_, _, at)| (RequestKind::Fetch, at));
+                let sub = match self.sub {
+                    Sub::Requested(at) => Some((RequestKind::Subscribe, at)),
+                    Sub::None | Sub::Active => None,
+                };
+                let advert = self.advert.1.map(|at| (RequestKind::GetAdvert, at));
                 posts
                     .chain(fetch)
                     .chain(sub)
@@ -756,8 +749,7 @@ impl ServerClient {
         }
         if self.advert.0 {
             let len = Request::GetAdvert.encode(out)?;
-            self.advert = (false, true);
-            self.advert_sent = self.now;
+            self.advert = (false, Some(self.now));
             return Ok(Some(len));
         }
         if let Some(after) = self.want_fetch
@@ -770,16 +762,14 @@ impl ServerClient {
             }
             .encode(out)?;
             self.want_fetch = None;
-            self.fetching = Some((after, after));
-            self.fetch_sent = self.now;
+            self.fetching = Some((after, after, self.now));
             return Ok(Some(len));
         }
         // Subscribe only once no fetch is running, so pushes never overlap a page.
         if self.want_subscribe && self.fetching.is_none() && self.want_fetch.is_none() {
             let len = Request::Subscribe { after: self.cursor }.encode(out)?;
             self.want_subscribe = false;
-            self.sub = Sub::Requested;
-            self.sub_sent = self.now;
+            self.sub = Sub::Requested(self.now);
             self.last_push = self.cursor;
             return Ok(Some(len));
         }
@@ -885,7 +875,7 @@ impl ServerClient {
                 };
                 let post = self.posts.remove(i);
                 self.head = self.head.max(index);
-                self.progress_from = (!self.posts.is_empty()).then_some(self.now);
+                self.progress_from = Some(self.now);
                 if self.posts.is_empty() {
                     self.throttled = false;
                 } else if self.throttled
@@ -910,15 +900,15 @@ impl ServerClient {
                 self.note_acked(mark(&post.blob), index);
             }
             Reply::Entry { index, blob } => {
-                let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
+                let (after, last, sent) = self.fetching.ok_or(ClientError::Unexpected)?;
                 if index <= last {
                     return Err(ClientError::Unexpected);
                 }
-                self.fetching = Some((after, index));
+                self.fetching = Some((after, index, sent));
                 self.deliver(index, blob, false);
             }
             Reply::PageEnd { next, head } => {
-                let (after, last) = self.fetching.ok_or(ClientError::Unexpected)?;
+                let (after, last, _) = self.fetching.ok_or(ClientError::Unexpected)?;
                 // A page that makes no progress must say the client is
                 // synced; otherwise a server could keep it fetching forever.
                 if next < last || (next == after && next < head) {
@@ -961,7 +951,7 @@ impl ServerClient {
                 self.deliver(index, blob, true);
             }
             Reply::Subscribed { .. } => {
-                if self.sub != Sub::Requested {
+                if !matches!(self.sub, Sub::Requested(_)) {
                     return Err(ClientError::Unexpected);
                 }
                 self.sub = Sub::Active;
@@ -976,24 +966,24 @@ impl ServerClient {
                     RequestKind::Fetch => {
                         // Asked again later (the store failed, or a limit):
                         // a sync must not stop for good on one refusal.
-                        if let Some((after, _)) = self.fetching.take() {
+                        if let Some((after, _, _)) = self.fetching.take() {
                             self.want_fetch = Some(self.cursor.max(after));
                             self.fetch_not_before =
                                 self.now + refusal.reason.retry_after().unwrap_or(FULL_RETRY);
                         }
                     }
                     RequestKind::Subscribe => self.sub = Sub::None,
-                    RequestKind::GetAdvert => self.advert.1 = false,
+                    RequestKind::GetAdvert => self.advert.1 = None,
                     RequestKind::Post => return self.post_refused(refusal),
                     _ => {}
                 }
                 self.emit(ClientEvent::Refused(refusal));
             }
             Reply::Advert { advert } => {
-                if !self.advert.1 {
+                if self.advert.1.is_none() {
                     return Err(ClientError::Unexpected);
                 }
-                self.advert.1 = false;
+                self.advert.1 = None;
                 self.emit(ClientEvent::Advert(*advert));
             }
             Reply::Closing { reason } => {

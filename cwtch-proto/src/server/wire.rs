@@ -283,8 +283,9 @@ pub const MAX_RETRY: crate::Duration = crate::Duration::from_secs(600);
 impl RefusalReason {
     /// How long to wait before the same post may be accepted, when waiting
     /// can help: the rate limit's own delay (at least [`MIN_RETRY`], at
-    /// most [`MAX_RETRY`]), or [`FULL_RETRY`] for a full store. None when posting it again would be
-    /// refused again (a malformed post, wrong proof of work, ...).
+    /// most [`MAX_RETRY`]), or [`FULL_RETRY`] for a full store. None when
+    /// posting it again would be refused again (a malformed post, wrong
+    /// proof of work, ...).
     pub fn retry_after(self) -> Option<crate::Duration> {
         match self {
             RefusalReason::RateLimited { retry_after_ms } => Some(
