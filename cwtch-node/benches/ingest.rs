@@ -3,18 +3,18 @@
 //!
 //! `cargo bench -p cwtch-node --bench ingest` (about a minute). Every
 //! scenario runs on a fresh store in a temporary directory on disk
-//! (`BENCH_DIR` to choose where; the default is the system temp dir),
-//! with `synchronous=FULL`: every acknowledged post is on disk. Set
-//! `BENCH_SECS` to change the time per scenario (default 4), `POSTERS`
-//! (e.g. `16,1024`) to choose the group scenarios, and
-//! `BENCH_CHECKPOINT_EVERY` / `BENCH_WAL_RESTART_PAGES` to try other
-//! checkpoint settings.
+//! (`BENCH_DIR` to choose where; the default is the system temp dir), and
+//! syncs every commit: every acknowledged post is on disk. Set
+//! `BENCH_SECS` to change the time per scenario (default 4) and `POSTERS`
+//! (e.g. `16,1024`) to choose the group scenarios.
 //!
 //! Scenarios:
-//! - `baseline seq`: one thread, `append_batch` of one blob at a time.
+//! - `baseline seq`: one thread, a SQLite store (WAL, `synchronous=FULL`)
+//!   with one blob per transaction: the reference server's insert per
+//!   message.
 //! - `baseline N`: N concurrent posters through a committer limited to one
-//!   blob per transaction (the reference server's insert per message,
-//!   under the same load and plumbing as ours).
+//!   blob per commit (one sync per message, under the same load and
+//!   plumbing as ours).
 //! - `group N`: N concurrent posters through the [`GroupCommitter`]
 //!   (batches of up to 1024).
 
@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cwtch_node::blob_store::{Blob, BlobStore, CommitterConfig, GroupCommitter, RetentionPolicy};
+use cwtch_node::blob_store::{
+    Blob, BlobStore, CommitterConfig, GroupCommitter, RetentionPolicy, SqliteStore,
+};
 use cwtch_proto::group::SEALED_BLOB_LEN;
 
 #[path = "support/mod.rs"]
@@ -49,7 +51,6 @@ struct Outcome {
     posts: u64,
     elapsed: Duration,
     commits: u64,
-    checkpoints: u64,
     latencies: Vec<Duration>,
     /// Process CPU time (user + system, every thread) during the scenario.
     cpu: Duration,
@@ -73,13 +74,13 @@ impl Outcome {
 
 fn fresh_store(base: &std::path::Path) -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir_in(base).expect("temp dir");
-    let store =
-        BlobStore::open(dir.path().join("blobs.sqlite"), RetentionPolicy::UNLIMITED).unwrap();
+    let store = BlobStore::open(dir.path().join("blobs"), RetentionPolicy::UNLIMITED).unwrap();
     (dir, store)
 }
 
 fn baseline_sequential(base: &std::path::Path, secs: Duration) -> Outcome {
-    let (_dir, mut store) = fresh_store(base);
+    let dir = tempfile::tempdir_in(base).expect("temp dir");
+    let mut store = SqliteStore::open(dir.path().join("blobs.sqlite")).unwrap();
     let cpu = process_cpu();
     let start = Instant::now();
     let mut latencies = Vec::new();
@@ -96,8 +97,7 @@ fn baseline_sequential(base: &std::path::Path, secs: Duration) -> Outcome {
         name: "baseline seq".into(),
         posts: tag,
         elapsed,
-        commits: store.stats().unwrap().commits,
-        checkpoints: 0,
+        commits: store.commits(),
         latencies,
         cpu: process_cpu() - cpu,
     }
@@ -115,7 +115,7 @@ fn concurrent(
         max_batch,
         queue_capacity: 4096,
         prune_interval: None,
-        ..tuned_config()
+        ..CommitterConfig::default()
     };
     let committer = Rc::new(GroupCommitter::with_config(store, config).unwrap());
     let latencies = Rc::new(RefCell::new(Vec::new()));
@@ -149,7 +149,6 @@ fn concurrent(
     let elapsed = start.elapsed();
     let cpu = process_cpu() - cpu;
     let commits = committer.commits();
-    let checkpoints = committer.checkpoints();
     let mut latencies = Rc::try_unwrap(latencies).unwrap().into_inner();
     latencies.sort();
     drop(committer);
@@ -158,34 +157,20 @@ fn concurrent(
         posts,
         elapsed,
         commits,
-        checkpoints,
         latencies,
         cpu,
     }
 }
 
-/// The default committer settings, or those in `BENCH_CHECKPOINT_EVERY`
-/// and `BENCH_WAL_RESTART_PAGES` (to compare checkpoint settings).
-fn tuned_config() -> CommitterConfig {
-    let default = CommitterConfig::default();
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
-    CommitterConfig {
-        checkpoint_every: var("BENCH_CHECKPOINT_EVERY").or(default.checkpoint_every),
-        wal_restart_pages: var("BENCH_WAL_RESTART_PAGES").unwrap_or(default.wal_restart_pages),
-        ..default
-    }
-}
-
 fn print(o: &Outcome) {
     println!(
-        "{:<16} {:>9} {:>8.2} {:>11.0} {:>8} {:>8.1} {:>6} {:>10.3} {:>10.3} {:>11.1}",
+        "{:<16} {:>9} {:>8.2} {:>11.0} {:>8} {:>8.1} {:>10.3} {:>10.3} {:>11.1}",
         o.name,
         o.posts,
         o.elapsed.as_secs_f64(),
         o.rate(),
         o.commits,
         o.posts as f64 / o.commits.max(1) as f64,
-        o.checkpoints,
         o.percentile(0.50).as_secs_f64() * 1e3,
         o.percentile(0.99).as_secs_f64() * 1e3,
         o.cpu_per_post().as_secs_f64() * 1e6,
@@ -204,19 +189,18 @@ fn main() {
             .unwrap_or(4.0),
     );
     println!(
-        "durable ingest of {SEALED_BLOB_LEN}-byte blobs, WAL + synchronous=FULL, in {}; {:?} per scenario",
+        "durable ingest of {SEALED_BLOB_LEN}-byte blobs, every commit synced, in {}; {:?} per scenario",
         base.display(),
         secs
     );
     println!(
-        "{:<16} {:>9} {:>8} {:>11} {:>8} {:>8} {:>6} {:>10} {:>10} {:>11}",
+        "{:<16} {:>9} {:>8} {:>11} {:>8} {:>8} {:>10} {:>10} {:>11}",
         "scenario",
         "posts",
         "secs",
         "posts/s",
         "commits",
         "per tx",
-        "ckpts",
         "p50 ms",
         "p99 ms",
         "CPU µs/post"

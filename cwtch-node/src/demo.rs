@@ -1205,20 +1205,25 @@ impl Demo {
                 }
             }
         }
-        let db = rusqlite::Connection::open(home.join("blobs.db"))
-            .map_err(|e| format!("cannot open the server's blobs.db: {e}"))?;
-        let count: i64 = db
-            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        let mut stmt = db
-            .prepare("SELECT DISTINCT length(blob) FROM blobs ORDER BY 1")
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        let sizes: Vec<i64> = stmt
-            .query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| format!("blobs.db: {e}"))?;
-        drop(stmt);
-        drop(db);
+        // Every blob the server stores, read back as the server reads it.
+        let reader = crate::blob_store::BlobReader::open(home.join(crate::server::BLOBS_DIR))
+            .map_err(|e| format!("cannot open the server's blob store: {e}"))?;
+        let (mut count, mut sizes, mut cursor) = (0i64, Vec::new(), 0u64);
+        loop {
+            let page = reader
+                .read_after(cursor, crate::blob_store::MAX_READ_LIMIT)
+                .map_err(|e| format!("the server's blob store: {e}"))?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = *last;
+            for (_, blob) in &page {
+                count += 1;
+                let len = blob.len() as i64;
+                if !sizes.contains(&len) {
+                    sizes.push(len);
+                }
+            }
+        }
+        sizes.sort_unstable();
 
         Ok(ServerView {
             count,

@@ -1,11 +1,12 @@
 //! The synchronous blob store: round trip, sizes, indices, paging,
-//! retention, and refusing foreign files.
+//! retention, refusing foreign files, damage, and stores in the SQLite
+//! format (backups, and stores from before the blob log) with their import.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
 
 use cwtch_node::blob_store::{
-    Blob, BlobReader, BlobStore, Error, MAX_READ_LIMIT, RetentionPolicy, Stats,
+    Blob, BlobReader, BlobStore, Error, MAX_READ_LIMIT, RetentionPolicy, SqliteStore, Stats,
 };
 use cwtch_proto::group::SEALED_BLOB_LEN;
 
@@ -20,7 +21,7 @@ fn blob(tag: u64) -> Blob {
 }
 
 fn open(dir: &tempfile::TempDir, policy: RetentionPolicy) -> BlobStore {
-    BlobStore::open(dir.path().join("blobs.sqlite"), policy).expect("open")
+    BlobStore::open(dir.path().join("blobs"), policy).expect("open")
 }
 
 #[test]
@@ -94,26 +95,61 @@ fn wrong_size_refused() {
     assert!(msg.contains('3') && msg.contains("2048"), "{msg}");
 }
 
+/// The one segment file of a small store.
+fn segment(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("blobs").join("00000000000000000001.blobs")
+}
+
+/// Flips one byte of the blob of record `index` in a small store.
+fn damage(dir: &tempfile::TempDir, index: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment(dir))
+        .unwrap();
+    let at = (index - 1) * 2084 + 100;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+}
+
+/// A record damaged on disk is a typed error, never a wrong blob, and is
+/// never silently dropped with what follows it: a store whose damage
+/// cannot be told from a crash's torn write is refused.
 #[test]
-fn wrong_size_in_database_is_a_typed_error() {
+fn damaged_records_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("blobs.sqlite");
-    let mut store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
-    store.append_batch(&[blob(1), blob(2)]).unwrap();
-    drop(store);
-    // Someone edits the file behind our back, bypassing the CHECK.
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "PRAGMA ignore_check_constraints = ON; UPDATE blobs SET blob = x'0102' WHERE idx = 2;",
-    )
-    .unwrap();
-    drop(conn);
-    let store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
+    let mut store = open(&dir, RetentionPolicy::UNLIMITED);
+    for w in 0..4u64 {
+        let batch: Vec<Blob> = (1..=5).map(|i| blob(w * 5 + i)).collect();
+        store.append_batch(&batch).unwrap();
+    }
+    // Damage behind the open store's back: reads and the check say so.
+    damage(&dir, 7);
     assert!(matches!(
-        store.read_after(0, 10),
-        Err(Error::CorruptBlob { index: 2, len: 2 })
+        store.read_after(0, 100),
+        Err(Error::CorruptBlob { index: 7, .. })
     ));
+    assert_eq!(store.read_after(7, 100).unwrap().len(), 13);
     assert!(matches!(store.integrity_check(), Err(Error::Integrity(_))));
+    let reader = store.reader();
+    assert!(matches!(
+        reader.read_after(5, 10),
+        Err(Error::CorruptBlob { index: 7, .. })
+    ));
+    drop(store);
+    // Reopening: blob 7 was synced before blobs 11..=20 were written, so
+    // it is damage, not a torn write; the store is refused, nothing lost.
+    assert!(matches!(
+        BlobStore::open(dir.path().join("blobs"), RetentionPolicy::UNLIMITED),
+        Err(Error::Integrity(_))
+    ));
+    // Mended, it opens with every blob.
+    damage(&dir, 7);
+    let store = open(&dir, RetentionPolicy::UNLIMITED);
+    assert_eq!(store.head(), 20);
+    store.integrity_check().unwrap();
 }
 
 #[test]
@@ -372,32 +408,48 @@ fn large_prune_in_chunks() {
 #[test]
 fn refuses_foreign_files() {
     let dir = tempfile::tempdir().unwrap();
-    // Not a database at all.
+    // A file, not a store's directory: a SQLite store, or anything else.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, vec![0x55u8; 10_000]).unwrap();
     assert!(matches!(
         BlobStore::open(&junk, RetentionPolicy::UNLIMITED),
-        Err(Error::Sqlite(_))
+        Err(Error::SqliteFormat(_))
     ));
-    // Somebody else's database.
-    let other = dir.path().join("other.sqlite");
-    let conn = rusqlite::Connection::open(&other).unwrap();
-    conn.execute_batch("CREATE TABLE t (x INTEGER);").unwrap();
-    drop(conn);
+    // Somebody else's directory with a file called meta.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("meta"), b"hello").unwrap();
     assert!(matches!(
         BlobStore::open(&other, RetentionPolicy::UNLIMITED),
-        Err(Error::NotABlobStore { found: 0 })
+        Err(Error::NotABlobStore { .. })
     ));
+    // A segment whose name this store never writes.
+    let stray = dir.path().join("stray");
+    drop(BlobStore::open(&stray, RetentionPolicy::UNLIMITED).unwrap());
+    std::fs::write(stray.join("00000000000000000002.blobs"), b"").unwrap();
+    assert!(matches!(
+        BlobStore::open(&stray, RetentionPolicy::UNLIMITED),
+        Err(Error::Integrity(_))
+    ));
+    // One writer at a time.
+    let held = open(&dir, RetentionPolicy::UNLIMITED);
+    assert!(matches!(
+        BlobStore::open(held.path(), RetentionPolicy::UNLIMITED),
+        Err(Error::Locked(_))
+    ));
+    drop(held);
     // A reader does not create a store.
-    assert!(BlobReader::open(dir.path().join("missing.sqlite")).is_err());
+    assert!(BlobReader::open(dir.path().join("missing")).is_err());
+    assert!(!dir.path().join("missing").exists());
 }
 
-/// A store of schema version 1 (`AUTOINCREMENT`, written by builds before
-/// the `meta` table) still opens, and keeps its indices going after every
-/// blob is pruned; new stores have no `AUTOINCREMENT` counter for each
-/// commit to rewrite; an unknown version is refused.
+/// Stores in the SQLite format (a backup, or a server's store from before
+/// the blob log): version 1 (`AUTOINCREMENT`, written by builds before the
+/// `meta` table) and version 2 open and keep their indices going after
+/// every blob is gone; importing one into a blob log keeps its indices,
+/// receive times and high-water mark; an unknown version is refused.
 #[test]
-fn schema_versions() {
+fn sqlite_stores_open_and_import() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("v1.sqlite");
     let conn = rusqlite::Connection::open(&old).unwrap();
@@ -413,23 +465,45 @@ fn schema_versions() {
     )
     .unwrap();
     drop(conn);
-    let mut store = BlobStore::open(&old, RetentionPolicy::UNLIMITED).unwrap();
+    let mut store = SqliteStore::open(&old).unwrap();
     assert_eq!(store.append_batch(&[blob(1), blob(2)]).unwrap(), 1..3);
-    store.set_policy(RetentionPolicy {
-        max_blobs: Some(0),
-        ..RetentionPolicy::UNLIMITED
-    });
-    assert_eq!(store.prune(u64::MAX).unwrap().removed, 2);
     drop(store);
-    let mut store = BlobStore::open(&old, RetentionPolicy::UNLIMITED).unwrap();
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("DELETE FROM blobs")
+        .unwrap();
+    let store = SqliteStore::open(&old).unwrap();
     assert_eq!(store.head(), 2, "version 1 keeps its counter");
-    assert_eq!(store.append_batch(&[blob(3)]).unwrap(), 3..4);
-    store.integrity_check().unwrap();
-    drop(store);
+    // Imported, the log goes on from there.
+    let log = dir.path().join("from-v1");
+    let mut imported = BlobStore::import_sqlite(&store, &log, RetentionPolicy::UNLIMITED).unwrap();
+    assert_eq!((imported.head(), imported.oldest()), (2, None));
+    assert_eq!(imported.append_batch(&[blob(3)]).unwrap(), 3..4);
+    drop(imported);
+    assert_eq!(open_at(&log).head(), 3);
 
     let new = dir.path().join("v2.sqlite");
-    let mut store = BlobStore::open(&new, RetentionPolicy::UNLIMITED).unwrap();
-    store.append_batch(&[blob(1)]).unwrap();
+    let mut store = SqliteStore::open(&new).unwrap();
+    store.append_batch_at(&[blob(1), blob(2)], 1_000).unwrap();
+    store.append_batch_at(&[blob(3)], 2_000).unwrap();
+    // An import fails cleanly where a store already is, and leaves none
+    // half made.
+    let log = dir.path().join("from-v2");
+    std::fs::create_dir(&log).unwrap();
+    std::fs::write(log.join("x"), b"x").unwrap();
+    assert!(BlobStore::import_sqlite(&store, &log, RetentionPolicy::UNLIMITED).is_err());
+    std::fs::remove_dir_all(&log).unwrap();
+    let imported = BlobStore::import_sqlite(&store, &log, RetentionPolicy::UNLIMITED).unwrap();
+    assert_eq!(
+        imported.read_after(0, 10).unwrap(),
+        store.read_after(0, 10).unwrap()
+    );
+    let stats = imported.stats().unwrap();
+    assert_eq!(
+        (stats.head, stats.oldest, stats.oldest_received_at),
+        (3, Some(1), Some(1_000))
+    );
+    imported.integrity_check().unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&new).unwrap();
     let version: i32 = conn
@@ -447,43 +521,43 @@ fn schema_versions() {
     conn.pragma_update(None, "user_version", 3).unwrap();
     drop(conn);
     assert!(matches!(
-        BlobStore::open(&new, RetentionPolicy::UNLIMITED),
+        SqliteStore::open(&new),
         Err(Error::UnsupportedVersion { found: 3 })
     ));
 }
 
-/// A file that claims to be a blob store but lies in its bookkeeping
-/// (say, a crafted backup handed to an operator) is refused with a typed
-/// error rather than opened: a high-water mark past the newest blob
-/// (the next prune would delete for ever), a negative one, a `meta` table
-/// without its key (every prune would fail, and retention stop), and a
-/// version-1 label on a table without `AUTOINCREMENT` (indices reused).
+fn open_at(path: &std::path::Path) -> BlobStore {
+    BlobStore::open(path, RetentionPolicy::UNLIMITED).unwrap()
+}
+
+/// A SQLite store that claims to be a blob store but lies in its
+/// bookkeeping (say, a crafted backup handed to an operator) is refused
+/// with a typed error rather than opened or imported: a high-water mark
+/// past the newest blob, a negative one, a `meta` table without its key,
+/// and a version-1 label on a table without `AUTOINCREMENT` (indices
+/// reused).
 #[test]
 fn lying_bookkeeping_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let fresh = |name: &str| {
         let path = dir.path().join(name);
-        let mut store = BlobStore::open(&path, RetentionPolicy::UNLIMITED).unwrap();
+        let mut store = SqliteStore::open(&path).unwrap();
         let all: Vec<Blob> = (1..=10).map(blob).collect();
         store.append_batch(&all).unwrap();
         drop(store);
         path
     };
     let refused = |path: &std::path::Path, what: &str| {
-        let opened = BlobStore::open(path, RetentionPolicy::UNLIMITED);
+        let opened = SqliteStore::open(path);
         assert!(
             matches!(opened, Err(Error::Integrity(_))),
             "{what}: {opened:?}"
         );
         assert!(
-            matches!(
-                BlobReader::open(path).and_then(|r| r.head()),
-                Err(Error::Integrity(_))
-            ),
-            "{what}: the reader"
+            matches!(SqliteStore::open_read_only(path), Err(Error::Integrity(_))),
+            "{what}: read-only"
         );
     };
-
     // Each lie: a store of blobs 1..=10, then SQL run on it by hand.
     let lies = [
         (
@@ -514,7 +588,7 @@ fn lying_bookkeeping_is_refused() {
 
     // The honest store next to them opens, and its check passes.
     let honest = fresh("honest.sqlite");
-    let store = BlobStore::open(&honest, RetentionPolicy::UNLIMITED).unwrap();
+    let store = SqliteStore::open(&honest).unwrap();
     assert_eq!(store.head(), 10);
     store.integrity_check().unwrap();
 }

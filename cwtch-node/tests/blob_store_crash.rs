@@ -40,7 +40,7 @@ fn crash_child() {
         return; // Not the child: nothing to do.
     };
     let run: u64 = std::env::var(RUN_VAR).unwrap().parse().unwrap();
-    let path = std::path::Path::new(&dir).join("blobs.sqlite");
+    let path = std::path::Path::new(&dir).join("blobs");
     let store = BlobStore::open(path, RetentionPolicy::UNLIMITED).unwrap();
     let committer = Arc::new(GroupCommitter::start(store).unwrap());
     let seq = Arc::new(AtomicU64::new(0));
@@ -98,7 +98,7 @@ fn acknowledged_posts_survive_sigkill() {
     eprintln!("crash test seed {seed} (set CRASH_SEED to replay)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("blobs.sqlite");
+    let path = dir.path().join("blobs");
     let exe = std::env::current_exe().unwrap();
 
     let mut head_before = 0u64;

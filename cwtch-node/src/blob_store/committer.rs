@@ -18,25 +18,11 @@
 //! blobs in memory ([`GroupCommitter::read_recent`]), so that the server
 //! pushes a new blob to its subscribers without reading it back from disk.
 //!
-//! Checkpoints (copying the WAL into the database file, which costs as
-//! much disk bandwidth as the commits themselves) run on a second thread
-//! with its own connection, so that posts seldom wait for them: after every
-//! [`CommitterConfig::checkpoint_every`] blobs the writer wakes the
-//! checkpointer, which runs a `PASSIVE` checkpoint (it does not block the
-//! writer). A passive checkpoint lets the next commit start the WAL over
-//! only if it caught up with the writer, which under sustained load it
-//! never does; so once the WAL is over
-//! [`CommitterConfig::wal_restart_pages`], the writer itself runs a
-//! `RESTART` checkpoint between two batches: the background checkpoints
-//! have already copied most of the WAL, so it only copies the rest, then
-//! the next commit rewrites the WAL from its start. (A `RESTART` from the
-//! checkpointer's connection would have to wait for a moment without a
-//! writer, and under load it starved while the WAL grew.)
-//!
 //! Failure policy: if a commit fails because the disk is full, that batch's
 //! posters get [`Error::CommitFailed`] and the writer goes on (pruning may
-//! free space). Any other failed commit (an I/O error, notably a failed
-//! `fsync`, after which the page cache cannot be trusted) stops the writer:
+//! free space; the next commit writes over what the failed one left). Any
+//! other failed commit (an I/O error, notably a failed `fsync`, after which
+//! the page cache cannot be trusted) stops the writer:
 //! that batch's posters get [`Error::CommitFailed`], everything else
 //! [`Error::Closed`], and the store must be reopened. A failed commit of a
 //! post queued by [`GroupCommitter::try_append`] stops the writer too:
@@ -46,7 +32,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -56,14 +42,8 @@ use event_listener::{Event, EventListener};
 use smol::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 
 use super::{
-    Blob, BlobStore, Checkpointer, Error, PruneStats, Result, RetentionPolicy, Stats,
-    blob_from_slice, unix_now,
+    Blob, BlobStore, Error, PruneStats, Result, RetentionPolicy, Stats, blob_from_slice, unix_now,
 };
-
-/// Small commits rewrite the same last leaf page again and again, so the
-/// WAL grows by a few pages per commit however few blobs it holds: the
-/// background checkpointer is also woken after this many commits.
-const CHECKPOINT_EVERY_COMMITS: u64 = 16;
 
 /// The longest the writer holds a batch open for posts it expects (see
 /// [`writer`]); never longer than the last commit took.
@@ -82,20 +62,6 @@ pub struct CommitterConfig {
     /// How often the writer applies the retention policy (also when idle);
     /// `None`: only on [`GroupCommitter::prune`].
     pub prune_interval: Option<Duration>,
-    /// Run a background checkpoint after this many blobs (default 1024,
-    /// about 2 MiB of WAL) or 16 commits, whichever comes first; `None`: let
-    /// SQLite checkpoint inside commits (every 16 MiB of WAL), as a plain
-    /// [`BlobStore`] does.
-    pub checkpoint_every: Option<u64>,
-    /// WAL size, in pages (64 KiB each for stores this module created),
-    /// past which the writer waits for a complete checkpoint so that the
-    /// WAL can start over. The default, 64, is 4 MiB: a small WAL that is
-    /// rewritten in place is faster than a big one, because a sync of a
-    /// file that did not grow need not commit the file system's journal
-    /// (measured here: about 1 ms against 4 ms per sync, and 30-35k
-    /// against 17-29k posts/s with 1024 posters, compared with
-    /// checkpoints every 4096 blobs and a 128 MiB WAL).
-    pub wal_restart_pages: u64,
     /// How many of the last committed blobs stay in memory for
     /// [`GroupCommitter::read_recent`] (default 1024: 2 MiB). 0: none.
     pub recent_blobs: usize,
@@ -107,8 +73,6 @@ impl Default for CommitterConfig {
             max_batch: 1024,
             queue_capacity: 4096,
             prune_interval: Some(Duration::from_secs(60)),
-            checkpoint_every: Some(1024),
-            wal_restart_pages: 64,
             recent_blobs: 1024,
         }
     }
@@ -207,9 +171,6 @@ impl Recent {
 struct Shared {
     head: AtomicU64,
     commits: AtomicU64,
-    checkpoints: AtomicU64,
-    /// WAL size in frames at the last background checkpoint.
-    wal_frames: AtomicI64,
     closed: AtomicBool,
     /// The writer stopped after a failure (not on shutdown).
     failed: AtomicBool,
@@ -274,7 +235,6 @@ pub struct GroupCommitter {
     tx: Sender<Request>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<BlobStore>>,
-    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl GroupCommitter {
@@ -295,8 +255,6 @@ impl GroupCommitter {
         let shared = Arc::new(Shared {
             head: AtomicU64::new(store.head()),
             commits: AtomicU64::new(0),
-            checkpoints: AtomicU64::new(0),
-            wal_frames: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             head_changed: Event::new(),
@@ -311,37 +269,15 @@ impl GroupCommitter {
             recent_cap: config.recent_blobs,
             latency: Latency::default(),
         });
-        // The checkpointer is woken through a queue of one: wake-ups while
-        // it works merge into one.
-        let (kick, kicked) = channel::bounded(1);
-        let checkpointer = match config.checkpoint_every {
-            None => None,
-            Some(_) => {
-                let conn = Checkpointer::open(store.path())?;
-                store.set_autocheckpoint(false)?;
-                let shared = Arc::clone(&shared);
-                let spawned = std::thread::Builder::new()
-                    .name("blob-store-checkpointer".into())
-                    .spawn(move || checkpointer(&conn, &kicked, &shared));
-                match spawned {
-                    Ok(thread) => Some(thread),
-                    Err(e) => {
-                        store.set_autocheckpoint(true)?;
-                        return Err(Error::Thread(e));
-                    }
-                }
-            }
-        };
         let writer_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("blob-store-writer".into())
-            .spawn(move || writer(store, rx, writer_shared, config, kick))
+            .spawn(move || writer(store, rx, writer_shared, config))
             .map_err(Error::Thread)?;
         Ok(Self {
             tx,
             shared,
             thread: Some(thread),
-            checkpointer,
         })
     }
 
@@ -490,11 +426,6 @@ impl GroupCommitter {
         self.shared.commits.load(Ordering::Acquire)
     }
 
-    /// Background checkpoints run so far.
-    pub fn checkpoints(&self) -> u64 {
-        self.shared.checkpoints.load(Ordering::Acquire)
-    }
-
     /// Posts waiting in the queue.
     pub fn queued(&self) -> usize {
         self.tx.len()
@@ -548,16 +479,7 @@ impl GroupCommitter {
     fn stop(&mut self) -> Option<Result<BlobStore>> {
         self.tx.close();
         let thread = self.thread.take()?;
-        let store = thread.join().map_err(|_| Error::WriterPanicked);
-        // The writer dropped its end of the wake-up queue: the checkpointer
-        // finishes its last checkpoint and ends.
-        if let Some(checkpointer) = self.checkpointer.take() {
-            let _ = checkpointer.join();
-        }
-        Some(store.and_then(|store| {
-            store.set_autocheckpoint(true)?;
-            Ok(store)
-        }))
+        Some(thread.join().map_err(|_| Error::WriterPanicked))
     }
 }
 
@@ -659,11 +581,12 @@ impl HeadWatch {
 
 /// Whether a failed commit leaves the store usable.
 fn is_recoverable(err: &Error) -> bool {
-    matches!(
-        err,
-        Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::DiskFull
-    )
+    match err {
+        // ENOSPC comes from a write, before any sync: the next commit
+        // writes over what this one left.
+        Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
 }
 
 struct Post {
@@ -707,17 +630,14 @@ fn writer(
     rx: Receiver<Request>,
     shared: Arc<Shared>,
     config: CommitterConfig,
-    kick: Sender<()>,
 ) -> BlobStore {
     let mut batch: Vec<Post> = Vec::with_capacity(config.max_batch);
-    let (mut blobs_since, mut commits_since) = (0u64, 0u64);
-    let restart_pages = i64::try_from(config.wal_restart_pages).unwrap_or(i64::MAX);
     // Posts the next batch may expect: those of the last commit (their
     // posters, acknowledged, may post again at once) and those that were
     // already queued when it ended; and how long that commit took.
     let expect = std::cell::Cell::new(0usize);
     let commit_took = std::cell::Cell::new(Duration::ZERO);
-    let mut commit_batch = |store: &mut BlobStore, batch: &mut Vec<Post>| {
+    let commit_batch = |store: &mut BlobStore, batch: &mut Vec<Post>| {
         let n = batch.len() as u64;
         if n > 0 {
             // Room in the queue again, for posters that wait.
@@ -732,24 +652,6 @@ fn writer(
                     .unwrap_or(usize::MAX)
                     .saturating_add(rx.len()),
             );
-        }
-        if let Some(every) = config.checkpoint_every
-            && n > 0
-        {
-            blobs_since += n;
-            commits_since += 1;
-            if blobs_since >= every || commits_since >= CHECKPOINT_EVERY_COMMITS {
-                (blobs_since, commits_since) = (0, 0);
-                let _ = kick.try_send(());
-            }
-            if shared.wal_frames.load(Ordering::Acquire) > restart_pages {
-                // A failed or incomplete restart is retried after the next
-                // background checkpoint.
-                if let Ok(true) = store.checkpoint_restart() {
-                    shared.wal_frames.store(0, Ordering::Release);
-                    shared.checkpoints.fetch_add(1, Ordering::AcqRel);
-                }
-            }
         }
         ok
     };
@@ -848,18 +750,6 @@ fn writer(
         }
     }
     store
-}
-
-/// The checkpointer thread: one checkpoint per wake-up, until the writer
-/// is gone. A failed checkpoint is retried at the next wake-up (the WAL
-/// keeps everything durable meanwhile).
-fn checkpointer(conn: &Checkpointer, kicked: &Receiver<()>, shared: &Shared) {
-    while kicked.recv_blocking().is_ok() {
-        if let Ok(outcome) = conn.checkpoint() {
-            shared.checkpoints.fetch_add(1, Ordering::AcqRel);
-            shared.wal_frames.store(outcome.log, Ordering::Release);
-        }
-    }
 }
 
 /// Wakes a thread parked in [`recv_timeout`].

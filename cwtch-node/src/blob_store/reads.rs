@@ -1,12 +1,11 @@
-//! Reads off the event loop: a thread of its own with its own read-only
-//! connection, for async code that must never wait for the disk (the
+//! Reads off the event loop: a thread of its own with its own
+//! [`BlobReader`], for async code that must never wait for the disk (the
 //! server's sessions run on the executor with every other connection).
 //!
 //! Each request reads a run of blobs after a cursor and answers on a
 //! channel of its own. A caller has at most one request out at a time (the
 //! server's connections each do), so the queue is bounded by the callers.
 
-use std::path::Path;
 use std::thread::JoinHandle;
 
 use smol::channel::{self, Receiver, Sender};
@@ -42,9 +41,8 @@ impl std::fmt::Debug for Job {
 }
 
 impl ReadThread {
-    /// Opens the store at `path` read-only and starts the thread.
-    pub fn start(path: impl AsRef<Path>) -> Result<Self> {
-        let reader = BlobReader::open(path)?;
+    /// Starts the thread, reading with `reader`.
+    pub fn start(reader: BlobReader) -> Result<Self> {
         let (tx, rx) = channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("blob-store-reader".into())

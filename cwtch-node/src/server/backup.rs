@@ -1,18 +1,19 @@
 //! `server backup FILE` and `server restore FILE --home NEW`.
 //!
-//! A backup is one SQLite file: a copy of the blob store made with SQLite's
-//! online backup API, plus a table `cwtch_server_backup` holding the
-//! server's key and its `server.toml`. The copy is taken in one step, under
-//! one read transaction of the store: in WAL mode the running server keeps
-//! committing meanwhile, and the copy is the store as of one commit (every
-//! blob acknowledged before the backup started is in it). It is written
-//! with mode 0600: it holds the server's key, unencrypted, like the home.
+//! A backup is one SQLite file: the blobs in the blob store's SQLite format
+//! ([`crate::blob_store::sqlite`]: every blob with its index and receive
+//! time, and the highest index ever assigned), plus a table
+//! `cwtch_server_backup` holding the server's key and its `server.toml`.
+//! It is read from the blob log while the server runs: the head is taken
+//! first, so every blob acknowledged before the backup started is in it,
+//! and blobs the server prunes meanwhile are left out. It is written with
+//! mode 0600: it holds the server's key, unencrypted, like the home.
 //!
 //! Restoring makes a new home with the same key (so the same onion address
-//! and advert signer), the same configuration and the blobs; the key's row
-//! is dropped from the restored store with `secure_delete` on. Members whose
-//! cursor is past the restored head are brought back to it by their client
-//! (SPEC.md section 8.5, "a server restored from a backup").
+//! and advert signer), the same configuration and the blobs, imported into
+//! a new blob log (the key is not in it). Members whose cursor is past the
+//! restored head are brought back to it by their client (SPEC.md section
+//! 8.5, "a server restored from a backup").
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{BLOBS_FILE, KEY_FILE, config, load_identity};
-use crate::blob_store::{BlobStore, RetentionPolicy};
+use super::{BLOBS_DIR, KEY_FILE, LEGACY_BLOBS_FILE, config, load_identity};
+use crate::blob_store::{BlobReader, BlobStore, MAX_READ_LIMIT, RetentionPolicy, SqliteStore};
 
 /// The table of a backup that holds what is not blobs.
 const TABLE: &str = "cwtch_server_backup";
@@ -72,21 +73,52 @@ fn create_private(file: &Path) -> Result<(), BackupError> {
     }
 }
 
-/// Copies the whole `from` database into `to` in one step: one read
-/// transaction, so one consistent state.
-fn copy(from: &Connection, to: &mut Connection) -> rusqlite::Result<()> {
-    use rusqlite::backup::{Backup, StepResult};
-    let backup = Backup::new(from, to)?;
-    loop {
-        match backup.step(-1)? {
-            StepResult::Done => return Ok(()),
-            // Another connection holds a lock for a moment: try again.
-            StepResult::More | StepResult::Busy | StepResult::Locked => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+/// Copies every blob of the server's store (the blob log, or a store in
+/// the SQLite format a server not started since left) into `target`, from
+/// the oldest to the head as it was when the copy began.
+fn copy_blobs(home: &Path, target: &mut SqliteStore) -> crate::blob_store::Result<()> {
+    let log = home.join(BLOBS_DIR);
+    let legacy = home.join(LEGACY_BLOBS_FILE);
+    let mut rows: Vec<(u64, u64, Box<crate::blob_store::Blob>)> = Vec::new();
+    if !log.exists() && legacy.exists() {
+        let source = SqliteStore::open_read_only(&legacy)?;
+        let mut cursor = 0;
+        loop {
+            rows.clear();
+            source.visit_rows_after(cursor, MAX_READ_LIMIT, |i, at, b| {
+                rows.push((i, at, Box::new(*b)));
+            })?;
+            let Some(&(last, _, _)) = rows.last() else {
+                break;
+            };
+            target.insert_rows(rows.iter().map(|(i, at, b)| (*i, *at, &**b)))?;
+            cursor = last;
         }
+        return target.set_high_water(source.head());
     }
+    let source = BlobReader::open(&log)?;
+    let head = source.head()?;
+    let mut cursor = 0;
+    while cursor < head {
+        rows.clear();
+        source.visit_rows(cursor, MAX_READ_LIMIT, |i, at, b| {
+            if i > head {
+                return std::ops::ControlFlow::Break(());
+            }
+            rows.push((i, at, Box::new(*b)));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let Some(&(first, _, _)) = rows.first() else {
+            break;
+        };
+        if first != cursor + 1 && target.oldest().is_some() {
+            // The server pruned past what was copied: that is gone too.
+            target.delete_below(first)?;
+        }
+        target.insert_rows(rows.iter().map(|(i, at, b)| (*i, *at, &**b)))?;
+        cursor = rows.last().map_or(head, |r| r.0);
+    }
+    target.set_high_water(head)
 }
 
 fn sync_dir(path: &Path) {
@@ -123,12 +155,6 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
         }
         Err(e) => return Err(BackupError::Failed(format!("{}: {e}", config::CONFIG_FILE))),
     };
-    let blobs = home.join(BLOBS_FILE);
-    if !blobs.exists() {
-        // A server that never ran: an empty store.
-        BlobStore::open(&blobs, RetentionPolicy::UNLIMITED)
-            .map_err(|e| failed("cannot create the blob store")(e.to_string()))?;
-    }
     // SQLite's side files of the backup that exist already are the user's:
     // a failure removes only those it made.
     let side = |suffix: &str| {
@@ -143,22 +169,23 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
         .collect();
     create_private(file)?;
     let result = (|| {
-        let source = Connection::open_with_flags(
-            &blobs,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| failed("cannot open the blob store")(e.to_string()))?;
-        source
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| failed("blob store")(e.to_string()))?;
+        let mut store = SqliteStore::open(file)
+            .and_then(|store| store.without_sync().map(|()| store))
+            .map_err(|e| failed("cannot create the backup")(e.to_string()))?;
+        if home.join(BLOBS_DIR).exists() || home.join(LEGACY_BLOBS_FILE).exists() {
+            copy_blobs(home, &mut store).map_err(|e| failed("copying the blobs")(e.to_string()))?;
+        }
+        let (count, ever) = (
+            store.oldest().map_or(0, |o| store.head() + 1 - o),
+            store.head(),
+        );
+        // A backup is a plain file: no WAL beside it.
+        store
+            .standalone()
+            .map_err(|e| failed("backup")(e.to_string()))?;
+        drop(store);
         let mut target =
             Connection::open(file).map_err(|e| failed("cannot open the backup")(e.to_string()))?;
-        copy(&source, &mut target).map_err(|e| failed("copying the blobs")(e.to_string()))?;
-        drop(source);
-        // A backup is a plain file: no WAL beside it.
-        let _: String = target
-            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-            .map_err(|e| failed("backup")(e.to_string()))?;
         let tx = target
             .transaction()
             .map_err(|e| failed("backup")(e.to_string()))?;
@@ -182,22 +209,11 @@ pub fn backup(home: &Path, file: &Path) -> Result<BackupSummary, BackupError> {
             .map_err(|e| failed("backup")(e.to_string()))?;
         }
         tx.commit().map_err(|e| failed("backup")(e.to_string()))?;
-        let (head, oldest): (Option<i64>, Option<i64>) = target
-            .query_row("SELECT max(idx), min(idx) FROM blobs", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| failed("backup")(e.to_string()))?;
-        let ever =
-            crate::blob_store::query_head(&target).map_err(|e| failed("backup")(e.to_string()))?;
         drop(target);
         std::fs::File::open(file)
             .and_then(|f| f.sync_all())
             .map_err(|e| failed("syncing the backup")(e.to_string()))?;
         sync_dir(file);
-        let count = match (head, oldest) {
-            (Some(h), Some(o)) => u64::try_from(h - o + 1).unwrap_or(0),
-            _ => 0,
-        };
         Ok(BackupSummary {
             address: identity.address().to_string(),
             blobs: count,
@@ -273,27 +289,19 @@ pub fn restore(file: &Path, home: &Path) -> Result<String, BackupError> {
         }
     }
     crate::home::create_private(home).map_err(|e| BackupError::Failed(e.to_string()))?;
-    let blobs = home.join(BLOBS_FILE);
-    create_private(&blobs)?;
+    let blobs = home.join(BLOBS_DIR);
     {
-        let mut target = Connection::open(&blobs)
-            .map_err(|e| failed("cannot create the blob store")(e.to_string()))?;
-        copy(&backup, &mut target).map_err(|e| failed("copying the blobs")(e.to_string()))?;
-        // The key has no place in the store: gone, its pages zeroed.
-        target
-            .execute_batch(&format!("PRAGMA secure_delete = ON; DROP TABLE {TABLE};"))
-            .map_err(|e| failed("restoring")(e.to_string()))?;
+        let source = SqliteStore::open_read_only(file).map_err(|e| not_a_backup(e.to_string()))?;
+        let store = BlobStore::import_sqlite(&source, &blobs, RetentionPolicy::UNLIMITED)
+            .map_err(|e| failed("restoring the blobs")(e.to_string()))?;
+        store
+            .integrity_check()
+            .map_err(|e| failed("the restored blob store")(e.to_string()))?;
     }
     drop(backup);
-    let store = BlobStore::open(&blobs, RetentionPolicy::UNLIMITED)
-        .map_err(|e| failed("the restored blob store")(e.to_string()))?;
-    store
-        .integrity_check()
-        .map_err(|e| failed("the restored blob store")(e.to_string()))?;
-    drop(store);
     write_private(&home.join(KEY_FILE), identity.seed().as_ref())?;
     write_private(&home.join(config::CONFIG_FILE), config_text.as_bytes())?;
-    sync_dir(&blobs);
+    sync_dir(&home.join(KEY_FILE));
     Ok(identity.address().to_string())
 }
 
@@ -315,6 +323,12 @@ mod tests {
     use crate::cli::ServerPolicyArgs;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The first byte of each of the first ten blobs stored.
+    fn first_bytes(store: &BlobStore) -> Vec<u8> {
+        let page = store.read_after(0, 10).unwrap();
+        page.iter().map(|(_, b)| b[0]).collect()
+    }
+
     #[test]
     fn a_backup_restores_the_key_the_configuration_and_the_blobs() {
         let tmp = tempfile::tempdir().unwrap();
@@ -328,7 +342,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let mut store = BlobStore::open(home.join(BLOBS_FILE), RetentionPolicy::UNLIMITED).unwrap();
+        let mut store = BlobStore::open(home.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
         let blobs: Vec<[u8; 2048]> = (0..5u8).map(|i| [i; 2048]).collect();
         store.append_batch(&blobs).unwrap();
         let file = tmp.path().join("b.backup");
@@ -348,20 +362,16 @@ mod tests {
         assert_eq!(load_identity(&new).unwrap().address().to_string(), address);
         let (config, _) = config::load(&new).unwrap();
         assert_eq!(config.retention.max_age_days, config::Limit::At(9));
-        let restored = BlobStore::open(new.join(BLOBS_FILE), RetentionPolicy::UNLIMITED).unwrap();
+        let restored = BlobStore::open(new.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
         assert_eq!(restored.head(), 5);
-        let got: Vec<u8> = restored
-            .read_after(0, 10)
-            .unwrap()
-            .iter()
-            .map(|(_, b)| b[0])
-            .collect();
-        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert_eq!(first_bytes(&restored), [0, 1, 2, 3, 4]);
         // The key is not left in the restored store.
-        let db = std::fs::read(new.join(BLOBS_FILE)).unwrap();
         let seed = load_identity(&home).unwrap().seed().as_ref().to_vec();
-        assert!(!db.windows(32).any(|w| w == seed.as_slice()));
-        for name in [BLOBS_FILE, KEY_FILE, config::CONFIG_FILE] {
+        for entry in std::fs::read_dir(new.join(BLOBS_DIR)).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(32).any(|w| w == seed.as_slice()));
+        }
+        for name in [BLOBS_DIR, KEY_FILE, config::CONFIG_FILE] {
             let mode = std::fs::metadata(new.join(name))
                 .unwrap()
                 .permissions()
@@ -381,5 +391,71 @@ mod tests {
             Err(BackupError::NotABackup { .. })
         ));
         assert!(!tmp.path().join("x").exists());
+    }
+
+    /// A home from before the blob log (its blobs in `blobs.db`) is backed
+    /// up as it is, and imported when the server opens it: the same
+    /// blobs, the old files gone.
+    #[test]
+    fn a_home_from_before_the_blob_log_is_backed_up_and_imported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("server");
+        super::super::init(&home, &ServerPolicyArgs::default(), true).unwrap();
+        let legacy = home.join(LEGACY_BLOBS_FILE);
+        let mut old = SqliteStore::open(&legacy).unwrap();
+        let blobs: Vec<[u8; 2048]> = (0..5u8).map(|i| [i; 2048]).collect();
+        old.append_batch_at(&blobs, 1_000).unwrap();
+        drop(old);
+
+        let file = tmp.path().join("old.backup");
+        let summary = backup(&home, &file).unwrap();
+        assert_eq!((summary.blobs, summary.head), (5, 5));
+
+        let store = super::super::open_blob_store(&home, RetentionPolicy::UNLIMITED).unwrap();
+        assert!(!legacy.exists() && !home.join("blobs.db-wal").exists());
+        assert_eq!(store.head(), 5);
+        assert_eq!(store.stats().unwrap().oldest_received_at, Some(1_000));
+        assert_eq!(first_bytes(&store), [0, 1, 2, 3, 4]);
+        drop(store);
+
+        let new = tmp.path().join("restored");
+        restore(&file, &new).unwrap();
+        let restored = BlobStore::open(new.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
+        assert_eq!(restored.read_after(0, 10).unwrap().len(), 5);
+    }
+
+    /// A backup holds what is stored, not what was pruned, and keeps the
+    /// high-water mark of a store whose blobs were all pruned: the
+    /// restored server never gives an index out twice.
+    #[test]
+    fn a_backup_leaves_out_what_was_pruned_and_keeps_the_high_water_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("server");
+        super::super::init(&home, &ServerPolicyArgs::default(), true).unwrap();
+        let mut store = BlobStore::open(home.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
+        let blobs: Vec<[u8; 2048]> = (0..3000u32).map(|i| [(i % 251) as u8; 2048]).collect();
+        store.append_batch(&blobs).unwrap();
+        let file = tmp.path().join("a.backup");
+        store.set_policy(RetentionPolicy {
+            max_blobs: Some(500),
+            ..RetentionPolicy::UNLIMITED
+        });
+        store.prune(0).unwrap();
+        // The whole backup, after the prune: only what is left.
+        let summary = backup(&home, &file).unwrap();
+        assert_eq!((summary.blobs, summary.head), (500, 3000));
+        store.set_policy(RetentionPolicy {
+            max_blobs: Some(0),
+            ..RetentionPolicy::UNLIMITED
+        });
+        store.prune(0).unwrap();
+        let empty = tmp.path().join("empty.backup");
+        let summary = backup(&home, &empty).unwrap();
+        assert_eq!((summary.blobs, summary.head), (0, 3000));
+        let new = tmp.path().join("restored");
+        restore(&empty, &new).unwrap();
+        let mut restored =
+            BlobStore::open(new.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
+        assert_eq!(restored.append_batch(&[[1; 2048]]).unwrap(), 3001..3002);
     }
 }

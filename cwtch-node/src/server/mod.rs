@@ -22,7 +22,7 @@ pub mod stats;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,7 +41,7 @@ use event_listener::{Event, EventListener};
 use smol::future::FutureExt;
 
 use crate::blob_store::{
-    BlobReader, BlobStore, GroupCommitter, HeadWatch, ReadThread, RetentionPolicy, Run,
+    BlobReader, BlobStore, GroupCommitter, HeadWatch, ReadThread, RetentionPolicy, Run, SqliteStore,
 };
 use crate::cli::ServerPolicyArgs;
 use crate::clock;
@@ -55,8 +55,12 @@ use stats::{Counters, Report, Window};
 pub const KEY_FILE: &str = "server.key";
 /// The policy file of homes made before `server.toml` (migrated at start).
 pub const POLICY_FILE: &str = config::LEGACY_POLICY_FILE;
-/// The blob database inside the server's home directory.
-pub const BLOBS_FILE: &str = "blobs.db";
+/// The blob store (a directory: see [`crate::blob_store::log`]) inside the
+/// server's home directory.
+pub const BLOBS_DIR: &str = "blobs";
+/// The blob database of servers from before the blob log: imported into
+/// [`BLOBS_DIR`] when the server starts, then removed.
+pub const LEGACY_BLOBS_FILE: &str = "blobs.db";
 /// The most clients served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = config::MAX_CLIENTS as usize;
 /// How long a stopping server waits for its connections to take their
@@ -278,21 +282,65 @@ fn print_info(identity: &Identity, config: &Config, json: bool) {
     }
 }
 
+/// Opens the blob store in `home` (creating it if there is none). A store
+/// in the SQLite format, from before the blob log, is imported first (the
+/// same indices and receive times) and its files then removed; a crash
+/// during the import leaves the old store, imported again next time.
+pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobStore, String> {
+    let path = home.join(BLOBS_DIR);
+    let legacy = home.join(LEGACY_BLOBS_FILE);
+    let cannot = |e: crate::blob_store::Error| format!("cannot open {}: {e}", path.display());
+    let store = if legacy.exists() && !path.exists() {
+        let source = SqliteStore::open(&legacy)
+            .map_err(|e| format!("cannot open {}: {e}", legacy.display()))?;
+        let store = BlobStore::import_sqlite(&source, &path, retention).map_err(cannot)?;
+        tracing::info!(
+            blobs = store.oldest().map_or(0, |o| store.head() + 1 - o),
+            "imported {} into the blob log {}",
+            legacy.display(),
+            path.display()
+        );
+        store
+    } else {
+        BlobStore::open(&path, retention).map_err(cannot)?
+    };
+    if legacy.exists() {
+        // Imported (now or before a crash): the old files go.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = legacy.as_os_str().to_owned();
+            name.push(suffix);
+            match std::fs::remove_file(PathBuf::from(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", legacy.display())),
+            }
+        }
+        if let Ok(dir) = std::fs::File::open(home) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(store)
+}
+
 /// Prints the server's paste-able string and what it stores (read-only; the
 /// server may be running). The running server's numbers: `server stats`.
 pub fn info(home: &Path, json: bool) -> Result<(), String> {
     let identity = load_identity(home)?;
     let config = load_config(home)?;
-    let path = home.join(BLOBS_FILE);
+    let path = home.join(BLOBS_DIR);
+    let legacy = home.join(LEGACY_BLOBS_FILE);
+    // Stored blobs are always the contiguous range oldest..=head.
+    let count = |head: u64, oldest: Option<u64>| oldest.map_or(0, |o| head.saturating_sub(o) + 1);
     let (blobs, head) = if path.exists() {
         let reader = BlobReader::open(&path).map_err(|e| e.to_string())?;
         let head = reader.head().map_err(|e| e.to_string())?;
-        // Stored blobs are always the contiguous range oldest..=head.
-        let blobs = match reader.oldest().map_err(|e| e.to_string())? {
-            Some(oldest) => head.saturating_sub(oldest) + 1,
-            None => 0,
-        };
-        (blobs, head)
+        (
+            count(head, reader.oldest().map_err(|e| e.to_string())?),
+            head,
+        )
+    } else if legacy.exists() {
+        let store = SqliteStore::open_read_only(&legacy).map_err(|e| e.to_string())?;
+        (count(store.head(), store.oldest()), store.head())
     } else {
         (0, 0)
     };
@@ -678,11 +726,9 @@ fn open(
     let advert = advert_of(&identity, requirements, terms, now)
         .sign(&identity)
         .map_err(|e| e.to_string())?;
-    let path = home.join(BLOBS_FILE);
-    let store = BlobStore::open(&path, retention)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let store = open_blob_store(home, retention)?;
+    let reads = ReadThread::start(store.reader()).map_err(|e| e.to_string())?;
     let committer = GroupCommitter::start(store).map_err(|e| e.to_string())?;
-    let reads = ReadThread::start(&path).map_err(|e| e.to_string())?;
     // Posts are acknowledged by the durable head alone: if the store
     // fails, stop rather than leave clients waiting (a supervisor restarts
     // the server, which recovers from its write-ahead log).
