@@ -7,7 +7,7 @@
 //! queued (up to [`CommitterConfig::max_batch`]), waits briefly for more
 //! while the batch holds fewer posts than the last commit suggests are
 //! coming (at most as long as that commit took, and 1 ms; never for a lone
-//! poster), appends it in one transaction, and only after the commit
+//! poster), appends it with one sync, and only after the commit
 //! returned publishes the new head to [`HeadWatch`]ers: that one store and
 //! one wake-up acknowledge the whole commit. A poster that wants its own answer
 //! ([`GroupCommitter::submit`]) also gets a reply channel; the server does
@@ -55,7 +55,7 @@ const HOLD_STEP: Duration = Duration::from_micros(100);
 /// Settings of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterConfig {
-    /// The most posts committed in one transaction.
+    /// The most posts committed at once (one sync).
     pub max_batch: usize,
     /// How many posts may wait in the queue before posters have to wait.
     pub queue_capacity: usize,
@@ -98,9 +98,9 @@ enum Request {
 /// since the previous [`GroupCommitter::take_latency`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitLatency {
-    /// Transactions committed.
+    /// Commits (one sync each).
     pub commits: u64,
-    /// Time spent in their `COMMIT` (writing the WAL and syncing it).
+    /// Time spent writing their records and syncing them.
     pub sync_total: Duration,
     /// The longest `COMMIT` since the previous take.
     pub sync_max: Duration,
@@ -282,7 +282,7 @@ impl GroupCommitter {
     }
 
     /// Posts one blob. The future resolves with the blob's index once the
-    /// transaction holding it has committed (durable), and waits while the
+    /// commit holding it is done (durable), and waits while the
     /// queue is full. Dropping the future early does not withdraw a blob
     /// already queued.
     pub fn submit(
@@ -421,7 +421,7 @@ impl GroupCommitter {
         self.shared.head.load(Ordering::Acquire)
     }
 
-    /// Transactions committed by the writer so far.
+    /// Commits made by the writer so far.
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Acquire)
     }

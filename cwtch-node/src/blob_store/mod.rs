@@ -247,8 +247,8 @@ pub struct Stats {
     pub oldest: Option<u64>,
     /// When the oldest blob still stored was received (unix seconds).
     pub oldest_received_at: Option<u64>,
-    /// Append transactions committed since this store was opened (each is
-    /// one `fsync` of the WAL).
+    /// Appends committed since this store was opened (each is one sync of
+    /// the log).
     pub commits: u64,
     /// Blobs appended since this store was opened.
     pub appended: u64,

@@ -407,7 +407,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "# HELP cwtch_server_fsync_seconds Time of each commit's write and sync of the WAL."
+            "# HELP cwtch_server_fsync_seconds Time of each commit's write and sync of the blob log."
         );
         let _ = writeln!(s, "# TYPE cwtch_server_fsync_seconds summary");
         let _ = writeln!(
