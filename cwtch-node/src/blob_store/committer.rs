@@ -582,8 +582,9 @@ impl HeadWatch {
 /// Whether a failed commit leaves the store usable.
 fn is_recoverable(err: &Error) -> bool {
     match err {
-        // ENOSPC comes from a write, before any sync: the next commit
-        // writes over what this one left.
+        // A write refused for lack of space, undone (Log::append): the
+        // disk holds nothing past the head. A failed sync or undo is
+        // `SyncFailed`, which stops the writer.
         Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
         _ => false,
     }

@@ -7,8 +7,10 @@
 //!   [`RECORD_LEN`] bytes; the record of index `i` is at
 //!   `(i - first) * RECORD_LEN` in segment `first = 1 + k * SEGMENT_BLOBS`;
 //! - `meta`: the highest index known durable (`high_water`) and the lowest
-//!   index not pruned (`pruned_below`), rewritten whole (write, sync,
-//!   rename) when a segment begins and before a prune;
+//!   index not pruned (`pruned_below`), recorded when a segment begins and
+//!   before a prune, in two checksummed copies rewritten in place in turn
+//!   (the newer valid one counts: a torn write of one leaves the other,
+//!   and a full disk can still record a prune, which frees space);
 //! - `lock`: held (`flock`) by the one writer.
 //!
 //! A record is four u64 (little-endian): the index, the first and the last
@@ -45,11 +47,29 @@
 //!
 //! # Pruning
 //! Retention removes a prefix. `meta` records the new `pruned_below` first
-//! (so that a crash mid-prune never brings pruned blobs back), then whole
-//! segments below it are deleted and the rest of the prefix is punched out
-//! of its segment (`fallocate(PUNCH_HOLE)`, or zeros written where the file
-//! system cannot punch): pruned blobs do not stay in the files. Opening
-//! finishes a prune a crash interrupted.
+//! (so that a crash mid-prune never brings pruned blobs back), then the
+//! pruned records are overwritten with zeros and synced (so that they
+//! leave the disk's blocks, as SQLite's `secure_delete` did, on file
+//! systems that write in place; not on copy-on-write ones, nor below the
+//! file system in an SSD), then whole segments below it are deleted and the
+//! rest of the prefix is punched out of its segment
+//! (`fallocate(PUNCH_HOLE)`). Only data is overwritten, never holes, so a
+//! prune needs no new space. Opening finishes a prune a crash interrupted.
+//!
+//! # A full disk
+//! A write refused for lack of space is undone before the error is
+//! returned: what the batch already wrote (a first write into the end of
+//! a segment may have been synced) is overwritten with zeros and synced,
+//! so nothing past the head can later be taken for a stored blob, and the
+//! committer goes on. A failed sync, or a failed undo, stops the writer
+//! ([`Error::SyncFailed`]).
+//!
+//! # Readers in another process
+//! `server info` and `server backup` read the files while the server
+//! writes. They take the head as recovery would (the last complete
+//! write), so they never see a write cut short; they may see a complete
+//! write a moment before the server has synced it, which a crash of the
+//! machine in that moment would lose.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -76,7 +96,12 @@ const SCAN_RECORDS: u64 = 256;
 /// The meta file's magic ("CwBL") and format version.
 const META_MAGIC: &[u8; 4] = b"CwBL";
 pub(crate) const META_VERSION: u32 = 1;
-const META_LEN: usize = 4 + 4 + 8 + 8 + 4;
+const META_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
+/// Where the second slot of `meta` begins.
+const META_SLOT: u64 = 64;
+/// The largest index a store hands out (far from where arithmetic on
+/// indices could overflow; a `meta` or segment name past it is refused).
+pub(crate) const MAX_INDEX: u64 = 1 << 62;
 const META_FILE: &str = "meta";
 const LOCK_FILE: &str = "lock";
 const SEGMENT_SUFFIX: &str = ".blobs";
@@ -170,49 +195,125 @@ impl Meta {
         pruned_below: 1,
     };
 
-    fn encode(self) -> [u8; META_LEN] {
+    /// The slot's bytes: magic, version, sequence number, the two marks,
+    /// CRC-32 of all that.
+    fn encode(self, seq: u64) -> [u8; META_LEN] {
         let mut out = [0u8; META_LEN];
         out[..4].copy_from_slice(META_MAGIC);
         out[4..8].copy_from_slice(&META_VERSION.to_le_bytes());
-        out[8..16].copy_from_slice(&self.high_water.to_le_bytes());
-        out[16..24].copy_from_slice(&self.pruned_below.to_le_bytes());
-        let crc = crc32fast::hash(&out[..24]);
-        out[24..].copy_from_slice(&crc.to_le_bytes());
+        out[8..16].copy_from_slice(&seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.high_water.to_le_bytes());
+        out[24..32].copy_from_slice(&self.pruned_below.to_le_bytes());
+        let crc = crc32fast::hash(&out[..32]);
+        out[32..].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self> {
+    /// A slot's meta and sequence number; `Ok(None)` for a slot that does
+    /// not hold one (never written, or torn).
+    fn decode(bytes: &[u8]) -> Result<Option<(Self, u64)>> {
         let bad = |why: &str| Error::Integrity(format!("the store's meta file {why}"));
-        if bytes.len() != META_LEN || &bytes[..4] != META_MAGIC {
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|w| w.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        if bytes.len() != META_LEN || crc32fast::hash(&bytes[..32]).to_le_bytes() != bytes[32..] {
+            return Ok(None);
+        }
+        if &bytes[..4] != META_MAGIC {
             return Err(Error::NotABlobStore { found: 0 });
         }
-        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
-        let version = u32::from_le_bytes(bytes[4..8].try_into().unwrap_or([0; 4]));
+        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         if version != META_VERSION {
             return Err(Error::UnsupportedVersion {
                 found: i32::try_from(version).unwrap_or(i32::MAX),
             });
         }
-        if crc32fast::hash(&bytes[..24]).to_le_bytes() != bytes[24..28] {
-            return Err(bad("fails its checksum"));
-        }
         let meta = Self {
-            high_water: word(8),
-            pruned_below: word(16),
+            high_water: word(16),
+            pruned_below: word(24),
         };
-        if meta.pruned_below == 0 || meta.pruned_below > meta.high_water.saturating_add(1) {
+        if meta.high_water > MAX_INDEX {
+            return Err(bad("has a high-water mark past the last index"));
+        }
+        if meta.pruned_below == 0 || meta.pruned_below > meta.high_water + 1 {
             return Err(bad("prunes past its high-water mark"));
         }
-        Ok(meta)
+        Ok(Some((meta, word(8))))
     }
 }
 
-fn read_meta(dir: &Path) -> Result<Option<Meta>> {
-    match std::fs::read(dir.join(META_FILE)) {
-        Ok(bytes) => Meta::decode(&bytes).map(Some),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+/// The `meta` file: two slots, each rewritten in place in turn (so that a
+/// store whose disk is full can still record a prune, which frees space),
+/// the valid one with the higher sequence number counting.
+#[derive(Debug)]
+struct MetaFile {
+    file: File,
+    seq: u64,
+}
+
+impl MetaFile {
+    /// Opens the `meta` of `dir` with what it records; `None` if there is
+    /// no such file.
+    fn open(dir: &Path, write: bool) -> Result<Option<(Self, Meta)>> {
+        let path = dir.join(META_FILE);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == 2 * META_SLOT => {}
+            Ok(_) => return Err(Error::NotABlobStore { found: 0 }),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let file = OpenOptions::new().read(true).write(write).open(&path)?;
+        let mut best: Option<(Meta, u64)> = None;
+        for slot in 0..2 {
+            let mut bytes = [0u8; META_LEN];
+            if read_full_at(&file, &mut bytes, slot * META_SLOT)? != META_LEN {
+                continue;
+            }
+            if let Some((meta, seq)) = Meta::decode(&bytes)?
+                && best.is_none_or(|(_, s)| seq > s)
+            {
+                best = Some((meta, seq));
+            }
+        }
+        let (meta, seq) = best.ok_or_else(|| {
+            Error::Integrity("neither copy in the store's meta file is readable".into())
+        })?;
+        Ok(Some((Self { file, seq }, meta)))
     }
+
+    /// Makes the `meta` of a new store.
+    fn create(dir: &Path, meta: Meta) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(META_FILE))?;
+        let mut bytes = vec![0u8; 2 * META_SLOT as usize];
+        bytes[..META_LEN].copy_from_slice(&meta.encode(1));
+        file.write_all_at(&bytes, 0)?;
+        file.sync_all()?;
+        sync_dir(dir)?;
+        Ok(Self { file, seq: 1 })
+    }
+
+    /// Records `meta` durably, over the older slot.
+    fn write(&mut self, meta: Meta) -> Result<()> {
+        let seq = self.seq + 1;
+        self.file
+            .write_all_at(&meta.encode(seq), (seq % 2) * META_SLOT)?;
+        self.file.sync_data().map_err(Error::SyncFailed)?;
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+/// What `meta` in `dir` records now (for readers).
+fn read_meta(dir: &Path) -> Result<Option<Meta>> {
+    Ok(MetaFile::open(dir, false)?.map(|(_, meta)| meta))
 }
 
 /// Syncs the directory itself (a new, renamed or removed name).
@@ -221,45 +322,36 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_meta(dir: &Path, meta: Meta) -> Result<()> {
-    let tmp = dir.join("meta.tmp");
-    {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all_at(&meta.encode(), 0)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(META_FILE))?;
-    sync_dir(dir)
-}
-
-/// The segments in `dir`, in order; they must follow each other.
+/// The segments in `dir`, in order (regular files named as this store
+/// names them; anything else with the suffix is refused).
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut ks = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
+        let entry = entry?;
+        let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX) else {
             continue;
         };
-        let first: u64 = match digits.parse() {
-            Ok(first) if digits.len() == 20 && first % SEGMENT_BLOBS == 1 => first,
+        let first = match digits.parse::<u64>() {
+            Ok(first)
+                if digits.len() == 20
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && first % SEGMENT_BLOBS == 1
+                    && first <= MAX_INDEX
+                    && entry.file_type()?.is_file() =>
+            {
+                first
+            }
             _ => {
                 return Err(Error::Integrity(format!(
-                    "{name} is not a segment name this store writes"
+                    "{name} is not a segment file this store writes"
                 )));
             }
         };
         ks.push(segment_of(first));
     }
     ks.sort_unstable();
-    if ks.windows(2).any(|w| w[1] != w[0] + 1) {
-        return Err(Error::Integrity("a segment file is missing".into()));
-    }
     Ok(ks)
 }
 
@@ -366,9 +458,11 @@ impl Segments {
     }
 }
 
-/// The last index acknowledged, in a log whose segments are `ks`: see the
-/// module's documentation, "Recovery".
-fn recover_head(segments: &Segments, ks: &[u64], meta: Meta) -> Result<u64> {
+/// The last record of the last complete write after `meta.high_water`:
+/// the head, for a writer after a crash and for a reader in another
+/// process (which also sees a complete write the writer has not yet
+/// synced). Also returns the first index after the run of valid records.
+fn durable_head(segments: &Segments, meta: Meta) -> Result<(u64, u64)> {
     let mut head = segments.scan_valid(meta.high_water)?;
     let damaged = head + 1;
     if head > meta.high_water {
@@ -384,6 +478,13 @@ fn recover_head(segments: &Segments, ks: &[u64], meta: Meta) -> Result<u64> {
             head = first.max(meta.high_water + 1) - 1;
         }
     }
+    Ok((head, damaged))
+}
+
+/// The last index acknowledged, in a log whose segments are `ks`: see the
+/// module's documentation, "Recovery".
+fn recover_head(segments: &Segments, ks: &[u64], meta: Meta) -> Result<u64> {
+    let (head, damaged) = durable_head(segments, meta)?;
     if let Some(&last_k) = ks.last() {
         let to = first_of(last_k) + (SEGMENT_BLOBS - 1);
         if let Some((index, write_first)) = later_write(segments, damaged + 1, to, damaged)? {
@@ -451,6 +552,30 @@ fn write_zeros(file: &File, mut from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes zeros over the parts of `from..to` of `file` that hold data,
+/// leaving its holes alone (writing into a hole would take new space, and
+/// a prune must work on a full disk).
+fn zero_data(file: &File, from: u64, to: u64) -> Result<()> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut at = from;
+    while at < to {
+        let data = match seek(file, SeekFrom::Data(at)) {
+            Ok(data) => data,
+            // No data at or after `at` (ENXIO), or no SEEK_DATA here: in
+            // the latter case write all of it.
+            Err(rustix::io::Errno::NXIO) => return Ok(()),
+            Err(_) => return write_zeros(file, at, to),
+        };
+        if data >= to {
+            return Ok(());
+        }
+        let hole = seek(file, SeekFrom::Hole(data)).map_or(to, |h| h.min(to));
+        write_zeros(file, data, hole)?;
+        at = hole;
+    }
+    Ok(())
+}
+
 /// Removes `range` of `file` from the disk: a hole where the file system
 /// can punch one, zeros where it cannot.
 fn punch(file: &File, from: u64, to: u64) -> Result<()> {
@@ -483,11 +608,15 @@ struct Active {
 pub(crate) struct Log {
     segments: Segments,
     _lock: File,
+    meta_file: MetaFile,
     meta: Meta,
     head: u64,
     active: Option<Active>,
     buf: Vec<u8>,
 }
+
+/// The most bytes a segment file holds.
+const SEGMENT_BYTES: u64 = SEGMENT_BLOBS * RECORD_LEN as u64;
 
 impl Log {
     /// Opens (creating it if there is none) the log in `dir`, recovering
@@ -513,19 +642,36 @@ impl Log {
             return Err(Error::Locked(dir.to_owned()));
         }
         let ks = list_segments(dir)?;
-        let meta = match read_meta(dir)? {
-            Some(meta) => meta,
-            None if ks.is_empty() => {
-                write_meta(dir, Meta::NEW)?;
-                Meta::NEW
-            }
+        let (meta_file, meta) = match MetaFile::open(dir, true)? {
+            Some(found) => found,
+            None if ks.is_empty() => (MetaFile::create(dir, Meta::NEW)?, Meta::NEW),
             None => return Err(Error::Integrity("segments without a meta file".into())),
         };
+        // Segments wholly pruned may be gone in any order; from the one
+        // holding the oldest index on, none may be missing.
+        let live: Vec<u64> = ks
+            .iter()
+            .copied()
+            .filter(|&k| k >= segment_of(meta.pruned_below))
+            .collect();
+        if live.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(Error::Integrity("a segment file is missing".into()));
+        }
+        for &k in &live {
+            let len = std::fs::metadata(segment_path(dir, k))?.len();
+            if len > SEGMENT_BYTES {
+                return Err(Error::Integrity(format!(
+                    "segment file {} is longer than a segment",
+                    first_of(k)
+                )));
+            }
+        }
         let segments = Segments::new(dir);
         let head = recover_head(&segments, &ks, meta)?;
         let mut log = Self {
             segments,
             _lock: lock,
+            meta_file,
             meta,
             head,
             active: None,
@@ -547,7 +693,7 @@ impl Log {
     /// segments: none of it was acknowledged.
     fn drop_tail(&mut self, ks: &[u64]) -> Result<()> {
         let dir = self.segments.dir().to_owned();
-        let next_k = segment_of(self.head.saturating_add(1).max(1));
+        let next_k = segment_of(self.head + 1);
         let mut removed = false;
         for &k in ks.iter().filter(|&&k| k > next_k) {
             std::fs::remove_file(segment_path(&dir, k))?;
@@ -562,11 +708,11 @@ impl Log {
                 .read(true)
                 .write(true)
                 .open(segment_path(&dir, next_k))?;
-            let len = file.metadata()?.len();
+            let len = file.metadata()?.len().min(SEGMENT_BYTES);
             let from = offset_of(self.head + 1);
             if len > from {
-                write_zeros(&file, from, len)?;
-                file.sync_data()?;
+                zero_data(&file, from, len)?;
+                file.sync_data().map_err(Error::SyncFailed)?;
             }
             self.active = Some(Active {
                 k: next_k,
@@ -577,22 +723,36 @@ impl Log {
         Ok(())
     }
 
-    /// Removes what lies below `pruned_below` (again, after a crash).
+    /// Removes what lies below `pruned_below` (again, after a crash):
+    /// overwritten with zeros first, so that the blobs leave the disk's
+    /// blocks and not only the files, then whole segments are deleted and
+    /// the rest of the prefix is punched out of its file.
     fn finish_prune(&mut self, ks: &[u64]) -> Result<()> {
         let cut = self.meta.pruned_below;
         let dir = self.segments.dir().to_owned();
         let cut_k = segment_of(cut);
         let mut removed = false;
         for &k in ks.iter().filter(|&&k| k < cut_k) {
-            match std::fs::remove_file(segment_path(&dir, k)) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
+            let path = segment_path(&dir, k);
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(file) => {
+                    let len = file.metadata()?.len().min(SEGMENT_BYTES);
+                    zero_data(&file, 0, len)?;
+                    file.sync_data().map_err(Error::SyncFailed)?;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             }
+            std::fs::remove_file(&path)?;
+            removed = true;
         }
         if removed {
             sync_dir(&dir)?;
-            self.segments.forget();
+        }
+        // Readers' open segment may be one that is gone.
+        self.segments.forget();
+        if self.active.as_ref().is_some_and(|a| a.k < cut_k) {
+            self.active = None;
         }
         if ks.contains(&cut_k) {
             // Not there when the cut is the first index of a segment not
@@ -602,8 +762,11 @@ impl Log {
                 .open(segment_path(&dir, cut_k))
             {
                 Ok(file) => {
-                    punch(&file, 0, offset_of(cut))?;
-                    file.sync_data()?;
+                    let to = offset_of(cut).min(file.metadata()?.len());
+                    zero_data(&file, 0, to)?;
+                    file.sync_data().map_err(Error::SyncFailed)?;
+                    punch(&file, 0, to)?;
+                    file.sync_data().map_err(Error::SyncFailed)?;
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
@@ -636,18 +799,29 @@ impl Log {
         Ok(found)
     }
 
-    /// Appends `blobs` after the head, durably; returns their indices. On
-    /// an error nothing is acknowledged and the head stays where it was.
+    /// Appends `blobs` after the head, durably; returns their indices.
+    ///
+    /// On an error the head stays where it was and nothing is
+    /// acknowledged. A failed write (a full disk) is undone: the records
+    /// this call already wrote, synced or not, are overwritten with zeros
+    /// and synced, so that neither a reader nor recovery after a crash can
+    /// take them for stored blobs, and the error is returned as it was
+    /// ([`Error::Io`], which the committer may recover from). If the undo
+    /// fails too, or a sync failed, the error is [`Error::SyncFailed`]:
+    /// the store must be reopened.
     pub(crate) fn append<'a, I>(&mut self, blobs: I) -> Result<(u64, u64)>
     where
         I: IntoIterator<Item = (u64, &'a Blob)>,
     {
-        let first = self.head.checked_add(1).ok_or(Error::IndicesExhausted)?;
+        let first = self.head + 1;
         let items: Vec<(u64, &Blob)> = blobs.into_iter().collect();
         let Some(count) = (items.len() as u64).checked_sub(1) else {
             return Ok((first, first));
         };
-        let last = first.checked_add(count).ok_or(Error::IndicesExhausted)?;
+        let last = first.saturating_add(count);
+        if last > MAX_INDEX {
+            return Err(Error::IndicesExhausted);
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let mut start = first;
         let mut rest = &items[..];
@@ -663,6 +837,11 @@ impl Log {
             }
             result = self.write_run(&buf, start);
             if result.is_err() {
+                // Undo up to the end of this write: it may have landed in
+                // part.
+                if let Err(undo) = self.undo(first, write_last) {
+                    result = Err(undo);
+                }
                 break;
             }
             start = write_last + 1;
@@ -673,6 +852,30 @@ impl Log {
         // Each write was synced as it was made: the batch is durable.
         self.head = last;
         Ok((first, last + 1))
+    }
+
+    /// Overwrites the records `from..=to` (past the head: a failed append)
+    /// with zeros and syncs them.
+    fn undo(&mut self, from: u64, to: u64) -> Result<()> {
+        let fatal = |e: std::io::Error| Error::SyncFailed(e);
+        let dir = self.segments.dir().to_owned();
+        for k in segment_of(from)..=segment_of(to) {
+            let file = match OpenOptions::new().write(true).open(segment_path(&dir, k)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(fatal(e)),
+            };
+            let len = file.metadata().map_err(fatal)?.len();
+            let a = offset_of(from.max(first_of(k)));
+            let b = offset_of(to.min(first_of(k) + SEGMENT_BLOBS - 1)) + RECORD_LEN as u64;
+            let b = b.min(len);
+            if a < b {
+                let zeros = vec![0u8; (b - a) as usize];
+                file.write_all_at(&zeros, a).map_err(fatal)?;
+                file.sync_data().map_err(fatal)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes records starting at `first` (all in one segment) and syncs
@@ -688,18 +891,12 @@ impl Log {
         let at = offset_of(first);
         let end = at + records.len() as u64;
         if end > active.len {
-            let to = (end + ZERO_AHEAD).min(SEGMENT_BLOBS * RECORD_LEN as u64);
+            let to = (end + ZERO_AHEAD).min(SEGMENT_BYTES);
             write_zeros(&active.file, active.len, to)?;
             active.len = to;
         }
-        if let Err(e) = active.file.write_all_at(records, at) {
-            // A full disk: what landed would read as the records of a
-            // write that was never acknowledged; the next write goes over
-            // it, but a crash before then would bring it back.
-            let _ = write_zeros(&active.file, at, end);
-            return Err(e.into());
-        }
-        active.file.sync_data()?;
+        active.file.write_all_at(records, at)?;
+        active.file.sync_data().map_err(Error::SyncFailed)?;
         Ok(())
     }
 
@@ -716,18 +913,22 @@ impl Log {
             .truncate(false)
             .mode(0o600)
             .open(&path)?;
-        let len = file.metadata()?.len();
-        file.sync_all()?;
+        let len = file.metadata()?.len().min(SEGMENT_BYTES);
+        file.sync_all().map_err(Error::SyncFailed)?;
         sync_dir(&dir)?;
         if self.meta.high_water < self.head {
-            let meta = Meta {
+            self.set_meta(Meta {
                 high_water: self.head,
                 ..self.meta
-            };
-            write_meta(&dir, meta)?;
-            self.meta = meta;
+            })?;
         }
         self.active = Some(Active { k, file, len });
+        Ok(())
+    }
+
+    fn set_meta(&mut self, meta: Meta) -> Result<()> {
+        self.meta_file.write(meta)?;
+        self.meta = meta;
         Ok(())
     }
 
@@ -737,33 +938,50 @@ impl Log {
         if self.oldest().is_some() || high_water < self.head {
             return Err(Error::Integrity("only an empty log can skip ahead".into()));
         }
-        let meta = Meta {
+        if high_water > MAX_INDEX {
+            return Err(Error::IndicesExhausted);
+        }
+        self.set_meta(Meta {
             high_water,
-            pruned_below: high_water.checked_add(1).ok_or(Error::IndicesExhausted)?,
-        };
-        write_meta(self.segments.dir(), meta)?;
-        self.meta = meta;
+            pruned_below: high_water + 1,
+        })?;
         self.head = high_water;
         self.active = None;
         Ok(())
     }
 
-    /// Prunes every index below `cut` (at most `head + 1`).
-    pub(crate) fn prune_below(&mut self, cut: u64) -> Result<()> {
+    /// Records that every index below `cut` (at most `head + 1`) is pruned:
+    /// from now on they are not stored. [`finish_prune_now`] then removes
+    /// them from the files.
+    ///
+    /// [`finish_prune_now`]: Self::finish_prune_now
+    pub(crate) fn record_prune(&mut self, cut: u64) -> Result<Option<u64>> {
         let old = self.meta.pruned_below;
         let cut = cut.min(self.head + 1);
         if cut <= old {
-            return Ok(());
+            return Ok(None);
         }
-        let dir = self.segments.dir().to_owned();
-        let meta = Meta {
+        self.set_meta(Meta {
             high_water: self.head,
             pruned_below: cut,
-        };
-        write_meta(&dir, meta)?;
-        self.meta = meta;
-        let ks: Vec<u64> = (segment_of(old)..=segment_of(cut)).collect();
+        })?;
+        Ok(Some(old))
+    }
+
+    /// Removes from the files what [`record_prune`](Self::record_prune)
+    /// pruned, from `old` (the oldest index before it) on.
+    pub(crate) fn finish_prune_now(&mut self, old: u64) -> Result<()> {
+        let ks: Vec<u64> = (segment_of(old)..=segment_of(self.meta.pruned_below)).collect();
         self.finish_prune(&ks)
+    }
+
+    /// Prunes every index below `cut` (at most `head + 1`).
+    #[cfg(test)]
+    pub(crate) fn prune_below(&mut self, cut: u64) -> Result<()> {
+        match self.record_prune(cut)? {
+            Some(old) => self.finish_prune_now(old),
+            None => Ok(()),
+        }
     }
 
     /// Reads `count` receive times from `from` on and returns the first
@@ -791,12 +1009,23 @@ impl Log {
     }
 }
 
-/// A reader's view of a log it does not write: the head is found the way
-/// opening finds it, without repairing anything.
+/// A reader's view of a log it does not write: `meta`, and the head found
+/// as opening finds it (the last complete write), without repairing
+/// anything.
 pub(crate) fn scan_head(dir: &Path) -> Result<(Meta, u64)> {
-    let meta = read_meta(dir)?.ok_or_else(|| Error::NotABlobStore { found: 0 })?;
-    let head = Segments::new(dir).scan_valid(meta.high_water)?;
+    let meta = current_meta(dir)?;
+    let (head, _) = durable_head(&Segments::new(dir), meta)?;
     Ok((meta, head))
+}
+
+/// The head a reader sees now: [`scan_head`]'s, read from `known` (a head
+/// it found before) or `meta`'s mark, whichever is later.
+pub(crate) fn reader_head(segments: &Segments, meta: Meta, known: u64) -> Result<u64> {
+    let from = Meta {
+        high_water: meta.high_water.max(known),
+        ..meta
+    };
+    Ok(durable_head(segments, from)?.0)
 }
 
 /// The meta file as it is now (for readers: a prune may have moved it).
@@ -834,6 +1063,11 @@ mod tests {
                 .unwrap();
             file.write_all_at(&buf, offset_of(i)).unwrap();
         }
+    }
+
+    fn force_meta(dir: &Path, meta: Meta) {
+        let (mut file, _) = MetaFile::open(dir, true).unwrap().unwrap();
+        file.write(meta).unwrap();
     }
 
     fn record_bytes(dir: &Path, index: u64) -> Vec<u8> {
@@ -972,14 +1206,13 @@ mod tests {
         let mut log = Log::open(&dir).unwrap();
         append(&mut log, 1..21);
         drop(log);
-        write_meta(
+        force_meta(
             &dir,
             Meta {
                 high_water: 20,
                 pruned_below: 11,
             },
-        )
-        .unwrap();
+        );
         let log = Log::open(&dir).unwrap();
         assert_eq!((log.oldest(), log.head()), (Some(11), 20));
         for i in 1..11 {
@@ -988,7 +1221,8 @@ mod tests {
         assert!(log.read_one(11).unwrap().is_some());
     }
 
-    /// A `meta` that lies (marks past the records, garbage) is refused.
+    /// A `meta` that lies (marks past the records, past the last index,
+    /// garbage, the wrong size) is refused; one torn copy is not a lie.
     #[test]
     fn a_lying_meta_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
@@ -996,25 +1230,73 @@ mod tests {
         let mut log = Log::open(&dir).unwrap();
         append(&mut log, 1..11);
         drop(log);
-        write_meta(
-            &dir,
-            Meta {
-                high_water: 500,
-                pruned_below: 1,
-            },
-        )
-        .unwrap();
-        assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
-        let mut bytes = Meta::NEW.encode();
-        bytes[10] ^= 1;
-        std::fs::write(dir.join(META_FILE), bytes).unwrap();
-        assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
-        let bad = Meta {
-            high_water: 5,
-            pruned_below: 9,
+        let meta = |high_water, pruned_below| Meta {
+            high_water,
+            pruned_below,
         };
-        std::fs::write(dir.join(META_FILE), bad.encode()).unwrap();
+        let slots = |a: &[u8], b: &[u8]| {
+            let mut bytes = vec![0u8; 2 * META_SLOT as usize];
+            bytes[..a.len()].copy_from_slice(a);
+            bytes[META_SLOT as usize..][..b.len()].copy_from_slice(b);
+            std::fs::write(dir.join(META_FILE), bytes).unwrap();
+        };
+        slots(&meta(500, 1).encode(7), &[]);
         assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
+        slots(&meta(u64::MAX - 1, u64::MAX).encode(7), &[]);
+        assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
+        slots(&meta(5, 9).encode(7), &[]);
+        assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
+        slots(&[], &[]);
+        assert!(matches!(Log::open(&dir), Err(Error::Integrity(_))));
+        std::fs::write(dir.join(META_FILE), meta(0, 1).encode(1)).unwrap();
+        assert!(matches!(Log::open(&dir), Err(Error::NotABlobStore { .. })));
+        // The newer copy torn, the older one good: the older one counts.
+        let mut torn = meta(10, 1).encode(9);
+        torn[20] ^= 1;
+        slots(&meta(0, 1).encode(8), &torn);
+        assert_eq!(Log::open(&dir).unwrap().head(), 10);
+    }
+
+    /// A full disk: a batch whose second write (into a new segment) fails
+    /// leaves nothing past the head, neither for a reader nor for recovery,
+    /// and the store goes on.
+    #[test]
+    fn a_failed_write_is_undone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::open(&dir).unwrap();
+        let near_end = SEGMENT_BLOBS - 5;
+        log.skip_to(near_end).unwrap();
+        // The next segment cannot be made: a directory stands in its way.
+        std::fs::create_dir(segment_path(&dir, 1)).unwrap();
+        let blobs: Vec<Blob> = (0..10).map(blob).collect();
+        assert!(log.append(blobs.iter().map(|b| (7, b))).is_err());
+        assert_eq!(log.head(), near_end);
+        for i in near_end + 1..=SEGMENT_BLOBS {
+            assert!(record_bytes(&dir, i).iter().all(|&b| b == 0), "{i} undone");
+        }
+        std::fs::remove_dir(segment_path(&dir, 1)).unwrap();
+        assert_eq!(append(&mut log, 0..3), (near_end + 1, near_end + 4));
+        drop(log);
+        let log = Log::open(&dir).unwrap();
+        assert_eq!(log.head(), near_end + 3);
+    }
+
+    /// A prune overwrites the pruned records before it deletes or punches
+    /// them, also on a full disk: it needs no new space.
+    #[test]
+    fn pruned_records_are_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::open(&dir).unwrap();
+        append(&mut log, 1..101);
+        let file = File::open(segment_path(&dir, 0)).unwrap();
+        log.prune_below(51).unwrap();
+        // Through a handle opened before: zeros, not the old bytes.
+        let mut buf = vec![0u8; 50 * RECORD_LEN];
+        read_full_at(&file, &mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert!(log.read_one(51).unwrap().is_some());
     }
 
     /// Whatever a crash or a disk does to the files (bytes overwritten,

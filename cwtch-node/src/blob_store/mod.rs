@@ -40,9 +40,8 @@
 //! such batches on a dedicated writer thread.
 //!
 //! # Privacy at rest
-//! Pruned blobs are removed from the files: whole segment files are
-//! deleted, and the rest is punched out of its file (or overwritten with
-//! zeros where the file system cannot punch holes).
+//! Pruned blobs are overwritten with zeros, then whole segment files are
+//! deleted and the rest is punched out of its file ([`log`], "Pruning").
 //!
 //! # Reading
 //! [`BlobStore::reader`] gives a [`BlobReader`] that reads while the writer
@@ -190,6 +189,11 @@ pub enum Error {
     /// Reading or writing the blob log failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A sync of the store's files failed (or a failed write could not be
+    /// undone): what the disk holds is no longer known, and the store must
+    /// be reopened.
+    #[error("sync failed: {0}; the store must be reopened")]
+    SyncFailed(#[source] std::io::Error),
     /// Another writer holds the store.
     #[error("{} is in use by another process", .0.display())]
     Locked(std::path::PathBuf),
@@ -360,7 +364,10 @@ impl BlobStore {
         {
             let mut log = Log::open(&tmp)?;
             if let Some(oldest) = source.oldest() {
-                log.skip_to(oldest - 1)?;
+                let before = oldest.checked_sub(1).ok_or_else(|| {
+                    Error::Integrity("a blob has index 0; indices begin at 1".into())
+                })?;
+                log.skip_to(before)?;
             }
             let mut cursor = 0;
             let mut rows: Vec<(u64, Box<Blob>)> = Vec::with_capacity(MAX_READ_LIMIT);
@@ -554,8 +561,12 @@ impl BlobStore {
         if cut <= oldest {
             return Ok(stats);
         }
-        self.log.prune_below(cut)?;
+        let Some(old) = self.log.record_prune(cut)? else {
+            return Ok(stats);
+        };
+        // Readers learn the new oldest before the files lose the blobs.
         self.published.set(self.log.head(), self.log.oldest());
+        self.log.finish_prune_now(old)?;
         stats.removed = cut - oldest;
         stats.removed_for_space = space_cut.max(oldest) - oldest;
         stats.removed_for_age = stats.removed - stats.removed_for_space;
@@ -639,11 +650,11 @@ impl BlobReader {
         if path.is_file() {
             return Err(Error::SqliteFormat(path.to_owned()));
         }
-        let (meta, _) = log::scan_head(path)?;
+        let (_, head) = log::scan_head(path)?;
         Ok(Self {
             segments: Segments::new(path),
             view: View::Files {
-                high_water: std::sync::Mutex::new(meta.high_water),
+                high_water: std::sync::Mutex::new(head),
             },
         })
     }
@@ -680,7 +691,7 @@ impl BlobReader {
                 let mut known = high_water.lock().unwrap_or_else(|e| e.into_inner());
                 let meta = log::current_meta(self.segments.dir())?;
                 self.segments.forget();
-                let head = self.segments.scan_valid((*known).max(meta.high_water))?;
+                let head = log::reader_head(&self.segments, meta, *known)?;
                 *known = head;
                 Ok(head)
             }

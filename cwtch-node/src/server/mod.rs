@@ -306,7 +306,9 @@ pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobSt
     };
     if legacy.exists() {
         // Imported (now or before a crash): the old files go.
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        // The side files first: the main file is the sign of an import
+        // not yet cleaned up.
+        for suffix in ["-wal", "-shm", "-journal", ""] {
             let mut name = legacy.as_os_str().to_owned();
             name.push(suffix);
             match std::fs::remove_file(PathBuf::from(name)) {
