@@ -3,8 +3,8 @@
 //!
 //! A store is a directory:
 //! - segment files named after their first index (`00000000000000000001.blobs`,
-//!   20 decimal digits), each with room for [`SEGMENT_BLOBS`] records of
-//!   [`RECORD_LEN`] bytes; the record of index `i` is at
+//!   20 decimal digits), each with room for `SEGMENT_BLOBS` records of
+//!   `RECORD_LEN` bytes; the record of index `i` is at
 //!   `(i - first) * RECORD_LEN` in segment `first = 1 + k * SEGMENT_BLOBS`;
 //! - `meta`: the highest index known durable (`high_water`) and the lowest
 //!   index not pruned (`pruned_below`), recorded when a segment begins and
@@ -24,7 +24,7 @@
 //! segment it touches and syncs each (`fdatasync`): one write and one sync
 //! per commit, where SQLite wrote each 64 KiB page the batch touched to
 //! its write-ahead log, synced that, then copied the pages again. A segment
-//! is written with zeros ahead of its records ([`ZERO_AHEAD`] at a time),
+//! is written with zeros ahead of its records (`ZERO_AHEAD` at a time),
 //! so that most syncs write data into blocks that already exist and need
 //! no journal commit of the file system (measured at 16 clients: the
 //! writer's CPU per post 8.2–8.5 µs with zeros ahead, 11.9–12.6 without).
