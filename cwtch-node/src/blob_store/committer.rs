@@ -585,7 +585,10 @@ fn is_recoverable(err: &Error) -> bool {
         // A write refused for lack of space, undone (Log::append): the
         // disk holds nothing past the head. A failed sync or undo is
         // `SyncFailed`, which stops the writer.
-        Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ),
         _ => false,
     }
 }

@@ -235,6 +235,9 @@ impl Meta {
             high_water: word(16),
             pruned_below: word(24),
         };
+        if word(8) > MAX_INDEX {
+            return Err(bad("has a sequence number past its bound"));
+        }
         if meta.high_water > MAX_INDEX {
             return Err(bad("has a high-water mark past the last index"));
         }
@@ -285,17 +288,23 @@ impl MetaFile {
     }
 
     /// Makes the `meta` of a new store.
+    /// Makes the `meta` of a new store: written beside it, synced, then
+    /// renamed into place, so a crash leaves no `meta` or a whole one. The
+    /// first copy goes in the slot the next write does not use.
     fn create(dir: &Path, meta: Meta) -> Result<Self> {
+        let tmp = dir.join("meta.new");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
-            .open(dir.join(META_FILE))?;
+            .open(&tmp)?;
         let mut bytes = vec![0u8; 2 * META_SLOT as usize];
-        bytes[..META_LEN].copy_from_slice(&meta.encode(1));
+        bytes[META_SLOT as usize..][..META_LEN].copy_from_slice(&meta.encode(1));
         file.write_all_at(&bytes, 0)?;
-        file.sync_all()?;
+        file.sync_all().map_err(Error::SyncFailed)?;
+        std::fs::rename(&tmp, dir.join(META_FILE))?;
         sync_dir(dir)?;
         Ok(Self { file, seq: 1 })
     }
@@ -318,8 +327,7 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>> {
 
 /// Syncs the directory itself (a new, renamed or removed name).
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    File::open(dir)?.sync_all().map_err(Error::SyncFailed)
 }
 
 /// The segments in `dir`, in order (regular files named as this store
@@ -606,14 +614,21 @@ struct Active {
 /// The writer's side of a log directory.
 #[derive(Debug)]
 pub(crate) struct Log {
-    segments: Segments,
+    segments: std::sync::Arc<Segments>,
     _lock: File,
     meta_file: MetaFile,
     meta: Meta,
     head: u64,
     active: Option<Active>,
     buf: Vec<u8>,
+    /// When `meta`'s high-water mark was last brought up to the head.
+    meta_written: std::time::Instant,
 }
+
+/// How often, at most, `meta`'s high-water mark is brought up to the head
+/// while posts come in (and on every clean close): what lies below it is
+/// known acknowledged, so opening refuses a store that lost any of it.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most bytes a segment file holds.
 const SEGMENT_BYTES: u64 = SEGMENT_BLOBS * RECORD_LEN as u64;
@@ -632,12 +647,19 @@ impl Log {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
+        let lock_path = dir.join(LOCK_FILE);
+        if std::fs::symlink_metadata(&lock_path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::Integrity(format!(
+                "{} is not a file",
+                lock_path.display()
+            )));
+        }
         let lock = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(dir.join(LOCK_FILE))?;
+            .open(&lock_path)?;
         if lock.try_lock().is_err() {
             return Err(Error::Locked(dir.to_owned()));
         }
@@ -666,8 +688,9 @@ impl Log {
                 )));
             }
         }
-        let segments = Segments::new(dir);
+        let segments = std::sync::Arc::new(Segments::new(dir));
         let head = recover_head(&segments, &ks, meta)?;
+        check_below_mark(&segments, &live, meta, head)?;
         let mut log = Self {
             segments,
             _lock: lock,
@@ -676,6 +699,7 @@ impl Log {
             head,
             active: None,
             buf: Vec::new(),
+            meta_written: std::time::Instant::now(),
         };
         log.drop_tail(&ks)?;
         log.finish_prune(&ks)?;
@@ -775,7 +799,9 @@ impl Log {
         Ok(())
     }
 
-    pub(crate) fn segments(&self) -> &Segments {
+    /// The segments, shared with in-process readers (so that a prune's
+    /// `forget` reaches their open file too).
+    pub(crate) fn segments(&self) -> &std::sync::Arc<Segments> {
         &self.segments
     }
 
@@ -833,7 +859,10 @@ impl Log {
             let n = (write_last - start + 1) as usize;
             buf.clear();
             for (index, (at, blob)) in (start..).zip(&rest[..n]) {
-                encode(&mut buf, index, (start, write_last), *at, blob);
+                // Each record names its whole batch: a batch is
+                // acknowledged only once all its writes are synced, so
+                // recovery and readers take it whole or not at all.
+                encode(&mut buf, index, (first, last), *at, blob);
             }
             result = self.write_run(&buf, start);
             if result.is_err() {
@@ -851,31 +880,61 @@ impl Log {
         result?;
         // Each write was synced as it was made: the batch is durable.
         self.head = last;
+        if self.meta_written.elapsed() >= MARK_EVERY {
+            // The batch is durable whatever becomes of this: a failure
+            // only leaves the mark behind, to be tried again.
+            if let Err(e) = self.mark() {
+                tracing::warn!(error = %e, "could not record the blob store's high-water mark");
+            }
+        }
         Ok((first, last + 1))
+    }
+
+    /// Brings `meta`'s high-water mark up to the head (durable).
+    pub(crate) fn mark(&mut self) -> Result<()> {
+        self.meta_written = std::time::Instant::now();
+        if self.meta.high_water < self.head {
+            self.set_meta(Meta {
+                high_water: self.head,
+                ..self.meta
+            })?;
+        }
+        Ok(())
     }
 
     /// Overwrites the records `from..=to` (past the head: a failed append)
     /// with zeros and syncs them.
     fn undo(&mut self, from: u64, to: u64) -> Result<()> {
-        let fatal = |e: std::io::Error| Error::SyncFailed(e);
         let dir = self.segments.dir().to_owned();
-        for k in segment_of(from)..=segment_of(to) {
+        let zero = |k: u64| -> std::io::Result<()> {
             let file = match OpenOptions::new().write(true).open(segment_path(&dir, k)) {
                 Ok(file) => file,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(fatal(e)),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
             };
-            let len = file.metadata().map_err(fatal)?.len();
+            let len = file.metadata()?.len();
             let a = offset_of(from.max(first_of(k)));
             let b = offset_of(to.min(first_of(k) + SEGMENT_BLOBS - 1)) + RECORD_LEN as u64;
             let b = b.min(len);
             if a < b {
-                let zeros = vec![0u8; (b - a) as usize];
-                file.write_all_at(&zeros, a).map_err(fatal)?;
-                file.sync_data().map_err(fatal)?;
+                file.write_all_at(&vec![0u8; (b - a) as usize], a)?;
+                file.sync_data()?;
+            }
+            Ok(())
+        };
+        // The last segment first (a crash midway leaves what an ordinary
+        // crash before the batch's end would), and every one tried even if
+        // one fails; the first failure is returned, fatal.
+        let mut failed = None;
+        for k in (segment_of(from)..=segment_of(to)).rev() {
+            if let Err(e) = zero(k) {
+                failed.get_or_insert(e);
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(Error::SyncFailed(e)),
+            None => Ok(()),
+        }
     }
 
     /// Writes records starting at `first` (all in one segment) and syncs
@@ -970,8 +1029,10 @@ impl Log {
 
     /// Removes from the files what [`record_prune`](Self::record_prune)
     /// pruned, from `old` (the oldest index before it) on.
-    pub(crate) fn finish_prune_now(&mut self, old: u64) -> Result<()> {
-        let ks: Vec<u64> = (segment_of(old)..=segment_of(self.meta.pruned_below)).collect();
+    pub(crate) fn finish_prune_now(&mut self) -> Result<()> {
+        // Listed afresh: a prune that failed before left segments a later
+        // one must also remove.
+        let ks = list_segments(self.segments.dir())?;
         self.finish_prune(&ks)
     }
 
@@ -979,7 +1040,7 @@ impl Log {
     #[cfg(test)]
     pub(crate) fn prune_below(&mut self, cut: u64) -> Result<()> {
         match self.record_prune(cut)? {
-            Some(old) => self.finish_prune_now(old),
+            Some(_) => self.finish_prune_now(),
             None => Ok(()),
         }
     }
@@ -1006,6 +1067,63 @@ impl Log {
             Some(index) => Err(Error::CorruptBlob { index, len: 0 }),
             None => Ok(found),
         }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.mark();
+    }
+}
+
+/// Checks, when a store opens, that what `meta` says was acknowledged is
+/// all there: every segment from the oldest blob's to the head's (`live`,
+/// in order) is whole (full, but for the head's, which reaches its head),
+/// and every record of the segment holding the mark, up to the mark,
+/// reads back. Recovery never cuts below the mark, so this is what stands
+/// between a segment cut short, removed or damaged and indices handed out
+/// twice. (Older segments are read only when asked for, and by
+/// `integrity_check`.)
+fn check_below_mark(segments: &Segments, live: &[u64], meta: Meta, head: u64) -> Result<()> {
+    if meta.pruned_below > head {
+        return Ok(());
+    }
+    let damaged =
+        |what: String| Error::Integrity(format!("{what}: the store has lost acknowledged blobs"));
+    let head_k = segment_of(head);
+    for k in segment_of(meta.pruned_below)..=head_k {
+        if !live.contains(&k) {
+            return Err(damaged(format!("segment file {} is missing", first_of(k))));
+        }
+        let len = std::fs::metadata(segment_path(segments.dir(), k))?.len();
+        let needed = if k == head_k {
+            offset_of(head) + RECORD_LEN as u64
+        } else {
+            SEGMENT_BYTES
+        };
+        if len < needed {
+            return Err(damaged(format!(
+                "segment file {} is cut short",
+                first_of(k)
+            )));
+        }
+    }
+    let mark = meta.high_water.min(head);
+    let from = meta.pruned_below.max(first_of(segment_of(mark.max(1))));
+    let mut bad = None;
+    if from <= mark {
+        segments.read(from, mark, |i, record| {
+            if decode(record, i).is_some() {
+                std::ops::ControlFlow::Continue(())
+            } else {
+                bad = Some(i);
+                std::ops::ControlFlow::Break(())
+            }
+        })?;
+    }
+    match bad {
+        Some(index) => Err(damaged(format!("blob {index} is damaged"))),
+        None => Ok(()),
     }
 }
 
@@ -1112,6 +1230,8 @@ mod tests {
         drop(log);
         // The write 11..=15 was cut short: 11, 12 and 14 landed, 13 not.
         plant(&dir, &[11, 12, 14], (11, 15));
+        // A reader in another process does not take any of it.
+        assert_eq!(scan_head(&dir).unwrap().1, 10);
         let mut log = Log::open(&dir).unwrap();
         assert_eq!(log.head(), 10);
         for i in [11, 12, 14] {

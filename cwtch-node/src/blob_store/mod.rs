@@ -108,6 +108,9 @@ pub type Blob = [u8; SEALED_BLOB_LEN];
 /// clamped to it, so a read never allocates without bound.
 pub const MAX_READ_LIMIT: usize = 1024;
 
+/// The file in an imported store that records the imported store's head.
+const IMPORTED_FILE: &str = "imported";
+
 /// Records scanned per step when pruning by age.
 const PRUNE_SCAN: u64 = 4096;
 
@@ -361,8 +364,26 @@ impl BlobStore {
             // A crash left an import unfinished: start it over.
             std::fs::remove_dir_all(&tmp)?;
         }
+        let built = Self::import_into(source, &tmp);
+        if let Err(e) = built {
+            // Nothing half made stays behind (a full disk stays full).
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Self::open(path, policy)
+    }
+
+    /// [`import_sqlite`](Self::import_sqlite)'s copy into a new log at
+    /// `tmp`, with the source's head recorded beside it (`imported`: a
+    /// later start tells a crash before the old files were removed from an
+    /// old store written since).
+    fn import_into(source: &SqliteStore, tmp: &Path) -> Result<()> {
         {
-            let mut log = Log::open(&tmp)?;
+            let mut log = Log::open(tmp)?;
             if let Some(oldest) = source.oldest() {
                 let before = oldest.checked_sub(1).ok_or_else(|| {
                     Error::Integrity("a blob has index 0; indices begin at 1".into())
@@ -395,18 +416,26 @@ impl BlobStore {
                 log.skip_to(source.head())?;
             }
         }
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-        Self::open(path, policy)
+        let marker = tmp.join(IMPORTED_FILE);
+        std::fs::write(&marker, source.head().to_string())?;
+        std::fs::File::open(&marker)?.sync_all()?;
+        Ok(())
+    }
+
+    /// The head of the SQLite store this one was imported from, if it was.
+    pub fn imported_from_head(&self) -> Option<u64> {
+        std::fs::read_to_string(self.path.join(IMPORTED_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A reader that reads alongside this store (and the
     /// [`GroupCommitter`] it is handed to), never past the durable head.
     pub fn reader(&self) -> BlobReader {
         BlobReader {
-            segments: Segments::new(&self.path),
+            segments: Arc::clone(self.log.segments()),
             view: View::Writer(Arc::clone(&self.published)),
         }
     }
@@ -561,12 +590,12 @@ impl BlobStore {
         if cut <= oldest {
             return Ok(stats);
         }
-        let Some(old) = self.log.record_prune(cut)? else {
+        if self.log.record_prune(cut)?.is_none() {
             return Ok(stats);
-        };
+        }
         // Readers learn the new oldest before the files lose the blobs.
         self.published.set(self.log.head(), self.log.oldest());
-        self.log.finish_prune_now(old)?;
+        self.log.finish_prune_now()?;
         stats.removed = cut - oldest;
         stats.removed_for_space = space_cut.max(oldest) - oldest;
         stats.removed_for_age = stats.removed - stats.removed_for_space;
@@ -636,7 +665,7 @@ enum View {
 /// open one on a store another process writes ([`open`](Self::open)).
 #[derive(Debug)]
 pub struct BlobReader {
-    segments: Segments,
+    segments: Arc<Segments>,
     view: View,
 }
 
@@ -652,7 +681,7 @@ impl BlobReader {
         }
         let (_, head) = log::scan_head(path)?;
         Ok(Self {
-            segments: Segments::new(path),
+            segments: Arc::new(Segments::new(path)),
             view: View::Files {
                 high_water: std::sync::Mutex::new(head),
             },

@@ -422,6 +422,20 @@ mod tests {
         restore(&file, &new).unwrap();
         let restored = BlobStore::open(new.join(BLOBS_DIR), RetentionPolicy::UNLIMITED).unwrap();
         assert_eq!(restored.read_after(0, 10).unwrap().len(), 5);
+
+        // An older binary put back on the home starts a new blobs.db: the
+        // next start refuses rather than delete it, and keeps both.
+        let mut again = SqliteStore::open(&legacy).unwrap();
+        again.append_batch(&[[9; 2048]]).unwrap();
+        drop(again);
+        let refused = super::super::open_blob_store(&home, RetentionPolicy::UNLIMITED);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("both hold blobs")),
+            "{refused:?}"
+        );
+        assert!(legacy.exists() && home.join(BLOBS_DIR).exists());
     }
 
     /// A backup holds what is stored, not what was pruned, and keeps the

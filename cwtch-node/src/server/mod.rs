@@ -293,19 +293,42 @@ pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobSt
     let store = if legacy.exists() && !path.exists() {
         let source = SqliteStore::open(&legacy)
             .map_err(|e| format!("cannot open {}: {e}", legacy.display()))?;
-        let store = BlobStore::import_sqlite(&source, &path, retention).map_err(cannot)?;
-        tracing::info!(
-            blobs = store.oldest().map_or(0, |o| store.head() + 1 - o),
-            "imported {} into the blob log {}",
+        eprintln!(
+            "cwtch server: importing {} ({} blobs, last index {}) into {}: this needs about as much free disk space as {} holds",
             legacy.display(),
-            path.display()
+            source.oldest().map_or(0, |o| source.head() + 1 - o),
+            source.head(),
+            path.display(),
+            legacy.display(),
         );
+        let store = BlobStore::import_sqlite(&source, &path, retention).map_err(|e| {
+            format!(
+                "cannot import {} into {}: {e} ({} is left as it was; the import runs again at the next start)",
+                legacy.display(),
+                path.display(),
+                legacy.display()
+            )
+        })?;
+        drop(source);
         store
     } else {
         BlobStore::open(&path, retention).map_err(cannot)?
     };
     if legacy.exists() {
-        // Imported (now or before a crash): the old files go.
+        // Imported, now or before a crash: then the old store is what was
+        // imported. One that differs was written since (an older binary
+        // run on this home): never delete it.
+        let old_head = SqliteStore::open_read_only(&legacy)
+            .map(|s| s.head())
+            .map_err(|e| format!("cannot open {}: {e}", legacy.display()))?;
+        if store.imported_from_head() != Some(old_head) {
+            return Err(format!(
+                "{} (last index {old_head}) and {} both hold blobs, and {} was not imported from it: an older binary ran on this home after the upgrade. Stop, keep both, and see OPERATING.md, \"Upgrade\"",
+                legacy.display(),
+                path.display(),
+                path.display()
+            ));
+        }
         // The side files first: the main file is the sign of an import
         // not yet cleaned up.
         for suffix in ["-wal", "-shm", "-journal", ""] {
@@ -320,6 +343,11 @@ pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobSt
         if let Ok(dir) = std::fs::File::open(home) {
             let _ = dir.sync_all();
         }
+        eprintln!(
+            "cwtch server: the blobs are in {} now; {} is removed",
+            path.display(),
+            legacy.display()
+        );
     }
     Ok(store)
 }
