@@ -676,10 +676,27 @@ fn writer(
             Ok(req) => req,
             Err(TryRecvError::Closed) => break,
             Err(TryRecvError::Empty) => {
-                let wait = next_prune.map(|at| at.saturating_duration_since(Instant::now()));
+                let now = Instant::now();
+                // Idle: the high-water mark catches up with the head (at
+                // most a second after the last post), so that a quiet
+                // store has all it acknowledged below the mark.
+                let mark = store
+                    .mark_due()
+                    .map(|due| due.saturating_duration_since(now));
+                let prune = next_prune.map(|at| at.saturating_duration_since(now));
+                let wait = match (mark, prune) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 match recv_timeout(&rx, wait) {
                     Ok(Some(req)) => req,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        if store.mark_due().is_some_and(|due| Instant::now() >= due) {
+                            // Retried at the next idle moment if it fails.
+                            let _ = store.mark();
+                        }
+                        continue;
+                    }
                     Err(()) => break,
                 }
             }

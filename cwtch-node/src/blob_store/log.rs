@@ -623,6 +623,8 @@ pub(crate) struct Log {
     buf: Vec<u8>,
     /// When `meta`'s high-water mark was last brought up to the head.
     meta_written: std::time::Instant,
+    /// Whether opening finished (only then may closing move the mark).
+    opened: bool,
 }
 
 /// How often, at most, `meta`'s high-water mark is brought up to the head
@@ -691,6 +693,18 @@ impl Log {
         let segments = std::sync::Arc::new(Segments::new(dir));
         let head = recover_head(&segments, &ks, meta)?;
         check_below_mark(&segments, &live, meta, head)?;
+        // What recovery found past the mark may be in the page cache only
+        // (a process killed between a write and its sync): synced before
+        // the mark may ever cover it.
+        if head > meta.high_water {
+            for k in segment_of(meta.high_water.max(1))..=segment_of(head) {
+                if live.contains(&k) {
+                    File::open(segment_path(dir, k))?
+                        .sync_data()
+                        .map_err(Error::SyncFailed)?;
+                }
+            }
+        }
         let mut log = Self {
             segments,
             _lock: lock,
@@ -700,6 +714,7 @@ impl Log {
             active: None,
             buf: Vec::new(),
             meta_written: std::time::Instant::now(),
+            opened: false,
         };
         log.drop_tail(&ks)?;
         log.finish_prune(&ks)?;
@@ -710,6 +725,7 @@ impl Log {
                 }
             }
         }
+        log.opened = true;
         Ok(log)
     }
 
@@ -888,6 +904,11 @@ impl Log {
             }
         }
         Ok((first, last + 1))
+    }
+
+    /// When the mark should next catch up with the head, if it is behind.
+    pub(crate) fn mark_due(&self) -> Option<std::time::Instant> {
+        (self.meta.high_water < self.head).then(|| self.meta_written + MARK_EVERY)
     }
 
     /// Brings `meta`'s high-water mark up to the head (durable).
@@ -1072,7 +1093,9 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        let _ = self.mark();
+        if self.opened {
+            let _ = self.mark();
+        }
     }
 }
 

@@ -110,6 +110,10 @@ pub const MAX_READ_LIMIT: usize = 1024;
 
 /// The file in an imported store that records the imported store's head.
 const IMPORTED_FILE: &str = "imported";
+/// [`IMPORTED_FILE`] once the old store was checked and is being removed.
+const IMPORTED_OK_FILE: &str = "imported.ok";
+/// [`IMPORTED_FILE`] once the old store is removed.
+const IMPORTED_DONE_FILE: &str = "imported.done";
 
 /// Records scanned per step when pruning by age.
 const PRUNE_SCAN: u64 = 4096;
@@ -419,7 +423,45 @@ impl BlobStore {
         let marker = tmp.join(IMPORTED_FILE);
         std::fs::write(&marker, source.head().to_string())?;
         std::fs::File::open(&marker)?.sync_all()?;
+        std::fs::File::open(tmp)?.sync_all()?;
         Ok(())
+    }
+
+    /// Whether the store this one was imported from was found to be the
+    /// one imported and may go ([`confirm_import`](Self::confirm_import)).
+    pub fn import_confirmed(&self) -> bool {
+        self.path.join(IMPORTED_OK_FILE).exists()
+    }
+
+    /// Records that the store this one was imported from was checked and
+    /// is to be removed: later starts remove what is left of it without
+    /// comparing again (a crash midway through removing it leaves a file
+    /// that no longer reads as what was imported).
+    pub fn confirm_import(&self) -> Result<()> {
+        self.rename_durably(IMPORTED_FILE, IMPORTED_OK_FILE)
+    }
+
+    fn rename_durably(&self, from: &str, to: &str) -> Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))?;
+        std::fs::File::open(&self.path)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Records that the store this one was imported from is gone: a store
+    /// in its place later is another one, never removed unasked.
+    pub fn finish_import(&self) -> Result<()> {
+        self.rename_durably(IMPORTED_OK_FILE, IMPORTED_DONE_FILE)
+    }
+
+    /// Brings the high-water mark up to the head if it is behind (see
+    /// [`log`], "Recovery").
+    pub fn mark(&mut self) -> Result<()> {
+        self.log.mark()
+    }
+
+    /// When [`mark`](Self::mark) is next due, if the mark is behind.
+    pub fn mark_due(&self) -> Option<std::time::Instant> {
+        self.log.mark_due()
     }
 
     /// The head of the SQLite store this one was imported from, if it was.

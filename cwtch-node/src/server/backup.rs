@@ -436,6 +436,18 @@ mod tests {
             "{refused:?}"
         );
         assert!(legacy.exists() && home.join(BLOBS_DIR).exists());
+        // A crash after the old store was checked, midway through removing
+        // it (its WAL gone, the main file left): the removal is finished.
+        let blobs = home.join(BLOBS_DIR);
+        std::fs::rename(blobs.join("imported.done"), blobs.join("imported.ok")).unwrap();
+        std::fs::remove_file(&legacy).unwrap();
+        for side in ["blobs.db-wal", "blobs.db-shm"] {
+            let _ = std::fs::remove_file(home.join(side));
+        }
+        std::fs::write(&legacy, b"what a cut-off removal leaves").unwrap();
+        let store = super::super::open_blob_store(&home, RetentionPolicy::UNLIMITED).unwrap();
+        assert!(!legacy.exists());
+        assert_eq!(store.head(), 5);
     }
 
     /// A backup holds what is stored, not what was pruned, and keeps the

@@ -318,16 +318,24 @@ pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobSt
         // Imported, now or before a crash: then the old store is what was
         // imported. One that differs was written since (an older binary
         // run on this home): never delete it.
-        let old_head = SqliteStore::open_read_only(&legacy)
-            .map(|s| s.head())
-            .map_err(|e| format!("cannot open {}: {e}", legacy.display()))?;
-        if store.imported_from_head() != Some(old_head) {
+        let checked = store.import_confirmed()
+            || SqliteStore::open_read_only(&legacy)
+                .is_ok_and(|old| store.imported_from_head() == Some(old.head()));
+        if !checked {
+            let old_head = SqliteStore::open_read_only(&legacy)
+                .map(|s| s.head())
+                .map_err(|e| format!("cannot open {}: {e}", legacy.display()))?;
             return Err(format!(
                 "{} (last index {old_head}) and {} both hold blobs, and {} was not imported from it: an older binary ran on this home after the upgrade. Stop, keep both, and see OPERATING.md, \"Upgrade\"",
                 legacy.display(),
                 path.display(),
                 path.display()
             ));
+        }
+        if !store.import_confirmed() {
+            store
+                .confirm_import()
+                .map_err(|e| format!("cannot record the import in {}: {e}", path.display()))?;
         }
         // The side files first: the main file is the sign of an import
         // not yet cleaned up.
@@ -343,6 +351,9 @@ pub fn open_blob_store(home: &Path, retention: RetentionPolicy) -> Result<BlobSt
         if let Ok(dir) = std::fs::File::open(home) {
             let _ = dir.sync_all();
         }
+        store
+            .finish_import()
+            .map_err(|e| format!("cannot record the import in {}: {e}", path.display()))?;
         eprintln!(
             "cwtch server: the blobs are in {} now; {} is removed",
             path.display(),
