@@ -443,6 +443,23 @@ impl Segments {
         Ok(())
     }
 
+    /// The first record in `from..=to` that does not read back as the
+    /// record of its index (`None`: all do, or the range is empty).
+    pub(crate) fn first_invalid(&self, from: u64, to: u64) -> Result<Option<u64>> {
+        let mut bad = None;
+        if from <= to {
+            self.read(from, to, |i, record| {
+                if decode(record, i).is_some() {
+                    std::ops::ControlFlow::Continue(())
+                } else {
+                    bad = Some(i);
+                    std::ops::ControlFlow::Break(())
+                }
+            })?;
+        }
+        Ok(bad)
+    }
+
     /// The last index of the run of valid records that follows `after`.
     pub(crate) fn scan_valid(&self, after: u64) -> Result<u64> {
         let mut head = after;
@@ -1133,18 +1150,7 @@ fn check_below_mark(segments: &Segments, live: &[u64], meta: Meta, head: u64) ->
     }
     let mark = meta.high_water.min(head);
     let from = meta.pruned_below.max(first_of(segment_of(mark.max(1))));
-    let mut bad = None;
-    if from <= mark {
-        segments.read(from, mark, |i, record| {
-            if decode(record, i).is_some() {
-                std::ops::ControlFlow::Continue(())
-            } else {
-                bad = Some(i);
-                std::ops::ControlFlow::Break(())
-            }
-        })?;
-    }
-    match bad {
+    match segments.first_invalid(from, mark)? {
         Some(index) => Err(damaged(format!("blob {index} is damaged"))),
         None => Ok(()),
     }

@@ -673,18 +673,7 @@ impl BlobStore {
         let Some(oldest) = self.oldest() else {
             return Ok(());
         };
-        let mut bad = None;
-        self.log
-            .segments()
-            .read(oldest, self.head(), |index, record| {
-                if decode(record, index).is_some() {
-                    ControlFlow::Continue(())
-                } else {
-                    bad = Some(index);
-                    ControlFlow::Break(())
-                }
-            })?;
-        match bad {
+        match self.log.segments().first_invalid(oldest, self.head())? {
             Some(index) => Err(Error::Integrity(format!(
                 "the record of blob {index} is damaged or missing"
             ))),
@@ -699,7 +688,10 @@ enum View {
     /// From the writer in this process.
     Writer(Arc<Published>),
     /// From the files (another process writes, or none).
-    Files { high_water: std::sync::Mutex<u64> },
+    Files {
+        /// The last head found: the next scan starts there.
+        known_head: std::sync::Mutex<u64>,
+    },
 }
 
 /// Reads a blob store while a [`BlobStore`] (or [`GroupCommitter`]) writes
@@ -725,7 +717,7 @@ impl BlobReader {
         Ok(Self {
             segments: Arc::new(Segments::new(path)),
             view: View::Files {
-                high_water: std::sync::Mutex::new(head),
+                known_head: std::sync::Mutex::new(head),
             },
         })
     }
@@ -758,8 +750,8 @@ impl BlobReader {
     pub fn head(&self) -> Result<u64> {
         match &self.view {
             View::Writer(published) => Ok(published.head.load(Ordering::Acquire)),
-            View::Files { high_water } => {
-                let mut known = high_water.lock().unwrap_or_else(|e| e.into_inner());
+            View::Files { known_head } => {
+                let mut known = known_head.lock().unwrap_or_else(|e| e.into_inner());
                 let meta = log::current_meta(self.segments.dir())?;
                 self.segments.forget();
                 let head = log::reader_head(&self.segments, meta, *known)?;
@@ -773,9 +765,9 @@ impl BlobReader {
     pub fn oldest(&self) -> Result<Option<u64>> {
         match &self.view {
             View::Writer(published) => Ok(published.oldest()),
-            View::Files { high_water } => {
+            View::Files { known_head } => {
                 let meta = log::current_meta(self.segments.dir())?;
-                let head = *high_water.lock().unwrap_or_else(|e| e.into_inner());
+                let head = *known_head.lock().unwrap_or_else(|e| e.into_inner());
                 let head = head.max(meta.high_water);
                 Ok((meta.pruned_below <= head).then_some(meta.pruned_below))
             }
